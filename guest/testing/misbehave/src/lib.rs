@@ -1,0 +1,86 @@
+//! Test policy that misbehaves on request, to prove the host contains it.
+//!
+//! The setting `mode` picks the misbehaviour (`loop`, `memory`, `panic`, `flood`,
+//! `reject`) and `when` picks the moment: `init`, or `handle` (the default) on any
+//! `timer-fired` event. Other events are answered politely, so a test can see the
+//! instance working before it misbehaves.
+
+use superpeer_guest::{Command, Event, HostState, Policy, PolicyInfo, SeedConfig, TimerSet};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Loop,
+    Memory,
+    Panic,
+    Flood,
+    Reject,
+}
+
+struct Misbehave {
+    mode: Mode,
+}
+
+impl Mode {
+    fn act(self) -> Vec<Command> {
+        match self {
+            Mode::Loop => loop {
+                std::hint::black_box(());
+            },
+            Mode::Memory => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Mode::Panic => panic!("misbehave: panicking on purpose"),
+            Mode::Flood => (0..100_000u64)
+                .map(|timer| Command::TimerSet(TimerSet { timer, after_ms: 1 }))
+                .collect(),
+            Mode::Reject => Vec::new(),
+        }
+    }
+}
+
+impl Policy for Misbehave {
+    fn describe() -> PolicyInfo {
+        PolicyInfo {
+            name: "misbehave".into(),
+            version: "0.0.1".into(),
+        }
+    }
+
+    fn init(config: SeedConfig, _: Option<Vec<u8>>, _: HostState) -> Result<Self, String> {
+        let setting = |key: &str| {
+            config
+                .settings
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let mode = match setting("mode") {
+            Some("loop") => Mode::Loop,
+            Some("memory") => Mode::Memory,
+            Some("panic") => Mode::Panic,
+            Some("flood") => Mode::Flood,
+            Some("reject") => Mode::Reject,
+            other => return Err(format!("unknown mode {other:?}")),
+        };
+        if setting("when") == Some("init") {
+            if mode == Mode::Reject {
+                return Err("rejecting on purpose".into());
+            }
+            mode.act();
+        }
+        Ok(Misbehave { mode })
+    }
+
+    fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
+        if events.iter().any(|e| matches!(e, Event::TimerFired(_))) {
+            return self.mode.act();
+        }
+        Vec::new()
+    }
+}
+
+superpeer_guest::export_policy!(Misbehave);

@@ -1,0 +1,6 @@
+//! superpeer: a super peer for P2P HLS streaming.
+//!
+//! The host owns all I/O and every byte of media; policies (WebAssembly components,
+//! see [`policy`]) own the decisions and wire formats and can be replaced at run time.
+
+pub mod policy;

@@ -1,0 +1,492 @@
+//! The wasmtime side of policies: one engine per process, compiling and type-checking
+//! components, and instances that run one call at a time under limits.
+//!
+//! This module owns the sandbox: the deny-all WASI context, the memory cap, the epoch
+//! deadline and the host imports (clock, randomness, log). It must never let a guest
+//! reach anything else, and never block for longer than a call's deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{Policy, PolicyPre, superpeer::policy as world};
+use super::error::{Fault, PolicyError};
+use super::limits::PolicyLimits;
+use super::wire::{Command, Event, HostState, LogLevel, SeedConfig};
+
+/// How often the epoch advances: the resolution of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The process-wide policy engine: compiles components and creates instances. Cheap to
+/// clone; compiling may run on any thread, off the event loop.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    limits: PolicyLimits,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A policy compiled, type-checked against the world and described: ready to
+/// instantiate, and to hand to other threads.
+#[derive(Clone)]
+pub struct CompiledPolicy {
+    engine: Engine,
+    pre: PolicyPre<StoreData>,
+    meta: PolicyMeta,
+}
+
+impl std::fmt::Debug for CompiledPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPolicy")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What identifies a policy to operators.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyMeta {
+    /// From the policy's `describe`.
+    pub name: String,
+    pub version: String,
+    /// First 16 hex digits of the SHA-256 of the component's bytes.
+    pub digest: String,
+    /// Size of the component, in bytes.
+    pub size: usize,
+}
+
+impl std::fmt::Display for PolicyMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.name, self.version, self.digest)
+    }
+}
+
+impl CompiledPolicy {
+    pub fn meta(&self) -> &PolicyMeta {
+        &self.meta
+    }
+}
+
+impl PolicyEngine {
+    /// Sets up the engine. Fails only on limits that make no sense or if the
+    /// platform refuses the pooling allocator's reservations.
+    pub fn new(limits: PolicyLimits) -> Result<Self, PolicyError> {
+        limits
+            .validate()
+            .map_err(|e| PolicyError::Engine(e.to_string()))?;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 8)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        Policy::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
+            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+
+        start_epoch_ticker(&engine);
+        Ok(PolicyEngine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits,
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.inner.limits
+    }
+
+    /// Compiles a component, checks it against the policy world, and asks it to
+    /// describe itself on a scratch instance. Takes tens to hundreds of milliseconds:
+    /// call it off the event loop.
+    pub fn compile(&self, wasm: &[u8]) -> Result<CompiledPolicy, PolicyError> {
+        let max = self.inner.limits.max_component_bytes;
+        if wasm.len() > max {
+            return Err(PolicyError::TooLarge {
+                size: wasm.len(),
+                max,
+            });
+        }
+        let component = Component::new(&self.inner.engine, wasm)
+            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+        self.prepare(component, digest(wasm), wasm.len())
+    }
+
+    /// Compiles a component to native code once, for [`PolicyEngine::load_precompiled`]
+    /// in other processes of the same build.
+    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, PolicyError> {
+        let max = self.inner.limits.max_component_bytes;
+        if wasm.len() > max {
+            return Err(PolicyError::TooLarge {
+                size: wasm.len(),
+                max,
+            });
+        }
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))
+    }
+
+    /// Loads what [`PolicyEngine::precompile`] made, skipping compilation.
+    ///
+    /// Only for bytes this program produced itself (the master hands them to its
+    /// workers): native code is trusted, so they must never come from outside.
+    pub fn load_precompiled(&self, native: &[u8]) -> Result<CompiledPolicy, PolicyError> {
+        // SAFETY: wasmtime checks that the bytes were made by this wasmtime version with
+        // a compatible configuration; the bytes themselves come only from `precompile`
+        // within this program (documented above), so their native code is ours.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.inner.engine, native) }
+            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+        self.prepare(component, digest(native), native.len())
+    }
+
+    fn prepare(
+        &self,
+        component: Component,
+        digest: String,
+        size: usize,
+    ) -> Result<CompiledPolicy, PolicyError> {
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            PolicyPre::new(instance_pre).map_err(|e| PolicyError::WrongWorld(format!("{e:#}")))?;
+        let label = format!("component {digest}");
+        let mut policy = CompiledPolicy {
+            engine: self.inner.engine.clone(),
+            pre,
+            meta: PolicyMeta {
+                name: String::new(),
+                version: String::new(),
+                digest,
+                size,
+            },
+        };
+        let start = |fault| PolicyError::Start {
+            policy: label.clone(),
+            fault,
+        };
+        let mut instance = self.instantiate(&policy, Clock::default()).map_err(start)?;
+        let info = instance.describe().map_err(start)?;
+        policy.meta.name = info.name.chars().take(64).collect();
+        policy.meta.version = info.version.chars().take(64).collect();
+        Ok(policy)
+    }
+
+    /// Whether `policy` was compiled by this engine: instances can only be made by the
+    /// engine that compiled them.
+    pub fn compiled(&self, policy: &CompiledPolicy) -> bool {
+        Engine::same(&self.inner.engine, &policy.engine)
+    }
+
+    /// A fresh instance of a compiled policy, not yet initialised.
+    pub(crate) fn instantiate(
+        &self,
+        policy: &CompiledPolicy,
+        clock: Clock,
+    ) -> Result<PolicyInstance, Fault> {
+        if !self.compiled(policy) {
+            return Err(Fault::Trap(format!(
+                "{} was compiled by another engine",
+                policy.meta
+            )));
+        }
+        let limits = &self.inner.limits;
+        let data = StoreData {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                cap: limits.memory_bytes,
+                hit: false,
+            },
+            clock,
+            rng: SmallRng::from_os_rng(),
+            log: GuestLog::new(&policy.meta.name, limits),
+        };
+        let mut store = Store::new(&self.inner.engine, data);
+        store.limiter(|data| &mut data.limiter);
+        store.epoch_deadline_trap();
+        // Instantiation runs the component's start-up code, which must obey a deadline too.
+        store.set_epoch_deadline(PolicyLimits::ticks(limits.init_deadline, EPOCH_TICK));
+        let bindings = policy
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e, limits.init_deadline))?;
+        Ok(PolicyInstance {
+            store,
+            bindings,
+            call_deadline: limits.call_deadline,
+            init_deadline: limits.init_deadline,
+            busy: Duration::ZERO,
+        })
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Advances every engine's epoch once per tick, for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("policy-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("could not start the policy epoch thread");
+}
+
+/// The time a call sees: fixed for the whole call, passed in by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clock {
+    /// Time since the worker started.
+    pub monotonic: Duration,
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+}
+
+/// One running instance. Any fault leaves it unusable: the caller drops it.
+pub(crate) struct PolicyInstance {
+    store: Store<StoreData>,
+    bindings: Policy,
+    call_deadline: Duration,
+    init_deadline: Duration,
+    /// Time spent inside the guest.
+    busy: Duration,
+}
+
+impl PolicyInstance {
+    pub(crate) fn init(
+        &mut self,
+        clock: Clock,
+        config: &SeedConfig,
+        prior: Option<&[u8]>,
+        state: &HostState,
+    ) -> Result<(), Fault> {
+        let deadline = self.init_deadline;
+        self.call(clock, deadline, |b, s| b.call_init(s, config, prior, state))?
+            .map_err(|reason| Fault::InitRefused(reason.chars().take(1000).collect()))
+    }
+
+    pub(crate) fn handle(&mut self, clock: Clock, events: &[Event]) -> Result<Vec<Command>, Fault> {
+        let deadline = self.call_deadline;
+        self.call(clock, deadline, |b, s| b.call_handle(s, events))
+    }
+
+    pub(crate) fn snapshot(&mut self, clock: Clock) -> Result<Vec<u8>, Fault> {
+        let deadline = self.call_deadline;
+        self.call(clock, deadline, |b, s| b.call_snapshot(s))
+    }
+
+    pub(crate) fn describe(&mut self) -> Result<world::types::PolicyInfo, Fault> {
+        let deadline = self.init_deadline;
+        self.call(Clock::default(), deadline, |b, s| b.call_describe(s))
+    }
+
+    /// Guest time so far.
+    pub(crate) fn busy(&self) -> Duration {
+        self.busy
+    }
+
+    /// Log lines the guest wrote, and those dropped past the per-call cap.
+    pub(crate) fn log_counts(&self) -> (u64, u64) {
+        let log = &self.store.data().log;
+        (log.written, log.dropped)
+    }
+
+    fn call<R>(
+        &mut self,
+        clock: Clock,
+        deadline: Duration,
+        f: impl FnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
+        let data = self.store.data_mut();
+        data.clock = clock;
+        data.log.lines_this_call = 0;
+        self.store
+            .set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
+        let started = Instant::now();
+        let result = f(&self.bindings, &mut self.store);
+        self.busy += started.elapsed();
+        result.map_err(|e| classify(&self.store, e, deadline))
+    }
+}
+
+/// Names what went wrong in a guest call.
+fn classify(store: &Store<StoreData>, error: wasmtime::Error, deadline: Duration) -> Fault {
+    let data = store.data();
+    if data.limiter.hit {
+        return Fault::Memory(data.limiter.cap);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Fault::Deadline(deadline),
+        // Rust guests abort on panic; the SDK logs the message first.
+        Some(Trap::UnreachableCodeReached) => {
+            Fault::Panic(data.log.last_error.clone().unwrap_or_default())
+        }
+        _ => Fault::Trap(format!("{error:#}").chars().take(1000).collect()),
+    }
+}
+
+/// Everything a guest's store holds.
+pub(crate) struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    clock: Clock,
+    rng: SmallRng,
+    log: GuestLog,
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and records that the cap was hit, so the fault can say so.
+struct MemoryCap {
+    cap: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (wanted {desired})",
+                self.cap
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The guest's log: forwarded to `tracing`, capped per call.
+pub(crate) struct GuestLog {
+    policy: String,
+    lines_this_call: u32,
+    max_lines: u32,
+    max_len: usize,
+    pub(crate) dropped: u64,
+    pub(crate) written: u64,
+    pub(crate) last_error: Option<String>,
+}
+
+impl GuestLog {
+    fn new(policy: &str, limits: &PolicyLimits) -> Self {
+        GuestLog {
+            policy: policy.to_string(),
+            lines_this_call: 0,
+            max_lines: limits.max_log_lines_per_call,
+            max_len: limits.max_log_line_bytes,
+            dropped: 0,
+            written: 0,
+            last_error: None,
+        }
+    }
+
+    fn write(&mut self, level: LogLevel, mut message: String) {
+        if self.lines_this_call >= self.max_lines {
+            self.dropped += 1;
+            return;
+        }
+        self.lines_this_call += 1;
+        self.written += 1;
+        if message.len() > self.max_len {
+            let mut cut = self.max_len;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let policy = self.policy.as_str();
+        match level {
+            LogLevel::Error => tracing::error!(target: "policy", policy, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "policy", policy, "{message}"),
+            LogLevel::Info => tracing::info!(target: "policy", policy, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "policy", policy, "{message}"),
+            LogLevel::Trace => tracing::trace!(target: "policy", policy, "{message}"),
+        }
+        if level == LogLevel::Error {
+            self.last_error = Some(message);
+        }
+    }
+}
+
+impl world::types::Host for StoreData {}
+
+impl world::host::Host for StoreData {
+    fn monotonic_ms(&mut self) -> u64 {
+        self.clock.monotonic.as_millis() as u64
+    }
+
+    fn wall_clock_ms(&mut self) -> u64 {
+        self.clock.wall_ms
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.log.write(level, message);
+    }
+}

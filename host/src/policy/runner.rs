@@ -1,0 +1,440 @@
+//! Runs one worker's policy: feeds it events, admits its commands, contains its
+//! faults, and swaps it for a new version without losing an event.
+//!
+//! IO-free, with time passed in: the worker's event loop calls [`PolicyRunner::handle`]
+//! once per turn and wakes up by [`PolicyRunner::next_wakeup`]. It must never carry out
+//! a command itself (that is the worker's job) and never let a fault escape: after a
+//! fault the instance is discarded, restarted from the last snapshot with back-off,
+//! and after repeated faults the previous policy version takes over.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::engine::{Clock, CompiledPolicy, PolicyEngine, PolicyInstance, PolicyMeta};
+use super::error::{Fault, PolicyError};
+use super::tables::Tables;
+use super::wire::{Command, Event, SeedConfig};
+
+/// The runner's policy stats, as the control plane reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PolicyStats {
+    pub policy: Option<PolicyMeta>,
+    /// The version a rollback would return to.
+    pub previous: Option<PolicyMeta>,
+    /// `running`, or `restarting` while waiting out a back-off.
+    pub state: &'static str,
+    pub calls: u64,
+    pub events: u64,
+    pub commands: u64,
+    pub commands_rejected: u64,
+    /// Events lost with a faulted call or past the pending-queue limit.
+    pub events_dropped: u64,
+    pub faults: u64,
+    pub faults_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    pub restarts: u64,
+    pub rollbacks: u64,
+    pub swaps: u64,
+    pub swaps_rejected: u64,
+    pub log_lines: u64,
+    pub log_lines_dropped: u64,
+    /// Time spent inside policy code, in microseconds.
+    pub busy_us: u64,
+    pub snapshot_bytes: usize,
+    pub last_fault: Option<FaultReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultReport {
+    pub policy: String,
+    pub fault: Fault,
+    pub message: String,
+    /// Worker time of the fault, in milliseconds.
+    pub at_ms: u64,
+}
+
+/// What a successful hot swap did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapReport {
+    pub from: PolicyMeta,
+    pub to: PolicyMeta,
+    /// How long the event loop was held: snapshot, instantiate and init.
+    pub pause: Duration,
+    pub snapshot_bytes: usize,
+}
+
+/// A policy version with the snapshot to start it from.
+struct Version {
+    policy: CompiledPolicy,
+    /// For the previous version: its state when it was swapped out.
+    snapshot: Option<Vec<u8>>,
+}
+
+pub struct PolicyRunner {
+    engine: PolicyEngine,
+    config: SeedConfig,
+    current: Version,
+    previous: Option<Version>,
+    instance: Option<PolicyInstance>,
+    tables: Tables,
+    /// The current instance's last snapshot, and when it was taken.
+    snapshot: Option<Vec<u8>>,
+    snapshot_at: Duration,
+    /// Events waiting for an instance (during a restart back-off).
+    pending: VecDeque<Event>,
+    recent_faults: VecDeque<Duration>,
+    backoff: Duration,
+    retry_at: Option<Duration>,
+    stats: PolicyStats,
+    /// Guest time and log counters of instances already discarded.
+    retired_busy: Duration,
+    retired_log: (u64, u64),
+}
+
+impl std::fmt::Debug for PolicyRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyRunner")
+            .field("policy", self.current.policy.meta())
+            .field("running", &self.instance.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyRunner {
+    /// Starts a policy for a worker. Fails if the first instance cannot start: a worker
+    /// with no working policy has nothing to fall back to.
+    pub fn start(
+        engine: PolicyEngine,
+        policy: CompiledPolicy,
+        config: SeedConfig,
+        clock: Clock,
+    ) -> Result<Self, PolicyError> {
+        let tables = Tables::default();
+        let instance =
+            start_instance(&engine, &policy, &config, None, &tables, clock).map_err(|fault| {
+                PolicyError::Start {
+                    policy: policy.meta().to_string(),
+                    fault,
+                }
+            })?;
+        let stats = PolicyStats {
+            policy: Some(policy.meta().clone()),
+            state: "running",
+            ..Default::default()
+        };
+        Ok(PolicyRunner {
+            backoff: engine.limits().restart_backoff,
+            engine,
+            config,
+            current: Version {
+                policy,
+                snapshot: None,
+            },
+            previous: None,
+            instance: Some(instance),
+            tables,
+            snapshot: None,
+            snapshot_at: clock.monotonic,
+            pending: VecDeque::new(),
+            recent_faults: VecDeque::new(),
+            retry_at: None,
+            stats,
+            retired_busy: Duration::ZERO,
+            retired_log: (0, 0),
+        })
+    }
+
+    /// Hands the policy everything that happened since the last turn and returns the
+    /// commands it gave that passed the host's checks, in order.
+    pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
+        for event in &events {
+            self.tables.observe(event);
+        }
+        self.stats.events += events.len() as u64;
+        self.pending.extend(events);
+        self.trim_pending();
+
+        if self.instance.is_none() {
+            if self.retry_at.is_some_and(|at| clock.monotonic < at) {
+                return Vec::new();
+            }
+            self.restart(clock);
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Vec::new();
+        };
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+
+        let batch: Vec<Event> = self.pending.drain(..).collect();
+        self.stats.calls += 1;
+        let max = self.engine.limits().max_commands_per_call;
+        let result = instance.handle(clock, &batch).and_then(|commands| {
+            if commands.len() > max {
+                Err(Fault::TooManyCommands {
+                    count: commands.len(),
+                    max,
+                })
+            } else {
+                Ok(commands)
+            }
+        });
+        match result {
+            Ok(commands) => {
+                self.backoff = self.engine.limits().restart_backoff;
+                let admitted = self.admit(clock, commands);
+                self.maybe_snapshot(clock);
+                admitted
+            }
+            Err(fault) => {
+                self.stats.events_dropped += batch.len() as u64;
+                self.fault(clock, fault);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Replaces the running policy with `policy` at this event boundary. The new
+    /// version starts from the running one's snapshot and the host's tables; if it
+    /// cannot start, the running one stays, untouched.
+    pub fn swap(
+        &mut self,
+        clock: Clock,
+        policy: CompiledPolicy,
+    ) -> Result<SwapReport, PolicyError> {
+        let started = Instant::now();
+        if let Some(instance) = self.instance.as_mut() {
+            match instance.snapshot(clock) {
+                Ok(snapshot) => self.keep_snapshot(clock, snapshot),
+                Err(fault) => self.fault(clock, fault),
+            }
+        }
+        let snapshot = self.snapshot.clone();
+        let instance = match start_instance(
+            &self.engine,
+            &policy,
+            &self.config,
+            snapshot.as_deref(),
+            &self.tables,
+            clock,
+        ) {
+            Ok(instance) => instance,
+            Err(fault) => {
+                self.stats.swaps_rejected += 1;
+                tracing::warn!(policy = %policy.meta(), %fault, "hot swap rejected; keeping {}", self.current.policy.meta());
+                return Err(PolicyError::Start {
+                    policy: policy.meta().to_string(),
+                    fault,
+                });
+            }
+        };
+        let from = self.current.policy.meta().clone();
+        let to = policy.meta().clone();
+        let old = std::mem::replace(
+            &mut self.current,
+            Version {
+                policy,
+                snapshot: None,
+            },
+        );
+        self.previous = Some(Version {
+            policy: old.policy,
+            snapshot: snapshot.clone(),
+        });
+        self.replace_instance(Some(instance));
+        self.recent_faults.clear();
+        self.backoff = self.engine.limits().restart_backoff;
+        self.retry_at = None;
+        self.stats.swaps += 1;
+        let report = SwapReport {
+            from,
+            to,
+            pause: started.elapsed(),
+            snapshot_bytes: snapshot.as_ref().map_or(0, Vec::len),
+        };
+        tracing::info!(from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64, "policy swapped");
+        Ok(report)
+    }
+
+    /// When the runner needs a turn even if nothing happens: a restart after back-off.
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        self.retry_at
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    pub fn policy(&self) -> &PolicyMeta {
+        self.current.policy.meta()
+    }
+
+    pub fn stats(&self) -> PolicyStats {
+        let mut stats = self.stats.clone();
+        stats.policy = Some(self.current.policy.meta().clone());
+        stats.previous = self.previous.as_ref().map(|v| v.policy.meta().clone());
+        stats.state = if self.instance.is_some() {
+            "running"
+        } else {
+            "restarting"
+        };
+        let (written, dropped) = self.instance.as_ref().map_or((0, 0), |i| i.log_counts());
+        stats.log_lines = self.retired_log.0 + written;
+        stats.log_lines_dropped = self.retired_log.1 + dropped;
+        let busy = self.retired_busy
+            + self
+                .instance
+                .as_ref()
+                .map_or(Duration::ZERO, PolicyInstance::busy);
+        stats.busy_us = busy.as_micros() as u64;
+        stats.snapshot_bytes = self.snapshot.as_ref().map_or(0, Vec::len);
+        stats
+    }
+
+    fn admit(&mut self, clock: Clock, commands: Vec<Command>) -> Vec<Command> {
+        let limits = self.engine.limits();
+        let max_peers = self.config.max_connections as usize;
+        let mut admitted = Vec::with_capacity(commands.len());
+        for command in commands {
+            match self
+                .tables
+                .admit(clock.monotonic, &command, limits, max_peers)
+            {
+                Ok(()) => admitted.push(command),
+                Err(rejection) => {
+                    self.stats.commands_rejected += 1;
+                    tracing::debug!(policy = %self.current.policy.meta(), %rejection, "command rejected");
+                }
+            }
+        }
+        self.stats.commands += admitted.len() as u64;
+        admitted
+    }
+
+    fn maybe_snapshot(&mut self, clock: Clock) {
+        let due = self.snapshot_at + self.engine.limits().snapshot_interval;
+        if clock.monotonic < due {
+            return;
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        match instance.snapshot(clock) {
+            Ok(snapshot) => self.keep_snapshot(clock, snapshot),
+            Err(fault) => self.fault(clock, fault),
+        }
+    }
+
+    fn keep_snapshot(&mut self, clock: Clock, snapshot: Vec<u8>) {
+        let max = self.engine.limits().max_snapshot_bytes;
+        if snapshot.len() > max {
+            let fault = Fault::Trap(format!(
+                "snapshot of {} bytes is over the {max}-byte limit",
+                snapshot.len()
+            ));
+            self.fault(clock, fault);
+            return;
+        }
+        self.snapshot = Some(snapshot);
+        self.snapshot_at = clock.monotonic;
+    }
+
+    /// Discards the faulted instance and decides what runs next.
+    fn fault(&mut self, clock: Clock, fault: Fault) {
+        let now = clock.monotonic;
+        self.stats.faults += 1;
+        *self.stats.faults_by_kind.entry(fault.kind()).or_default() += 1;
+        let policy = self.current.policy.meta().to_string();
+        tracing::warn!(policy, %fault, "policy fault; instance discarded");
+        self.stats.last_fault = Some(FaultReport {
+            policy,
+            message: fault.to_string(),
+            fault,
+            at_ms: now.as_millis() as u64,
+        });
+        self.replace_instance(None);
+
+        let limits = self.engine.limits();
+        self.recent_faults.push_back(now);
+        while self
+            .recent_faults
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > limits.rollback_window)
+        {
+            self.recent_faults.pop_front();
+        }
+        if self.recent_faults.len() >= limits.rollback_after_faults
+            && let Some(previous) = self.previous.take()
+        {
+            self.stats.rollbacks += 1;
+            tracing::error!(
+                from = %self.current.policy.meta(),
+                to = %previous.policy.meta(),
+                faults = self.recent_faults.len(),
+                "policy keeps faulting; rolling back"
+            );
+            self.current = previous;
+            self.snapshot = self.current.snapshot.take();
+            self.recent_faults.clear();
+            self.backoff = limits.restart_backoff;
+            // The previous version worked: try it at once.
+            self.retry_at = Some(now);
+            return;
+        }
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(limits.max_restart_backoff);
+    }
+
+    fn restart(&mut self, clock: Clock) {
+        self.stats.restarts += 1;
+        match start_instance(
+            &self.engine,
+            &self.current.policy,
+            &self.config,
+            self.snapshot.as_deref(),
+            &self.tables,
+            clock,
+        ) {
+            Ok(instance) => {
+                tracing::info!(policy = %self.current.policy.meta(), "policy instance restarted");
+                self.replace_instance(Some(instance));
+                self.retry_at = None;
+                self.snapshot_at = clock.monotonic;
+            }
+            Err(fault) => self.fault(clock, fault),
+        }
+    }
+
+    fn replace_instance(&mut self, instance: Option<PolicyInstance>) {
+        if let Some(old) = std::mem::replace(&mut self.instance, instance) {
+            self.retired_busy += old.busy();
+            let (written, dropped) = old.log_counts();
+            self.retired_log.0 += written;
+            self.retired_log.1 += dropped;
+        }
+    }
+
+    fn trim_pending(&mut self) {
+        let max = self.engine.limits().max_pending_events;
+        if self.pending.len() > max {
+            let excess = self.pending.len() - max;
+            self.pending.drain(..excess);
+            self.stats.events_dropped += excess as u64;
+        }
+    }
+}
+
+fn start_instance(
+    engine: &PolicyEngine,
+    policy: &CompiledPolicy,
+    config: &SeedConfig,
+    snapshot: Option<&[u8]>,
+    tables: &Tables,
+    clock: Clock,
+) -> Result<PolicyInstance, Fault> {
+    let mut instance = engine.instantiate(policy, clock)?;
+    instance.init(clock, config, snapshot, &tables.state(clock.monotonic))?;
+    Ok(instance)
+}

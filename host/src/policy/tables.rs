@@ -1,0 +1,628 @@
+//! The host's authoritative view of a worker, kept from the flow of events and
+//! admitted commands, and the checks every command passes before the host acts on it.
+//!
+//! Pure logic with time passed in: no wasm, no sockets. It must never trust the policy:
+//! a command that names something that does not exist, reuses an id, or carries too
+//! much is refused here, and the tables only change for commands that pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::limits::PolicyLimits;
+use super::wire::{
+    ByteRange, Command, ConnId, Event, FetchId, HostState, PeerId, SegmentHandle, SegmentInfo,
+    TimerId,
+};
+
+/// Why one command was refused. The policy's other commands still run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{what} {id} is not known")]
+    Unknown { what: &'static str, id: u64 },
+    #[error("{what} {id} is already in use")]
+    Duplicate { what: &'static str, id: u64 },
+    #[error("peer {0} has no open DataChannel yet")]
+    PeerNotOpen(PeerId),
+    #[error("peer {0} did not make an offer")]
+    PeerNotOffering(PeerId),
+    #[error("tracker connection {0} is not open yet")]
+    TrackerNotOpen(ConnId),
+    #[error("{what} of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("already {max} {what}, the limit")]
+    TooMany { what: &'static str, max: usize },
+    #[error("URL {url:?} is not allowed here: {why}")]
+    BadUrl { url: String, why: &'static str },
+    #[error("byte range {start}..{end} is empty or reversed")]
+    BadRange { start: u64, end: u64 },
+    #[error("offset {offset} is past the end of segment {handle} ({size} bytes)")]
+    OffsetPastEnd {
+        handle: SegmentHandle,
+        offset: u64,
+        size: u64,
+    },
+    #[error("chunk size {0} is outside 1..={1}")]
+    BadChunk(u32, u32),
+    #[error("timer delay of {0} ms is over the limit of {1} ms")]
+    TimerTooLong(u64, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Opening,
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerPhase {
+    /// We offered; waiting for the remote answer, then the DataChannel.
+    Offering,
+    /// We answered (or took the answer); waiting for the DataChannel.
+    Connecting,
+    Open,
+}
+
+#[derive(Debug, Clone)]
+struct Tracker {
+    url: String,
+    link: Link,
+}
+
+/// Authoritative tables of one worker.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    trackers: BTreeMap<ConnId, Tracker>,
+    peers: BTreeMap<PeerId, PeerPhase>,
+    /// Serves in progress, so `segment-sent` and closes keep them exact.
+    serves: BTreeSet<(PeerId, SegmentHandle)>,
+    fetches: BTreeSet<FetchId>,
+    segments: BTreeMap<SegmentHandle, SegmentInfo>,
+    /// Timer deadlines on the worker's monotonic clock.
+    timers: BTreeMap<TimerId, Duration>,
+}
+
+impl Tables {
+    /// Records what an event says happened. Events that name something unknown (late
+    /// events for a closed peer, say) change nothing.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::TrackerConnected(conn) => {
+                if let Some(tracker) = self.trackers.get_mut(conn) {
+                    tracker.link = Link::Open;
+                }
+            }
+            Event::TrackerClosed(closed) => {
+                self.trackers.remove(&closed.conn);
+            }
+            Event::PeerChannelOpen(peer) => {
+                if let Some(phase) = self.peers.get_mut(peer) {
+                    *phase = PeerPhase::Open;
+                }
+            }
+            Event::PeerClosed(closed) => {
+                self.peers.remove(&closed.peer);
+                self.serves.retain(|(peer, _)| *peer != closed.peer);
+            }
+            Event::TextFetched(done) => {
+                self.fetches.remove(&done.fetch);
+            }
+            Event::SegmentStored(stored) => {
+                self.fetches.remove(&stored.fetch);
+                self.segments
+                    .insert(stored.segment.handle, stored.segment.clone());
+            }
+            Event::FetchFailed(failed) => {
+                self.fetches.remove(&failed.fetch);
+            }
+            Event::SegmentEvicted(handle) => {
+                self.segments.remove(handle);
+                self.serves.retain(|(_, h)| h != handle);
+            }
+            Event::SegmentSent(sent) => {
+                self.serves.remove(&(sent.peer, sent.handle));
+            }
+            Event::TimerFired(timer) => {
+                self.timers.remove(timer);
+            }
+            Event::TrackerText(_)
+            | Event::PeerOfferReady(_)
+            | Event::PeerAnswerReady(_)
+            | Event::PeerMessage(_)
+            | Event::PeerBufferedLow(_) => {}
+        }
+    }
+
+    /// Checks a command against the limits and the tables; when it passes, the tables
+    /// record its effect and the host may carry it out.
+    pub fn admit(
+        &mut self,
+        now: Duration,
+        command: &Command,
+        limits: &PolicyLimits,
+        max_peers: usize,
+    ) -> Result<(), Rejection> {
+        match command {
+            Command::TrackerConnect(c) => {
+                check_url(&c.url, &["ws://", "wss://"], limits)?;
+                fresh(
+                    "tracker connection",
+                    c.conn,
+                    self.trackers.contains_key(&c.conn),
+                )?;
+                room(
+                    "tracker connections",
+                    self.trackers.len(),
+                    limits.max_trackers,
+                )?;
+                self.trackers.insert(
+                    c.conn,
+                    Tracker {
+                        url: c.url.clone(),
+                        link: Link::Opening,
+                    },
+                );
+            }
+            Command::TrackerSend(s) => {
+                fit("tracker text", s.text.len(), limits.max_text_bytes)?;
+                match self.trackers.get(&s.conn) {
+                    None => return Err(unknown("tracker connection", s.conn)),
+                    Some(t) if t.link != Link::Open => {
+                        return Err(Rejection::TrackerNotOpen(s.conn));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Command::TrackerClose(conn) => {
+                self.trackers
+                    .remove(conn)
+                    .ok_or(unknown("tracker connection", *conn))?;
+            }
+            Command::PeerOffer(peer) => {
+                self.new_peer(*peer, max_peers, PeerPhase::Offering)?;
+            }
+            Command::PeerAnswer(a) => {
+                fit("SDP offer", a.offer.len(), limits.max_text_bytes)?;
+                self.new_peer(a.peer, max_peers, PeerPhase::Connecting)?;
+            }
+            Command::PeerAcceptAnswer(a) => {
+                fit("SDP answer", a.answer.len(), limits.max_text_bytes)?;
+                match self.peers.get_mut(&a.peer) {
+                    None => return Err(unknown("peer", a.peer)),
+                    Some(phase @ PeerPhase::Offering) => *phase = PeerPhase::Connecting,
+                    Some(_) => return Err(Rejection::PeerNotOffering(a.peer)),
+                }
+            }
+            Command::PeerSend(s) => {
+                fit("peer message", s.data.len(), limits.max_message_bytes)?;
+                self.open_peer(s.peer)?;
+            }
+            Command::ServeSegment(s) => {
+                self.open_peer(s.peer)?;
+                let segment = self
+                    .segments
+                    .get(&s.handle)
+                    .ok_or(unknown("segment", s.handle))?;
+                if s.offset > segment.size {
+                    return Err(Rejection::OffsetPastEnd {
+                        handle: s.handle,
+                        offset: s.offset,
+                        size: segment.size,
+                    });
+                }
+                if s.chunk_size == 0 || s.chunk_size > limits.max_chunk_bytes {
+                    return Err(Rejection::BadChunk(s.chunk_size, limits.max_chunk_bytes));
+                }
+                self.serves.insert((s.peer, s.handle));
+            }
+            Command::CancelServe(c) => {
+                if !self.serves.remove(&(c.peer, c.handle)) {
+                    return Err(unknown("serve of segment", c.handle));
+                }
+            }
+            Command::PeerClose(c) => {
+                self.peers.remove(&c.peer).ok_or(unknown("peer", c.peer))?;
+                self.serves.retain(|(peer, _)| *peer != c.peer);
+            }
+            Command::FetchText(f) => {
+                check_url(&f.url, &["http://", "https://"], limits)?;
+                self.new_fetch(f.fetch, limits)?;
+            }
+            Command::FetchSegment(f) => {
+                check_url(&f.url, &["http://", "https://"], limits)?;
+                if let Some(ByteRange { start, end }) = f.range
+                    && start >= end
+                {
+                    return Err(Rejection::BadRange { start, end });
+                }
+                self.new_fetch(f.fetch, limits)?;
+            }
+            Command::FetchCancel(fetch) => {
+                if !self.fetches.remove(fetch) {
+                    return Err(unknown("fetch", *fetch));
+                }
+            }
+            Command::Evict(handle) => {
+                // The segment leaves the tables when the host reports `segment-evicted`.
+                if !self.segments.contains_key(handle) {
+                    return Err(unknown("segment", *handle));
+                }
+            }
+            Command::TimerSet(t) => {
+                let max_ms = limits.max_timer_delay.as_millis() as u64;
+                if t.after_ms > max_ms {
+                    return Err(Rejection::TimerTooLong(t.after_ms, max_ms));
+                }
+                if !self.timers.contains_key(&t.timer) {
+                    room("timers", self.timers.len(), limits.max_timers)?;
+                }
+                self.timers
+                    .insert(t.timer, now + Duration::from_millis(t.after_ms));
+            }
+            Command::TimerCancel(timer) => {
+                self.timers.remove(timer).ok_or(unknown("timer", *timer))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a fresh policy instance is told about the worker.
+    pub fn state(&self, now: Duration) -> HostState {
+        HostState {
+            trackers: self
+                .trackers
+                .iter()
+                .filter(|(_, t)| t.link == Link::Open)
+                .map(|(conn, t)| (*conn, t.url.clone()))
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .filter(|(_, phase)| **phase == PeerPhase::Open)
+                .map(|(peer, _)| *peer)
+                .collect(),
+            segments: self.segments.values().cloned().collect(),
+            timers: self
+                .timers
+                .iter()
+                .map(|(timer, due)| (*timer, due.saturating_sub(now).as_millis() as u64))
+                .collect(),
+        }
+    }
+
+    /// Timers that are due, earliest first, for the worker's event loop to fire.
+    pub fn due_timers(&self, now: Duration) -> Vec<TimerId> {
+        let mut due: Vec<_> = self.timers.iter().filter(|(_, at)| **at <= now).collect();
+        due.sort_by_key(|(timer, at)| (**at, **timer));
+        due.into_iter().map(|(timer, _)| *timer).collect()
+    }
+
+    /// When the earliest pending timer is due.
+    pub fn next_timer(&self) -> Option<Duration> {
+        self.timers.values().min().copied()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn segment(&self, handle: SegmentHandle) -> Option<&SegmentInfo> {
+        self.segments.get(&handle)
+    }
+
+    fn new_peer(
+        &mut self,
+        peer: PeerId,
+        max_peers: usize,
+        phase: PeerPhase,
+    ) -> Result<(), Rejection> {
+        fresh("peer", peer, self.peers.contains_key(&peer))?;
+        room("peers", self.peers.len(), max_peers)?;
+        self.peers.insert(peer, phase);
+        Ok(())
+    }
+
+    fn open_peer(&self, peer: PeerId) -> Result<(), Rejection> {
+        match self.peers.get(&peer) {
+            None => Err(unknown("peer", peer)),
+            Some(PeerPhase::Open) => Ok(()),
+            Some(_) => Err(Rejection::PeerNotOpen(peer)),
+        }
+    }
+
+    fn new_fetch(&mut self, fetch: FetchId, limits: &PolicyLimits) -> Result<(), Rejection> {
+        fresh("fetch", fetch, self.fetches.contains(&fetch))?;
+        room("fetches", self.fetches.len(), limits.max_fetches)?;
+        self.fetches.insert(fetch);
+        Ok(())
+    }
+}
+
+fn unknown(what: &'static str, id: u64) -> Rejection {
+    Rejection::Unknown { what, id }
+}
+
+fn fresh(what: &'static str, id: u64, taken: bool) -> Result<(), Rejection> {
+    if taken {
+        Err(Rejection::Duplicate { what, id })
+    } else {
+        Ok(())
+    }
+}
+
+fn room(what: &'static str, len: usize, max: usize) -> Result<(), Rejection> {
+    if len >= max {
+        Err(Rejection::TooMany { what, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn fit(what: &'static str, len: usize, max: usize) -> Result<(), Rejection> {
+    if len > max {
+        Err(Rejection::TooLarge { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_url(url: &str, schemes: &[&str], limits: &PolicyLimits) -> Result<(), Rejection> {
+    let bad = |why| {
+        Err(Rejection::BadUrl {
+            url: url.chars().take(200).collect(),
+            why,
+        })
+    };
+    if url.len() > limits.max_url_bytes {
+        return bad("too long");
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let Some(scheme) = schemes.iter().find(|s| lower.starts_with(**s)) else {
+        return bad("wrong scheme");
+    };
+    let rest = &url[scheme.len()..];
+    if rest.is_empty() || rest.starts_with('/') {
+        return bad("no host");
+    }
+    if url.chars().any(|c| c.is_control() || c == ' ') {
+        return bad("contains spaces or control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::wire::{
+        CacheTier, FetchSegment, PeerAnswer, PeerClosed, PeerSend, SegmentStored, ServeSegment,
+        TimerSet, TrackerConnect, TrackerSend,
+    };
+
+    const NOW: Duration = Duration::from_secs(100);
+
+    fn admit(tables: &mut Tables, command: Command) -> Result<(), Rejection> {
+        tables.admit(NOW, &command, &PolicyLimits::default(), 2)
+    }
+
+    fn segment(handle: SegmentHandle, size: u64) -> Event {
+        Event::SegmentStored(SegmentStored {
+            fetch: 0,
+            segment: SegmentInfo {
+                handle,
+                url: "http://origin/seg.ts".into(),
+                range: None,
+                size,
+                tier: CacheTier::Memory,
+            },
+        })
+    }
+
+    #[test]
+    fn tracker_lifecycle_is_enforced() {
+        let mut t = Tables::default();
+        let connect = Command::TrackerConnect(TrackerConnect {
+            conn: 1,
+            url: "wss://t.example/".into(),
+        });
+        admit(&mut t, connect.clone()).unwrap();
+        assert_eq!(
+            admit(&mut t, connect),
+            Err(Rejection::Duplicate {
+                what: "tracker connection",
+                id: 1
+            })
+        );
+        let send = Command::TrackerSend(TrackerSend {
+            conn: 1,
+            text: "{}".into(),
+        });
+        assert_eq!(
+            admit(&mut t, send.clone()),
+            Err(Rejection::TrackerNotOpen(1))
+        );
+        t.observe(&Event::TrackerConnected(1));
+        admit(&mut t, send.clone()).unwrap();
+        assert_eq!(
+            t.state(NOW).trackers,
+            vec![(1, "wss://t.example/".to_string())]
+        );
+        t.observe(&Event::TrackerClosed(crate::policy::wire::TrackerClosed {
+            conn: 1,
+            reason: String::new(),
+        }));
+        assert!(matches!(
+            admit(&mut t, send),
+            Err(Rejection::Unknown { .. })
+        ));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let mut t = Tables::default();
+        for (url, ok) in [
+            ("wss://tracker.example/announce", true),
+            ("WS://127.0.0.1:8000", true),
+            ("http://tracker.example/", false),
+            ("wss://", false),
+            ("wss:///path", false),
+            ("wss://a b", false),
+            ("file:///etc/passwd", false),
+        ] {
+            let result = admit(
+                &mut t,
+                Command::TrackerConnect(TrackerConnect {
+                    conn: 7,
+                    url: url.into(),
+                }),
+            );
+            assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
+            t.trackers.clear();
+        }
+    }
+
+    #[test]
+    fn peers_are_capped_and_must_be_open_to_send() {
+        let mut t = Tables::default();
+        let answer = |peer| {
+            Command::PeerAnswer(PeerAnswer {
+                peer,
+                offer: "v=0".into(),
+            })
+        };
+        admit(&mut t, answer(1)).unwrap();
+        admit(&mut t, answer(2)).unwrap();
+        assert_eq!(
+            admit(&mut t, answer(3)),
+            Err(Rejection::TooMany {
+                what: "peers",
+                max: 2
+            })
+        );
+        let send = Command::PeerSend(PeerSend {
+            peer: 1,
+            data: vec![1, 2, 3],
+        });
+        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::PeerNotOpen(1)));
+        t.observe(&Event::PeerChannelOpen(1));
+        admit(&mut t, send).unwrap();
+        let big = Command::PeerSend(PeerSend {
+            peer: 1,
+            data: vec![0; (64 << 10) + 1],
+        });
+        assert!(matches!(
+            admit(&mut t, big),
+            Err(Rejection::TooLarge { .. })
+        ));
+        t.observe(&Event::PeerClosed(PeerClosed {
+            peer: 1,
+            reason: "gone".into(),
+        }));
+        admit(&mut t, answer(3)).unwrap();
+        assert_eq!(t.peer_count(), 2);
+    }
+
+    #[test]
+    fn serves_need_a_cached_segment_and_a_sane_offset() {
+        let mut t = Tables::default();
+        admit(
+            &mut t,
+            Command::PeerAnswer(PeerAnswer {
+                peer: 1,
+                offer: "v=0".into(),
+            }),
+        )
+        .unwrap();
+        t.observe(&Event::PeerChannelOpen(1));
+        let serve = |handle, offset| {
+            Command::ServeSegment(ServeSegment {
+                peer: 1,
+                handle,
+                offset,
+                chunk_size: 16384,
+            })
+        };
+        assert_eq!(
+            admit(&mut t, serve(9, 0)),
+            Err(Rejection::Unknown {
+                what: "segment",
+                id: 9
+            })
+        );
+        t.observe(&segment(9, 1000));
+        admit(&mut t, serve(9, 1000)).unwrap();
+        assert!(matches!(
+            admit(&mut t, serve(9, 1001)),
+            Err(Rejection::OffsetPastEnd { .. })
+        ));
+        t.observe(&Event::SegmentEvicted(9));
+        assert!(t.segment(9).is_none());
+        assert!(matches!(
+            admit(&mut t, serve(9, 0)),
+            Err(Rejection::Unknown { .. })
+        ));
+    }
+
+    #[test]
+    fn fetches_and_ranges() {
+        let mut t = Tables::default();
+        let fetch = |fetch, range| {
+            Command::FetchSegment(FetchSegment {
+                fetch,
+                url: "https://origin.example/a.ts".into(),
+                range,
+                tier: CacheTier::Disk,
+            })
+        };
+        admit(&mut t, fetch(1, Some(ByteRange { start: 0, end: 10 }))).unwrap();
+        assert!(matches!(
+            admit(&mut t, fetch(1, None)),
+            Err(Rejection::Duplicate { .. })
+        ));
+        assert_eq!(
+            admit(&mut t, fetch(2, Some(ByteRange { start: 5, end: 5 }))),
+            Err(Rejection::BadRange { start: 5, end: 5 })
+        );
+        t.observe(&segment(4, 10));
+        admit(&mut t, fetch(1, None)).expect_err("still in flight: segment-stored named fetch 0");
+    }
+
+    #[test]
+    fn timers_are_replayed_with_their_remaining_time() {
+        let mut t = Tables::default();
+        admit(
+            &mut t,
+            Command::TimerSet(TimerSet {
+                timer: 5,
+                after_ms: 1500,
+            }),
+        )
+        .unwrap();
+        admit(
+            &mut t,
+            Command::TimerSet(TimerSet {
+                timer: 6,
+                after_ms: 500,
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            t.state(NOW + Duration::from_millis(400)).timers,
+            vec![(5, 1100), (6, 100)]
+        );
+        assert_eq!(t.due_timers(NOW + Duration::from_millis(600)), vec![6]);
+        assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(500)));
+        let too_long = Command::TimerSet(TimerSet {
+            timer: 7,
+            after_ms: u64::MAX,
+        });
+        assert!(matches!(
+            admit(&mut t, too_long),
+            Err(Rejection::TimerTooLong(..))
+        ));
+        t.observe(&Event::TimerFired(6));
+        assert_eq!(t.state(NOW).timers.len(), 1);
+    }
+}

@@ -1,0 +1,381 @@
+//! The policy runtime against real components: the embedded default policy, a counter
+//! in two versions, and policies that misbehave on purpose. Time is passed in, so no
+//! test sleeps; only the epoch deadline runs on real time.
+
+use std::time::Duration;
+
+use superpeer::policy::wire::{Command, Event, SeedConfig, TimerSet};
+use superpeer::policy::{
+    Clock, CompiledPolicy, EMBEDDED_POLICY, Fault, PolicyEngine, PolicyError, PolicyLimits,
+    PolicyRunner,
+};
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = format!("{}/{name}.wasm", env!("SUPERPEER_GUEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Generous deadlines: a loaded CI machine must not turn a slow call into a fault.
+fn limits() -> PolicyLimits {
+    PolicyLimits {
+        call_deadline: Duration::from_millis(500),
+        init_deadline: Duration::from_millis(2000),
+        memory_bytes: 16 << 20,
+        snapshot_interval: Duration::ZERO,
+        ..PolicyLimits::default()
+    }
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::new(limits()).unwrap()
+}
+
+fn config(settings: &[(&str, &str)]) -> SeedConfig {
+    SeedConfig {
+        channel: "aHR0cDovL29yaWdpbi5leGFtcGxlL21hc3Rlci5tM3U4".into(),
+        manifest_url: Some("http://origin.example/master.m3u8".into()),
+        trackers: vec![],
+        live: true,
+        max_connections: 80,
+        label: "test".into(),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn at(ms: u64) -> Clock {
+    Clock {
+        monotonic: Duration::from_millis(ms),
+        wall_ms: 1_700_000_000_000 + ms,
+    }
+}
+
+fn counter(engine: &PolicyEngine) -> CompiledPolicy {
+    engine.compile(&guest("superpeer_test_counter")).unwrap()
+}
+
+fn timers(ids: std::ops::Range<u64>) -> Vec<Event> {
+    ids.map(Event::TimerFired).collect()
+}
+
+/// The counter's answers as (timer, after_ms).
+fn answers(commands: &[Command]) -> Vec<(u64, u64)> {
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::TimerSet(TimerSet { timer, after_ms }) => (*timer, *after_ms),
+            other => panic!("unexpected command {other:?}"),
+        })
+        .collect()
+}
+
+/// Runs the counter in a runner and checks it answers in sequence from `first_seen`.
+fn assert_counter_answers(runner: &mut PolicyRunner, clock: Clock, first_seen: u64) {
+    let got = answers(&runner.handle(clock, timers(100..103)));
+    let expected: Vec<_> = (0..3).map(|i| (100 + i, first_seen + i)).collect();
+    assert_eq!(
+        got, expected,
+        "counter should still answer, carrying its count"
+    );
+}
+
+#[test]
+fn embedded_default_policy_loads_and_describes_itself() {
+    let policy = engine().compile(EMBEDDED_POLICY).unwrap();
+    assert_eq!(policy.meta().name, "pml");
+    assert_eq!(policy.meta().size, EMBEDDED_POLICY.len());
+    assert_eq!(policy.meta().digest.len(), 16);
+}
+
+#[test]
+fn embedded_policy_connects_its_trackers() {
+    let engine = engine();
+    let policy = engine.compile(EMBEDDED_POLICY).unwrap();
+    let mut seed = config(&[]);
+    seed.trackers = vec![
+        "wss://tracker.example/".into(),
+        "ws://127.0.0.1:8000".into(),
+    ];
+    let mut runner = PolicyRunner::start(engine, policy, seed, at(0)).unwrap();
+    let commands = runner.handle(at(1), vec![Event::PeerBufferedLow(1)]);
+    let urls: Vec<_> = commands
+        .iter()
+        .map(|c| match c {
+            Command::TrackerConnect(t) => t.url.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(urls, ["wss://tracker.example/", "ws://127.0.0.1:8000"]);
+}
+
+#[test]
+fn precompiled_policy_round_trips() {
+    let engine = engine();
+    let native = engine.precompile(EMBEDDED_POLICY).unwrap();
+    let policy = engine.load_precompiled(&native).unwrap();
+    assert_eq!(policy.meta().name, "pml");
+}
+
+#[test]
+fn snapshot_carries_state_through_a_restart_after_a_fault() {
+    let engine = engine();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
+    assert_eq!(
+        answers(&runner.handle(at(1), timers(0..5))).last(),
+        Some(&(4, 5))
+    );
+
+    // The poisoned batch is lost with the instance that panicked on it.
+    assert!(
+        runner
+            .handle(
+                at(2),
+                vec![Event::TimerFired(7), Event::TimerFired(u64::MAX)]
+            )
+            .is_empty()
+    );
+    let stats = runner.stats();
+    assert_eq!(stats.faults_by_kind.get("panic"), Some(&1));
+    assert_eq!(stats.events_dropped, 2);
+    let fault = stats.last_fault.expect("the fault is reported");
+    assert!(
+        fault.message.contains("poisoned after 7 events"),
+        "{}",
+        fault.message
+    );
+    assert_eq!(stats.state, "restarting");
+    let wake = runner.next_wakeup().expect("a restart is scheduled");
+
+    // Before the back-off ends, events wait; after it, the new instance gets them and
+    // continues from the snapshot taken after the fifth event.
+    assert!(runner.handle(at(3), timers(10..11)).is_empty());
+    let resumed = answers(&runner.handle(
+        Clock {
+            monotonic: wake,
+            wall_ms: 0,
+        },
+        timers(11..12),
+    ));
+    assert_eq!(resumed, vec![(10, 6), (11, 7)]);
+    assert_eq!(runner.stats().restarts, 1);
+    assert_eq!(runner.stats().state, "running");
+}
+
+#[test]
+fn hot_swap_mid_stream_loses_no_event_and_carries_state() {
+    let engine = engine();
+    let v2 = engine.compile(&guest("superpeer_test_counter_v2")).unwrap();
+    assert_eq!(v2.meta().version, "2.0.0");
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
+
+    let mut seen = Vec::new();
+    for batch in 0..100u64 {
+        if batch == 50 {
+            let report = runner.swap(at(batch), v2.clone()).unwrap();
+            assert_eq!(
+                (report.from.version.as_str(), report.to.version.as_str()),
+                ("1.0.0", "2.0.0")
+            );
+            assert_eq!(report.snapshot_bytes, 8);
+        }
+        seen.extend(answers(
+            &runner.handle(at(batch), timers(batch * 10..batch * 10 + 10)),
+        ));
+    }
+    assert_eq!(seen.len(), 1000, "every event answered exactly once");
+    for (i, (timer, after_ms)) in seen.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(*timer, i, "answers in order");
+        let mark = if i < 500 { 0 } else { 1_000_000 };
+        assert_eq!(
+            *after_ms,
+            mark + i + 1,
+            "event {i}: count carried over the swap"
+        );
+    }
+    let stats = runner.stats();
+    assert_eq!((stats.swaps, stats.faults, stats.events_dropped), (1, 0, 0));
+    assert_eq!(stats.previous.map(|p| p.version), Some("1.0.0".to_string()));
+}
+
+/// Swaps a misbehaving policy in over the counter, makes it misbehave until the
+/// runner rolls back, and checks the counter carries on where it was.
+fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -> PolicyRunner {
+    let engine = PolicyEngine::new(limits).unwrap();
+    let bad = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let mut runner = PolicyRunner::start(
+        engine.clone(),
+        counter(&engine),
+        config(&[("mode", mode)]),
+        at(0),
+    )
+    .unwrap();
+    assert_eq!(answers(&runner.handle(at(1), timers(0..3))).len(), 3);
+
+    runner
+        .swap(at(2), bad)
+        .expect("the bad policy passes its canary: it only misbehaves later");
+    assert_eq!(runner.policy().name, "misbehave");
+    let mut now = 3;
+    while runner.policy().name == "misbehave" {
+        assert!(runner.handle(at(now), timers(50..51)).is_empty());
+        now = runner
+            .next_wakeup()
+            .map_or(now + 1, |t| t.as_millis() as u64)
+            .max(now + 1);
+        assert!(now < 100_000, "never rolled back");
+    }
+    let stats = runner.stats();
+    assert_eq!(stats.rollbacks, 1, "{stats:?}");
+    assert_eq!(
+        stats.faults_by_kind.get(expected_kind),
+        Some(&3),
+        "{stats:?}"
+    );
+    assert!(stats.last_fault.is_some());
+    // The counter resumes from the state it had when it was swapped out.
+    assert_counter_answers(&mut runner, at(now), 4);
+    runner
+}
+
+#[test]
+fn infinite_loop_is_interrupted_and_rolled_back() {
+    let limits = PolicyLimits {
+        call_deadline: Duration::from_millis(20),
+        ..limits()
+    };
+    let runner = contained_after_swap("loop", "deadline", limits);
+    let fault = runner.stats().last_fault.unwrap().fault;
+    assert_eq!(fault, Fault::Deadline(Duration::from_millis(20)));
+}
+
+#[test]
+fn memory_bomb_hits_the_cap_and_is_rolled_back() {
+    let runner = contained_after_swap("memory", "memory", limits());
+    assert_eq!(
+        runner.stats().last_fault.unwrap().fault,
+        Fault::Memory(16 << 20)
+    );
+}
+
+#[test]
+fn panic_is_contained_with_its_message() {
+    let runner = contained_after_swap("panic", "panic", limits());
+    let message = runner.stats().last_fault.unwrap().message;
+    assert!(message.contains("panicking on purpose"), "{message}");
+}
+
+#[test]
+fn oversized_command_list_is_a_fault() {
+    let runner = contained_after_swap("flood", "too-many-commands", limits());
+    let fault = runner.stats().last_fault.unwrap().fault;
+    assert_eq!(
+        fault,
+        Fault::TooManyCommands {
+            count: 100_000,
+            max: 4096
+        }
+    );
+}
+
+#[test]
+fn a_policy_that_fails_its_canary_never_replaces_the_running_one() {
+    let limits = PolicyLimits {
+        call_deadline: Duration::from_millis(50),
+        init_deadline: Duration::from_millis(50),
+        ..limits()
+    };
+    let engine = PolicyEngine::new(limits).unwrap();
+    let bad = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    for mode in ["loop", "memory", "panic", "reject"] {
+        let settings = [("mode", mode), ("when", "init")];
+        let mut runner =
+            PolicyRunner::start(engine.clone(), counter(&engine), config(&settings), at(0))
+                .unwrap();
+        assert_eq!(answers(&runner.handle(at(1), timers(0..2))).len(), 2);
+        let error = runner.swap(at(2), bad.clone()).unwrap_err();
+        assert!(
+            matches!(error, PolicyError::Start { .. }),
+            "{mode}: {error}"
+        );
+        assert_eq!(runner.policy().name, "counter", "{mode}");
+        assert_eq!(runner.stats().swaps_rejected, 1);
+        assert_counter_answers(&mut runner, at(3), 3);
+    }
+}
+
+#[test]
+fn components_of_the_wrong_world_and_garbage_are_refused() {
+    let engine = engine();
+    let wrong = engine
+        .compile(&guest("superpeer_test_wrong_world"))
+        .unwrap_err();
+    assert!(matches!(wrong, PolicyError::WrongWorld(_)), "{wrong}");
+    for garbage in [
+        &b""[..],
+        b"not wasm at all",
+        b"\0asm\x01\0\0\0",
+        &[0xff; 4096],
+    ] {
+        let error = engine.compile(garbage).unwrap_err();
+        assert!(matches!(error, PolicyError::Invalid(_)), "{error}");
+    }
+    let limits = PolicyLimits {
+        max_component_bytes: 1024,
+        ..limits()
+    };
+    let error = PolicyEngine::new(limits)
+        .unwrap()
+        .compile(EMBEDDED_POLICY)
+        .unwrap_err();
+    assert!(matches!(error, PolicyError::TooLarge { .. }), "{error}");
+}
+
+#[test]
+fn a_faulting_policy_with_nothing_to_roll_back_to_restarts_with_growing_back_off() {
+    let engine = engine();
+    let bad = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let mut runner = PolicyRunner::start(engine, bad, config(&[("mode", "panic")]), at(0)).unwrap();
+    let mut now = Duration::ZERO;
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        runner.handle(
+            Clock {
+                monotonic: now,
+                wall_ms: 0,
+            },
+            timers(0..1),
+        );
+        let next = runner.next_wakeup().unwrap();
+        waits.push((next - now).as_millis());
+        now = next;
+    }
+    assert_eq!(waits, [50, 100, 200, 400]);
+    let stats = runner.stats();
+    assert_eq!((stats.rollbacks, stats.restarts), (0, 3));
+}
+
+#[test]
+fn commands_past_the_host_limits_are_rejected_one_by_one() {
+    let limits = PolicyLimits {
+        max_timers: 4,
+        ..limits()
+    };
+    let engine = PolicyEngine::new(limits).unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
+    let admitted = runner.handle(at(1), timers(0..10));
+    assert_eq!(
+        answers(&admitted).iter().map(|a| a.0).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    let stats = runner.stats();
+    assert_eq!(
+        (stats.commands, stats.commands_rejected, stats.faults),
+        (4, 6, 0)
+    );
+}
