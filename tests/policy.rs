@@ -2,6 +2,9 @@
 //! in two versions, and policies that misbehave on purpose. Time is passed in, so no
 //! test sleeps; only the epoch deadline runs on real time.
 
+// Helpers panic on purpose: a broken fixture should fail the test that uses it.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use superpeer::policy::wire::{Command, Event, SeedConfig, TimerSet};

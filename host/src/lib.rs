@@ -4,3 +4,4 @@
 //! see [`policy`]) own the decisions and wire formats and can be replaced at run time.
 
 pub mod policy;
+pub mod serve;

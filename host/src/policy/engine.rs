@@ -255,6 +255,22 @@ impl PolicyEngine {
     }
 }
 
+/// Names the two most common upload mistakes before the parser's less helpful words.
+fn sniff(wasm: &[u8]) -> Result<(), PolicyError> {
+    if !wasm.starts_with(b"\0asm") {
+        return Err(PolicyError::Invalid(
+            "not WebAssembly: no `\\0asm` header".into(),
+        ));
+    }
+    // A core module has version 1 in its preamble; components use their own layer.
+    if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Err(PolicyError::Invalid(
+            "a core WebAssembly module, not a component: build the policy for wasm32-wasip2".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()

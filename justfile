@@ -1,0 +1,40 @@
+# superpeer's entry points. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+guest_target_dir := "target/guest"
+
+# Run the whole test suite (the README's test command; CI runs it too).
+default: test
+
+# Install what the other recipes need: the pinned toolchain and the wasm32-wasip2 target.
+setup:
+    scripts/setup-rust.sh
+
+# Build the policy components (also done by the host's build script).
+guests: setup
+    cargo build --release --locked --workspace --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
+
+# Formatting and clippy, for the host and the guests; warnings are errors.
+lint: setup
+    cargo fmt --all --check
+    cargo fmt --all --check --manifest-path guest/Cargo.toml
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo clippy --workspace --all-targets --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
+
+# Lint, then every test: host unit and integration tests, guest logic natively.
+test: lint
+    cargo test --workspace --locked
+    cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
+
+# Start superpeer for real on this machine and show it at work.
+demo: setup
+    scripts/demo.sh
+
+# Benchmarks; prints a table.
+bench: setup
+    cargo bench --locked -p superpeer --bench policy
+
+# Build the release binary.
+build: setup
+    cargo build --release --locked -p superpeer
