@@ -288,8 +288,8 @@ fn oversized_command_list_is_a_fault() {
 #[test]
 fn a_policy_that_fails_its_canary_never_replaces_the_running_one() {
     let limits = PolicyLimits {
-        call_deadline: Duration::from_millis(50),
-        init_deadline: Duration::from_millis(50),
+        call_deadline: Duration::from_millis(200),
+        init_deadline: Duration::from_millis(200),
         ..limits()
     };
     let engine = PolicyEngine::new(limits).unwrap();
@@ -318,14 +318,25 @@ fn components_of_the_wrong_world_and_garbage_are_refused() {
         .compile(&guest("superpeer_test_wrong_world"))
         .unwrap_err();
     assert!(matches!(wrong, PolicyError::WrongWorld(_)), "{wrong}");
-    for garbage in [
-        &b""[..],
-        b"not wasm at all",
-        b"\0asm\x01\0\0\0",
-        &[0xff; 4096],
+    for (garbage, says) in [
+        (&b""[..], "no `\\0asm` header"),
+        (b"not wasm at all", "no `\\0asm` header"),
+        (&[0xff; 4096], "no `\\0asm` header"),
+        (
+            b"\0asm\x01\0\0\0",
+            "core WebAssembly module, not a component",
+        ),
+        (
+            b"\0asm\x0d\0\x01\0\xff\xff",
+            "not a valid WebAssembly component",
+        ),
     ] {
         let error = engine.compile(garbage).unwrap_err();
         assert!(matches!(error, PolicyError::Invalid(_)), "{error}");
+        assert!(
+            error.to_string().contains(says),
+            "{error:?} should say {says:?}"
+        );
     }
     let limits = PolicyLimits {
         max_component_bytes: 1024,

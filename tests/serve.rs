@@ -23,7 +23,7 @@ fn control(token: Option<&str>) -> ControlPlane {
         ..PolicyLimits::default()
     };
     let engine = PolicyEngine::new(limits).unwrap();
-    let policy = serve::canary(&engine, EMBEDDED_POLICY).unwrap();
+    let policy = engine.compile(EMBEDDED_POLICY).unwrap();
     ControlPlane::new(
         engine,
         policy,
@@ -89,7 +89,7 @@ async fn refuses_bad_policies_with_a_reason_and_keeps_the_running_one() {
         (
             b"garbage".to_vec(),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "not a valid WebAssembly component",
+            "not WebAssembly",
         ),
         (
             guest("superpeer_test_wrong_world"),

@@ -129,7 +129,8 @@ fn main() {
         String::new(),
     ));
 
-    let workloads: [(&str, &CompiledPolicy, fn(u64) -> Event); 2] = [
+    type MakeEvent = fn(u64) -> Event;
+    let workloads: [(&str, &CompiledPolicy, MakeEvent); 2] = [
         (
             "default policy, peer-buffered-low",
             &pml,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
+use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits, PolicyRunner};
 use superpeer::serve::{self, ControlPlane, PolicySource};
 
 /// A super peer for P2P HLS streaming: it joins a stream's swarm like a viewer, fetches
@@ -81,16 +81,15 @@ fn main() -> anyhow::Result<()> {
                 None => PolicyLimits::default(),
             };
             let engine = PolicyEngine::new(limits)?;
-            let (wasm, source) = match policy {
-                Some(path) => {
-                    let bytes = std::fs::read(&path).with_context(|| {
-                        format!("could not read policy file {}", path.display())
-                    })?;
-                    (bytes, PolicySource::File(path.display().to_string()))
-                }
-                None => (EMBEDDED_POLICY.to_vec(), PolicySource::Embedded),
+            let (policy, source) = match policy {
+                Some(path) => (
+                    engine.compile_file(&path),
+                    PolicySource::File(path.display().to_string()),
+                ),
+                None => (engine.compile(EMBEDDED_POLICY), PolicySource::Embedded),
             };
-            let policy = serve::canary(&engine, &wasm)
+            let policy = policy
+                .and_then(|policy| PolicyRunner::canary(&engine, &policy).map(|()| policy))
                 .with_context(|| format!("policy {source:?} was refused"))?;
             tracing::info!(policy = %policy.meta(), "policy loaded");
             let control = ControlPlane::new(engine, policy, source, access_token);
@@ -110,10 +109,9 @@ fn main() -> anyhow::Result<()> {
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => {
-            let wasm = std::fs::read(&file)
-                .with_context(|| format!("could not read {}", file.display()))?;
             let engine = PolicyEngine::new(PolicyLimits::default())?;
-            let policy = serve::canary(&engine, &wasm)?;
+            let policy = engine.compile_file(&file)?;
+            PolicyRunner::canary(&engine, &policy)?;
             write_stdout(&serde_json::to_string_pretty(policy.meta())?)
         }
         Command::Policy {

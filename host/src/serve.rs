@@ -18,8 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::policy::wire::SeedConfig;
-use crate::policy::{Clock, CompiledPolicy, PolicyEngine, PolicyError, PolicyMeta, PolicyRunner};
+use crate::policy::{CompiledPolicy, PolicyEngine, PolicyError, PolicyMeta, PolicyRunner};
 
 /// What the control plane shares between requests.
 #[derive(Clone, Debug)]
@@ -179,14 +178,18 @@ async fn post_policy(
     }
     let engine = control.engine.clone();
     let started = Instant::now();
-    let checked = tokio::task::spawn_blocking(move || canary(&engine, &body))
-        .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("policy check crashed: {e}"),
-            )
-        })?;
+    let checked = tokio::task::spawn_blocking(move || {
+        let policy = engine.compile(&body)?;
+        PolicyRunner::canary(&engine, &policy)?;
+        Ok::<_, PolicyError>(policy)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("policy check crashed: {e}"),
+        )
+    })?;
     let policy = checked.map_err(|e| {
         tracing::warn!(error = %e, "policy upload rejected");
         ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
@@ -202,30 +205,6 @@ async fn post_policy(
         "checkMs": check_ms,
     });
     Ok(Json(body).into_response())
-}
-
-/// Compiles a policy and starts it once with a neutral seed, as workers will.
-pub fn canary(engine: &PolicyEngine, wasm: &[u8]) -> Result<CompiledPolicy, PolicyError> {
-    let policy = engine.compile(wasm)?;
-    PolicyRunner::start(
-        engine.clone(),
-        policy.clone(),
-        canary_seed(),
-        Clock::default(),
-    )?;
-    Ok(policy)
-}
-
-fn canary_seed() -> SeedConfig {
-    SeedConfig {
-        channel: String::new(),
-        manifest_url: None,
-        trackers: Vec::new(),
-        live: true,
-        max_connections: 80,
-        label: "canary".into(),
-        settings: Vec::new(),
-    }
 }
 
 async fn not_found() -> ApiError {

@@ -136,9 +136,19 @@ impl PolicyEngine {
                 max,
             });
         }
+        sniff(wasm)?;
         let component = Component::new(&self.inner.engine, wasm)
             .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
         self.prepare(component, digest(wasm), wasm.len())
+    }
+
+    /// [`PolicyEngine::compile`] for a component in a file.
+    pub fn compile_file(&self, path: &std::path::Path) -> Result<CompiledPolicy, PolicyError> {
+        let wasm = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.compile(&wasm)
     }
 
     /// Compiles a component to native code once, for [`PolicyEngine::load_precompiled`]

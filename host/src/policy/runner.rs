@@ -145,6 +145,22 @@ impl PolicyRunner {
         })
     }
 
+    /// Starts `policy` once on a scratch instance with a neutral seed, as a worker
+    /// would, and throws the instance away: the check an upload passes before it may
+    /// replace anything.
+    pub fn canary(engine: &PolicyEngine, policy: &CompiledPolicy) -> Result<(), PolicyError> {
+        let seed = SeedConfig {
+            channel: String::new(),
+            manifest_url: None,
+            trackers: Vec::new(),
+            live: true,
+            max_connections: 80,
+            label: "canary".into(),
+            settings: Vec::new(),
+        };
+        Self::start(engine.clone(), policy.clone(), seed, Clock::default()).map(drop)
+    }
+
     /// Hands the policy everything that happened since the last turn and returns the
     /// commands it gave that passed the host's checks, in order.
     pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
