@@ -10,20 +10,23 @@ const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir
-        .parent()
-        .expect("host/ sits in the workspace root");
+    let root = manifest_dir.parent().expect("host/ sits in the workspace root");
     let guest = root.join("guest");
     for watched in ["Cargo.toml", "Cargo.lock", "sdk", "pml", "testing"] {
         println!("cargo:rerun-if-changed={}", guest.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     // Shared with `just guests` and `just lint`, so each builds on the other's work.
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guest");
+    let target_dir = match env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        // Cargo reads a relative target dir from where it was started: the root, for
+        // every entry point this repository has.
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+    .join("guest");
     build_guests(&guest, &target_dir);
     let out = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=SUPERPEER_GUEST_DIR={}", out.display());
@@ -50,17 +53,14 @@ fn build_guests(guest: &Path, target_dir: &Path) {
             || key.starts_with("CARGO_BUILD_")
             || key.starts_with("CARGO_TARGET_")
             || key.starts_with("CARGO_ENCODED_")
-            || matches!(
-                &*key,
-                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
-            )
+            || key.starts_with("CARGO_CFG_")
+            || key.starts_with("CARGO_FEATURE_")
+            || matches!(&*key, "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER")
         {
             command.env_remove(&*key);
         }
     }
-    let status = command
-        .status()
-        .expect("could not run cargo to build the policy components");
+    let status = command.status().expect("could not run cargo to build the policy components");
     if !status.success() {
         panic!(
             "building the policy components in guest/ failed (see above). If the \

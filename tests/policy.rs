@@ -41,18 +41,12 @@ fn config(settings: &[(&str, &str)]) -> SeedConfig {
         live: true,
         max_connections: 80,
         label: "test".into(),
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }
 }
 
 fn at(ms: u64) -> Clock {
-    Clock {
-        monotonic: Duration::from_millis(ms),
-        wall_ms: 1_700_000_000_000 + ms,
-    }
+    Clock { monotonic: Duration::from_millis(ms), wall_ms: 1_700_000_000_000 + ms }
 }
 
 fn counter(engine: &PolicyEngine) -> CompiledPolicy {
@@ -78,10 +72,7 @@ fn answers(commands: &[Command]) -> Vec<(u64, u64)> {
 fn assert_counter_answers(runner: &mut PolicyRunner, clock: Clock, first_seen: u64) {
     let got = answers(&runner.handle(clock, timers(100..103)));
     let expected: Vec<_> = (0..3).map(|i| (100 + i, first_seen + i)).collect();
-    assert_eq!(
-        got, expected,
-        "counter should still answer, carrying its count"
-    );
+    assert_eq!(got, expected, "counter should still answer, carrying its count");
 }
 
 #[test]
@@ -97,10 +88,7 @@ fn embedded_policy_connects_its_trackers() {
     let engine = engine();
     let policy = engine.compile(EMBEDDED_POLICY).unwrap();
     let mut seed = config(&[]);
-    seed.trackers = vec![
-        "wss://tracker.example/".into(),
-        "ws://127.0.0.1:8000".into(),
-    ];
+    seed.trackers = vec!["wss://tracker.example/".into(), "ws://127.0.0.1:8000".into()];
     let mut runner = PolicyRunner::start(engine, policy, seed, at(0)).unwrap();
     let commands = runner.handle(at(1), vec![Event::PeerBufferedLow(1)]);
     let urls: Vec<_> = commands
@@ -116,9 +104,52 @@ fn embedded_policy_connects_its_trackers() {
 #[test]
 fn precompiled_policy_round_trips() {
     let engine = engine();
-    let native = engine.precompile(EMBEDDED_POLICY).unwrap();
-    let policy = engine.load_precompiled(&native).unwrap();
-    assert_eq!(policy.meta().name, "pml");
+    let precompiled = engine.precompile(EMBEDDED_POLICY).unwrap();
+    let policy = engine.load_precompiled(&precompiled).unwrap();
+    assert_eq!(policy.meta(), engine.compile(EMBEDDED_POLICY).unwrap().meta());
+}
+
+#[test]
+fn a_policy_that_imports_the_system_clock_is_refused_at_load() {
+    let error = engine().compile(&guest("superpeer_test_sleeper")).unwrap_err();
+    assert!(matches!(error, PolicyError::WrongWorld(_)), "{error}");
+    assert!(error.to_string().contains("wasi:clocks"), "{error}");
+}
+
+#[test]
+fn large_turns_are_split_into_several_calls_in_order() {
+    let limits = PolicyLimits { max_events_per_call: 10, ..limits() };
+    let engine = PolicyEngine::new(limits).unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
+    let got = answers(&runner.handle(at(1), timers(0..25)));
+    assert_eq!(got, (0..25).map(|i| (i, i + 1)).collect::<Vec<_>>());
+    assert_eq!(runner.stats().calls, 3);
+}
+
+#[test]
+fn a_swap_is_refused_when_the_running_policy_cannot_save_its_state() {
+    let engine = engine();
+    let bad = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), bad, config(&[("mode", "snapshot")]), at(0)).unwrap();
+    let error = runner.swap(at(1), counter(&engine)).unwrap_err();
+    assert!(matches!(error, PolicyError::SwapAborted(Fault::Panic(_))), "{error}");
+    assert_eq!(runner.policy().name, "misbehave", "nothing was swapped");
+    let stats = runner.stats();
+    assert_eq!((stats.swaps, stats.swaps_rejected, stats.faults), (0, 1, 1));
+}
+
+#[test]
+fn log_floods_are_capped_and_do_not_fault() {
+    let engine = engine();
+    let noisy = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let mut runner =
+        PolicyRunner::start(engine, noisy, config(&[("mode", "logs")]), at(0)).unwrap();
+    runner.handle(at(1), timers(0..1));
+    let stats = runner.stats();
+    assert_eq!(stats.faults, 0, "{:?}", stats.last_fault);
+    assert_eq!((stats.log_lines, stats.log_lines_dropped), (64, 10_000 - 64));
 }
 
 #[test]
@@ -126,42 +157,24 @@ fn snapshot_carries_state_through_a_restart_after_a_fault() {
     let engine = engine();
     let mut runner =
         PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
-    assert_eq!(
-        answers(&runner.handle(at(1), timers(0..5))).last(),
-        Some(&(4, 5))
-    );
+    assert_eq!(answers(&runner.handle(at(1), timers(0..5))).last(), Some(&(4, 5)));
 
     // The poisoned batch is lost with the instance that panicked on it.
     assert!(
-        runner
-            .handle(
-                at(2),
-                vec![Event::TimerFired(7), Event::TimerFired(u64::MAX)]
-            )
-            .is_empty()
+        runner.handle(at(2), vec![Event::TimerFired(7), Event::TimerFired(u64::MAX)]).is_empty()
     );
     let stats = runner.stats();
     assert_eq!(stats.faults_by_kind.get("panic"), Some(&1));
     assert_eq!(stats.events_dropped, 2);
     let fault = stats.last_fault.expect("the fault is reported");
-    assert!(
-        fault.message.contains("poisoned after 7 events"),
-        "{}",
-        fault.message
-    );
+    assert!(fault.message.contains("poisoned after 7 events"), "{}", fault.message);
     assert_eq!(stats.state, "restarting");
     let wake = runner.next_wakeup().expect("a restart is scheduled");
 
     // Before the back-off ends, events wait; after it, the new instance gets them and
     // continues from the snapshot taken after the fifth event.
     assert!(runner.handle(at(3), timers(10..11)).is_empty());
-    let resumed = answers(&runner.handle(
-        Clock {
-            monotonic: wake,
-            wall_ms: 0,
-        },
-        timers(11..12),
-    ));
+    let resumed = answers(&runner.handle(Clock { monotonic: wake, wall_ms: 0 }, timers(11..12)));
     assert_eq!(resumed, vec![(10, 6), (11, 7)]);
     assert_eq!(runner.stats().restarts, 1);
     assert_eq!(runner.stats().state, "running");
@@ -185,20 +198,14 @@ fn hot_swap_mid_stream_loses_no_event_and_carries_state() {
             );
             assert_eq!(report.snapshot_bytes, 8);
         }
-        seen.extend(answers(
-            &runner.handle(at(batch), timers(batch * 10..batch * 10 + 10)),
-        ));
+        seen.extend(answers(&runner.handle(at(batch), timers(batch * 10..batch * 10 + 10))));
     }
     assert_eq!(seen.len(), 1000, "every event answered exactly once");
     for (i, (timer, after_ms)) in seen.iter().enumerate() {
         let i = i as u64;
         assert_eq!(*timer, i, "answers in order");
         let mark = if i < 500 { 0 } else { 1_000_000 };
-        assert_eq!(
-            *after_ms,
-            mark + i + 1,
-            "event {i}: count carried over the swap"
-        );
+        assert_eq!(*after_ms, mark + i + 1, "event {i}: count carried over the swap");
     }
     let stats = runner.stats();
     assert_eq!((stats.swaps, stats.faults, stats.events_dropped), (1, 0, 0));
@@ -210,35 +217,22 @@ fn hot_swap_mid_stream_loses_no_event_and_carries_state() {
 fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -> PolicyRunner {
     let engine = PolicyEngine::new(limits).unwrap();
     let bad = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
-    let mut runner = PolicyRunner::start(
-        engine.clone(),
-        counter(&engine),
-        config(&[("mode", mode)]),
-        at(0),
-    )
-    .unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter(&engine), config(&[("mode", mode)]), at(0))
+            .unwrap();
     assert_eq!(answers(&runner.handle(at(1), timers(0..3))).len(), 3);
 
-    runner
-        .swap(at(2), bad)
-        .expect("the bad policy passes its canary: it only misbehaves later");
+    runner.swap(at(2), bad).expect("the bad policy passes its canary: it only misbehaves later");
     assert_eq!(runner.policy().name, "misbehave");
     let mut now = 3;
     while runner.policy().name == "misbehave" {
         assert!(runner.handle(at(now), timers(50..51)).is_empty());
-        now = runner
-            .next_wakeup()
-            .map_or(now + 1, |t| t.as_millis() as u64)
-            .max(now + 1);
+        now = runner.next_wakeup().map_or(now + 1, |t| t.as_millis() as u64).max(now + 1);
         assert!(now < 100_000, "never rolled back");
     }
     let stats = runner.stats();
     assert_eq!(stats.rollbacks, 1, "{stats:?}");
-    assert_eq!(
-        stats.faults_by_kind.get(expected_kind),
-        Some(&3),
-        "{stats:?}"
-    );
+    assert_eq!(stats.faults_by_kind.get(expected_kind), Some(&3), "{stats:?}");
     assert!(stats.last_fault.is_some());
     // The counter resumes from the state it had when it was swapped out.
     assert_counter_answers(&mut runner, at(now), 4);
@@ -247,10 +241,7 @@ fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -
 
 #[test]
 fn infinite_loop_is_interrupted_and_rolled_back() {
-    let limits = PolicyLimits {
-        call_deadline: Duration::from_millis(20),
-        ..limits()
-    };
+    let limits = PolicyLimits { call_deadline: Duration::from_millis(20), ..limits() };
     let runner = contained_after_swap("loop", "deadline", limits);
     let fault = runner.stats().last_fault.unwrap().fault;
     assert_eq!(fault, Fault::Deadline(Duration::from_millis(20)));
@@ -259,10 +250,7 @@ fn infinite_loop_is_interrupted_and_rolled_back() {
 #[test]
 fn memory_bomb_hits_the_cap_and_is_rolled_back() {
     let runner = contained_after_swap("memory", "memory", limits());
-    assert_eq!(
-        runner.stats().last_fault.unwrap().fault,
-        Fault::Memory(16 << 20)
-    );
+    assert_eq!(runner.stats().last_fault.unwrap().fault, Fault::Memory(16 << 20));
 }
 
 #[test]
@@ -276,13 +264,14 @@ fn panic_is_contained_with_its_message() {
 fn oversized_command_list_is_a_fault() {
     let runner = contained_after_swap("flood", "too-many-commands", limits());
     let fault = runner.stats().last_fault.unwrap().fault;
-    assert_eq!(
-        fault,
-        Fault::TooManyCommands {
-            count: 100_000,
-            max: 4096
-        }
-    );
+    assert_eq!(fault, Fault::TooManyCommands { count: 100_000, max: 4096 });
+}
+
+#[test]
+fn output_past_the_copy_budget_is_a_fault() {
+    let limits = PolicyLimits { memory_bytes: 64 << 20, max_output_bytes: 8 << 20, ..limits() };
+    let runner = contained_after_swap("bulk", "too-much-output", limits);
+    assert_eq!(runner.stats().last_fault.unwrap().fault, Fault::TooMuchOutput(8 << 20));
 }
 
 #[test]
@@ -301,10 +290,7 @@ fn a_policy_that_fails_its_canary_never_replaces_the_running_one() {
                 .unwrap();
         assert_eq!(answers(&runner.handle(at(1), timers(0..2))).len(), 2);
         let error = runner.swap(at(2), bad.clone()).unwrap_err();
-        assert!(
-            matches!(error, PolicyError::Start { .. }),
-            "{mode}: {error}"
-        );
+        assert!(matches!(error, PolicyError::Start { .. }), "{mode}: {error}");
         assert_eq!(runner.policy().name, "counter", "{mode}");
         assert_eq!(runner.stats().swaps_rejected, 1);
         assert_counter_answers(&mut runner, at(3), 3);
@@ -314,38 +300,21 @@ fn a_policy_that_fails_its_canary_never_replaces_the_running_one() {
 #[test]
 fn components_of_the_wrong_world_and_garbage_are_refused() {
     let engine = engine();
-    let wrong = engine
-        .compile(&guest("superpeer_test_wrong_world"))
-        .unwrap_err();
+    let wrong = engine.compile(&guest("superpeer_test_wrong_world")).unwrap_err();
     assert!(matches!(wrong, PolicyError::WrongWorld(_)), "{wrong}");
     for (garbage, says) in [
         (&b""[..], "no `\\0asm` header"),
         (b"not wasm at all", "no `\\0asm` header"),
         (&[0xff; 4096], "no `\\0asm` header"),
-        (
-            b"\0asm\x01\0\0\0",
-            "core WebAssembly module, not a component",
-        ),
-        (
-            b"\0asm\x0d\0\x01\0\xff\xff",
-            "not a valid WebAssembly component",
-        ),
+        (b"\0asm\x01\0\0\0", "core WebAssembly module, not a component"),
+        (b"\0asm\x0d\0\x01\0\xff\xff", "not a valid WebAssembly component"),
     ] {
         let error = engine.compile(garbage).unwrap_err();
         assert!(matches!(error, PolicyError::Invalid(_)), "{error}");
-        assert!(
-            error.to_string().contains(says),
-            "{error:?} should say {says:?}"
-        );
+        assert!(error.to_string().contains(says), "{error:?} should say {says:?}");
     }
-    let limits = PolicyLimits {
-        max_component_bytes: 1024,
-        ..limits()
-    };
-    let error = PolicyEngine::new(limits)
-        .unwrap()
-        .compile(EMBEDDED_POLICY)
-        .unwrap_err();
+    let limits = PolicyLimits { max_component_bytes: 1024, ..limits() };
+    let error = PolicyEngine::new(limits).unwrap().compile(EMBEDDED_POLICY).unwrap_err();
     assert!(matches!(error, PolicyError::TooLarge { .. }), "{error}");
 }
 
@@ -357,13 +326,7 @@ fn a_faulting_policy_with_nothing_to_roll_back_to_restarts_with_growing_back_off
     let mut now = Duration::ZERO;
     let mut waits = Vec::new();
     for _ in 0..4 {
-        runner.handle(
-            Clock {
-                monotonic: now,
-                wall_ms: 0,
-            },
-            timers(0..1),
-        );
+        runner.handle(Clock { monotonic: now, wall_ms: 0 }, timers(0..1));
         let next = runner.next_wakeup().unwrap();
         waits.push((next - now).as_millis());
         now = next;
@@ -375,21 +338,12 @@ fn a_faulting_policy_with_nothing_to_roll_back_to_restarts_with_growing_back_off
 
 #[test]
 fn commands_past_the_host_limits_are_rejected_one_by_one() {
-    let limits = PolicyLimits {
-        max_timers: 4,
-        ..limits()
-    };
+    let limits = PolicyLimits { max_timers: 4, ..limits() };
     let engine = PolicyEngine::new(limits).unwrap();
     let mut runner =
         PolicyRunner::start(engine.clone(), counter(&engine), config(&[]), at(0)).unwrap();
     let admitted = runner.handle(at(1), timers(0..10));
-    assert_eq!(
-        answers(&admitted).iter().map(|a| a.0).collect::<Vec<_>>(),
-        [0, 1, 2, 3]
-    );
+    assert_eq!(answers(&admitted).iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
     let stats = runner.stats();
-    assert_eq!(
-        (stats.commands, stats.commands_rejected, stats.faults),
-        (4, 6, 0)
-    );
+    assert_eq!((stats.commands, stats.commands_rejected, stats.faults), (4, 6, 0));
 }

@@ -24,25 +24,15 @@ fn control(token: Option<&str>) -> ControlPlane {
     };
     let engine = PolicyEngine::new(limits).unwrap();
     let policy = engine.compile(EMBEDDED_POLICY).unwrap();
-    ControlPlane::new(
-        engine,
-        policy,
-        PolicySource::Embedded,
-        token.map(String::from),
-    )
+    ControlPlane::new(engine, policy, PolicySource::Embedded, token.map(String::from))
 }
 
 async fn call(control: &ControlPlane, request: Request<Body>) -> (StatusCode, Value) {
     let response = control.clone().router().oneshot(request).await.unwrap();
     let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
     let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{status}: body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
+        panic!("{status}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
     });
     (status, json)
 }
@@ -52,10 +42,7 @@ fn get(path: &str) -> Request<Body> {
 }
 
 fn post(path: &str, body: Vec<u8>) -> Request<Body> {
-    Request::post(path)
-        .header("content-type", "application/wasm")
-        .body(Body::from(body))
-        .unwrap()
+    Request::post(path).header("content-type", "application/wasm").body(Body::from(body)).unwrap()
 }
 
 #[tokio::test]
@@ -86,28 +73,16 @@ async fn accepts_a_good_policy_and_keeps_the_old_one_as_previous() {
 async fn refuses_bad_policies_with_a_reason_and_keeps_the_running_one() {
     let control = control(None);
     let cases: [(Vec<u8>, StatusCode, &str); 5] = [
-        (
-            b"garbage".to_vec(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not WebAssembly",
-        ),
+        (b"garbage".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "not WebAssembly"),
         (
             guest("superpeer_test_wrong_world"),
             StatusCode::UNPROCESSABLE_ENTITY,
             "does not implement",
         ),
         // Needs settings the canary does not give it, so its init refuses.
-        (
-            guest("superpeer_test_misbehave"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refused to start",
-        ),
+        (guest("superpeer_test_misbehave"), StatusCode::UNPROCESSABLE_ENTITY, "refused to start"),
         (Vec::new(), StatusCode::BAD_REQUEST, "empty body"),
-        (
-            vec![0; 5 << 20],
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "length limit",
-        ),
+        (vec![0; 5 << 20], StatusCode::PAYLOAD_TOO_LARGE, "length limit"),
     ];
     for (body, expected, reason) in cases {
         let (status, answer) = call(&control, post("/policy", body)).await;
@@ -124,10 +99,8 @@ async fn enforces_the_access_token() {
     let (status, body) = call(&control, get("/policy")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["error"].as_str().unwrap().contains("X-ACCESS-TOKEN"));
-    let wrong = Request::get("/policy")
-        .header("X-ACCESS-TOKEN", "guess")
-        .body(Body::empty())
-        .unwrap();
+    let wrong =
+        Request::get("/policy").header("X-ACCESS-TOKEN", "guess").body(Body::empty()).unwrap();
     assert_eq!(call(&control, wrong).await.0, StatusCode::UNAUTHORIZED);
     let upload = Request::post("/policy")
         .header("X-ACCESS-TOKEN", "guess")
@@ -135,11 +108,17 @@ async fn enforces_the_access_token() {
         .unwrap();
     assert_eq!(call(&control, upload).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(control.current_policy().meta().name, "pml");
-    let right = Request::get("/policy")
-        .header("X-ACCESS-TOKEN", "s3cret")
-        .body(Body::empty())
-        .unwrap();
+    let right =
+        Request::get("/policy").header("X-ACCESS-TOKEN", "s3cret").body(Body::empty()).unwrap();
     assert_eq!(call(&control, right).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn wrong_methods_get_a_json_405() {
+    let request = Request::delete("/policy").body(Body::empty()).unwrap();
+    let (status, body) = call(&control(None), request).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string());
 }
 
 #[tokio::test]

@@ -30,10 +30,7 @@ fn seed() -> SeedConfig {
 }
 
 fn clock(at: Duration) -> Clock {
-    Clock {
-        monotonic: at,
-        wall_ms: 0,
-    }
+    Clock { monotonic: at, wall_ms: 0 }
 }
 
 /// Median and worst of `runs` timings of `f`.
@@ -57,21 +54,12 @@ fn per_event(
     batch: usize,
     event: impl Fn(u64) -> Event,
 ) -> (f64, f64) {
-    let mut runner = PolicyRunner::start(
-        engine.clone(),
-        policy.clone(),
-        seed(),
-        clock(Duration::ZERO),
-    )
-    .unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), policy.clone(), seed(), clock(Duration::ZERO)).unwrap();
     let total = 400_000usize;
     let rounds = total / batch;
     let batches: Vec<Vec<Event>> = (0..rounds)
-        .map(|r| {
-            (0..batch)
-                .map(|i| event(((r * batch + i) % 256) as u64))
-                .collect()
-        })
+        .map(|r| (0..batch).map(|i| event(((r * batch + i) % 256) as u64)).collect())
         .collect();
     // Warm up: the first calls fault in the instance's memory.
     for b in batches.iter().take(rounds / 10) {
@@ -84,11 +72,7 @@ fn per_event(
     }
     let elapsed = started.elapsed();
     let stats = runner.stats();
-    assert_eq!(
-        stats.faults, 0,
-        "benchmark policy faulted: {:?}",
-        stats.last_fault
-    );
+    assert_eq!(stats.faults, 0, "benchmark policy faulted: {:?}", stats.last_fault);
     let busy = Duration::from_micros(stats.busy_us - busy_before);
     let n = (rounds * batch) as f64;
     (elapsed.as_nanos() as f64 / n, busy.as_nanos() as f64 / n)
@@ -131,25 +115,14 @@ fn main() {
 
     type MakeEvent = fn(u64) -> Event;
     let workloads: [(&str, &CompiledPolicy, MakeEvent); 2] = [
-        (
-            "default policy, peer-buffered-low",
-            &pml,
-            Event::PeerBufferedLow,
-        ),
-        (
-            "counter, timer-fired -> timer-set",
-            &counter,
-            Event::TimerFired,
-        ),
+        ("default policy, peer-buffered-low", &pml, Event::PeerBufferedLow),
+        ("counter, timer-fired -> timer-set", &counter, Event::TimerFired),
     ];
     for (name, policy, make) in workloads {
         for batch in [1usize, 16, 256] {
             let (total, guest) = per_event(&engine, policy, batch, make);
-            let target = if batch >= 16 {
-                verdict(total <= 1000.0, "<= 1000 ns")
-            } else {
-                String::new()
-            };
+            let target =
+                if batch >= 16 { verdict(total <= 1000.0, "<= 1000 ns") } else { String::new() };
             rows.push((
                 format!("{name}, batch of {batch}"),
                 format!("{total:.0} ns/event ({guest:.0} in guest)"),
@@ -158,13 +131,9 @@ fn main() {
         }
     }
 
-    let mut runner = PolicyRunner::start(
-        engine.clone(),
-        counter.clone(),
-        seed(),
-        clock(Duration::ZERO),
-    )
-    .unwrap();
+    let mut runner =
+        PolicyRunner::start(engine.clone(), counter.clone(), seed(), clock(Duration::ZERO))
+            .unwrap();
     let mut next = [counter_v2, counter];
     let mut now = Duration::ZERO;
     let mut pauses: Vec<Duration> = (0..200)

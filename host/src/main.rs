@@ -69,12 +69,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve {
-            listen,
-            access_token,
-            policy,
-            policy_limits,
-        } => {
+        Command::Serve { listen, access_token, policy, policy_limits } => {
             let limits = match policy_limits {
                 Some(json) => serde_json::from_str::<PolicyLimits>(&json)
                     .context("--policy-limits is not valid policy limits JSON")?,
@@ -82,10 +77,9 @@ fn main() -> anyhow::Result<()> {
             };
             let engine = PolicyEngine::new(limits)?;
             let (policy, source) = match policy {
-                Some(path) => (
-                    engine.compile_file(&path),
-                    PolicySource::File(path.display().to_string()),
-                ),
+                Some(path) => {
+                    (engine.compile_file(&path), PolicySource::File(path.display().to_string()))
+                }
                 None => (engine.compile(EMBEDDED_POLICY), PolicySource::Embedded),
             };
             let policy = policy
@@ -93,6 +87,13 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("policy {source:?} was refused"))?;
             tracing::info!(policy = %policy.meta(), "policy loaded");
             let control = ControlPlane::new(engine, policy, source, access_token);
+            if !control.requires_token() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    %listen,
+                    "no access token set and listening beyond this machine: anyone who can reach \
+                     the port can replace the policy (set --access-token)"
+                );
+            }
             let runtime =
                 tokio::runtime::Runtime::new().context("could not start the async runtime")?;
             runtime.block_on(async move {
@@ -106,18 +107,16 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => {
+        Command::Policy { command: PolicyCommand::Check { file } } => {
             let engine = PolicyEngine::new(PolicyLimits::default())?;
             let policy = engine.compile_file(&file)?;
             PolicyRunner::canary(&engine, &policy)?;
             write_stdout(&serde_json::to_string_pretty(policy.meta())?)
         }
-        Command::Policy {
-            command: PolicyCommand::ExportDefault { file },
-        } => std::fs::write(&file, EMBEDDED_POLICY)
-            .with_context(|| format!("could not write {}", file.display())),
+        Command::Policy { command: PolicyCommand::ExportDefault { file } } => {
+            std::fs::write(&file, EMBEDDED_POLICY)
+                .with_context(|| format!("could not write {}", file.display()))
+        }
     }
 }
 
@@ -131,9 +130,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

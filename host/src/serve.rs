@@ -26,6 +26,8 @@ pub struct ControlPlane {
     engine: PolicyEngine,
     policies: Arc<RwLock<Policies>>,
     access_token: Option<Arc<str>>,
+    /// One upload is compiled at a time: each can take a large body and a core.
+    upload_slot: Arc<tokio::sync::Semaphore>,
     started: Instant,
 }
 
@@ -61,17 +63,19 @@ impl ControlPlane {
     ) -> Self {
         ControlPlane {
             engine,
-            policies: Arc::new(RwLock::new(Policies {
-                current: policy,
-                source,
-                previous: None,
-            })),
+            policies: Arc::new(RwLock::new(Policies { current: policy, source, previous: None })),
             access_token: access_token.filter(|t| !t.is_empty()).map(Into::into),
+            upload_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             started: Instant::now(),
         }
     }
 
     /// The policy new workers start with.
+    /// Whether requests must carry a token.
+    pub fn requires_token(&self) -> bool {
+        self.access_token.is_some()
+    }
+
     pub fn current_policy(&self) -> CompiledPolicy {
         self.read().current.clone()
     }
@@ -88,6 +92,7 @@ impl ControlPlane {
             .route("/health", get(health))
             .route("/policy", get(get_policy).post(post_policy))
             .layer(DefaultBodyLimit::max(max_upload))
+            .method_not_allowed_fallback(method_not_allowed)
             .fallback(not_found)
             .with_state(self)
     }
@@ -99,9 +104,7 @@ pub async fn run(
     control: ControlPlane,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, control.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, control.router()).with_graceful_shutdown(shutdown).await
 }
 
 /// An error answer: a status and a JSON `{error}` that says what was wrong.
@@ -119,17 +122,11 @@ impl ControlPlane {
         let Some(expected) = &self.access_token else {
             return Ok(());
         };
-        let given = headers
-            .get("x-access-token")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
+        let given = headers.get("x-access-token").map(|v| v.as_bytes()).unwrap_or_default();
         if constant_time_eq(given, expected.as_bytes()) {
             Ok(())
         } else {
-            Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong X-ACCESS-TOKEN header".into(),
-            ))
+            Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-TOKEN header".into()))
         }
     }
 }
@@ -176,6 +173,12 @@ async fn post_policy(
             "empty body: send the policy's .wasm bytes".into(),
         ));
     }
+    let Ok(_slot) = control.upload_slot.clone().try_acquire_owned() else {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another policy upload is being checked; try again when it is done".into(),
+        ));
+    };
     let engine = control.engine.clone();
     let started = Instant::now();
     let checked = tokio::task::spawn_blocking(move || {
@@ -185,10 +188,8 @@ async fn post_policy(
     })
     .await
     .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("policy check crashed: {e}"),
-        )
+        tracing::error!(error = %e, "policy check crashed");
+        ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("the policy check failed: {e}"))
     })?;
     let policy = checked.map_err(|e| {
         tracing::warn!(error = %e, "policy upload rejected");
@@ -205,6 +206,10 @@ async fn post_policy(
         "checkMs": check_ms,
     });
     Ok(Json(body).into_response())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into())
 }
 
 async fn not_found() -> ApiError {

@@ -19,10 +19,7 @@ struct Pml {
 
 impl Policy for Pml {
     fn describe() -> PolicyInfo {
-        PolicyInfo {
-            name: "pml".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
+        PolicyInfo { name: "pml".into(), version: env!("CARGO_PKG_VERSION").into() }
     }
 
     fn init(config: SeedConfig, prior: Option<Vec<u8>>, state: HostState) -> Result<Self, String> {
@@ -37,8 +34,7 @@ impl Policy for Pml {
             match event {
                 Event::TrackerConnected(conn) => self.trackers.connected(conn),
                 Event::TrackerClosed(closed) => {
-                    self.trackers
-                        .closed(closed.conn, &closed.reason, &mut commands)
+                    self.trackers.closed(closed.conn, &closed.reason, &mut commands)
                 }
                 Event::TimerFired(timer) => self.trackers.timer(timer, &mut commands),
                 _ => {}

@@ -3,6 +3,8 @@
 //! Pure state machine: no host calls but logging, time-free (the back-off is counted in
 //! timer firings the host schedules), so it is tested natively.
 
+#[cfg(test)]
+use superpeer_guest::TrackerState;
 use superpeer_guest::{Command, ConnId, HostState, TimerId, TimerSet, TrackerConnect};
 
 const FIRST_RETRY_MS: u64 = 1_000;
@@ -41,10 +43,7 @@ impl Trackers {
     /// connection ids never collide with ones the host may still report.
     pub(crate) fn new(urls: &[String], state: &HostState, prior: &[u8]) -> Result<Self, String> {
         if urls.len() >= 1 << GENERATION_SHIFT {
-            return Err(format!(
-                "{} trackers is more than this policy can track",
-                urls.len()
-            ));
+            return Err(format!("{} trackers is more than this policy can track", urls.len()));
         }
         let generations: Vec<u64> = prior
             .chunks_exact(8)
@@ -54,13 +53,18 @@ impl Trackers {
             .iter()
             .enumerate()
             .map(|(index, url)| {
-                let open = state
+                let live = state
                     .trackers
                     .iter()
-                    .find(|(conn, open_url)| open_url == url && Self::index_of(*conn) == index);
+                    .find(|t| &t.url == url && Self::index_of(t.conn) == index);
+                let link = match live {
+                    Some(t) if t.open => Link::Open(t.conn),
+                    Some(t) => Link::Connecting(t.conn),
+                    None => Link::Idle,
+                };
                 Tracker {
                     url: url.clone(),
-                    link: open.map_or(Link::Idle, |(conn, _)| Link::Open(*conn)),
+                    link,
                     generation: generations.get(index).copied().unwrap_or(0),
                     retry_ms: FIRST_RETRY_MS,
                 }
@@ -93,10 +97,7 @@ impl Trackers {
         tracker.generation += 1;
         let conn = (tracker.generation << GENERATION_SHIFT) | index as u64;
         tracker.link = Link::Connecting(conn);
-        commands.push(Command::TrackerConnect(TrackerConnect {
-            conn,
-            url: tracker.url.clone(),
-        }));
+        commands.push(Command::TrackerConnect(TrackerConnect { conn, url: tracker.url.clone() }));
     }
 
     pub(crate) fn connected(&mut self, conn: ConnId) {
@@ -125,20 +126,13 @@ impl Trackers {
             return;
         };
         let index = index as usize;
-        if self
-            .list
-            .get(index)
-            .is_some_and(|t| t.link == Link::Waiting)
-        {
+        if self.list.get(index).is_some_and(|t| t.link == Link::Waiting) {
             self.connect(index, commands);
         }
     }
 
     pub(crate) fn snapshot(&self) -> Vec<u8> {
-        self.list
-            .iter()
-            .flat_map(|t| t.generation.to_le_bytes())
-            .collect()
+        self.list.iter().flat_map(|t| t.generation.to_le_bytes()).collect()
     }
 }
 
@@ -158,12 +152,11 @@ mod tests {
     use super::*;
 
     fn state(trackers: Vec<(ConnId, String)>) -> HostState {
-        HostState {
-            trackers,
-            peers: vec![],
-            segments: vec![],
-            timers: vec![],
-        }
+        let trackers = trackers
+            .into_iter()
+            .map(|(conn, url)| TrackerState { conn, url, open: true })
+            .collect();
+        HostState { trackers, peers: vec![], fetches: vec![], segments: vec![], timers: vec![] }
     }
 
     fn connects(commands: &[Command]) -> Vec<(ConnId, String)> {
@@ -178,10 +171,7 @@ mod tests {
 
     #[test]
     fn connects_each_tracker_once_then_backs_off_on_close() {
-        let urls = vec![
-            "wss://a.example/".to_string(),
-            "wss://b.example/".to_string(),
-        ];
+        let urls = vec!["wss://a.example/".to_string(), "wss://b.example/".to_string()];
         let mut trackers = Trackers::new(&urls, &state(vec![]), &[]).unwrap();
         let mut out = Vec::new();
         trackers.start(&mut out);
@@ -189,20 +179,14 @@ mod tests {
         assert_eq!(first.len(), 2);
         out.clear();
         trackers.start(&mut out);
-        assert!(
-            out.is_empty(),
-            "a tracker being connected is not asked for twice"
-        );
+        assert!(out.is_empty(), "a tracker being connected is not asked for twice");
 
         trackers.connected(first[0].0);
         trackers.closed(first[0].0, "gone", &mut out);
         trackers.closed(first[0].0, "gone again", &mut out);
         assert_eq!(
             out,
-            vec![Command::TimerSet(TimerSet {
-                timer: RECONNECT_TIMER_BASE,
-                after_ms: 1_000
-            })],
+            vec![Command::TimerSet(TimerSet { timer: RECONNECT_TIMER_BASE, after_ms: 1_000 })],
             "one retry timer, and a repeated close is ignored"
         );
         out.clear();
@@ -214,10 +198,7 @@ mod tests {
         trackers.closed(retry[0].0, "refused", &mut out);
         assert_eq!(
             out,
-            vec![Command::TimerSet(TimerSet {
-                timer: RECONNECT_TIMER_BASE,
-                after_ms: 2_000
-            })]
+            vec![Command::TimerSet(TimerSet { timer: RECONNECT_TIMER_BASE, after_ms: 2_000 })]
         );
     }
 
@@ -234,10 +215,7 @@ mod tests {
             Trackers::new(&urls, &state(vec![(conn, url)]), &first.snapshot()).unwrap();
         out.clear();
         second.start(&mut out);
-        assert!(
-            out.is_empty(),
-            "an open connection is adopted, not reopened"
-        );
+        assert!(out.is_empty(), "an open connection is adopted, not reopened");
         second.closed(conn, "", &mut out);
         out.clear();
         second.timer(RECONNECT_TIMER_BASE, &mut out);

@@ -51,8 +51,9 @@ pub mod __private {
 pub use bindings::superpeer::policy::types::{
     ByteRange, CacheTier, CancelServe, Command, Event, FetchFailed, FetchSegment, FetchText,
     HostState, LogLevel, PeerAcceptAnswer, PeerAnswer, PeerClose, PeerClosed, PeerMessage,
-    PeerSend, PolicyInfo, SdpReady, SeedConfig, SegmentInfo, SegmentSent, SegmentStored,
-    ServeSegment, TextFetched, TimerSet, TrackerClosed, TrackerConnect, TrackerSend, TrackerText,
+    PeerSend, PeerState, PolicyInfo, SdpReady, SeedConfig, SegmentInfo, SegmentSent, SegmentStored,
+    ServeSegment, TextFetched, TimerSet, TrackerClosed, TrackerConnect, TrackerSend, TrackerState,
+    TrackerText,
 };
 pub use bindings::superpeer::policy::types::{ConnId, FetchId, PeerId, SegmentHandle, TimerId};
 
@@ -144,9 +145,7 @@ macro_rules! export_policy {
 
                 fn snapshot() -> ::std::vec::Vec<u8> {
                     POLICY.with_borrow(|slot| {
-                        slot.as_ref()
-                            .map(<$policy as $crate::Policy>::snapshot)
-                            .unwrap_or_default()
+                        slot.as_ref().map(<$policy as $crate::Policy>::snapshot).unwrap_or_default()
                     })
                 }
 

@@ -38,9 +38,7 @@ struct EngineInner {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine")
-            .field("limits", &self.inner.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("PolicyEngine").field("limits", &self.inner.limits).finish_non_exhaustive()
     }
 }
 
@@ -55,9 +53,27 @@ pub struct CompiledPolicy {
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledPolicy")
-            .field("meta", &self.meta)
-            .finish_non_exhaustive()
+        f.debug_struct("CompiledPolicy").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+/// A policy compiled to native code by [`PolicyEngine::precompile`], with the identity
+/// of the component it was made from.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Precompiled {
+    pub native: Vec<u8>,
+    /// Digest and size of the component, not of the native code.
+    pub digest: String,
+    pub size: usize,
+}
+
+impl std::fmt::Debug for Precompiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Precompiled")
+            .field("native_bytes", &self.native.len())
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .finish()
     }
 }
 
@@ -89,13 +105,16 @@ impl PolicyEngine {
     /// Sets up the engine. Fails only on limits that make no sense or if the
     /// platform refuses the pooling allocator's reservations.
     pub fn new(limits: PolicyLimits) -> Result<Self, PolicyError> {
-        limits
-            .validate()
-            .map_err(|e| PolicyError::Engine(e.to_string()))?;
+        limits.validate().map_err(|e| PolicyError::Engine(e.to_string()))?;
+        // One linear memory per component, so the per-memory cap is the per-instance
+        // cap; a component asking for more fails to instantiate.
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 8)
-            .total_memories(limits.max_instances * 2)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(1)
+            .max_tables_per_component(8)
+            .total_core_instances(limits.max_instances * 16)
+            .total_memories(limits.max_instances)
             .total_tables(limits.max_instances * 8)
             .max_memory_size(limits.memory_bytes);
         let mut config = Config::new();
@@ -106,19 +125,12 @@ impl PolicyEngine {
         let engine = Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        link_std_support(&mut linker).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
         Policy::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
 
         start_epoch_ticker(&engine);
-        Ok(PolicyEngine {
-            inner: Arc::new(EngineInner {
-                engine,
-                linker,
-                limits,
-            }),
-        })
+        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits }) })
     }
 
     pub fn limits(&self) -> &PolicyLimits {
@@ -129,14 +141,7 @@ impl PolicyEngine {
     /// describe itself on a scratch instance. Takes tens to hundreds of milliseconds:
     /// call it off the event loop.
     pub fn compile(&self, wasm: &[u8]) -> Result<CompiledPolicy, PolicyError> {
-        let max = self.inner.limits.max_component_bytes;
-        if wasm.len() > max {
-            return Err(PolicyError::TooLarge {
-                size: wasm.len(),
-                max,
-            });
-        }
-        sniff(wasm)?;
+        self.check_component(wasm)?;
         let component = Component::new(&self.inner.engine, wasm)
             .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
         self.prepare(component, digest(wasm), wasm.len())
@@ -144,41 +149,47 @@ impl PolicyEngine {
 
     /// [`PolicyEngine::compile`] for a component in a file.
     pub fn compile_file(&self, path: &std::path::Path) -> Result<CompiledPolicy, PolicyError> {
-        let wasm = std::fs::read(path).map_err(|source| PolicyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let wasm = std::fs::read(path)
+            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
         self.compile(&wasm)
     }
 
     /// Compiles a component to native code once, for [`PolicyEngine::load_precompiled`]
     /// in other processes of the same build.
-    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, PolicyError> {
-        let max = self.inner.limits.max_component_bytes;
-        if wasm.len() > max {
-            return Err(PolicyError::TooLarge {
-                size: wasm.len(),
-                max,
-            });
-        }
-        self.inner
+    pub fn precompile(&self, wasm: &[u8]) -> Result<Precompiled, PolicyError> {
+        self.check_component(wasm)?;
+        let native = self
+            .inner
             .engine
             .precompile_component(wasm)
-            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))
+            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+        Ok(Precompiled { native, digest: digest(wasm), size: wasm.len() })
+    }
+
+    /// Size and format checks before the parser sees the bytes.
+    fn check_component(&self, wasm: &[u8]) -> Result<(), PolicyError> {
+        let max = self.inner.limits.max_component_bytes;
+        if wasm.len() > max {
+            return Err(PolicyError::TooLarge { size: wasm.len(), max });
+        }
+        sniff(wasm)
     }
 
     /// Loads what [`PolicyEngine::precompile`] made, skipping compilation.
     ///
     /// Only for bytes this program produced itself (the master hands them to its
     /// workers): native code is trusted, so they must never come from outside.
-    pub fn load_precompiled(&self, native: &[u8]) -> Result<CompiledPolicy, PolicyError> {
+    pub fn load_precompiled(
+        &self,
+        precompiled: &Precompiled,
+    ) -> Result<CompiledPolicy, PolicyError> {
         // SAFETY: wasmtime checks that the bytes were made by this wasmtime version with
         // a compatible configuration; the bytes themselves come only from `precompile`
         // within this program (documented above), so their native code is ours.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize(&self.inner.engine, native) }
+        let component = unsafe { Component::deserialize(&self.inner.engine, &precompiled.native) }
             .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
-        self.prepare(component, digest(native), native.len())
+        self.prepare(component, precompiled.digest.clone(), precompiled.size)
     }
 
     fn prepare(
@@ -198,17 +209,9 @@ impl PolicyEngine {
         let mut policy = CompiledPolicy {
             engine: self.inner.engine.clone(),
             pre,
-            meta: PolicyMeta {
-                name: String::new(),
-                version: String::new(),
-                digest,
-                size,
-            },
+            meta: PolicyMeta { name: String::new(), version: String::new(), digest, size },
         };
-        let start = |fault| PolicyError::Start {
-            policy: label.clone(),
-            fault,
-        };
+        let start = |fault| PolicyError::Start { policy: label.clone(), fault };
         let mut instance = self.instantiate(&policy, Clock::default()).map_err(start)?;
         let info = instance.describe().map_err(start)?;
         policy.meta.name = info.name.chars().take(64).collect();
@@ -229,25 +232,24 @@ impl PolicyEngine {
         clock: Clock,
     ) -> Result<PolicyInstance, Fault> {
         if !self.compiled(policy) {
-            return Err(Fault::Trap(format!(
-                "{} was compiled by another engine",
-                policy.meta
-            )));
+            return Err(Fault::Trap(format!("{} was compiled by another engine", policy.meta)));
         }
         let limits = &self.inner.limits;
         let data = StoreData {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().max_random_size(64 << 10).build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap {
-                cap: limits.memory_bytes,
-                hit: false,
-            },
+            hostcall_budget: limits.max_output_bytes,
+            limiter: MemoryCap { cap: limits.memory_bytes, hit: false },
             clock,
             rng: SmallRng::from_os_rng(),
             log: GuestLog::new(&policy.meta.name, limits),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.limiter);
+        // Bounds what the host copies out of one call (the command list, log lines):
+        // strings in many commands may all point at the same guest buffer.
+        store.set_hostcall_fuel(limits.max_output_bytes);
+        store.data_mut().table.set_max_capacity(256);
         store.epoch_deadline_trap();
         // Instantiation runs the component's start-up code, which must obey a deadline too.
         store.set_epoch_deadline(PolicyLimits::ticks(limits.init_deadline, EPOCH_TICK));
@@ -265,12 +267,45 @@ impl PolicyEngine {
     }
 }
 
+/// Links the WASI interfaces a Rust `std` guest imports whether it uses them or not:
+/// environment (empty), exit, stdio (stdin empty, output discarded), terminals, streams,
+/// poll and randomness. Clocks, the filesystem and sockets are left out on purpose: a
+/// policy that imports them is refused when it is loaded, so none can sleep, wait on a
+/// timer inside the host, or reach outside. Its clock is the host's `monotonic-ms`.
+fn link_std_support(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, random, sync};
+    use wasmtime_wasi::random::WasiRandom;
+
+    struct Table;
+    impl wasmtime::component::HasData for Table {
+        type Data<'a> = &'a mut ResourceTable;
+    }
+
+    let l = linker;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<_, Table>(l, |d| &mut d.table)?;
+    sync::io::poll::add_to_linker::<_, Table>(l, |d| &mut d.table)?;
+    sync::io::streams::add_to_linker::<_, Table>(l, |d| &mut d.table)?;
+    random::random::add_to_linker::<_, WasiRandom>(l, |d| d.wasi.random())?;
+    random::insecure::add_to_linker::<_, WasiRandom>(l, |d| d.wasi.random())?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(l, |d| d.wasi.random())?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, <StoreData as WasiCliView>::cli)?;
+    Ok(())
+}
+
 /// Names the two most common upload mistakes before the parser's less helpful words.
 fn sniff(wasm: &[u8]) -> Result<(), PolicyError> {
     if !wasm.starts_with(b"\0asm") {
-        return Err(PolicyError::Invalid(
-            "not WebAssembly: no `\\0asm` header".into(),
-        ));
+        return Err(PolicyError::Invalid("not WebAssembly: no `\\0asm` header".into()));
     }
     // A core module has version 1 in its preamble; components use their own layer.
     if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
@@ -368,8 +403,8 @@ impl PolicyInstance {
         let data = self.store.data_mut();
         data.clock = clock;
         data.log.lines_this_call = 0;
-        self.store
-            .set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
+        data.log.last_error = None;
+        self.store.set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store);
         self.busy += started.elapsed();
@@ -383,19 +418,28 @@ fn classify(store: &Store<StoreData>, error: wasmtime::Error, deadline: Duration
     if data.limiter.hit {
         return Fault::Memory(data.limiter.cap);
     }
+    if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return Fault::Capacity(format!("{error:#}"));
+    }
+    let text = format!("{error:#}");
+    // wasmtime's error for it is private; its words are the only handle.
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return Fault::TooMuchOutput(data.hostcall_budget);
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Fault::Deadline(deadline),
         // Rust guests abort on panic; the SDK logs the message first.
         Some(Trap::UnreachableCodeReached) => {
             Fault::Panic(data.log.last_error.clone().unwrap_or_default())
         }
-        _ => Fault::Trap(format!("{error:#}").chars().take(1000).collect()),
+        _ => Fault::Trap(text.chars().take(1000).collect()),
     }
 }
 
 /// Everything a guest's store holds.
 pub(crate) struct StoreData {
     wasi: WasiCtx,
+    hostcall_budget: usize,
     table: ResourceTable,
     limiter: MemoryCap,
     clock: Clock,
@@ -405,10 +449,7 @@ pub(crate) struct StoreData {
 
 impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -427,10 +468,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.hit = true;
-            wasmtime::bail!(
-                "memory limit of {} bytes reached (wanted {desired})",
-                self.cap
-            );
+            wasmtime::bail!("memory limit of {} bytes reached (wanted {desired})", self.cap);
         }
         Ok(true)
     }
@@ -450,6 +488,10 @@ pub(crate) struct GuestLog {
     policy: String,
     lines_this_call: u32,
     max_lines: u32,
+    /// Lines written in the current second of worker time, and which second that is.
+    lines_this_second: u32,
+    second: u64,
+    max_lines_per_second: u32,
     max_len: usize,
     pub(crate) dropped: u64,
     pub(crate) written: u64,
@@ -462,6 +504,9 @@ impl GuestLog {
             policy: policy.to_string(),
             lines_this_call: 0,
             max_lines: limits.max_log_lines_per_call,
+            lines_this_second: 0,
+            second: 0,
+            max_lines_per_second: limits.max_log_lines_per_second,
             max_len: limits.max_log_line_bytes,
             dropped: 0,
             written: 0,
@@ -469,20 +514,22 @@ impl GuestLog {
         }
     }
 
-    fn write(&mut self, level: LogLevel, mut message: String) {
-        if self.lines_this_call >= self.max_lines {
+    fn write(&mut self, now: Duration, level: LogLevel, message: &str) {
+        let second = now.as_secs();
+        if second != self.second {
+            self.second = second;
+            self.lines_this_second = 0;
+        }
+        if self.lines_this_call >= self.max_lines
+            || self.lines_this_second >= self.max_lines_per_second
+        {
             self.dropped += 1;
             return;
         }
         self.lines_this_call += 1;
+        self.lines_this_second += 1;
         self.written += 1;
-        if message.len() > self.max_len {
-            let mut cut = self.max_len;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        let message = escape_controls(message, self.max_len);
         let policy = self.policy.as_str();
         match level {
             LogLevel::Error => tracing::error!(target: "policy", policy, "{message}"),
@@ -495,6 +542,25 @@ impl GuestLog {
             self.last_error = Some(message);
         }
     }
+}
+
+/// At most `max_len` bytes of `message`, with control characters escaped so a policy
+/// cannot forge log lines or drive a terminal.
+fn escape_controls(message: &str, max_len: usize) -> String {
+    let mut out = String::with_capacity(message.len().min(max_len));
+    for c in message.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max_len {
+            out.truncate(before);
+            break;
+        }
+    }
+    out
 }
 
 impl world::types::Host for StoreData {}
@@ -513,6 +579,18 @@ impl world::host::Host for StoreData {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
-        self.log.write(level, message);
+        self.log.write(self.clock.monotonic, level, &message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn log_lines_cannot_forge_lines_or_drive_terminals() {
+        assert_eq!(escape_controls("a\nb\u{1b}[31m", 100), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape_controls("héllo wörld", 6), "héllo");
+        assert_eq!(escape_controls("ab\ncd", 3), "ab", "an escape is never cut in half");
     }
 }

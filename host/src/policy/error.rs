@@ -14,11 +14,10 @@ pub enum PolicyError {
     WrongWorld(String),
     #[error("policy {policy} failed its start: {fault}")]
     Start { policy: String, fault: Fault },
+    #[error("hot swap not done: the running policy faulted while saving its state ({0})")]
+    SwapAborted(Fault),
     #[error("could not read policy file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("policy engine could not be set up: {0}")]
     Engine(String),
 }
@@ -39,6 +38,12 @@ pub enum Fault {
     TooManyCommands { count: usize, max: usize },
     #[error("refused to start: {0}")]
     InitRefused(String),
+    #[error("returned more than {0} bytes from one call")]
+    TooMuchOutput(usize),
+    /// Not the policy's doing: the host had no instance slot free. Does not count
+    /// towards a rollback.
+    #[error("host capacity: {0}")]
+    Capacity(String),
 }
 
 impl Fault {
@@ -51,6 +56,8 @@ impl Fault {
             Fault::Trap(_) => "trap",
             Fault::TooManyCommands { .. } => "too-many-commands",
             Fault::InitRefused(_) => "init-refused",
+            Fault::TooMuchOutput(_) => "too-much-output",
+            Fault::Capacity(_) => "capacity",
         }
     }
 }

@@ -19,6 +19,14 @@ pub struct PolicyLimits {
     pub memory_bytes: usize,
     /// Most commands one `handle` call may return; more is a fault.
     pub max_commands_per_call: usize,
+    /// Most bytes the host copies out of one call (commands, log lines); more is a
+    /// fault.
+    pub max_output_bytes: usize,
+    /// Most events handed to one `handle` call; a larger turn is split.
+    pub max_events_per_call: usize,
+    /// Most payload bytes (texts, messages) handed to one `handle` call; a larger turn
+    /// is split (a single larger event still goes alone).
+    pub max_input_bytes: usize,
     /// Longest tracker text frame or SDP a command may carry, in bytes.
     pub max_text_bytes: usize,
     /// Longest message `peer-send` may carry, in bytes.
@@ -38,6 +46,8 @@ pub struct PolicyLimits {
     pub max_timer_delay: Duration,
     /// Most log lines one call may write; further lines are counted and dropped.
     pub max_log_lines_per_call: u32,
+    /// Most log lines an instance may write per second of worker time.
+    pub max_log_lines_per_second: u32,
     /// Longest log line, in bytes; longer lines are cut.
     pub max_log_line_bytes: usize,
     /// Most events held while no instance runs (during a restart back-off); the oldest
@@ -72,6 +82,9 @@ impl Default for PolicyLimits {
             init_deadline: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             max_commands_per_call: 4096,
+            max_output_bytes: 8 << 20,
+            max_events_per_call: 1024,
+            max_input_bytes: 1 << 20,
             max_text_bytes: 64 << 10,
             max_message_bytes: 64 << 10,
             max_url_bytes: 4096,
@@ -81,6 +94,7 @@ impl Default for PolicyLimits {
             max_timers: 4096,
             max_timer_delay: Duration::from_secs(24 * 3600),
             max_log_lines_per_call: 64,
+            max_log_lines_per_second: 200,
             max_log_line_bytes: 1024,
             max_pending_events: 16_384,
             snapshot_interval: Duration::from_secs(1),
@@ -106,14 +120,7 @@ pub struct LimitError {
 impl PolicyLimits {
     pub fn validate(&self) -> Result<(), LimitError> {
         fn check(ok: bool, field: &'static str, problem: &str) -> Result<(), LimitError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(LimitError {
-                    field,
-                    problem: problem.to_string(),
-                })
-            }
+            if ok { Ok(()) } else { Err(LimitError { field, problem: problem.to_string() }) }
         }
         let ms = Duration::from_millis;
         check(
@@ -131,26 +138,13 @@ impl PolicyLimits {
             "memory_bytes",
             "must be between 1 MiB and 4 GiB",
         )?;
-        check(
-            self.max_commands_per_call >= 1,
-            "max_commands_per_call",
-            "must be at least 1",
-        )?;
-        check(
-            self.max_text_bytes >= 1024,
-            "max_text_bytes",
-            "must be at least 1 KiB",
-        )?;
-        check(
-            self.max_message_bytes >= 1024,
-            "max_message_bytes",
-            "must be at least 1 KiB",
-        )?;
-        check(
-            self.max_url_bytes >= 64,
-            "max_url_bytes",
-            "must be at least 64",
-        )?;
+        check(self.max_commands_per_call >= 1, "max_commands_per_call", "must be at least 1")?;
+        check(self.max_output_bytes >= 64 << 10, "max_output_bytes", "must be at least 64 KiB")?;
+        check(self.max_events_per_call >= 1, "max_events_per_call", "must be at least 1")?;
+        check(self.max_input_bytes >= 64 << 10, "max_input_bytes", "must be at least 64 KiB")?;
+        check(self.max_text_bytes >= 1024, "max_text_bytes", "must be at least 1 KiB")?;
+        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1 KiB")?;
+        check(self.max_url_bytes >= 64, "max_url_bytes", "must be at least 64")?;
         check(
             (1024..=256 << 10).contains(&self.max_chunk_bytes),
             "max_chunk_bytes",
@@ -159,21 +153,13 @@ impl PolicyLimits {
         check(self.max_timers >= 1, "max_timers", "must be at least 1")?;
         check(self.max_fetches >= 1, "max_fetches", "must be at least 1")?;
         check(self.max_trackers >= 1, "max_trackers", "must be at least 1")?;
-        check(
-            self.max_pending_events >= 1,
-            "max_pending_events",
-            "must be at least 1",
-        )?;
+        check(self.max_pending_events >= 1, "max_pending_events", "must be at least 1")?;
         check(
             self.restart_backoff <= self.max_restart_backoff,
             "restart_backoff",
             "must not exceed max_restart_backoff",
         )?;
-        check(
-            self.rollback_after_faults >= 1,
-            "rollback_after_faults",
-            "must be at least 1",
-        )?;
+        check(self.rollback_after_faults >= 1, "rollback_after_faults", "must be at least 1")?;
         check(
             self.max_instances >= 2,
             "max_instances",
@@ -213,10 +199,7 @@ mod tests {
 
     #[test]
     fn a_bad_limit_is_named() {
-        let limits = PolicyLimits {
-            memory_bytes: 10,
-            ..PolicyLimits::default()
-        };
+        let limits = PolicyLimits { memory_bytes: 10, ..PolicyLimits::default() };
         let error = limits.validate().unwrap_err();
         assert_eq!(error.field, "memory_bytes");
         assert!(error.to_string().contains("memory_bytes"), "{error}");

@@ -17,7 +17,7 @@ mod limits;
 mod runner;
 mod tables;
 
-pub use engine::{Clock, CompiledPolicy, PolicyEngine, PolicyMeta};
+pub use engine::{Clock, CompiledPolicy, PolicyEngine, PolicyMeta, Precompiled};
 pub use error::{Fault, PolicyError};
 pub use limits::{LimitError, PolicyLimits};
 pub use runner::{FaultReport, PolicyRunner, PolicyStats, SwapReport};
@@ -29,7 +29,5 @@ pub mod wire {
 }
 
 /// The default policy (`guest/pml`), built with the host and embedded in the binary.
-pub const EMBEDDED_POLICY: &[u8] = include_bytes!(concat!(
-    env!("SUPERPEER_GUEST_DIR"),
-    "/superpeer_policy_pml.wasm"
-));
+pub const EMBEDDED_POLICY: &[u8] =
+    include_bytes!(concat!(env!("SUPERPEER_GUEST_DIR"), "/superpeer_policy_pml.wasm"));

@@ -84,7 +84,6 @@ pub struct PolicyRunner {
     /// Events waiting for an instance (during a restart back-off).
     pending: VecDeque<Event>,
     recent_faults: VecDeque<Duration>,
-    backoff: Duration,
     retry_at: Option<Duration>,
     stats: PolicyStats,
     /// Guest time and log counters of instances already discarded.
@@ -111,26 +110,17 @@ impl PolicyRunner {
         clock: Clock,
     ) -> Result<Self, PolicyError> {
         let tables = Tables::default();
-        let instance =
-            start_instance(&engine, &policy, &config, None, &tables, clock).map_err(|fault| {
-                PolicyError::Start {
-                    policy: policy.meta().to_string(),
-                    fault,
-                }
-            })?;
+        let instance = start_instance(&engine, &policy, &config, None, &tables, clock)
+            .map_err(|fault| PolicyError::Start { policy: policy.meta().to_string(), fault })?;
         let stats = PolicyStats {
             policy: Some(policy.meta().clone()),
             state: "running",
             ..Default::default()
         };
         Ok(PolicyRunner {
-            backoff: engine.limits().restart_backoff,
             engine,
             config,
-            current: Version {
-                policy,
-                snapshot: None,
-            },
+            current: Version { policy, snapshot: None },
             previous: None,
             instance: Some(instance),
             tables,
@@ -162,48 +152,70 @@ impl PolicyRunner {
     }
 
     /// Hands the policy everything that happened since the last turn and returns the
-    /// commands it gave that passed the host's checks, in order.
+    /// commands it gave that passed the host's checks, in order. A large turn is split
+    /// into several calls (`max_events_per_call`, `max_input_bytes`).
     pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
-        for event in &events {
-            self.tables.observe(event);
-        }
         self.stats.events += events.len() as u64;
         self.pending.extend(events);
-        self.trim_pending();
 
         if self.instance.is_none() {
             if self.retry_at.is_some_and(|at| clock.monotonic < at) {
+                self.trim_pending();
                 return Vec::new();
             }
             self.restart(clock);
         }
-        let Some(instance) = self.instance.as_mut() else {
-            return Vec::new();
-        };
-        if self.pending.is_empty() {
-            return Vec::new();
+        let mut admitted = Vec::new();
+        while self.instance.is_some() && !self.pending.is_empty() {
+            let batch = self.next_batch();
+            admitted.extend(self.call(clock, &batch));
         }
+        if self.instance.is_some() {
+            self.maybe_snapshot(clock);
+        } else {
+            self.trim_pending();
+        }
+        admitted
+    }
 
-        let batch: Vec<Event> = self.pending.drain(..).collect();
+    /// Takes the next call's worth of pending events. The tables learn of them now, as
+    /// the policy does: a restarted instance is told the state up to here and gets the
+    /// rest as events, so nothing reaches it twice.
+    fn next_batch(&mut self) -> Vec<Event> {
+        let limits = self.engine.limits();
+        let mut bytes = 0;
+        let mut count = 0;
+        for event in &self.pending {
+            let size = payload_bytes(event);
+            if count == limits.max_events_per_call
+                || (count > 0 && bytes + size > limits.max_input_bytes)
+            {
+                break;
+            }
+            bytes += size;
+            count += 1;
+        }
+        let batch: Vec<Event> = self.pending.drain(..count).collect();
+        for event in &batch {
+            self.tables.observe(event);
+        }
+        batch
+    }
+
+    /// One `handle` call; a fault loses this batch and the instance.
+    fn call(&mut self, clock: Clock, batch: &[Event]) -> Vec<Command> {
+        let Some(instance) = self.instance.as_mut() else { return Vec::new() };
         self.stats.calls += 1;
         let max = self.engine.limits().max_commands_per_call;
-        let result = instance.handle(clock, &batch).and_then(|commands| {
+        let result = instance.handle(clock, batch).and_then(|commands| {
             if commands.len() > max {
-                Err(Fault::TooManyCommands {
-                    count: commands.len(),
-                    max,
-                })
+                Err(Fault::TooManyCommands { count: commands.len(), max })
             } else {
                 Ok(commands)
             }
         });
         match result {
-            Ok(commands) => {
-                self.backoff = self.engine.limits().restart_backoff;
-                let admitted = self.admit(clock, commands);
-                self.maybe_snapshot(clock);
-                admitted
-            }
+            Ok(commands) => self.admit(clock, commands),
             Err(fault) => {
                 self.stats.events_dropped += batch.len() as u64;
                 self.fault(clock, fault);
@@ -221,10 +233,15 @@ impl PolicyRunner {
         policy: CompiledPolicy,
     ) -> Result<SwapReport, PolicyError> {
         let started = Instant::now();
+        // Without a fresh snapshot the new version would miss what the running one
+        // learned since the last periodic snapshot: refuse rather than lose it.
         if let Some(instance) = self.instance.as_mut() {
-            match instance.snapshot(clock) {
-                Ok(snapshot) => self.keep_snapshot(clock, snapshot),
-                Err(fault) => self.fault(clock, fault),
+            let snapshot = instance.snapshot(clock);
+            let kept = snapshot.and_then(|snapshot| self.keep_snapshot(clock, snapshot));
+            if let Err(fault) = kept {
+                self.stats.swaps_rejected += 1;
+                self.fault(clock, fault.clone());
+                return Err(PolicyError::SwapAborted(fault));
             }
         }
         let snapshot = self.snapshot.clone();
@@ -240,28 +257,15 @@ impl PolicyRunner {
             Err(fault) => {
                 self.stats.swaps_rejected += 1;
                 tracing::warn!(policy = %policy.meta(), %fault, "hot swap rejected; keeping {}", self.current.policy.meta());
-                return Err(PolicyError::Start {
-                    policy: policy.meta().to_string(),
-                    fault,
-                });
+                return Err(PolicyError::Start { policy: policy.meta().to_string(), fault });
             }
         };
         let from = self.current.policy.meta().clone();
         let to = policy.meta().clone();
-        let old = std::mem::replace(
-            &mut self.current,
-            Version {
-                policy,
-                snapshot: None,
-            },
-        );
-        self.previous = Some(Version {
-            policy: old.policy,
-            snapshot: snapshot.clone(),
-        });
+        let old = std::mem::replace(&mut self.current, Version { policy, snapshot: None });
+        self.previous = Some(Version { policy: old.policy, snapshot: snapshot.clone() });
         self.replace_instance(Some(instance));
         self.recent_faults.clear();
-        self.backoff = self.engine.limits().restart_backoff;
         self.retry_at = None;
         self.stats.swaps += 1;
         let report = SwapReport {
@@ -291,19 +295,12 @@ impl PolicyRunner {
         let mut stats = self.stats.clone();
         stats.policy = Some(self.current.policy.meta().clone());
         stats.previous = self.previous.as_ref().map(|v| v.policy.meta().clone());
-        stats.state = if self.instance.is_some() {
-            "running"
-        } else {
-            "restarting"
-        };
+        stats.state = if self.instance.is_some() { "running" } else { "restarting" };
         let (written, dropped) = self.instance.as_ref().map_or((0, 0), |i| i.log_counts());
         stats.log_lines = self.retired_log.0 + written;
         stats.log_lines_dropped = self.retired_log.1 + dropped;
-        let busy = self.retired_busy
-            + self
-                .instance
-                .as_ref()
-                .map_or(Duration::ZERO, PolicyInstance::busy);
+        let busy =
+            self.retired_busy + self.instance.as_ref().map_or(Duration::ZERO, PolicyInstance::busy);
         stats.busy_us = busy.as_micros() as u64;
         stats.snapshot_bytes = self.snapshot.as_ref().map_or(0, Vec::len);
         stats
@@ -314,10 +311,7 @@ impl PolicyRunner {
         let max_peers = self.config.max_connections as usize;
         let mut admitted = Vec::with_capacity(commands.len());
         for command in commands {
-            match self
-                .tables
-                .admit(clock.monotonic, &command, limits, max_peers)
-            {
+            match self.tables.admit(clock.monotonic, &command, limits, max_peers) {
                 Ok(()) => admitted.push(command),
                 Err(rejection) => {
                     self.stats.commands_rejected += 1;
@@ -337,24 +331,23 @@ impl PolicyRunner {
         let Some(instance) = self.instance.as_mut() else {
             return;
         };
-        match instance.snapshot(clock) {
-            Ok(snapshot) => self.keep_snapshot(clock, snapshot),
-            Err(fault) => self.fault(clock, fault),
+        let snapshot = instance.snapshot(clock);
+        if let Err(fault) = snapshot.and_then(|snapshot| self.keep_snapshot(clock, snapshot)) {
+            self.fault(clock, fault);
         }
     }
 
-    fn keep_snapshot(&mut self, clock: Clock, snapshot: Vec<u8>) {
+    fn keep_snapshot(&mut self, clock: Clock, snapshot: Vec<u8>) -> Result<(), Fault> {
         let max = self.engine.limits().max_snapshot_bytes;
         if snapshot.len() > max {
-            let fault = Fault::Trap(format!(
+            return Err(Fault::Trap(format!(
                 "snapshot of {} bytes is over the {max}-byte limit",
                 snapshot.len()
-            ));
-            self.fault(clock, fault);
-            return;
+            )));
         }
         self.snapshot = Some(snapshot);
         self.snapshot_at = clock.monotonic;
+        Ok(())
     }
 
     /// Discards the faulted instance and decides what runs next.
@@ -364,6 +357,8 @@ impl PolicyRunner {
         *self.stats.faults_by_kind.entry(fault.kind()).or_default() += 1;
         let policy = self.current.policy.meta().to_string();
         tracing::warn!(policy, %fault, "policy fault; instance discarded");
+        // A full host is not the policy's fault: retry, but never roll back for it.
+        let counts = !matches!(fault, Fault::Capacity(_));
         self.stats.last_fault = Some(FaultReport {
             policy,
             message: fault.to_string(),
@@ -373,13 +368,15 @@ impl PolicyRunner {
         self.replace_instance(None);
 
         let limits = self.engine.limits();
-        self.recent_faults.push_back(now);
         while self
             .recent_faults
             .front()
             .is_some_and(|t| now.saturating_sub(*t) > limits.rollback_window)
         {
             self.recent_faults.pop_front();
+        }
+        if counts {
+            self.recent_faults.push_back(now);
         }
         if self.recent_faults.len() >= limits.rollback_after_faults
             && let Some(previous) = self.previous.take()
@@ -394,17 +391,18 @@ impl PolicyRunner {
             self.current = previous;
             self.snapshot = self.current.snapshot.take();
             self.recent_faults.clear();
-            self.backoff = limits.restart_backoff;
             // The previous version worked: try it at once.
             self.retry_at = Some(now);
             return;
         }
-        self.retry_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(limits.max_restart_backoff);
+        // Back-off doubles with each fault still inside the window, so it only relaxes
+        // once the policy has stayed healthy for a whole window.
+        let doublings = self.recent_faults.len().saturating_sub(1).min(20) as u32;
+        let backoff = limits.restart_backoff.saturating_mul(1 << doublings);
+        self.retry_at = Some(now + backoff.min(limits.max_restart_backoff));
     }
 
     fn restart(&mut self, clock: Clock) {
-        self.stats.restarts += 1;
         match start_instance(
             &self.engine,
             &self.current.policy,
@@ -415,6 +413,7 @@ impl PolicyRunner {
         ) {
             Ok(instance) => {
                 tracing::info!(policy = %self.current.policy.meta(), "policy instance restarted");
+                self.stats.restarts += 1;
                 self.replace_instance(Some(instance));
                 self.retry_at = None;
                 self.snapshot_at = clock.monotonic;
@@ -436,7 +435,10 @@ impl PolicyRunner {
         let max = self.engine.limits().max_pending_events;
         if self.pending.len() > max {
             let excess = self.pending.len() - max;
-            self.pending.drain(..excess);
+            // Dropped events still happened: the tables keep the facts they carry.
+            for event in self.pending.drain(..excess) {
+                self.tables.observe(&event);
+            }
             self.stats.events_dropped += excess as u64;
         }
     }
@@ -453,4 +455,24 @@ fn start_instance(
     let mut instance = engine.instantiate(policy, clock)?;
     instance.init(clock, config, snapshot, &tables.state(clock.monotonic))?;
     Ok(instance)
+}
+
+/// The bytes an event carries beyond its fixed fields, for splitting large turns.
+fn payload_bytes(event: &Event) -> usize {
+    match event {
+        Event::TrackerText(t) => t.text.len(),
+        Event::TrackerClosed(c) => c.reason.len(),
+        Event::PeerOfferReady(r) | Event::PeerAnswerReady(r) => r.sdp.len(),
+        Event::PeerMessage(m) => m.data.len(),
+        Event::PeerClosed(c) => c.reason.len(),
+        Event::TextFetched(t) => t.url.len() + t.text.len(),
+        Event::SegmentStored(s) => s.segment.url.len(),
+        Event::FetchFailed(f) => f.reason.len(),
+        Event::TrackerConnected(_)
+        | Event::PeerChannelOpen(_)
+        | Event::PeerBufferedLow(_)
+        | Event::SegmentEvicted(_)
+        | Event::SegmentSent(_)
+        | Event::TimerFired(_) => 0,
+    }
 }

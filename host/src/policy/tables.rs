@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::limits::PolicyLimits;
 use super::wire::{
-    ByteRange, Command, ConnId, Event, FetchId, HostState, PeerId, SegmentHandle, SegmentInfo,
-    TimerId,
+    ByteRange, Command, ConnId, Event, FetchId, HostState, PeerId, PeerState, SegmentHandle,
+    SegmentInfo, TimerId, TrackerState,
 };
 
 /// Why one command was refused. The policy's other commands still run.
@@ -28,11 +28,7 @@ pub enum Rejection {
     #[error("tracker connection {0} is not open yet")]
     TrackerNotOpen(ConnId),
     #[error("{what} of {len} bytes is over the {max}-byte limit")]
-    TooLarge {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { what: &'static str, len: usize, max: usize },
     #[error("already {max} {what}, the limit")]
     TooMany { what: &'static str, max: usize },
     #[error("URL {url:?} is not allowed here: {why}")]
@@ -40,11 +36,7 @@ pub enum Rejection {
     #[error("byte range {start}..{end} is empty or reversed")]
     BadRange { start: u64, end: u64 },
     #[error("offset {offset} is past the end of segment {handle} ({size} bytes)")]
-    OffsetPastEnd {
-        handle: SegmentHandle,
-        offset: u64,
-        size: u64,
-    },
+    OffsetPastEnd { handle: SegmentHandle, offset: u64, size: u64 },
     #[error("chunk size {0} is outside 1..={1}")]
     BadChunk(u32, u32),
     #[error("timer delay of {0} ms is over the limit of {1} ms")]
@@ -112,8 +104,7 @@ impl Tables {
             }
             Event::SegmentStored(stored) => {
                 self.fetches.remove(&stored.fetch);
-                self.segments
-                    .insert(stored.segment.handle, stored.segment.clone());
+                self.segments.insert(stored.segment.handle, stored.segment.clone());
             }
             Event::FetchFailed(failed) => {
                 self.fetches.remove(&failed.fetch);
@@ -148,23 +139,9 @@ impl Tables {
         match command {
             Command::TrackerConnect(c) => {
                 check_url(&c.url, &["ws://", "wss://"], limits)?;
-                fresh(
-                    "tracker connection",
-                    c.conn,
-                    self.trackers.contains_key(&c.conn),
-                )?;
-                room(
-                    "tracker connections",
-                    self.trackers.len(),
-                    limits.max_trackers,
-                )?;
-                self.trackers.insert(
-                    c.conn,
-                    Tracker {
-                        url: c.url.clone(),
-                        link: Link::Opening,
-                    },
-                );
+                fresh("tracker connection", c.conn, self.trackers.contains_key(&c.conn))?;
+                room("tracker connections", self.trackers.len(), limits.max_trackers)?;
+                self.trackers.insert(c.conn, Tracker { url: c.url.clone(), link: Link::Opening });
             }
             Command::TrackerSend(s) => {
                 fit("tracker text", s.text.len(), limits.max_text_bytes)?;
@@ -177,9 +154,7 @@ impl Tables {
                 }
             }
             Command::TrackerClose(conn) => {
-                self.trackers
-                    .remove(conn)
-                    .ok_or(unknown("tracker connection", *conn))?;
+                self.trackers.remove(conn).ok_or(unknown("tracker connection", *conn))?;
             }
             Command::PeerOffer(peer) => {
                 self.new_peer(*peer, max_peers, PeerPhase::Offering)?;
@@ -202,10 +177,7 @@ impl Tables {
             }
             Command::ServeSegment(s) => {
                 self.open_peer(s.peer)?;
-                let segment = self
-                    .segments
-                    .get(&s.handle)
-                    .ok_or(unknown("segment", s.handle))?;
+                let segment = self.segments.get(&s.handle).ok_or(unknown("segment", s.handle))?;
                 if s.offset > segment.size {
                     return Err(Rejection::OffsetPastEnd {
                         handle: s.handle,
@@ -216,7 +188,9 @@ impl Tables {
                 if s.chunk_size == 0 || s.chunk_size > limits.max_chunk_bytes {
                     return Err(Rejection::BadChunk(s.chunk_size, limits.max_chunk_bytes));
                 }
-                self.serves.insert((s.peer, s.handle));
+                if !self.serves.insert((s.peer, s.handle)) {
+                    return Err(Rejection::Duplicate { what: "serve of segment", id: s.handle });
+                }
             }
             Command::CancelServe(c) => {
                 if !self.serves.remove(&(c.peer, c.handle)) {
@@ -224,6 +198,7 @@ impl Tables {
                 }
             }
             Command::PeerClose(c) => {
+                fit("close reason", c.reason.len(), limits.max_text_bytes)?;
                 self.peers.remove(&c.peer).ok_or(unknown("peer", c.peer))?;
                 self.serves.retain(|(peer, _)| *peer != c.peer);
             }
@@ -259,8 +234,7 @@ impl Tables {
                 if !self.timers.contains_key(&t.timer) {
                     room("timers", self.timers.len(), limits.max_timers)?;
                 }
-                self.timers
-                    .insert(t.timer, now + Duration::from_millis(t.after_ms));
+                self.timers.insert(t.timer, now + Duration::from_millis(t.after_ms));
             }
             Command::TimerCancel(timer) => {
                 self.timers.remove(timer).ok_or(unknown("timer", *timer))?;
@@ -275,15 +249,26 @@ impl Tables {
             trackers: self
                 .trackers
                 .iter()
-                .filter(|(_, t)| t.link == Link::Open)
-                .map(|(conn, t)| (*conn, t.url.clone()))
+                .map(|(conn, t)| TrackerState {
+                    conn: *conn,
+                    url: t.url.clone(),
+                    open: t.link == Link::Open,
+                })
                 .collect(),
             peers: self
                 .peers
                 .iter()
-                .filter(|(_, phase)| **phase == PeerPhase::Open)
-                .map(|(peer, _)| *peer)
+                .map(|(peer, phase)| PeerState {
+                    peer: *peer,
+                    open: *phase == PeerPhase::Open,
+                    serving: self
+                        .serves
+                        .range((*peer, 0)..=(*peer, u64::MAX))
+                        .map(|(_, handle)| *handle)
+                        .collect(),
+                })
                 .collect(),
+            fetches: self.fetches.iter().copied().collect(),
             segments: self.segments.values().cloned().collect(),
             timers: self
                 .timers
@@ -346,36 +331,19 @@ fn unknown(what: &'static str, id: u64) -> Rejection {
 }
 
 fn fresh(what: &'static str, id: u64, taken: bool) -> Result<(), Rejection> {
-    if taken {
-        Err(Rejection::Duplicate { what, id })
-    } else {
-        Ok(())
-    }
+    if taken { Err(Rejection::Duplicate { what, id }) } else { Ok(()) }
 }
 
 fn room(what: &'static str, len: usize, max: usize) -> Result<(), Rejection> {
-    if len >= max {
-        Err(Rejection::TooMany { what, max })
-    } else {
-        Ok(())
-    }
+    if len >= max { Err(Rejection::TooMany { what, max }) } else { Ok(()) }
 }
 
 fn fit(what: &'static str, len: usize, max: usize) -> Result<(), Rejection> {
-    if len > max {
-        Err(Rejection::TooLarge { what, len, max })
-    } else {
-        Ok(())
-    }
+    if len > max { Err(Rejection::TooLarge { what, len, max }) } else { Ok(()) }
 }
 
 fn check_url(url: &str, schemes: &[&str], limits: &PolicyLimits) -> Result<(), Rejection> {
-    let bad = |why| {
-        Err(Rejection::BadUrl {
-            url: url.chars().take(200).collect(),
-            why,
-        })
-    };
+    let bad = |why| Err(Rejection::BadUrl { url: url.chars().take(200).collect(), why });
     if url.len() > limits.max_url_bytes {
         return bad("too long");
     }
@@ -423,40 +391,29 @@ mod tests {
     #[test]
     fn tracker_lifecycle_is_enforced() {
         let mut t = Tables::default();
-        let connect = Command::TrackerConnect(TrackerConnect {
-            conn: 1,
-            url: "wss://t.example/".into(),
-        });
+        let connect =
+            Command::TrackerConnect(TrackerConnect { conn: 1, url: "wss://t.example/".into() });
         admit(&mut t, connect.clone()).unwrap();
         assert_eq!(
-            admit(&mut t, connect),
-            Err(Rejection::Duplicate {
-                what: "tracker connection",
-                id: 1
-            })
+            t.state(NOW).trackers,
+            vec![TrackerState { conn: 1, url: "wss://t.example/".into(), open: false }],
+            "a connection being opened is replayed too, so a new instance can adopt it"
         );
-        let send = Command::TrackerSend(TrackerSend {
-            conn: 1,
-            text: "{}".into(),
-        });
         assert_eq!(
-            admit(&mut t, send.clone()),
-            Err(Rejection::TrackerNotOpen(1))
+            admit(&mut t, connect),
+            Err(Rejection::Duplicate { what: "tracker connection", id: 1 })
         );
+        let send = Command::TrackerSend(TrackerSend { conn: 1, text: "{}".into() });
+        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::TrackerNotOpen(1)));
         t.observe(&Event::TrackerConnected(1));
         admit(&mut t, send.clone()).unwrap();
-        assert_eq!(
-            t.state(NOW).trackers,
-            vec![(1, "wss://t.example/".to_string())]
-        );
+        let tracker = |open| TrackerState { conn: 1, url: "wss://t.example/".into(), open };
+        assert_eq!(t.state(NOW).trackers, vec![tracker(true)]);
         t.observe(&Event::TrackerClosed(crate::policy::wire::TrackerClosed {
             conn: 1,
             reason: String::new(),
         }));
-        assert!(matches!(
-            admit(&mut t, send),
-            Err(Rejection::Unknown { .. })
-        ));
+        assert!(matches!(admit(&mut t, send), Err(Rejection::Unknown { .. })));
     }
 
     #[test]
@@ -471,13 +428,8 @@ mod tests {
             ("wss://a b", false),
             ("file:///etc/passwd", false),
         ] {
-            let result = admit(
-                &mut t,
-                Command::TrackerConnect(TrackerConnect {
-                    conn: 7,
-                    url: url.into(),
-                }),
-            );
+            let result =
+                admit(&mut t, Command::TrackerConnect(TrackerConnect { conn: 7, url: url.into() }));
             assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
             t.trackers.clear();
         }
@@ -486,40 +438,17 @@ mod tests {
     #[test]
     fn peers_are_capped_and_must_be_open_to_send() {
         let mut t = Tables::default();
-        let answer = |peer| {
-            Command::PeerAnswer(PeerAnswer {
-                peer,
-                offer: "v=0".into(),
-            })
-        };
+        let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
         admit(&mut t, answer(1)).unwrap();
         admit(&mut t, answer(2)).unwrap();
-        assert_eq!(
-            admit(&mut t, answer(3)),
-            Err(Rejection::TooMany {
-                what: "peers",
-                max: 2
-            })
-        );
-        let send = Command::PeerSend(PeerSend {
-            peer: 1,
-            data: vec![1, 2, 3],
-        });
+        assert_eq!(admit(&mut t, answer(3)), Err(Rejection::TooMany { what: "peers", max: 2 }));
+        let send = Command::PeerSend(PeerSend { peer: 1, data: vec![1, 2, 3] });
         assert_eq!(admit(&mut t, send.clone()), Err(Rejection::PeerNotOpen(1)));
         t.observe(&Event::PeerChannelOpen(1));
         admit(&mut t, send).unwrap();
-        let big = Command::PeerSend(PeerSend {
-            peer: 1,
-            data: vec![0; (64 << 10) + 1],
-        });
-        assert!(matches!(
-            admit(&mut t, big),
-            Err(Rejection::TooLarge { .. })
-        ));
-        t.observe(&Event::PeerClosed(PeerClosed {
-            peer: 1,
-            reason: "gone".into(),
-        }));
+        let big = Command::PeerSend(PeerSend { peer: 1, data: vec![0; (64 << 10) + 1] });
+        assert!(matches!(admit(&mut t, big), Err(Rejection::TooLarge { .. })));
+        t.observe(&Event::PeerClosed(PeerClosed { peer: 1, reason: "gone".into() }));
         admit(&mut t, answer(3)).unwrap();
         assert_eq!(t.peer_count(), 2);
     }
@@ -527,42 +456,23 @@ mod tests {
     #[test]
     fn serves_need_a_cached_segment_and_a_sane_offset() {
         let mut t = Tables::default();
-        admit(
-            &mut t,
-            Command::PeerAnswer(PeerAnswer {
-                peer: 1,
-                offer: "v=0".into(),
-            }),
-        )
-        .unwrap();
+        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
         t.observe(&Event::PeerChannelOpen(1));
         let serve = |handle, offset| {
-            Command::ServeSegment(ServeSegment {
-                peer: 1,
-                handle,
-                offset,
-                chunk_size: 16384,
-            })
+            Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16384 })
         };
-        assert_eq!(
-            admit(&mut t, serve(9, 0)),
-            Err(Rejection::Unknown {
-                what: "segment",
-                id: 9
-            })
-        );
+        assert_eq!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { what: "segment", id: 9 }));
         t.observe(&segment(9, 1000));
         admit(&mut t, serve(9, 1000)).unwrap();
-        assert!(matches!(
-            admit(&mut t, serve(9, 1001)),
-            Err(Rejection::OffsetPastEnd { .. })
-        ));
+        assert!(
+            matches!(admit(&mut t, serve(9, 0)), Err(Rejection::Duplicate { .. })),
+            "one serve of a segment to a peer at a time"
+        );
+        assert_eq!(t.state(NOW).peers[0].serving, vec![9]);
+        assert!(matches!(admit(&mut t, serve(9, 1001)), Err(Rejection::OffsetPastEnd { .. })));
         t.observe(&Event::SegmentEvicted(9));
         assert!(t.segment(9).is_none());
-        assert!(matches!(
-            admit(&mut t, serve(9, 0)),
-            Err(Rejection::Unknown { .. })
-        ));
+        assert!(matches!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { .. })));
     }
 
     #[test]
@@ -577,10 +487,7 @@ mod tests {
             })
         };
         admit(&mut t, fetch(1, Some(ByteRange { start: 0, end: 10 }))).unwrap();
-        assert!(matches!(
-            admit(&mut t, fetch(1, None)),
-            Err(Rejection::Duplicate { .. })
-        ));
+        assert!(matches!(admit(&mut t, fetch(1, None)), Err(Rejection::Duplicate { .. })));
         assert_eq!(
             admit(&mut t, fetch(2, Some(ByteRange { start: 5, end: 5 }))),
             Err(Rejection::BadRange { start: 5, end: 5 })
@@ -592,36 +499,13 @@ mod tests {
     #[test]
     fn timers_are_replayed_with_their_remaining_time() {
         let mut t = Tables::default();
-        admit(
-            &mut t,
-            Command::TimerSet(TimerSet {
-                timer: 5,
-                after_ms: 1500,
-            }),
-        )
-        .unwrap();
-        admit(
-            &mut t,
-            Command::TimerSet(TimerSet {
-                timer: 6,
-                after_ms: 500,
-            }),
-        )
-        .unwrap();
-        assert_eq!(
-            t.state(NOW + Duration::from_millis(400)).timers,
-            vec![(5, 1100), (6, 100)]
-        );
+        admit(&mut t, Command::TimerSet(TimerSet { timer: 5, after_ms: 1500 })).unwrap();
+        admit(&mut t, Command::TimerSet(TimerSet { timer: 6, after_ms: 500 })).unwrap();
+        assert_eq!(t.state(NOW + Duration::from_millis(400)).timers, vec![(5, 1100), (6, 100)]);
         assert_eq!(t.due_timers(NOW + Duration::from_millis(600)), vec![6]);
         assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(500)));
-        let too_long = Command::TimerSet(TimerSet {
-            timer: 7,
-            after_ms: u64::MAX,
-        });
-        assert!(matches!(
-            admit(&mut t, too_long),
-            Err(Rejection::TimerTooLong(..))
-        ));
+        let too_long = Command::TimerSet(TimerSet { timer: 7, after_ms: u64::MAX });
+        assert!(matches!(admit(&mut t, too_long), Err(Rejection::TimerTooLong(..))));
         t.observe(&Event::TimerFired(6));
         assert_eq!(t.state(NOW).timers.len(), 1);
     }

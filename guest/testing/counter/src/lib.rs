@@ -22,12 +22,7 @@ impl Policy for Counter {
     fn describe() -> PolicyInfo {
         PolicyInfo {
             name: "counter".into(),
-            version: if cfg!(feature = "v2") {
-                "2.0.0"
-            } else {
-                "1.0.0"
-            }
-            .into(),
+            version: if cfg!(feature = "v2") { "2.0.0" } else { "1.0.0" }.into(),
         }
     }
 

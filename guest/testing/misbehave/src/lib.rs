@@ -1,11 +1,13 @@
 //! Test policy that misbehaves on request, to prove the host contains it.
 //!
 //! The setting `mode` picks the misbehaviour (`loop`, `memory`, `panic`, `flood`,
-//! `reject`) and `when` picks the moment: `init`, or `handle` (the default) on any
+//! `bulk`, `logs`, `snapshot`, `reject`) and `when` picks the moment: `init`, or `handle` (the default) on any
 //! `timer-fired` event. Other events are answered politely, so a test can see the
 //! instance working before it misbehaves.
 
-use superpeer_guest::{Command, Event, HostState, Policy, PolicyInfo, SeedConfig, TimerSet};
+use superpeer_guest::{
+    Command, Event, HostState, Policy, PolicyInfo, SeedConfig, TimerSet, TrackerSend, host,
+};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -13,6 +15,10 @@ enum Mode {
     Memory,
     Panic,
     Flood,
+    Bulk,
+    Logs,
+    /// Panics when asked for a snapshot.
+    Snapshot,
     Reject,
 }
 
@@ -37,32 +43,38 @@ impl Mode {
             Mode::Flood => (0..100_000u64)
                 .map(|timer| Command::TimerSet(TimerSet { timer, after_ms: 1 }))
                 .collect(),
-            Mode::Reject => Vec::new(),
+            // 12 MiB of tracker text in 12 commands: each within the per-command limit
+            // once checked, but more than the host copies out of one call.
+            Mode::Bulk => (0..12u64)
+                .map(|conn| Command::TrackerSend(TrackerSend { conn, text: "x".repeat(1 << 20) }))
+                .collect(),
+            Mode::Logs => {
+                for i in 0..10_000 {
+                    host::error(&format!("line {i}\nforged: second line\u{1b}[31m"));
+                }
+                Vec::new()
+            }
+            Mode::Snapshot | Mode::Reject => Vec::new(),
         }
     }
 }
 
 impl Policy for Misbehave {
     fn describe() -> PolicyInfo {
-        PolicyInfo {
-            name: "misbehave".into(),
-            version: "0.0.1".into(),
-        }
+        PolicyInfo { name: "misbehave".into(), version: "0.0.1".into() }
     }
 
     fn init(config: SeedConfig, _: Option<Vec<u8>>, _: HostState) -> Result<Self, String> {
-        let setting = |key: &str| {
-            config
-                .settings
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
+        let setting =
+            |key: &str| config.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         let mode = match setting("mode") {
             Some("loop") => Mode::Loop,
             Some("memory") => Mode::Memory,
             Some("panic") => Mode::Panic,
             Some("flood") => Mode::Flood,
+            Some("bulk") => Mode::Bulk,
+            Some("logs") => Mode::Logs,
+            Some("snapshot") => Mode::Snapshot,
             Some("reject") => Mode::Reject,
             other => return Err(format!("unknown mode {other:?}")),
         };
@@ -78,6 +90,13 @@ impl Policy for Misbehave {
     fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
         if events.iter().any(|e| matches!(e, Event::TimerFired(_))) {
             return self.mode.act();
+        }
+        Vec::new()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        if self.mode == Mode::Snapshot {
+            panic!("misbehave: refusing to snapshot");
         }
         Vec::new()
     }
