@@ -21,7 +21,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 token=demo-$RANDOM$RANDOM
-"$bin" serve --listen 127.0.0.1:0 --access-token "$token" >"$work/log" 2>&1 &
+"$bin" serve --port 0 --bind 127.0.0.1 --data-dir "$work/data" --env-file "$work/.env" --access-token "$token" >"$work/log" 2>&1 &
 server=$!
 
 # Wait for the line that says which port it got, or for it to die.

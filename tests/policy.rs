@@ -169,7 +169,7 @@ fn snapshot_carries_state_through_a_restart_after_a_fault() {
     let fault = stats.last_fault.expect("the fault is reported");
     assert!(fault.message.contains("poisoned after 7 events"), "{}", fault.message);
     assert_eq!(stats.state, "restarting");
-    let wake = runner.next_wakeup().expect("a restart is scheduled");
+    let wake = runner.restart_at().expect("a restart is scheduled");
 
     // Before the back-off ends, events wait; after it, the new instance gets them and
     // continues from the snapshot taken after the fifth event.
@@ -227,7 +227,7 @@ fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -
     let mut now = 3;
     while runner.policy().name == "misbehave" {
         assert!(runner.handle(at(now), timers(50..51)).is_empty());
-        now = runner.next_wakeup().map_or(now + 1, |t| t.as_millis() as u64).max(now + 1);
+        now = runner.restart_at().map_or(now + 1, |t| t.as_millis() as u64).max(now + 1);
         assert!(now < 100_000, "never rolled back");
     }
     let stats = runner.stats();
@@ -327,7 +327,7 @@ fn a_faulting_policy_with_nothing_to_roll_back_to_restarts_with_growing_back_off
     let mut waits = Vec::new();
     for _ in 0..4 {
         runner.handle(Clock { monotonic: now, wall_ms: 0 }, timers(0..1));
-        let next = runner.next_wakeup().unwrap();
+        let next = runner.restart_at().unwrap();
         waits.push((next - now).as_millis());
         now = next;
     }

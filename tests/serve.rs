@@ -1,30 +1,58 @@
-//! The control plane's policy endpoints, in process (no sockets) and once over a real
-//! socket bound to port 0.
+//! The control plane in process (no sockets, no worker processes): policy endpoints,
+//! authentication, bad requests, and one round over a real socket bound to port 0.
+//! Worker processes are covered by `tests/master.rs`.
 
 // Helpers panic on purpose: a broken fixture should fail the test that uses it.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
+use superpeer::master::config::MasterConfig;
+use superpeer::master::{ActivePolicy, Master};
 use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
-use superpeer::serve::{self, ControlPlane, PolicySource};
+use superpeer::serve::{self, ControlPlane};
 use tower::ServiceExt;
 
 fn guest(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/{name}.wasm", env!("SUPERPEER_GUEST_DIR"))).unwrap()
 }
 
-fn control(token: Option<&str>) -> ControlPlane {
+/// A control plane over a real master task that has no seeds, so it starts no workers.
+async fn control(token: Option<&str>) -> ControlPlane {
     let limits = PolicyLimits {
         call_deadline: std::time::Duration::from_millis(500),
         init_deadline: std::time::Duration::from_millis(2000),
         max_component_bytes: 4 << 20,
         ..PolicyLimits::default()
     };
-    let engine = PolicyEngine::new(limits).unwrap();
+    let engine = PolicyEngine::new(limits.clone()).unwrap();
     let policy = engine.compile(EMBEDDED_POLICY).unwrap();
-    ControlPlane::new(engine, policy, PolicySource::Embedded, token.map(String::from))
+    let active = ActivePolicy {
+        meta: policy.meta().clone(),
+        source: "embedded".into(),
+        precompiled: engine.precompile(EMBEDDED_POLICY).unwrap(),
+    };
+    let data = std::env::temp_dir().join(format!(
+        "superpeer-serve-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut values = BTreeMap::new();
+    values.insert("dataDir".to_string(), data.display().to_string());
+    let mut config = MasterConfig::from_values(&values, &BTreeMap::new()).unwrap();
+    config.policy_limits = limits;
+    let (master, handle) = Master::new(config, active, "text").unwrap();
+    tokio::spawn(master.run());
+    ControlPlane::new(engine, handle, token.map(String::from))
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 async fn call(control: &ControlPlane, request: Request<Body>) -> (StatusCode, Value) {
@@ -41,13 +69,13 @@ fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
 
-fn post(path: &str, body: Vec<u8>) -> Request<Body> {
-    Request::post(path).header("content-type", "application/wasm").body(Body::from(body)).unwrap()
+fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path).body(body.into()).unwrap()
 }
 
 #[tokio::test]
 async fn reports_the_embedded_policy() {
-    let control = control(None);
+    let control = control(None).await;
     let (status, body) = call(&control, get("/policy")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["policy"]["name"], "pml");
@@ -58,22 +86,22 @@ async fn reports_the_embedded_policy() {
 
 #[tokio::test]
 async fn accepts_a_good_policy_and_keeps_the_old_one_as_previous() {
-    let control = control(None);
+    let control = control(None).await;
     let (status, body) = call(&control, post("/policy", guest("superpeer_test_counter"))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["policy"]["name"], "counter");
+    assert_eq!(body["workers"], 0);
     let (_, body) = call(&control, get("/policy")).await;
     assert_eq!(body["policy"]["name"], "counter");
     assert_eq!(body["policy"]["source"], "upload");
     assert_eq!(body["previous"]["name"], "pml");
-    assert_eq!(control.current_policy().meta().name, "counter");
 }
 
 #[tokio::test]
 async fn refuses_bad_policies_with_a_reason_and_keeps_the_running_one() {
-    let control = control(None);
+    let control = control(None).await;
     let cases: [(Vec<u8>, StatusCode, &str); 5] = [
-        (b"garbage".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "not WebAssembly"),
+        (b"garbage".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "this is not WebAssembly"),
         (
             guest("superpeer_test_wrong_world"),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -90,42 +118,105 @@ async fn refuses_bad_policies_with_a_reason_and_keeps_the_running_one() {
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(reason), "{error:?} should say {reason:?}");
     }
-    assert_eq!(control.current_policy().meta().name, "pml");
+    let (_, body) =
+        call(&control, post("/policy?channel=bm9uZQ", guest("superpeer_test_counter"))).await;
+    assert!(body["error"].as_str().unwrap().contains("no seed for channel"), "{body}");
+    let (_, body) = call(&control, get("/policy")).await;
+    assert_eq!(body["policy"]["name"], "pml");
 }
 
 #[tokio::test]
-async fn enforces_the_access_token() {
-    let control = control(Some("s3cret"));
-    let (status, body) = call(&control, get("/policy")).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["error"].as_str().unwrap().contains("X-ACCESS-TOKEN"));
+async fn enforces_the_access_token_everywhere_but_health() {
+    let control = control(Some("s3cret")).await;
+    for (method, path) in serve::ROUTES {
+        let path = path.replace("{id}", "1").replace("{pid}", "1");
+        let request = Request::builder().method(*method).uri(&path).body(Body::empty()).unwrap();
+        let (status, body) = call(&control, request).await;
+        if path == "/health" {
+            assert_eq!(status, StatusCode::OK);
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert!(body["error"].as_str().unwrap().contains("X-ACCESS-TOKEN"));
+        }
+    }
     let wrong =
-        Request::get("/policy").header("X-ACCESS-TOKEN", "guess").body(Body::empty()).unwrap();
+        Request::get("/stats").header("X-ACCESS-TOKEN", "guess").body(Body::empty()).unwrap();
     assert_eq!(call(&control, wrong).await.0, StatusCode::UNAUTHORIZED);
-    let upload = Request::post("/policy")
-        .header("X-ACCESS-TOKEN", "guess")
-        .body(Body::from(guest("superpeer_test_counter")))
-        .unwrap();
-    assert_eq!(call(&control, upload).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(control.current_policy().meta().name, "pml");
     let right =
-        Request::get("/policy").header("X-ACCESS-TOKEN", "s3cret").body(Body::empty()).unwrap();
+        Request::get("/stats").header("X-ACCESS-TOKEN", "s3cret").body(Body::empty()).unwrap();
     assert_eq!(call(&control, right).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
-async fn wrong_methods_get_a_json_405() {
-    let request = Request::delete("/policy").body(Body::empty()).unwrap();
-    let (status, body) = call(&control(None), request).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(body["error"].is_string());
+async fn bad_bodies_and_ids_get_a_4xx_that_names_the_problem() {
+    let control = control(None).await;
+    let cases: &[(&str, &str, &str, StatusCode, &str)] = &[
+        ("POST", "/seed", "{not json", StatusCode::BAD_REQUEST, "invalid JSON"),
+        ("POST", "/seed", "", StatusCode::BAD_REQUEST, "empty body"),
+        ("POST", "/seed", r#"{"list": []}"#, StatusCode::BAD_REQUEST, "nothing to seed"),
+        ("POST", "/seed", r#"{"list": [{"channel": 5}]}"#, StatusCode::BAD_REQUEST, "invalid type"),
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"chanel": "YQ"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"channel": "%%"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "not base64",
+        ),
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"channel": "YQ", "maxConnections": -1}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid value",
+        ),
+        ("POST", "/ping", r#"{"workers": "many"}"#, StatusCode::BAD_REQUEST, "invalid type"),
+        ("POST", "/ping", r#"{"workers": 0}"#, StatusCode::BAD_REQUEST, "at least 1"),
+        ("POST", "/stop/abc", "", StatusCode::BAD_REQUEST, "not a pid"),
+        ("POST", "/stop/4242", "", StatusCode::NOT_FOUND, "no worker with pid 4242"),
+        ("POST", "/restart/4242", "", StatusCode::NOT_FOUND, "no worker with pid 4242"),
+        ("GET", "/stats/4242", "", StatusCode::NOT_FOUND, "no worker"),
+        ("GET", "/nope", "", StatusCode::NOT_FOUND, "no such endpoint"),
+        ("DELETE", "/seed", "", StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    ];
+    for (method, path, body, expected, says) in cases {
+        let request = Request::builder()
+            .method(*method)
+            .uri(*path)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (status, answer) = call(&control, request).await;
+        assert_eq!(status, *expected, "{method} {path} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(says), "{method} {path} {body}: {error:?} should say {says:?}");
+    }
+    let huge = format!(r#"{{"list": [{{"channel": "YQ", "label": "{}"}}]}}"#, "x".repeat(2 << 20));
+    assert_eq!(call(&control, post("/seed", huge)).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, stats) = call(&control, get("/stats")).await;
+    assert_eq!(stats["master"]["seeds"], 0, "nothing bad was taken");
 }
 
 #[tokio::test]
-async fn unknown_paths_get_a_json_404() {
-    let (status, body) = call(&control(None), get("/nope")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["error"].is_string());
+async fn ping_reports_capacity_within_the_operators_limit() {
+    let control = control(None).await;
+    let (status, body) = call(&control, post("/ping", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["workers"], 0);
+    let (_, body) = call(&control, post("/ping", r#"{"workers": 1, "bandwidth": 100}"#)).await;
+    assert_eq!(body["capacity"], 1);
+}
+
+#[tokio::test]
+async fn serves_its_openapi_document() {
+    let (status, body) = call(&control(None).await, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["openapi"], "3.1.0");
 }
 
 #[tokio::test]
@@ -135,7 +226,7 @@ async fn serves_over_a_real_socket_and_shuts_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve::run(listener, control(None), async {
+    let server = tokio::spawn(serve::run(listener, control(None).await, async {
         let _ = stopped.await;
     }));
 

@@ -1,19 +1,21 @@
 //! The `superpeer` command line.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use superpeer::master::config::MasterConfig;
+use superpeer::master::{ActivePolicy, Master};
 use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits, PolicyRunner};
-use superpeer::serve::{self, ControlPlane, PolicySource};
+use superpeer::serve::{self, ControlPlane};
 
 /// A super peer for P2P HLS streaming: it joins a stream's swarm like a viewer, fetches
 /// the stream from the origin and uploads it to viewers over WebRTC.
 #[derive(Debug, Parser)]
 #[command(name = "superpeer", version, about)]
 struct Cli {
-    /// Log format.
+    /// Log format; `RUST_LOG` sets the levels (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SUPERPEER_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -26,28 +28,80 @@ enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the master: the REST control plane and the policy workers run.
-    Serve {
-        /// Address to listen on. Port 0 picks a free port (the log says which).
-        #[arg(long, default_value = "0.0.0.0:8080", env = "SUPERPEER_LISTEN")]
-        listen: SocketAddr,
-        /// Token every request must carry in `X-ACCESS-TOKEN`; none means no check.
-        #[arg(long, env = "SUPERPEER_ACCESS_TOKEN", hide_env_values = true)]
-        access_token: Option<String>,
-        /// Policy component (.wasm) to run instead of the embedded default.
-        #[arg(long, env = "SUPERPEER_POLICY")]
-        policy: Option<PathBuf>,
-        /// Policy limits as JSON (see README), overriding the defaults field by field.
-        #[arg(long, env = "SUPERPEER_POLICY_LIMITS")]
-        policy_limits: Option<String>,
-    },
+    /// Run the master: the REST control plane and the workers that seed channels.
+    /// Reads `.env` from the working directory; each flag overrides its key.
+    Serve(ServeArgs),
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// A worker process, started by `serve` (not by hand).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The `.env` file to read (a missing file means defaults).
+    #[arg(long, default_value = ".env")]
+    env_file: PathBuf,
+    /// `listenPort`: port of the control plane (0 picks a free one; the log says which).
+    #[arg(long)]
+    port: Option<u16>,
+    /// `bindAddress`: address to listen on (default 0.0.0.0).
+    #[arg(long)]
+    bind: Option<String>,
+    /// `accessToken`: required in `X-ACCESS-TOKEN` on every request but /health.
+    #[arg(long, hide_env_values = true, env = "SUPERPEER_ACCESS_TOKEN")]
+    access_token: Option<String>,
+    /// `dataDir`: where the seed list is kept (default `data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `policyFile`: policy component (.wasm) to run instead of the embedded default.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// `maxWorkers`: at most this many workers (default: one per core).
+    #[arg(long)]
+    max_workers: Option<usize>,
+    /// `bandwidth`: upload capacity in Mbit/s, for sizing.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+    /// `idleGraceSeconds`: how long a worker may have fewer than `minViewers` viewers
+    /// before it is evicted (keepAlive seeds excepted).
+    #[arg(long)]
+    idle_grace_seconds: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The flags given, as `.env` keys.
+    fn overrides(&self) -> BTreeMap<String, String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            ("listenPort", self.port.map(|v| v.to_string())),
+            ("bindAddress", self.bind.clone()),
+            ("accessToken", self.access_token.clone()),
+            ("dataDir", self.data_dir.as_ref().map(path)),
+            ("policyFile", self.policy.as_ref().map(path)),
+            ("maxWorkers", self.max_workers.map(|v| v.to_string())),
+            ("bandwidth", self.bandwidth.map(|v| v.to_string())),
+            ("idleGraceSeconds", self.idle_grace_seconds.map(|v| v.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,44 +123,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { listen, access_token, policy, policy_limits } => {
-            let limits = match policy_limits {
-                Some(json) => serde_json::from_str::<PolicyLimits>(&json)
-                    .context("--policy-limits is not valid policy limits JSON")?,
-                None => PolicyLimits::default(),
-            };
-            let engine = PolicyEngine::new(limits)?;
-            let (policy, source) = match policy {
-                Some(path) => {
-                    (engine.compile_file(&path), PolicySource::File(path.display().to_string()))
-                }
-                None => (engine.compile(EMBEDDED_POLICY), PolicySource::Embedded),
-            };
-            let policy = policy
-                .and_then(|policy| PolicyRunner::canary(&engine, &policy).map(|()| policy))
-                .with_context(|| format!("policy {source:?} was refused"))?;
-            tracing::info!(policy = %policy.meta(), "policy loaded");
-            let control = ControlPlane::new(engine, policy, source, access_token);
-            if !control.requires_token() && !listen.ip().is_loopback() {
-                tracing::warn!(
-                    %listen,
-                    "no access token set and listening beyond this machine: anyone who can reach \
-                     the port can replace the policy (set --access-token)"
-                );
-            }
-            let runtime =
-                tokio::runtime::Runtime::new().context("could not start the async runtime")?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("could not listen on {listen}"))?;
-                let local = listener.local_addr()?;
-                tracing::info!("superpeer listening on http://{local}");
-                serve::run(listener, control, shutdown_signal()).await?;
-                tracing::info!("superpeer stopped");
-                anyhow::Ok(())
-            })
-        }
+        Command::Serve(args) => serve_main(&args, cli.log_format),
+        Command::Worker => superpeer::worker::main(),
         Command::Policy { command: PolicyCommand::Check { file } } => {
             let engine = PolicyEngine::new(PolicyLimits::default())?;
             let policy = engine.compile_file(&file)?;
@@ -118,6 +136,48 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("could not write {}", file.display()))
         }
     }
+}
+
+fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let config = MasterConfig::load(&args.env_file, &args.overrides())?;
+    let engine = PolicyEngine::new(config.policy_limits.clone())?;
+    let (wasm, source) = match &config.policy_file {
+        Some(path) => (
+            std::fs::read(path)
+                .with_context(|| format!("could not read policyFile {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (EMBEDDED_POLICY.to_vec(), "embedded".to_string()),
+    };
+    let policy = engine.compile(&wasm).with_context(|| format!("policy {source} was refused"))?;
+    PolicyRunner::canary(&engine, &policy)
+        .with_context(|| format!("policy {source} was refused"))?;
+    let precompiled = engine.precompile(&wasm)?;
+    tracing::info!(policy = %policy.meta(), %source, "policy loaded");
+    let active = ActivePolicy { meta: policy.meta().clone(), source, precompiled };
+
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let (master, handle) = Master::new(config.clone(), active, log_format.as_str())?;
+        let master_task = tokio::spawn(master.run());
+        let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
+        if !control.requires_token() && !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.listen,
+                "no access token set and listening beyond this machine: anyone who can reach \
+                 the port can control superpeer (set accessToken)"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", config.listen))?;
+        tracing::info!("superpeer listening on http://{}", listener.local_addr()?);
+        serve::run(listener, control, shutdown_signal()).await?;
+        handle.shutdown().await;
+        let _ = master_task.await;
+        tracing::info!("superpeer stopped");
+        anyhow::Ok(())
+    })
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

@@ -1,100 +1,119 @@
-//! The master's HTTP control plane, as far as policies go: which policy the workers
-//! run, and replacing it with a new one.
+//! The master's HTTP control plane, compatible with the SwarmCloud super peer's REST
+//! API, plus policy management and an OpenAPI document.
 //!
-//! It owns request parsing and the answers; compiling runs on a blocking thread so a
-//! large upload never stalls other requests. It must never answer bad input with a 5xx
-//! or replace the running policy with one that failed to compile or start.
+//! It owns request parsing, authentication and the answers; the master task owns the
+//! state. Compiling an uploaded policy runs on a blocking thread so a large upload never
+//! stalls other requests. It must never answer bad input with a 5xx or a panic, and
+//! never replace a policy with one that failed to compile or start.
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use serde::Serialize;
-use serde_json::json;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::policy::{CompiledPolicy, PolicyEngine, PolicyError, PolicyMeta, PolicyRunner};
+use crate::master::seeds::{self, SeedRequest};
+use crate::master::{ActivePolicy, MasterError, MasterHandle};
+use crate::policy::{PolicyEngine, PolicyError, PolicyRunner};
+
+/// Every route: method and path as in the OpenAPI document, which a test keeps equal.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("POST", "/ping"),
+    ("POST", "/seed"),
+    ("GET", "/stats"),
+    ("GET", "/stats/{id}"),
+    ("POST", "/stop_all"),
+    ("POST", "/stop/{pid}"),
+    ("POST", "/restart_all"),
+    ("POST", "/restart/{pid}"),
+    ("GET", "/policy"),
+    ("POST", "/policy"),
+];
+
+/// The OpenAPI 3.1 description of [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest JSON body accepted (a seed list of a thousand items fits easily).
+const MAX_JSON_BODY: usize = 1 << 20;
 
 /// What the control plane shares between requests.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
     engine: PolicyEngine,
-    policies: Arc<RwLock<Policies>>,
+    master: MasterHandle,
     access_token: Option<Arc<str>>,
     /// One upload is compiled at a time: each can take a large body and a core.
     upload_slot: Arc<tokio::sync::Semaphore>,
     started: Instant,
 }
 
-#[derive(Debug)]
-struct Policies {
-    current: CompiledPolicy,
-    source: PolicySource,
-    previous: Option<(CompiledPolicy, PolicySource)>,
-}
-
-/// Where a policy came from, for operators.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicySource {
-    Embedded,
-    File(String),
-    Upload,
-}
-
-#[derive(Serialize)]
-struct PolicyView<'a> {
-    #[serde(flatten)]
-    meta: &'a PolicyMeta,
-    source: &'a PolicySource,
-}
-
 impl ControlPlane {
-    pub fn new(
-        engine: PolicyEngine,
-        policy: CompiledPolicy,
-        source: PolicySource,
-        access_token: Option<String>,
-    ) -> Self {
+    pub fn new(engine: PolicyEngine, master: MasterHandle, access_token: Option<String>) -> Self {
         ControlPlane {
             engine,
-            policies: Arc::new(RwLock::new(Policies { current: policy, source, previous: None })),
+            master,
             access_token: access_token.filter(|t| !t.is_empty()).map(Into::into),
             upload_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             started: Instant::now(),
         }
     }
 
-    /// The policy new workers start with.
     /// Whether requests must carry a token.
     pub fn requires_token(&self) -> bool {
         self.access_token.is_some()
     }
 
-    pub fn current_policy(&self) -> CompiledPolicy {
-        self.read().current.clone()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Policies> {
-        // A panic while holding the lock cannot leave `Policies` half-written (it is
-        // replaced whole), so a poisoned lock is still good to read.
-        self.policies.read().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn router(self) -> Router {
         let max_upload = self.engine.limits().max_component_bytes;
-        Router::new()
-            .route("/health", get(health))
-            .route("/policy", get(get_policy).post(post_policy))
+        let mut router = Router::new();
+        let mut paths: Vec<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        for path in paths {
+            router = router.route(path, handlers(path));
+        }
+        router
             .layer(DefaultBodyLimit::max(max_upload))
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(not_found)
             .with_state(self)
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.access_token else { return Ok(()) };
+        let given = headers.get("x-access-token").map(|v| v.as_bytes()).unwrap_or_default();
+        if constant_time_eq(given, expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-TOKEN header".into()))
+        }
+    }
+}
+
+fn handlers(path: &str) -> MethodRouter<ControlPlane> {
+    match path {
+        "/health" => get(health),
+        "/openapi.json" => get(openapi),
+        "/ping" => post(ping),
+        "/seed" => post(seed),
+        "/stats" => get(stats),
+        "/stats/{id}" => get(stats_of),
+        "/stop_all" => post(stop_all),
+        "/stop/{pid}" => post(stop),
+        "/restart_all" => post(restart_all),
+        "/restart/{pid}" => post(restart),
+        "/policy" => get(get_policy).post(post_policy),
+        other => unreachable!("route {other} is in ROUTES but has no handler"),
     }
 }
 
@@ -117,19 +136,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl ControlPlane {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.access_token else {
-            return Ok(());
+impl From<MasterError> for ApiError {
+    fn from(error: MasterError) -> Self {
+        let status = match error {
+            MasterError::NoSuchWorker(_) | MasterError::NoSuchChannel(_) => StatusCode::NOT_FOUND,
+            MasterError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            MasterError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let given = headers.get("x-access-token").map(|v| v.as_bytes()).unwrap_or_default();
-        if constant_time_eq(given, expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-TOKEN header".into()))
-        }
+        ApiError(status, error.to_string())
     }
 }
+
+type ApiResult = Result<Response, ApiError>;
 
 /// Compares without leaking, through timing, how much of a guessed token was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -140,33 +158,173 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn health(State(control): State<ControlPlane>) -> Json<serde_json::Value> {
+/// Parses a JSON body whatever its content type (the original's clients vary), with
+/// errors that say where the body is wrong.
+fn json_body<T: DeserializeOwned>(body: &[u8], empty: Option<&str>) -> Result<T, ApiError> {
+    if body.len() > MAX_JSON_BODY {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    let text = match (body.iter().all(u8::is_ascii_whitespace), empty) {
+        (true, Some(default)) => default.as_bytes(),
+        (true, None) => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, "empty body: expected JSON".into()));
+        }
+        (false, _) => body,
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn body_of(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| ApiError(e.status(), e.body_text()))
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+async fn health(State(control): State<ControlPlane>) -> Json<Value> {
     Json(json!({ "status": "ok", "uptimeSeconds": control.started.elapsed().as_secs() }))
 }
 
-async fn get_policy(
-    State(control): State<ControlPlane>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn openapi(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
     control.authorize(&headers)?;
-    let policies = control.read();
-    let body = json!({
-        "policy": PolicyView { meta: policies.current.meta(), source: &policies.source },
-        "previous": policies.previous.as_ref().map(|(p, source)| PolicyView { meta: p.meta(), source }),
-        "limits": control.engine.limits(),
-    });
-    Ok(Json(body).into_response())
+    Ok(([("content-type", "application/json")], OPENAPI).into_response())
 }
 
-/// Takes a `.wasm` body: compiles it, checks it against the world, starts it once on a
-/// scratch instance (the canary), and only then makes it the current policy.
-async fn post_policy(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingBody {
+    /// Upload capacity of this machine, Mbit/s.
+    bandwidth: Option<u64>,
+    /// Most workers to run.
+    workers: Option<usize>,
+}
+
+async fn ping(
     State(control): State<ControlPlane>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> ApiResult {
     control.authorize(&headers)?;
-    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let body: PingBody = json_body(&body_of(body)?, Some("{}"))?;
+    if body.workers == Some(0) || body.bandwidth == Some(0) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`workers` and `bandwidth` must be at least 1".into(),
+        ));
+    }
+    let view = control.master.ping(body.bandwidth, body.workers).await?;
+    ok(json!(view))
+}
+
+async fn seed(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    control.authorize(&headers)?;
+    let request: SeedRequest = json_body(&body_of(body)?, None)?;
+    seeds::validate(&request).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let accepted = request.list.len();
+    let total = control.master.seed(request.list).await?;
+    ok(json!({ "accepted": accepted, "seeds": total }))
+}
+
+async fn stats(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
+    control.authorize(&headers)?;
+    ok(json!(control.master.stats().await?))
+}
+
+/// One worker by pid, or every worker of a channel (its base64 id).
+async fn stats_of(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    control.authorize(&headers)?;
+    let stats = control.master.stats().await?;
+    if let Some(worker) = stats.workers.get(&id) {
+        return ok(json!({ "pid": id, "worker": worker }));
+    }
+    let workers: serde_json::Map<String, Value> = stats
+        .workers
+        .iter()
+        .filter(|(_, w)| w.channel_id == id)
+        .map(|(pid, w)| (pid.clone(), json!(w)))
+        .collect();
+    if workers.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no worker with pid or channel {id:?}"),
+        ));
+    }
+    ok(json!({ "channelId": id, "workers": workers }))
+}
+
+fn pid_of(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not a pid")))
+}
+
+async fn stop_all(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
+    control.authorize(&headers)?;
+    ok(json!({ "stopped": control.master.stop_all().await? }))
+}
+
+async fn stop(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    Path(pid): Path<String>,
+) -> ApiResult {
+    control.authorize(&headers)?;
+    let channel = control.master.stop(pid_of(&pid)?).await?;
+    ok(json!({ "stopped": channel }))
+}
+
+async fn restart_all(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
+    control.authorize(&headers)?;
+    ok(json!({ "restarting": control.master.restart_all().await? }))
+}
+
+async fn restart(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    Path(pid): Path<String>,
+) -> ApiResult {
+    control.authorize(&headers)?;
+    control.master.restart(pid_of(&pid)?).await?;
+    ok(json!({ "restarting": pid }))
+}
+
+async fn get_policy(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
+    control.authorize(&headers)?;
+    ok(json!(control.master.policy().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTarget {
+    /// Only this channel's workers get the policy.
+    channel: Option<String>,
+}
+
+/// Takes a `.wasm` body: compiles it, checks it against the world, starts it once on a
+/// scratch instance (the canary), and only then hands it to the workers, which each
+/// swap it in after a canary of their own.
+async fn post_policy(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    target: Result<Query<PolicyTarget>, axum::extract::rejection::QueryRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    control.authorize(&headers)?;
+    let Query(target) = target.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = body_of(body)?;
     if body.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -184,7 +342,12 @@ async fn post_policy(
     let checked = tokio::task::spawn_blocking(move || {
         let policy = engine.compile(&body)?;
         PolicyRunner::canary(&engine, &policy)?;
-        Ok::<_, PolicyError>(policy)
+        let precompiled = engine.precompile(&body)?;
+        Ok::<_, PolicyError>(ActivePolicy {
+            meta: policy.meta().clone(),
+            source: "upload".into(),
+            precompiled,
+        })
     })
     .await
     .map_err(|e| {
@@ -196,16 +359,10 @@ async fn post_policy(
         ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
     })?;
     let check_ms = started.elapsed().as_millis() as u64;
-    let mut policies = control.policies.write().unwrap_or_else(|e| e.into_inner());
-    let old = std::mem::replace(&mut policies.current, policy);
-    let old_source = std::mem::replace(&mut policies.source, PolicySource::Upload);
-    policies.previous = Some((old, old_source));
-    tracing::info!(policy = %policies.current.meta(), check_ms, "policy accepted");
-    let body = json!({
-        "policy": PolicyView { meta: policies.current.meta(), source: &policies.source },
-        "checkMs": check_ms,
-    });
-    Ok(Json(body).into_response())
+    let identity = json!({ "name": policy.meta.name, "version": policy.meta.version, "digest": policy.meta.digest,
+        "size": policy.meta.size, "source": policy.source });
+    let workers = control.master.set_policy(Arc::new(policy), target.channel).await?;
+    ok(json!({ "policy": identity, "checkMs": check_ms, "workers": workers }))
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -218,7 +375,7 @@ async fn not_found() -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn token_comparison() {
@@ -227,5 +384,23 @@ mod tests {
         assert!(!constant_time_eq(b"secret-and-more", b"secret"));
         assert!(!constant_time_eq(b"", b"secret"));
         assert!(!constant_time_eq(b"sec", b"secret"));
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object().unwrap().keys().map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut routes: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
     }
 }

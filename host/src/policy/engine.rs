@@ -61,6 +61,7 @@ impl std::fmt::Debug for CompiledPolicy {
 /// of the component it was made from.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Precompiled {
+    #[serde(with = "base64_bytes")]
     pub native: Vec<u8>,
     /// Digest and size of the component, not of the native code.
     pub digest: String,
@@ -302,15 +303,32 @@ fn link_std_support(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// Native code travels base64-encoded: JSON would spend several bytes on each.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Names the two most common upload mistakes before the parser's less helpful words.
 fn sniff(wasm: &[u8]) -> Result<(), PolicyError> {
     if !wasm.starts_with(b"\0asm") {
-        return Err(PolicyError::Invalid("not WebAssembly: no `\\0asm` header".into()));
+        return Err(PolicyError::Invalid("no `\\0asm` header: this is not WebAssembly".into()));
     }
     // A core module has version 1 in its preamble; components use their own layer.
     if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
         return Err(PolicyError::Invalid(
-            "a core WebAssembly module, not a component: build the policy for wasm32-wasip2".into(),
+            "it is a core WebAssembly module, not a component; build the policy for wasm32-wasip2"
+                .into(),
         ));
     }
     Ok(())

@@ -23,7 +23,7 @@ pub enum PolicyError {
 }
 
 /// Something a running policy instance did wrong. The instance is discarded.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
 pub enum Fault {
     #[error("ran past its {0:?} deadline")]

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::{Clock, CompiledPolicy, PolicyEngine, PolicyInstance, PolicyMeta};
 use super::error::{Fault, PolicyError};
@@ -18,13 +18,13 @@ use super::tables::Tables;
 use super::wire::{Command, Event, SeedConfig};
 
 /// The runner's policy stats, as the control plane reports them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyStats {
     pub policy: Option<PolicyMeta>,
     /// The version a rollback would return to.
     pub previous: Option<PolicyMeta>,
     /// `running`, or `restarting` while waiting out a back-off.
-    pub state: &'static str,
+    pub state: String,
     pub calls: u64,
     pub events: u64,
     pub commands: u64,
@@ -32,7 +32,7 @@ pub struct PolicyStats {
     /// Events lost with a faulted call or past the pending-queue limit.
     pub events_dropped: u64,
     pub faults: u64,
-    pub faults_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    pub faults_by_kind: std::collections::BTreeMap<String, u64>,
     pub restarts: u64,
     pub rollbacks: u64,
     pub swaps: u64,
@@ -45,7 +45,7 @@ pub struct PolicyStats {
     pub last_fault: Option<FaultReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultReport {
     pub policy: String,
     pub fault: Fault,
@@ -114,7 +114,7 @@ impl PolicyRunner {
             .map_err(|fault| PolicyError::Start { policy: policy.meta().to_string(), fault })?;
         let stats = PolicyStats {
             policy: Some(policy.meta().clone()),
-            state: "running",
+            state: "running".to_string(),
             ..Default::default()
         };
         Ok(PolicyRunner {
@@ -126,7 +126,7 @@ impl PolicyRunner {
             tables,
             snapshot: None,
             snapshot_at: clock.monotonic,
-            pending: VecDeque::new(),
+            pending: VecDeque::from([Event::Started]),
             recent_faults: VecDeque::new(),
             retry_at: None,
             stats,
@@ -265,6 +265,7 @@ impl PolicyRunner {
         let old = std::mem::replace(&mut self.current, Version { policy, snapshot: None });
         self.previous = Some(Version { policy: old.policy, snapshot: snapshot.clone() });
         self.replace_instance(Some(instance));
+        self.pending.push_front(Event::Started);
         self.recent_faults.clear();
         self.retry_at = None;
         self.stats.swaps += 1;
@@ -278,9 +279,29 @@ impl PolicyRunner {
         Ok(report)
     }
 
-    /// When the runner needs a turn even if nothing happens: a restart after back-off.
+    /// When the runner needs a turn even if nothing happens: the earliest policy timer
+    /// or a restart after back-off.
     pub fn next_wakeup(&self) -> Option<Duration> {
+        [self.retry_at, self.tables.next_timer()].into_iter().flatten().min()
+    }
+
+    /// Whether a turn now would do something even with no new events: a fresh
+    /// instance's `started`, or a restart that is due.
+    pub fn wants_turn(&self, now: Duration) -> bool {
+        match &self.instance {
+            Some(_) => !self.pending.is_empty(),
+            None => self.retry_at.is_some_and(|at| at <= now),
+        }
+    }
+
+    /// When a faulted instance will be restarted, if one is waiting.
+    pub fn restart_at(&self) -> Option<Duration> {
         self.retry_at
+    }
+
+    /// Fires the policy timers that are due: events for the next [`PolicyRunner::handle`].
+    pub fn take_due_timers(&mut self, now: Duration) -> Vec<Event> {
+        self.tables.take_due_timers(now).into_iter().map(Event::TimerFired).collect()
     }
 
     pub fn tables(&self) -> &Tables {
@@ -295,7 +316,7 @@ impl PolicyRunner {
         let mut stats = self.stats.clone();
         stats.policy = Some(self.current.policy.meta().clone());
         stats.previous = self.previous.as_ref().map(|v| v.policy.meta().clone());
-        stats.state = if self.instance.is_some() { "running" } else { "restarting" };
+        stats.state = if self.instance.is_some() { "running" } else { "restarting" }.to_string();
         let (written, dropped) = self.instance.as_ref().map_or((0, 0), |i| i.log_counts());
         stats.log_lines = self.retired_log.0 + written;
         stats.log_lines_dropped = self.retired_log.1 + dropped;
@@ -354,7 +375,7 @@ impl PolicyRunner {
     fn fault(&mut self, clock: Clock, fault: Fault) {
         let now = clock.monotonic;
         self.stats.faults += 1;
-        *self.stats.faults_by_kind.entry(fault.kind()).or_default() += 1;
+        *self.stats.faults_by_kind.entry(fault.kind().to_string()).or_default() += 1;
         let policy = self.current.policy.meta().to_string();
         tracing::warn!(policy, %fault, "policy fault; instance discarded");
         // A full host is not the policy's fault: retry, but never roll back for it.
@@ -415,6 +436,7 @@ impl PolicyRunner {
                 tracing::info!(policy = %self.current.policy.meta(), "policy instance restarted");
                 self.stats.restarts += 1;
                 self.replace_instance(Some(instance));
+                self.pending.push_front(Event::Started);
                 self.retry_at = None;
                 self.snapshot_at = clock.monotonic;
             }
@@ -468,7 +490,8 @@ fn payload_bytes(event: &Event) -> usize {
         Event::TextFetched(t) => t.url.len() + t.text.len(),
         Event::SegmentStored(s) => s.segment.url.len(),
         Event::FetchFailed(f) => f.reason.len(),
-        Event::TrackerConnected(_)
+        Event::Started
+        | Event::TrackerConnected(_)
         | Event::PeerChannelOpen(_)
         | Event::PeerBufferedLow(_)
         | Event::SegmentEvicted(_)

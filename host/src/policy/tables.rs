@@ -119,7 +119,8 @@ impl Tables {
             Event::TimerFired(timer) => {
                 self.timers.remove(timer);
             }
-            Event::TrackerText(_)
+            Event::Started
+            | Event::TrackerText(_)
             | Event::PeerOfferReady(_)
             | Event::PeerAnswerReady(_)
             | Event::PeerMessage(_)
@@ -278,11 +279,16 @@ impl Tables {
         }
     }
 
-    /// Timers that are due, earliest first, for the worker's event loop to fire.
-    pub fn due_timers(&self, now: Duration) -> Vec<TimerId> {
-        let mut due: Vec<_> = self.timers.iter().filter(|(_, at)| **at <= now).collect();
-        due.sort_by_key(|(timer, at)| (**at, **timer));
-        due.into_iter().map(|(timer, _)| *timer).collect()
+    /// Removes the timers that are due and returns them, earliest first: the host has
+    /// fired them, whether or not an instance is there to hear it yet.
+    pub fn take_due_timers(&mut self, now: Duration) -> Vec<TimerId> {
+        let mut due: Vec<(TimerId, Duration)> =
+            self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, at)| (*t, *at)).collect();
+        due.sort_by_key(|(timer, at)| (*at, *timer));
+        for (timer, _) in &due {
+            self.timers.remove(timer);
+        }
+        due.into_iter().map(|(timer, _)| timer).collect()
     }
 
     /// When the earliest pending timer is due.
@@ -502,11 +508,13 @@ mod tests {
         admit(&mut t, Command::TimerSet(TimerSet { timer: 5, after_ms: 1500 })).unwrap();
         admit(&mut t, Command::TimerSet(TimerSet { timer: 6, after_ms: 500 })).unwrap();
         assert_eq!(t.state(NOW + Duration::from_millis(400)).timers, vec![(5, 1100), (6, 100)]);
-        assert_eq!(t.due_timers(NOW + Duration::from_millis(600)), vec![6]);
         assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(500)));
+        assert_eq!(t.take_due_timers(NOW + Duration::from_millis(600)), vec![6]);
+        assert!(t.take_due_timers(NOW + Duration::from_millis(600)).is_empty(), "fired once");
         let too_long = Command::TimerSet(TimerSet { timer: 7, after_ms: u64::MAX });
         assert!(matches!(admit(&mut t, too_long), Err(Rejection::TimerTooLong(..))));
         t.observe(&Event::TimerFired(6));
         assert_eq!(t.state(NOW).timers.len(), 1);
+        assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(1500)));
     }
 }

@@ -44,6 +44,9 @@ impl Policy for Counter {
     fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
         let mut commands = Vec::with_capacity(events.len());
         for event in events {
+            if event == Event::Started {
+                continue;
+            }
             self.seen += 1;
             if event == Event::TimerFired(POISON) {
                 panic!("poisoned after {} events", self.seen);

@@ -1,0 +1,214 @@
+//! The master's configuration: `.env` (the original's keys and ours) overridden by
+//! command-line flags, validated once at start-up with errors that name the key.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::policy::PolicyLimits;
+
+use super::scheduler::Rules;
+
+/// Everything `superpeer serve` runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterConfig {
+    /// `listenPort` (default 8080) on `bindAddress` (default 0.0.0.0).
+    pub listen: SocketAddr,
+    /// `accessToken`: required in `X-ACCESS-TOKEN` when set.
+    pub access_token: Option<String>,
+    /// `signal1`, `signal2`: default trackers for seeds that name none.
+    pub default_trackers: Vec<String>,
+    /// `dataDir` (default `data`): where the seed list is kept.
+    pub data_dir: PathBuf,
+    /// `policyFile`: a policy component to start with instead of the embedded one.
+    pub policy_file: Option<PathBuf>,
+    /// `policyLimits`: JSON overriding policy limits field by field.
+    pub policy_limits: PolicyLimits,
+    /// `maxWorkers`: at most this many workers (default: one per core).
+    pub max_workers: Option<usize>,
+    /// `bandwidth`: upload capacity of this machine in Mbit/s, for sizing.
+    pub bandwidth_mbps: Option<u64>,
+    /// `idleGraceSeconds` (default 600) and `minViewers` (default 1): a worker with fewer
+    /// viewers for that long is evicted, unless its seed is `keepAlive`.
+    pub rules: Rules,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_string(), problem: problem.into() }
+}
+
+/// The keys this version understands; any other key in `.env` is an error, so a typo
+/// does not silently fall back to a default.
+pub const KEYS: &[&str] = &[
+    "listenPort",
+    "bindAddress",
+    "accessToken",
+    "signal1",
+    "signal2",
+    "dataDir",
+    "policyFile",
+    "policyLimits",
+    "maxWorkers",
+    "bandwidth",
+    "idleGraceSeconds",
+    "minViewers",
+];
+
+/// Reads `KEY=VALUE` lines: `#` comments, blank lines, optional `export `, optional
+/// single or double quotes around the value.
+pub fn parse_env(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut values = BTreeMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(bad(&format!("line {}", number + 1), "expected KEY=VALUE"));
+        };
+        let key = key.trim();
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .unwrap_or(value);
+        values.insert(key.to_string(), value.to_string());
+    }
+    Ok(values)
+}
+
+impl MasterConfig {
+    /// Builds the configuration from `.env` values, with `overrides` (from flags) taking
+    /// precedence key by key.
+    pub fn from_values(
+        env: &BTreeMap<String, String>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut values = env.clone();
+        values.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(unknown) = values.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(bad(unknown, format!("unknown key; known keys: {}", KEYS.join(", "))));
+        }
+        let get = |key: &str| values.get(key).map(String::as_str).filter(|v| !v.is_empty());
+        fn number<T: std::str::FromStr>(
+            key: &str,
+            value: Option<&str>,
+        ) -> Result<Option<T>, ConfigError> {
+            value
+                .map(|v| v.parse().map_err(|_| bad(key, format!("{v:?} is not a number"))))
+                .transpose()
+        }
+
+        let port: u16 = number("listenPort", get("listenPort"))?.unwrap_or(8080);
+        let bind: IpAddr = match get("bindAddress") {
+            Some(v) => {
+                v.parse().map_err(|_| bad("bindAddress", format!("{v:?} is not an IP address")))?
+            }
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let mut default_trackers = Vec::new();
+        for key in ["signal1", "signal2"] {
+            if let Some(url) = get(key) {
+                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                    return Err(bad(key, format!("{url:?} is not a ws:// or wss:// URL")));
+                }
+                default_trackers.push(url.to_string());
+            }
+        }
+        let policy_limits = match get("policyLimits") {
+            Some(json) => serde_json::from_str::<PolicyLimits>(json)
+                .map_err(|e| bad("policyLimits", format!("not valid policy limits JSON: {e}")))?,
+            None => PolicyLimits::default(),
+        };
+        policy_limits.validate().map_err(|e| bad("policyLimits", e.to_string()))?;
+        let max_workers: Option<usize> = number("maxWorkers", get("maxWorkers"))?;
+        if max_workers == Some(0) {
+            return Err(bad("maxWorkers", "must be at least 1"));
+        }
+        let bandwidth_mbps: Option<u64> = number("bandwidth", get("bandwidth"))?;
+        if bandwidth_mbps == Some(0) {
+            return Err(bad("bandwidth", "must be at least 1 (Mbit/s)"));
+        }
+        let defaults = Rules::default();
+        let idle_grace = number::<u64>("idleGraceSeconds", get("idleGraceSeconds"))?
+            .map_or(defaults.idle_grace, Duration::from_secs);
+        let min_viewers = number("minViewers", get("minViewers"))?.unwrap_or(defaults.min_viewers);
+        Ok(MasterConfig {
+            listen: SocketAddr::new(bind, port),
+            access_token: get("accessToken").map(String::from),
+            default_trackers,
+            data_dir: PathBuf::from(get("dataDir").unwrap_or("data")),
+            policy_file: get("policyFile").map(PathBuf::from),
+            policy_limits,
+            max_workers,
+            bandwidth_mbps,
+            rules: Rules { idle_grace, min_viewers, ..defaults },
+        })
+    }
+
+    /// Reads `path` if it exists (a missing `.env` means all defaults) and applies the
+    /// overrides.
+    pub fn load(path: &Path, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(bad(&path.display().to_string(), e.to_string())),
+        };
+        Self::from_values(&parse_env(&text)?, overrides)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(env: &str, overrides: &[(&str, &str)]) -> Result<MasterConfig, ConfigError> {
+        let overrides = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        MasterConfig::from_values(&parse_env(env)?, &overrides)
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = config("", &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!((c.access_token, c.default_trackers.len()), (None, 0));
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn env_is_read_and_flags_win() {
+        let env = "# the original's keys\nlistenPort=9000\nexport accessToken=\"s3cret\"\nsignal1='wss://t.example/'\n\n";
+        let c = config(env, &[("listenPort", "0"), ("bindAddress", "127.0.0.1")]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.access_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.default_trackers, vec!["wss://t.example/".to_string()]);
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        for (env, key) in [
+            ("listenPort=eighty", "listenPort"),
+            ("listenPort=70000", "listenPort"),
+            ("bindAddress=localhost", "bindAddress"),
+            ("signal1=http://t.example/", "signal1"),
+            ("maxWorkers=0", "maxWorkers"),
+            ("policyLimits={\"call_deadline\": 0}", "policyLimits"),
+            ("policyLimits=nope", "policyLimits"),
+            ("listenport=80", "listenport"),
+            ("just some words", "line 1"),
+        ] {
+            let error = config(env, &[]).unwrap_err();
+            assert_eq!(error.key, key, "{env}: {error}");
+        }
+    }
+}

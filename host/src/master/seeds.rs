@@ -1,0 +1,299 @@
+//! What operators ask superpeer to seed: the `/seed` items, their validation and
+//! defaults, and the file that keeps them across restarts.
+//!
+//! Parsing and validation are pure; [`SeedStore`] is the only code that touches the
+//! seeds file, and it only ever replaces it whole (write, fsync, rename), so a crash
+//! leaves either the old list or the new one.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// One item of `POST /seed`, with the original's field names and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedItem {
+    /// The customer token of the original; handed to the policy.
+    #[serde(default)]
+    pub token: String,
+    /// Channel id: base64 (standard or URL-safe, padded or not) of the swarm id.
+    pub channel: String,
+    #[serde(default)]
+    pub tracker_zone: String,
+    /// Live stream (true) or VOD.
+    #[serde(default = "yes")]
+    pub live: bool,
+    /// Tracker or signal URLs for this seed; `.env`'s `signal1`/`signal2` otherwise.
+    #[serde(default)]
+    pub signal1: Option<String>,
+    #[serde(default)]
+    pub signal2: Option<String>,
+    /// Higher displaces lower when capacity runs out.
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    /// Never evicted for having few viewers.
+    #[serde(default)]
+    pub keep_alive: bool,
+    #[serde(default)]
+    pub no_use_disk_cache: bool,
+    /// Most viewers per worker.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub label: String,
+    /// Where to fetch the manifest, when it is not the swarm id itself.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_priority() -> i64 {
+    100
+}
+
+fn default_max_connections() -> u32 {
+    80
+}
+
+/// The body of `POST /seed`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRequest {
+    pub list: Vec<SeedItem>,
+}
+
+/// A seed item that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    #[error("item {index}: `channel` is empty")]
+    EmptyChannel { index: usize },
+    #[error("item {index}: `channel` is not base64: {reason}")]
+    NotBase64 { index: usize, reason: String },
+    #[error("item {index}: `{field}` must be {expected}")]
+    Field { index: usize, field: &'static str, expected: &'static str },
+    #[error("`list` is empty: nothing to seed")]
+    Empty,
+    #[error("`list` has {0} items; at most {1} per request")]
+    TooMany(usize, usize),
+}
+
+/// Most items one request may carry.
+pub const MAX_ITEMS: usize = 1000;
+
+impl SeedItem {
+    /// The swarm id the channel names (base64-decoded).
+    pub fn swarm_id(&self) -> Result<String, String> {
+        decode_channel(&self.channel)
+    }
+
+    /// The manifest to fetch: `url` if given, else the swarm id when it is a URL.
+    pub fn manifest_url(&self) -> Option<String> {
+        self.url.clone().or_else(|| {
+            self.swarm_id()
+                .ok()
+                .filter(|id| id.starts_with("http://") || id.starts_with("https://"))
+        })
+    }
+
+    /// The trackers this seed announces on: its own signals, else the defaults.
+    pub fn trackers(&self, defaults: &[String]) -> Vec<String> {
+        let own: Vec<String> = [&self.signal1, &self.signal2]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
+        if own.is_empty() { defaults.to_vec() } else { own }
+    }
+}
+
+/// Checks a request's items; all must be usable or none is taken.
+pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
+    if request.list.is_empty() {
+        return Err(SeedError::Empty);
+    }
+    if request.list.len() > MAX_ITEMS {
+        return Err(SeedError::TooMany(request.list.len(), MAX_ITEMS));
+    }
+    for (index, item) in request.list.iter().enumerate() {
+        if item.channel.trim().is_empty() {
+            return Err(SeedError::EmptyChannel { index });
+        }
+        item.swarm_id().map_err(|reason| SeedError::NotBase64 { index, reason })?;
+        if item.max_connections == 0 || item.max_connections > 10_000 {
+            return Err(SeedError::Field {
+                index,
+                field: "maxConnections",
+                expected: "between 1 and 10000",
+            });
+        }
+        for (field, value) in [("signal1", &item.signal1), ("signal2", &item.signal2)] {
+            if let Some(url) = value
+                && !url.is_empty()
+                && !(url.starts_with("ws://") || url.starts_with("wss://"))
+            {
+                return Err(SeedError::Field { index, field, expected: "a ws:// or wss:// URL" });
+            }
+        }
+        if let Some(url) = &item.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SeedError::Field {
+                index,
+                field: "url",
+                expected: "an http:// or https:// URL",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a channel id: standard or URL-safe base64, padded or not.
+pub fn decode_channel(channel: &str) -> Result<String, String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = channel.trim().trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "decodes to bytes that are not UTF-8".to_string())
+}
+
+/// The persisted list of seeds, in the data directory.
+#[derive(Debug, Clone)]
+pub struct SeedStore {
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a valid seeds file: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("could not write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+impl SeedStore {
+    pub fn new(data_dir: &Path) -> Self {
+        SeedStore { path: data_dir.join("seeds.json") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved seeds; none if nothing was ever saved.
+    pub fn load(&self) -> Result<Vec<SeedItem>, StoreError> {
+        let path = self.path.display().to_string();
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Parse { path, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// Replaces the saved seeds atomically.
+    pub fn save(&self, seeds: &[SeedItem]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.path.display().to_string();
+        let error = |source| StoreError::Write { path: path.clone(), source };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(error)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(seeds).map_err(|e| error(std::io::Error::other(e)))?;
+        let mut file = std::fs::File::create(&tmp).map_err(error)?;
+        file.write_all(&json).and_then(|()| file.sync_all()).map_err(error)?;
+        std::fs::rename(&tmp, &self.path).map_err(error)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(json: &str) -> SeedItem {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_original() {
+        let seed = item(r#"{"channel": "aHR0cDovL28uZXhhbXBsZS9tLm0zdTg="}"#);
+        assert_eq!(
+            (seed.priority, seed.max_connections, seed.keep_alive, seed.live),
+            (100, 80, false, true)
+        );
+        assert_eq!(seed.manifest_url().as_deref(), Some("http://o.example/m.m3u8"));
+    }
+
+    #[test]
+    fn channels_decode_in_every_base64_flavour() {
+        // "http://o.example/a?b>c" has bytes that differ between the alphabets.
+        let id = "http://o.example/a?>>?";
+        for channel in [
+            "aHR0cDovL28uZXhhbXBsZS9hPz4+Pw==",
+            "aHR0cDovL28uZXhhbXBsZS9hPz4+Pw",
+            "aHR0cDovL28uZXhhbXBsZS9hPz4-Pw==",
+            "aHR0cDovL28uZXhhbXBsZS9hPz4-Pw",
+        ] {
+            assert_eq!(decode_channel(channel).as_deref(), Ok(id), "{channel}");
+        }
+        assert!(decode_channel("not base64!").is_err());
+    }
+
+    #[test]
+    fn bad_items_are_named() {
+        let request = |items: &str| -> SeedRequest {
+            serde_json::from_str(&format!(r#"{{"list": [{items}]}}"#)).unwrap()
+        };
+        assert_eq!(validate(&request("")), Err(SeedError::Empty));
+        assert!(matches!(
+            validate(&request(r#"{"channel": "%%%"}"#)),
+            Err(SeedError::NotBase64 { index: 0, .. })
+        ));
+        let zero = request(r#"{"channel": "YQ", "maxConnections": 0}"#);
+        assert!(matches!(validate(&zero), Err(SeedError::Field { field: "maxConnections", .. })));
+        let signal = request(r#"{"channel": "YQ"}, {"channel": "YQ", "signal1": "http://x"}"#);
+        assert!(matches!(
+            validate(&signal),
+            Err(SeedError::Field { index: 1, field: "signal1", .. })
+        ));
+        assert!(serde_json::from_str::<SeedItem>(r#"{"channel": "YQ", "bogus": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<SeedItem>(r#"{"channel": "YQ", "priority": "high"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn trackers_come_from_the_seed_or_the_defaults() {
+        let defaults = vec!["wss://default/".to_string()];
+        assert_eq!(item(r#"{"channel": "YQ"}"#).trackers(&defaults), defaults);
+        let own = item(r#"{"channel": "YQ", "signal2": "wss://two/"}"#);
+        assert_eq!(own.trackers(&defaults), vec!["wss://two/".to_string()]);
+    }
+
+    #[test]
+    fn the_store_round_trips_and_replaces_whole() {
+        let dir = std::env::temp_dir().join(format!("superpeer-seeds-{}", std::process::id()));
+        let store = SeedStore::new(&dir);
+        assert_eq!(store.load().unwrap(), vec![]);
+        let seeds =
+            vec![item(r#"{"channel": "YQ", "label": "one"}"#), item(r#"{"channel": "Yg"}"#)];
+        store.save(&seeds).unwrap();
+        assert_eq!(store.load().unwrap(), seeds);
+        store.save(&seeds[..1]).unwrap();
+        assert_eq!(store.load().unwrap(), seeds[..1]);
+        assert!(!store.path().with_extension("json.tmp").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

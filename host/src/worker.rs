@@ -1,0 +1,180 @@
+//! A worker process: seeds one channel. Spawned by the master (`superpeer worker`),
+//! never by hand; talks to it over stdin/stdout frames (see [`crate::ipc`]) and logs to
+//! stderr.
+//!
+//! It owns one policy runner and a single-threaded event loop: timers, the master's
+//! messages, and (as the data plane grows) tracker connections, peers and fetches. It
+//! must never let a policy command through that the runner did not admit.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
+use crate::policy::wire::{Command, Event, FetchFailed, PeerClosed, SeedConfig, TrackerClosed};
+use crate::policy::{Clock, PolicyEngine, PolicyRunner};
+
+/// How often the worker reports its figures to the master.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Why network commands fail in this version: the data plane is not built yet.
+const NO_DATA_PLANE: &str = "not available: this superpeer version has no data plane yet";
+
+/// Runs a worker on this process's stdin and stdout until the master says stop or
+/// goes away.
+pub fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the worker's event loop")?;
+    runtime.block_on(run(tokio::io::stdin(), tokio::io::stdout()))
+}
+
+pub async fn run<R, W>(mut input: R, mut output: W) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let Some(ToWorker::Start(start)) = read_frame(&mut input).await? else {
+        bail!("the master's first message must be `start`");
+    };
+    let engine = PolicyEngine::new(start.limits.clone())?;
+    let policy = engine.load_precompiled(&start.policy)?;
+    let epoch = Instant::now();
+    let clock = move || Clock {
+        monotonic: epoch.elapsed(),
+        wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    };
+    let mut runner = PolicyRunner::start(engine.clone(), policy, seed_config(&start), clock())?;
+    tracing::info!(policy = %runner.policy(), channel = %start.seed.channel, "worker started");
+    write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;
+
+    // Reading a frame is not cancel-safe, so one task reads and the loop selects on a
+    // channel.
+    let (messages, mut inbox) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let message = read_frame::<_, ToWorker>(&mut input).await;
+            let stop = !matches!(message, Ok(Some(_)));
+            if messages.send(message).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    let mut events: Vec<Event> = Vec::new();
+    loop {
+        let now = clock();
+        events.extend(runner.take_due_timers(now.monotonic));
+        if !events.is_empty() || runner.wants_turn(now.monotonic) {
+            let commands = runner.handle(now, std::mem::take(&mut events));
+            events = carry_out(commands);
+            if !events.is_empty() {
+                // Let the master's messages in between turns that feed each other.
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        let wake = runner.next_wakeup().map(|at| tokio::time::Instant::from_std(epoch + at));
+        tokio::select! {
+            message = inbox.recv() => match message {
+                Some(Ok(Some(ToWorker::Swap { policy }))) => {
+                    let result = engine
+                        .load_precompiled(&policy)
+                        .and_then(|policy| runner.swap(clock(), policy))
+                        .map(|report| report.to)
+                        .map_err(|e| e.to_string());
+                    write_frame(&mut output, &FromWorker::Swapped { result }).await?;
+                }
+                Some(Ok(Some(ToWorker::Start(_)))) => tracing::warn!("ignoring a second start message"),
+                Some(Ok(Some(ToWorker::Stop))) | Some(Ok(None)) | None => break,
+                Some(Err(e)) => bail!("the master's channel failed: {e}"),
+            },
+            () = sleep_until(wake) => {}
+            _ = report.tick() => {
+                let figures = WorkerReport {
+                    viewers: runner.tables().peer_count() as u32,
+                    uploaded: 0,
+                    downloaded: 0,
+                    disk_cache_size: 0,
+                    policy: runner.stats(),
+                };
+                write_frame(&mut output, &FromWorker::Report(Box::new(figures))).await?;
+            }
+        }
+    }
+    tracing::info!(channel = %start.seed.channel, "worker stopping");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a policy sees of its seed; the original's extra fields travel as settings.
+fn seed_config(start: &WorkerStart) -> SeedConfig {
+    let seed = &start.seed;
+    SeedConfig {
+        channel: seed.channel.clone(),
+        manifest_url: seed.manifest_url(),
+        trackers: start.trackers.clone(),
+        live: seed.live,
+        max_connections: seed.max_connections,
+        label: seed.label.clone(),
+        settings: vec![
+            ("token".into(), seed.token.clone()),
+            ("trackerZone".into(), seed.tracker_zone.clone()),
+            ("noUseDiskCache".into(), seed.no_use_disk_cache.to_string()),
+        ],
+    }
+}
+
+/// Carries out admitted commands; returns the events they cause at once. Timers need
+/// nothing here (the runner's tables hold them). Commands that need the network fail
+/// with the event the policy would get for a failed connection or fetch.
+fn carry_out(commands: Vec<Command>) -> Vec<Event> {
+    let reason = || NO_DATA_PLANE.to_string();
+    commands
+        .into_iter()
+        .filter_map(|command| match command {
+            Command::TrackerConnect(c) => {
+                Some(Event::TrackerClosed(TrackerClosed { conn: c.conn, reason: reason() }))
+            }
+            Command::PeerOffer(peer) => {
+                Some(Event::PeerClosed(PeerClosed { peer, reason: reason() }))
+            }
+            Command::PeerAnswer(a) => {
+                Some(Event::PeerClosed(PeerClosed { peer: a.peer, reason: reason() }))
+            }
+            Command::FetchText(f) => Some(Event::FetchFailed(FetchFailed {
+                fetch: f.fetch,
+                status: None,
+                reason: reason(),
+            })),
+            Command::FetchSegment(f) => Some(Event::FetchFailed(FetchFailed {
+                fetch: f.fetch,
+                status: None,
+                reason: reason(),
+            })),
+            // Nothing can be open or cached without a data plane, so the runner admits
+            // none of these; timers live in its tables.
+            Command::TrackerSend(_)
+            | Command::TrackerClose(_)
+            | Command::PeerAcceptAnswer(_)
+            | Command::PeerSend(_)
+            | Command::ServeSegment(_)
+            | Command::CancelServe(_)
+            | Command::PeerClose(_)
+            | Command::FetchCancel(_)
+            | Command::Evict(_)
+            | Command::TimerSet(_)
+            | Command::TimerCancel(_) => None,
+        })
+        .collect()
+}
