@@ -735,34 +735,34 @@ impl Master {
         let workers: BTreeMap<String, WorkerStats> = self
             .workers
             .iter()
-            .filter_map(|(pid, w)| {
-                let seed = self.seeds.iter().find(|s| s.item.channel == w.channel)?;
-                Some((
-                    pid.to_string(),
-                    WorkerStats {
-                        channel_id: w.channel.clone(),
-                        priority: seed.item.priority,
-                        is_vod: !seed.item.live,
-                        keep_alive: seed.item.keep_alive,
-                        seed_from: seed.seed_from_ms,
-                        uploaded: w.report.uploaded,
-                        downloaded: w.report.downloaded,
-                        average_uplink: rate_mbps(&w.uplink),
-                        disk_cache_size: w.report.disk_cache_size,
-                        memory: w.memory,
-                        peers: w.report.viewers,
-                        cpu: w.cpu.percent,
-                        restarts: seed.restarts,
-                        policy: w.policy.clone(),
-                        state: match (w.stopping, &w.policy) {
-                            (Some(_), _) => "stopping",
-                            (None, None) => "starting",
-                            (None, Some(_)) => "running",
-                        },
-                        label: seed.item.label.clone(),
-                        policy_stats: w.report.policy.clone(),
+            .map(|(pid, w)| {
+                // A stopping worker's seed may be gone already; it is listed until it exits.
+                let seed = self.seeds.iter().find(|s| s.item.channel == w.channel);
+                let item = seed.map(|s| &s.item);
+                let stats = WorkerStats {
+                    channel_id: w.channel.clone(),
+                    priority: item.map_or(0, |i| i.priority),
+                    is_vod: item.is_some_and(|i| !i.live),
+                    keep_alive: item.is_some_and(|i| i.keep_alive),
+                    seed_from: seed.map_or(0, |s| s.seed_from_ms),
+                    uploaded: w.report.uploaded,
+                    downloaded: w.report.downloaded,
+                    average_uplink: rate_mbps(&w.uplink),
+                    disk_cache_size: w.report.disk_cache_size,
+                    memory: w.memory,
+                    peers: w.report.viewers,
+                    cpu: w.cpu.percent,
+                    restarts: seed.map_or(0, |s| s.restarts),
+                    policy: w.policy.clone(),
+                    state: match (w.stopping, &w.policy) {
+                        (Some(_), _) => "stopping",
+                        (None, None) => "starting",
+                        (None, Some(_)) => "running",
                     },
-                ))
+                    label: item.map(|i| i.label.clone()).unwrap_or_default(),
+                    policy_stats: w.report.policy.clone(),
+                };
+                (pid.to_string(), stats)
             })
             .collect();
         StatsView {

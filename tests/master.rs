@@ -1,0 +1,333 @@
+//! The master with real worker processes, over real HTTP on a port chosen by the OS:
+//! seeding, kill -9 of a worker, master restarts, stop and restart endpoints, policy
+//! swaps reaching the workers, and priority when capacity runs out.
+//!
+//! Every test starts its own `superpeer serve` with its own data directory, and stops
+//! it (and so its workers) when it ends, pass or fail.
+
+// Helpers panic on purpose: a broken fixture should fail the test that uses it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token";
+/// Longest any awaited condition may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Superpeer {
+    child: Child,
+    addr: String,
+}
+
+impl Superpeer {
+    fn start(data_dir: &Path) -> Superpeer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+            .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--access-token", TOKEN])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--env-file")
+            .arg(data_dir.join("absent.env"))
+            .env("RUST_LOG", "info")
+            .env("SUPERPEER_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("superpeer listening on http://") {
+                    let addr =
+                        line[at + "superpeer listening on http://".len()..].trim().to_string();
+                    let _ = found.send(addr);
+                }
+                // Keep draining so the master never blocks on a full pipe.
+            }
+        });
+        let addr = address.recv_timeout(PATIENCE).expect("superpeer did not start listening");
+        Superpeer { child, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nX-ACCESS-TOKEN: {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, answer) = self.request(method, path, body.to_string().as_bytes());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer
+    }
+
+    fn stats(&self) -> Value {
+        self.ok("GET", "/stats", Value::Null)
+    }
+
+    /// Polls `/stats` until `done` holds; returns those stats.
+    fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last stats: {stats:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        signal("TERM", self.pid());
+        let deadline = Instant::now() + PATIENCE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "superpeer did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Superpeer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal("TERM", self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(name: &str, pid: u32) {
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn data_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("superpeer-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn channel(name: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(format!("http://127.0.0.1:9/{name}/master.m3u8"))
+}
+
+/// The running workers of a channel, as (pid, stats).
+fn workers_of(stats: &Value, channel: &str) -> Vec<(u32, Value)> {
+    stats["workers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, w)| w["channelId"] == channel && w["state"] == "running")
+        .map(|(pid, w)| (pid.parse().unwrap(), w.clone()))
+        .collect()
+}
+
+/// Whether a worker has exited and been reaped: the master lists it until then.
+fn gone(stats: &Value, pid: u32) -> bool {
+    stats["workers"].get(pid.to_string()).is_none()
+}
+
+fn one_worker(stats: &Value, channel: &str) -> Option<u32> {
+    match workers_of(stats, channel).as_slice() {
+        [(pid, _)] => Some(*pid),
+        _ => None,
+    }
+}
+
+fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/{name}.wasm", env!("SUPERPEER_GUEST_DIR"))).unwrap()
+}
+
+#[test]
+fn a_seed_survives_kill_9_of_its_worker_and_a_master_restart() {
+    let dir = data_dir("survives");
+    let live = channel("live");
+    let master = Superpeer::start(&dir);
+    let answer = master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": live, "keepAlive": true, "label": "news"}]}),
+    );
+    assert_eq!(answer, json!({"accepted": 1, "seeds": 1}));
+
+    let stats = master.wait_for("a measured worker", |s| {
+        workers_of(s, &live).first().is_some_and(|(_, w)| w["memory"].as_u64() > Some(0))
+    });
+    let (first, worker) = workers_of(&stats, &live).remove(0);
+    assert_eq!(worker["policy"]["name"], "pml");
+    assert_eq!(
+        (worker["keepAlive"].clone(), worker["label"].clone()),
+        (json!(true), json!("news"))
+    );
+    assert_eq!(worker["restarts"], 0);
+    assert_eq!(
+        master.ok("GET", &format!("/stats/{first}"), Value::Null)["worker"]["channelId"],
+        live
+    );
+    let by_channel = master.ok("GET", &format!("/stats/{live}"), Value::Null);
+    assert!(by_channel["workers"][first.to_string()].is_object(), "{by_channel}");
+
+    signal("KILL", first);
+    let stats = master.wait_for("a replacement worker", |s| {
+        one_worker(s, &live).is_some_and(|p| p != first) && gone(s, first)
+    });
+    let second = one_worker(&stats, &live).unwrap();
+    assert_eq!(workers_of(&stats, &live)[0].1["restarts"], 1);
+    assert!(!alive(first));
+
+    // SIGTERM stops the workers with the master; the seed list stays on disk.
+    master.stop();
+    assert!(!alive(second), "worker {second} outlived its master");
+    let master = Superpeer::start(&dir);
+    let stats =
+        master.wait_for("the seed back after a restart", |s| one_worker(s, &live).is_some());
+    assert_eq!(stats["master"]["seeds"], 1);
+
+    // Stopping removes the seed, for good.
+    let pid = one_worker(&stats, &live).unwrap();
+    assert_eq!(master.ok("POST", &format!("/stop/{pid}"), Value::Null), json!({"stopped": live}));
+    master.wait_for("no workers", |s| s["workers"].as_object().unwrap().is_empty());
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("seeds.json")).unwrap()).unwrap();
+    assert_eq!(saved, json!([]));
+    assert!(!alive(pid));
+    master.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn restarts_and_policy_swaps_reach_the_workers() {
+    let dir = data_dir("swaps");
+    let (a, b) = (channel("a"), channel("b"));
+    let master = Superpeer::start(&dir);
+    master.ok("POST", "/ping", json!({"workers": 2}));
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": a, "keepAlive": true}, {"channel": b, "keepAlive": true}]}),
+    );
+    let stats = master
+        .wait_for("two workers", |s| one_worker(s, &a).is_some() && one_worker(s, &b).is_some());
+    let (pid_a, pid_b) = (one_worker(&stats, &a).unwrap(), one_worker(&stats, &b).unwrap());
+
+    master.ok("POST", &format!("/restart/{pid_a}"), Value::Null);
+    master.wait_for("a restarted", |s| {
+        one_worker(s, &a).is_some_and(|p| p != pid_a) && gone(s, pid_a)
+    });
+    assert!(!alive(pid_a));
+
+    let (status, answer) = master.request("POST", "/policy", &guest("superpeer_test_counter_v2"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["workers"], 2);
+    let all_counter = |s: &Value| {
+        [&a, &b]
+            .iter()
+            .all(|c| workers_of(s, c).iter().all(|(_, w)| w["policy"]["name"] == "counter"))
+            && workers_of(s, &a).len() == 1
+            && workers_of(s, &b).len() == 1
+    };
+    let stats = master.wait_for("both workers on the new policy", all_counter);
+    assert_eq!(one_worker(&stats, &b), Some(pid_b), "a swap keeps the worker process");
+
+    let embedded = {
+        let path = dir.join("pml.wasm");
+        let status = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+            .args(["policy", "export-default"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(path).unwrap()
+    };
+    let (status, answer) = master.request("POST", &format!("/policy?channel={b}"), &embedded);
+    assert_eq!((status, answer["workers"].clone()), (200, json!(1)), "{answer}");
+    master.wait_for("b alone back on pml", |s| {
+        workers_of(s, &b).iter().all(|(_, w)| w["policy"]["name"] == "pml")
+            && workers_of(s, &a).iter().all(|(_, w)| w["policy"]["name"] == "counter")
+    });
+    let policy = master.ok("GET", "/policy", Value::Null);
+    assert_eq!(policy["policy"]["name"], "counter");
+    assert_eq!(policy["channels"][&b]["name"], "pml");
+
+    let before = master.stats();
+    assert_eq!(master.ok("POST", "/restart_all", Value::Null), json!({"restarting": 2}));
+    master.wait_for("every worker replaced", |s| {
+        [&a, &b].iter().all(|c| one_worker(s, c).is_some_and(|p| one_worker(&before, c) != Some(p)))
+            && s["workers"].as_object().unwrap().len() == 2
+    });
+
+    assert_eq!(master.ok("POST", "/stop_all", Value::Null), json!({"stopped": 2}));
+    let stats = master.wait_for("no workers", |s| s["workers"].as_object().unwrap().is_empty());
+    assert_eq!(stats["master"]["seeds"], 0);
+    master.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_higher_priority_seed_displaces_a_lower_one_when_full() {
+    let dir = data_dir("priority");
+    let (low, high) = (channel("low"), channel("high"));
+    let master = Superpeer::start(&dir);
+    assert_eq!(master.ok("POST", "/ping", json!({"workers": 1}))["capacity"], 1);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": low, "priority": 10, "keepAlive": true}]}),
+    );
+    let stats = master.wait_for("the low seed's worker", |s| one_worker(s, &low).is_some());
+    let low_pid = one_worker(&stats, &low).unwrap();
+
+    master.ok("POST", "/seed", json!({"list": [{"channel": high, "priority": 200}]}));
+    let stats = master.wait_for("the high seed in the only slot", |s| {
+        one_worker(s, &high).is_some() && gone(s, low_pid)
+    });
+    assert_eq!(stats["workers"].as_object().unwrap().len(), 1);
+    assert_eq!(stats["master"]["seeds"], 2, "the displaced seed waits for room");
+    assert!(!alive(low_pid));
+    master.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
