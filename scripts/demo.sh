@@ -75,5 +75,34 @@ step "Swapping the default back in"
 "$bin" policy export-default "$work/pml.wasm"
 authed POST /policy --data-binary @"$work/pml.wasm"
 
+# Polls /stats until the jq filter $1 yields something, for up to 60 s.
+wait_stats() {
+  local out
+  for _ in $(seq 1 600); do
+    out=$(curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" | jq -r "$1")
+    if [ -n "$out" ] && [ "$out" != "null" ]; then echo "$out"; return 0; fi
+    sleep 0.1
+  done
+  echo "gave up waiting for: $1" >&2
+  return 1
+}
+
+channel=$(printf 'http://127.0.0.1:9/live/master.m3u8' | base64 | tr -d '\n')
+step "Seeding a channel (base64 of its manifest URL): a worker process starts for it"
+authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"label\": \"demo\"}]}"
+pid=$(wait_stats '.workers | to_entries[] | select(.value.state == "running") | .key')
+wait_stats ".workers[\"$pid\"] | select(.memory > 0) | .memory" >/dev/null
+step "Worker $pid in /stats (memory and CPU measured from /proc)"
+curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
+  jq ".workers[\"$pid\"] | {channelId, state, memory, cpu, restarts, policy: .policy.name, keepAlive, label: .label}"
+
+step "kill -9 $pid: the master restarts the seed in a new worker"
+kill -9 "$pid"
+new=$(wait_stats ".workers | to_entries[] | select(.key != \"$pid\" and .value.state == \"running\") | .key")
+curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" | jq ".workers[\"$new\"] | {pid: \"$new\", state, restarts}"
+
+step "Stopping everything through the API"
+authed POST /stop_all
+
 step "superpeer's log"
 cat "$work/log"

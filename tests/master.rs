@@ -28,8 +28,13 @@ struct Superpeer {
 
 impl Superpeer {
     fn start(data_dir: &Path) -> Superpeer {
+        Self::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Superpeer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_superpeer"))
             .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--access-token", TOKEN])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--env-file")
@@ -62,9 +67,20 @@ impl Superpeer {
     }
 
     fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        self.request_as(Some(TOKEN), method, path, body)
+    }
+
+    fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
+        let token = token.map(|t| format!("X-ACCESS-TOKEN: {t}\r\n")).unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nX-ACCESS-TOKEN: {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{token}Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             body.len()
         );
@@ -328,6 +344,71 @@ fn a_higher_priority_seed_displaces_a_lower_one_when_full() {
     assert_eq!(stats["workers"].as_object().unwrap().len(), 1);
     assert_eq!(stats["master"]["seeds"], 2, "the displaced seed waits for room");
     assert!(!alive(low_pid));
+    master.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_requests_over_http_get_a_4xx_and_harm_no_worker() {
+    let dir = data_dir("bad-requests");
+    let live = channel("live");
+    let master = Superpeer::start(&dir);
+    master.ok("POST", "/seed", json!({"list": [{"channel": live, "keepAlive": true}]}));
+    let stats = master.wait_for("a worker", |s| one_worker(s, &live).is_some());
+    let pid = one_worker(&stats, &live).unwrap();
+
+    let seed = json!({"list": [{"channel": channel("other")}]}).to_string();
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, body) = master.request_as(token, "POST", "/seed", seed.as_bytes());
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body["error"].is_string());
+    }
+    let huge = vec![b' '; 2 << 20];
+    let cases: &[(&str, &str, &[u8], u16)] = &[
+        ("POST", "/seed", b"{\"list\": [", 400),
+        ("POST", "/seed", b"{\"list\": [{\"channel\": true}]}", 400),
+        ("POST", "/seed", b"\xff\xfe", 400),
+        ("POST", "/seed", &huge, 413),
+        ("POST", "/ping", b"[]", 400),
+        ("POST", "/stop/999999999", b"", 404),
+        ("POST", "/restart/-1", b"", 400),
+        ("GET", "/stats/not-a-channel", b"", 404),
+        ("POST", "/policy", b"\0asm\x0d\0\x01\0", 422),
+        ("PUT", "/stats", b"", 405),
+    ];
+    for (method, path, body, expected) in cases {
+        let (status, answer) = master.request(method, path, body);
+        assert_eq!(status, *expected, "{method} {path}: {answer}");
+        assert!(answer["error"].is_string(), "{method} {path}: {answer}");
+    }
+    let stats = master.stats();
+    assert_eq!(one_worker(&stats, &live), Some(pid), "the worker is untouched");
+    assert_eq!(stats["master"]["seeds"], 1, "nothing bad was taken");
+    master.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_idle_seed_is_evicted_after_its_grace_period_unless_kept_alive() {
+    let dir = data_dir("idle");
+    let (idle, kept) = (channel("idle"), channel("kept"));
+    let master = Superpeer::start_with(&dir, &["--idle-grace-seconds", "1"]);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": idle}, {"channel": kept, "keepAlive": true}]}),
+    );
+    // With no viewers at all, the seed that is not kept alive goes once its grace ends.
+    let stats = master.wait_for("the idle seed evicted", |s| {
+        s["master"]["seeds"] == 1
+            && workers_of(s, &idle).is_empty()
+            && one_worker(s, &kept).is_some()
+    });
+    assert!(workers_of(&stats, &kept).iter().all(|(_, w)| w["keepAlive"] == true));
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("seeds.json")).unwrap()).unwrap();
+    assert_eq!(saved.as_array().unwrap().len(), 1);
+    assert_eq!(saved[0]["channel"], kept);
     master.stop();
     std::fs::remove_dir_all(dir).unwrap();
 }
