@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -24,6 +24,8 @@ const PATIENCE: Duration = Duration::from_secs(60);
 struct Superpeer {
     child: Child,
     addr: String,
+    /// Everything the master (and its workers) logged so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Superpeer {
@@ -48,8 +50,11 @@ impl Superpeer {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (found, address) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
                 if let Some(at) = line.find("superpeer listening on http://") {
                     let addr =
                         line[at + "superpeer listening on http://".len()..].trim().to_string();
@@ -58,8 +63,10 @@ impl Superpeer {
                 // Keep draining so the master never blocks on a full pipe.
             }
         });
-        let addr = address.recv_timeout(PATIENCE).expect("superpeer did not start listening");
-        Superpeer { child, addr }
+        // Owned before waiting, so a failed start still stops the process.
+        let mut superpeer = Superpeer { child, addr: String::new(), log };
+        superpeer.addr = address.recv_timeout(PATIENCE).expect("superpeer did not start listening");
+        superpeer
     }
 
     fn pid(&self) -> u32 {
@@ -120,14 +127,23 @@ impl Superpeer {
         }
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    /// SIGTERM, then wait for a clean exit: every worker stopped when asked, none had
+    /// to be killed.
     fn stop(mut self) {
         signal("TERM", self.pid());
         let deadline = Instant::now() + PATIENCE;
-        while self.child.try_wait().unwrap().is_none() {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
             assert!(Instant::now() < deadline, "superpeer did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        assert!(status.success(), "superpeer exited with {status}");
+        let log = self.log.lock().unwrap();
+        let killed: Vec<&String> =
+            log.iter().filter(|l| l.contains("did not stop in time")).collect();
+        assert!(killed.is_empty(), "workers had to be killed: {killed:?}");
     }
 }
 
@@ -151,6 +167,18 @@ fn signal(name: &str, pid: u32) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// Waits until `pid` has exited; false if it is still running after the patience.
+fn exits(pid: u32) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 fn alive(pid: u32) -> bool {
     // A zombie has exited; only its parent's wait is missing.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -158,11 +186,27 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn data_dir(test: &str) -> PathBuf {
+/// A directory of this test's own, removed when the test ends, pass or fail.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn data_dir(test: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("superpeer-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn channel(name: &str) -> String {
@@ -233,11 +277,11 @@ fn a_seed_survives_kill_9_of_its_worker_and_a_master_restart() {
     });
     let second = one_worker(&stats, &live).unwrap();
     assert_eq!(workers_of(&stats, &live)[0].1["restarts"], 1);
-    assert!(!alive(first));
+    assert!(exits(first));
 
     // SIGTERM stops the workers with the master; the seed list stays on disk.
     master.stop();
-    assert!(!alive(second), "worker {second} outlived its master");
+    assert!(exits(second), "worker {second} outlived its master");
     let master = Superpeer::start(&dir);
     let stats =
         master.wait_for("the seed back after a restart", |s| one_worker(s, &live).is_some());
@@ -250,17 +294,15 @@ fn a_seed_survives_kill_9_of_its_worker_and_a_master_restart() {
     let saved: Value =
         serde_json::from_slice(&std::fs::read(dir.join("seeds.json")).unwrap()).unwrap();
     assert_eq!(saved, json!([]));
-    assert!(!alive(pid));
+    assert!(exits(pid));
     master.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn restarts_and_policy_swaps_reach_the_workers() {
     let dir = data_dir("swaps");
     let (a, b) = (channel("a"), channel("b"));
-    let master = Superpeer::start(&dir);
-    master.ok("POST", "/ping", json!({"workers": 2}));
+    let master = Superpeer::start_with(&dir, &["--max-workers", "2"]);
     master.ok(
         "POST",
         "/seed",
@@ -274,7 +316,7 @@ fn restarts_and_policy_swaps_reach_the_workers() {
     master.wait_for("a restarted", |s| {
         one_worker(s, &a).is_some_and(|p| p != pid_a) && gone(s, pid_a)
     });
-    assert!(!alive(pid_a));
+    assert!(exits(pid_a));
 
     let (status, answer) = master.request("POST", "/policy", &guest("superpeer_test_counter_v2"));
     assert_eq!(status, 200, "{answer}");
@@ -320,7 +362,6 @@ fn restarts_and_policy_swaps_reach_the_workers() {
     let stats = master.wait_for("no workers", |s| s["workers"].as_object().unwrap().is_empty());
     assert_eq!(stats["master"]["seeds"], 0);
     master.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -343,9 +384,8 @@ fn a_higher_priority_seed_displaces_a_lower_one_when_full() {
     });
     assert_eq!(stats["workers"].as_object().unwrap().len(), 1);
     assert_eq!(stats["master"]["seeds"], 2, "the displaced seed waits for room");
-    assert!(!alive(low_pid));
+    assert!(exits(low_pid));
     master.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -385,7 +425,6 @@ fn bad_requests_over_http_get_a_4xx_and_harm_no_worker() {
     assert_eq!(one_worker(&stats, &live), Some(pid), "the worker is untouched");
     assert_eq!(stats["master"]["seeds"], 1, "nothing bad was taken");
     master.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -410,5 +449,4 @@ fn an_idle_seed_is_evicted_after_its_grace_period_unless_kept_alive() {
     assert_eq!(saved.as_array().unwrap().len(), 1);
     assert_eq!(saved[0]["channel"], kept);
     master.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }

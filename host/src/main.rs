@@ -159,7 +159,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {
         let (master, handle) = Master::new(config.clone(), active, log_format.as_str())?;
-        let master_task = tokio::spawn(master.run());
+        let mut master_task = tokio::spawn(master.run());
         let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
         if !control.requires_token() && !config.listen.ip().is_loopback() {
             tracing::warn!(
@@ -172,13 +172,29 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
         tracing::info!("superpeer listening on http://{}", listener.local_addr()?);
-        serve::run(listener, control, shutdown_signal()).await?;
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let server = serve::run(listener, control, async move {
+            shutdown_signal().await;
+            let _ = signalled.send(());
+        });
+        tokio::select! {
+            result = server => result?,
+            // A client holding a request open must not keep the workers running.
+            () = async {
+                let _ = on_signal.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
+            _ = &mut master_task => anyhow::bail!("the master task ended unexpectedly"),
+        }
         handle.shutdown().await;
         let _ = master_task.await;
         tracing::info!("superpeer stopped");
         anyhow::Ok(())
     })
 }
+
+/// How long open requests may delay a shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;

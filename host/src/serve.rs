@@ -10,8 +10,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
@@ -84,6 +86,8 @@ impl ControlPlane {
         }
         router
             .layer(DefaultBodyLimit::max(max_upload))
+            // Before any body is read: an unauthenticated upload costs nothing.
+            .layer(axum::middleware::from_fn_with_state(self.clone(), require_token))
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(not_found)
             .with_state(self)
@@ -97,6 +101,20 @@ impl ControlPlane {
         } else {
             Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-TOKEN header".into()))
         }
+    }
+}
+
+async fn require_token(
+    State(control): State<ControlPlane>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    match control.authorize(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
     }
 }
 
@@ -192,8 +210,7 @@ async fn health(State(control): State<ControlPlane>) -> Json<Value> {
     Json(json!({ "status": "ok", "uptimeSeconds": control.started.elapsed().as_secs() }))
 }
 
-async fn openapi(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
-    control.authorize(&headers)?;
+async fn openapi() -> ApiResult {
     Ok(([("content-type", "application/json")], OPENAPI).into_response())
 }
 
@@ -208,10 +225,8 @@ struct PingBody {
 
 async fn ping(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
     let body: PingBody = json_body(&body_of(body)?, Some("{}"))?;
     if body.workers == Some(0) || body.bandwidth == Some(0) {
         return Err(ApiError(
@@ -225,10 +240,8 @@ async fn ping(
 
 async fn seed(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
     let request: SeedRequest = json_body(&body_of(body)?, None)?;
     seeds::validate(&request).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let accepted = request.list.len();
@@ -236,18 +249,22 @@ async fn seed(
     ok(json!({ "accepted": accepted, "seeds": total }))
 }
 
-async fn stats(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
-    control.authorize(&headers)?;
+async fn stats(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!(control.master.stats().await?))
 }
 
-/// One worker by pid, or every worker of a channel (its base64 id).
+/// The path parameter, or a JSON 400 (a path that is not valid UTF-8 once decoded).
+fn path_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    param.map(|Path(value)| value).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// One worker by pid, or every worker of a channel (its base64 id, any spelling; a `/`
+/// in it must be sent as `%2F`).
 async fn stats_of(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
+    let id = path_param(id)?;
     let stats = control.master.stats().await?;
     if let Some(worker) = stats.workers.get(&id) {
         return ok(json!({ "pid": id, "worker": worker }));
@@ -255,7 +272,7 @@ async fn stats_of(
     let workers: serde_json::Map<String, Value> = stats
         .workers
         .iter()
-        .filter(|(_, w)| w.channel_id == id)
+        .filter(|(_, w)| seeds::same_channel(&w.channel_id, &id))
         .map(|(pid, w)| (pid.clone(), json!(w)))
         .collect();
     if workers.is_empty() {
@@ -267,42 +284,36 @@ async fn stats_of(
     ok(json!({ "channelId": id, "workers": workers }))
 }
 
-fn pid_of(text: &str) -> Result<u32, ApiError> {
-    text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not a pid")))
-}
-
-async fn stop_all(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
-    control.authorize(&headers)?;
+async fn stop_all(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!({ "stopped": control.master.stop_all().await? }))
 }
 
+/// Stops a seed named by one of its workers' pid, or by its channel id.
 async fn stop(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    Path(pid): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
-    let channel = control.master.stop(pid_of(&pid)?).await?;
+    let channel = control.master.stop(path_param(id)?).await?;
     ok(json!({ "stopped": channel }))
 }
 
-async fn restart_all(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
-    control.authorize(&headers)?;
+async fn restart_all(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!({ "restarting": control.master.restart_all().await? }))
 }
 
 async fn restart(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    Path(pid): Path<String>,
+    pid: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
-    control.master.restart(pid_of(&pid)?).await?;
+    let pid = path_param(pid)?;
+    let number = pid
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{pid:?} is not a pid")))?;
+    control.master.restart(number).await?;
     ok(json!({ "restarting": pid }))
 }
 
-async fn get_policy(State(control): State<ControlPlane>, headers: HeaderMap) -> ApiResult {
-    control.authorize(&headers)?;
+async fn get_policy(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!(control.master.policy().await?))
 }
 
@@ -318,11 +329,9 @@ struct PolicyTarget {
 /// swap it in after a canary of their own.
 async fn post_policy(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
     target: Result<Query<PolicyTarget>, axum::extract::rejection::QueryRejection>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    control.authorize(&headers)?;
     let Query(target) = target.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let body = body_of(body)?;
     if body.is_empty() {
@@ -343,6 +352,11 @@ async fn post_policy(
         let policy = engine.compile(&body)?;
         PolicyRunner::canary(&engine, &policy)?;
         let precompiled = engine.precompile(&body)?;
+        // Native code travels to workers base64-encoded in one frame.
+        let frame = precompiled.native.len().div_ceil(3) * 4 + (64 << 10);
+        if frame > crate::ipc::MAX_FRAME {
+            return Err(PolicyError::TooLarge { size: frame, max: crate::ipc::MAX_FRAME });
+        }
         Ok::<_, PolicyError>(ActivePolicy {
             meta: policy.meta().clone(),
             source: "upload".into(),

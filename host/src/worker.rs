@@ -29,7 +29,11 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("could not start the worker's event loop")?;
-    runtime.block_on(run(tokio::io::stdin(), tokio::io::stdout()))
+    let result = runtime.block_on(run(tokio::io::stdin(), tokio::io::stdout()));
+    // The stdin reader sits in a blocking read that only the master's closing the pipe
+    // would end; do not wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 pub async fn run<R, W>(mut input: R, mut output: W) -> anyhow::Result<()>

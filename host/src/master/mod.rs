@@ -64,16 +64,22 @@ type Reply<T> = oneshot::Sender<T>;
 
 enum Message {
     Seed(Vec<SeedItem>, Reply<Result<usize, MasterError>>),
-    Ping { bandwidth_mbps: Option<u64>, workers: Option<usize>, reply: Reply<PingView> },
+    Ping {
+        bandwidth_mbps: Option<u64>,
+        workers: Option<usize>,
+        reply: Reply<PingView>,
+    },
     Stats(Reply<StatsView>),
     StopAll(Reply<Result<usize, MasterError>>),
-    Stop(u32, Reply<Result<String, MasterError>>),
+    Stop(String, Reply<Result<String, MasterError>>),
     RestartAll(Reply<usize>),
     Restart(u32, Reply<Result<(), MasterError>>),
     SetPolicy(Arc<ActivePolicy>, Option<String>, Reply<Result<usize, MasterError>>),
     Policy(Reply<PolicyView>),
     Shutdown(Reply<()>),
     FromWorker(u32, Box<FromWorker>),
+    /// A worker's channel delivered something that is not a frame.
+    ChannelBroken(u32, String),
     Exited(u32, Option<i32>),
 }
 
@@ -107,9 +113,10 @@ impl MasterHandle {
     pub async fn stop_all(&self) -> Result<usize, MasterError> {
         self.ask(Message::StopAll).await?
     }
-    /// Stops a worker's seed (all of its workers); returns its channel.
-    pub async fn stop(&self, pid: u32) -> Result<String, MasterError> {
-        self.ask(|r| Message::Stop(pid, r)).await?
+    /// Stops a seed (all of its workers), named by one of its workers' pid or by its
+    /// channel id; returns its channel.
+    pub async fn stop(&self, id: String) -> Result<String, MasterError> {
+        self.ask(|r| Message::Stop(id, r)).await?
     }
     pub async fn restart_all(&self) -> Result<usize, MasterError> {
         self.ask(Message::RestartAll).await
@@ -293,6 +300,9 @@ pub struct Master {
     started: Instant,
     cpu: CpuMeter,
     worker_log_format: String,
+    /// The seed list on disk is behind the one in memory.
+    unsaved: bool,
+    _data_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Master {
@@ -316,6 +326,7 @@ impl Master {
         worker_log_format: &str,
     ) -> Result<(Self, MasterHandle), seeds::StoreError> {
         let store = SeedStore::new(&config.data_dir);
+        let data_lock = store.lock()?;
         let saved = store.load()?;
         if !saved.is_empty() {
             tracing::info!(seeds = saved.len(), file = %store.path().display(), "seeds restored");
@@ -347,6 +358,8 @@ impl Master {
             started: Instant::now(),
             cpu: CpuMeter::default(),
             worker_log_format: worker_log_format.to_string(),
+            unsaved: false,
+            _data_lock: data_lock,
         };
         Ok((master, handle))
     }
@@ -389,23 +402,18 @@ impl Master {
             }
             Message::StopAll(reply) => {
                 let count = self.seeds.len();
-                self.seeds.clear();
-                let pids: Vec<u32> = self.workers.keys().copied().collect();
-                for pid in pids {
-                    self.stop_worker(pid, Stopping::Retire);
-                }
-                let _ = reply.send(self.persist().map(|()| count));
-            }
-            Message::Stop(pid, reply) => {
-                let result = match self.workers.get(&pid) {
-                    None => Err(MasterError::NoSuchWorker(pid)),
-                    Some(worker) => {
-                        let channel = worker.channel.clone();
-                        self.remove_seed(&channel);
-                        self.persist().map(|()| channel)
+                let result = self.save(&[]).map(|()| {
+                    self.seeds.clear();
+                    let pids: Vec<u32> = self.workers.keys().copied().collect();
+                    for pid in pids {
+                        self.stop_worker(pid, Stopping::Retire);
                     }
-                };
+                    count
+                });
                 let _ = reply.send(result);
+            }
+            Message::Stop(id, reply) => {
+                let _ = reply.send(self.stop_seed(&id));
             }
             Message::RestartAll(reply) => {
                 let pids: Vec<u32> = self.workers.keys().copied().collect();
@@ -431,16 +439,37 @@ impl Master {
             }
             Message::Shutdown(_) => unreachable!("handled by run"),
             Message::FromWorker(pid, message) => self.on_worker_message(pid, *message),
+            Message::ChannelBroken(pid, error) => {
+                tracing::warn!(pid, %error, "bad message from worker; killing it");
+                if let Some(kill) = self.workers.get_mut(&pid).and_then(|w| w.kill.take()) {
+                    let _ = kill.send(());
+                }
+            }
             Message::Exited(pid, code) => self.on_exit(pid, code),
         }
     }
 
     fn add_seeds(&mut self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
+        // Saved first: what the API acknowledges is what a restart brings back.
+        let mut list: Vec<SeedItem> = self.seeds.iter().map(|s| s.item.clone()).collect();
+        for item in &items {
+            match list.iter_mut().find(|s| seeds::same_channel(&s.channel, &item.channel)) {
+                Some(existing) => {
+                    *existing = SeedItem { channel: existing.channel.clone(), ..item.clone() }
+                }
+                None => list.push(item.clone()),
+            }
+        }
+        self.save(&list)?;
         for item in items {
-            match self.seeds.iter_mut().find(|s| s.item.channel == item.channel) {
-                // A re-seed updates the options; running workers keep theirs until
-                // they restart.
-                Some(seed) => seed.item = item,
+            match self
+                .seeds
+                .iter_mut()
+                .find(|s| seeds::same_channel(&s.item.channel, &item.channel))
+            {
+                // A re-seed updates the options (the first spelling of the channel id
+                // stays); running workers keep theirs until they restart.
+                Some(seed) => seed.item = SeedItem { channel: seed.item.channel.clone(), ..item },
                 None => {
                     tracing::info!(channel = %item.channel, label = %item.label, "seed added");
                     self.seeds.push(Seed {
@@ -454,8 +483,32 @@ impl Master {
                 }
             }
         }
-        self.persist()?;
         Ok(self.seeds.len())
+    }
+
+    /// The seed a channel id names, in whatever spelling.
+    fn find_seed(&self, channel: &str) -> Option<&Seed> {
+        self.seeds.iter().find(|s| seeds::same_channel(&s.item.channel, channel))
+    }
+
+    fn stop_seed(&mut self, id: &str) -> Result<String, MasterError> {
+        let pid = id.parse::<u32>().ok();
+        let by_pid = pid.and_then(|pid| self.workers.get(&pid)).map(|w| w.channel.clone());
+        let channel =
+            match (by_pid.or_else(|| self.find_seed(id).map(|s| s.item.channel.clone())), pid) {
+                (Some(channel), _) => channel,
+                (None, Some(pid)) => return Err(MasterError::NoSuchWorker(pid)),
+                (None, None) => return Err(MasterError::NoSuchChannel(id.to_string())),
+            };
+        let list: Vec<SeedItem> = self
+            .seeds
+            .iter()
+            .filter(|s| s.item.channel != channel)
+            .map(|s| s.item.clone())
+            .collect();
+        self.save(&list)?;
+        self.remove_seed(&channel);
+        Ok(channel)
     }
 
     fn remove_seed(&mut self, channel: &str) {
@@ -472,10 +525,17 @@ impl Master {
         tracing::info!(channel, "seed removed");
     }
 
-    fn persist(&self) -> Result<(), MasterError> {
+    fn persist(&mut self) -> Result<(), MasterError> {
         let items: Vec<SeedItem> = self.seeds.iter().map(|s| s.item.clone()).collect();
-        self.store.save(&items).map_err(|e| {
+        self.save(&items)
+    }
+
+    /// Writes `items` as the seed list; on failure the list is marked for another try
+    /// on every tick, so an eviction or a stop never comes undone by a restart.
+    fn save(&mut self, items: &[SeedItem]) -> Result<(), MasterError> {
+        self.store.save(items).map(|()| self.unsaved = false).map_err(|e| {
             tracing::error!(error = %e, "could not save the seed list");
+            self.unsaved = true;
             MasterError::Persist(e.to_string())
         })
     }
@@ -485,16 +545,20 @@ impl Master {
         let memory = procfs::total_memory_bytes().unwrap_or(u64::MAX);
         scheduler::capacity(
             cores,
+            self.config.max_workers,
             memory,
             MEMORY_PER_WORKER,
             self.ping_bandwidth.or(self.config.bandwidth_mbps),
             MBPS_PER_WORKER,
-            &[self.config.max_workers, self.ping_workers],
+            self.ping_workers,
         )
     }
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if self.unsaved {
+            let _ = self.persist();
+        }
         self.cpu.sample(now, procfs::cpu_seconds(std::process::id()));
         let mut overdue = Vec::new();
         for (pid, worker) in &mut self.workers {
@@ -519,6 +583,14 @@ impl Master {
         let now = Instant::now();
         let epoch = self.started;
         let since = |t: Instant| t.saturating_duration_since(epoch);
+        let replacing = |channel: &str| {
+            self.workers
+                .values()
+                .any(|w| w.channel == channel && matches!(w.stopping, Some((Stopping::Replace, _))))
+        };
+        let running = |channel: &str| {
+            self.workers.values().any(|w| w.channel == channel && w.stopping.is_none())
+        };
         let seeds: Vec<SeedView> = self
             .seeds
             .iter()
@@ -527,13 +599,17 @@ impl Master {
                 priority: s.item.priority,
                 keep_alive: s.item.keep_alive,
                 max_connections: s.item.max_connections,
-                restarting: s.retry_at.is_some_and(|at| at > now)
-                    && !self
-                        .workers
-                        .values()
-                        .any(|w| w.channel == s.item.channel && w.stopping.is_none()),
+                // A replacement starts once the old worker has exited: never two
+                // workers of one seed in a swarm by accident.
+                restarting: !running(&s.item.channel)
+                    && (s.retry_at.is_some_and(|at| at > now) || replacing(&s.item.channel)),
             })
             .collect();
+        let leaving = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.stopping, Some((Stopping::Retire, _))))
+            .count();
         let workers: Vec<WorkerView> = self
             .workers
             .iter()
@@ -546,7 +622,8 @@ impl Master {
             })
             .collect();
         let capacity = self.capacity();
-        for action in scheduler::plan(since(now), &seeds, &workers, capacity, &self.config.rules) {
+        let rules = &self.config.rules;
+        for action in scheduler::plan(since(now), &seeds, &workers, leaving, capacity, rules) {
             match action {
                 Action::Spawn { channel } => self.spawn_worker(&channel),
                 Action::Stop { pid, reason } => {
@@ -688,14 +765,15 @@ impl Master {
         policy: Arc<ActivePolicy>,
         channel: Option<String>,
     ) -> Result<usize, MasterError> {
-        match &channel {
+        let channel = match channel {
             Some(channel) => {
                 let seed = self
                     .seeds
                     .iter_mut()
-                    .find(|s| &s.item.channel == channel)
-                    .ok_or_else(|| MasterError::NoSuchChannel(channel.clone()))?;
+                    .find(|s| seeds::same_channel(&s.item.channel, &channel))
+                    .ok_or(MasterError::NoSuchChannel(channel))?;
                 seed.policy = Some(policy.clone());
+                Some(seed.item.channel.clone())
             }
             None => {
                 let old = std::mem::replace(&mut self.policy, policy.clone());
@@ -703,8 +781,9 @@ impl Master {
                 for seed in &mut self.seeds {
                     seed.policy = None;
                 }
+                None
             }
-        }
+        };
         let mut asked = 0;
         for worker in self.workers.values() {
             if worker.stopping.is_none() && channel.as_ref().is_none_or(|c| c == &worker.channel) {
@@ -832,7 +911,9 @@ fn spawn_process(
     let _ = to_worker.try_send(ToWorker::Start(Box::new(start)));
     tokio::spawn(async move {
         while let Some(message) = inbox.recv().await {
-            if write_frame(&mut stdin, &message).await.is_err() {
+            let last = matches!(message, ToWorker::Stop);
+            // After `stop` the pipe closes too, so the worker's reader ends either way.
+            if write_frame(&mut stdin, &message).await.is_err() || last {
                 break;
             }
         }
@@ -852,9 +933,9 @@ fn spawn_process(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    // A worker that garbles its channel is no use: end it, so it is
-                    // restarted.
-                    tracing::warn!(pid, error = %e, "bad message from worker");
+                    // A worker that garbles its channel is no use: have it ended, so it
+                    // is restarted.
+                    let _ = reader_master.send(Message::ChannelBroken(pid, e.to_string())).await;
                     break;
                 }
             }

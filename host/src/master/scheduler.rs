@@ -38,8 +38,8 @@ pub struct SeedView {
     pub priority: i64,
     pub keep_alive: bool,
     pub max_connections: u32,
-    /// A crashed worker of this seed is waiting out its restart back-off: no new one
-    /// yet, and it still holds its place.
+    /// A worker of this seed is being replaced (crashed and waiting out its back-off,
+    /// or restarting on request): no new one yet, and it still holds its place.
     pub restarting: bool,
 }
 
@@ -72,27 +72,31 @@ pub enum StopReason {
     Displaced,
 }
 
-/// How many workers this machine takes: one per core, within memory, within the
-/// operator's limits (`maxWorkers`, `/ping`'s `workers`) and bandwidth.
+/// How many workers this machine takes: one per core unless the operator says how many
+/// (`maxWorkers`), within memory and bandwidth, and within `/ping`'s `workers`.
 pub fn capacity(
     cores: usize,
+    max_workers: Option<usize>,
     memory_bytes: u64,
     memory_per_worker: u64,
     bandwidth_mbps: Option<u64>,
     mbps_per_worker: u64,
-    limits: &[Option<usize>],
+    ping_workers: Option<usize>,
 ) -> usize {
     let by_memory = (memory_bytes / memory_per_worker.max(1)) as usize;
     let by_bandwidth =
         bandwidth_mbps.map_or(usize::MAX, |b| b.div_ceil(mbps_per_worker.max(1)) as usize);
-    limits.iter().flatten().copied().fold(cores.min(by_memory).min(by_bandwidth), usize::min).max(1)
+    let base = max_workers.unwrap_or(cores);
+    base.min(by_memory).min(by_bandwidth).min(ping_workers.unwrap_or(usize::MAX)).max(1)
 }
 
 /// What to change so that the workers fit the seeds, the capacity and the rules.
+/// `leaving` is how many workers are on their way out: their slots are not free yet.
 pub fn plan(
     now: Duration,
     seeds: &[SeedView],
     workers: &[WorkerView],
+    leaving: usize,
     capacity: usize,
     rules: &Rules,
 ) -> Vec<Action> {
@@ -138,7 +142,15 @@ pub fn plan(
     let mut order: Vec<&SeedView> =
         seeds.iter().filter(|s| !unseeded.contains(&s.channel.as_str())).collect();
     order.sort_by_key(|s| std::cmp::Reverse(s.priority));
-    let mut used = running.len() + seeds.iter().filter(|s| s.restarting).count();
+    let held = seeds.iter().filter(|s| s.restarting).count() + leaving;
+    // Over capacity (the operator lowered a limit): the lowest priority goes first,
+    // extra workers before a channel's only one.
+    while running.len() + held > capacity {
+        let Some(pid) = lowest(&running, seeds, i64::MAX) else { break };
+        actions.push(Action::Stop { pid, reason: StopReason::Displaced });
+        running.retain(|w| w.pid != pid);
+    }
+    let mut used = running.len() + held;
     for seed in order {
         if seed.restarting {
             continue;
@@ -156,25 +168,27 @@ pub fn plan(
         if used < capacity {
             used += 1;
         } else {
-            // Take the slot of the lowest-priority worker below this seed, preferring a
-            // channel's extra worker over its only one.
-            let victim = running
-                .iter()
-                .copied()
-                .filter_map(|w| seed_of(&w.channel).map(|s| (w, s.priority)))
-                .filter(|(_, priority)| *priority < seed.priority)
-                .min_by_key(|(w, priority)| {
-                    let alone = running.iter().filter(|o| o.channel == w.channel).count() == 1;
-                    (*priority, alone)
-                })
-                .map(|(w, _)| w.pid);
-            let Some(pid) = victim else { continue };
+            let Some(pid) = lowest(&running, seeds, seed.priority) else { continue };
             actions.push(Action::Stop { pid, reason: StopReason::Displaced });
             running.retain(|w| w.pid != pid);
         }
         actions.push(Action::Spawn { channel: seed.channel.clone() });
     }
     actions
+}
+
+/// The worker to give up first among those of priority below `below`: the lowest
+/// priority, and a channel's extra worker before its only one.
+fn lowest(running: &[&WorkerView], seeds: &[SeedView], below: i64) -> Option<u32> {
+    running
+        .iter()
+        .filter_map(|w| seeds.iter().find(|s| s.channel == w.channel).map(|s| (w, s.priority)))
+        .filter(|(_, priority)| *priority < below)
+        .min_by_key(|(w, priority)| {
+            let alone = running.iter().filter(|o| o.channel == w.channel).count() == 1;
+            (*priority, alone)
+        })
+        .map(|(w, _)| w.pid)
 }
 
 #[cfg(test)]
@@ -204,10 +218,13 @@ mod tests {
     #[test]
     fn every_seed_gets_a_worker_in_priority_order_within_capacity() {
         let seeds = [seed("low", 1), seed("high", 300), seed("mid", 100)];
-        assert_eq!(plan(NOW, &seeds, &[], 2, &Rules::default()), vec![spawn("high"), spawn("mid")]);
+        assert_eq!(
+            plan(NOW, &seeds, &[], 0, 2, &Rules::default()),
+            vec![spawn("high"), spawn("mid")]
+        );
         let running = [worker(1, "high", 3), worker(2, "mid", 3)];
         assert_eq!(
-            plan(NOW, &seeds, &running, 2, &Rules::default()),
+            plan(NOW, &seeds, &running, 0, 2, &Rules::default()),
             vec![],
             "no displacement upwards"
         );
@@ -218,12 +235,12 @@ mod tests {
         let seeds = [seed("a", 50), seed("b", 10), seed("new", 100)];
         let running = [worker(1, "a", 5), worker(2, "b", 5)];
         assert_eq!(
-            plan(NOW, &seeds, &running, 2, &Rules::default()),
+            plan(NOW, &seeds, &running, 0, 2, &Rules::default()),
             vec![Action::Stop { pid: 2, reason: StopReason::Displaced }, spawn("new")]
         );
         let equal = [seed("a", 50), seed("b", 100), seed("new", 50)];
         assert_eq!(
-            plan(NOW, &equal, &running, 2, &Rules::default()),
+            plan(NOW, &equal, &running, 0, 2, &Rules::default()),
             vec![],
             "equal priority waits"
         );
@@ -233,13 +250,13 @@ mod tests {
     fn a_full_channel_gets_another_worker_and_an_idle_extra_one_goes() {
         let seeds = [seed("a", 100)];
         let busy = [worker(1, "a", 9)];
-        assert_eq!(plan(NOW, &seeds, &busy, 4, &Rules::default()), vec![spawn("a")]);
+        assert_eq!(plan(NOW, &seeds, &busy, 0, 4, &Rules::default()), vec![spawn("a")]);
         let half = [worker(1, "a", 9), worker(2, "a", 4)];
-        assert_eq!(plan(NOW, &seeds, &half, 4, &Rules::default()), vec![]);
+        assert_eq!(plan(NOW, &seeds, &half, 0, 4, &Rules::default()), vec![]);
         let mut idle = worker(2, "a", 0);
         idle.idle_since = Some(NOW - Duration::from_secs(601));
         assert_eq!(
-            plan(NOW, &seeds, &[worker(1, "a", 5), idle], 4, &Rules::default()),
+            plan(NOW, &seeds, &[worker(1, "a", 5), idle], 0, 4, &Rules::default()),
             vec![Action::Stop { pid: 2, reason: StopReason::Idle }]
         );
     }
@@ -250,32 +267,50 @@ mod tests {
         idle.idle_since = Some(NOW - Duration::from_secs(599));
         let seeds = [seed("a", 100)];
         assert_eq!(
-            plan(NOW, &seeds, &[idle.clone()], 4, &Rules::default()),
+            plan(NOW, &seeds, &[idle.clone()], 0, 4, &Rules::default()),
             vec![],
             "still in grace"
         );
         idle.idle_since = Some(NOW - Duration::from_secs(600));
         assert_eq!(
-            plan(NOW, &seeds, &[idle.clone()], 4, &Rules::default()),
+            plan(NOW, &seeds, &[idle.clone()], 0, 4, &Rules::default()),
             vec![Action::Unseed { channel: "a".into(), reason: StopReason::Idle }]
         );
         let kept = [SeedView { keep_alive: true, ..seed("a", 100) }];
-        assert_eq!(plan(NOW, &kept, &[idle], 4, &Rules::default()), vec![]);
+        assert_eq!(plan(NOW, &kept, &[idle], 0, 4, &Rules::default()), vec![]);
+    }
+
+    #[test]
+    fn lowering_capacity_stops_the_lowest_priority_first() {
+        let seeds = [seed("a", 50), seed("b", 10), seed("c", 100)];
+        let running = [worker(1, "a", 5), worker(2, "b", 5), worker(3, "c", 5), worker(4, "c", 9)];
+        let stop = |pid| Action::Stop { pid, reason: StopReason::Displaced };
+        assert_eq!(plan(NOW, &seeds, &running, 0, 2, &Rules::default()), vec![stop(2), stop(1)]);
+        assert_eq!(
+            plan(NOW, &seeds, &running, 1, 4, &Rules::default()),
+            vec![stop(2)],
+            "a worker still leaving holds its slot"
+        );
     }
 
     #[test]
     fn a_restarting_seed_keeps_its_slot() {
         let seeds = [SeedView { restarting: true, ..seed("crashed", 100) }, seed("other", 1)];
-        assert_eq!(plan(NOW, &seeds, &[], 1, &Rules::default()), vec![]);
+        assert_eq!(plan(NOW, &seeds, &[], 0, 1, &Rules::default()), vec![]);
     }
 
     #[test]
     fn capacity_is_the_tightest_limit() {
         let gib = 1 << 30;
-        assert_eq!(capacity(8, 64 * gib, gib / 2, None, 200, &[None]), 8);
-        assert_eq!(capacity(8, 2 * gib, gib / 2, None, 200, &[None]), 4);
-        assert_eq!(capacity(8, 64 * gib, gib / 2, Some(500), 200, &[None]), 3);
-        assert_eq!(capacity(8, 64 * gib, gib / 2, None, 200, &[Some(2), Some(5)]), 2);
-        assert_eq!(capacity(8, 0, gib / 2, None, 200, &[Some(0)]), 1, "never below one");
+        assert_eq!(capacity(8, None, 64 * gib, gib / 2, None, 200, None), 8);
+        assert_eq!(capacity(8, None, 2 * gib, gib / 2, None, 200, None), 4);
+        assert_eq!(capacity(8, None, 64 * gib, gib / 2, Some(500), 200, None), 3);
+        assert_eq!(capacity(8, Some(5), 64 * gib, gib / 2, None, 200, Some(2)), 2);
+        assert_eq!(
+            capacity(2, Some(6), 64 * gib, gib / 2, None, 200, None),
+            6,
+            "the operator knows"
+        );
+        assert_eq!(capacity(8, None, 0, gib / 2, None, 200, Some(0)), 1, "never below one");
     }
 }

@@ -163,6 +163,12 @@ pub fn decode_channel(channel: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "decodes to bytes that are not UTF-8".to_string())
 }
 
+/// Whether two channel ids name the same swarm, however each is spelled (alphabet,
+/// padding, whitespace).
+pub fn same_channel(a: &str, b: &str) -> bool {
+    a == b || matches!((decode_channel(a), decode_channel(b)), (Ok(x), Ok(y)) if x == y)
+}
+
 /// The persisted list of seeds, in the data directory.
 #[derive(Debug, Clone)]
 pub struct SeedStore {
@@ -177,6 +183,8 @@ pub enum StoreError {
     Parse { path: String, source: serde_json::Error },
     #[error("could not write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("{path} is locked: another superpeer uses this data directory")]
+    Locked { path: String },
 }
 
 impl SeedStore {
@@ -186,6 +194,23 @@ impl SeedStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the data directory for this process (creating it), so two masters never
+    /// run the same seeds. The lock lasts as long as the returned file.
+    pub fn lock(&self) -> Result<std::fs::File, StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let lock = dir.join(".lock");
+        let path = lock.display().to_string();
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Write { path: path.clone(), source })?;
+        let file = std::fs::File::create(&lock)
+            .map_err(|source| StoreError::Write { path: path.clone(), source })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Write { path, source }),
+        }
     }
 
     /// The saved seeds; none if nothing was ever saved.
@@ -249,6 +274,8 @@ mod tests {
             assert_eq!(decode_channel(channel).as_deref(), Ok(id), "{channel}");
         }
         assert!(decode_channel("not base64!").is_err());
+        assert!(same_channel("aHR0cDovL28uZXhhbXBsZS9hPz4+Pw==", "aHR0cDovL28uZXhhbXBsZS9hPz4-Pw"));
+        assert!(!same_channel("YQ", "Yg"));
     }
 
     #[test]
@@ -293,6 +320,10 @@ mod tests {
         assert_eq!(store.load().unwrap(), seeds);
         store.save(&seeds[..1]).unwrap();
         assert_eq!(store.load().unwrap(), seeds[..1]);
+        let held = store.lock().unwrap();
+        assert!(matches!(store.lock(), Err(StoreError::Locked { .. })));
+        drop(held);
+        store.lock().unwrap();
         assert!(!store.path().with_extension("json.tmp").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
