@@ -450,3 +450,72 @@ fn an_idle_seed_is_evicted_after_its_grace_period_unless_kept_alive() {
     assert_eq!(saved[0]["channel"], kept);
     master.stop();
 }
+
+#[test]
+fn channel_ids_match_in_any_spelling_and_stop_works_by_channel() {
+    use base64::Engine as _;
+    let dir = data_dir("spelling");
+    let master = Superpeer::start(&dir);
+    // Bytes that differ between the standard and URL-safe alphabets.
+    let id = "http://127.0.0.1:9/a?>>?/master.m3u8";
+    let standard = base64::engine::general_purpose::STANDARD.encode(id);
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    assert_ne!(standard, url_safe);
+    master.ok("POST", "/seed", json!({"list": [{"channel": standard, "keepAlive": true}]}));
+    let answer = master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": url_safe, "keepAlive": true, "label": "again"}]}),
+    );
+    assert_eq!(answer["seeds"], 1, "the same swarm, spelled differently, is one seed");
+    let stats = master.wait_for("its worker", |s| one_worker(s, &standard).is_some());
+    let pid = one_worker(&stats, &standard).unwrap();
+    assert!(
+        master.ok("GET", &format!("/stats/{url_safe}"), Value::Null)["workers"][pid.to_string()]
+            .is_object()
+    );
+
+    assert_eq!(
+        master.ok("POST", &format!("/stop/{url_safe}"), Value::Null),
+        json!({"stopped": standard})
+    );
+    master.wait_for("no workers", |s| s["workers"].as_object().unwrap().is_empty());
+    assert!(exits(pid));
+    let (status, body) = master.request("POST", &format!("/stop/{url_safe}"), b"");
+    assert_eq!(status, 404, "{body}");
+    master.stop();
+}
+
+#[test]
+fn a_second_master_on_the_same_data_directory_is_refused() {
+    let dir = data_dir("lock");
+    let first = Superpeer::start(&dir);
+    let second = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+        .args(["serve", "--port", "0", "--bind", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(&*dir)
+        .arg("--env-file")
+        .arg(dir.join("absent.env"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another superpeer uses this data directory"), "{stderr}");
+    first.stop();
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    let dir = data_dir("config");
+    std::fs::write(dir.join(".env"), "listenPort=eighty\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+        .args(["serve", "--env-file"])
+        .arg(dir.join(".env"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`listenPort`") && stderr.contains("not a number"), "{stderr}");
+}
