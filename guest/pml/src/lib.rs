@@ -9,6 +9,7 @@
 //! It must stay free of I/O: it only returns commands.
 
 mod trackers;
+pub mod wire;
 
 use superpeer_guest::{Command, Event, HostState, Policy, PolicyInfo, SeedConfig};
 use trackers::Trackers;
