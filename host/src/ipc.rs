@@ -66,6 +66,11 @@ pub struct WorkerReport {
     /// Bytes fetched from the origin since the worker started.
     pub downloaded: u64,
     pub disk_cache_size: u64,
+    /// Tracker connections open.
+    pub trackers: u32,
+    /// Segments held, and their bytes in memory.
+    pub segments: u32,
+    pub memory_cache_size: u64,
     pub policy: PolicyStats,
 }
 

@@ -12,15 +12,13 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::dataplane::{DataPlane, DataPlaneLimits};
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
-use crate::policy::wire::{Command, Event, FetchFailed, PeerClosed, SeedConfig, TrackerClosed};
+use crate::policy::wire::{Event, SeedConfig};
 use crate::policy::{Clock, PolicyEngine, PolicyRunner};
 
 /// How often the worker reports its figures to the master.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// Why network commands fail in this version: the data plane is not built yet.
-const NO_DATA_PLANE: &str = "not available: this superpeer version has no data plane yet";
 
 /// Runs a worker on this process's stdin and stdout until the master says stop or
 /// goes away.
@@ -68,6 +66,7 @@ where
         }
     });
 
+    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default());
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut events: Vec<Event> = Vec::new();
     loop {
@@ -75,7 +74,7 @@ where
         events.extend(runner.take_due_timers(now.monotonic));
         if !events.is_empty() || runner.wants_turn(now.monotonic) {
             let commands = runner.handle(now, std::mem::take(&mut events));
-            events = carry_out(commands);
+            events = commands.into_iter().flat_map(|c| plane.carry_out(c)).collect();
             if !events.is_empty() {
                 // Let the master's messages in between turns that feed each other.
                 tokio::task::yield_now().await;
@@ -97,13 +96,17 @@ where
                 Some(Ok(Some(ToWorker::Stop))) | Some(Ok(None)) | None => break,
                 Some(Err(e)) => bail!("the master's channel failed: {e}"),
             },
+            Some(happened) = io.recv() => events.extend(plane.on_io(happened)),
             () = sleep_until(wake) => {}
             _ = report.tick() => {
                 let figures = WorkerReport {
                     viewers: runner.tables().peer_count() as u32,
                     uploaded: 0,
-                    downloaded: 0,
+                    downloaded: plane.downloaded(),
                     disk_cache_size: 0,
+                    trackers: plane.trackers_open() as u32,
+                    segments: plane.store().len() as u32,
+                    memory_cache_size: plane.store().bytes(),
                     policy: runner.stats(),
                 };
                 write_frame(&mut output, &FromWorker::Report(Box::new(figures))).await?;
@@ -137,48 +140,4 @@ fn seed_config(start: &WorkerStart) -> SeedConfig {
             ("noUseDiskCache".into(), seed.no_use_disk_cache.to_string()),
         ],
     }
-}
-
-/// Carries out admitted commands; returns the events they cause at once. Timers need
-/// nothing here (the runner's tables hold them). Commands that need the network fail
-/// with the event the policy would get for a failed connection or fetch.
-fn carry_out(commands: Vec<Command>) -> Vec<Event> {
-    let reason = || NO_DATA_PLANE.to_string();
-    commands
-        .into_iter()
-        .filter_map(|command| match command {
-            Command::TrackerConnect(c) => {
-                Some(Event::TrackerClosed(TrackerClosed { conn: c.conn, reason: reason() }))
-            }
-            Command::PeerOffer(peer) => {
-                Some(Event::PeerClosed(PeerClosed { peer, reason: reason() }))
-            }
-            Command::PeerAnswer(a) => {
-                Some(Event::PeerClosed(PeerClosed { peer: a.peer, reason: reason() }))
-            }
-            Command::FetchText(f) => Some(Event::FetchFailed(FetchFailed {
-                fetch: f.fetch,
-                status: None,
-                reason: reason(),
-            })),
-            Command::FetchSegment(f) => Some(Event::FetchFailed(FetchFailed {
-                fetch: f.fetch,
-                status: None,
-                reason: reason(),
-            })),
-            // Nothing can be open or cached without a data plane, so the runner admits
-            // none of these; timers live in its tables.
-            Command::TrackerSend(_)
-            | Command::TrackerClose(_)
-            | Command::PeerAcceptAnswer(_)
-            | Command::PeerSend(_)
-            | Command::ServeSegment(_)
-            | Command::CancelServe(_)
-            | Command::PeerClose(_)
-            | Command::FetchCancel(_)
-            | Command::Evict(_)
-            | Command::TimerSet(_)
-            | Command::TimerCancel(_) => None,
-        })
-        .collect()
 }

@@ -214,6 +214,11 @@ pub struct WorkerStats {
     /// Resident memory, bytes, measured from /proc.
     pub memory: u64,
     pub peers: u32,
+    /// Tracker connections open.
+    pub trackers: u32,
+    /// Segments held in memory, and their bytes.
+    pub segments: u32,
+    pub memory_cache_size: u64,
     /// CPU use over the last tick, percent of one core, measured from /proc.
     pub cpu: f64,
     /// Times this seed's worker died and was restarted.
@@ -830,6 +835,9 @@ impl Master {
                     disk_cache_size: w.report.disk_cache_size,
                     memory: w.memory,
                     peers: w.report.viewers,
+                    trackers: w.report.trackers,
+                    segments: w.report.segments,
+                    memory_cache_size: w.report.memory_cache_size,
                     cpu: w.cpu.percent,
                     restarts: seed.map_or(0, |s| s.restarts),
                     policy: w.policy.clone(),

@@ -1,0 +1,210 @@
+//! The worker's data plane against real local servers on ports chosen by the OS: an
+//! HTTP origin that counts its requests, and a WebSocket tracker.
+
+// Helpers panic on purpose: a broken fixture should fail the test that uses it.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
+use superpeer::policy::wire::{
+    ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, TrackerConnect, TrackerSend,
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const SEGMENT: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// An origin on 127.0.0.1:0: a playlist, a segment (ranges honoured), a 404, a 500
+/// and a large file. Returns its base URL and its request counter.
+async fn origin() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let count = |hits: Arc<AtomicUsize>| move || hits.fetch_add(1, Ordering::SeqCst);
+    let (h1, h2, h3, h4) =
+        (count(hits.clone()), count(hits.clone()), count(hits.clone()), count(hits.clone()));
+    let app = Router::new()
+        .route(
+            "/live.m3u8",
+            get(move || async move {
+                h1();
+                "#EXTM3U\n#EXTINF:2,\nseg0.ts\n"
+            }),
+        )
+        .route(
+            "/seg0.ts",
+            get(move |headers: HeaderMap| async move {
+                h2();
+                let range = headers.get("range").and_then(|v| v.to_str().ok()).and_then(|r| {
+                    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+                match range {
+                    Some((a, b)) => (StatusCode::PARTIAL_CONTENT, SEGMENT[a..=b].to_vec()),
+                    None => (StatusCode::OK, SEGMENT.to_vec()),
+                }
+            }),
+        )
+        .route(
+            "/broken",
+            get(move || async move {
+                h3();
+                StatusCode::INTERNAL_SERVER_ERROR
+            }),
+        )
+        .route(
+            "/big",
+            get(move || async move {
+                h4();
+                vec![7u8; 4096]
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}
+
+fn limits() -> DataPlaneLimits {
+    DataPlaneLimits {
+        max_segment_bytes: 1024,
+        fetch_attempts: 3,
+        connect_timeout: Duration::from_secs(10),
+        ..DataPlaneLimits::default()
+    }
+}
+
+/// The next event the policy would get.
+async fn next(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> Event {
+    loop {
+        let happened =
+            tokio::time::timeout(Duration::from_secs(30), io.recv()).await.unwrap().unwrap();
+        if let Some(event) = plane.on_io(happened) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn fetches_playlists_and_segments_from_the_origin() {
+    let (base, hits) = origin().await;
+    let (mut plane, mut io) = DataPlane::new(limits());
+
+    plane.carry_out(Command::FetchText(FetchText { fetch: 1, url: format!("{base}/live.m3u8") }));
+    let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else { panic!("no playlist") };
+    assert_eq!(playlist.fetch, 1);
+    assert_eq!(playlist.text, "#EXTM3U\n#EXTINF:2,\nseg0.ts\n");
+    assert_eq!(playlist.url, format!("{base}/live.m3u8"));
+
+    let range = Some(ByteRange { start: 10, end: 20 });
+    let url = format!("{base}/seg0.ts");
+    plane.carry_out(Command::FetchSegment(FetchSegment {
+        fetch: 2,
+        url,
+        range,
+        tier: CacheTier::Memory,
+    }));
+    let Event::SegmentStored(stored) = next(&mut plane, &mut io).await else {
+        panic!("no segment")
+    };
+    assert_eq!((stored.fetch, stored.segment.size, stored.segment.range), (2, 10, range));
+    let bytes = plane.store().get(stored.segment.handle).unwrap();
+    assert_eq!(bytes.as_ref(), &SEGMENT[10..20], "the stored bytes are the origin's");
+    assert_eq!(plane.downloaded(), playlist.text.len() as u64 + 10);
+
+    // Eviction drops the bytes and says so.
+    let evicted = plane.carry_out(Command::Evict(stored.segment.handle));
+    assert_eq!(evicted, vec![Event::SegmentEvicted(stored.segment.handle)]);
+    assert!(plane.store().is_empty());
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "one request per fetch");
+}
+
+#[tokio::test]
+async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
+    let (base, hits) = origin().await;
+    let (mut plane, mut io) = DataPlane::new(limits());
+    let segment = |fetch, path: &str| {
+        Command::FetchSegment(FetchSegment {
+            fetch,
+            url: format!("{base}{path}"),
+            range: None,
+            tier: CacheTier::Memory,
+        })
+    };
+
+    plane.carry_out(segment(1, "/missing"));
+    let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(failed.status, Some(404));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "unrouted paths are not counted");
+
+    plane.carry_out(segment(2, "/broken"));
+    let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!((failed.fetch, failed.status), (2, Some(500)));
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "a 5xx is retried up to the attempt limit");
+
+    plane.carry_out(segment(3, "/big"));
+    let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
+    assert!(failed.reason.contains("1024-byte limit"), "{}", failed.reason);
+    assert!(plane.store().is_empty());
+
+    let refused = format!("http://127.0.0.1:{}/x", closed_port());
+    plane.carry_out(Command::FetchText(FetchText { fetch: 4, url: refused }));
+    let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!((failed.fetch, failed.status), (4, None));
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn tracker_texts_flow_both_ways_and_closes_are_reported() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let hello = socket.next().await.unwrap().unwrap();
+        socket.send(Message::text(format!("echo {}", hello.to_text().unwrap()))).await.unwrap();
+        socket.close(None).await.unwrap();
+    });
+    let (mut plane, mut io) = DataPlane::new(limits());
+    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 9, url }));
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(9));
+    assert_eq!(plane.trackers_open(), 1);
+    plane.carry_out(Command::TrackerSend(TrackerSend { conn: 9, text: "announce".into() }));
+    let Event::TrackerText(text) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!((text.conn, text.text.as_str()), (9, "echo announce"));
+    let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(closed.conn, 9);
+    assert_eq!(plane.trackers_open(), 0);
+    server.await.unwrap();
+
+    let refused = format!("ws://127.0.0.1:{}", closed_port());
+    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 10, url: refused }));
+    let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
+    assert!(closed.reason.contains("could not connect"), "{}", closed.reason);
+}
+
+#[tokio::test]
+async fn an_oversized_tracker_frame_closes_only_that_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let _ = socket.send(Message::text("x".repeat(128 << 10))).await;
+        let _ = socket.next().await;
+    });
+    let (mut plane, mut io) = DataPlane::new(limits());
+    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 1, url }));
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(1));
+    let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
+    assert!(closed.reason.contains("failed"), "{}", closed.reason);
+}
