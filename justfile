@@ -22,8 +22,12 @@ lint: setup
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo clippy --workspace --all-targets --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
 
+# The third-party parts tests run against (a WebTorrent tracker), from npm.
+node-deps:
+    [ -d tests/support/node_modules/bittorrent-tracker ] || npm ci --ignore-scripts --no-audit --no-fund --prefix tests/support
+
 # Lint, then every test: host unit and integration tests, guest logic natively.
-test: lint
+test: lint node-deps
     cargo test --workspace --locked
     cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 

@@ -96,7 +96,9 @@ async fn fetches_playlists_and_segments_from_the_origin() {
     let (mut plane, mut io) = DataPlane::new(limits());
 
     plane.carry_out(Command::FetchText(FetchText { fetch: 1, url: format!("{base}/live.m3u8") }));
-    let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else { panic!("no playlist") };
+    let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else {
+        panic!("no playlist")
+    };
     assert_eq!(playlist.fetch, 1);
     assert_eq!(playlist.text, "#EXTM3U\n#EXTINF:2,\nseg0.ts\n");
     assert_eq!(playlist.url, format!("{base}/live.m3u8"));

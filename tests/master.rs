@@ -519,3 +519,70 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`listenPort`") && stderr.contains("not a number"), "{stderr}");
 }
+
+/// A real bittorrent-tracker (WebSocket) on a port the OS picked.
+struct Tracker {
+    child: Child,
+    url: String,
+}
+
+impl Tracker {
+    fn start() -> Tracker {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/tracker.mjs");
+        let modules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/support/node_modules/bittorrent-tracker"
+        );
+        assert!(
+            Path::new(modules).is_dir(),
+            "bittorrent-tracker is not installed: run `just node-deps`"
+        );
+        let mut child = Command::new("node")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node is needed for the tracker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut tracker = Tracker { child, url: String::new() };
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("tracker said {line:?}"));
+        tracker.url = format!("ws://127.0.0.1:{port}");
+        tracker
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_worker_keeps_a_connection_to_a_real_tracker() {
+    let dir = data_dir("tracker");
+    let tracker = Tracker::start();
+    let live = channel("live");
+    let master = Superpeer::start(&dir);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": live, "keepAlive": true, "signal1": tracker.url}]}),
+    );
+    let stats = master.wait_for("a tracker connection", |s| {
+        workers_of(s, &live).first().is_some_and(|(_, w)| w["trackers"] == 1)
+    });
+    let (_, worker) = workers_of(&stats, &live).remove(0);
+    assert_eq!(worker["policyStats"]["faults"], 0);
+
+    // The tracker goes away: the connection is reported closed.
+    drop(tracker);
+    master.wait_for("the tracker connection gone", |s| {
+        workers_of(s, &live).first().is_some_and(|(_, w)| w["trackers"] == 0)
+    });
+    master.stop();
+}
