@@ -8,6 +8,7 @@
 //!
 //! It must stay free of I/O: it only returns commands.
 
+pub mod announce;
 pub mod swarm;
 mod trackers;
 pub mod wire;

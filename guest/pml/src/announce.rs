@@ -1,0 +1,236 @@
+//! The WebTorrent tracker protocol as p2p-media-loader viewers speak it over WebSocket:
+//! announces, relayed offers and answers, and the tracker's replies.
+//!
+//! Pure: builds and reads JSON texts. Ids are 20-character strings (the info hash is
+//! base64 text, peer ids are ASCII); offer ids may hold any character and are passed
+//! back untouched.
+
+use serde::{Deserialize, Serialize};
+
+/// How many peers to ask for: viewers ask for 5; a super peer only answers.
+pub const NUMWANT: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceEvent {
+    Started,
+    Stopped,
+    Completed,
+}
+
+#[derive(Debug, Serialize)]
+struct Announce<'a> {
+    action: &'static str,
+    info_hash: &'a str,
+    peer_id: &'a str,
+    numwant: u32,
+    uploaded: u64,
+    downloaded: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<AnnounceEvent>,
+    offers: [(); 0],
+}
+
+/// An announce with no offers of its own: viewers' offers come to us.
+pub fn announce(
+    info_hash: &str,
+    peer_id: &str,
+    event: Option<AnnounceEvent>,
+    uploaded: u64,
+    downloaded: u64,
+) -> String {
+    let message = Announce {
+        action: "announce",
+        info_hash,
+        peer_id,
+        numwant: NUMWANT,
+        uploaded,
+        downloaded,
+        event,
+        offers: [],
+    };
+    serde_json::to_string(&message).unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct Sdp<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sdp: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct Answer<'a> {
+    action: &'static str,
+    info_hash: &'a str,
+    peer_id: &'a str,
+    to_peer_id: &'a str,
+    answer: Sdp<'a>,
+    offer_id: &'a str,
+}
+
+/// Our SDP answer to a viewer's relayed offer.
+pub fn answer(
+    info_hash: &str,
+    peer_id: &str,
+    to_peer_id: &str,
+    offer_id: &str,
+    sdp: &str,
+) -> String {
+    let message = Answer {
+        action: "announce",
+        info_hash,
+        peer_id,
+        to_peer_id,
+        answer: Sdp { kind: "answer", sdp },
+        offer_id,
+    };
+    serde_json::to_string(&message).unwrap_or_default()
+}
+
+/// What a tracker text means to a super peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerMessage {
+    /// A viewer's offer, relayed: answer it through the same tracker.
+    Offer {
+        info_hash: String,
+        peer_id: String,
+        offer_id: String,
+        sdp: String,
+    },
+    /// The tracker acknowledged an announce: announce again after `interval` seconds.
+    Interval {
+        info_hash: String,
+        interval: u64,
+        complete: Option<u64>,
+        incomplete: Option<u64>,
+    },
+    /// An answer to an offer we did not make, or another message of no use to us.
+    Ignored,
+    /// The tracker refused something.
+    Failure(String),
+    Warning(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Incoming {
+    action: Option<String>,
+    info_hash: Option<String>,
+    peer_id: Option<String>,
+    offer_id: Option<String>,
+    offer: Option<SdpIn>,
+    interval: Option<u64>,
+    complete: Option<u64>,
+    incomplete: Option<u64>,
+    #[serde(rename = "failure reason")]
+    failure: Option<String>,
+    #[serde(rename = "warning message")]
+    warning: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SdpIn {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    sdp: Option<String>,
+}
+
+/// Reads a tracker text; malformed text is an error (the connection's problem, not
+/// the policy's).
+pub fn parse(text: &str) -> Result<TrackerMessage, String> {
+    let incoming: Incoming = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(reason) = incoming.failure {
+        return Ok(TrackerMessage::Failure(reason));
+    }
+    if incoming.action.as_deref() != Some("announce") {
+        return Ok(incoming.warning.map_or(TrackerMessage::Ignored, TrackerMessage::Warning));
+    }
+    let info_hash = incoming.info_hash.ok_or("announce without info_hash")?;
+    if let Some(offer) = incoming.offer {
+        let sdp = match (offer.kind.as_deref(), offer.sdp) {
+            (Some("offer"), Some(sdp)) => sdp,
+            _ => return Err("offer without an SDP offer".into()),
+        };
+        return Ok(TrackerMessage::Offer {
+            info_hash,
+            peer_id: incoming.peer_id.ok_or("offer without peer_id")?,
+            offer_id: incoming.offer_id.ok_or("offer without offer_id")?,
+            sdp,
+        });
+    }
+    if let Some(interval) = incoming.interval {
+        return Ok(TrackerMessage::Interval {
+            info_hash,
+            interval,
+            complete: incoming.complete,
+            incomplete: incoming.incomplete,
+        });
+    }
+    Ok(incoming.warning.map_or(TrackerMessage::Ignored, TrackerMessage::Warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_announces_and_answers_viewers_understand() {
+        let text = announce(
+            "G4P1wGSZYicnoIPenKa8",
+            "-PM0203-abcdefghijkl",
+            Some(AnnounceEvent::Started),
+            1,
+            2,
+        );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["action"], "announce");
+        assert_eq!(json["info_hash"], "G4P1wGSZYicnoIPenKa8");
+        assert_eq!(json["event"], "started");
+        assert_eq!(json["offers"], serde_json::json!([]));
+        assert_eq!((json["uploaded"].clone(), json["downloaded"].clone()), (1.into(), 2.into()));
+        let again = announce("h", "p", None, 0, 0);
+        assert!(!again.contains("event"), "{again}");
+
+        let text = answer("h", "me", "them", "ofr\u{00ff}\u{0001}", "v=0\r\n");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["answer"], serde_json::json!({"type": "answer", "sdp": "v=0\r\n"}));
+        assert_eq!(json["offer_id"], "ofr\u{00ff}\u{0001}", "offer ids pass untouched");
+        assert_eq!(json["to_peer_id"], "them");
+    }
+
+    #[test]
+    fn reads_what_trackers_send() {
+        let offer = r#"{"action":"announce","offer":{"type":"offer","sdp":"v=0"},"offer_id":"o1","peer_id":"-PM0203-zzzzzzzzzzzz","info_hash":"h"}"#;
+        assert_eq!(
+            parse(offer),
+            Ok(TrackerMessage::Offer {
+                info_hash: "h".into(),
+                peer_id: "-PM0203-zzzzzzzzzzzz".into(),
+                offer_id: "o1".into(),
+                sdp: "v=0".into()
+            })
+        );
+        let reply =
+            r#"{"action":"announce","interval":120,"info_hash":"h","complete":0,"incomplete":3}"#;
+        assert_eq!(
+            parse(reply),
+            Ok(TrackerMessage::Interval {
+                info_hash: "h".into(),
+                interval: 120,
+                complete: Some(0),
+                incomplete: Some(3)
+            })
+        );
+        assert_eq!(
+            parse(r#"{"failure reason":"invalid info_hash"}"#),
+            Ok(TrackerMessage::Failure("invalid info_hash".into()))
+        );
+        assert_eq!(parse(r#"{"action":"scrape","files":{}}"#), Ok(TrackerMessage::Ignored));
+        assert!(parse("not json").is_err());
+        assert!(
+            parse(r#"{"action":"announce","offer":{"type":"answer","sdp":"x"},"info_hash":"h"}"#)
+                .is_err()
+        );
+        assert!(parse(r#"{"action":"announce","interval":"soon","info_hash":"h"}"#).is_err());
+    }
+}
