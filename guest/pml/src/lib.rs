@@ -9,6 +9,7 @@
 //! It must stay free of I/O: it only returns commands.
 
 pub mod announce;
+pub mod playlist;
 pub mod swarm;
 mod trackers;
 pub mod wire;
