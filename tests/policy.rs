@@ -93,12 +93,21 @@ fn embedded_policy_connects_its_trackers() {
     let commands = runner.handle(at(1), vec![Event::PeerBufferedLow(1)]);
     let urls: Vec<_> = commands
         .iter()
-        .map(|c| match c {
-            Command::TrackerConnect(t) => t.url.as_str(),
-            other => panic!("unexpected {other:?}"),
+        .filter_map(|c| match c {
+            Command::TrackerConnect(t) => Some(t.url.as_str()),
+            _ => None,
         })
         .collect();
     assert_eq!(urls, ["wss://tracker.example/", "ws://127.0.0.1:8000"]);
+    let manifest = commands.iter().find_map(|c| match c {
+        Command::FetchText(f) => Some(f.url.as_str()),
+        _ => None,
+    });
+    assert_eq!(
+        manifest,
+        Some("http://origin.example/master.m3u8"),
+        "it reads the manifest at once"
+    );
 }
 
 #[test]

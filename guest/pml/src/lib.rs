@@ -1,24 +1,29 @@
 //! The default policy, for unmodified p2p-media-loader viewers.
 //!
-//! This version keeps the worker's tracker connections up: it opens one WebSocket per
-//! configured tracker, and when one closes it reconnects after an exponential back-off
-//! (1 s doubling to 60 s, reset once a connection opens). Connections that are already
-//! open when an instance starts (after a restart or a hot swap) are adopted, not opened
-//! twice. The swarm, announce and peer wire protocol of p2p-media-loader build on this.
+//! It keeps the worker's tracker connections up (one WebSocket per tracker, reconnected
+//! with exponential back-off; connections that outlive an instance are adopted), reads
+//! the stream's playlists, announces in the swarm of every rendition exactly as
+//! p2p-media-loader 2.3 viewers compute it, answers the offers viewers send, and keeps
+//! the segments they will ask for in the host's cache (the live window, the start of a
+//! VOD). Serving segments over the peer wire protocol builds on this.
 //!
 //! It must stay free of I/O: it only returns commands.
 
 pub mod announce;
 pub mod playlist;
+mod seeder;
 pub mod swarm;
 mod trackers;
 pub mod wire;
 
-use superpeer_guest::{Command, Event, HostState, Policy, PolicyInfo, SeedConfig};
+use base64::Engine as _;
+use seeder::Seeder;
+use superpeer_guest::{Command, ConnId, Event, HostState, Policy, PolicyInfo, SeedConfig};
 use trackers::Trackers;
 
 struct Pml {
     trackers: Trackers,
+    seeder: Seeder,
 }
 
 impl Policy for Pml {
@@ -28,21 +33,36 @@ impl Policy for Pml {
 
     fn init(config: SeedConfig, prior: Option<Vec<u8>>, state: HostState) -> Result<Self, String> {
         let trackers = Trackers::new(&config.trackers, &state, prior.as_deref().unwrap_or(&[]))?;
-        Ok(Pml { trackers })
+        let swarm_id = swarm_id(&config.channel, config.manifest_url.as_deref());
+        let mut seeder = Seeder::new(
+            swarm_id,
+            config.manifest_url,
+            config.live,
+            config.max_connections as usize,
+        );
+        seeder.adopt(&state.segments);
+        Ok(Pml { trackers, seeder })
     }
 
     fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
         let mut commands = Vec::new();
         self.trackers.start(&mut commands);
+        let mut random = superpeer_guest::host::random_u64;
         for event in events {
-            match event {
-                Event::TrackerConnected(conn) => self.trackers.connected(conn),
+            match &event {
+                Event::Started => self.seeder.start(&mut commands),
+                Event::TrackerConnected(conn) => {
+                    self.trackers.connected(*conn);
+                    self.seeder.tracker_open(*conn, &mut commands);
+                }
                 Event::TrackerClosed(closed) => {
                     self.trackers.closed(closed.conn, &closed.reason, &mut commands)
                 }
-                Event::TimerFired(timer) => self.trackers.timer(timer, &mut commands),
+                Event::TimerFired(timer) => self.trackers.timer(*timer, &mut commands),
                 _ => {}
             }
+            let open: Vec<ConnId> = self.trackers.open().collect();
+            self.seeder.handle(&event, &open, &mut random, &mut commands);
         }
         commands
     }
@@ -50,6 +70,23 @@ impl Policy for Pml {
     fn snapshot(&self) -> Vec<u8> {
         self.trackers.snapshot()
     }
+}
+
+/// The swarm id viewers use: what the channel id encodes (p2p-media-loader's default is
+/// the manifest URL without its query), else the manifest URL itself.
+fn swarm_id(channel: &str, manifest_url: Option<&str>) -> String {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = channel.trim().trim_end_matches('=');
+    STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| {
+            manifest_url
+                .map_or(channel.to_string(), |url| url.split('?').next().unwrap_or(url).to_string())
+        })
 }
 
 superpeer_guest::export_policy!(Pml);

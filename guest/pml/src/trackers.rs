@@ -131,6 +131,14 @@ impl Trackers {
         }
     }
 
+    /// The connections that are open now.
+    pub(crate) fn open(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.list.iter().filter_map(|t| match t.link {
+            Link::Open(conn) => Some(conn),
+            _ => None,
+        })
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<u8> {
         self.list.iter().flat_map(|t| t.generation.to_le_bytes()).collect()
     }
