@@ -586,3 +586,114 @@ fn a_worker_keeps_a_connection_to_a_real_tracker() {
     });
     master.stop();
 }
+
+/// A small HLS origin on 127.0.0.1:0 serving a live master playlist, its media playlist
+/// (three segments, target duration 1 s) and the segments; counts requests per path.
+struct Origin {
+    base: String,
+    hits: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                // Drain the headers.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                *counter.lock().unwrap().entry(path.clone()).or_default() += 1;
+                let body: Vec<u8> = match path.as_str() {
+                    "/live/master.m3u8" => b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720\n720p.m3u8\n".to_vec(),
+                    "/live/720p.m3u8" => b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:1,\ns7.ts\n#EXTINF:1,\ns8.ts\n#EXTINF:1,\ns9.ts\n".to_vec(),
+                    p if p.starts_with("/live/s") => vec![0x47; 1880],
+                    _ => Vec::new(),
+                };
+                let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+            }
+        });
+        Origin { base, hits }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_worker_announces_in_the_swarm_and_caches_the_live_window_once() {
+    let dir = data_dir("seeding");
+    let tracker = Tracker::start();
+    let origin = Origin::start();
+    let manifest = format!("{}/live/master.m3u8", origin.base);
+    let channel = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&manifest)
+    };
+    let master = Superpeer::start(&dir);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]}),
+    );
+    master.wait_for("the live window cached", |s| {
+        workers_of(s, &channel)
+            .first()
+            .is_some_and(|(_, w)| w["segments"] == 3 && w["trackers"] == 1)
+    });
+    // The tracker has superpeer in one swarm (one rendition).
+    let stats_url = format!("{}/stats.json", tracker.url.replacen("ws://", "http://", 1));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stats = http_get_json(&stats_url);
+        if stats["torrents"] == 1 && stats["peersAll"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never announced: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Reloads of the live playlist fetch nothing twice.
+    let deadline = Instant::now() + PATIENCE;
+    while origin.hits("/live/720p.m3u8") < 3 {
+        assert!(Instant::now() < deadline, "the live playlist is not reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for segment in ["/live/s7.ts", "/live/s8.ts", "/live/s9.ts"] {
+        assert_eq!(origin.hits(segment), 1, "{segment} fetched once");
+    }
+    let stats = master.stats();
+    let (_, worker) = workers_of(&stats, &channel).remove(0);
+    assert_eq!(worker["memoryCacheSize"], 3 * 1880);
+    assert!(worker["downloaded"].as_u64() >= Some(3 * 1880));
+    assert_eq!(worker["policyStats"]["faults"], 0);
+    master.stop();
+}
+
+fn http_get_json(url: &str) -> Value {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) =
+        rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}

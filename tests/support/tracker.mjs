@@ -1,11 +1,11 @@
 // A real WebTorrent tracker (bittorrent-tracker, WebSocket only) on 127.0.0.1, on a port
-// the OS picks. Prints "listening <port>" once ready; exits on SIGTERM or when its stdin
+// the OS picks, with its statistics at /stats.json. Prints "listening <port>" once ready; exits on SIGTERM or when its stdin
 // closes, so it never outlives the test that started it.
 // The package's entry point also loads its client half, which needs a native build;
 // the server alone does not.
 import Server from './node_modules/bittorrent-tracker/server.js'
 
-const server = new Server({ udp: false, http: false, ws: true, stats: false })
+const server = new Server({ udp: false, http: false, ws: true, stats: true })
 server.on('error', (error) => {
   console.error(`tracker error: ${error.message}`)
   process.exit(1)
