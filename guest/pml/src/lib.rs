@@ -34,12 +34,8 @@ impl Policy for Pml {
     fn init(config: SeedConfig, prior: Option<Vec<u8>>, state: HostState) -> Result<Self, String> {
         let trackers = Trackers::new(&config.trackers, &state, prior.as_deref().unwrap_or(&[]))?;
         let swarm_id = swarm_id(&config.channel, config.manifest_url.as_deref());
-        let mut seeder = Seeder::new(
-            swarm_id,
-            config.manifest_url,
-            config.live,
-            config.max_connections as usize,
-        );
+        let mut seeder =
+            Seeder::new(swarm_id, config.manifest_url, config.max_connections as usize);
         seeder.adopt(&state.segments);
         Ok(Pml { trackers, seeder })
     }

@@ -67,7 +67,6 @@ struct PendingAnswer {
 pub(crate) struct Seeder {
     swarm_id: String,
     manifest_url: Option<String>,
-    live: bool,
     manifest_fetch: Option<FetchId>,
     swarms: Vec<Swarm>,
     next_id: u64,
@@ -88,16 +87,10 @@ enum Fetch {
 }
 
 impl Seeder {
-    pub(crate) fn new(
-        swarm_id: String,
-        manifest_url: Option<String>,
-        live: bool,
-        max_peers: usize,
-    ) -> Self {
+    pub(crate) fn new(swarm_id: String, manifest_url: Option<String>, max_peers: usize) -> Self {
         Seeder {
             swarm_id,
             manifest_url,
-            live,
             manifest_fetch: None,
             swarms: Vec::new(),
             next_id: 0,
@@ -229,22 +222,26 @@ impl Seeder {
     ) {
         let renditions: Vec<(StreamKind, Rendition, String)> = if playlist::is_master(text) {
             let master = playlist::parse_master(text, url);
-            let main = master
-                .variants
-                .iter()
+            let main = playable_variants(&master)
+                .into_iter()
                 .map(|v| (StreamKind::Main, rendition_of_variant(v), v.uri.clone()));
-            let audio =
-                master.media.iter().filter(|m| m.attribute("TYPE") == Some("AUDIO")).filter_map(
-                    |m| {
-                        let uri = m.uri.clone()?;
-                        let codecs = audio_codecs_of_group(&master, m.attribute("GROUP-ID"));
-                        Some((StreamKind::Secondary, rendition_of_audio(m, codecs), uri))
-                    },
-                );
+            // Audio carried inside the variants has no playlist of its own: viewers
+            // never load segments in its swarm.
+            let audio = master
+                .media
+                .iter()
+                .filter(|m| m.attribute("TYPE") == Some("AUDIO"))
+                .filter_map(|m| {
+                    Some((StreamKind::Secondary, rendition_of_audio(&master, m), m.uri.clone()?))
+                });
             main.chain(audio).collect()
         } else {
-            // A media playlist alone is one rendition that has no attributes.
-            vec![(StreamKind::Main, Rendition::default(), url.to_string())]
+            // A media playlist alone is one level with a bitrate of 0 and nothing else.
+            vec![(
+                StreamKind::Main,
+                Rendition { bitrate: Some(0.0), ..Rendition::default() },
+                url.to_string(),
+            )]
         };
         for (kind, rendition, playlist_url) in renditions {
             let short = swarm::stream_short_id(&rendition);
@@ -273,7 +270,9 @@ impl Seeder {
 
     fn on_playlist(&mut self, index: usize, url: &str, text: &str, out: &mut Vec<Command>) {
         let media = playlist::parse_media(text, url);
-        let live = self.live && !media.ended;
+        // Viewers tell live from VOD by `#EXT-X-ENDLIST` alone (an EVENT playlist is
+        // live until it ends), and number segments accordingly.
+        let live = !media.ended;
         let swarm = &mut self.swarms[index];
         swarm.playlist_fetch = None;
         swarm.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
@@ -430,19 +429,26 @@ fn wanted_segments(media: &MediaPlaylist, live: bool) -> Vec<(i64, Source)> {
     }
 }
 
-/// A variant's attributes as hls.js reports them for a level.
+/// A variant's attributes as hls.js 1.6/1.7 reports them for a level (`LevelParsed`,
+/// after its level controller has run): the bitrate is BANDWIDTH, else
+/// AVERAGE-BANDWIDTH, read like `parseInt` (NaN when neither); the codecs are the video
+/// ones among CODECS; RESOLUTION must be exactly `<w>x<h>`; FRAME-RATE and VIDEO-RANGE
+/// are passed as written. A bitrate of exactly 0 drops everything else, as
+/// p2p-media-loader does.
 pub(crate) fn rendition_of_variant(variant: &playlist::Variant) -> Rendition {
-    let bitrate = variant.attribute("BANDWIDTH").and_then(|b| b.parse().ok()).unwrap_or(0);
-    if bitrate == 0 {
-        return Rendition { bitrate: Some(0), ..Rendition::default() };
+    let bandwidth = |name| variant.attribute(name).map_or(f64::NAN, js_parse_int);
+    let bitrate = match bandwidth("BANDWIDTH") {
+        b if b.is_nan() || b == 0.0 => bandwidth("AVERAGE-BANDWIDTH"),
+        b => b,
+    };
+    if bitrate == 0.0 {
+        return Rendition { bitrate: Some(0.0), ..Rendition::default() };
     }
-    let (width, height) = variant
-        .attribute("RESOLUTION")
-        .and_then(|r| r.split_once('x'))
-        .map_or((None, None), |(w, h)| (w.parse().ok(), h.parse().ok()));
+    let (width, height) = variant.attribute("RESOLUTION").and_then(resolution).unzip();
+    let (video, _) = split_codecs(variant.attribute("CODECS").unwrap_or(""));
     Rendition {
         bitrate: Some(bitrate),
-        codecs: variant.attribute("CODECS").map(video_codecs).filter(|c| !c.is_empty()),
+        codecs: (!video.is_empty()).then(|| video.join(",")),
         width,
         height,
         frame_rate: variant.attribute("FRAME-RATE").map(String::from),
@@ -451,54 +457,96 @@ pub(crate) fn rendition_of_variant(variant: &playlist::Variant) -> Rendition {
     }
 }
 
-/// An audio rendition's attributes as hls.js reports them for an audio track.
-pub(crate) fn rendition_of_audio(media: &playlist::Media, codecs: Option<String>) -> Rendition {
+/// An audio rendition as hls.js reports it for an audio track: its codec is the audio
+/// codec of the first variant of its group (else of the first variant); its name falls
+/// back to its language.
+pub(crate) fn rendition_of_audio(
+    master: &playlist::MasterPlaylist,
+    media: &playlist::Media,
+) -> Rendition {
+    let group = media.attribute("GROUP-ID");
+    let variant = master
+        .variants
+        .iter()
+        .find(|v| group.is_some() && v.attribute("AUDIO") == group)
+        .or_else(|| master.variants.first());
+    let audio =
+        variant.map(|v| split_codecs(v.attribute("CODECS").unwrap_or("")).1).unwrap_or_default();
+    let language = media.attribute("LANGUAGE").filter(|l| !l.is_empty());
     Rendition {
-        bitrate: Some(0),
-        codecs,
-        language: media.attribute("LANGUAGE").map(String::from),
+        bitrate: Some(0.0),
+        codecs: (!audio.is_empty()).then(|| audio.join(",")),
+        language: language.map(String::from),
         channels: media.attribute("CHANNELS").map(String::from),
-        name: media.attribute("NAME").map(String::from),
+        name: media.attribute("NAME").filter(|n| !n.is_empty()).or(language).map(String::from),
         ..Rendition::default()
     }
 }
 
-/// The video codecs of a CODECS list (hls.js keeps them apart from audio codecs).
-fn video_codecs(codecs: &str) -> String {
-    codecs.split(',').map(str::trim).filter(|c| !is_audio_codec(c)).collect::<Vec<_>>().join(",")
+/// The variants viewers will play: hls.js drops variants with a codec it does not know
+/// when some variant has only codecs it knows.
+pub(crate) fn playable_variants(master: &playlist::MasterPlaylist) -> Vec<&playlist::Variant> {
+    let known =
+        |v: &&playlist::Variant| split_codecs_all(v.attribute("CODECS").unwrap_or("")).2.is_empty();
+    let known_count = master.variants.iter().filter(known).count();
+    if known_count > 0 && known_count < master.variants.len() {
+        master.variants.iter().filter(known).collect()
+    } else {
+        master.variants.iter().collect()
+    }
 }
 
-fn is_audio_codec(codec: &str) -> bool {
-    let kind = codec.split('.').next().unwrap_or("").to_ascii_lowercase();
-    matches!(
-        kind.as_str(),
-        "mp4a"
-            | "ac-3"
-            | "ec-3"
-            | "ac-4"
-            | "opus"
-            | "flac"
-            | "mp3"
-            | "alac"
-            | "dtsc"
-            | "dtse"
-            | "dtsh"
-            | "dtsl"
-            | "fLaC"
-    )
+/// `parseInt(text, 10)` as JavaScript reads it: leading digits, NaN if none.
+fn js_parse_int(text: &str) -> f64 {
+    let text = text.trim_start();
+    let (sign, digits) = match text.as_bytes().first() {
+        Some(b'-') => (-1.0, &text[1..]),
+        Some(b'+') => (1.0, &text[1..]),
+        _ => (1.0, text),
+    };
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse::<f64>().map_or(f64::NAN, |n| sign * n)
 }
 
-/// The audio codecs of the variants that use an audio group.
-fn audio_codecs_of_group(master: &playlist::MasterPlaylist, group: Option<&str>) -> Option<String> {
-    let group = group?;
-    let variant = master.variants.iter().find(|v| v.attribute("AUDIO") == Some(group))?;
-    let audio: Vec<&str> = variant
-        .attribute("CODECS")?
-        .split(',')
-        .map(str::trim)
-        .filter(|c| is_audio_codec(c))
-        .collect();
-    (!audio.is_empty()).then(|| audio.join(","))
+/// `RESOLUTION` as hls.js reads it: `^(\d+)x(\d+)$`.
+fn resolution(text: &str) -> Option<(u64, u64)> {
+    let (w, h) = text.split_once('x')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(w) && digits(h)).then(|| Some((w.parse().ok()?, h.parse().ok()?)))?
+}
+
+/// hls.js's split of a CODECS list into video and audio codecs (by the first four
+/// characters of each, case-sensitive).
+fn split_codecs(codecs: &str) -> (Vec<String>, Vec<String>) {
+    let (video, audio, _) = split_codecs_all(codecs);
+    (video, audio)
+}
+
+fn split_codecs_all(codecs: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    const VIDEO: &[&str] = &[
+        "avc1", "avc2", "avc3", "avc4", "avcp", "av01", "drac", "dva1", "dvav", "dvh1", "dvhe",
+        "encv", "hev1", "hvc1", "mjp2", "mp4v", "mvc1", "mvc2", "mvc3", "mvc4", "resv", "rv60",
+        "s263", "svc1", "svc2", "vc-1", "vp08", "vp09",
+    ];
+    const AUDIO: &[&str] = &[
+        "a3ds", "ac-3", "ac-4", "alac", "alaw", "dra1", "dts+", "dts-", "dtsc", "dtse", "dtsh",
+        "ec-3", "enca", "fLaC", "flac", "g719", "g726", "m4ae", "mha1", "mha2", "mhm1", "mhm2",
+        "mlpa", "mp4a", "raw ", "Opus", "opus", "samr", "sawb", "sawp", "sevc", "sqcp", "ssmv",
+        "twos", "ulaw",
+    ];
+    let (mut video, mut audio, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    for codec in codecs.split([' ', ',']).filter(|c| !c.is_empty()) {
+        let head = codec.get(..4).unwrap_or(codec);
+        let name = codec.split('/').next().unwrap_or(codec).to_string();
+        if VIDEO.contains(&head) {
+            video.push(name);
+        } else if AUDIO.contains(&head) {
+            audio.push(name);
+        } else {
+            unknown.push(name);
+        }
+    }
+    (video, audio, unknown)
 }
 
 #[cfg(target_family = "wasm")]
@@ -565,7 +613,7 @@ mod tests {
 
     /// A seeder that has read the master playlist, with one tracker open.
     fn started() -> (Seeder, u64) {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), true, 10);
+        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
@@ -587,7 +635,7 @@ mod tests {
             MANIFEST,
             StreamKind::Main,
             &swarm::stream_short_id(&Rendition {
-                bitrate: Some(1_280_000),
+                bitrate: Some(1_280_000.0),
                 codecs: Some("avc1.4d401f".into()),
                 width: Some(1280),
                 height: Some(720),
@@ -688,7 +736,7 @@ mod tests {
     #[test]
     fn vod_ids_are_positions_and_a_media_playlist_alone_is_one_rendition() {
         let url = "http://o.example/vod/index.m3u8";
-        let mut seeder = Seeder::new(url.into(), Some(url.into()), false, 10);
+        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10);
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
@@ -707,8 +755,70 @@ mod tests {
     }
 
     #[test]
+    fn renditions_are_read_as_hls_js_reads_them() {
+        let master = playlist::parse_master(
+            "#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"\",LANGUAGE=\"en\",CHANNELS=\"2\",URI=\"en.m3u8\"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"Muxed\",LANGUAGE=\"de\"
+#EXT-X-STREAM-INF:BANDWIDTH=1400000,AVERAGE-BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000,AUDIO=\"aud\"
+hd.m3u8
+#EXT-X-STREAM-INF:AVERAGE-BANDWIDTH=500000,CODECS=\"avc1.42001e mp4a.40.5\",RESOLUTION=640X360
+sd.m3u8
+#EXT-X-STREAM-INF:CODECS=\"avc1.42001e\"
+nobw.m3u8
+",
+            "http://o.example/m.m3u8",
+        );
+        let hd = rendition_of_variant(&master.variants[0]);
+        assert_eq!(hd.bitrate, Some(1_400_000.0), "BANDWIDTH wins over AVERAGE-BANDWIDTH");
+        assert_eq!(hd.codecs.as_deref(), Some("avc1.4d401f"), "video codecs only");
+        assert_eq!((hd.width, hd.height), (Some(1280), Some(720)));
+        assert_eq!(hd.frame_rate.as_deref(), Some("30.000"));
+        let sd = rendition_of_variant(&master.variants[1]);
+        assert_eq!(sd.bitrate, Some(500_000.0));
+        assert_eq!(sd.codecs.as_deref(), Some("avc1.42001e"), "codecs split on spaces too");
+        assert_eq!((sd.width, sd.height), (None, None), "RESOLUTION needs a lower-case x");
+        let nobw = rendition_of_variant(&master.variants[2]);
+        assert!(nobw.bitrate.unwrap().is_nan(), "no bandwidth at all is NaN, not 0");
+        assert!(
+            swarm::stream_short_id(&nobw)
+                != swarm::stream_short_id(&Rendition {
+                    bitrate: Some(0.0),
+                    ..Rendition::default()
+                })
+        );
+
+        let audio = rendition_of_audio(&master, &master.media[0]);
+        assert_eq!(
+            audio.codecs.as_deref(),
+            Some("mp4a.40.2"),
+            "from the first variant of its group"
+        );
+        assert_eq!(audio.name.as_deref(), Some("en"), "an empty name falls back to the language");
+        assert_eq!(audio.channels.as_deref(), Some("2"));
+        assert_eq!(js_parse_int("12ab"), 12.0);
+        assert!(js_parse_int("ab").is_nan());
+    }
+
+    #[test]
+    fn variants_with_unknown_codecs_go_when_others_are_playable() {
+        let master = playlist::parse_master(
+            "#EXTM3U
+#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1.42001e,mp4a.40.2\"
+a.m3u8
+#EXT-X-STREAM-INF:BANDWIDTH=2,CODECS=\"xyz9.1\"
+b.m3u8
+",
+            "http://o.example/m.m3u8",
+        );
+        let playable: Vec<&str> =
+            playable_variants(&master).iter().map(|v| v.uri.as_str()).collect();
+        assert_eq!(playable, ["http://o.example/a.m3u8"]);
+    }
+
+    #[test]
     fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), true, 10);
+        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
         let held = SegmentInfo {
             handle: 77,
             url: "http://o.example/live/seg101.ts".into(),
@@ -743,7 +853,7 @@ mod tests {
 
     #[test]
     fn a_failed_manifest_is_fetched_again_later() {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), true, 10);
+        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();

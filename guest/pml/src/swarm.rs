@@ -19,7 +19,8 @@ const PEER_ID_SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 /// A rendition's attributes; `None` and empty mean "not given".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rendition {
-    pub bitrate: Option<u64>,
+    /// A JavaScript number: hls.js reports NaN for a variant without any bandwidth.
+    pub bitrate: Option<f64>,
     pub codecs: Option<String>,
     pub width: Option<u64>,
     pub height: Option<u64>,
@@ -70,7 +71,7 @@ pub fn stream_short_id(r: &Rendition) -> String {
     let number = |n: Option<u64>| n.map_or(String::new(), |n| n.to_string());
     let text = format!(
         "{}-{codecs}-{}-{}-{language}-{channels}-{name}-{frame_rate}-{video_range}",
-        r.bitrate.unwrap_or(0),
+        js_number(r.bitrate.unwrap_or(0.0)),
         number(r.width),
         number(r.height),
     );
@@ -92,10 +93,10 @@ fn normalise_codec(codec: &str) -> String {
     codec
 }
 
-/// How JavaScript's `Number(x).toString()` writes the frame rates that occur: no
-/// trailing zeros, no exponent.
+/// How JavaScript writes the numbers that occur here (bitrates, frame rates): no
+/// trailing zeros, no exponent, `NaN` for not-a-number.
 fn js_number(value: f64) -> String {
-    format!("{value}")
+    if value.is_nan() { "NaN".into() } else { format!("{value}") }
 }
 
 /// The swarm of one rendition: what viewers of the same stream and rendition share.
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn matches_the_reference_vector() {
         let rendition = Rendition {
-            bitrate: Some(1_280_000),
+            bitrate: Some(1_280_000.0),
             codecs: Some("avc1.4d401f,mp4a.40.2".into()),
             width: Some(1280),
             height: Some(720),
@@ -145,7 +146,7 @@ mod tests {
     #[test]
     fn normalises_like_the_reference() {
         let base = Rendition {
-            bitrate: Some(1_280_000),
+            bitrate: Some(1_280_000.0),
             width: Some(1280),
             height: Some(720),
             ..Rendition::default()
@@ -172,6 +173,8 @@ mod tests {
         );
         assert_eq!(js_number(29.97), "29.97");
         assert_eq!(js_number(30.0), "30");
+        assert_eq!(js_number(f64::NAN), "NaN");
+        assert_eq!(js_number(1_280_000.0), "1280000");
     }
 
     #[test]
