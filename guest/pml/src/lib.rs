@@ -60,6 +60,7 @@ impl Policy for Pml {
             let open: Vec<ConnId> = self.trackers.open().collect();
             self.seeder.handle(&event, &open, &mut random, &mut commands);
         }
+        self.seeder.flush(&mut commands);
         commands
     }
 

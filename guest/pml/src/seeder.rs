@@ -16,6 +16,7 @@ use superpeer_guest::{
 use crate::announce::{self, AnnounceEvent, TrackerMessage};
 use crate::playlist::{self, MediaPlaylist};
 use crate::swarm::{self, Rendition, StreamKind};
+use crate::wire::{self, Joiner, PeerCommand};
 
 /// Timer ids from here up are the seeder's: two per swarm (reload, announce).
 const TIMER_BASE: TimerId = 2 << 32;
@@ -52,6 +53,56 @@ struct Swarm {
     target_duration_ms: u64,
     ended: bool,
     announce_seconds: u64,
+    /// The set of segments changed since viewers were last told.
+    changed: bool,
+}
+
+/// A viewer connected to us.
+#[derive(Debug)]
+struct Viewer {
+    swarm: usize,
+    open: bool,
+    joiner: Joiner,
+    /// The one request being served (a viewer has one in flight at a time).
+    serving: Option<Serving>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Serving {
+    id: i64,
+    request: i64,
+    handle: SegmentHandle,
+}
+
+impl Viewer {
+    fn new(swarm: usize) -> Self {
+        Viewer { swarm, open: false, joiner: Joiner::default(), serving: None }
+    }
+}
+
+/// Sends a peer command, split into DataChannel messages as needed.
+fn send(peer: PeerId, command: &PeerCommand, out: &mut Vec<Command>) {
+    match wire::encode(command, wire::MAX_MESSAGE) {
+        Ok(messages) => out.extend(
+            messages
+                .into_iter()
+                .map(|data| Command::PeerSend(superpeer_guest::PeerSend { peer, data })),
+        ),
+        Err(error) => log(&format!("cannot encode {command:?}: {error}")),
+    }
+}
+
+/// What a swarm has, as viewers see it: stored segments are loaded; those being
+/// fetched are "loading over HTTP".
+fn announcement(swarm: &Swarm) -> PeerCommand {
+    let (mut loaded, mut loading) = (Vec::new(), Vec::new());
+    for (id, stored) in &swarm.segments {
+        match stored {
+            Stored::Ready { .. } => loaded.push(*id),
+            Stored::Fetching(_) => loading.push(*id),
+        }
+    }
+    PeerCommand::SegmentsAnnouncement { loaded, loading }
 }
 
 /// An offer being answered: where to send the answer.
@@ -72,7 +123,7 @@ pub(crate) struct Seeder {
     next_id: u64,
     fetches: HashMap<FetchId, Fetch>,
     answering: HashMap<PeerId, PendingAnswer>,
-    peers: HashMap<PeerId, usize>,
+    peers: HashMap<PeerId, Viewer>,
     max_peers: usize,
     /// Segments the host holds that no swarm claims yet (an earlier instance fetched
     /// them), by source: adopted instead of fetched again.
@@ -177,15 +228,18 @@ impl Seeder {
                     let ready =
                         Stored::Ready { handle: stored.segment.handle, size: stored.segment.size };
                     self.swarms[index].segments.insert(id, ready);
+                    self.swarms[index].changed = true;
                 }
                 // A fetch an earlier instance started.
                 _ => self.adopt(std::slice::from_ref(&stored.segment)),
             },
             Event::SegmentEvicted(handle) => {
                 for swarm in &mut self.swarms {
+                    let before = swarm.segments.len();
                     swarm
                         .segments
                         .retain(|_, s| *s != Stored::Ready { handle: *handle, size: size_of(s) });
+                    swarm.changed |= swarm.segments.len() != before;
                 }
             }
             Event::TimerFired(timer_id) => self.on_timer(*timer_id, open_trackers, out),
@@ -201,12 +255,32 @@ impl Seeder {
                         &ready.sdp,
                     );
                     out.push(Command::TrackerSend(TrackerSend { conn: pending.conn, text }));
-                    self.peers.insert(ready.peer, pending.swarm);
+                    self.peers.insert(ready.peer, Viewer::new(pending.swarm));
                 }
             }
             Event::PeerClosed(closed) => {
                 self.answering.remove(&closed.peer);
                 self.peers.remove(&closed.peer);
+            }
+            Event::PeerChannelOpen(peer) => {
+                if let Some(viewer) = self.peers.get_mut(peer) {
+                    viewer.open = true;
+                    let swarm = &self.swarms[viewer.swarm];
+                    send(*peer, &announcement(swarm), out);
+                }
+            }
+            Event::PeerMessage(message) => self.on_peer_message(message.peer, &message.data, out),
+            Event::SegmentSent(sent) => {
+                let Some(viewer) = self.peers.get_mut(&sent.peer) else { return };
+                if let Some(serving) = viewer.serving.take_if(|s| s.handle == sent.handle)
+                    && sent.complete
+                {
+                    let done = PeerCommand::SegmentDataSendingCompleted {
+                        id: serving.id,
+                        request: serving.request,
+                    };
+                    send(sent.peer, &done, out);
+                }
             }
             _ => {}
         }
@@ -258,6 +332,7 @@ impl Seeder {
                 target_duration_ms: 0,
                 ended: false,
                 announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
+                changed: false,
             });
             let fetch = self.fetch_text(playlist_url, Fetch::Playlist(index), out);
             self.swarms[index].playlist_fetch = Some(fetch);
@@ -287,6 +362,7 @@ impl Seeder {
             .map(|(id, s)| (*id, s.clone()))
             .collect();
         for (id, stored) in stale {
+            swarm.changed = true;
             swarm.segments.remove(&id);
             swarm.sources.remove(&id);
             if let Stored::Ready { handle, .. } = stored {
@@ -367,6 +443,88 @@ impl Seeder {
             Ok(TrackerMessage::Failure(reason)) => log(&format!("tracker refused: {reason}")),
             Ok(TrackerMessage::Warning(_) | TrackerMessage::Ignored) => {}
             Err(error) => log(&format!("unreadable tracker message: {error}")),
+        }
+    }
+
+    /// Tells the viewers of every swarm whose segments changed what it has now; called
+    /// once per batch, so a burst of changes makes one announcement.
+    pub(crate) fn flush(&mut self, out: &mut Vec<Command>) {
+        for (index, swarm) in self.swarms.iter_mut().enumerate() {
+            if !std::mem::take(&mut swarm.changed) {
+                continue;
+            }
+            let message = announcement(swarm);
+            for (peer, viewer) in &self.peers {
+                if viewer.open && viewer.swarm == index {
+                    send(*peer, &message, out);
+                }
+            }
+        }
+    }
+
+    fn on_peer_message(&mut self, peer: PeerId, data: &[u8], out: &mut Vec<Command>) {
+        let Some(viewer) = self.peers.get_mut(&peer) else { return };
+        // Raw data would be a segment the viewer uploads; we never ask for one.
+        if !wire::is_command_chunk(data) {
+            return;
+        }
+        let command = match viewer
+            .joiner
+            .push(data)
+            .and_then(|body| body.map(|b| wire::decode(&b)).transpose())
+        {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(error) => {
+                // A peer that speaks garbage loses its connection, nobody else.
+                self.peers.remove(&peer);
+                out.push(Command::PeerClose(superpeer_guest::PeerClose {
+                    peer,
+                    reason: format!("bad message: {error}"),
+                }));
+                return;
+            }
+        };
+        let swarm = &self.swarms[viewer.swarm];
+        match command {
+            PeerCommand::SegmentRequest { id, request, byte_from } => {
+                // A new request replaces the one being served.
+                if let Some(old) = viewer.serving.take() {
+                    out.push(Command::CancelServe(superpeer_guest::CancelServe {
+                        peer,
+                        handle: old.handle,
+                    }));
+                }
+                let offset = byte_from.unwrap_or(0).max(0) as u64;
+                match swarm.segments.get(&id) {
+                    Some(Stored::Ready { handle, size }) if offset <= *size => {
+                        let header =
+                            PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
+                        send(peer, &header, out);
+                        out.push(Command::ServeSegment(superpeer_guest::ServeSegment {
+                            peer,
+                            handle: *handle,
+                            offset,
+                            chunk_size: wire::MAX_MESSAGE as u32,
+                        }));
+                        viewer.serving = Some(Serving { id, request, handle: *handle });
+                    }
+                    _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),
+                }
+            }
+            PeerCommand::CancelSegmentRequest { id, request } => {
+                if let Some(old) = viewer.serving.take_if(|s| s.id == id && s.request == request) {
+                    out.push(Command::CancelServe(superpeer_guest::CancelServe {
+                        peer,
+                        handle: old.handle,
+                    }));
+                }
+            }
+            // What a viewer has or is sending matters only to peers that download.
+            PeerCommand::SegmentsAnnouncement { .. }
+            | PeerCommand::SegmentData { .. }
+            | PeerCommand::SegmentDataSendingCompleted { .. }
+            | PeerCommand::SegmentAbsent { .. } => {}
         }
     }
 
@@ -814,6 +972,161 @@ b.m3u8
         let playable: Vec<&str> =
             playable_variants(&master).iter().map(|v| v.uri.as_str()).collect();
         assert_eq!(playable, ["http://o.example/a.m3u8"]);
+    }
+
+    /// A seeder with a live window of three stored segments (ids 100..=102, handles
+    /// 50..=52, 10 bytes each) and one viewer (peer returned) whose channel is open.
+    fn serving() -> (Seeder, PeerId) {
+        let (mut seeder, playlist) = started();
+        let url = "http://o.example/live/720p.m3u8";
+        let mut out = Vec::new();
+        seeder.handle(&fetched(playlist, url, &media(100, 3, false)), &[], &mut random(), &mut out);
+        for (i, (fetch, url)) in segments(&out).iter().enumerate() {
+            let segment = SegmentInfo {
+                handle: 50 + i as u64,
+                url: url.clone(),
+                range: None,
+                size: 10,
+                tier: CacheTier::Memory,
+            };
+            seeder.handle(
+                &Event::SegmentStored(SegmentStored { fetch: *fetch, segment }),
+                &[],
+                &mut random(),
+                &mut Vec::new(),
+            );
+        }
+        let info_hash = seeder.swarms[0].info_hash.clone();
+        let offer = format!(
+            r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"-PM0203-viewer000001","offer_id":"o1","offer":{{"type":"offer","sdp":"v=0"}}}}"#
+        );
+        out.clear();
+        seeder.handle(
+            &Event::TrackerText(TrackerText { conn: 7, text: offer }),
+            &[7],
+            &mut random(),
+            &mut out,
+        );
+        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!() };
+        let ready = Event::PeerAnswerReady(SdpReady { peer: answer.peer, sdp: "v=0".into() });
+        seeder.handle(&ready, &[7], &mut random(), &mut Vec::new());
+        (seeder, answer.peer)
+    }
+
+    fn sent(out: &[Command]) -> Vec<PeerCommand> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::PeerSend(s) => {
+                    let body = Joiner::default().push(&s.data).unwrap().unwrap();
+                    Some(wire::decode(&body).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn message(peer: PeerId, command: &PeerCommand) -> Event {
+        let data = wire::encode(command, wire::MAX_MESSAGE).unwrap().remove(0);
+        Event::PeerMessage(superpeer_guest::PeerMessage { peer, data })
+    }
+
+    #[test]
+    fn viewers_hear_what_is_cached_and_get_segments_served() {
+        let (mut seeder, peer) = serving();
+        let mut out = Vec::new();
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut out);
+        assert_eq!(
+            sent(&out),
+            [PeerCommand::SegmentsAnnouncement { loaded: vec![100, 101, 102], loading: vec![] }]
+        );
+
+        out.clear();
+        let request = PeerCommand::SegmentRequest { id: 101, request: 5, byte_from: Some(4) };
+        seeder.handle(&message(peer, &request), &[7], &mut random(), &mut out);
+        assert_eq!(sent(&out), [PeerCommand::SegmentData { id: 101, request: 5, size: 6 }]);
+        assert_eq!(
+            out.last(),
+            Some(&Command::ServeSegment(superpeer_guest::ServeSegment {
+                peer,
+                handle: 51,
+                offset: 4,
+                chunk_size: 65535
+            })),
+            "the bytes follow the header, from the offset asked for"
+        );
+
+        out.clear();
+        let done = Event::SegmentSent(superpeer_guest::SegmentSent {
+            peer,
+            handle: 51,
+            bytes: 6,
+            complete: true,
+        });
+        seeder.handle(&done, &[7], &mut random(), &mut out);
+        assert_eq!(sent(&out), [PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 }]);
+
+        out.clear();
+        let missing = PeerCommand::SegmentRequest { id: 999, request: 6, byte_from: None };
+        seeder.handle(&message(peer, &missing), &[7], &mut random(), &mut out);
+        assert_eq!(sent(&out), [PeerCommand::SegmentAbsent { id: 999, request: 6 }]);
+    }
+
+    #[test]
+    fn a_new_request_or_a_cancel_stops_the_serve_in_progress() {
+        let (mut seeder, peer) = serving();
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
+        let mut out = Vec::new();
+        let first = PeerCommand::SegmentRequest { id: 100, request: 1, byte_from: None };
+        seeder.handle(&message(peer, &first), &[7], &mut random(), &mut out);
+        out.clear();
+        let second = PeerCommand::SegmentRequest { id: 102, request: 2, byte_from: None };
+        seeder.handle(&message(peer, &second), &[7], &mut random(), &mut out);
+        assert_eq!(out[0], Command::CancelServe(superpeer_guest::CancelServe { peer, handle: 50 }));
+        out.clear();
+        seeder.handle(
+            &message(peer, &PeerCommand::CancelSegmentRequest { id: 102, request: 2 }),
+            &[7],
+            &mut random(),
+            &mut out,
+        );
+        assert_eq!(out, [Command::CancelServe(superpeer_guest::CancelServe { peer, handle: 52 })]);
+        // A late completion for the cancelled serve says nothing.
+        out.clear();
+        let late = Event::SegmentSent(superpeer_guest::SegmentSent {
+            peer,
+            handle: 52,
+            bytes: 3,
+            complete: false,
+        });
+        seeder.handle(&late, &[7], &mut random(), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn changes_are_announced_once_per_batch_and_garbage_closes_only_that_viewer() {
+        let (mut seeder, peer) = serving();
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
+        let mut out = Vec::new();
+        seeder.handle(&Event::SegmentEvicted(50), &[7], &mut random(), &mut out);
+        seeder.handle(&Event::SegmentEvicted(51), &[7], &mut random(), &mut out);
+        seeder.flush(&mut out);
+        assert_eq!(
+            sent(&out),
+            [PeerCommand::SegmentsAnnouncement { loaded: vec![102], loading: vec![] }]
+        );
+        out.clear();
+        seeder.flush(&mut out);
+        assert!(out.is_empty(), "nothing changed since");
+
+        let garbage = Event::PeerMessage(superpeer_guest::PeerMessage {
+            peer,
+            data: b"cstr\x09cend".to_vec(),
+        });
+        seeder.handle(&garbage, &[7], &mut random(), &mut out);
+        assert!(
+            matches!(out.as_slice(), [Command::PeerClose(c)] if c.peer == peer && c.reason.contains("unknown command"))
+        );
+        assert_eq!(seeder.figures().2, 0);
     }
 
     #[test]
