@@ -32,7 +32,7 @@ test: lint node-deps
     cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
 # Start superpeer for real on this machine and show it at work.
-demo: setup
+demo: setup node-deps
     scripts/demo.sh
 
 # Benchmarks; prints a table.

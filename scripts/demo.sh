@@ -11,11 +11,13 @@ guests=target/guest/wasm32-wasip2/release
 
 work=$(mktemp -d)
 server=""
+helpers=()
 cleanup() {
   if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
     kill -TERM "$server"
     wait "$server" 2>/dev/null || true
   fi
+  for pid in "${helpers[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -103,6 +105,43 @@ curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" | jq ".workers[\"$new\"] | {pi
 
 step "Stopping everything through the API"
 authed POST /stop_all
+
+# A real WebTorrent tracker and a small live HLS origin, both on free local ports.
+# The tracker exits when its stdin closes: this script holds it open (fd 3) until it ends.
+mkfifo "$work/tracker.in"
+node tests/support/tracker.mjs <"$work/tracker.in" >"$work/tracker.log" 2>&1 &
+helpers+=($!)
+exec 3>"$work/tracker.in"
+mkdir -p "$work/origin/live"
+printf '#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS="avc1.4d401f,mp4a.40.2",RESOLUTION=1280x720\n720p.m3u8\n' >"$work/origin/live/master.m3u8"
+{
+  printf '#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:40\n'
+  for n in 40 41 42 43; do
+    printf '#EXTINF:2,\nseg%s.ts\n' "$n"
+    head -c 188000 /dev/urandom >"$work/origin/live/seg$n.ts"
+  done
+} >"$work/origin/live/720p.m3u8"
+python3 -m http.server 0 --bind 127.0.0.1 --directory "$work/origin" >"$work/origin.log" 2>&1 &
+helpers+=($!)
+tracker_port="" origin_port=""
+for _ in $(seq 1 600); do
+  tracker_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$work/tracker.log")
+  origin_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/origin.log" | head -n1)
+  [ -n "$tracker_port" ] && [ -n "$origin_port" ] && break
+  sleep 0.1
+done
+[ -n "$tracker_port" ] && [ -n "$origin_port" ] || { echo "tracker or origin did not start" >&2; exit 1; }
+
+manifest="http://127.0.0.1:$origin_port/live/master.m3u8"
+channel=$(printf '%s' "$manifest" | base64 | tr -d '\n')
+step "Seeding a live stream: the worker reads its playlists, joins the swarm of its rendition on a real bittorrent-tracker (ws://127.0.0.1:$tracker_port) and caches the live window"
+authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"signal1\": \"ws://127.0.0.1:$tracker_port\"}]}"
+pid=$(wait_stats '.workers | to_entries[] | select(.value.segments == 4 and .value.trackers == 1) | .key')
+curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
+  jq ".workers[\"$pid\"] | {channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name, policyCalls: .policyStats.calls}"
+step "The tracker's view: one swarm, one peer (superpeer)"
+curl -sS "http://127.0.0.1:$tracker_port/stats.json" | jq '{torrents, peersAll}'
+echo "(Viewers' offers reach the worker's policy, which answers them once the WebRTC layer lands.)"
 
 step "superpeer's log"
 cat "$work/log"
