@@ -21,44 +21,40 @@ struct Failure {
     retry: bool,
 }
 
-pub fn spawn_text(
-    fetch: FetchId,
-    url: String,
-    http: reqwest::Client,
-    events: mpsc::Sender<IoEvent>,
-    limits: &DataPlaneLimits,
-) -> AbortHandle {
-    let limits = limits.clone();
-    tokio::spawn(async move {
-        let event = match with_retries(&http, &url, None, limits.max_text_bytes, &limits).await {
-            Ok((final_url, bytes)) => IoEvent::Policy(Event::TextFetched(TextFetched {
-                fetch,
-                url: final_url,
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-            })),
-            Err(f) => failed(fetch, f),
-        };
-        let _ = events.send(event).await;
-    })
-    .abort_handle()
+/// What a fetch is for: a playlist comes back as text, a segment as bytes for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Segment,
 }
 
-pub fn spawn_segment(
+/// Starts a fetch; its result arrives on `events`. Aborting the handle cancels it
+/// without an event.
+pub fn spawn(
     fetch: FetchId,
     url: String,
     range: Option<ByteRange>,
+    kind: Kind,
     http: reqwest::Client,
     events: mpsc::Sender<IoEvent>,
     limits: &DataPlaneLimits,
 ) -> AbortHandle {
     let limits = limits.clone();
+    let max_bytes = match kind {
+        Kind::Text => limits.max_text_bytes,
+        Kind::Segment => limits.max_segment_bytes,
+    };
     tokio::spawn(async move {
-        let event = match with_retries(&http, &url, range, limits.max_segment_bytes, &limits).await
-        {
-            Ok((final_url, bytes)) => {
-                IoEvent::SegmentFetched { fetch, url: final_url, range, bytes }
+        let event = match (with_retries(&http, &url, range, max_bytes, &limits).await, kind) {
+            (Ok((url, bytes)), Kind::Text) => IoEvent::Policy(Event::TextFetched(TextFetched {
+                fetch,
+                url,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+            })),
+            (Ok((url, bytes)), Kind::Segment) => {
+                IoEvent::SegmentFetched { fetch, url, range, bytes }
             }
-            Err(f) => failed(fetch, f),
+            (Err(f), _) => failed(fetch, f),
         };
         let _ = events.send(event).await;
     })

@@ -123,27 +123,8 @@ impl DataPlane {
                     let _ = tracker.send(tracker::Outgoing::Close);
                 }
             }
-            Command::FetchText(f) => {
-                let task = fetch::spawn_text(
-                    f.fetch,
-                    f.url,
-                    self.http.clone(),
-                    self.events.clone(),
-                    &self.limits,
-                );
-                self.fetches.insert(f.fetch, task);
-            }
-            Command::FetchSegment(f) => {
-                let task = fetch::spawn_segment(
-                    f.fetch,
-                    f.url,
-                    f.range,
-                    self.http.clone(),
-                    self.events.clone(),
-                    &self.limits,
-                );
-                self.fetches.insert(f.fetch, task);
-            }
+            Command::FetchText(f) => self.fetch(f.fetch, f.url, None, fetch::Kind::Text),
+            Command::FetchSegment(f) => self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment),
             Command::FetchCancel(fetch) => {
                 if let Some(task) = self.fetches.remove(&fetch) {
                     task.abort();
@@ -168,6 +149,19 @@ impl DataPlane {
             | Command::PeerClose(_) => {}
         }
         Vec::new()
+    }
+
+    fn fetch(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>, kind: fetch::Kind) {
+        let task = fetch::spawn(
+            fetch,
+            url,
+            range,
+            kind,
+            self.http.clone(),
+            self.events.clone(),
+            &self.limits,
+        );
+        self.fetches.insert(fetch, task);
     }
 
     /// Turns what a task reported into the event the policy gets.
