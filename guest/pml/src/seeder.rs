@@ -24,8 +24,10 @@ const TIMER_BASE: TimerId = 2 << 32;
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
 /// Live segments kept: the playlist's window, at most this many.
 const LIVE_WINDOW: usize = 12;
-/// VOD segments fetched ahead from the start.
+/// VOD segments fetched ahead: from the start, and from where viewers ask.
 const VOD_PREFETCH: usize = 10;
+/// Most VOD segments held in memory (until the disk cache holds them).
+const VOD_HELD: usize = 64;
 /// Wait before fetching a playlist again after a failure.
 const RETRY_MS: u64 = 2_000;
 
@@ -55,6 +57,8 @@ struct Swarm {
     announce_seconds: u64,
     /// The set of segments changed since viewers were last told.
     changed: bool,
+    /// When each VOD segment was last asked for (by the seeder's request count).
+    last_use: BTreeMap<i64, u64>,
 }
 
 /// A viewer connected to us.
@@ -128,6 +132,8 @@ pub(crate) struct Seeder {
     /// Segments the host holds that no swarm claims yet (an earlier instance fetched
     /// them), by source: adopted instead of fetched again.
     orphans: HashMap<Source, (SegmentHandle, u64)>,
+    /// Requests seen, the clock of `last_use`.
+    uses: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -150,6 +156,7 @@ impl Seeder {
             peers: HashMap::new(),
             max_peers,
             orphans: HashMap::new(),
+            uses: 0,
         }
     }
 
@@ -333,6 +340,7 @@ impl Seeder {
                 ended: false,
                 announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
                 changed: false,
+                last_use: BTreeMap::new(),
             });
             let fetch = self.fetch_text(playlist_url, Fetch::Playlist(index), out);
             self.swarms[index].playlist_fetch = Some(fetch);
@@ -369,29 +377,84 @@ impl Seeder {
                 out.push(Command::Evict(handle));
             }
         }
-        let missing: Vec<(i64, Source)> =
-            wanted.into_iter().filter(|(id, _)| !swarm.segments.contains_key(id)).collect();
-        for (id, (uri, range)) in missing {
-            if let Some((handle, size)) = self.orphans.remove(&(uri.clone(), range)) {
-                let swarm = &mut self.swarms[index];
-                swarm.segments.insert(id, Stored::Ready { handle, size });
-                swarm.sources.insert(id, (uri, range));
-                continue;
-            }
-            let fetch = self.id();
-            self.fetches.insert(fetch, Fetch::Segment(index, id));
-            let swarm = &mut self.swarms[index];
-            swarm.segments.insert(id, Stored::Fetching(fetch));
-            swarm.sources.insert(id, (uri.clone(), range));
-            out.push(Command::FetchSegment(FetchSegment {
-                fetch,
-                url: uri,
-                range: range.map(|(start, end)| superpeer_guest::ByteRange { start, end }),
-                tier: if live { CacheTier::Memory } else { CacheTier::Disk },
-            }));
+        if !live {
+            // Every VOD segment can be asked for; only the start is fetched ahead.
+            swarm.sources = media
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as i64, (s.uri.clone(), s.range)))
+                .collect();
+        }
+        for (id, source) in wanted {
+            self.ensure(index, id, source, live, out);
         }
         if live {
             out.push(timer(reload_timer(index), self.swarms[index].target_duration_ms));
+        }
+    }
+
+    /// Makes sure segment `id` is held or on its way: adopted if an earlier instance
+    /// fetched it, else fetched once.
+    fn ensure(
+        &mut self,
+        index: usize,
+        id: i64,
+        (uri, range): Source,
+        live: bool,
+        out: &mut Vec<Command>,
+    ) {
+        let swarm = &mut self.swarms[index];
+        if swarm.segments.contains_key(&id) {
+            return;
+        }
+        swarm.sources.insert(id, (uri.clone(), range));
+        if let Some((handle, size)) = self.orphans.remove(&(uri.clone(), range)) {
+            swarm.segments.insert(id, Stored::Ready { handle, size });
+            swarm.changed = true;
+            return;
+        }
+        let fetch = self.id();
+        self.fetches.insert(fetch, Fetch::Segment(index, id));
+        let swarm = &mut self.swarms[index];
+        swarm.segments.insert(id, Stored::Fetching(fetch));
+        swarm.changed = true;
+        out.push(Command::FetchSegment(FetchSegment {
+            fetch,
+            url: uri,
+            range: range.map(|(start, end)| superpeer_guest::ByteRange { start, end }),
+            tier: if live { CacheTier::Memory } else { CacheTier::Disk },
+        }));
+    }
+
+    /// A VOD viewer asked for `id`: fetch it and the next few, and keep at most
+    /// [`VOD_HELD`] segments, dropping the least recently asked for.
+    fn vod_demand(&mut self, index: usize, id: i64, out: &mut Vec<Command>) {
+        self.uses += 1;
+        let now = self.uses;
+        let swarm = &mut self.swarms[index];
+        swarm.last_use.insert(id, now);
+        let ahead: Vec<(i64, Source)> = (id..id + VOD_PREFETCH as i64)
+            .filter_map(|n| swarm.sources.get(&n).map(|s| (n, s.clone())))
+            .collect();
+        for (n, source) in ahead {
+            self.ensure(index, n, source, false, out);
+        }
+        let swarm = &mut self.swarms[index];
+        while swarm.segments.len() > VOD_HELD {
+            let oldest = swarm
+                .segments
+                .iter()
+                .filter(|(n, s)| {
+                    matches!(s, Stored::Ready { .. }) && !(id..id + VOD_PREFETCH as i64).contains(n)
+                })
+                .min_by_key(|(n, _)| swarm.last_use.get(n).copied().unwrap_or(0))
+                .map(|(n, s)| (*n, s.clone()));
+            let Some((n, Stored::Ready { handle, .. })) = oldest else { break };
+            swarm.segments.remove(&n);
+            swarm.last_use.remove(&n);
+            swarm.changed = true;
+            out.push(Command::Evict(handle));
         }
     }
 
@@ -485,7 +548,8 @@ impl Seeder {
                 return;
             }
         };
-        let swarm = &self.swarms[viewer.swarm];
+        let index = viewer.swarm;
+        let swarm = &self.swarms[index];
         match command {
             PeerCommand::SegmentRequest { id, request, byte_from } => {
                 // A new request replaces the one being served.
@@ -510,6 +574,9 @@ impl Seeder {
                         viewer.serving = Some(Serving { id, request, handle: *handle });
                     }
                     _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),
+                }
+                if swarm.ended {
+                    self.vod_demand(index, id, out);
                 }
             }
             PeerCommand::CancelSegmentRequest { id, request } => {
@@ -1127,6 +1194,98 @@ b.m3u8
             matches!(out.as_slice(), [Command::PeerClose(c)] if c.peer == peer && c.reason.contains("unknown command"))
         );
         assert_eq!(seeder.figures().2, 0);
+    }
+
+    /// A VOD seeder with a 200-segment playlist, one viewer with an open channel, and
+    /// the first segments stored.
+    fn vod_serving() -> (Seeder, PeerId, u64) {
+        let url = "http://o.example/vod/index.m3u8";
+        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10);
+        let mut out = Vec::new();
+        seeder.start(&mut out);
+        let (manifest, _) = texts(&out)[0].clone();
+        out.clear();
+        seeder.handle(&fetched(manifest, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
+        let (playlist, _) = texts(&out)[0].clone();
+        out.clear();
+        seeder.handle(&fetched(playlist, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
+        let mut handle = 1000;
+        store_all(&mut seeder, &out, &mut handle);
+        let info_hash = seeder.swarms[0].info_hash.clone();
+        let offer = format!(
+            r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"-PM0203-viewer000001","offer_id":"o1","offer":{{"type":"offer","sdp":"v=0"}}}}"#
+        );
+        out.clear();
+        seeder.handle(
+            &Event::TrackerText(TrackerText { conn: 7, text: offer }),
+            &[7],
+            &mut random(),
+            &mut out,
+        );
+        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!() };
+        seeder.handle(
+            &Event::PeerAnswerReady(SdpReady { peer: answer.peer, sdp: "v=0".into() }),
+            &[7],
+            &mut random(),
+            &mut out,
+        );
+        seeder.handle(&Event::PeerChannelOpen(answer.peer), &[7], &mut random(), &mut Vec::new());
+        (seeder, answer.peer, handle)
+    }
+
+    /// Answers every segment fetch in `out` as stored, with handles counting up.
+    fn store_all(seeder: &mut Seeder, out: &[Command], handle: &mut u64) {
+        for (fetch, url) in segments(out) {
+            *handle += 1;
+            let segment =
+                SegmentInfo { handle: *handle, url, range: None, size: 10, tier: CacheTier::Disk };
+            seeder.handle(
+                &Event::SegmentStored(SegmentStored { fetch, segment }),
+                &[],
+                &mut random(),
+                &mut Vec::new(),
+            );
+        }
+    }
+
+    #[test]
+    fn vod_segments_are_fetched_where_viewers_ask_and_held_within_a_bound() {
+        let (mut seeder, peer, mut handle) = vod_serving();
+        assert_eq!(seeder.figures().1, VOD_PREFETCH);
+        let mut out = Vec::new();
+        let far = PeerCommand::SegmentRequest { id: 100, request: 1, byte_from: None };
+        seeder.handle(&message(peer, &far), &[7], &mut random(), &mut out);
+        assert_eq!(
+            sent(&out),
+            [PeerCommand::SegmentAbsent { id: 100, request: 1 }],
+            "not held yet"
+        );
+        let wanted: Vec<String> = segments(&out).into_iter().map(|(_, u)| u).collect();
+        assert_eq!(wanted.len(), VOD_PREFETCH);
+        assert_eq!(wanted[0], "http://o.example/vod/seg100.ts", "fetched from where the viewer is");
+        store_all(&mut seeder, &out, &mut handle);
+
+        // Viewers all over the VOD: the held set stays bounded, evicting the least used.
+        let mut evictions = 0;
+        for request in 0..12 {
+            out.clear();
+            let ask = PeerCommand::SegmentRequest {
+                id: 15 * request,
+                request: 100 + request,
+                byte_from: None,
+            };
+            seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut out);
+            assert!(
+                seeder.swarms[0].segments.len() <= VOD_HELD,
+                "{}",
+                seeder.swarms[0].segments.len()
+            );
+            evictions += out.iter().filter(|c| matches!(c, Command::Evict(_))).count();
+            store_all(&mut seeder, &out, &mut handle);
+        }
+        assert!(evictions > 0);
+        // The segments just asked for are never the ones evicted.
+        assert!(seeder.swarms[0].segments.contains_key(&165));
     }
 
     #[test]
