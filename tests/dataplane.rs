@@ -84,7 +84,7 @@ async fn next(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> Event 
     loop {
         let happened =
             tokio::time::timeout(Duration::from_secs(30), io.recv()).await.unwrap().unwrap();
-        if let Some(event) = plane.on_io(happened) {
+        if let Some(event) = plane.on_io(happened).pop() {
             return event;
         }
     }
@@ -93,7 +93,7 @@ async fn next(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> Event 
 #[tokio::test]
 async fn fetches_playlists_and_segments_from_the_origin() {
     let (base, hits) = origin().await;
-    let (mut plane, mut io) = DataPlane::new(limits());
+    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
 
     plane.carry_out(Command::FetchText(FetchText { fetch: 1, url: format!("{base}/live.m3u8") }));
     let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else {
@@ -129,7 +129,7 @@ async fn fetches_playlists_and_segments_from_the_origin() {
 #[tokio::test]
 async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
     let (base, hits) = origin().await;
-    let (mut plane, mut io) = DataPlane::new(limits());
+    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
     let segment = |fetch, path: &str| {
         Command::FetchSegment(FetchSegment {
             fetch,
@@ -176,7 +176,7 @@ async fn tracker_texts_flow_both_ways_and_closes_are_reported() {
         socket.send(Message::text(format!("echo {}", hello.to_text().unwrap()))).await.unwrap();
         socket.close(None).await.unwrap();
     });
-    let (mut plane, mut io) = DataPlane::new(limits());
+    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
     plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 9, url }));
     assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(9));
     assert_eq!(plane.trackers_open(), 1);
@@ -204,7 +204,7 @@ async fn an_oversized_tracker_frame_closes_only_that_connection() {
         let _ = socket.send(Message::text("x".repeat(128 << 10))).await;
         let _ = socket.next().await;
     });
-    let (mut plane, mut io) = DataPlane::new(limits());
+    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
     plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 1, url }));
     assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(1));
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };

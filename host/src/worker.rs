@@ -66,7 +66,8 @@ where
         }
     });
 
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default());
+    let (mut plane, mut io) =
+        DataPlane::new(DataPlaneLimits::default()).context("could not set up the data plane")?;
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut events: Vec<Event> = Vec::new();
     loop {
@@ -98,10 +99,13 @@ where
             },
             Some(happened) = io.recv() => events.extend(plane.on_io(happened)),
             () = sleep_until(wake) => {}
+            () = sleep_until(plane.next_timeout().map(tokio::time::Instant::from_std)) => {
+                events.extend(plane.timeout());
+            }
             _ = report.tick() => {
                 let figures = WorkerReport {
-                    viewers: runner.tables().peer_count() as u32,
-                    uploaded: 0,
+                    viewers: plane.viewers() as u32,
+                    uploaded: plane.uploaded(),
                     downloaded: plane.downloaded(),
                     disk_cache_size: 0,
                     trackers: plane.trackers_open() as u32,

@@ -9,9 +9,12 @@
 mod fetch;
 mod store;
 mod tracker;
+mod webrtc;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -19,7 +22,7 @@ use tokio::task::AbortHandle;
 
 use crate::policy::wire::{
     ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, PeerClosed, SegmentInfo,
-    SegmentStored, TextFetched,
+    SegmentSent, SegmentStored, TextFetched,
 };
 pub use store::SegmentStore;
 
@@ -38,6 +41,11 @@ pub struct DataPlaneLimits {
     pub fetch_timeout: Duration,
     /// Attempts per fetch (the first included) when the origin fails or times out.
     pub fetch_attempts: u32,
+    /// The UDP address all of the worker's viewers reach it on.
+    pub udp_bind: SocketAddr,
+    /// The address put in ICE candidates, when it is not the bound one (a server behind
+    /// 1:1 NAT advertises its public IP).
+    pub advertise_ip: Option<IpAddr>,
 }
 
 impl Default for DataPlaneLimits {
@@ -49,6 +57,8 @@ impl Default for DataPlaneLimits {
             connect_timeout: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(20),
             fetch_attempts: 3,
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_ip: None,
         }
     }
 }
@@ -68,6 +78,11 @@ pub enum IoEvent {
     /// A tracker connection opened or closed (for the figures).
     TrackerUp(ConnId),
     TrackerDown(ConnId),
+    /// A UDP datagram for the WebRTC layer.
+    Datagram {
+        from: SocketAddr,
+        data: Bytes,
+    },
 }
 
 /// The worker's data plane.
@@ -80,13 +95,23 @@ pub struct DataPlane {
     trackers_open: usize,
     fetches: HashMap<FetchId, AbortHandle>,
     store: SegmentStore,
+    rtc: webrtc::Rtc,
     downloaded: u64,
+    uploaded: u64,
 }
 
 impl DataPlane {
     /// A data plane and the channel its tasks report on, for the event loop to drain.
-    pub fn new(limits: DataPlaneLimits) -> (Self, mpsc::Receiver<IoEvent>) {
+    /// Binds the worker's UDP socket; must run inside the worker's runtime.
+    pub fn new(limits: DataPlaneLimits) -> std::io::Result<(Self, mpsc::Receiver<IoEvent>)> {
         let (events, inbox) = mpsc::channel(1024);
+        let socket = std::net::UdpSocket::bind(limits.udp_bind)?;
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let bound = socket.local_addr()?;
+        let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
+        tracing::info!(%bound, %advertised, "WebRTC socket ready");
+        spawn_receiver(socket.clone(), events.clone());
         let http = reqwest::Client::builder()
             .user_agent(concat!("superpeer/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(limits.connect_timeout)
@@ -100,55 +125,112 @@ impl DataPlane {
             trackers_open: 0,
             fetches: HashMap::new(),
             store: SegmentStore::default(),
+            rtc: webrtc::Rtc::new(socket, advertised),
             downloaded: 0,
+            uploaded: 0,
         };
-        (plane, inbox)
+        Ok((plane, inbox))
     }
 
     /// Carries out one admitted command; returns the events it causes at once.
     pub fn carry_out(&mut self, command: Command) -> Vec<Event> {
-        let refuse = |peer| vec![Event::PeerClosed(PeerClosed { peer, reason: NO_WEBRTC.into() })];
-        match command {
+        let now = Instant::now();
+        let events = match command {
             Command::TrackerConnect(c) => {
                 let outgoing = tracker::spawn(c.conn, c.url, self.events.clone(), &self.limits);
                 self.trackers.insert(c.conn, outgoing);
+                Vec::new()
             }
             Command::TrackerSend(s) => {
                 if let Some(tracker) = self.trackers.get(&s.conn) {
                     let _ = tracker.send(tracker::Outgoing::Text(s.text));
                 }
+                Vec::new()
             }
             Command::TrackerClose(conn) => {
                 if let Some(tracker) = self.trackers.remove(&conn) {
                     let _ = tracker.send(tracker::Outgoing::Close);
                 }
+                Vec::new()
             }
-            Command::FetchText(f) => self.fetch(f.fetch, f.url, None, fetch::Kind::Text),
-            Command::FetchSegment(f) => self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment),
+            Command::FetchText(f) => {
+                self.fetch(f.fetch, f.url, None, fetch::Kind::Text);
+                Vec::new()
+            }
+            Command::FetchSegment(f) => {
+                self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment);
+                Vec::new()
+            }
             Command::FetchCancel(fetch) => {
                 if let Some(task) = self.fetches.remove(&fetch) {
                     task.abort();
                 }
+                Vec::new()
             }
             Command::Evict(handle) => {
                 if self.store.remove(handle) {
                     return vec![Event::SegmentEvicted(handle)];
                 }
+                Vec::new()
             }
-            // WebRTC is the next layer; until then a peer cannot be connected.
-            Command::PeerOffer(peer) => return refuse(peer),
-            Command::PeerAnswer(a) => return refuse(a.peer),
-            // Timers live in the runner's tables; nothing can be open or served to a
-            // peer without WebRTC, so the runner admits none of the rest.
-            Command::TimerSet(_)
-            | Command::TimerCancel(_)
-            | Command::PeerAcceptAnswer(_)
-            | Command::PeerSend(_)
-            | Command::ServeSegment(_)
-            | Command::CancelServe(_)
-            | Command::PeerClose(_) => {}
+            Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
+            Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
+            Command::ServeSegment(s) => match self.store.get(s.handle) {
+                Some(bytes) => {
+                    self.rtc.serve(s.peer, s.handle, bytes.clone(), s.offset, s.chunk_size, now)
+                }
+                None => vec![Event::SegmentSent(SegmentSent {
+                    peer: s.peer,
+                    handle: s.handle,
+                    bytes: 0,
+                    complete: false,
+                })],
+            },
+            Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
+            Command::PeerClose(c) => {
+                self.rtc.close(c.peer, now);
+                Vec::new()
+            }
+            // Viewers make the offers; an ICE-lite server only answers.
+            Command::PeerOffer(peer) => {
+                vec![Event::PeerClosed(PeerClosed { peer, reason: NOT_OFFERING.into() })]
+            }
+            // Timers live in the runner's tables.
+            Command::PeerAcceptAnswer(_) | Command::TimerSet(_) | Command::TimerCancel(_) => {
+                Vec::new()
+            }
+        };
+        self.count_uploads(&events);
+        events
+    }
+
+    fn count_uploads(&mut self, events: &[Event]) {
+        for event in events {
+            if let Event::SegmentSent(sent) = event {
+                self.uploaded += sent.bytes;
+            }
         }
-        Vec::new()
+    }
+
+    /// When the WebRTC layer needs [`DataPlane::timeout`].
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        self.rtc.next_timeout()
+    }
+
+    pub fn timeout(&mut self) -> Vec<Event> {
+        let events = self.rtc.timeout(Instant::now());
+        self.count_uploads(&events);
+        events
+    }
+
+    /// Bytes of segments sent to viewers so far.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded
+    }
+
+    /// Viewers with a WebRTC connection.
+    pub fn viewers(&self) -> usize {
+        self.rtc.peer_count()
     }
 
     fn fetch(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>, kind: fetch::Kind) {
@@ -164,8 +246,17 @@ impl DataPlane {
         self.fetches.insert(fetch, task);
     }
 
-    /// Turns what a task reported into the event the policy gets.
-    pub fn on_io(&mut self, event: IoEvent) -> Option<Event> {
+    /// Turns what a task reported into the events the policy gets.
+    pub fn on_io(&mut self, event: IoEvent) -> Vec<Event> {
+        if let IoEvent::Datagram { from, data } = &event {
+            let events = self.rtc.receive(*from, data, Instant::now());
+            self.count_uploads(&events);
+            return events;
+        }
+        self.on_task(event).into_iter().collect()
+    }
+
+    fn on_task(&mut self, event: IoEvent) -> Option<Event> {
         match event {
             IoEvent::Policy(event) => {
                 match &event {
@@ -199,6 +290,7 @@ impl DataPlane {
                 self.trackers_open = self.trackers_open.saturating_sub(1);
                 None
             }
+            IoEvent::Datagram { .. } => None,
         }
     }
 
@@ -216,5 +308,18 @@ impl DataPlane {
     }
 }
 
-/// Why peer commands fail in this version.
-const NO_WEBRTC: &str = "not available: this superpeer version has no WebRTC yet";
+const NOT_OFFERING: &str = "superpeer answers offers; it does not make them";
+
+/// Reads the worker's UDP socket and hands every datagram to the event loop.
+fn spawn_receiver(socket: Arc<tokio::net::UdpSocket>, events: mpsc::Sender<IoEvent>) {
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65_536];
+        loop {
+            let Ok((len, from)) = socket.recv_from(&mut buffer).await else { continue };
+            let data = Bytes::copy_from_slice(&buffer[..len]);
+            if events.send(IoEvent::Datagram { from, data }).await.is_err() {
+                break;
+            }
+        }
+    });
+}

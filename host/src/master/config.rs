@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn defaults_match_the_original() {
         let c = config("", &[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
         assert_eq!((c.access_token, c.default_trackers.len()), (None, 0));
         assert_eq!(c.data_dir, PathBuf::from("data"));
     }
@@ -189,7 +189,7 @@ mod tests {
     fn env_is_read_and_flags_win() {
         let env = "# the original's keys\nlistenPort=9000\nexport accessToken=\"s3cret\"\nsignal1='wss://t.example/'\n\n";
         let c = config(env, &[("listenPort", "0"), ("bindAddress", "127.0.0.1")]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
         assert_eq!(c.access_token.as_deref(), Some("s3cret"));
         assert_eq!(c.default_trackers, vec!["wss://t.example/".to_string()]);
     }

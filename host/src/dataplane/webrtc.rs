@@ -1,0 +1,440 @@
+//! WebRTC for a worker: every viewer on one UDP socket, the worker as an ICE-lite
+//! answerer, DTLS and SCTP DataChannels from the sans-I/O `rtc` crate.
+//!
+//! Owns the peer connections, the demultiplexing of datagrams (by the ICE username of
+//! STUN requests, then by source address) and the per-viewer send queue that streams
+//! segment bytes with back-pressure. It never parses the viewers' protocol: messages
+//! go to the policy as they came.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+
+use crate::policy::wire::{
+    Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
+};
+
+/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
+/// the link busy, little enough that one slow viewer holds little memory.
+const SEND_HIGH_WATER: usize = 512 << 10;
+/// Where the DataChannel reports it has room again.
+const SEND_LOW_WATER: u32 = 128 << 10;
+
+/// What waits to go out on a viewer's DataChannel, in order.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Bytes),
+    Serve { handle: SegmentHandle, bytes: Bytes, next: usize, chunk: usize, sent: u64 },
+}
+
+struct Peer {
+    connection: RTCPeerConnection,
+    ufrag: String,
+    channel: Option<rtc::data_channel::RTCDataChannelId>,
+    queue: VecDeque<Outgoing>,
+    addresses: Vec<SocketAddr>,
+}
+
+/// All of a worker's viewers.
+pub struct Rtc {
+    socket: Arc<UdpSocket>,
+    /// The address in our ICE candidate; datagrams are handed over as received on it.
+    advertised: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_address: HashMap<SocketAddr, PeerId>,
+}
+
+impl std::fmt::Debug for Rtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rtc")
+            .field("advertised", &self.advertised)
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl Rtc {
+    pub fn new(socket: Arc<UdpSocket>, advertised: SocketAddr) -> Self {
+        Rtc {
+            socket,
+            advertised,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_address: HashMap::new(),
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Answers a viewer's offer; returns the answer (or why not) as a policy event.
+    pub fn answer(&mut self, peer: PeerId, offer: String, now: Instant) -> Vec<Event> {
+        let ufrag = random_token(12);
+        match self.connect(&ufrag, offer, now) {
+            Ok((connection, sdp)) => {
+                self.by_ufrag.insert(ufrag.clone(), peer);
+                self.peers.insert(
+                    peer,
+                    Peer {
+                        connection,
+                        ufrag,
+                        channel: None,
+                        queue: VecDeque::new(),
+                        addresses: Vec::new(),
+                    },
+                );
+                let mut events = vec![Event::PeerAnswerReady(SdpReady { peer, sdp })];
+                events.extend(self.drain(peer, now));
+                events
+            }
+            Err(reason) => vec![Event::PeerClosed(PeerClosed { peer, reason })],
+        }
+    }
+
+    fn connect(
+        &self,
+        ufrag: &str,
+        offer: String,
+        now: Instant,
+    ) -> Result<(RTCPeerConnection, String), String> {
+        let engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.to_string(), random_token(24))
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .build();
+        let mut connection = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(engine)
+            .build(now)
+            .map_err(|e| format!("could not create a connection: {e}"))?;
+        let offer = RTCSessionDescription::offer(offer).map_err(|e| format!("bad offer: {e}"))?;
+        connection.set_remote_description(now, offer).map_err(|e| format!("offer refused: {e}"))?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.advertised.ip().to_string(),
+                port: self.advertised.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(|e| format!("host candidate: {e}"))?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(|e| format!("host candidate: {e}"))?;
+        connection.add_local_candidate(init).map_err(|e| format!("host candidate: {e}"))?;
+        // End of candidates: the answer carries them all (viewers do not trickle).
+        let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
+        let answer = connection.create_answer(None).map_err(|e| format!("no answer: {e}"))?;
+        connection
+            .set_local_description(now, answer.clone())
+            .map_err(|e| format!("answer refused: {e}"))?;
+        Ok((connection, answer.sdp))
+    }
+
+    /// A datagram arrived on the socket.
+    pub fn receive(&mut self, from: SocketAddr, data: &[u8], now: Instant) -> Vec<Event> {
+        let peer =
+            match stun_username(data).and_then(|user| user.split(':').next().map(String::from)) {
+                Some(ufrag) => self.by_ufrag.get(&ufrag).copied(),
+                None => self.by_address.get(&from).copied(),
+            };
+        let Some(peer) = peer else { return Vec::new() };
+        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        if !state.addresses.contains(&from) {
+            // A STUN request with our ufrag is how a viewer's address becomes known;
+            // an address already taken by another viewer stays with it.
+            if self.by_address.get(&from).is_some_and(|p| *p != peer) {
+                return Vec::new();
+            }
+            self.by_address.insert(from, peer);
+            state.addresses.push(from);
+        }
+        let _ = state.connection.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.advertised,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+        self.drain(peer, now)
+    }
+
+    /// The earliest moment a connection needs [`Rtc::timeout`].
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        self.peers.values_mut().filter_map(|p| p.connection.poll_timeout()).min()
+    }
+
+    pub fn timeout(&mut self, now: Instant) -> Vec<Event> {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                p.connection.poll_timeout().is_some_and(|t| t <= now).then_some(*id)
+            })
+            .collect();
+        let mut events = Vec::new();
+        for peer in due {
+            if let Some(state) = self.peers.get_mut(&peer) {
+                let _ = state.connection.handle_timeout(now);
+            }
+            events.extend(self.drain(peer, now));
+        }
+        events
+    }
+
+    /// Queues one message for the viewer, after whatever is queued already.
+    pub fn send(&mut self, peer: PeerId, data: Vec<u8>, now: Instant) -> Vec<Event> {
+        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        state.queue.push_back(Outgoing::Message(Bytes::from(data)));
+        self.drain(peer, now)
+    }
+
+    /// Queues a segment's bytes from `offset`, in messages of `chunk` bytes.
+    pub fn serve(
+        &mut self,
+        peer: PeerId,
+        handle: SegmentHandle,
+        bytes: Bytes,
+        offset: u64,
+        chunk: u32,
+        now: Instant,
+    ) -> Vec<Event> {
+        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        state.queue.push_back(Outgoing::Serve {
+            handle,
+            bytes,
+            next: offset as usize,
+            chunk: chunk.max(1) as usize,
+            sent: 0,
+        });
+        self.drain(peer, now)
+    }
+
+    /// Drops a queued or running serve; reports it incomplete if it had started.
+    pub fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
+        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        let mut events = Vec::new();
+        state.queue.retain(|item| match item {
+            Outgoing::Serve { handle: h, sent, .. } if *h == handle => {
+                events.push(Event::SegmentSent(SegmentSent {
+                    peer,
+                    handle,
+                    bytes: *sent,
+                    complete: false,
+                }));
+                false
+            }
+            _ => true,
+        });
+        events
+    }
+
+    pub fn close(&mut self, peer: PeerId, now: Instant) {
+        if let Some(mut state) = self.peers.remove(&peer) {
+            let _ = state.connection.close();
+            self.flush_writes(&mut state.connection);
+            self.forget(peer, &state);
+        }
+        let _ = now;
+    }
+
+    fn forget(&mut self, peer: PeerId, state: &Peer) {
+        self.by_ufrag.remove(&state.ufrag);
+        for address in &state.addresses {
+            if self.by_address.get(address) == Some(&peer) {
+                self.by_address.remove(address);
+            }
+        }
+    }
+
+    fn flush_writes(&self, connection: &mut RTCPeerConnection) {
+        while let Some(datagram) = connection.poll_write() {
+            // UDP: a full socket buffer drops the datagram, as the network would.
+            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
+        }
+    }
+
+    /// Runs a connection's outputs: datagrams to send, state changes, messages, and as
+    /// much of its send queue as the DataChannel takes.
+    fn drain(&mut self, peer: PeerId, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(mut state) = self.peers.remove(&peer) else { return events };
+        let mut closed: Option<String> = None;
+        loop {
+            self.flush_writes(&mut state.connection);
+            let mut progressed = false;
+            while let Some(event) = state.connection.poll_event() {
+                progressed = true;
+                match event {
+                    RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id))
+                        if state.channel.is_none() =>
+                    {
+                        state.channel = Some(id);
+                        if let Some(mut channel) = state.connection.data_channel(id) {
+                            channel.set_buffered_amount_low_threshold(SEND_LOW_WATER);
+                        }
+                        events.push(Event::PeerChannelOpen(peer));
+                    }
+                    RTCPeerConnectionEvent::OnDataChannel(
+                        RTCDataChannelEvent::OnBufferedAmountLow(_),
+                    ) => {
+                        events.push(Event::PeerBufferedLow(peer));
+                    }
+                    RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id))
+                        if Some(id) == state.channel =>
+                    {
+                        closed = Some("data channel closed".into());
+                    }
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                        s @ (RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Closed
+                        | RTCPeerConnectionState::Disconnected),
+                    ) => {
+                        closed = Some(format!("connection {s}"));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(TaggedRTCMessage { message, .. }) = state.connection.poll_read() {
+                progressed = true;
+                if let RTCMessage::DataChannelMessage(_, message) = message {
+                    events.push(Event::PeerMessage(PeerMessage {
+                        peer,
+                        data: message.data.to_vec(),
+                    }));
+                }
+            }
+            progressed |= pump(&mut state, peer, now, &mut events);
+            if !progressed {
+                break;
+            }
+        }
+        self.flush_writes(&mut state.connection);
+        match closed {
+            Some(reason) => {
+                for item in state.queue.drain(..) {
+                    if let Outgoing::Serve { handle, sent, .. } = item {
+                        events.push(Event::SegmentSent(SegmentSent {
+                            peer,
+                            handle,
+                            bytes: sent,
+                            complete: false,
+                        }));
+                    }
+                }
+                let _ = state.connection.close();
+                self.flush_writes(&mut state.connection);
+                self.forget(peer, &state);
+                events.push(Event::PeerClosed(PeerClosed { peer, reason }));
+            }
+            None => {
+                self.peers.insert(peer, state);
+            }
+        }
+        events
+    }
+}
+
+/// Sends queued items while the DataChannel has room; true if anything was sent.
+fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -> bool {
+    let Some(id) = state.channel else { return false };
+    let Some(mut channel) = state.connection.data_channel(id) else { return false };
+    let mut progressed = false;
+    while channel.outstanding_bytes() < SEND_HIGH_WATER {
+        let Some(item) = state.queue.front_mut() else { break };
+        match item {
+            Outgoing::Message(bytes) => {
+                let _ = channel.send(now, BytesMut::from(&bytes[..]));
+                state.queue.pop_front();
+            }
+            Outgoing::Serve { handle, bytes, next, chunk, sent } => {
+                if *next >= bytes.len() {
+                    events.push(Event::SegmentSent(SegmentSent {
+                        peer,
+                        handle: *handle,
+                        bytes: *sent,
+                        complete: true,
+                    }));
+                    state.queue.pop_front();
+                } else {
+                    let end = (*next + *chunk).min(bytes.len());
+                    if channel.send(now, BytesMut::from(&bytes[*next..end])).is_err() {
+                        break;
+                    }
+                    *sent += (end - *next) as u64;
+                    *next = end;
+                }
+            }
+        }
+        progressed = true;
+    }
+    progressed
+}
+
+/// The USERNAME of a STUN message, if `data` is one.
+fn stun_username(data: &[u8]) -> Option<&str> {
+    // STUN: top two bits zero, magic cookie at bytes 4..8.
+    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut rest = &data[20..];
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        let value = rest.get(4..4 + len)?;
+        if kind == 0x0006 {
+            return std::str::from_utf8(value).ok();
+        }
+        let padded = (len + 3) & !3;
+        rest = rest.get(4 + padded..)?;
+    }
+    None
+}
+
+fn random_token(len: usize) -> String {
+    use rand::{Rng, SeedableRng};
+    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    (0..len).map(|_| char::from(SYMBOLS[rng.random_range(0..SYMBOLS.len())])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stun_username;
+
+    #[test]
+    fn finds_the_username_of_a_binding_request() {
+        let mut message = vec![0x00, 0x01, 0x00, 0x10, 0x21, 0x12, 0xa4, 0x42];
+        message.extend([7u8; 12]);
+        message.extend([0x00, 0x06, 0x00, 0x09]);
+        message.extend(b"abc:defgh\0\0\0");
+        assert_eq!(stun_username(&message), Some("abc:defgh"));
+        assert_eq!(stun_username(b"\x16\xfe\xfd not stun at all......"), None);
+        assert_eq!(stun_username(&message[..22]), None);
+    }
+}
