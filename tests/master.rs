@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "support/viewer.rs"]
+mod viewer;
+
 const TOKEN: &str = "test-token";
 /// Longest any awaited condition may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -696,4 +699,122 @@ fn http_get_json(url: &str) -> Value {
     stream.read_to_string(&mut response).unwrap();
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// The info hash viewers compute for the origin's one rendition, derived here
+/// independently: p2p-media-loader 2.3 with hls.js (BANDWIDTH, video codec, size).
+fn expected_info_hash(manifest: &str) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let short = b64.encode(Sha1::digest(b"1280000-avc1.4d401f-1280-720-----"));
+    let swarm = format!("v2-{manifest}-main-{short}");
+    b64.encode(&Sha1::digest(swarm.as_bytes())[..15])
+}
+
+#[test]
+fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_webrtc() {
+    let dir = data_dir("viewer");
+    let tracker = Tracker::start();
+    let origin = Origin::start();
+    let manifest = format!("{}/live/master.m3u8", origin.base);
+    let channel = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&manifest)
+    };
+    let master = Superpeer::start(&dir);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]}),
+    );
+    master.wait_for("the live window cached", |s| {
+        workers_of(s, &channel)
+            .first()
+            .is_some_and(|(_, w)| w["segments"] == 3 && w["trackers"] == 1)
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let received = runtime.block_on(view(&tracker.url, &expected_info_hash(&manifest)));
+    // SegmentData header, then the bytes, then SendingCompleted.
+    let commands: Vec<&Vec<u8>> = received.iter().filter(|m| m.starts_with(b"cstr")).collect();
+    assert!(commands.iter().any(|m| m[4] == 2), "a SegmentData header");
+    let data: Vec<u8> =
+        received.iter().filter(|m| !m.starts_with(b"cstr")).flatten().copied().collect();
+    assert_eq!(data, vec![0x47; 1880], "the origin's bytes, through superpeer");
+
+    let stats = master.wait_for("the upload counted", |s| {
+        workers_of(s, &channel).first().is_some_and(|(_, w)| w["uploaded"] == 1880)
+    });
+    assert_eq!(workers_of(&stats, &channel)[0].1["policyStats"]["faults"], 0);
+    master.stop();
+}
+
+/// Joins the swarm through the tracker with an offer, connects to whoever answers,
+/// asks for segment 7 and returns every DataChannel message received until the
+/// transfer completes.
+async fn view(tracker: &str, info_hash: &str) -> Vec<Vec<u8>> {
+    use futures_util::{SinkExt, StreamExt};
+    use rtc::peer_connection::sdp::RTCSessionDescription;
+    use rtc::sansio::Protocol;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut viewer, offer) = viewer::Viewer::new().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(tracker).await.unwrap();
+    let announce = json!({
+        "action": "announce", "info_hash": info_hash, "peer_id": "-PM0203-testviewer01",
+        "numwant": 5, "uploaded": 0, "downloaded": 0, "event": "started",
+        "offers": [{"offer": {"type": "offer", "sdp": offer}, "offer_id": "offer-of-the-viewer0"}],
+    });
+    socket.send(Message::text(announce.to_string())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let answer = loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("no answer came")
+            .unwrap()
+            .unwrap();
+        let reply: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        if let Some(sdp) = reply["answer"]["sdp"].as_str() {
+            assert_eq!(reply["offer_id"], "offer-of-the-viewer0");
+            break sdp.to_string();
+        }
+    };
+    viewer
+        .connection
+        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer).unwrap())
+        .unwrap();
+
+    let mut buffer = vec![0u8; 65_536];
+    let mut requested = false;
+    loop {
+        viewer.flush();
+        if viewer.channel.is_some() && !requested {
+            // SegmentRequest {i: 7, r: 1}, once superpeer has said what it has.
+            if viewer.received.iter().any(|m| m.starts_with(b"cstr\x00")) {
+                viewer.send(b"cstr\x01i\x01\x07r\x01\x01cend");
+                requested = true;
+            }
+        }
+        // SegmentDataSendingCompleted ends it.
+        if viewer.received.iter().any(|m| m.starts_with(b"cstr\x03")) {
+            return std::mem::take(&mut viewer.received);
+        }
+        let timer = viewer
+            .connection
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(deadline)
+            .min(deadline);
+        tokio::select! {
+            received = viewer.socket.recv_from(&mut buffer) => {
+                let (len, from) = received.unwrap();
+                viewer.receive(from, &buffer[..len]);
+            }
+            () = tokio::time::sleep_until(timer) => {
+                assert!(tokio::time::Instant::now() < deadline, "no segment: got {:?}", viewer.received.len());
+                let _ = viewer.connection.handle_timeout(Instant::now());
+            }
+        }
+    }
 }

@@ -9,86 +9,17 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
 use superpeer::policy::wire::{
     CacheTier, Command, Event, FetchSegment, PeerAnswer, PeerSend, SegmentSent, ServeSegment,
 };
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use viewer::Viewer;
 
-/// A viewer: a WebRTC peer that offers and opens a DataChannel, on its own socket.
-struct Viewer {
-    connection: RTCPeerConnection,
-    socket: UdpSocket,
-    channel: Option<rtc::data_channel::RTCDataChannelId>,
-    received: Vec<Vec<u8>>,
-}
-
-impl Viewer {
-    async fn new() -> (Viewer, String) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let mut connection = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .build(Instant::now())
-            .unwrap();
-        connection.create_data_channel("a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9", None).unwrap();
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .unwrap();
-        connection
-            .add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
-            .unwrap();
-        let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
-        let offer = connection.create_offer(None).unwrap();
-        connection.set_local_description(Instant::now(), offer.clone()).unwrap();
-        (Viewer { connection, socket, channel: None, received: Vec::new() }, offer.sdp)
-    }
-
-    fn flush(&mut self) {
-        while let Some(datagram) = self.connection.poll_write() {
-            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
-        }
-        while let Some(event) = self.connection.poll_event() {
-            if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) = event {
-                self.channel = Some(id);
-            }
-        }
-        while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
-            if let RTCMessage::DataChannelMessage(_, message) = message {
-                self.received.push(message.data.to_vec());
-            }
-        }
-        while let Some(datagram) = self.connection.poll_write() {
-            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
-        }
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        let id = self.channel.unwrap();
-        self.connection.data_channel(id).unwrap().send(Instant::now(), data.into()).unwrap();
-        self.flush();
-    }
-}
+#[path = "support/viewer.rs"]
+mod viewer;
 
 /// Runs both ends until `done` holds for what the worker's data plane reported.
 async fn run_until(
@@ -108,9 +39,7 @@ async fn run_until(
         tokio::select! {
             received = viewer.socket.recv_from(&mut buffer) => {
                 let (len, from) = received.unwrap();
-                let local_addr = viewer.socket.local_addr().unwrap();
-                let transport = TransportContext { local_addr, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
-                let _ = viewer.connection.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: buffer[..len].into() });
+                viewer.receive(from, &buffer[..len]);
             }
             Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
             () = tokio::time::sleep_until(next) => {
