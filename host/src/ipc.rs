@@ -43,6 +43,9 @@ pub struct WorkerStart {
     pub trackers: Vec<String>,
     pub policy: Precompiled,
     pub limits: PolicyLimits,
+    /// Where the worker's WebRTC socket listens, and the address it advertises.
+    pub udp_bind: std::net::SocketAddr,
+    pub advertise_ip: Option<std::net::IpAddr>,
 }
 
 /// What a worker tells the master.

@@ -82,6 +82,10 @@ struct ServeArgs {
     /// before it is evicted (keepAlive seeds excepted).
     #[arg(long)]
     idle_grace_seconds: Option<u64>,
+    /// `publicIp`: the address viewers reach workers on; without it workers accept
+    /// viewers on this machine only.
+    #[arg(long)]
+    public_ip: Option<String>,
 }
 
 impl ServeArgs {
@@ -97,6 +101,7 @@ impl ServeArgs {
             ("maxWorkers", self.max_workers.map(|v| v.to_string())),
             ("bandwidth", self.bandwidth.map(|v| v.to_string())),
             ("idleGraceSeconds", self.idle_grace_seconds.map(|v| v.to_string())),
+            ("publicIp", self.public_ip.clone()),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))

@@ -66,8 +66,12 @@ where
         }
     });
 
-    let (mut plane, mut io) =
-        DataPlane::new(DataPlaneLimits::default()).context("could not set up the data plane")?;
+    let limits = DataPlaneLimits {
+        udp_bind: start.udp_bind,
+        advertise_ip: start.advertise_ip,
+        ..DataPlaneLimits::default()
+    };
+    let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut events: Vec<Event> = Vec::new();
     loop {

@@ -32,6 +32,9 @@ pub struct MasterConfig {
     /// `idleGraceSeconds` (default 600) and `minViewers` (default 1): a worker with fewer
     /// viewers for that long is evicted, unless its seed is `keepAlive`.
     pub rules: Rules,
+    /// `publicIp`: the address viewers reach workers on (put in ICE candidates); workers
+    /// then listen on all interfaces. Without it they listen on 127.0.0.1 only.
+    pub public_ip: Option<IpAddr>,
 }
 
 /// A configuration problem, naming the key.
@@ -61,6 +64,7 @@ pub const KEYS: &[&str] = &[
     "bandwidth",
     "idleGraceSeconds",
     "minViewers",
+    "publicIp",
 ];
 
 /// Reads `KEY=VALUE` lines: `#` comments, blank lines, optional `export `, optional
@@ -143,6 +147,13 @@ impl MasterConfig {
         let idle_grace = number::<u64>("idleGraceSeconds", get("idleGraceSeconds"))?
             .map_or(defaults.idle_grace, Duration::from_secs);
         let min_viewers = number("minViewers", get("minViewers"))?.unwrap_or(defaults.min_viewers);
+        let public_ip = match get("publicIp") {
+            Some(v) => Some(
+                v.parse::<IpAddr>()
+                    .map_err(|_| bad("publicIp", format!("{v:?} is not an IP address")))?,
+            ),
+            None => None,
+        };
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token: get("accessToken").map(String::from),
@@ -153,6 +164,7 @@ impl MasterConfig {
             max_workers,
             bandwidth_mbps,
             rules: Rules { idle_grace, min_viewers, ..defaults },
+            public_ip,
         })
     }
 
@@ -200,6 +212,7 @@ mod tests {
             ("listenPort=eighty", "listenPort"),
             ("listenPort=70000", "listenPort"),
             ("bindAddress=localhost", "bindAddress"),
+            ("publicIp=example.com", "publicIp"),
             ("signal1=http://t.example/", "signal1"),
             ("maxWorkers=0", "maxWorkers"),
             ("policyLimits={\"call_deadline\": 0}", "policyLimits"),

@@ -653,6 +653,11 @@ impl Master {
             trackers: seed.item.trackers(&self.config.default_trackers),
             policy: policy.precompiled.clone(),
             limits: self.config.policy_limits.clone(),
+            udp_bind: match self.config.public_ip {
+                Some(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            advertise_ip: self.config.public_ip,
         };
         match spawn_process(&self.worker_log_format, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
