@@ -141,7 +141,7 @@ curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
   jq ".workers[\"$pid\"] | {channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name, policyCalls: .policyStats.calls}"
 step "The tracker's view: one swarm, one peer (superpeer)"
 curl -sS "http://127.0.0.1:$tracker_port/stats.json" | jq '{torrents, peersAll}'
-echo "(Viewers' offers reach the worker's policy, which answers them once the WebRTC layer lands.)"
+echo "Viewers who announce in this swarm get superpeer's WebRTC answer and their segments from it."
 
 step "superpeer's log"
 cat "$work/log"
