@@ -640,27 +640,42 @@ impl Origin {
     }
 }
 
+/// A real tracker, the live origin, and superpeer seeding its stream with the live
+/// window cached and the tracker connected.
+struct Live {
+    tracker: Tracker,
+    origin: Origin,
+    manifest: String,
+    channel: String,
+    master: Superpeer,
+}
+
+impl Live {
+    fn seeded(dir: &Path) -> Live {
+        let tracker = Tracker::start();
+        let origin = Origin::start();
+        let manifest = format!("{}/live/master.m3u8", origin.base);
+        let channel = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&manifest)
+        };
+        let master = Superpeer::start(dir);
+        let seed =
+            json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]});
+        master.ok("POST", "/seed", seed);
+        master.wait_for("the live window cached", |s| {
+            workers_of(s, &channel)
+                .first()
+                .is_some_and(|(_, w)| w["segments"] == 3 && w["trackers"] == 1)
+        });
+        Live { tracker, origin, manifest, channel, master }
+    }
+}
+
 #[test]
 fn a_worker_announces_in_the_swarm_and_caches_the_live_window_once() {
     let dir = data_dir("seeding");
-    let tracker = Tracker::start();
-    let origin = Origin::start();
-    let manifest = format!("{}/live/master.m3u8", origin.base);
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
-    let master = Superpeer::start(&dir);
-    master.ok(
-        "POST",
-        "/seed",
-        json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]}),
-    );
-    master.wait_for("the live window cached", |s| {
-        workers_of(s, &channel)
-            .first()
-            .is_some_and(|(_, w)| w["segments"] == 3 && w["trackers"] == 1)
-    });
+    let Live { tracker, origin, manifest: _, channel, master } = Live::seeded(&dir);
     // The tracker has superpeer in one swarm (one rendition).
     let stats_url = format!("{}/stats.json", tracker.url.replacen("ws://", "http://", 1));
     let deadline = Instant::now() + PATIENCE;
@@ -715,24 +730,8 @@ fn expected_info_hash(manifest: &str) -> String {
 #[test]
 fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_webrtc() {
     let dir = data_dir("viewer");
-    let tracker = Tracker::start();
-    let origin = Origin::start();
-    let manifest = format!("{}/live/master.m3u8", origin.base);
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
-    let master = Superpeer::start(&dir);
-    master.ok(
-        "POST",
-        "/seed",
-        json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]}),
-    );
-    master.wait_for("the live window cached", |s| {
-        workers_of(s, &channel)
-            .first()
-            .is_some_and(|(_, w)| w["segments"] == 3 && w["trackers"] == 1)
-    });
+    // The origin serves on its own thread; only the tracker must stay alive.
+    let Live { tracker, origin: _, manifest, channel, master } = Live::seeded(&dir);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let received = runtime.block_on(view(&tracker.url, &expected_info_hash(&manifest)));

@@ -1063,21 +1063,27 @@ b.m3u8
                 &mut Vec::new(),
             );
         }
+        let peer = connect_viewer(&mut seeder);
+        (seeder, peer)
+    }
+
+    /// A viewer's offer through tracker 7, answered: returns the viewer's peer id.
+    fn connect_viewer(seeder: &mut Seeder) -> PeerId {
         let info_hash = seeder.swarms[0].info_hash.clone();
         let offer = format!(
             r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"-PM0203-viewer000001","offer_id":"o1","offer":{{"type":"offer","sdp":"v=0"}}}}"#
         );
-        out.clear();
+        let mut out = Vec::new();
         seeder.handle(
             &Event::TrackerText(TrackerText { conn: 7, text: offer }),
             &[7],
             &mut random(),
             &mut out,
         );
-        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!() };
+        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!("{out:?}") };
         let ready = Event::PeerAnswerReady(SdpReady { peer: answer.peer, sdp: "v=0".into() });
         seeder.handle(&ready, &[7], &mut random(), &mut Vec::new());
-        (seeder, answer.peer)
+        answer.peer
     }
 
     fn sent(out: &[Command]) -> Vec<PeerCommand> {
@@ -1211,26 +1217,9 @@ b.m3u8
         seeder.handle(&fetched(playlist, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
         let mut handle = 1000;
         store_all(&mut seeder, &out, &mut handle);
-        let info_hash = seeder.swarms[0].info_hash.clone();
-        let offer = format!(
-            r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"-PM0203-viewer000001","offer_id":"o1","offer":{{"type":"offer","sdp":"v=0"}}}}"#
-        );
-        out.clear();
-        seeder.handle(
-            &Event::TrackerText(TrackerText { conn: 7, text: offer }),
-            &[7],
-            &mut random(),
-            &mut out,
-        );
-        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!() };
-        seeder.handle(
-            &Event::PeerAnswerReady(SdpReady { peer: answer.peer, sdp: "v=0".into() }),
-            &[7],
-            &mut random(),
-            &mut out,
-        );
-        seeder.handle(&Event::PeerChannelOpen(answer.peer), &[7], &mut random(), &mut Vec::new());
-        (seeder, answer.peer, handle)
+        let peer = connect_viewer(&mut seeder);
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
+        (seeder, peer, handle)
     }
 
     /// Answers every segment fetch in `out` as stored, with handles counting up.
