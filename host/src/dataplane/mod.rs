@@ -105,8 +105,7 @@ impl DataPlane {
     /// Binds the worker's UDP socket; must run inside the worker's runtime.
     pub fn new(limits: DataPlaneLimits) -> std::io::Result<(Self, mpsc::Receiver<IoEvent>)> {
         let (events, inbox) = mpsc::channel(1024);
-        let socket = std::net::UdpSocket::bind(limits.udp_bind)?;
-        socket.set_nonblocking(true)?;
+        let socket = udp_socket(limits.udp_bind)?;
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let bound = socket.local_addr()?;
         let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
@@ -309,6 +308,22 @@ impl DataPlane {
 }
 
 const NOT_OFFERING: &str = "superpeer answers offers; it does not make them";
+
+/// Kernel buffers for the worker's UDP socket: with dozens of viewers the default
+/// buffers drop datagrams in bursts.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// The worker's UDP socket, non-blocking, with large buffers (as large as the kernel
+/// allows; it caps them at its own maximum).
+fn udp_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
 
 /// Reads the worker's UDP socket and hands every datagram to the event loop.
 fn spawn_receiver(socket: Arc<tokio::net::UdpSocket>, events: mpsc::Sender<IoEvent>) {

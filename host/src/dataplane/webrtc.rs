@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
@@ -55,6 +56,9 @@ struct Peer {
 /// All of a worker's viewers.
 pub struct Rtc {
     socket: Arc<UdpSocket>,
+    /// One DTLS identity for every connection of this worker: making a key per viewer
+    /// would cost a key generation per connection for nothing.
+    certificate: Option<RTCCertificate>,
     /// The address in our ICE candidate; datagrams are handed over as received on it.
     advertised: SocketAddr,
     peers: HashMap<PeerId, Peer>,
@@ -73,8 +77,14 @@ impl std::fmt::Debug for Rtc {
 
 impl Rtc {
     pub fn new(socket: Arc<UdpSocket>, advertised: SocketAddr) -> Self {
+        let certificate = generate_certificate()
+            .map_err(
+                |e| tracing::warn!(error = %e, "no shared DTLS certificate; one per connection"),
+            )
+            .ok();
         Rtc {
             socket,
+            certificate,
             advertised,
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -121,8 +131,12 @@ impl Rtc {
             .with_ice_credentials(ufrag.to_string(), random_token(24))
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();
+        let mut configuration = RTCConfigurationBuilder::new();
+        if let Some(certificate) = &self.certificate {
+            configuration = configuration.with_certificates(vec![certificate.clone()]);
+        }
         let mut connection = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(configuration.build())
             .with_setting_engine(engine)
             .build(now)
             .map_err(|e| format!("could not create a connection: {e}"))?;
@@ -414,6 +428,17 @@ fn stun_username(data: &[u8]) -> Option<&str> {
         rest = rest.get(4 + padded..)?;
     }
     None
+}
+
+fn generate_certificate() -> Result<RTCCertificate, String> {
+    let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+    let params = CertificateParams::new(vec!["superpeer".to_owned()]).map_err(|e| e.to_string())?;
+    RTCCertificate::generate(
+        provider.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn random_token(len: usize) -> String {
