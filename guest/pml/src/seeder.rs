@@ -887,21 +887,8 @@ mod tests {
             ]
         );
         assert!(out.contains(&timer(reload_timer(0), 2000)), "reload at the target duration");
-        for (i, (fetch, url)) in wanted.iter().enumerate() {
-            let segment = SegmentInfo {
-                handle: 50 + i as u64,
-                url: url.clone(),
-                range: None,
-                size: 10,
-                tier: CacheTier::Memory,
-            };
-            seeder.handle(
-                &Event::SegmentStored(SegmentStored { fetch: *fetch, segment }),
-                &[],
-                &mut random(),
-                &mut out,
-            );
-        }
+        let mut handle = 49;
+        store_all(&mut seeder, &out, &mut handle);
         assert_eq!(seeder.figures(), (1, 3, 0));
 
         // The reload: 100 left the window, 103 and 104 joined.
@@ -1048,21 +1035,8 @@ b.m3u8
         let url = "http://o.example/live/720p.m3u8";
         let mut out = Vec::new();
         seeder.handle(&fetched(playlist, url, &media(100, 3, false)), &[], &mut random(), &mut out);
-        for (i, (fetch, url)) in segments(&out).iter().enumerate() {
-            let segment = SegmentInfo {
-                handle: 50 + i as u64,
-                url: url.clone(),
-                range: None,
-                size: 10,
-                tier: CacheTier::Memory,
-            };
-            seeder.handle(
-                &Event::SegmentStored(SegmentStored { fetch: *fetch, segment }),
-                &[],
-                &mut random(),
-                &mut Vec::new(),
-            );
-        }
+        let mut handle = 49;
+        store_all(&mut seeder, &out, &mut handle);
         let peer = connect_viewer(&mut seeder);
         (seeder, peer)
     }
