@@ -43,7 +43,6 @@ enum Stored {
 /// One rendition's swarm.
 #[derive(Debug)]
 struct Swarm {
-    kind: StreamKind,
     info_hash: String,
     peer_id: String,
     playlist_url: String,
@@ -243,9 +242,9 @@ impl Seeder {
             Event::SegmentEvicted(handle) => {
                 for swarm in &mut self.swarms {
                     let before = swarm.segments.len();
-                    swarm
-                        .segments
-                        .retain(|_, s| *s != Stored::Ready { handle: *handle, size: size_of(s) });
+                    swarm.segments.retain(
+                        |_, s| !matches!(s, Stored::Ready { handle: h, .. } if h == handle),
+                    );
                     swarm.changed |= swarm.segments.len() != before;
                 }
             }
@@ -329,7 +328,6 @@ impl Seeder {
             let stream_swarm_id = swarm::stream_swarm_id(&self.swarm_id, kind, &short);
             let index = self.swarms.len();
             self.swarms.push(Swarm {
-                kind,
                 info_hash: swarm::info_hash(&stream_swarm_id),
                 peer_id: swarm::peer_id(&mut *random),
                 playlist_url: playlist_url.clone(),
@@ -608,13 +606,6 @@ impl Seeder {
     }
 }
 
-fn size_of(stored: &Stored) -> u64 {
-    match stored {
-        Stored::Ready { size, .. } => *size,
-        Stored::Fetching(_) => 0,
-    }
-}
-
 fn reload_timer(index: usize) -> TimerId {
     TIMER_BASE + 2 * index as u64
 }
@@ -629,7 +620,6 @@ fn timer(timer: TimerId, after_ms: u64) -> Command {
 
 fn announce_on(conn: ConnId, swarm: &Swarm, event: Option<AnnounceEvent>) -> Command {
     let text = announce::announce(&swarm.info_hash, &swarm.peer_id, event, 0, 0);
-    let _ = swarm.kind;
     Command::TrackerSend(TrackerSend { conn, text })
 }
 

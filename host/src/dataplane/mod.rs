@@ -187,7 +187,7 @@ impl DataPlane {
             },
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
-                self.rtc.close(c.peer, now);
+                self.rtc.close(c.peer);
                 Vec::new()
             }
             // Viewers make the offers; an ICE-lite server only answers.

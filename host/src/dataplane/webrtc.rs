@@ -268,13 +268,12 @@ impl Rtc {
         events
     }
 
-    pub fn close(&mut self, peer: PeerId, now: Instant) {
+    pub fn close(&mut self, peer: PeerId) {
         if let Some(mut state) = self.peers.remove(&peer) {
             let _ = state.connection.close();
             self.flush_writes(&mut state.connection);
             self.forget(peer, &state);
         }
-        let _ = now;
     }
 
     fn forget(&mut self, peer: PeerId, state: &Peer) {
