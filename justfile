@@ -22,17 +22,22 @@ lint: setup
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo clippy --workspace --all-targets --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
 
-# The third-party parts tests run against (a WebTorrent tracker), from npm.
+# The third-party parts tests run against, from npm: bittorrent-tracker, hls.js,
+# p2p-media-loader and playwright-core. Reinstalled only when the lock file changed.
 node-deps:
-    [ -d tests/support/node_modules/bittorrent-tracker ] || npm ci --ignore-scripts --no-audit --no-fund --prefix tests/support
+    cmp -s tests/support/package-lock.json tests/support/node_modules/.installed-lock.json || { npm ci --ignore-scripts --no-audit --no-fund --prefix tests/support && cp tests/support/package-lock.json tests/support/node_modules/.installed-lock.json; }
+
+# The system packages the interop tests and the demo run: Chromium and ffmpeg (apt).
+system-deps:
+    scripts/setup-system.sh
 
 # Lint, then every test: host unit and integration tests, guest logic natively.
-test: lint node-deps
+test: lint node-deps system-deps
     cargo test --workspace --locked
     cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
 # Start superpeer for real on this machine and show it at work.
-demo: setup node-deps
+demo: setup node-deps system-deps
     scripts/demo.sh
 
 # Benchmarks; prints a table.

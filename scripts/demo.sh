@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The demo: starts `superpeer serve` on a free local port with the embedded policy,
 # shows it answering, hot-swaps a new policy in over the REST API, shows a bad policy
-# being refused while the good one keeps running, and stops everything it started.
+# being refused while the good one keeps running, survives kill -9 of a worker, then
+# seeds a live stream (ffmpeg, a real bittorrent-tracker) and lets headless Chromium
+# viewers running hls.js + p2p-media-loader watch it, printing what superpeer uploads to
+# them as it happens and a summary. It stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,42 +109,69 @@ curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" | jq ".workers[\"$new\"] | {pi
 step "Stopping everything through the API"
 authed POST /stop_all
 
-# A real WebTorrent tracker and a small live HLS origin, both on free local ports.
-# The tracker exits when its stdin closes: this script holds it open (fd 3) until it ends.
-mkfifo "$work/tracker.in"
+# A real WebTorrent tracker and a live HLS origin (ffmpeg encoding in real time), both on
+# free local ports. Each exits when its stdin closes: this script holds them open (fds 3
+# and 4) until it ends, so neither can outlive it.
+mkfifo "$work/tracker.in" "$work/origin.in"
 node tests/support/tracker.mjs <"$work/tracker.in" >"$work/tracker.log" 2>&1 &
 helpers+=($!)
 exec 3>"$work/tracker.in"
-mkdir -p "$work/origin/live"
-printf '#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS="avc1.4d401f,mp4a.40.2",RESOLUTION=1280x720\n720p.m3u8\n' >"$work/origin/live/master.m3u8"
-{
-  printf '#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:40\n'
-  for n in 40 41 42 43; do
-    printf '#EXTINF:2,\nseg%s.ts\n' "$n"
-    head -c 188000 /dev/urandom >"$work/origin/live/seg$n.ts"
-  done
-} >"$work/origin/live/720p.m3u8"
-python3 -m http.server 0 --bind 127.0.0.1 --directory "$work/origin" >"$work/origin.log" 2>&1 &
+node tests/support/hls-origin.mjs --dir "$work/media" --live <"$work/origin.in" >"$work/origin.log" 2>&1 &
 helpers+=($!)
+exec 4>"$work/origin.in"
+step "Starting a bittorrent-tracker and an HLS origin with ffmpeg encoding a live stream"
 tracker_port="" origin_port=""
 for _ in $(seq 1 600); do
   tracker_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$work/tracker.log")
-  origin_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/origin.log" | head -n1)
+  origin_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$work/origin.log")
   [ -n "$tracker_port" ] && [ -n "$origin_port" ] && break
   sleep 0.1
 done
-[ -n "$tracker_port" ] && [ -n "$origin_port" ] || { echo "tracker or origin did not start" >&2; exit 1; }
+[ -n "$tracker_port" ] && [ -n "$origin_port" ] || { cat "$work/tracker.log" "$work/origin.log" >&2; echo "tracker or origin did not start" >&2; exit 1; }
+tracker="ws://127.0.0.1:$tracker_port"
+origin="http://127.0.0.1:$origin_port"
+manifest="$origin/live/master.m3u8"
+echo "tracker $tracker, stream $manifest"
 
-manifest="http://127.0.0.1:$origin_port/live/master.m3u8"
 channel=$(printf '%s' "$manifest" | base64 | tr -d '\n')
-step "Seeding a live stream: the worker reads its playlists, joins the swarm of its rendition on a real bittorrent-tracker (ws://127.0.0.1:$tracker_port) and caches the live window"
-authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"signal1\": \"ws://127.0.0.1:$tracker_port\"}]}"
-pid=$(wait_stats '.workers | to_entries[] | select(.value.segments == 4 and .value.trackers == 1) | .key')
+step "Seeding the live stream: the worker reads its playlists, joins its rendition's swarm on the tracker and caches the live window"
+authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"signal1\": \"$tracker\"}]}"
+pid=$(wait_stats '.workers | to_entries[] | select(.value.segments >= 2 and .value.trackers == 1) | .key')
 curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
-  jq ".workers[\"$pid\"] | {channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name, policyCalls: .policyStats.calls}"
-step "The tracker's view: one swarm, one peer (superpeer)"
-curl -sS "http://127.0.0.1:$tracker_port/stats.json" | jq '{torrents, peersAll}'
-echo "Viewers who announce in this swarm get superpeer's WebRTC answer and their segments from it."
+  jq ".workers[\"$pid\"] | {channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name}"
 
-step "superpeer's log"
-cat "$work/log"
+viewers=${DEMO_VIEWERS:-3}
+seconds=${DEMO_SECONDS:-40}
+step "$viewers viewers (headless Chromium, unmodified hls.js + p2p-media-loader) watch for $seconds s"
+echo "Each finds superpeer through the tracker; segments more than 4 s ahead of the playhead come over P2P."
+page="$origin/player.html?manifest=$(jq -rn --arg v "$manifest" '$v|@uri')&trackers=$(jq -rn --arg v "$tracker" '$v|@uri')&highDemand=4"
+# What each worker does, every 2 s, from the master's /stats.
+(
+  previous='{}'
+  while sleep 2; do
+    stats=$(curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" 2>/dev/null) || continue
+    jq -r --argjson previous "$previous" '.workers | to_entries[] | select(.value.state == "running") |
+      "  superpeer worker \(.key): \(.value.peers) peer(s), uplink \(((.value.uploaded - ($previous[.key] // .value.uploaded)) * 8 / 2e6 * 10 | round) / 10) Mbit/s, uploaded \((.value.uploaded / 1e5 | round) / 10) MB, \(.value.segments) segments cached, CPU \((.value.cpu * 10 | round) / 10)%"' <<<"$stats"
+    previous=$(jq -c '.workers | map_values(.uploaded)' <<<"$stats")
+  done
+) &
+monitor=$!
+helpers+=($monitor)
+node tests/support/viewers.mjs --page "$page" --viewers "$viewers" --seconds "$seconds" >"$work/viewers.jsonl" &
+driver=$!
+helpers+=($driver)
+tail -f --pid "$driver" "$work/viewers.jsonl" | jq --unbuffered -r 'select(.type == "tick") | .viewers | to_entries[] |
+  "  viewer \(.key + 1): played \(.value.played) s, \(.value.peers) peer(s), P2P \(.value.p2pBytes / 1e6 * 10 | round / 10) MB, HTTP \(.value.httpBytes / 1e6 * 10 | round / 10) MB, stalls \(.value.stalls)"'
+wait "$driver"
+kill "$monitor" 2>/dev/null || true
+
+step "Summary"
+# Viewers also trade segments among themselves: P2P counts bytes from any peer.
+jq -r 'select(.type == "summary") | .viewers | to_entries[] |
+  "viewer \(.key + 1): played \((.value.playedSeconds * 10 | round) / 10) s, stalls \(.value.stalls), \((.value.p2pBytes + .value.httpBytes) / 1e5 | round / 10) MB of segments, \(.value.p2pBytes * 100 / ([.value.p2pBytes + .value.httpBytes, 1] | max) | round)% over P2P"' "$work/viewers.jsonl"
+viewed=$(jq 'select(.type == "summary") | [.viewers[] | .p2pBytes + .httpBytes] | add' "$work/viewers.jsonl")
+curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
+  jq -r --argjson viewed "$viewed" '[.workers[] | select(.state == "running")] |
+    "superpeer: uploaded \(map(.uploaded) | add / 1e5 | round / 10) MB, \(map(.uploaded) | add * 100 / ([$viewed, 1] | max) | round)% of all the bytes the viewers loaded; fetched \(map(.downloaded) | add / 1e5 | round / 10) MB from the origin"'
+curl -sS "$origin/hits.json" |
+  jq -r '[to_entries[] | select(.key | endswith(".ts"))] | "origin: \(length) segments asked for \(map(.value) | add) times in all (superpeer once each; viewers only what played within 4 s)"'

@@ -1,0 +1,282 @@
+//! What the process-level tests share: a `superpeer serve` on a port the OS picked, a
+//! real bittorrent-tracker, signals, and directories that vanish with the test.
+//! Every process started here is stopped when its handle drops, pass or fail.
+
+// Each test binary uses only part of this file.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token";
+/// Longest any awaited condition may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Superpeer {
+    pub child: Child,
+    pub addr: String,
+    /// Everything the master (and its workers) logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Superpeer {
+    pub fn start(data_dir: &Path) -> Superpeer {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Superpeer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+            .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--access-token", TOKEN])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--env-file")
+            .arg(data_dir.join("absent.env"))
+            .env("RUST_LOG", "info")
+            .env("SUPERPEER_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
+                if let Some(at) = line.find("superpeer listening on http://") {
+                    let addr =
+                        line[at + "superpeer listening on http://".len()..].trim().to_string();
+                    let _ = found.send(addr);
+                }
+                // Keep draining so the master never blocks on a full pipe.
+            }
+        });
+        // Owned before waiting, so a failed start still stops the process.
+        let mut superpeer = Superpeer { child, addr: String::new(), log };
+        superpeer.addr = address.recv_timeout(PATIENCE).expect("superpeer did not start listening");
+        superpeer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        self.request_as(Some(TOKEN), method, path, body)
+    }
+
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        let token = token.map(|t| format!("X-ACCESS-TOKEN: {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{token}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    pub fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, answer) = self.request(method, path, body.to_string().as_bytes());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer
+    }
+
+    pub fn stats(&self) -> Value {
+        self.ok("GET", "/stats", Value::Null)
+    }
+
+    /// Polls `/stats` until `done` holds; returns those stats.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last stats: {stats:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit: every worker stopped when asked, none had
+    /// to be killed.
+    pub fn stop(mut self) {
+        signal("TERM", self.pid());
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "superpeer did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "superpeer exited with {status}");
+        let log = self.log.lock().unwrap();
+        let killed: Vec<&String> =
+            log.iter().filter(|l| l.contains("did not stop in time")).collect();
+        assert!(killed.is_empty(), "workers had to be killed: {killed:?}");
+    }
+}
+
+impl Drop for Superpeer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal("TERM", self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(name: &str, pid: u32) {
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits until `pid` has exited; false if it is still running after the patience.
+pub fn exits(pid: u32) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A directory of this test's own, removed when the test ends, pass or fail.
+pub struct TempDir(pub PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn data_dir(test: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("superpeer-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+/// One of the Node.js helpers in `tests/support` (`tracker.mjs`, `hls-origin.mjs`):
+/// started with piped stdin, which it watches so it never outlives the test, and ready
+/// once it prints `listening <port>`.
+pub struct NodeService {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl NodeService {
+    pub fn start(script: &str, args: &[&std::ffi::OsStr]) -> NodeService {
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support");
+        assert!(
+            support.join("node_modules/.package-lock.json").is_file(),
+            "the test support packages are not installed: run `just node-deps`"
+        );
+        let mut child = Command::new("node")
+            .arg(support.join(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node is needed for the test helpers");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // Owned before checking the line, so a failed start still stops the process.
+        let mut service = NodeService { child, port: 0 };
+        service.port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("{script} said {line:?}"));
+        service
+    }
+}
+
+impl Drop for NodeService {
+    /// Closing stdin asks the helper to stop what it started (the origin its ffmpeg);
+    /// a helper that does not exit in time is killed.
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real bittorrent-tracker (WebSocket) on a port the OS picked.
+pub struct Tracker {
+    pub service: NodeService,
+    pub url: String,
+}
+
+impl Tracker {
+    pub fn start() -> Tracker {
+        let service = NodeService::start("tracker.mjs", &[]);
+        let url = format!("ws://127.0.0.1:{}", service.port);
+        Tracker { service, url }
+    }
+}
+
+pub fn http_get_json(url: &str) -> Value {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) =
+        rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}

@@ -1,0 +1,97 @@
+// Runs viewers: tabs of headless Chromium (Debian's, at /usr/bin/chromium unless
+// CHROMIUM is set) playing player.html, each an unmodified hls.js + p2p-media-loader.
+//   node viewers.mjs --page URL [--viewers N] [--seconds S] [--patience S]
+// Each viewer plays until it has played S seconds (default 30) or fails. While they play,
+// one JSON line per second: {"type":"tick","viewers":[{played,peers,p2pBytes,httpBytes,stalls}]}.
+// At the end one line {"type":"summary","viewers":[...]} with, per viewer, what it played,
+// its stalls and errors, every segment with its source, and the SHA-256 of the bytes of
+// every segment that came over P2P and of every fragment hls.js consumed.
+// Exits non-zero only if the browser itself could not run; judging is the caller's.
+import { chromium } from 'playwright-core'
+
+const args = process.argv.slice(2)
+const option = (name, fallback) => {
+  const at = args.indexOf(name)
+  return at >= 0 ? args[at + 1] : fallback
+}
+const page = option('--page')
+const count = Number(option('--viewers', '1'))
+const seconds = Number(option('--seconds', '30'))
+// How long a viewer may take to start playing and then play `seconds`.
+const patience = Number(option('--patience', String(seconds + 60)))
+if (!page || !(count >= 1) || !(seconds > 0)) {
+  console.error('usage: viewers.mjs --page URL [--viewers N] [--seconds S] [--patience S]')
+  process.exit(2)
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    // Tabs in the background must play as if watched.
+    '--autoplay-policy=no-user-gesture-required',
+    '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding',
+    '--disable-backgrounding-occluded-windows',
+  ],
+})
+const stopBrowser = () => browser.close().catch(() => {})
+process.on('SIGTERM', async () => {
+  await stopBrowser()
+  process.exit(143)
+})
+
+try {
+  // One context per viewer: separate storage, so no viewer shares a cache with another.
+  const tabs = []
+  for (let i = 0; i < count; i++) {
+    const context = await browser.newContext()
+    const tab = await context.newPage()
+    const console = []
+    tab.on('console', (message) => {
+      if (message.type() === 'error' && console.length < 50) console.push(message.text())
+    })
+    tab.on('pageerror', (error) => console.push(`page error: ${error.message}`))
+    await tab.goto(page)
+    tabs.push({ tab, console })
+  }
+
+  const read = (t) => t.tab.evaluate(() => window.viewer)
+  const bytesFrom = (viewer, source) =>
+    viewer.loaded.filter((s) => s.source === source).reduce((sum, s) => sum + s.bytes, 0)
+  const done = (v) => v.failed !== null || v.playedSeconds >= seconds
+  const deadline = Date.now() + patience * 1000
+  let states
+  for (;;) {
+    states = await Promise.all(tabs.map(read))
+    const tick = states.map((v) => ({
+      played: Number(v.playedSeconds.toFixed(1)),
+      peers: v.peers,
+      p2pBytes: bytesFrom(v, 'p2p'),
+      httpBytes: bytesFrom(v, 'http'),
+      stalls: v.stalls,
+    }))
+    console.log(JSON.stringify({ type: 'tick', viewers: tick }))
+    if (states.every(done) || Date.now() > deadline) break
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+  }
+  // Hashes are computed asynchronously in the page: read once the last has settled.
+  await Promise.all(tabs.map((t) => t.tab.waitForFunction(() => window.viewer.hashing === 0)))
+  states = await Promise.all(tabs.map(read))
+  const viewers = states.map((v, i) => ({
+    ...v,
+    p2pBytes: bytesFrom(v, 'p2p'),
+    httpBytes: bytesFrom(v, 'http'),
+    timedOut: !done(v),
+    console: tabs[i].console,
+  }))
+  console.log(JSON.stringify({ type: 'summary', viewers }))
+} finally {
+  await stopBrowser()
+}
