@@ -114,3 +114,37 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     assert_eq!(viewer.received.concat(), segment[1000..]);
     assert_eq!(plane.uploaded(), 299_000);
 }
+
+#[tokio::test]
+async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
+    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut viewer, offer) = Viewer::new().await;
+    let mut seen = plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 7, offer }));
+    let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
+    viewer
+        .connection
+        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).unwrap())
+        .unwrap();
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
+        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(7))
+    })
+    .await;
+
+    // The viewer vanishes without a word (a closed laptop, a lost network): nothing it
+    // would send arrives any more. The data plane must notice by itself.
+    drop(viewer);
+    seen.clear();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 7)) {
+        let next = plane.next_timeout().map(tokio::time::Instant::from_std);
+        let next = next.map_or(deadline, |t| t.min(deadline));
+        tokio::select! {
+            Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
+            () = tokio::time::sleep_until(next) => {
+                assert!(tokio::time::Instant::now() < deadline, "never dropped; events: {seen:?}");
+                seen.extend(plane.timeout());
+            }
+        }
+    }
+    assert_eq!(plane.viewers(), 0);
+}
