@@ -210,3 +210,16 @@ async fn an_oversized_tracker_frame_closes_only_that_connection() {
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(closed.reason.contains("failed"), "{}", closed.reason);
 }
+
+#[tokio::test]
+async fn workers_take_their_udp_port_from_the_configured_range_or_say_it_is_full() {
+    // A port that was free a moment ago: the range is that one port.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ranged = DataPlaneLimits { udp_ports: Some((port, port)), ..limits() };
+    let (first, _io) = DataPlane::new(ranged.clone()).unwrap();
+    assert_eq!(first.udp_addr().port(), port);
+
+    let Err(error) = DataPlane::new(ranged) else { panic!("the only port is taken") };
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(error.to_string().contains(&format!("no free UDP port in {port}-{port}")), "{error}");
+}

@@ -45,6 +45,7 @@ pub struct WorkerStart {
     pub limits: PolicyLimits,
     /// Where the worker's WebRTC socket listens, and the address it advertises.
     pub udp_bind: std::net::SocketAddr,
+    pub udp_ports: Option<(u16, u16)>,
     pub advertise_ip: Option<std::net::IpAddr>,
 }
 

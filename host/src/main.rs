@@ -86,6 +86,9 @@ struct ServeArgs {
     /// viewers on this machine only.
     #[arg(long)]
     public_ip: Option<String>,
+    /// `udpPorts`: UDP ports for workers, `first-last`, one per worker (default: any free).
+    #[arg(long)]
+    udp_ports: Option<String>,
 }
 
 impl ServeArgs {
@@ -102,6 +105,7 @@ impl ServeArgs {
             ("bandwidth", self.bandwidth.map(|v| v.to_string())),
             ("idleGraceSeconds", self.idle_grace_seconds.map(|v| v.to_string())),
             ("publicIp", self.public_ip.clone()),
+            ("udpPorts", self.udp_ports.clone()),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))

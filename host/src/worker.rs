@@ -68,6 +68,7 @@ where
 
     let limits = DataPlaneLimits {
         udp_bind: start.udp_bind,
+        udp_ports: start.udp_ports,
         advertise_ip: start.advertise_ip,
         ..DataPlaneLimits::default()
     };

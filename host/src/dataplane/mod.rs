@@ -41,8 +41,12 @@ pub struct DataPlaneLimits {
     pub fetch_timeout: Duration,
     /// Attempts per fetch (the first included) when the origin fails or times out.
     pub fetch_attempts: u32,
-    /// The UDP address all of the worker's viewers reach it on.
+    /// The UDP address all of the worker's viewers reach it on; its port is ignored
+    /// when `udp_ports` is set.
     pub udp_bind: SocketAddr,
+    /// The ports the worker may take (first and last, inclusive), for firewalls that
+    /// open a range; any free port when unset.
+    pub udp_ports: Option<(u16, u16)>,
     /// The address put in ICE candidates, when it is not the bound one (a server behind
     /// 1:1 NAT advertises its public IP).
     pub advertise_ip: Option<IpAddr>,
@@ -58,6 +62,7 @@ impl Default for DataPlaneLimits {
             fetch_timeout: Duration::from_secs(20),
             fetch_attempts: 3,
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp_ports: None,
             advertise_ip: None,
         }
     }
@@ -96,6 +101,7 @@ pub struct DataPlane {
     fetches: HashMap<FetchId, AbortHandle>,
     store: SegmentStore,
     rtc: webrtc::Rtc,
+    udp_addr: SocketAddr,
     downloaded: u64,
     uploaded: u64,
 }
@@ -105,7 +111,10 @@ impl DataPlane {
     /// Binds the worker's UDP socket; must run inside the worker's runtime.
     pub fn new(limits: DataPlaneLimits) -> std::io::Result<(Self, mpsc::Receiver<IoEvent>)> {
         let (events, inbox) = mpsc::channel(1024);
-        let socket = udp_socket(limits.udp_bind)?;
+        let socket = match limits.udp_ports {
+            Some(range) => udp_socket_in(limits.udp_bind.ip(), range)?,
+            None => udp_socket(limits.udp_bind)?,
+        };
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let bound = socket.local_addr()?;
         let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
@@ -125,6 +134,7 @@ impl DataPlane {
             fetches: HashMap::new(),
             store: SegmentStore::default(),
             rtc: webrtc::Rtc::new(socket, advertised),
+            udp_addr: bound,
             downloaded: 0,
             uploaded: 0,
         };
@@ -223,6 +233,11 @@ impl DataPlane {
     }
 
     /// Bytes of segments sent to viewers so far.
+    /// The address the worker's UDP socket is bound to.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
     pub fn uploaded(&self) -> u64 {
         self.uploaded
     }
@@ -323,6 +338,28 @@ fn udp_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// Binds the first free port of `first..=last`, starting the search at a random one so
+/// that workers starting together do not all race for the same port.
+fn udp_socket_in(ip: IpAddr, (first, last): (u16, u16)) -> std::io::Result<std::net::UdpSocket> {
+    let count = u32::from(last - first) + 1;
+    let start = {
+        use rand::{Rng, SeedableRng};
+        rand::rngs::SmallRng::from_os_rng().random_range(0..count)
+    };
+    for step in 0..count {
+        let port = first + ((start + step) % count) as u16;
+        match udp_socket(SocketAddr::new(ip, port)) {
+            Ok(socket) => return Ok(socket),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free UDP port in {first}-{last} on {ip}"),
+    ))
 }
 
 /// Reads the worker's UDP socket and hands every datagram to the event loop.

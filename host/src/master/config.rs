@@ -35,6 +35,9 @@ pub struct MasterConfig {
     /// `publicIp`: the address viewers reach workers on (put in ICE candidates); workers
     /// then listen on all interfaces. Without it they listen on 127.0.0.1 only.
     pub public_ip: Option<IpAddr>,
+    /// `udpPorts`: `first-last` (or one port): the UDP ports workers take, one each, for
+    /// a firewall that opens a range. Any free port when unset.
+    pub udp_ports: Option<(u16, u16)>,
 }
 
 /// A configuration problem, naming the key.
@@ -65,6 +68,7 @@ pub const KEYS: &[&str] = &[
     "idleGraceSeconds",
     "minViewers",
     "publicIp",
+    "udpPorts",
 ];
 
 /// Reads `KEY=VALUE` lines: `#` comments, blank lines, optional `export `, optional
@@ -154,6 +158,7 @@ impl MasterConfig {
             ),
             None => None,
         };
+        let udp_ports = get("udpPorts").map(parse_port_range).transpose()?;
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token: get("accessToken").map(String::from),
@@ -165,6 +170,7 @@ impl MasterConfig {
             bandwidth_mbps,
             rules: Rules { idle_grace, min_viewers, ..defaults },
             public_ip,
+            udp_ports,
         })
     }
 
@@ -178,6 +184,18 @@ impl MasterConfig {
         };
         Self::from_values(&parse_env(&text)?, overrides)
     }
+}
+
+/// `40000-40999` or `40000`: an inclusive range of ports, none of them 0.
+fn parse_port_range(value: &str) -> Result<(u16, u16), ConfigError> {
+    let wrong = || bad("udpPorts", format!("{value:?} is not a port range like 40000-40999"));
+    let (first, last) = value.split_once('-').unwrap_or((value, value));
+    let first: u16 = first.trim().parse().map_err(|_| wrong())?;
+    let last: u16 = last.trim().parse().map_err(|_| wrong())?;
+    if first == 0 || first > last {
+        return Err(wrong());
+    }
+    Ok((first, last))
 }
 
 #[cfg(test)]
@@ -207,6 +225,13 @@ mod tests {
     }
 
     #[test]
+    fn udp_ports_are_a_range_or_one_port() {
+        assert_eq!(config("udpPorts=40000-40999", &[]).unwrap().udp_ports, Some((40000, 40999)));
+        assert_eq!(config("udpPorts=40000", &[]).unwrap().udp_ports, Some((40000, 40000)));
+        assert_eq!(config("", &[]).unwrap().udp_ports, None);
+    }
+
+    #[test]
     fn problems_name_the_key() {
         for (env, key) in [
             ("listenPort=eighty", "listenPort"),
@@ -215,6 +240,10 @@ mod tests {
             ("publicIp=example.com", "publicIp"),
             ("signal1=http://t.example/", "signal1"),
             ("maxWorkers=0", "maxWorkers"),
+            ("udpPorts=40010-40000", "udpPorts"),
+            ("udpPorts=0-10", "udpPorts"),
+            ("udpPorts=40000-", "udpPorts"),
+            ("udpPorts=many", "udpPorts"),
             ("policyLimits={\"call_deadline\": 0}", "policyLimits"),
             ("policyLimits=nope", "policyLimits"),
             ("listenport=80", "listenport"),

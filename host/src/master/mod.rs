@@ -657,6 +657,7 @@ impl Master {
                 Some(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
                 None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             },
+            udp_ports: self.config.udp_ports,
             advertise_ip: self.config.public_ip,
         };
         match spawn_process(&self.worker_log_format, start, self.tx.clone()) {
