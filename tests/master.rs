@@ -574,3 +574,43 @@ async fn view(tracker: &str, info_hash: &str) -> Vec<Vec<u8>> {
         }
     }
 }
+
+#[test]
+fn a_stopped_seed_says_stopped_in_its_swarm_before_it_leaves() {
+    let dir = data_dir("goodbye");
+    let Live { tracker, origin: _origin, manifest: _, channel, master } = Live::seeded(&dir);
+    let announces = |event: &str| -> Vec<Value> {
+        let lines = tracker.service.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|announce| announce["event"] == event)
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while announces("start").is_empty() {
+        assert!(Instant::now() < deadline, "superpeer never announced `started`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = one_worker(&master.stats(), &channel).unwrap();
+
+    master.ok("POST", &format!("/stop/{pid}"), Value::Null);
+    assert!(exits(pid), "the worker did not exit");
+    // The tracker's own clean-up of a closed socket prints no `stop` line: only the
+    // worker's goodbye does.
+    let started = announces("start");
+    let deadline = Instant::now() + PATIENCE;
+    while announces("stop").len() < started.len() {
+        assert!(Instant::now() < deadline, "no `stopped` announce: {:?}", announces("stop"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = announces("stop");
+    assert_eq!(stopped.len(), started.len(), "one goodbye per swarm: {stopped:?}");
+    for (start, stop) in started.iter().zip(&stopped) {
+        assert_eq!(
+            (&start["info_hash"], &start["peer_id"]),
+            (&stop["info_hash"], &stop["peer_id"])
+        );
+    }
+    master.stop();
+}

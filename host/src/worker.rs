@@ -19,6 +19,9 @@ use crate::policy::{Clock, PolicyEngine, PolicyRunner};
 
 /// How often the worker reports its figures to the master.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping worker waits for its tracker connections to send their last
+/// messages and close; well within the time the master gives a worker to exit.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs a worker on this process's stdin and stdout until the master says stop or
 /// goes away.
@@ -123,6 +126,13 @@ where
         }
     }
     tracing::info!(channel = %start.seed.channel, "worker stopping");
+    // The policy's last turn: what it sends now (goodbyes to trackers) goes out before
+    // the connections close. Whatever else it asks for has no future.
+    events.push(Event::Stopping);
+    for command in runner.handle(clock(), events) {
+        plane.carry_out(command);
+    }
+    plane.shutdown(io, STOP_GRACE).await;
     Ok(())
 }
 

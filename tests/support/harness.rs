@@ -208,10 +208,11 @@ pub fn data_dir(test: &str) -> TempDir {
 
 /// One of the Node.js helpers in `tests/support` (`tracker.mjs`, `hls-origin.mjs`):
 /// started with piped stdin, which it watches so it never outlives the test, and ready
-/// once it prints `listening <port>`.
+/// once it prints `listening <port>`. What it prints after that is kept in `lines`.
 pub struct NodeService {
     pub child: Child,
     pub port: u16,
+    pub lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl NodeService {
@@ -228,10 +229,21 @@ impl NodeService {
             .stdout(Stdio::piped())
             .spawn()
             .expect("node is needed for the test helpers");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (first, first_line) = mpsc::channel();
+        let kept = lines.clone();
+        // Draining to the end keeps the helper from blocking on a full pipe.
+        std::thread::spawn(move || {
+            let mut output = BufReader::new(stdout).lines().map_while(Result::ok);
+            let _ = first.send(output.next().unwrap_or_default());
+            for line in output {
+                kept.lock().unwrap().push(line);
+            }
+        });
         // Owned before checking the line, so a failed start still stops the process.
-        let mut service = NodeService { child, port: 0 };
+        let mut service = NodeService { child, port: 0, lines };
+        let line = first_line.recv_timeout(PATIENCE).unwrap_or_default();
         service.port = line
             .trim()
             .strip_prefix("listening ")

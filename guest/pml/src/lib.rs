@@ -47,6 +47,12 @@ impl Policy for Pml {
         for event in events {
             match &event {
                 Event::Started => self.seeder.start(&mut commands),
+                Event::Stopping => {
+                    let open: Vec<ConnId> = self.trackers.open().collect();
+                    self.seeder.stop(&open, &mut commands);
+                    self.trackers.stop(&mut commands);
+                    continue;
+                }
                 Event::TrackerConnected(conn) => {
                     self.trackers.connected(*conn);
                     self.seeder.tracker_open(*conn, &mut commands);

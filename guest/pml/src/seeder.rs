@@ -196,6 +196,16 @@ impl Seeder {
         }
     }
 
+    /// Says goodbye in every swarm on every open tracker connection, so trackers stop
+    /// handing out a peer that is gone.
+    pub(crate) fn stop(&self, open_trackers: &[ConnId], out: &mut Vec<Command>) {
+        for conn in open_trackers {
+            for swarm in &self.swarms {
+                out.push(announce_on(*conn, swarm, Some(AnnounceEvent::Stopped)));
+            }
+        }
+    }
+
     pub(crate) fn handle(
         &mut self,
         event: &Event,
@@ -859,6 +869,27 @@ mod tests {
         ));
         assert_eq!(seeder.swarms[0].info_hash, expected);
         assert!(seeder.swarms[0].peer_id.starts_with("-PM0203-"));
+    }
+
+    #[test]
+    fn stopping_says_stopped_in_every_swarm_on_every_open_tracker() {
+        let (seeder, _) = started();
+        let mut out = Vec::new();
+        seeder.stop(&[7, 9], &mut out);
+        let goodbyes: Vec<(u64, serde_json::Value)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::TrackerSend(s) => Some((s.conn, serde_json::from_str(&s.text).unwrap())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(goodbyes.len(), 2, "{out:?}");
+        for ((conn, message), expected) in goodbyes.iter().zip([7, 9]) {
+            assert_eq!(*conn, expected);
+            assert_eq!(message["event"], "stopped");
+            assert_eq!(message["info_hash"], seeder.swarms[0].info_hash.as_str());
+            assert_eq!(message["peer_id"], seeder.swarms[0].peer_id.as_str());
+        }
     }
 
     #[test]

@@ -23,6 +23,8 @@ enum Link {
     Open(ConnId),
     /// Waiting for the reconnect timer.
     Waiting,
+    /// The worker is stopping: never again.
+    Stopped,
 }
 
 #[derive(Debug)]
@@ -131,6 +133,16 @@ impl Trackers {
         }
     }
 
+    /// Closes every connection for good (the worker is stopping).
+    pub(crate) fn stop(&mut self, commands: &mut Vec<Command>) {
+        for tracker in &mut self.list {
+            if let Link::Connecting(conn) | Link::Open(conn) = tracker.link {
+                commands.push(Command::TrackerClose(conn));
+            }
+            tracker.link = Link::Stopped;
+        }
+    }
+
     /// The connections that are open now.
     pub(crate) fn open(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.list.iter().filter_map(|t| match t.link {
@@ -208,6 +220,29 @@ mod tests {
             out,
             vec![Command::TimerSet(TimerSet { timer: RECONNECT_TIMER_BASE, after_ms: 2_000 })]
         );
+    }
+
+    #[test]
+    fn stopping_closes_every_connection_for_good() {
+        let urls = vec!["wss://a.example/".to_string(), "wss://b.example/".to_string()];
+        let mut trackers = Trackers::new(&urls, &state(vec![]), &[]).unwrap();
+        let mut out = Vec::new();
+        trackers.start(&mut out);
+        let conns = connects(&out);
+        trackers.connected(conns[0].0);
+        out.clear();
+        trackers.stop(&mut out);
+        assert_eq!(
+            out,
+            vec![Command::TrackerClose(conns[0].0), Command::TrackerClose(conns[1].0)],
+            "open and connecting alike"
+        );
+        out.clear();
+        trackers.closed(conns[0].0, "closed", &mut out);
+        trackers.timer(RECONNECT_TIMER_BASE, &mut out);
+        trackers.start(&mut out);
+        assert!(out.is_empty(), "no retry after stopping: {out:?}");
+        assert_eq!(trackers.open().count(), 0);
     }
 
     #[test]

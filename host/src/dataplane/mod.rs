@@ -96,7 +96,9 @@ pub struct DataPlane {
     limits: DataPlaneLimits,
     events: mpsc::Sender<IoEvent>,
     http: reqwest::Client,
-    trackers: HashMap<ConnId, mpsc::UnboundedSender<tracker::Outgoing>>,
+    trackers: HashMap<ConnId, tracker::Tracker>,
+    /// Connections the policy closed whose last frames may still be on their way.
+    closing_trackers: Vec<tokio::task::JoinHandle<()>>,
     trackers_open: usize,
     fetches: HashMap<FetchId, AbortHandle>,
     store: SegmentStore,
@@ -130,6 +132,7 @@ impl DataPlane {
             events,
             http,
             trackers: HashMap::new(),
+            closing_trackers: Vec::new(),
             trackers_open: 0,
             fetches: HashMap::new(),
             store: SegmentStore::default(),
@@ -146,19 +149,21 @@ impl DataPlane {
         let now = Instant::now();
         let events = match command {
             Command::TrackerConnect(c) => {
-                let outgoing = tracker::spawn(c.conn, c.url, self.events.clone(), &self.limits);
-                self.trackers.insert(c.conn, outgoing);
+                let tracker = tracker::spawn(c.conn, c.url, self.events.clone(), &self.limits);
+                self.trackers.insert(c.conn, tracker);
                 Vec::new()
             }
             Command::TrackerSend(s) => {
                 if let Some(tracker) = self.trackers.get(&s.conn) {
-                    let _ = tracker.send(tracker::Outgoing::Text(s.text));
+                    let _ = tracker.outgoing.send(tracker::Outgoing::Text(s.text));
                 }
                 Vec::new()
             }
             Command::TrackerClose(conn) => {
                 if let Some(tracker) = self.trackers.remove(&conn) {
-                    let _ = tracker.send(tracker::Outgoing::Close);
+                    let _ = tracker.outgoing.send(tracker::Outgoing::Close);
+                    self.closing_trackers.retain(|task| !task.is_finished());
+                    self.closing_trackers.push(tracker.task);
                 }
                 Vec::new()
             }
@@ -233,6 +238,28 @@ impl DataPlane {
     }
 
     /// Bytes of segments sent to viewers so far.
+    /// Ends the worker's connections politely: tells every viewer the connection is
+    /// closed, and lets every tracker connection send what was queued for it (the
+    /// policy's goodbyes) and close, waiting at most `grace` for them.
+    pub async fn shutdown(mut self, io: mpsc::Receiver<IoEvent>, grace: Duration) {
+        self.rtc.close_all();
+        // Tasks that report from now on find nobody listening and end at once.
+        drop(io);
+        let mut tasks = std::mem::take(&mut self.closing_trackers);
+        for (_, tracker) in self.trackers.drain() {
+            let _ = tracker.outgoing.send(tracker::Outgoing::Close);
+            tasks.push(tracker.task);
+        }
+        let all_closed = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            tracing::warn!(?grace, "tracker connections did not close in time");
+        }
+    }
+
     /// The address the worker's UDP socket is bound to.
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp_addr

@@ -16,17 +16,25 @@ pub enum Outgoing {
     Close,
 }
 
-/// Starts the connection's task; returns where to send its outgoing frames.
+/// A running connection: where its outgoing frames go, and its task, which ends once the
+/// connection is closed (after everything queued before the close was sent).
+#[derive(Debug)]
+pub struct Tracker {
+    pub outgoing: mpsc::UnboundedSender<Outgoing>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the connection's task.
 pub fn spawn(
     conn: ConnId,
     url: String,
     events: mpsc::Sender<IoEvent>,
     limits: &DataPlaneLimits,
-) -> mpsc::UnboundedSender<Outgoing> {
+) -> Tracker {
     let (outgoing, rx) = mpsc::unbounded_channel();
     let max_text = limits.max_tracker_text;
     let connect_timeout = limits.connect_timeout;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let reason = run(conn, &url, rx, &events, max_text, connect_timeout).await;
         if let Some(reason) = reason {
             tracing::debug!(conn, %url, %reason, "tracker connection closed");
@@ -35,7 +43,7 @@ pub fn spawn(
                 .await;
         }
     });
-    outgoing
+    Tracker { outgoing, task }
 }
 
 /// Runs until the connection ends; returns why, or `None` if the policy closed it.

@@ -276,6 +276,14 @@ impl Rtc {
         }
     }
 
+    /// Closes every connection (DTLS close_notify, so viewers know at once).
+    pub fn close_all(&mut self) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.close(peer);
+        }
+    }
+
     fn forget(&mut self, peer: PeerId, state: &Peer) {
         self.by_ufrag.remove(&state.ufrag);
         for address in &state.addresses {

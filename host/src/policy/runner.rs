@@ -491,6 +491,7 @@ fn payload_bytes(event: &Event) -> usize {
         Event::SegmentStored(s) => s.segment.url.len(),
         Event::FetchFailed(f) => f.reason.len(),
         Event::Started
+        | Event::Stopping
         | Event::TrackerConnected(_)
         | Event::PeerChannelOpen(_)
         | Event::PeerBufferedLow(_)

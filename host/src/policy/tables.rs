@@ -120,6 +120,7 @@ impl Tables {
                 self.timers.remove(timer);
             }
             Event::Started
+            | Event::Stopping
             | Event::TrackerText(_)
             | Event::PeerOfferReady(_)
             | Event::PeerAnswerReady(_)
