@@ -143,8 +143,8 @@ curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
 viewers=${DEMO_VIEWERS:-3}
 seconds=${DEMO_SECONDS:-40}
 step "$viewers viewers (headless Chromium, unmodified hls.js + p2p-media-loader) watch for $seconds s"
-echo "Each finds superpeer through the tracker; segments more than 4 s ahead of the playhead come over P2P."
-page="$origin/player.html?manifest=$(jq -rn --arg v "$manifest" '$v|@uri')&trackers=$(jq -rn --arg v "$tracker" '$v|@uri')&highDemand=4"
+echo "Each finds superpeer through the tracker, plays 7 segments behind the live edge, and takes over P2P what plays more than 4 s ahead."
+page="$origin/player.html?manifest=$(jq -rn --arg v "$manifest" '$v|@uri')&trackers=$(jq -rn --arg v "$tracker" '$v|@uri')&highDemand=4&liveSync=7"
 # What each worker does, every 2 s, from the master's /stats.
 (
   previous='{}'

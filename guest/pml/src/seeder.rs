@@ -30,6 +30,8 @@ const VOD_PREFETCH: usize = 10;
 const VOD_HELD: usize = 64;
 /// Wait before fetching a playlist again after a failure.
 const RETRY_MS: u64 = 2_000;
+/// The shortest wait between reloads of a live playlist, however short its segments.
+const MIN_RELOAD_MS: u64 = 250;
 
 /// Where a segment comes from: its URL and byte range.
 type Source = (String, Option<(u64, u64)>);
@@ -52,6 +54,8 @@ struct Swarm {
     /// Where each segment comes from, by id.
     sources: BTreeMap<i64, Source>,
     target_duration_ms: u64,
+    /// The sequence number of the newest segment the live playlist listed so far.
+    newest: Option<u64>,
     ended: bool,
     announce_seconds: u64,
     /// The set of segments changed since viewers were last told.
@@ -345,6 +349,7 @@ impl Seeder {
                 segments: BTreeMap::new(),
                 sources: BTreeMap::new(),
                 target_duration_ms: 0,
+                newest: None,
                 ended: false,
                 announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
                 changed: false,
@@ -368,6 +373,9 @@ impl Seeder {
         swarm.playlist_fetch = None;
         swarm.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
         swarm.ended = media.ended;
+        let newest = media.segments.last().map(|s| s.sequence);
+        let grew = newest > swarm.newest;
+        swarm.newest = newest.max(swarm.newest);
         let wanted = wanted_segments(&media, live);
         // Segments that left the live window go from the cache.
         let keep: Vec<i64> = wanted.iter().map(|(id, ..)| *id).collect();
@@ -398,7 +406,10 @@ impl Seeder {
             self.ensure(index, id, source, live, out);
         }
         if live {
-            out.push(timer(reload_timer(index), self.swarms[index].target_duration_ms));
+            out.push(timer(
+                reload_timer(index),
+                live_reload_ms(self.swarms[index].target_duration_ms, grew),
+            ));
         }
     }
 
@@ -614,6 +625,20 @@ impl Seeder {
             .count();
         (self.swarms.len(), held, self.peers.len())
     }
+}
+
+/// When to reload a live playlist. Viewers play a few segments behind the live edge and
+/// fetch over HTTP what is about to play, so a new segment is worth something to them
+/// only if superpeer has it within moments of its appearing. Reloading once per target
+/// duration would lock onto a phase: if that phase is just before the origin adds
+/// segments, every segment is seen a whole target duration late. So after a reload that
+/// found a new segment the next comes a little before the following one is due, and
+/// without one, reloads come every quarter of the target duration until it appears.
+/// That sees each segment within a quarter target duration, for about two requests per
+/// segment.
+fn live_reload_ms(target_duration_ms: u64, grew: bool) -> u64 {
+    let quarter = (target_duration_ms / 4).max(MIN_RELOAD_MS);
+    if grew { target_duration_ms.saturating_sub(quarter).max(MIN_RELOAD_MS) } else { quarter }
 }
 
 fn reload_timer(index: usize) -> TimerId {
@@ -907,7 +932,10 @@ mod tests {
                 "http://o.example/live/seg102.ts"
             ]
         );
-        assert!(out.contains(&timer(reload_timer(0), 2000)), "reload at the target duration");
+        assert!(
+            out.contains(&timer(reload_timer(0), 1500)),
+            "new segments: the next reload a quarter target duration before the next is due"
+        );
         let mut handle = 49;
         store_all(&mut seeder, &out, &mut handle);
         assert_eq!(seeder.figures(), (1, 3, 0));
@@ -925,6 +953,15 @@ mod tests {
             ["http://o.example/live/seg103.ts", "http://o.example/live/seg104.ts"],
             "one fetch per new segment"
         );
+
+        // Nothing new yet: reloads come every quarter target duration until it appears.
+        out.clear();
+        seeder.handle(&Event::TimerFired(reload_timer(0)), &[], &mut random(), &mut out);
+        let (reload, _) = texts(&out)[0].clone();
+        out.clear();
+        seeder.handle(&fetched(reload, url, &media(101, 4, false)), &[], &mut random(), &mut out);
+        assert!(segments(&out).is_empty());
+        assert!(out.contains(&timer(reload_timer(0), 500)), "{out:?}");
     }
 
     #[test]
