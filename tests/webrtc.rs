@@ -51,6 +51,29 @@ async fn run_until(
     }
 }
 
+/// A viewer offers, the data plane answers as `peer`, and both run until the
+/// DataChannel is open at each end; the viewer and what the data plane reported.
+async fn connect(
+    plane: &mut DataPlane,
+    io: &mut mpsc::Receiver<IoEvent>,
+    peer: u64,
+) -> (Viewer, Vec<Event>) {
+    let (mut viewer, offer) = Viewer::new().await;
+    let mut seen = plane.carry_out(Command::PeerAnswer(PeerAnswer { peer, offer }));
+    let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
+    assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
+    assert!(answer.sdp.contains("127.0.0.1"), "the answer carries the host candidate");
+    viewer
+        .connection
+        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).unwrap())
+        .unwrap();
+    run_until(&mut viewer, plane, io, &mut seen, |v, seen| {
+        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(peer))
+    })
+    .await;
+    (viewer, seen)
+}
+
 #[tokio::test]
 async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
@@ -75,20 +98,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
         }
     };
 
-    let (mut viewer, offer) = Viewer::new().await;
-    let mut seen = plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 1, offer }));
-    let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
-    assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
-    assert!(answer.sdp.contains("127.0.0.1"), "the answer carries the host candidate");
-    viewer
-        .connection
-        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).unwrap())
-        .unwrap();
-
-    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
-        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(1))
-    })
-    .await;
+    let (mut viewer, mut seen) = connect(&mut plane, &mut io, 1).await;
 
     // Messages both ways.
     viewer.send(b"cstr\x01cend");
@@ -118,17 +128,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
 #[tokio::test]
 async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
     let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
-    let (mut viewer, offer) = Viewer::new().await;
-    let mut seen = plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 7, offer }));
-    let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
-    viewer
-        .connection
-        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).unwrap())
-        .unwrap();
-    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
-        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(7))
-    })
-    .await;
+    let (viewer, mut seen) = connect(&mut plane, &mut io, 7).await;
 
     // The viewer vanishes without a word (a closed laptop, a lost network): nothing it
     // would send arrives any more. The data plane must notice by itself.
