@@ -12,7 +12,8 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
+use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
+use superpeer::dataplane::{DataPlane, DataPlaneLimits, Held, IoEvent};
 use superpeer::policy::wire::{
     ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, TrackerConnect, TrackerSend,
 };
@@ -115,7 +116,9 @@ async fn fetches_playlists_and_segments_from_the_origin() {
         panic!("no segment")
     };
     assert_eq!((stored.fetch, stored.segment.size, stored.segment.range), (2, 10, range));
-    let bytes = plane.store().get(stored.segment.handle).unwrap();
+    let Some(Held::Memory(bytes)) = plane.store().get(stored.segment.handle) else {
+        panic!("a memory-tier segment is held in memory")
+    };
     assert_eq!(bytes.as_ref(), &SEGMENT[10..20], "the stored bytes are the origin's");
     assert_eq!(plane.downloaded(), playlist.text.len() as u64 + 10);
 
@@ -222,4 +225,89 @@ async fn workers_take_their_udp_port_from_the_configured_range_or_say_it_is_full
     let Err(error) = DataPlane::new(ranged) else { panic!("the only port is taken") };
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     assert!(error.to_string().contains(&format!("no free UDP port in {port}-{port}")), "{error}");
+}
+
+/// An origin of numbered segments (`/vod/<n>`, 600 bytes each, different per n); counts
+/// its requests.
+async fn segment_origin() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = Router::new().route(
+        "/vod/{n}",
+        get(move |axum::extract::Path(n): axum::extract::Path<u8>| async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            vec![n; 600]
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/vod", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}
+
+/// Asks `plane` for segments 0..count on the disk tier; the segments it then holds.
+async fn fetch_to_disk(
+    plane: &mut DataPlane,
+    io: &mut mpsc::Receiver<IoEvent>,
+    base: &str,
+    count: u8,
+) -> Vec<superpeer::policy::wire::SegmentInfo> {
+    for n in 0..count {
+        plane.carry_out(Command::FetchSegment(FetchSegment {
+            fetch: u64::from(n),
+            url: format!("{base}/{n}"),
+            range: None,
+            tier: CacheTier::Disk,
+        }));
+    }
+    let mut stored = Vec::new();
+    while stored.len() < usize::from(count) {
+        match next(plane, io).await {
+            Event::SegmentStored(s) => stored.push(s.segment),
+            other => panic!("{other:?}"),
+        }
+    }
+    stored
+}
+
+#[tokio::test]
+async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("superpeer-dataplane-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = DiskCacheConfig { dir: dir.clone(), max_bytes: 1 << 20 };
+    let with_cache = || DataPlaneLimits { disk_cache: Some(cache.clone()), ..limits() };
+    let (base, hits) = segment_origin().await;
+
+    // Two workers of one channel want the same ten segments at the same moment.
+    let (mut first, mut first_io) = DataPlane::new(with_cache()).unwrap();
+    let (mut second, mut second_io) = DataPlane::new(with_cache()).unwrap();
+    let (a, b) = tokio::join!(
+        fetch_to_disk(&mut first, &mut first_io, &base, 10),
+        fetch_to_disk(&mut second, &mut second_io, &base, 10)
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 10, "each segment fetched from the origin once");
+    assert!(a.iter().chain(&b).all(|s| s.tier == CacheTier::Disk && s.size == 600));
+    assert_eq!(first.downloaded() + second.downloaded(), 10 * 600);
+    assert_eq!(first.store().memory_bytes(), 0, "disk segments are not kept in memory");
+    assert_eq!(first.disk_cache_size(), second.disk_cache_size());
+    assert!(first.disk_cache_size() >= 10 * 600);
+    drop((first, first_io, second, second_io));
+
+    // A restarted worker finds them all on disk, intact.
+    let (mut restarted, mut restarted_io) = DataPlane::new(with_cache()).unwrap();
+    let again = fetch_to_disk(&mut restarted, &mut restarted_io, &base, 10).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 10, "no new origin requests after a restart");
+    assert_eq!(restarted.downloaded(), 0);
+    assert!(again.iter().all(|s| s.tier == CacheTier::Disk));
+    let on_disk = DiskCache::open(&cache).unwrap();
+    for n in 0..10u8 {
+        let bytes = on_disk.read(&disk::key(&format!("{base}/{n}"), None)).unwrap();
+        assert_eq!(bytes.as_ref(), &[n; 600][..]);
+    }
+
+    // The policy evicts one: its file goes too, and the next ask goes to the origin.
+    let evicted = restarted.carry_out(Command::Evict(again[3].handle));
+    assert_eq!(evicted, vec![Event::SegmentEvicted(again[3].handle)]);
+    assert!(on_disk.read(&disk::key(&again[3].url, None)).is_none());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,8 @@ pub struct WorkerStart {
     /// Where the worker's WebRTC socket listens, and the address it advertises.
     pub udp_bind: std::net::SocketAddr,
     pub udp_ports: Option<(u16, u16)>,
+    /// The shared disk cache; none for `noUseDiskCache` seeds.
+    pub disk_cache: Option<crate::dataplane::disk::DiskCacheConfig>,
     pub advertise_ip: Option<std::net::IpAddr>,
 }
 

@@ -41,7 +41,7 @@ impl LogFormat {
 enum Command {
     /// Run the master: the REST control plane and the workers that seed channels.
     /// Reads `.env` from the working directory; each flag overrides its key.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
@@ -86,6 +86,12 @@ struct ServeArgs {
     /// viewers on this machine only.
     #[arg(long)]
     public_ip: Option<String>,
+    /// `cacheDir`: the disk cache all workers share (default `<dataDir>/cache`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// `cacheSize`: the most the disk cache holds, e.g. `500M`, `20G` (default 10G).
+    #[arg(long)]
+    cache_size: Option<String>,
     /// `udpPorts`: UDP ports for workers, `first-last`, one per worker (default: any free).
     #[arg(long)]
     udp_ports: Option<String>,
@@ -106,6 +112,8 @@ impl ServeArgs {
             ("idleGraceSeconds", self.idle_grace_seconds.map(|v| v.to_string())),
             ("publicIp", self.public_ip.clone()),
             ("udpPorts", self.udp_ports.clone()),
+            ("cacheDir", self.cache_dir.as_ref().map(path)),
+            ("cacheSize", self.cache_size.clone()),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))

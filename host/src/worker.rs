@@ -73,6 +73,7 @@ where
         udp_bind: start.udp_bind,
         udp_ports: start.udp_ports,
         advertise_ip: start.advertise_ip,
+        disk_cache: start.disk_cache.clone(),
         ..DataPlaneLimits::default()
     };
     let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;
@@ -115,10 +116,10 @@ where
                     viewers: plane.viewers() as u32,
                     uploaded: plane.uploaded(),
                     downloaded: plane.downloaded(),
-                    disk_cache_size: 0,
+                    disk_cache_size: plane.disk_cache_size(),
                     trackers: plane.trackers_open() as u32,
                     segments: plane.store().len() as u32,
-                    memory_cache_size: plane.store().bytes(),
+                    memory_cache_size: plane.store().memory_bytes(),
                     policy: runner.stats(),
                 };
                 write_frame(&mut output, &FromWorker::Report(Box::new(figures))).await?;

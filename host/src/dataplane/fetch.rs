@@ -2,12 +2,14 @@
 //! attempt, retries with back-off on failures worth retrying, and size limits checked
 //! before and while reading.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use super::disk::{self, DiskCache};
 use super::{DataPlaneLimits, IoEvent};
 use crate::policy::wire::{ByteRange, Event, FetchFailed, FetchId, TextFetched};
 
@@ -21,11 +23,12 @@ struct Failure {
     retry: bool,
 }
 
-/// What a fetch is for: a playlist comes back as text, a segment as bytes for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a fetch is for: a playlist comes back as text, a segment as bytes for the store
+/// (looked for in and written to the disk cache when one is given).
+#[derive(Debug, Clone)]
 pub enum Kind {
     Text,
-    Segment,
+    Segment { disk: Option<Arc<DiskCache>> },
 }
 
 /// Starts a fetch; its result arrives on `events`. Aborting the handle cancels it
@@ -40,25 +43,101 @@ pub fn spawn(
     limits: &DataPlaneLimits,
 ) -> AbortHandle {
     let limits = limits.clone();
-    let max_bytes = match kind {
-        Kind::Text => limits.max_text_bytes,
-        Kind::Segment => limits.max_segment_bytes,
-    };
     tokio::spawn(async move {
-        let event = match (with_retries(&http, &url, range, max_bytes, &limits).await, kind) {
-            (Ok((url, bytes)), Kind::Text) => IoEvent::Policy(Event::TextFetched(TextFetched {
-                fetch,
-                url,
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-            })),
-            (Ok((url, bytes)), Kind::Segment) => {
-                IoEvent::SegmentFetched { fetch, url, range, bytes }
+        let event = match kind {
+            Kind::Text => {
+                match with_retries(&http, &url, range, limits.max_text_bytes, &limits).await {
+                    Ok((url, bytes)) => IoEvent::Policy(Event::TextFetched(TextFetched {
+                        fetch,
+                        url,
+                        text: String::from_utf8_lossy(&bytes).into_owned(),
+                    })),
+                    Err(f) => failed(fetch, f),
+                }
             }
-            (Err(f), _) => failed(fetch, f),
+            Kind::Segment { disk: Some(disk) } => {
+                segment_through_disk(fetch, url, range, &http, disk, &limits).await
+            }
+            Kind::Segment { disk: None } => {
+                match with_retries(&http, &url, range, limits.max_segment_bytes, &limits).await {
+                    Ok((_, bytes)) => IoEvent::SegmentFetched {
+                        fetch,
+                        url,
+                        range,
+                        bytes,
+                        on_disk: None,
+                        from_origin: true,
+                    },
+                    Err(f) => failed(fetch, f),
+                }
+            }
         };
         let _ = events.send(event).await;
     })
     .abort_handle()
+}
+
+/// A segment from the disk cache if it holds an intact copy, else from the origin and
+/// then into the cache. The segment's lock is held throughout, so a worker asking for
+/// a segment another is fetching waits for that fetch and reads its file.
+async fn segment_through_disk(
+    fetch: FetchId,
+    url: String,
+    range: Option<ByteRange>,
+    http: &reqwest::Client,
+    cache: Arc<DiskCache>,
+    limits: &DataPlaneLimits,
+) -> IoEvent {
+    let key = disk::key(&url, range);
+    let looked_up = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let lock = cache.lock(&key)?;
+            Ok::<_, std::io::Error>((lock, cache.read(&key)))
+        })
+        .await
+    };
+    let lock = match looked_up {
+        Ok(Ok((_lock, Some(bytes)))) => {
+            return IoEvent::SegmentFetched {
+                fetch,
+                url,
+                range,
+                bytes,
+                on_disk: Some(key),
+                from_origin: false,
+            };
+        }
+        Ok(Ok((lock, None))) => Some(lock),
+        Ok(Err(e)) => {
+            tracing::warn!(url, error = %e, "disk cache unusable for this segment; memory only");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(url, error = %e, "disk cache lookup failed; memory only");
+            None
+        }
+    };
+    let bytes = match with_retries(http, &url, range, limits.max_segment_bytes, limits).await {
+        Ok((_, bytes)) => bytes,
+        Err(f) => return failed(fetch, f),
+    };
+    let mut on_disk = None;
+    if let Some(lock) = lock {
+        let (cache, written_key, data) = (cache, key.clone(), bytes.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let result = cache.write(&written_key, &data);
+            drop(lock);
+            result
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => on_disk = Some(key),
+            Ok(Err(e)) => tracing::warn!(url, error = %e, "segment not cached on disk"),
+            Err(e) => tracing::warn!(url, error = %e, "segment not cached on disk"),
+        }
+    }
+    IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin: true }
 }
 
 fn failed(fetch: FetchId, failure: Failure) -> IoEvent {

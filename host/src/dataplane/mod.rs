@@ -1,4 +1,5 @@
-//! A worker's I/O: tracker WebSockets, origin fetches and the segment store. It
+//! A worker's I/O: tracker WebSockets, origin fetches, the segment store and the disk
+//! cache. It
 //! carries out the commands the policy runner admitted and turns what happens into
 //! policy events.
 //!
@@ -6,6 +7,7 @@
 //! reports through one bounded channel, so a slow or hostile remote end can only stall
 //! itself. It must never interpret a protocol: texts go to the policy as they came.
 
+pub mod disk;
 mod fetch;
 mod store;
 mod tracker;
@@ -21,10 +23,10 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::policy::wire::{
-    ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, PeerClosed, SegmentInfo,
-    SegmentSent, SegmentStored, TextFetched,
+    ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, PeerClosed, SegmentHandle,
+    SegmentInfo, SegmentSent, SegmentStored, TextFetched,
 };
-pub use store::SegmentStore;
+pub use store::{Held, SegmentStore};
 
 /// Limits of the data plane; defaults suit a worker seeding one channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +52,8 @@ pub struct DataPlaneLimits {
     /// The address put in ICE candidates, when it is not the bound one (a server behind
     /// 1:1 NAT advertises its public IP).
     pub advertise_ip: Option<IpAddr>,
+    /// Where segments the policy asks to keep on disk go; in memory when unset.
+    pub disk_cache: Option<disk::DiskCacheConfig>,
 }
 
 impl Default for DataPlaneLimits {
@@ -64,6 +68,7 @@ impl Default for DataPlaneLimits {
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             udp_ports: None,
             advertise_ip: None,
+            disk_cache: None,
         }
     }
 }
@@ -79,6 +84,10 @@ pub enum IoEvent {
         url: String,
         range: Option<ByteRange>,
         bytes: Bytes,
+        /// Its key in the disk cache, when it is there.
+        on_disk: Option<String>,
+        /// False when the disk cache had it.
+        from_origin: bool,
     },
     /// A tracker connection opened or closed (for the figures).
     TrackerUp(ConnId),
@@ -104,6 +113,8 @@ pub struct DataPlane {
     store: SegmentStore,
     rtc: webrtc::Rtc,
     udp_addr: SocketAddr,
+    disk: Option<Arc<disk::DiskCache>>,
+    recently_read: RecentlyRead,
     downloaded: u64,
     uploaded: u64,
 }
@@ -127,6 +138,15 @@ impl DataPlane {
             .connect_timeout(limits.connect_timeout)
             .build()
             .unwrap_or_default();
+        // A cache that cannot be opened costs restarts their cached segments, not the
+        // stream: carry on in memory.
+        let disk = limits.disk_cache.as_ref().and_then(|config| match disk::DiskCache::open(config) {
+            Ok(cache) => Some(Arc::new(cache)),
+            Err(e) => {
+                tracing::error!(dir = %config.dir.display(), error = %e, "disk cache unusable; caching in memory only");
+                None
+            }
+        });
         let plane = DataPlane {
             limits,
             events,
@@ -138,6 +158,8 @@ impl DataPlane {
             store: SegmentStore::default(),
             rtc: webrtc::Rtc::new(socket, advertised),
             udp_addr: bound,
+            disk,
+            recently_read: RecentlyRead::default(),
             downloaded: 0,
             uploaded: 0,
         };
@@ -172,7 +194,11 @@ impl DataPlane {
                 Vec::new()
             }
             Command::FetchSegment(f) => {
-                self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment);
+                let disk = match f.tier {
+                    CacheTier::Disk => self.disk.clone(),
+                    CacheTier::Memory => None,
+                };
+                self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment { disk });
                 Vec::new()
             }
             Command::FetchCancel(fetch) => {
@@ -181,24 +207,30 @@ impl DataPlane {
                 }
                 Vec::new()
             }
-            Command::Evict(handle) => {
-                if self.store.remove(handle) {
-                    return vec![Event::SegmentEvicted(handle)];
+            Command::Evict(handle) => match self.store.remove(handle) {
+                Some(held) => {
+                    if let (Held::Disk { key, .. }, Some(disk)) = (held, &self.disk) {
+                        self.recently_read.forget(&key);
+                        disk.remove(&key);
+                    }
+                    vec![Event::SegmentEvicted(handle)]
                 }
-                Vec::new()
-            }
+                None => Vec::new(),
+            },
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
             Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
-            Command::ServeSegment(s) => match self.store.get(s.handle) {
-                Some(bytes) => {
-                    self.rtc.serve(s.peer, s.handle, bytes.clone(), s.offset, s.chunk_size, now)
+            Command::ServeSegment(s) => match self.segment_bytes(s.handle) {
+                Ok(bytes) => self.rtc.serve(s.peer, s.handle, bytes, s.offset, s.chunk_size, now),
+                Err(gone) => {
+                    let mut events = vec![Event::SegmentSent(SegmentSent {
+                        peer: s.peer,
+                        handle: s.handle,
+                        bytes: 0,
+                        complete: false,
+                    })];
+                    events.extend(gone);
+                    events
                 }
-                None => vec![Event::SegmentSent(SegmentSent {
-                    peer: s.peer,
-                    handle: s.handle,
-                    bytes: 0,
-                    complete: false,
-                })],
             },
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
@@ -238,6 +270,35 @@ impl DataPlane {
     }
 
     /// Bytes of segments sent to viewers so far.
+    /// A held segment's bytes. A disk copy that is gone or damaged (another worker
+    /// evicted it, the cap did, or the disk failed) is dropped from the store, and the
+    /// policy hears it was evicted.
+    fn segment_bytes(&mut self, handle: SegmentHandle) -> Result<Bytes, Option<Event>> {
+        let key = match self.store.get(handle) {
+            None => return Err(None),
+            Some(Held::Memory(bytes)) => return Ok(bytes.clone()),
+            Some(Held::Disk { key, .. }) => key.clone(),
+        };
+        if let Some(bytes) = self.recently_read.get(&key) {
+            return Ok(bytes);
+        }
+        match self.disk.as_ref().and_then(|disk| disk.read(&key)) {
+            Some(bytes) => {
+                self.recently_read.put(key, bytes.clone());
+                Ok(bytes)
+            }
+            None => {
+                self.store.remove(handle);
+                Err(Some(Event::SegmentEvicted(handle)))
+            }
+        }
+    }
+
+    /// Bytes in the disk cache directory (all workers'), or 0 without one.
+    pub fn disk_cache_size(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |disk| disk.size())
+    }
+
     /// Ends the worker's connections politely: tells every viewer the connection is
     /// closed, and lets every tracker connection send what was queued for it (the
     /// policy's goodbyes) and close, waiting at most `grace` for them.
@@ -315,12 +376,22 @@ impl DataPlane {
                 }
                 Some(event)
             }
-            IoEvent::SegmentFetched { fetch, url, range, bytes } => {
+            IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin } => {
                 self.fetches.remove(&fetch);
-                self.downloaded += bytes.len() as u64;
                 let size = bytes.len() as u64;
-                let handle = self.store.insert(bytes);
-                let segment = SegmentInfo { handle, url, range, size, tier: CacheTier::Memory };
+                if from_origin {
+                    self.downloaded += size;
+                }
+                let (held, tier) = match on_disk {
+                    Some(key) => {
+                        // Likely the next to be served: keep it at hand.
+                        self.recently_read.put(key.clone(), bytes);
+                        (Held::Disk { key, size }, CacheTier::Disk)
+                    }
+                    None => (Held::Memory(bytes), CacheTier::Memory),
+                };
+                let handle = self.store.insert(held);
+                let segment = SegmentInfo { handle, url, range, size, tier };
                 Some(Event::SegmentStored(SegmentStored { fetch, segment }))
             }
             IoEvent::TrackerUp(_) => {
@@ -365,6 +436,31 @@ fn udp_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// The last few segments read from the disk cache, so that viewers asking for the same
+/// segment one after another cost one read.
+#[derive(Debug, Default)]
+struct RecentlyRead(std::collections::VecDeque<(String, Bytes)>);
+
+impl RecentlyRead {
+    const KEPT: usize = 8;
+
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, bytes)| bytes.clone())
+    }
+
+    fn put(&mut self, key: String, bytes: Bytes) {
+        self.forget(&key);
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((key, bytes));
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
 }
 
 /// Binds the first free port of `first..=last`, starting the search at a random one so

@@ -1,5 +1,6 @@
-//! Segment bytes held in memory, by handle. The policy decides what to keep; the store
-//! only holds what it is told and never hands a policy the bytes.
+//! The segments a worker holds, by handle: bytes in memory, or a key into the disk cache.
+//! The policy decides what to keep; the store only holds what it is told and never hands
+//! a policy the bytes.
 
 use std::collections::HashMap;
 
@@ -7,40 +8,60 @@ use bytes::Bytes;
 
 use crate::policy::wire::SegmentHandle;
 
+/// Where a segment's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    Memory(Bytes),
+    /// In the disk cache under this key; read back when served.
+    Disk {
+        key: String,
+        size: u64,
+    },
+}
+
+impl Held {
+    pub fn size(&self) -> u64 {
+        match self {
+            Held::Memory(bytes) => bytes.len() as u64,
+            Held::Disk { size, .. } => *size,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SegmentStore {
-    segments: HashMap<SegmentHandle, Bytes>,
+    segments: HashMap<SegmentHandle, Held>,
     next: SegmentHandle,
-    bytes: u64,
+    memory_bytes: u64,
 }
 
 impl SegmentStore {
-    /// Keeps `bytes`; returns the handle that names them until removed.
-    pub fn insert(&mut self, bytes: Bytes) -> SegmentHandle {
+    /// Keeps a segment; returns the handle that names it until removed.
+    pub fn insert(&mut self, held: Held) -> SegmentHandle {
         self.next += 1;
-        self.bytes += bytes.len() as u64;
-        self.segments.insert(self.next, bytes);
+        if let Held::Memory(bytes) = &held {
+            self.memory_bytes += bytes.len() as u64;
+        }
+        self.segments.insert(self.next, held);
         self.next
     }
 
-    pub fn get(&self, handle: SegmentHandle) -> Option<&Bytes> {
+    pub fn get(&self, handle: SegmentHandle) -> Option<&Held> {
         self.segments.get(&handle)
     }
 
-    /// Drops a segment; false if there was none.
-    pub fn remove(&mut self, handle: SegmentHandle) -> bool {
-        match self.segments.remove(&handle) {
-            Some(bytes) => {
-                self.bytes -= bytes.len() as u64;
-                true
-            }
-            None => false,
+    /// Drops a segment; what it was, if there was one.
+    pub fn remove(&mut self, handle: SegmentHandle) -> Option<Held> {
+        let held = self.segments.remove(&handle)?;
+        if let Held::Memory(bytes) = &held {
+            self.memory_bytes -= bytes.len() as u64;
         }
+        Some(held)
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
+    /// Bytes held in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
     pub fn len(&self) -> usize {
@@ -59,15 +80,16 @@ mod tests {
     #[test]
     fn handles_are_never_reused_and_sizes_add_up() {
         let mut store = SegmentStore::default();
-        let a = store.insert(Bytes::from_static(b"abc"));
-        let b = store.insert(Bytes::from_static(b"de"));
+        let a = store.insert(Held::Memory(Bytes::from_static(b"abc")));
+        let b = store.insert(Held::Memory(Bytes::from_static(b"de")));
         assert_ne!(a, b);
-        assert_eq!(store.bytes(), 5);
-        assert!(store.remove(a));
-        assert!(!store.remove(a));
-        let c = store.insert(Bytes::from_static(b"f"));
+        assert_eq!(store.memory_bytes(), 5);
+        assert!(store.remove(a).is_some());
+        assert!(store.remove(a).is_none());
+        let c = store.insert(Held::Disk { key: "k".into(), size: 1000 });
         assert!(c != a && c != b);
-        assert_eq!((store.bytes(), store.len()), (3, 2));
-        assert_eq!(store.get(b).map(|b| b.as_ref()), Some(&b"de"[..]));
+        assert_eq!((store.memory_bytes(), store.len()), (2, 2), "disk bytes are not memory");
+        assert_eq!(store.get(b), Some(&Held::Memory(Bytes::from_static(b"de"))));
+        assert_eq!(store.get(c).map(Held::size), Some(1000));
     }
 }

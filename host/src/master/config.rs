@@ -35,6 +35,11 @@ pub struct MasterConfig {
     /// `publicIp`: the address viewers reach workers on (put in ICE candidates); workers
     /// then listen on all interfaces. Without it they listen on 127.0.0.1 only.
     pub public_ip: Option<IpAddr>,
+    /// `cacheDir` (default `<dataDir>/cache`): the disk cache every worker shares.
+    pub cache_dir: PathBuf,
+    /// `cacheSize` (default 10G): the most the disk cache may hold, in bytes (`K`, `M`,
+    /// `G`, `T` suffixes are powers of 1024).
+    pub cache_bytes: u64,
     /// `udpPorts`: `first-last` (or one port): the UDP ports workers take, one each, for
     /// a firewall that opens a range. Any free port when unset.
     pub udp_ports: Option<(u16, u16)>,
@@ -69,6 +74,8 @@ pub const KEYS: &[&str] = &[
     "minViewers",
     "publicIp",
     "udpPorts",
+    "cacheDir",
+    "cacheSize",
 ];
 
 /// Reads `KEY=VALUE` lines: `#` comments, blank lines, optional `export `, optional
@@ -159,11 +166,21 @@ impl MasterConfig {
             None => None,
         };
         let udp_ports = get("udpPorts").map(parse_port_range).transpose()?;
+        let data_dir = PathBuf::from(get("dataDir").unwrap_or("data"));
+        let cache_dir = get("cacheDir").map_or_else(|| data_dir.join("cache"), PathBuf::from);
+        let cache_bytes = match get("cacheSize") {
+            Some(v) => parse_size(v).ok_or_else(|| {
+                bad("cacheSize", format!("{v:?} is not a size like 500M or 20G (at least 1M)"))
+            })?,
+            None => 10 << 30,
+        };
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token: get("accessToken").map(String::from),
             default_trackers,
-            data_dir: PathBuf::from(get("dataDir").unwrap_or("data")),
+            data_dir,
+            cache_dir,
+            cache_bytes,
             policy_file: get("policyFile").map(PathBuf::from),
             policy_limits,
             max_workers,
@@ -184,6 +201,26 @@ impl MasterConfig {
         };
         Self::from_values(&parse_env(&text)?, overrides)
     }
+}
+
+/// `1048576`, `500M`, `20G`: bytes, with binary suffixes; at least 1 MiB, so that a
+/// cache holds at least a segment.
+fn parse_size(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (number, unit) = match value.char_indices().last()? {
+        (at, c) if c.is_ascii_alphabetic() => (&value[..at], c.to_ascii_uppercase()),
+        _ => (value, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return None,
+    };
+    let bytes = number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)?;
+    (bytes >= 1 << 20).then_some(bytes)
 }
 
 /// `40000-40999` or `40000`: an inclusive range of ports, none of them 0.
@@ -225,6 +262,16 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_lives_in_the_data_directory_unless_told_and_sizes_take_suffixes() {
+        let c = config("dataDir=/srv/sp", &[]).unwrap();
+        assert_eq!((c.cache_dir, c.cache_bytes), (PathBuf::from("/srv/sp/cache"), 10 << 30));
+        let c = config("cacheDir=/fast/cache\ncacheSize=500M", &[]).unwrap();
+        assert_eq!((c.cache_dir, c.cache_bytes), (PathBuf::from("/fast/cache"), 500 << 20));
+        assert_eq!(config("cacheSize=2g", &[]).unwrap().cache_bytes, 2 << 30);
+        assert_eq!(config("cacheSize=1048576", &[]).unwrap().cache_bytes, 1 << 20);
+    }
+
+    #[test]
     fn udp_ports_are_a_range_or_one_port() {
         assert_eq!(config("udpPorts=40000-40999", &[]).unwrap().udp_ports, Some((40000, 40999)));
         assert_eq!(config("udpPorts=40000", &[]).unwrap().udp_ports, Some((40000, 40000)));
@@ -241,6 +288,9 @@ mod tests {
             ("signal1=http://t.example/", "signal1"),
             ("maxWorkers=0", "maxWorkers"),
             ("udpPorts=40010-40000", "udpPorts"),
+            ("cacheSize=lots", "cacheSize"),
+            ("cacheSize=10Q", "cacheSize"),
+            ("cacheSize=1K", "cacheSize"),
             ("udpPorts=0-10", "udpPorts"),
             ("udpPorts=40000-", "udpPorts"),
             ("udpPorts=many", "udpPorts"),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dataplane::disk::DiskCacheConfig;
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
 use crate::policy::{PolicyLimits, PolicyMeta, Precompiled};
 use config::MasterConfig;
@@ -658,6 +659,10 @@ impl Master {
                 None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             },
             udp_ports: self.config.udp_ports,
+            disk_cache: (!seed.item.no_use_disk_cache).then(|| DiskCacheConfig {
+                dir: self.config.cache_dir.clone(),
+                max_bytes: self.config.cache_bytes,
+            }),
             advertise_ip: self.config.public_ip,
         };
         match spawn_process(&self.worker_log_format, start, self.tx.clone()) {
