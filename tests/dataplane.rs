@@ -305,9 +305,28 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
         assert_eq!(bytes.as_ref(), &[n; 600][..]);
     }
 
-    // The policy evicts one: its file goes too, and the next ask goes to the origin.
-    let evicted = restarted.carry_out(Command::Evict(again[3].handle));
-    assert_eq!(evicted, vec![Event::SegmentEvicted(again[3].handle)]);
-    assert!(on_disk.read(&disk::key(&again[3].url, None)).is_none());
+    // The policy evicts segment 3: its file goes too.
+    let third = again.iter().find(|s| s.url.ends_with("/3")).unwrap();
+    let evicted = restarted.carry_out(Command::Evict(third.handle));
+    assert_eq!(evicted, vec![Event::SegmentEvicted(third.handle)]);
+    assert!(on_disk.read(&disk::key(&third.url, None)).is_none());
+
+    // Asking only the disk: what is there is held at once, what is not fails, and the
+    // origin hears of neither.
+    let probe = |fetch: u64, n: u8| {
+        Command::FetchSegment(FetchSegment {
+            fetch,
+            url: format!("{base}/{n}"),
+            range: None,
+            tier: CacheTier::DiskIfCached,
+        })
+    };
+    let found = restarted.carry_out(probe(100, 5));
+    let [Event::SegmentStored(found)] = found.as_slice() else { panic!("{found:?}") };
+    assert_eq!((found.fetch, found.segment.size, found.segment.tier), (100, 600, CacheTier::Disk));
+    let missing = restarted.carry_out(probe(101, 3));
+    let [Event::FetchFailed(missing)] = missing.as_slice() else { panic!("{missing:?}") };
+    assert_eq!((missing.fetch, missing.reason.as_str()), (101, "not cached"));
+    assert_eq!(hits.load(Ordering::SeqCst), 10);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,8 @@ const LIVE_WINDOW: usize = 12;
 const VOD_PREFETCH: usize = 10;
 /// Most VOD segments held in memory (until the disk cache holds them).
 const VOD_HELD: usize = 64;
+/// How many VOD segments to ask the disk cache about at once.
+const PROBE_BATCH: usize = 128;
 /// Wait before fetching a playlist again after a failure.
 const RETRY_MS: u64 = 2_000;
 /// The shortest wait between reloads of a live playlist, however short its segments.
@@ -39,7 +41,13 @@ type Source = (String, Option<(u64, u64)>);
 #[derive(Debug, Clone, PartialEq)]
 enum Stored {
     Fetching(FetchId),
-    Ready { handle: SegmentHandle, size: u64 },
+    /// Asking the host whether its disk cache has it (never announced).
+    Probing(FetchId),
+    Ready {
+        handle: SegmentHandle,
+        size: u64,
+        on_disk: bool,
+    },
 }
 
 /// One rendition's swarm.
@@ -62,6 +70,9 @@ struct Swarm {
     changed: bool,
     /// When each VOD segment was last asked for (by the seeder's request count).
     last_use: BTreeMap<i64, u64>,
+    /// VOD: the next segment id to ask the disk cache about, until all have been.
+    probe_from: Option<i64>,
+    probes_in_flight: usize,
 }
 
 /// A viewer connected to us.
@@ -107,6 +118,7 @@ fn announcement(swarm: &Swarm) -> PeerCommand {
         match stored {
             Stored::Ready { .. } => loaded.push(*id),
             Stored::Fetching(_) => loading.push(*id),
+            Stored::Probing(_) => {}
         }
     }
     PeerCommand::SegmentsAnnouncement { loaded, loading }
@@ -134,7 +146,7 @@ pub(crate) struct Seeder {
     max_peers: usize,
     /// Segments the host holds that no swarm claims yet (an earlier instance fetched
     /// them), by source: adopted instead of fetched again.
-    orphans: HashMap<Source, (SegmentHandle, u64)>,
+    orphans: HashMap<Source, Stored>,
     /// Requests seen, the clock of `last_use`.
     uses: u64,
 }
@@ -144,6 +156,8 @@ enum Fetch {
     Manifest,
     Playlist(usize),
     Segment(usize, i64),
+    /// A `disk-if-cached` fetch.
+    Probe(usize, i64),
 }
 
 impl Seeder {
@@ -167,7 +181,11 @@ impl Seeder {
     pub(crate) fn adopt(&mut self, segments: &[superpeer_guest::SegmentInfo]) {
         for s in segments {
             let range = s.range.map(|r| (r.start, r.end));
-            self.orphans.insert((s.url.clone(), range), (s.handle, s.size));
+            let on_disk = s.tier != CacheTier::Memory;
+            self.orphans.insert(
+                (s.url.clone(), range),
+                Stored::Ready { handle: s.handle, size: s.size, on_disk },
+            );
         }
     }
 
@@ -241,14 +259,33 @@ impl Seeder {
                     // Fetched again at the next reload if still listed.
                     self.swarms[index].segments.remove(&id);
                 }
+                Some(Fetch::Probe(index, id)) => {
+                    let swarm = &mut self.swarms[index];
+                    swarm.probes_in_flight -= 1;
+                    swarm.segments.remove(&id);
+                    // Not cached, and a viewer wants it meanwhile: from the origin then.
+                    if swarm.last_use.contains_key(&id)
+                        && let Some(source) = swarm.sources.get(&id).cloned()
+                    {
+                        self.ensure(index, id, source, false, out);
+                    }
+                }
                 _ => {}
             },
             Event::SegmentStored(stored) => match self.fetches.remove(&stored.fetch) {
-                Some(Fetch::Segment(index, id)) => {
-                    let ready =
-                        Stored::Ready { handle: stored.segment.handle, size: stored.segment.size };
-                    self.swarms[index].segments.insert(id, ready);
-                    self.swarms[index].changed = true;
+                Some(Fetch::Segment(index, id) | Fetch::Probe(index, id)) => {
+                    let segment = &stored.segment;
+                    let ready = Stored::Ready {
+                        handle: segment.handle,
+                        size: segment.size,
+                        on_disk: segment.tier != CacheTier::Memory,
+                    };
+                    let swarm = &mut self.swarms[index];
+                    if matches!(swarm.segments.get(&id), Some(Stored::Probing(_))) {
+                        swarm.probes_in_flight -= 1;
+                    }
+                    swarm.segments.insert(id, ready);
+                    swarm.changed = true;
                 }
                 // A fetch an earlier instance started.
                 _ => self.adopt(std::slice::from_ref(&stored.segment)),
@@ -354,6 +391,8 @@ impl Seeder {
                 announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
                 changed: false,
                 last_use: BTreeMap::new(),
+                probe_from: None,
+                probes_in_flight: 0,
             });
             let fetch = self.fetch_text(playlist_url, Fetch::Playlist(index), out);
             self.swarms[index].playlist_fetch = Some(fetch);
@@ -394,6 +433,10 @@ impl Seeder {
             }
         }
         if !live {
+            // What earlier workers cached is found by asking the disk cache, in batches.
+            if swarm.sources.is_empty() {
+                swarm.probe_from = Some(0);
+            }
             // Every VOD segment can be asked for; only the start is fetched ahead.
             swarm.sources = media
                 .segments
@@ -428,8 +471,8 @@ impl Seeder {
             return;
         }
         swarm.sources.insert(id, (uri.clone(), range));
-        if let Some((handle, size)) = self.orphans.remove(&(uri.clone(), range)) {
-            swarm.segments.insert(id, Stored::Ready { handle, size });
+        if let Some(ready) = self.orphans.remove(&(uri.clone(), range)) {
+            swarm.segments.insert(id, ready);
             swarm.changed = true;
             return;
         }
@@ -446,6 +489,38 @@ impl Seeder {
         }));
     }
 
+    /// Asks the disk cache about the next batch of VOD segments once the last batch is
+    /// answered; what it has is held (and announced) without asking the origin.
+    fn probe_disk_cache(&mut self, out: &mut Vec<Command>) {
+        for index in 0..self.swarms.len() {
+            let swarm = &self.swarms[index];
+            let (Some(from), 0) = (swarm.probe_from, swarm.probes_in_flight) else { continue };
+            let batch: Vec<(i64, Source)> = swarm
+                .sources
+                .range(from..)
+                .filter(|(id, _)| !swarm.segments.contains_key(id))
+                .take(PROBE_BATCH)
+                .map(|(id, source)| (*id, source.clone()))
+                .collect();
+            let next = batch.last().and_then(|(last, _)| swarm.sources.range(last + 1..).next());
+            let next = next.map(|(id, _)| *id);
+            for (id, (url, range)) in batch {
+                let fetch = self.id();
+                self.fetches.insert(fetch, Fetch::Probe(index, id));
+                let swarm = &mut self.swarms[index];
+                swarm.segments.insert(id, Stored::Probing(fetch));
+                swarm.probes_in_flight += 1;
+                out.push(Command::FetchSegment(FetchSegment {
+                    fetch,
+                    url,
+                    range: range.map(|(start, end)| superpeer_guest::ByteRange { start, end }),
+                    tier: CacheTier::DiskIfCached,
+                }));
+            }
+            self.swarms[index].probe_from = next;
+        }
+    }
+
     /// A VOD viewer asked for `id`: fetch it and the next few, and keep at most
     /// [`VOD_HELD`] segments, dropping the least recently asked for.
     fn vod_demand(&mut self, index: usize, id: i64, out: &mut Vec<Command>) {
@@ -460,12 +535,17 @@ impl Seeder {
             self.ensure(index, n, source, false, out);
         }
         let swarm = &mut self.swarms[index];
-        while swarm.segments.len() > VOD_HELD {
+        // The disk cache has a cap of its own, which the host enforces; only memory is
+        // the policy's to bound.
+        let in_memory =
+            |s: &Stored| !matches!(s, Stored::Ready { on_disk: true, .. } | Stored::Probing(_));
+        while swarm.segments.values().filter(|s| in_memory(s)).count() > VOD_HELD {
             let oldest = swarm
                 .segments
                 .iter()
                 .filter(|(n, s)| {
-                    matches!(s, Stored::Ready { .. }) && !(id..id + VOD_PREFETCH as i64).contains(n)
+                    matches!(s, Stored::Ready { on_disk: false, .. })
+                        && !(id..id + VOD_PREFETCH as i64).contains(n)
                 })
                 .min_by_key(|(n, _)| swarm.last_use.get(n).copied().unwrap_or(0))
                 .map(|(n, s)| (*n, s.clone()));
@@ -531,6 +611,7 @@ impl Seeder {
     /// Tells the viewers of every swarm whose segments changed what it has now; called
     /// once per batch, so a burst of changes makes one announcement.
     pub(crate) fn flush(&mut self, out: &mut Vec<Command>) {
+        self.probe_disk_cache(out);
         for (index, swarm) in self.swarms.iter_mut().enumerate() {
             if !std::mem::take(&mut swarm.changed) {
                 continue;
@@ -580,7 +661,7 @@ impl Seeder {
                 }
                 let offset = byte_from.unwrap_or(0).max(0) as u64;
                 match swarm.segments.get(&id) {
-                    Some(Stored::Ready { handle, size }) if offset <= *size => {
+                    Some(Stored::Ready { handle, size, .. }) if offset <= *size => {
                         let header =
                             PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
                         send(peer, &header, out);
@@ -1254,12 +1335,18 @@ b.m3u8
         (seeder, peer, handle)
     }
 
-    /// Answers every segment fetch in `out` as stored, with handles counting up.
+    /// Answers every segment fetch in `out` as stored in memory (no disk cache, or
+    /// `noUseDiskCache`), with handles counting up.
     fn store_all(seeder: &mut Seeder, out: &[Command], handle: &mut u64) {
         for (fetch, url) in segments(out) {
             *handle += 1;
-            let segment =
-                SegmentInfo { handle: *handle, url, range: None, size: 10, tier: CacheTier::Disk };
+            let segment = SegmentInfo {
+                handle: *handle,
+                url,
+                range: None,
+                size: 10,
+                tier: CacheTier::Memory,
+            };
             seeder.handle(
                 &Event::SegmentStored(SegmentStored { fetch, segment }),
                 &[],
@@ -1267,6 +1354,77 @@ b.m3u8
                 &mut Vec::new(),
             );
         }
+    }
+
+    #[test]
+    fn what_earlier_workers_cached_on_disk_is_found_held_and_announced() {
+        let (mut seeder, peer, _) = vod_serving();
+        let mut probes = Vec::new();
+        let mut announced = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            seeder.flush(&mut out);
+            announced.extend(sent(&out));
+            let batch: Vec<(u64, String)> = out
+                .iter()
+                .filter_map(|c| match c {
+                    Command::FetchSegment(f) if f.tier == CacheTier::DiskIfCached => {
+                        Some((f.fetch, f.url.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert!(batch.len() <= PROBE_BATCH);
+            // The disk has every other segment; the rest are not cached.
+            for (fetch, url) in &batch {
+                let n: u64 = url
+                    .trim_start_matches("http://o.example/vod/seg")
+                    .trim_end_matches(".ts")
+                    .parse()
+                    .unwrap();
+                let event = if n.is_multiple_of(2) {
+                    let segment = SegmentInfo {
+                        handle: 5000 + n,
+                        url: url.clone(),
+                        range: None,
+                        size: 10,
+                        tier: CacheTier::Disk,
+                    };
+                    Event::SegmentStored(SegmentStored { fetch: *fetch, segment })
+                } else {
+                    Event::FetchFailed(superpeer_guest::FetchFailed {
+                        fetch: *fetch,
+                        status: None,
+                        reason: "not cached".into(),
+                    })
+                };
+                seeder.handle(&event, &[7], &mut random(), &mut Vec::new());
+            }
+            if batch.is_empty() {
+                break;
+            }
+            probes.extend(batch);
+        }
+        assert_eq!(probes.len(), 200 - VOD_PREFETCH, "each segment not held asked about once");
+        assert!(
+            !probes.iter().any(|(_, u)| u.ends_with("seg5.ts")),
+            "held ones are not asked about"
+        );
+        // Held and announced: the prefetched ones and every other one after them, beyond the
+        // memory bound (the disk cache has its own).
+        let Some(PeerCommand::SegmentsAnnouncement { loaded, .. }) = announced.pop() else {
+            panic!("nothing announced")
+        };
+        assert_eq!(loaded.len(), VOD_PREFETCH + 95);
+        assert!(loaded.len() > VOD_HELD && loaded.contains(&196));
+        // A viewer asking for one is served from it.
+        let ask = PeerCommand::SegmentRequest { id: 196, request: 9, byte_from: None };
+        let mut out = Vec::new();
+        seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut out);
+        assert!(
+            out.iter().any(|c| matches!(c, Command::ServeSegment(s) if s.handle == 5196)),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -1340,7 +1498,7 @@ b.m3u8
         );
         assert_eq!(
             seeder.swarms[0].segments.get(&101),
-            Some(&Stored::Ready { handle: 77, size: 9 })
+            Some(&Stored::Ready { handle: 77, size: 9, on_disk: false })
         );
     }
 

@@ -137,6 +137,13 @@ impl DiskCache {
         }
     }
 
+    /// The size of the segment a cached file holds, if there is one (its bytes are
+    /// checked when read).
+    pub fn cached_size(&self, key: &str) -> Option<u64> {
+        let length = self.dir.metadata(format!("{key}{SEGMENT_SUFFIX}")).ok()?.len();
+        length.checked_sub(HEADER_BYTES as u64).filter(|&size| size > 0)
+    }
+
     /// Caches a segment: written whole under a temporary name, then renamed into place,
     /// so a reader sees either nothing or all of it. Then evicts the least recently used
     /// others while the cache is over its cap. Call it holding the key's lock.
@@ -173,6 +180,17 @@ impl DiskCache {
     /// Deletes a cached segment (the policy evicted it).
     pub fn remove(&self, key: &str) {
         let _ = self.dir.remove_file(format!("{key}{SEGMENT_SUFFIX}"));
+        self.forget_lock(key);
+    }
+
+    /// Deletes a segment's lock file when nobody holds it, so that lock files do not
+    /// outlive their segments. A worker that opened it just before may then hold a lock
+    /// nobody else sees; the worst that follows is one segment fetched twice, each copy
+    /// written whole.
+    fn forget_lock(&self, key: &str) {
+        if let Ok(Some(_free)) = self.try_lock(key) {
+            let _ = self.dir.remove_file(format!("{key}{LOCK_SUFFIX}"));
+        }
     }
 
     /// Bytes of cached segments, as the directory holds them now (all workers').
@@ -208,6 +226,7 @@ impl DiskCache {
             }
             if self.dir.remove_file(&file.name).is_ok() {
                 total -= file.size;
+                self.forget_lock(file.name.trim_end_matches(SEGMENT_SUFFIX));
             }
         }
     }

@@ -193,10 +193,32 @@ impl DataPlane {
                 self.fetch(f.fetch, f.url, None, fetch::Kind::Text);
                 Vec::new()
             }
+            Command::FetchSegment(f) if f.tier == CacheTier::DiskIfCached => {
+                let key = disk::key(&f.url, f.range);
+                match self.disk.as_ref().and_then(|disk| disk.cached_size(&key)) {
+                    // Checked when served, like every read from disk.
+                    Some(size) => {
+                        let handle = self.store.insert(Held::Disk { key, size });
+                        let segment = SegmentInfo {
+                            handle,
+                            url: f.url,
+                            range: f.range,
+                            size,
+                            tier: CacheTier::Disk,
+                        };
+                        vec![Event::SegmentStored(SegmentStored { fetch: f.fetch, segment })]
+                    }
+                    None => vec![Event::FetchFailed(FetchFailed {
+                        fetch: f.fetch,
+                        status: None,
+                        reason: NOT_CACHED.into(),
+                    })],
+                }
+            }
             Command::FetchSegment(f) => {
                 let disk = match f.tier {
                     CacheTier::Disk => self.disk.clone(),
-                    CacheTier::Memory => None,
+                    CacheTier::Memory | CacheTier::DiskIfCached => None,
                 };
                 self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment { disk });
                 Vec::new()
@@ -421,6 +443,8 @@ impl DataPlane {
 }
 
 const NOT_OFFERING: &str = "superpeer answers offers; it does not make them";
+/// Why a `disk-if-cached` fetch failed when the disk cache does not have the segment.
+pub const NOT_CACHED: &str = "not cached";
 
 /// Kernel buffers for the worker's UDP socket: with dozens of viewers the default
 /// buffers drop datagrams in bursts.
