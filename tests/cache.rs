@@ -173,3 +173,52 @@ fn a_no_use_disk_cache_seed_keeps_its_segments_in_memory() {
     assert!(files_ending(&dir.join("cache"), ".seg").is_empty());
     master.stop();
 }
+
+#[test]
+fn two_workers_of_one_channel_share_the_cache_and_fetch_each_segment_once() {
+    let dir = data_dir("cache-shared");
+    let media = dir.join("media");
+    let origin = NodeService::start(
+        "hls-origin.mjs",
+        &["--dir".as_ref(), media.as_os_str(), "--vod".as_ref()],
+    );
+    let origin_url = format!("http://127.0.0.1:{}", origin.port);
+    let manifest = format!("{origin_url}/vod/master.m3u8");
+    let channel = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&manifest)
+    };
+    // Two masters (each with its own seed list) on one machine, one cache directory: a
+    // worker of each seeds the channel, started at the same moment.
+    let shared = dir.join("shared-cache");
+    let masters: Vec<Superpeer> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let own = dir.join(name);
+            std::fs::create_dir_all(&own).unwrap();
+            Superpeer::start_with(&own, &["--cache-dir", shared.to_str().unwrap()])
+        })
+        .collect();
+    let seed = json!({"list": [{"channel": channel, "keepAlive": true}]});
+    std::thread::scope(|scope| {
+        for master in &masters {
+            let seed = seed.clone();
+            scope.spawn(move || master.ok("POST", "/seed", seed));
+        }
+    });
+    for master in &masters {
+        master.wait_for("the prefetched segments held", |s| {
+            s["workers"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|w| w["state"] == "running" && w["segments"].as_u64() == Some(PREFETCHED))
+        });
+    }
+    let hits = segment_hits(&origin_url);
+    assert_eq!(hits.len() as u64, PREFETCHED, "{hits:?}");
+    assert!(hits.values().all(|&n| n == 1), "a segment was fetched twice: {hits:?}");
+    for master in masters {
+        master.stop();
+    }
+}
