@@ -109,6 +109,7 @@ fn kill_9_while_caching_leaves_nothing_damaged_and_a_restart_asks_the_origin_for
         })
     });
     assert!(files_ending(&cache_dir, ".part").is_empty(), "half-written files remain");
+    assert!(files_ending(&cache_dir, ".lock").is_empty(), "lock files outlive their use");
     // Every file in the cache is one of the segments and holds exactly the origin's bytes.
     let cache =
         DiskCache::open(&DiskCacheConfig { dir: cache_dir.clone(), max_bytes: 1 << 40 }).unwrap();

@@ -305,14 +305,15 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
         assert_eq!(bytes.as_ref(), &[n; 600][..]);
     }
 
-    // The policy evicts segment 3: its file goes too.
+    // The policy evicts segment 3: the handle goes, the shared file stays for others.
     let third = again.iter().find(|s| s.url.ends_with("/3")).unwrap();
     let evicted = restarted.carry_out(Command::Evict(third.handle));
     assert_eq!(evicted, vec![Event::SegmentEvicted(third.handle)]);
-    assert!(on_disk.read(&disk::key(&third.url, None)).is_none());
+    assert!(on_disk.read(&disk::key(&third.url, None)).is_some());
+    on_disk.remove(&disk::key(&third.url, None));
 
-    // Asking only the disk: what is there is held at once, what is not fails, and the
-    // origin hears of neither.
+    // Asking only the disk: what is there is held at once, what is not (segment 3, now
+    // deleted) fails, and the origin hears of neither.
     let probe = |fetch: u64, n: u8| {
         Command::FetchSegment(FetchSegment {
             fetch,

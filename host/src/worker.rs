@@ -119,7 +119,7 @@ where
                     disk_cache_size: plane.disk_cache_size(),
                     trackers: plane.trackers_open() as u32,
                     segments: plane.store().len() as u32,
-                    memory_cache_size: plane.store().memory_bytes(),
+                    memory_cache_size: plane.memory_cache_size(),
                     policy: runner.stats(),
                 };
                 write_frame(&mut output, &FromWorker::Report(Box::new(figures))).await?;

@@ -28,8 +28,9 @@ const LIVE_WINDOW: usize = 12;
 const VOD_PREFETCH: usize = 10;
 /// Most VOD segments held in memory (until the disk cache holds them).
 const VOD_HELD: usize = 64;
-/// How many VOD segments to ask the disk cache about at once.
-const PROBE_BATCH: usize = 128;
+/// How many fetches may be in flight before asking the disk cache about more VOD
+/// segments waits: well under the host's limit, so a probe is never turned away.
+const PROBE_BUDGET: usize = 64;
 /// Wait before fetching a playlist again after a failure.
 const RETRY_MS: u64 = 2_000;
 /// The shortest wait between reloads of a live playlist, however short its segments.
@@ -263,8 +264,10 @@ impl Seeder {
                     let swarm = &mut self.swarms[index];
                     swarm.probes_in_flight -= 1;
                     swarm.segments.remove(&id);
-                    // Not cached, and a viewer wants it meanwhile: from the origin then.
-                    if swarm.last_use.contains_key(&id)
+                    // Not cached, and a viewer wants it or one just before it (it would have
+                    // been prefetched): from the origin then.
+                    let wanted = swarm.last_use.range(id + 1 - VOD_PREFETCH as i64..=id).next();
+                    if wanted.is_some()
                         && let Some(source) = swarm.sources.get(&id).cloned()
                     {
                         self.ensure(index, id, source, false, out);
@@ -291,6 +294,15 @@ impl Seeder {
                 _ => self.adopt(std::slice::from_ref(&stored.segment)),
             },
             Event::SegmentEvicted(handle) => {
+                // A viewer being sent it (the host found its disk copy gone) hears at
+                // once instead of waiting for its own timeout.
+                for (peer, viewer) in &mut self.peers {
+                    if let Some(serving) = viewer.serving.take_if(|s| s.handle == *handle) {
+                        let absent =
+                            PeerCommand::SegmentAbsent { id: serving.id, request: serving.request };
+                        send(*peer, &absent, out);
+                    }
+                }
                 for swarm in &mut self.swarms {
                     let before = swarm.segments.len();
                     swarm.segments.retain(
@@ -493,13 +505,33 @@ impl Seeder {
     /// answered; what it has is held (and announced) without asking the origin.
     fn probe_disk_cache(&mut self, out: &mut Vec<Command>) {
         for index in 0..self.swarms.len() {
+            let budget = PROBE_BUDGET.saturating_sub(self.fetches.len());
             let swarm = &self.swarms[index];
             let (Some(from), 0) = (swarm.probe_from, swarm.probes_in_flight) else { continue };
+            if budget == 0 {
+                break;
+            }
+            // Segments an earlier instance held are taken back as they were.
+            let held_before: Vec<(i64, Source)> = swarm
+                .sources
+                .range(from..)
+                .filter(|(id, source)| {
+                    !swarm.segments.contains_key(id) && self.orphans.contains_key(*source)
+                })
+                .map(|(id, source)| (*id, source.clone()))
+                .collect();
+            for (id, source) in held_before {
+                if let Some(ready) = self.orphans.remove(&source) {
+                    self.swarms[index].segments.insert(id, ready);
+                    self.swarms[index].changed = true;
+                }
+            }
+            let swarm = &self.swarms[index];
             let batch: Vec<(i64, Source)> = swarm
                 .sources
                 .range(from..)
                 .filter(|(id, _)| !swarm.segments.contains_key(id))
-                .take(PROBE_BATCH)
+                .take(budget)
                 .map(|(id, source)| (*id, source.clone()))
                 .collect();
             let next = batch.last().and_then(|(last, _)| swarm.sources.range(last + 1..).next());
@@ -1289,6 +1321,18 @@ b.m3u8
     }
 
     #[test]
+    fn a_segment_gone_while_being_sent_is_reported_absent_at_once() {
+        let (mut seeder, peer) = serving();
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
+        let ask = PeerCommand::SegmentRequest { id: 100, request: 4, byte_from: None };
+        seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut Vec::new());
+        // The host found the copy it was serving gone.
+        let mut out = Vec::new();
+        seeder.handle(&Event::SegmentEvicted(50), &[7], &mut random(), &mut out);
+        assert_eq!(sent(&out), [PeerCommand::SegmentAbsent { id: 100, request: 4 }]);
+    }
+
+    #[test]
     fn changes_are_announced_once_per_batch_and_garbage_closes_only_that_viewer() {
         let (mut seeder, peer) = serving();
         seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
@@ -1374,7 +1418,7 @@ b.m3u8
                     _ => None,
                 })
                 .collect();
-            assert!(batch.len() <= PROBE_BATCH);
+            assert!(batch.len() <= PROBE_BUDGET);
             // The disk has every other segment; the rest are not cached.
             for (fetch, url) in &batch {
                 let n: u64 = url

@@ -47,7 +47,12 @@ pub struct DiskCacheConfig {
 pub struct DiskCache {
     dir: Dir,
     max_bytes: u64,
+    /// The directory's size as last measured, and when: measuring lists every file.
+    measured: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a measured size of the cache is reported before measuring again.
+const SIZE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Held while a worker looks for, fetches or writes one segment; released on drop or
 /// when the process dies.
@@ -76,7 +81,7 @@ impl DiskCache {
     pub fn open(config: &DiskCacheConfig) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(&config.dir)?;
         let dir = Dir::open_ambient_dir(&config.dir, ambient_authority())?;
-        let cache = DiskCache { dir, max_bytes: config.max_bytes };
+        let cache = DiskCache { dir, max_bytes: config.max_bytes, measured: Default::default() };
         cache.remove_abandoned_partials();
         Ok(cache)
     }
@@ -90,26 +95,40 @@ impl DiskCache {
                 continue;
             };
             // Nobody holds the key's lock: whoever wrote this is gone.
-            if let Ok(Some(_lock)) = self.try_lock(key) {
+            if let Ok(Some(lock)) = self.try_lock(key) {
                 let _ = self.dir.remove_file(&name);
+                self.unlock(key, lock);
             }
         }
     }
 
-    /// Waits for the segment's lock (another worker may be fetching it).
-    pub fn lock(&self, key: &str) -> std::io::Result<KeyLock> {
-        let file = self.lock_file(key)?;
-        file.lock()?;
-        Ok(KeyLock(file))
-    }
-
-    fn try_lock(&self, key: &str) -> std::io::Result<Option<KeyLock>> {
+    /// The segment's lock, or `None` while another worker (or task) holds it.
+    ///
+    /// Lock files are deleted by whoever holds them when done, so they do not pile up.
+    /// A lock taken on a file that was deleted (or replaced) meanwhile guards nothing,
+    /// so it only counts if the name still leads to the file that was locked.
+    pub fn try_lock(&self, key: &str) -> std::io::Result<Option<KeyLock>> {
+        use std::os::unix::fs::MetadataExt;
         let file = self.lock_file(key)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(KeyLock(file))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
+        let locked = file.metadata()?.ino();
+        let current =
+            self.dir.open(format!("{key}{LOCK_SUFFIX}")).and_then(|f| f.into_std().metadata());
+        match current {
+            Ok(current) if current.ino() == locked => Ok(Some(KeyLock(file))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Releases a segment's lock, deleting its lock file first (safe while held: see
+    /// [`DiskCache::try_lock`]).
+    pub fn unlock(&self, key: &str, lock: KeyLock) {
+        let _ = self.dir.remove_file(format!("{key}{LOCK_SUFFIX}"));
+        drop(lock);
     }
 
     fn lock_file(&self, key: &str) -> std::io::Result<std::fs::File> {
@@ -174,6 +193,7 @@ impl DiskCache {
         }
         written?;
         self.enforce_cap(key);
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 
@@ -183,19 +203,25 @@ impl DiskCache {
         self.forget_lock(key);
     }
 
-    /// Deletes a segment's lock file when nobody holds it, so that lock files do not
-    /// outlive their segments. A worker that opened it just before may then hold a lock
-    /// nobody else sees; the worst that follows is one segment fetched twice, each copy
-    /// written whole.
+    /// Deletes a segment's lock file if one was left and nobody holds it.
     fn forget_lock(&self, key: &str) {
-        if let Ok(Some(_free)) = self.try_lock(key) {
-            let _ = self.dir.remove_file(format!("{key}{LOCK_SUFFIX}"));
+        if let Ok(Some(lock)) = self.try_lock(key) {
+            self.unlock(key, lock);
         }
     }
 
-    /// Bytes of cached segments, as the directory holds them now (all workers').
+    /// Bytes of cached segments in the directory (all workers'), measured at most
+    /// every few seconds and after this worker's own writes.
     pub fn size(&self) -> u64 {
-        self.segments().iter().map(|s| s.size).sum()
+        let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        match *measured {
+            Some((at, size)) if at.elapsed() < SIZE_FRESH_FOR => size,
+            _ => {
+                let size = self.segments().iter().map(|s| s.size).sum();
+                *measured = Some((std::time::Instant::now(), size));
+                size
+            }
+        }
     }
 
     fn segments(&self) -> Vec<CachedFile> {
@@ -248,11 +274,9 @@ fn read_checked(file: &mut File) -> Result<Bytes, String> {
     length.copy_from_slice(&header[8..16]);
     let length = u64::from_le_bytes(length);
     let on_disk = file.metadata().map_err(|e| e.to_string())?.len();
-    if on_disk != HEADER_BYTES as u64 + length {
-        return Err(format!(
-            "holds {on_disk} bytes, its header says {}",
-            HEADER_BYTES as u64 + length
-        ));
+    // A crafted header must not overflow the sum or size an allocation.
+    if length.checked_add(HEADER_BYTES as u64) != Some(on_disk) {
+        return Err(format!("holds {on_disk} bytes, its header says {length} plus the header"));
     }
     let mut data = Vec::with_capacity(length as usize);
     file.read_to_end(&mut data).map_err(|e| e.to_string())?;
@@ -298,8 +322,15 @@ mod tests {
         let cache = open(&scratch.0, 1 << 20);
         let k = key("http://o.example/vod/seg1.ts", None);
         assert_ne!(k, key("http://o.example/vod/seg1.ts", Some(ByteRange { start: 0, end: 10 })));
-        let _lock = cache.lock(&k).unwrap();
+        let lock = cache.try_lock(&k).unwrap().unwrap();
+        assert!(cache.try_lock(&k).unwrap().is_none(), "one holder at a time");
         cache.write(&k, b"segment bytes").unwrap();
+        cache.unlock(&k, lock);
+        assert_eq!(
+            names(&scratch.0.join("cache")),
+            [format!("{k}{SEGMENT_SUFFIX}")],
+            "no lock file left"
+        );
         drop(cache);
         let cache = open(&scratch.0, 1 << 20);
         assert_eq!(cache.read(&k).as_deref(), Some(&b"segment bytes"[..]));
@@ -400,7 +431,7 @@ mod tests {
         let busy = key("http://o.example/busy.ts", None);
         let busy_partial = scratch.0.join("cache").join(format!("{busy}.1-0{PARTIAL_SUFFIX}"));
         std::fs::write(&busy_partial, b"SPSEG01\n").unwrap();
-        let _writing = cache.lock(&busy).unwrap();
+        let _writing = cache.try_lock(&busy).unwrap().unwrap();
         drop(cache);
         let _reopened = open(&scratch.0, 1 << 20);
         assert!(!partial.exists(), "an abandoned partial file is cleaned up");

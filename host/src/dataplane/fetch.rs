@@ -59,17 +59,7 @@ pub fn spawn(
                 segment_through_disk(fetch, url, range, &http, disk, &limits).await
             }
             Kind::Segment { disk: None } => {
-                match with_retries(&http, &url, range, limits.max_segment_bytes, &limits).await {
-                    Ok((_, bytes)) => IoEvent::SegmentFetched {
-                        fetch,
-                        url,
-                        range,
-                        bytes,
-                        on_disk: None,
-                        from_origin: true,
-                    },
-                    Err(f) => failed(fetch, f),
-                }
+                from_origin_only(fetch, url, range, &http, &limits).await
             }
         };
         let _ = events.send(event).await;
@@ -79,7 +69,9 @@ pub fn spawn(
 
 /// A segment from the disk cache if it holds an intact copy, else from the origin and
 /// then into the cache. The segment's lock is held throughout, so a worker asking for
-/// a segment another is fetching waits for that fetch and reads its file.
+/// a segment another is fetching waits for that fetch and reads its file. Waiting is
+/// bounded: past the time one fetch may take, the segment is fetched without the
+/// cache rather than not at all.
 async fn segment_through_disk(
     fetch: FetchId,
     url: String,
@@ -89,55 +81,99 @@ async fn segment_through_disk(
     limits: &DataPlaneLimits,
 ) -> IoEvent {
     let key = disk::key(&url, range);
-    let looked_up = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::task::spawn_blocking(move || {
-            let lock = cache.lock(&key)?;
-            Ok::<_, std::io::Error>((lock, cache.read(&key)))
-        })
-        .await
-    };
-    let lock = match looked_up {
-        Ok(Ok((_lock, Some(bytes)))) => {
-            return IoEvent::SegmentFetched {
-                fetch,
-                url,
-                range,
-                bytes,
-                on_disk: Some(key),
-                from_origin: false,
-            };
-        }
-        Ok(Ok((lock, None))) => Some(lock),
-        Ok(Err(e)) => {
-            tracing::warn!(url, error = %e, "disk cache unusable for this segment; memory only");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(url, error = %e, "disk cache lookup failed; memory only");
-            None
-        }
-    };
-    let bytes = match with_retries(http, &url, range, limits.max_segment_bytes, limits).await {
-        Ok((_, bytes)) => bytes,
-        Err(f) => return failed(fetch, f),
-    };
-    let mut on_disk = None;
+    let lock = wait_for_lock(&cache, &key, limits.fetch_timeout * limits.fetch_attempts).await;
     if let Some(lock) = lock {
-        let (cache, written_key, data) = (cache, key.clone(), bytes.clone());
+        let (reader, read_key) = (cache.clone(), key.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let found = reader.read(&read_key);
+            (found, lock)
+        })
+        .await;
+        let lock = match found {
+            Ok((Some(bytes), lock)) => {
+                let (cache, key_) = (cache.clone(), key.clone());
+                let _ = tokio::task::spawn_blocking(move || cache.unlock(&key_, lock)).await;
+                return IoEvent::SegmentFetched {
+                    fetch,
+                    url,
+                    range,
+                    bytes,
+                    on_disk: Some(key),
+                    from_origin: false,
+                };
+            }
+            Ok((None, lock)) => lock,
+            Err(e) => {
+                tracing::warn!(url, error = %e, "disk cache lookup failed; memory only");
+                return from_origin_only(fetch, url, range, http, limits).await;
+            }
+        };
+        let fetched = with_retries(http, &url, range, limits.max_segment_bytes, limits).await;
+        let (cache, written_key) = (cache.clone(), key.clone());
+        let bytes = fetched.as_ref().ok().map(|(_, bytes)| bytes.clone());
         let written = tokio::task::spawn_blocking(move || {
-            let result = cache.write(&written_key, &data);
-            drop(lock);
+            let result = bytes.map(|bytes| cache.write(&written_key, &bytes));
+            cache.unlock(&written_key, lock);
             result
         })
         .await;
-        match written {
-            Ok(Ok(())) => on_disk = Some(key),
-            Ok(Err(e)) => tracing::warn!(url, error = %e, "segment not cached on disk"),
-            Err(e) => tracing::warn!(url, error = %e, "segment not cached on disk"),
+        let bytes = match fetched {
+            Ok((_, bytes)) => bytes,
+            Err(f) => return failed(fetch, f),
+        };
+        let on_disk = match written {
+            Ok(Some(Ok(()))) => Some(key),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(url, error = %e, "segment not cached on disk");
+                None
+            }
+            Ok(None) | Err(_) => None,
+        };
+        return IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin: true };
+    }
+    tracing::warn!(url, "disk cache busy or unusable for this segment; fetched without it");
+    from_origin_only(fetch, url, range, http, limits).await
+}
+
+/// The segment's lock in the disk cache, polled for until `patience` runs out (its
+/// holder may be another process, so there is nothing to be woken by).
+async fn wait_for_lock(
+    cache: &Arc<DiskCache>,
+    key: &str,
+    patience: Duration,
+) -> Option<disk::KeyLock> {
+    const POLL: Duration = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let (cache, key) = (cache.clone(), key.to_string());
+        match tokio::task::spawn_blocking(move || cache.try_lock(&key)).await {
+            Ok(Ok(Some(lock))) => return Some(lock),
+            Ok(Ok(None)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk cache lock unusable");
+                return None;
+            }
+            Err(_) => return None,
         }
     }
-    IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin: true }
+}
+
+async fn from_origin_only(
+    fetch: FetchId,
+    url: String,
+    range: Option<ByteRange>,
+    http: &reqwest::Client,
+    limits: &DataPlaneLimits,
+) -> IoEvent {
+    match with_retries(http, &url, range, limits.max_segment_bytes, limits).await {
+        Ok((_, bytes)) => {
+            IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk: None, from_origin: true }
+        }
+        Err(f) => failed(fetch, f),
+    }
 }
 
 fn failed(fetch: FetchId, failure: Failure) -> IoEvent {

@@ -229,14 +229,10 @@ impl DataPlane {
                 }
                 Vec::new()
             }
+            // A disk copy stays: other workers may hold it, and the cache's cap (least
+            // recently used first) bounds the disk.
             Command::Evict(handle) => match self.store.remove(handle) {
-                Some(held) => {
-                    if let (Held::Disk { key, .. }, Some(disk)) = (held, &self.disk) {
-                        self.recently_read.forget(&key);
-                        disk.remove(&key);
-                    }
-                    vec![Event::SegmentEvicted(handle)]
-                }
+                Some(_) => vec![Event::SegmentEvicted(handle)],
                 None => Vec::new(),
             },
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
@@ -314,6 +310,11 @@ impl DataPlane {
                 Err(Some(Event::SegmentEvicted(handle)))
             }
         }
+    }
+
+    /// Segment bytes this worker holds in memory, disk segments kept at hand included.
+    pub fn memory_cache_size(&self) -> u64 {
+        self.store.memory_bytes() + self.recently_read.bytes()
     }
 
     /// Bytes in the disk cache directory (all workers'), or 0 without one.
@@ -484,6 +485,10 @@ impl RecentlyRead {
 
     fn forget(&mut self, key: &str) {
         self.0.retain(|(k, _)| k != key);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0.iter().map(|(_, bytes)| bytes.len() as u64).sum()
     }
 }
 

@@ -67,6 +67,9 @@ async fn run(
     let _ = events.send(IoEvent::Policy(Event::TrackerConnected(conn))).await;
     let reason = loop {
         tokio::select! {
+            // What the policy queued goes first: a stopping worker's goodbye must not
+            // lose a race with an incoming text nobody will read.
+            biased;
             out = outgoing.recv() => match out {
                 Some(Outgoing::Text(text)) => {
                     if let Err(e) = socket.send(Message::text(text)).await {
