@@ -40,9 +40,12 @@ test: lint node-deps system-deps
 demo: setup node-deps system-deps
     scripts/demo.sh
 
-# Benchmarks; prints a table.
-bench: setup
+# Benchmarks; prints tables: the policy runtime, then one worker under a rising number
+# of simulated viewers (written to results/load.md).
+bench: setup node-deps
     cargo bench --locked -p superpeer --bench policy
+    cargo build --release --locked -p superpeer-load
+    SUPERPEER_LOAD=target/release/superpeer-load cargo bench --locked -p superpeer --bench load
 
 # Build the release binary.
 build: setup
