@@ -473,17 +473,6 @@ fn a_worker_announces_in_the_swarm_and_caches_the_live_window_once() {
     master.stop();
 }
 
-/// The info hash viewers compute for the origin's one rendition, derived here
-/// independently: p2p-media-loader 2.3 with hls.js (BANDWIDTH, video codec, size).
-fn expected_info_hash(manifest: &str) -> String {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let short = b64.encode(Sha1::digest(b"1280000-avc1.4d401f-1280-720-----"));
-    let swarm = format!("v2-{manifest}-main-{short}");
-    b64.encode(&Sha1::digest(swarm.as_bytes())[..15])
-}
-
 #[test]
 fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_webrtc() {
     let dir = data_dir("viewer");
@@ -491,7 +480,7 @@ fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_web
     let Live { tracker, origin: _, manifest, channel, master } = Live::seeded(&dir);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let received = runtime.block_on(view(&tracker.url, &expected_info_hash(&manifest)));
+    let received = runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest)));
     // SegmentData header, then the bytes, then SendingCompleted.
     let commands: Vec<&Vec<u8>> = received.iter().filter(|m| m.starts_with(b"cstr")).collect();
     assert!(commands.iter().any(|m| m[4] == 2), "a SegmentData header");

@@ -16,151 +16,37 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use serde_json::{Value, json};
+
+#[path = "../../tests/support/harness.rs"]
+mod harness;
+
+use harness::*;
 
 const SEGMENTS: usize = 10;
 const SEGMENT_BYTES: usize = 1 << 20;
 const SEGMENT_SECONDS: f64 = 2.0;
-const TOKEN: &str = "bench-token";
 
-fn segment(n: usize) -> Vec<u8> {
-    (0..SEGMENT_BYTES).map(|i| ((i * 31 + n * 7) % 251) as u8).collect()
-}
-
-/// A VOD origin on 127.0.0.1:0; returns its base URL.
-fn start_origin() -> String {
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            use axum::routing::get;
-            let media = {
-                let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n");
-                for n in 0..SEGMENTS {
-                    write!(text, "#EXTINF:{SEGMENT_SECONDS:.1},\nseg{n}.ts\n").unwrap();
-                }
-                text + "#EXT-X-ENDLIST\n"
-            };
-            let app = axum::Router::new()
-                .route(
-                    "/vod/master.m3u8",
-                    get(|| async {
-                        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720\n720p.m3u8\n"
-                    }),
-                )
-                .route("/vod/720p.m3u8", get(move || async move { media.clone() }))
-                .route(
-                    "/vod/{name}",
-                    get(|axum::extract::Path(name): axum::extract::Path<String>| async move {
-                        let n: usize = name.trim_start_matches("seg").trim_end_matches(".ts").parse().unwrap_or(0);
-                        segment(n)
-                    }),
-                );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            found.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
+/// The one running worker, once `ready` holds for it: (pid, its stats).
+fn worker(master: &Superpeer, ready: impl Fn(&Value) -> bool) -> (u32, Value) {
+    let stats = master.wait_for("the worker", |s| {
+        s["workers"].as_object().unwrap().values().any(|w| w["state"] == "running" && ready(w))
     });
-    address.recv().unwrap()
-}
-
-/// A child process killed (and reaped) when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let (pid, w) = stats["workers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, w)| w["state"] == "running" && ready(w))
+        .unwrap();
+    (pid.parse().unwrap(), w.clone())
 }
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn start_tracker() -> (Process, String) {
-    let mut child = Command::new("node")
-        .arg(repo().join("tests/support/tracker.mjs"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node is needed for the tracker (run `just node-deps` first)");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    // Keep draining what it prints about announces.
-    std::thread::spawn(move || for _ in stdout.lines() {});
-    let port = line.trim().strip_prefix("listening ").expect("tracker did not start").to_string();
-    (Process(child), format!("ws://127.0.0.1:{port}"))
-}
-
-fn start_superpeer(dir: &Path) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_superpeer"))
-        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--access-token", TOKEN])
-        .args(["--max-workers", "1", "--data-dir"])
-        .arg(dir)
-        .arg("--env-file")
-        .arg(dir.join("absent.env"))
-        .env("RUST_LOG", "warn,superpeer=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut address = None;
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        if let Some(at) = line.find("superpeer listening on http://") {
-            address = Some(line[at + "superpeer listening on http://".len()..].trim().to_string());
-            break;
-        }
-        line.clear();
-    }
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    (Process(child), address.expect("superpeer did not start"))
-}
-
-fn request(addr: &str, method: &str, path: &str, body: &str) -> Value {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-ACCESS-TOKEN: {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    serde_json::from_str(response.split_once("\r\n\r\n").map_or("", |(_, b)| b))
-        .unwrap_or(Value::Null)
-}
-
-/// The one running worker: (pid, its stats), once `ready` holds for it.
-fn worker(addr: &str, ready: impl Fn(&Value) -> bool) -> (u32, Value) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stats = request(addr, "GET", "/stats", "");
-        if let Some((pid, w)) = stats["workers"]
-            .as_object()
-            .and_then(|ws| ws.iter().find(|(_, w)| w["state"] == "running" && ready(w)))
-        {
-            return (pid.parse().unwrap(), w.clone());
-        }
-        assert!(Instant::now() < deadline, "worker never ready: {stats}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// CPU seconds (user + system) of a process, from `/proc`.
@@ -180,72 +66,59 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The info hash viewers compute for the origin's one rendition (p2p-media-loader 2.3
-/// with hls.js: bitrate, video codec, size).
-fn info_hash(manifest: &str) -> String {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let short = b64.encode(Sha1::digest(b"1280000-avc1.4d401f-1280-720-----"));
-    b64.encode(&Sha1::digest(format!("v2-{manifest}-main-{short}").as_bytes())[..15])
+/// What every step of a series runs against.
+struct Setup<'a> {
+    master: &'a Superpeer,
+    origin: &'a VodOrigin,
+    tracker: &'a str,
+    load: &'a Path,
 }
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(str::trim))
-        .unwrap_or("unknown CPU");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cores} cores ({model}), loopback")
-}
-
-fn main() {
-    // Relative paths are the repository's (benches run in the package directory).
-    let load = repo().join(
-        std::env::var("SUPERPEER_LOAD").unwrap_or_else(|_| "target/release/superpeer-load".into()),
-    );
-    assert!(load.exists(), "{} is missing: run `just bench`", load.display());
-    let series: Vec<usize> = std::env::var("SUPERPEER_BENCH_VIEWERS")
-        .unwrap_or_else(|_| "10,25,50,100,200".into())
+fn series(variable: &str, default: &str) -> Vec<usize> {
+    std::env::var(variable)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    let seconds: u64 =
-        std::env::var("SUPERPEER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+        .collect()
+}
 
-    let dir = std::env::temp_dir().join(format!("superpeer-bench-load-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let origin = start_origin();
-    let (_tracker, tracker) = start_tracker();
-    let (_superpeer, addr) = start_superpeer(&dir);
-    let manifest = format!("{origin}/vod/master.m3u8");
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
-    let seed = json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker, "maxConnections": 10000}]});
-    request(&addr, "POST", "/seed", &seed.to_string());
-    let (pid, _) = worker(&addr, |w| w["segments"] == SEGMENTS && w["trackers"] == 1);
-    let idle_rss = status_kb(pid, "VmRSS:");
-
+/// One step per viewer count; the Markdown table, and the most viewers served with
+/// p99 segment time under the segment duration and no failure.
+fn run_series(setup: &Setup, series: &[usize], seconds: u64, pace_ms: u64) -> (String, usize) {
     let mut table = String::from(
         "| viewers | connected | upload Mbit/s | worker CPU s/GB | worker CPU % | policy share of CPU | worker RSS MB | RSS KB/viewer | segment p50 ms | segment p99 ms | failures | load generator CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut best_within_duration = 0;
-    for &viewers in &series {
-        // Start from a worker with no viewers left from the step before.
-        let (_, before) = worker(&addr, |w| w["peers"] == 0);
+    for &viewers in series {
+        // Each step starts from a fresh worker (its RSS then is the baseline), with its
+        // segments cached and no viewer left from the step before.
+        let (old, _) = worker(setup.master, |_| true);
+        setup.master.ok("POST", &format!("/restart/{old}"), Value::Null);
+        let stats = setup.master.wait_for("the restarted worker ready", |s| {
+            s["workers"].as_object().unwrap().iter().any(|(p, w)| {
+                p != &old.to_string()
+                    && w["state"] == "running"
+                    && w["segments"] == SEGMENTS
+                    && w["trackers"] == 1
+            })
+        });
+        let (pid, before) = stats["workers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(p, w)| p != &&old.to_string() && w["state"] == "running")
+            .map(|(p, w)| (p.parse::<u32>().unwrap(), w.clone()))
+            .unwrap();
+        let idle_rss = status_kb(pid, "VmRSS:");
         let cpu_before = cpu_seconds(pid);
         let busy_before = before["policyStats"]["busy_us"].as_f64().unwrap_or(0.0);
         let uploaded_before = before["uploaded"].as_f64().unwrap_or(0.0);
         let started = Instant::now();
-        let output = Command::new(&load)
-            .args(["--tracker", &tracker, "--info-hash", &info_hash(&manifest)])
-            .args(["--media", &format!("{origin}/vod/720p.m3u8")])
+        let output = Command::new(setup.load)
+            .args(["--tracker", setup.tracker, "--info-hash", &setup.origin.info_hash()])
+            .args(["--media", &setup.origin.media()])
             .args(["--viewers", &viewers.to_string(), "--seconds", &seconds.to_string()])
-            .args(["--ramp-ms", "2"])
+            .args(["--ramp-ms", "2", "--pace-ms", &pace_ms.to_string()])
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -253,7 +126,7 @@ fn main() {
         let rss = status_kb(pid, "VmRSS:");
         let cpu = cpu_seconds(pid) - cpu_before;
         let result: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-        let (_, after) = worker(&addr, |_| true);
+        let (_, after) = worker(setup.master, |_| true);
         let uploaded = after["uploaded"].as_f64().unwrap_or(0.0) - uploaded_before;
         let busy = (after["policyStats"]["busy_us"].as_f64().unwrap_or(0.0) - busy_before) / 1e6;
         let p99 = result["segment_ms_p99"].as_f64();
@@ -282,13 +155,54 @@ fn main() {
             println!("{viewers} viewers: failures {}", result["failure_reasons"]);
         }
     }
+    (table, best_within_duration)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(str::trim))
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores ({model}), loopback")
+}
+
+fn main() {
+    // Relative paths are the repository's (benches run in the package directory).
+    let load = repo().join(
+        std::env::var("SUPERPEER_LOAD").unwrap_or_else(|_| "target/release/superpeer-load".into()),
+    );
+    assert!(load.exists(), "{} is missing: run `just bench`", load.display());
+    let seconds: u64 =
+        std::env::var("SUPERPEER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+
+    let dir = data_dir("bench-load");
+    let origin = VodOrigin::start(SEGMENTS, SEGMENT_BYTES);
+    let tracker = Tracker::start();
+    let master = Superpeer::start_with(&dir, &["--max-workers", "1"]);
+    let seed = json!({"list": [{
+        "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url, "maxConnections": 10000,
+    }]});
+    master.ok("POST", "/seed", seed);
+    worker(&master, |w| w["segments"] == SEGMENTS && w["trackers"] == 1);
+
+    let setup = Setup { master: &master, origin: &origin, tracker: &tracker.url, load: &load };
+    let greedy_series = series("SUPERPEER_BENCH_VIEWERS", "10,25,50,100,200");
+    let (greedy, _) = run_series(&setup, &greedy_series, seconds, 0);
+    let paced_series = series("SUPERPEER_BENCH_PACED_VIEWERS", "25,50,100,150,200,300");
+    let (paced, best) =
+        run_series(&setup, &paced_series, seconds, (SEGMENT_SECONDS * 1000.0) as u64);
     let report = format!(
-        "Load on one superpeer worker: {} (release build, {seconds} s per step, 1 MiB segments of {SEGMENT_SECONDS} s, viewers fetching as fast as served).\n\n{table}\nMost viewers with p99 segment time under the segment duration and no failure: {best_within_duration}.\n",
+        "Load on one superpeer worker: {} (release build, {seconds} s per step, 1 MiB segments of {SEGMENT_SECONDS} s; the load generator runs on the same machine).\n\n\
+         Viewers fetching as fast as they are served (VOD filling a buffer):\n\n{greedy}\n\
+         Viewers each asking for one segment per segment duration (4.2 Mbit/s each, as when watching):\n\n{paced}\n\
+         Most paced viewers with p99 segment time under the segment duration and no failure: {best}.\n",
         machine()
     );
     println!("{report}");
     let results = repo().join("results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("load.md"), &report).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    master.stop();
 }

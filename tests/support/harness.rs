@@ -292,3 +292,82 @@ pub fn http_get_json(url: &str) -> Value {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+/// A VOD origin on 127.0.0.1:0 (its own thread): `/vod/master.m3u8` with one rendition
+/// (1280x720, avc1.4d401f, 1.28 Mbit/s), `/vod/720p.m3u8` listing `segments` segments
+/// of 2 s, each `segment_bytes` long with content that differs per segment.
+pub struct VodOrigin {
+    pub base: String,
+}
+
+impl VodOrigin {
+    pub fn start(segments: usize, segment_bytes: usize) -> VodOrigin {
+        use std::fmt::Write as _;
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                use axum::routing::get;
+                let mut media = String::from(
+                    "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n",
+                );
+                for n in 0..segments {
+                    write!(media, "#EXTINF:2.0,\nseg{n}.ts\n").unwrap();
+                }
+                media.push_str("#EXT-X-ENDLIST\n");
+                let app = axum::Router::new()
+                    .route("/vod/master.m3u8", get(|| async { VOD_MASTER }))
+                    .route("/vod/720p.m3u8", get(move || async move { media.clone() }))
+                    .route(
+                        "/vod/{name}",
+                        get(move |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                            let n = name.trim_start_matches("seg").trim_end_matches(".ts");
+                            vod_segment(n.parse().unwrap_or(0), segment_bytes)
+                        }),
+                    );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                found.send(format!("http://{}/vod", listener.local_addr().unwrap())).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        VodOrigin { base: address.recv_timeout(PATIENCE).unwrap() }
+    }
+
+    pub fn manifest(&self) -> String {
+        format!("{}/master.m3u8", self.base)
+    }
+
+    pub fn media(&self) -> String {
+        format!("{}/720p.m3u8", self.base)
+    }
+
+    /// The info hash viewers compute for the one rendition (p2p-media-loader 2.3 with
+    /// hls.js: bitrate, video codec, size), derived here independently of superpeer.
+    pub fn info_hash(&self) -> String {
+        info_hash_of_720p(&self.manifest())
+    }
+
+    /// The channel id of the stream: base64 of its manifest URL.
+    pub fn channel(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(self.manifest())
+    }
+}
+
+const VOD_MASTER: &str = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720\n720p.m3u8\n";
+
+fn vod_segment(n: usize, bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| ((i * 31 + n * 7) % 251) as u8).collect()
+}
+
+/// The info hash of the 1280x720 rendition (BANDWIDTH=1280000, avc1.4d401f) of the
+/// stream at `manifest`, as viewers compute it.
+pub fn info_hash_of_720p(manifest: &str) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let short = b64.encode(Sha1::digest(b"1280000-avc1.4d401f-1280-720-----"));
+    let swarm = format!("v2-{manifest}-main-{short}");
+    b64.encode(&Sha1::digest(swarm.as_bytes())[..15])
+}

@@ -1,0 +1,59 @@
+//! Many viewers at once: simulated p2p-media-loader viewers (`superpeer-load`, real
+//! WebRTC through a real bittorrent-tracker) all connect to one worker and get every
+//! segment they ask for, byte for byte. The load benchmark uses the same generator
+//! to measure; this only checks that it and superpeer work together.
+
+// Helpers panic on purpose: a broken fixture should fail the test that uses it.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::*;
+
+#[test]
+fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
+    let dir = data_dir("viewers");
+    let origin = VodOrigin::start(10, 256 << 10);
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    let seed = json!({"list": [{
+        "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url, "maxConnections": 100,
+    }]});
+    master.ok("POST", "/seed", seed);
+    master.wait_for("the VOD prefetched", |s| {
+        s["workers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|w| w["segments"] == 10 && w["trackers"] == 1)
+    });
+
+    let args = superpeer_load::Args {
+        tracker: tracker.url.clone(),
+        info_hash: origin.info_hash(),
+        media: origin.media(),
+        viewers: 20,
+        seconds: 5,
+        pace_ms: 0,
+        ramp_ms: 5,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let summary = runtime.block_on(superpeer_load::run(args)).unwrap();
+    assert_eq!(summary["connected"], 20, "{summary}");
+    assert_eq!(summary["failures"], 0, "{summary}");
+    // Each viewer got segments; every one was checked against the origin's bytes.
+    assert!(summary["segments"].as_u64().unwrap() >= 20, "{summary}");
+    let stats = master.wait_for("the uploads counted", |s| {
+        s["workers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|w| w["uploaded"].as_u64() >= summary["bytes"].as_u64())
+    });
+    let worker = stats["workers"].as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(worker["policyStats"]["faults"], 0);
+    master.stop();
+}
