@@ -301,6 +301,18 @@ enum Fetch {
     Lost(String),
 }
 
+/// A viewer's UDP socket on 127.0.0.1. Its receive buffer is raised as a browser's is
+/// (Chromium asks for about 1 MiB): with the default, a sender's burst overflows it
+/// whenever this process is busy, and each lost datagram costs a retransmission
+/// timeout, which would be measured as superpeer's latency.
+fn udp_socket() -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// A viewer's WebRTC end: one peer connection on its own UDP socket.
 struct Peer {
     connection: RTCPeerConnection,
@@ -316,7 +328,7 @@ struct Peer {
 
 impl Peer {
     async fn new() -> anyhow::Result<Peer> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let socket = udp_socket()?;
         let local = socket.local_addr()?;
         let mut connection = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
