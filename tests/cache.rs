@@ -60,18 +60,10 @@ fn segment_hits(origin: &str) -> BTreeMap<String, u64> {
 fn kill_9_while_caching_leaves_nothing_damaged_and_a_restart_asks_the_origin_for_nothing() {
     let dir = data_dir("cache-kill");
     let media = dir.join("media");
-    let origin = NodeService::start(
-        "hls-origin.mjs",
-        &["--dir".as_ref(), media.as_os_str(), "--vod".as_ref()],
-    );
-    let origin_url = format!("http://127.0.0.1:{}", origin.port);
+    let origin = HlsOrigin::start(&media, "vod");
+    let origin_url = origin.url.clone();
     let master = Superpeer::start(&dir);
-    let manifest = format!("{origin_url}/vod/master.m3u8");
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
-    master.ok("POST", "/seed", json!({"list": [{"channel": channel, "keepAlive": true}]}));
+    master.ok("POST", "/seed", json!({"list": [{"channel": origin.channel(), "keepAlive": true}]}));
     let cache_dir = dir.join("cache");
 
     // Kill the worker the moment it starts writing into the cache, three times over;
@@ -148,18 +140,10 @@ fn kill_9_while_caching_leaves_nothing_damaged_and_a_restart_asks_the_origin_for
 #[test]
 fn a_no_use_disk_cache_seed_keeps_its_segments_in_memory() {
     let dir = data_dir("cache-memory");
-    let media = dir.join("media");
-    let origin = NodeService::start(
-        "hls-origin.mjs",
-        &["--dir".as_ref(), media.as_os_str(), "--vod".as_ref()],
-    );
+    let origin = HlsOrigin::start(&dir.join("media"), "vod");
     let master = Superpeer::start(&dir);
-    let manifest = format!("http://127.0.0.1:{}/vod/master.m3u8", origin.port);
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
-    let seed = json!({"list": [{"channel": channel, "keepAlive": true, "noUseDiskCache": true}]});
+    let seed =
+        json!({"list": [{"channel": origin.channel(), "keepAlive": true, "noUseDiskCache": true}]});
     master.ok("POST", "/seed", seed);
     let stats = master.wait_for("the prefetched segments held", |s| {
         s["workers"]
@@ -178,17 +162,9 @@ fn a_no_use_disk_cache_seed_keeps_its_segments_in_memory() {
 #[test]
 fn two_workers_of_one_channel_share_the_cache_and_fetch_each_segment_once() {
     let dir = data_dir("cache-shared");
-    let media = dir.join("media");
-    let origin = NodeService::start(
-        "hls-origin.mjs",
-        &["--dir".as_ref(), media.as_os_str(), "--vod".as_ref()],
-    );
-    let origin_url = format!("http://127.0.0.1:{}", origin.port);
-    let manifest = format!("{origin_url}/vod/master.m3u8");
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
+    let origin = HlsOrigin::start(&dir.join("media"), "vod");
+    let origin_url = origin.url.clone();
+    let channel = origin.channel();
     // Two masters (each with its own seed list) on one machine, one cache directory: a
     // worker of each seeds the channel, started at the same moment.
     let shared = dir.join("shared-cache");

@@ -113,19 +113,13 @@ fn a_lone_viewer_gets_most_of_the_stream_from_superpeer(kind: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = data_dir(&format!("interop-{kind}"));
     let media = dir.join("media");
-    let origin = NodeService::start(
-        "hls-origin.mjs",
-        &["--dir".as_ref(), media.as_os_str(), format!("--{kind}").as_ref()],
-    );
-    let origin_url = format!("http://127.0.0.1:{}", origin.port);
+    let origin = HlsOrigin::start(&media, kind);
+    let origin_url = origin.url.clone();
     let tracker = Tracker::start();
     let master = Superpeer::start(&dir);
 
-    let manifest = format!("{origin_url}/{kind}/master.m3u8");
-    let channel = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&manifest)
-    };
+    let manifest = origin.manifest.clone();
+    let channel = origin.channel();
     master.ok(
         "POST",
         "/seed",

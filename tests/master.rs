@@ -424,10 +424,7 @@ impl Live {
         let tracker = Tracker::start();
         let origin = Origin::start();
         let manifest = format!("{}/live/master.m3u8", origin.base);
-        let channel = {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode(&manifest)
-        };
+        let channel = channel_of(&manifest);
         let master = Superpeer::start(dir);
         let seed =
             json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]});

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use superpeer::master::procfs;
 
 #[path = "../../tests/support/harness.rs"]
 mod harness;
@@ -45,25 +46,12 @@ fn worker(master: &Superpeer, ready: impl Fn(&Value) -> bool) -> (u32, Value) {
     (pid.parse().unwrap(), w.clone())
 }
 
+fn rss_kb(pid: u32) -> u64 {
+    procfs::rss_bytes(pid).unwrap_or(0) / 1024
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// CPU seconds (user + system) of a process, from `/proc`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-    ticks / 100.0
-}
-
-/// A `/proc/<pid>/status` figure in kB.
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// What every step of a series runs against.
@@ -109,8 +97,8 @@ fn run_series(setup: &Setup, series: &[usize], seconds: u64, pace_ms: u64) -> (S
             .find(|(p, w)| p != &&old.to_string() && w["state"] == "running")
             .map(|(p, w)| (p.parse::<u32>().unwrap(), w.clone()))
             .unwrap();
-        let idle_rss = status_kb(pid, "VmRSS:");
-        let cpu_before = cpu_seconds(pid);
+        let idle_rss = rss_kb(pid);
+        let cpu_before = procfs::cpu_seconds(pid).unwrap_or(0.0);
         let busy_before = before["policyStats"]["busy_us"].as_f64().unwrap_or(0.0);
         let uploaded_before = before["uploaded"].as_f64().unwrap_or(0.0);
         let started = Instant::now();
@@ -123,8 +111,8 @@ fn run_series(setup: &Setup, series: &[usize], seconds: u64, pace_ms: u64) -> (S
             .output()
             .unwrap();
         let wall = started.elapsed().as_secs_f64();
-        let rss = status_kb(pid, "VmRSS:");
-        let cpu = cpu_seconds(pid) - cpu_before;
+        let rss = rss_kb(pid);
+        let cpu = procfs::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
         let result: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
         let (_, after) = worker(setup.master, |_| true);
         let uploaded = after["uploaded"].as_f64().unwrap_or(0.0) - uploaded_before;

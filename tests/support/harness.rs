@@ -267,6 +267,31 @@ impl Drop for NodeService {
     }
 }
 
+/// `hls-origin.mjs`: ffmpeg-made HLS of `kind` ("vod" or "live") written to `media`
+/// and served on a port the OS picked.
+pub struct HlsOrigin {
+    pub service: NodeService,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub manifest: String,
+}
+
+impl HlsOrigin {
+    pub fn start(media: &Path, kind: &str) -> HlsOrigin {
+        let service = NodeService::start(
+            "hls-origin.mjs",
+            &["--dir".as_ref(), media.as_os_str(), format!("--{kind}").as_ref()],
+        );
+        let url = format!("http://127.0.0.1:{}", service.port);
+        let manifest = format!("{url}/{kind}/master.m3u8");
+        HlsOrigin { service, url, manifest }
+    }
+
+    pub fn channel(&self) -> String {
+        channel_of(&self.manifest)
+    }
+}
+
 /// A real bittorrent-tracker (WebSocket) on a port the OS picked.
 pub struct Tracker {
     pub service: NodeService,
@@ -348,10 +373,8 @@ impl VodOrigin {
         info_hash_of_720p(&self.manifest())
     }
 
-    /// The channel id of the stream: base64 of its manifest URL.
     pub fn channel(&self) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(self.manifest())
+        channel_of(&self.manifest())
     }
 }
 
@@ -370,4 +393,10 @@ pub fn info_hash_of_720p(manifest: &str) -> String {
     let short = b64.encode(Sha1::digest(b"1280000-avc1.4d401f-1280-720-----"));
     let swarm = format!("v2-{manifest}-main-{short}");
     b64.encode(&Sha1::digest(swarm.as_bytes())[..15])
+}
+
+/// The channel id of a stream for the default policy: base64 of its manifest URL.
+pub fn channel_of(manifest: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(manifest)
 }

@@ -1,16 +1,12 @@
 //! A viewer for tests: a WebRTC peer (the `rtc` crate, as a browser would behave) that
 //! offers, opens one DataChannel and gathers only its own host address, on its own UDP
-//! socket on 127.0.0.1.
+//! socket on 127.0.0.1. The offer is the load generator's, so both behave alike.
 
 use std::time::Instant;
 
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
@@ -27,30 +23,8 @@ impl Viewer {
     pub async fn new() -> (Viewer, String) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = socket.local_addr().unwrap();
-        let mut connection = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .build(Instant::now())
-            .unwrap();
-        connection.create_data_channel("a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9", None).unwrap();
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .unwrap();
-        connection
-            .add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
-            .unwrap();
-        let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
-        let offer = connection.create_offer(None).unwrap();
-        connection.set_local_description(Instant::now(), offer.clone()).unwrap();
-        (Viewer { connection, socket, channel: None, received: Vec::new() }, offer.sdp)
+        let (connection, offer) = superpeer_load::offering_connection(local).unwrap();
+        (Viewer { connection, socket, channel: None, received: Vec::new() }, offer)
     }
 
     pub fn flush(&mut self) {

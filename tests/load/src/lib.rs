@@ -301,6 +301,37 @@ enum Fetch {
     Lost(String),
 }
 
+/// A peer connection that offers as a browser viewer does: one DataChannel with a
+/// 40-hex-character label, its host candidate at `local` only, all in the offer (no
+/// trickle). Returns it and the offer's SDP.
+pub fn offering_connection(local: SocketAddr) -> anyhow::Result<(RTCPeerConnection, String)> {
+    let mut connection = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .build(Instant::now())
+        .map_err(|e| anyhow!("{e}"))?;
+    // A random-looking 40-hex-character label, as simple-peer makes.
+    let label = format!("{:040x}", local.port() as u128 * 0x9e37_79b9_7f4a_7c15);
+    connection.create_data_channel(&label, None).map_err(|e| anyhow!("{e}"))?;
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| anyhow!("{e}"))?;
+    let candidate = RTCIceCandidate::from(&candidate).to_json().map_err(|e| anyhow!("{e}"))?;
+    connection.add_local_candidate(candidate).map_err(|e| anyhow!("{e}"))?;
+    let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
+    let offer = connection.create_offer(None).map_err(|e| anyhow!("{e}"))?;
+    connection.set_local_description(Instant::now(), offer.clone()).map_err(|e| anyhow!("{e}"))?;
+    Ok((connection, offer.sdp))
+}
+
 /// A viewer's UDP socket on 127.0.0.1. Its receive buffer is raised as a browser's is
 /// (Chromium asks for about 1 MiB): with the default, a sender's burst overflows it
 /// whenever this process is busy, and each lost datagram costs a retransmission
@@ -330,38 +361,13 @@ impl Peer {
     async fn new() -> anyhow::Result<Peer> {
         let socket = udp_socket()?;
         let local = socket.local_addr()?;
-        let mut connection = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .build(Instant::now())
-            .map_err(|e| anyhow!("{e}"))?;
-        // A random-looking 40-hex-character label, as simple-peer makes.
-        let label = format!("{:040x}", local.port() as u128 * 0x9e37_79b9_7f4a_7c15);
-        connection.create_data_channel(&label, None).map_err(|e| anyhow!("{e}"))?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(|e| anyhow!("{e}"))?;
-        let candidate = RTCIceCandidate::from(&candidate).to_json().map_err(|e| anyhow!("{e}"))?;
-        connection.add_local_candidate(candidate).map_err(|e| anyhow!("{e}"))?;
-        let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
-        let offer = connection.create_offer(None).map_err(|e| anyhow!("{e}"))?;
-        connection
-            .set_local_description(Instant::now(), offer.clone())
-            .map_err(|e| anyhow!("{e}"))?;
+        let (connection, offer_sdp) = offering_connection(local)?;
         Ok(Peer {
             connection,
             socket,
             local,
             channel: None,
-            offer_sdp: offer.sdp,
+            offer_sdp,
             joiner: wire::Joiner::default(),
             buffer: vec![0; 65_536],
             data: Vec::new(),
