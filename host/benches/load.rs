@@ -1,16 +1,22 @@
 //! The load benchmark: one superpeer worker serving a rising number of simulated
 //! viewers (`superpeer-load`: real WebRTC through a real bittorrent-tracker, every byte
-//! checked), with the worker's own CPU and memory read from `/proc`.
+//! checked), and side by side the alternative people run today, a headless Chromium
+//! tab seeding with p2p-media-loader (`tests/support/seeder.mjs`), serving the same
+//! simulated viewers. Resource figures are the measured processes' own, from `/proc`:
+//! the worker's, or the sum over Chromium's processes.
 //!
-//! Everything runs on this machine: an in-process VOD origin (ten 1 MiB segments of
-//! 2 s), the tracker (`tests/support/tracker.mjs`), `superpeer serve` (release build)
-//! limited to one worker. For each viewer count the viewers fetch segments as fast as
-//! superpeer sends them for a fixed time. Prints a Markdown table and writes it to
-//! `results/load.md`.
+//! Everything runs on this machine: in-process VOD origins (ten segments of 2 s: 1 MiB
+//! for a 4.2 Mbit/s stream, 256 KiB for a 1 Mbit/s one), the tracker
+//! (`tests/support/tracker.mjs`), `superpeer serve` (release build). Each step starts
+//! from a freshly restarted worker. Prints Markdown tables and writes them, with the
+//! figures as JSON and a chart (`tests/support/chart.mjs`), to `results/`.
 //!
-//! `SUPERPEER_LOAD` names the load generator binary (default
-//! `target/release/superpeer-load`); `SUPERPEER_BENCH_VIEWERS` (e.g. `10,50,100`) and
-//! `SUPERPEER_BENCH_SECONDS` change the series and the length of each step.
+//! Environment: `SUPERPEER_LOAD` names the load generator binary (default
+//! `target/release/superpeer-load`); `SUPERPEER_BENCH_SECONDS` is the length of each
+//! step (default 20); the series are `SUPERPEER_BENCH_VIEWERS` (greedy),
+//! `SUPERPEER_BENCH_PACED_VIEWERS`, `SUPERPEER_BENCH_SWAP_VIEWERS`,
+//! `SUPERPEER_BENCH_MANY_VIEWERS` and `SUPERPEER_BENCH_SIDE_VIEWERS` (side by side),
+//! comma-separated; an empty series is skipped.
 
 // A benchmark's fixtures may panic: a broken one should stop the run loudly.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -18,7 +24,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use superpeer::master::procfs;
@@ -29,37 +35,13 @@ mod harness;
 use harness::*;
 
 const SEGMENTS: usize = 10;
-const SEGMENT_BYTES: usize = 1 << 20;
 const SEGMENT_SECONDS: f64 = 2.0;
-
-/// The one running worker, once `ready` holds for it: (pid, its stats).
-fn worker(master: &Superpeer, ready: impl Fn(&Value) -> bool) -> (u32, Value) {
-    let stats = master.wait_for("the worker", |s| {
-        s["workers"].as_object().unwrap().values().any(|w| w["state"] == "running" && ready(w))
-    });
-    let (pid, w) = stats["workers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(_, w)| w["state"] == "running" && ready(w))
-        .unwrap();
-    (pid.parse().unwrap(), w.clone())
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    procfs::rss_bytes(pid).unwrap_or(0) / 1024
-}
+const PACE_MS: u64 = (SEGMENT_SECONDS * 1000.0) as u64;
+/// How often memory is sampled during a step (its peak is reported).
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// What every step of a series runs against.
-struct Setup<'a> {
-    master: &'a Superpeer,
-    origin: &'a VodOrigin,
-    tracker: &'a str,
-    load: &'a Path,
 }
 
 fn series(variable: &str, default: &str) -> Vec<usize> {
@@ -70,80 +52,272 @@ fn series(variable: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-/// One step per viewer count; the Markdown table, and the most viewers served with
-/// p99 segment time under the segment duration and no failure.
-fn run_series(setup: &Setup, series: &[usize], seconds: u64, pace_ms: u64) -> (String, usize) {
-    let mut table = String::from(
-        "| viewers | connected | upload Mbit/s | worker CPU s/GB | worker CPU % | policy share of CPU | worker RSS MB | RSS KB/viewer | segment p50 ms | segment p99 ms | failures | load generator CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    let mut best_within_duration = 0;
-    for &viewers in series {
-        // Each step starts from a fresh worker (its RSS then is the baseline), with its
-        // segments cached and no viewer left from the step before.
-        let (old, _) = worker(setup.master, |_| true);
-        setup.master.ok("POST", &format!("/restart/{old}"), Value::Null);
-        let stats = setup.master.wait_for("the restarted worker ready", |s| {
-            s["workers"].as_object().unwrap().iter().any(|(p, w)| {
-                p != &old.to_string()
-                    && w["state"] == "running"
-                    && w["segments"] == SEGMENTS
-                    && w["trackers"] == 1
-            })
-        });
-        let (pid, before) = stats["workers"]
+/// One stream to serve: its origin, and its segment size.
+struct Stream {
+    origin: VodOrigin,
+    segment_bytes: usize,
+}
+
+impl Stream {
+    fn start(segment_bytes: usize) -> Stream {
+        Stream { origin: VodOrigin::start(SEGMENTS, segment_bytes), segment_bytes }
+    }
+
+    fn mbps_per_viewer(&self) -> f64 {
+        self.segment_bytes as f64 * 8.0 / SEGMENT_SECONDS / 1e6
+    }
+}
+
+/// How the simulated viewers run.
+struct Load<'a> {
+    binary: &'a Path,
+    tracker: &'a str,
+    seconds: u64,
+}
+
+/// What one step measured: the load generator's summary and the measured processes'
+/// CPU and memory (summed over them).
+struct Measured {
+    viewers: usize,
+    summary: Value,
+    wall: f64,
+    cpu: f64,
+    idle_rss: u64,
+    peak_rss: u64,
+    idle_pss: u64,
+    peak_pss: u64,
+}
+
+impl Measured {
+    fn connected(&self) -> u64 {
+        self.summary["connected"].as_u64().unwrap_or(0)
+    }
+
+    fn mbps(&self) -> f64 {
+        self.summary["bytes"].as_f64().unwrap_or(0.0) * 8.0 / self.wall / 1e6
+    }
+
+    fn cpu_per_gb(&self) -> Option<f64> {
+        let gb = self.summary["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+        (gb > 0.0).then(|| self.cpu / gb)
+    }
+
+    fn cpu_percent(&self) -> f64 {
+        self.cpu / self.wall * 100.0
+    }
+
+    /// Memory added per connected viewer, from the idle process to the step's peak.
+    fn per_viewer_kb(&self, idle: u64, peak: u64) -> Option<f64> {
+        let connected = self.connected();
+        (connected > 0).then(|| peak.saturating_sub(idle) as f64 / 1024.0 / connected as f64)
+    }
+
+    fn rss_per_viewer_kb(&self) -> Option<f64> {
+        self.per_viewer_kb(self.idle_rss, self.peak_rss)
+    }
+
+    fn pss_per_viewer_kb(&self) -> Option<f64> {
+        self.per_viewer_kb(self.idle_pss, self.peak_pss)
+    }
+
+    fn p50(&self) -> Option<f64> {
+        self.summary["segment_ms_p50"].as_f64()
+    }
+
+    fn p99(&self) -> Option<f64> {
+        self.summary["segment_ms_p99"].as_f64()
+    }
+
+    fn failures(&self) -> u64 {
+        self.summary["failures"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    fn load_cpu_percent(&self) -> Option<f64> {
+        self.summary["load_cpu_seconds"].as_f64().map(|c| c / self.wall * 100.0)
+    }
+
+    /// Every viewer connected, no failure, p99 segment time under the segment duration.
+    fn served_in_time(&self) -> bool {
+        self.connected() == self.viewers as u64
+            && self.failures() == 0
+            && self.p99().is_some_and(|p| p < SEGMENT_SECONDS * 1000.0)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "viewers": self.viewers, "connected": self.connected(), "mbps": self.mbps(),
+            "cpu_s_per_gb": self.cpu_per_gb(), "cpu_percent": self.cpu_percent(),
+            "rss_mb": self.peak_rss as f64 / 1048576.0, "rss_kb_per_viewer": self.rss_per_viewer_kb(),
+            "pss_kb_per_viewer": self.pss_per_viewer_kb(), "p50_ms": self.p50(), "p99_ms": self.p99(),
+            "failures": self.failures(), "dropped": self.summary["dropped"],
+            "load_cpu_percent": self.load_cpu_percent(),
+        })
+    }
+}
+
+fn memory(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(rss, pss), &pid| {
+        (rss + procfs::rss_bytes(pid).unwrap_or(0), pss + procfs::pss_bytes(pid).unwrap_or(0))
+    })
+}
+
+fn cpu(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&pid| procfs::cpu_seconds(pid)).sum()
+}
+
+/// Runs `viewers` simulated viewers of `stream` against whoever is in its swarm,
+/// measuring the processes `measured` names; `midway` runs once, half way through.
+fn measure(
+    load: &Load,
+    stream: &Stream,
+    viewers: usize,
+    pace_ms: u64,
+    measured: &dyn Fn() -> Vec<u32>,
+    midway: &mut dyn FnMut(),
+) -> Measured {
+    let pids = measured();
+    let (idle_rss, idle_pss) = memory(&pids);
+    let cpu_before = cpu(&pids);
+    let started = Instant::now();
+    let mut child = Command::new(load.binary)
+        .args(["--tracker", load.tracker, "--info-hash", &stream.origin.info_hash()])
+        .args(["--media", &stream.origin.media()])
+        .args(["--viewers", &viewers.to_string(), "--seconds", &load.seconds.to_string()])
+        .args(["--ramp-ms", "2", "--pace-ms", &pace_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let (mut peak_rss, mut peak_pss) = (idle_rss, idle_pss);
+    let half_way = started + Duration::from_secs(load.seconds) / 2;
+    let mut midway = Some(midway);
+    while child.try_wait().unwrap().is_none() {
+        let (rss, pss) = memory(&measured());
+        peak_rss = peak_rss.max(rss);
+        peak_pss = peak_pss.max(pss);
+        if Instant::now() >= half_way
+            && let Some(midway) = midway.take()
+        {
+            midway();
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu_used = cpu(&measured()) - cpu_before;
+    let summary = serde_json::from_slice(&reader.join().unwrap()).unwrap_or(Value::Null);
+    if summary["failures"].as_u64() != Some(0) {
+        println!("{viewers} viewers: failures {}", summary["failure_reasons"]);
+    }
+    Measured { viewers, summary, wall, cpu: cpu_used, idle_rss, peak_rss, idle_pss, peak_pss }
+}
+
+/// The master, seeding each stream with one worker.
+struct Superpeers<'a> {
+    master: &'a Superpeer,
+}
+
+/// A superpeer step: what was measured, the policy's share of the worker's CPU, and
+/// the worker's policy figures afterwards.
+struct SuperpeerStep {
+    measured: Measured,
+    policy_share: Option<f64>,
+    policy_after: Value,
+}
+
+impl Superpeers<'_> {
+    fn workers_of(stats: &Value, channel: &str) -> Vec<(u32, Value)> {
+        stats["workers"]
             .as_object()
             .unwrap()
             .iter()
-            .find(|(p, w)| p != &&old.to_string() && w["state"] == "running")
-            .map(|(p, w)| (p.parse::<u32>().unwrap(), w.clone()))
-            .unwrap();
-        let idle_rss = rss_kb(pid);
-        let cpu_before = procfs::cpu_seconds(pid).unwrap_or(0.0);
-        let busy_before = before["policyStats"]["busy_us"].as_f64().unwrap_or(0.0);
-        let uploaded_before = before["uploaded"].as_f64().unwrap_or(0.0);
-        let started = Instant::now();
-        let output = Command::new(setup.load)
-            .args(["--tracker", setup.tracker, "--info-hash", &setup.origin.info_hash()])
-            .args(["--media", &setup.origin.media()])
-            .args(["--viewers", &viewers.to_string(), "--seconds", &seconds.to_string()])
-            .args(["--ramp-ms", "2", "--pace-ms", &pace_ms.to_string()])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        let wall = started.elapsed().as_secs_f64();
-        let rss = rss_kb(pid);
-        let cpu = procfs::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-        let result: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-        let (_, after) = worker(setup.master, |_| true);
-        let uploaded = after["uploaded"].as_f64().unwrap_or(0.0) - uploaded_before;
-        let busy = (after["policyStats"]["busy_us"].as_f64().unwrap_or(0.0) - busy_before) / 1e6;
-        let p99 = result["segment_ms_p99"].as_f64();
-        let failures = result["failures"].as_u64().unwrap_or(u64::MAX);
-        if p99.is_some_and(|p| p < SEGMENT_SECONDS * 1000.0) && failures == 0 {
-            best_within_duration = best_within_duration.max(viewers);
-        }
-        let fmt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
-        let gb = uploaded / 1e9;
-        writeln!(
-            table,
-            "| {viewers} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {failures} | {} |",
-            result["connected"],
-            fmt(Some(uploaded * 8.0 / wall / 1e6), 0),
-            fmt((gb > 0.0).then(|| cpu / gb), 2),
-            fmt(Some(cpu / wall * 100.0), 0),
-            fmt((cpu > 0.0).then(|| busy / cpu * 100.0).map(|p| p.min(100.0)), 1),
-            fmt(Some(rss as f64 / 1024.0), 0),
-            fmt(Some(rss.saturating_sub(idle_rss) as f64 / viewers as f64), 0),
-            fmt(result["segment_ms_p50"].as_f64(), 0),
-            fmt(p99, 0),
-            fmt(result["load_cpu_seconds"].as_f64().map(|c| c / wall * 100.0), 0),
-        )
-        .unwrap();
-        if failures > 0 {
-            println!("{viewers} viewers: failures {}", result["failure_reasons"]);
-        }
+            .filter(|(_, w)| w["channelId"] == channel && w["state"] == "running")
+            .map(|(pid, w)| (pid.parse().unwrap(), w.clone()))
+            .collect()
     }
-    (table, best_within_duration)
+
+    /// The channel's worker once it holds every segment and is on the tracker.
+    fn ready_worker(&self, channel: &str, not: Option<u32>) -> (u32, Value) {
+        let ready = |s: &Value| {
+            Self::workers_of(s, channel).into_iter().find(|(pid, w)| {
+                Some(*pid) != not && w["segments"] == SEGMENTS && w["trackers"] == 1
+            })
+        };
+        ready(&self.master.wait_for("the worker ready", |s| ready(s).is_some())).unwrap()
+    }
+
+    /// One step from a freshly restarted worker (its memory then is the baseline, and
+    /// no viewer is left from the step before).
+    fn step(
+        &self,
+        load: &Load,
+        stream: &Stream,
+        viewers: usize,
+        pace_ms: u64,
+        midway: &mut dyn FnMut(),
+    ) -> SuperpeerStep {
+        let channel = stream.origin.channel();
+        let (old, _) = self.ready_worker(&channel, None);
+        self.master.ok("POST", &format!("/restart/{old}"), Value::Null);
+        let (pid, before) = self.ready_worker(&channel, Some(old));
+        let busy = |w: &Value| w["policyStats"]["busy_us"].as_f64().unwrap_or(0.0) / 1e6;
+        let measured = measure(load, stream, viewers, pace_ms, &|| vec![pid], midway);
+        let after = Self::workers_of(&self.master.stats(), &channel)
+            .into_iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, w)| w)
+            .unwrap_or(Value::Null);
+        let policy_seconds = busy(&after) - busy(&before);
+        let policy_share =
+            (measured.cpu > 0.0).then(|| (policy_seconds / measured.cpu * 100.0).min(100.0));
+        SuperpeerStep { measured, policy_share, policy_after: after["policyStats"].clone() }
+    }
+}
+
+/// A Chromium seeder step: a fresh seeder that has loaded `stream` before the viewers
+/// come; Chromium's processes are the seeder helper's descendants.
+fn chromium_step(load: &Load, stream: &Stream, viewers: usize, pace_ms: u64) -> Measured {
+    let seeder = NodeService::start(
+        "seeder.mjs",
+        &[
+            "--manifest".as_ref(),
+            stream.origin.manifest().as_ref(),
+            "--trackers".as_ref(),
+            load.tracker.as_ref(),
+        ],
+    );
+    let helper = seeder.child.id();
+    measure(load, stream, viewers, pace_ms, &|| procfs::descendants(helper), &mut || {})
+}
+
+fn fmt(value: Option<f64>, digits: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+const SERIES_HEADER: &str = "| viewers | connected | upload Mbit/s | worker CPU s/GB | worker CPU % | policy share of CPU | worker RSS MB | RSS KB/viewer | segment p50 ms | segment p99 ms | failures | load generator CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+fn series_row(step: &SuperpeerStep) -> String {
+    let m = &step.measured;
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        m.viewers,
+        m.connected(),
+        fmt(Some(m.mbps()), 0),
+        fmt(m.cpu_per_gb(), 2),
+        fmt(Some(m.cpu_percent()), 0),
+        fmt(step.policy_share, 1),
+        fmt(Some(m.peak_rss as f64 / 1048576.0), 0),
+        fmt(m.rss_per_viewer_kb(), 0),
+        fmt(m.p50(), 0),
+        fmt(m.p99(), 0),
+        m.failures(),
+        fmt(m.load_cpu_percent(), 0),
+    )
 }
 
 fn machine() -> String {
@@ -153,44 +327,278 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(str::trim))
         .unwrap_or("unknown CPU");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cores} cores ({model}), loopback")
+    let memory = procfs::total_memory_bytes().map_or(0.0, |b| b as f64 / (1u64 << 30) as f64);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({model}), {memory:.0} GiB, Linux {}, loopback", kernel.trim())
+}
+
+fn export_default_policy(dir: &Path) -> Vec<u8> {
+    let path = dir.join("default-policy.wasm");
+    let status = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+        .args(["policy", "export-default"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "superpeer policy export-default failed");
+    std::fs::read(path).unwrap()
+}
+
+/// Goal lines: what was asked, what was measured, met or not.
+fn goal(line: &mut String, what: &str, measured: String, met: bool) {
+    let verdict = if met { "met" } else { "missed" };
+    writeln!(line, "| {what} | {measured} | {verdict} |").unwrap();
 }
 
 fn main() {
     // Relative paths are the repository's (benches run in the package directory).
-    let load = repo().join(
+    let binary = repo().join(
         std::env::var("SUPERPEER_LOAD").unwrap_or_else(|_| "target/release/superpeer-load".into()),
     );
-    assert!(load.exists(), "{} is missing: run `just bench`", load.display());
+    assert!(binary.exists(), "{} is missing: run `just bench`", binary.display());
     let seconds: u64 =
-        std::env::var("SUPERPEER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+        std::env::var("SUPERPEER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
 
     let dir = data_dir("bench-load");
-    let origin = VodOrigin::start(SEGMENTS, SEGMENT_BYTES);
     let tracker = Tracker::start();
-    let master = Superpeer::start_with(&dir, &["--max-workers", "1"]);
-    let seed = json!({"list": [{
-        "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url, "maxConnections": 10000,
-    }]});
-    master.ok("POST", "/seed", seed);
-    worker(&master, |w| w["segments"] == SEGMENTS && w["trackers"] == 1);
-
-    let setup = Setup { master: &master, origin: &origin, tracker: &tracker.url, load: &load };
-    let greedy_series = series("SUPERPEER_BENCH_VIEWERS", "10,25,50,100,200");
-    let (greedy, _) = run_series(&setup, &greedy_series, seconds, 0);
-    let paced_series = series("SUPERPEER_BENCH_PACED_VIEWERS", "25,50,100,150,200,300");
-    let (paced, best) =
-        run_series(&setup, &paced_series, seconds, (SEGMENT_SECONDS * 1000.0) as u64);
-    let report = format!(
-        "Load on one superpeer worker: {} (release build, {seconds} s per step, 1 MiB segments of {SEGMENT_SECONDS} s; the load generator runs on the same machine).\n\n\
-         Viewers fetching as fast as they are served (VOD filling a buffer):\n\n{greedy}\n\
-         Viewers each asking for one segment per segment duration (4.2 Mbit/s each, as when watching):\n\n{paced}\n\
-         Most paced viewers with p99 segment time under the segment duration and no failure: {best}.\n",
+    let load = Load { binary: &binary, tracker: &tracker.url, seconds };
+    // The 4.2 Mbit/s stream superpeer serves, the 1 Mbit/s one for many viewers, and
+    // a copy of the first at another address (another swarm) for the Chromium seeder.
+    let hd = Stream::start(1 << 20);
+    let sd = Stream::start(1 << 18);
+    let for_chromium = Stream::start(1 << 20);
+    let master = Superpeer::start_with(&dir, &["--max-workers", "2"]);
+    let seed = |stream: &Stream| {
+        json!({
+            "channel": stream.origin.channel(), "keepAlive": true, "signal1": tracker.url,
+            "maxConnections": 10000,
+        })
+    };
+    master.ok("POST", "/seed", json!({"list": [seed(&hd), seed(&sd)]}));
+    let superpeers = Superpeers { master: &master };
+    let mut figures = json!({"machine": machine(), "seconds": seconds});
+    let mut report = format!(
+        "Load on one superpeer worker: {} (release build, {seconds} s per step; the load generator and any seeder run on the same machine; memory is each process's own, from /proc).\n\n",
         machine()
     );
+
+    let greedy_series = series("SUPERPEER_BENCH_VIEWERS", "10,25,50,100,200");
+    let paced_series = series("SUPERPEER_BENCH_PACED_VIEWERS", "25,50,100,150,200,300");
+    let mut best_paced = 0;
+    let mut best_mbps = 0.0f64;
+    let mut best_per_core = 0.0f64;
+    let mut worst_cpu_per_gb = 0.0f64;
+    let mut best_cpu_per_gb = f64::INFINITY;
+    let mut per_viewer_kb: Vec<f64> = Vec::new();
+    for (name, viewers, pace_ms, title) in [
+        (
+            "greedy",
+            &greedy_series,
+            0,
+            "Viewers fetching as fast as they are served (VOD filling a buffer; 1 MiB segments)",
+        ),
+        (
+            "paced",
+            &paced_series,
+            PACE_MS,
+            "Viewers each asking for one segment per segment duration (a 4.2 Mbit/s stream: 1 MiB segments of 2 s, as when watching)",
+        ),
+    ] {
+        if viewers.is_empty() {
+            continue;
+        }
+        let mut table = String::from(SERIES_HEADER);
+        let mut points = Vec::new();
+        for &n in viewers {
+            let step = superpeers.step(&load, &hd, n, pace_ms, &mut || {});
+            table.push_str(&series_row(&step));
+            let m = &step.measured;
+            best_mbps = best_mbps.max(m.mbps());
+            if m.cpu > 0.0 {
+                best_per_core = best_per_core.max(m.mbps() / (m.cpu_percent() / 100.0));
+            }
+            if let Some(c) = m.cpu_per_gb() {
+                worst_cpu_per_gb = worst_cpu_per_gb.max(c);
+                best_cpu_per_gb = best_cpu_per_gb.min(c);
+            }
+            per_viewer_kb.extend(m.rss_per_viewer_kb());
+            if pace_ms > 0 && m.served_in_time() {
+                best_paced = best_paced.max(n);
+            }
+            let mut point = m.json();
+            point["policy_share_percent"] = json!(step.policy_share);
+            points.push(point);
+        }
+        writeln!(report, "{title}:\n\n{table}").unwrap();
+        figures[name] = Value::Array(points);
+    }
+    if !paced_series.is_empty() {
+        writeln!(
+            report,
+            "Most paced viewers served with every one connected, no failure and p99 segment time under the segment duration: {best_paced}.\n"
+        )
+        .unwrap();
+    }
+
+    // Many viewers of a lighter stream: what one worker holds at once.
+    let mut most_viewers = 0;
+    let many = series("SUPERPEER_BENCH_MANY_VIEWERS", "500,1000");
+    if !many.is_empty() {
+        let mut table = String::from(SERIES_HEADER);
+        let mut points = Vec::new();
+        for &n in &many {
+            let step = superpeers.step(&load, &sd, n, PACE_MS, &mut || {});
+            table.push_str(&series_row(&step));
+            if step.measured.served_in_time() {
+                most_viewers = most_viewers.max(n);
+            }
+            per_viewer_kb.extend(step.measured.rss_per_viewer_kb());
+            points.push(step.measured.json());
+        }
+        writeln!(
+            report,
+            "Many viewers of a {:.1} Mbit/s stream (256 KiB segments of 2 s, one per viewer every 2 s):\n\n{table}",
+            sd.mbps_per_viewer()
+        )
+        .unwrap();
+        figures["many"] = Value::Array(points);
+    }
+
+    // Hot swap under load: the default policy shipped again (a new version, as far
+    // as the workers know), half way through a paced step.
+    if let Some(&n) = series("SUPERPEER_BENCH_SWAP_VIEWERS", "100").first() {
+        let policy = export_default_policy(&dir);
+        let mut swap_answer = Value::Null;
+        let step = superpeers.step(&load, &hd, n, PACE_MS, &mut || {
+            let (status, answer) = master.request("POST", "/policy", &policy);
+            swap_answer = json!({"status": status, "answer": answer});
+        });
+        let m = &step.measured;
+        let pause_ms = step.policy_after["last_swap_pause_us"].as_f64().map(|us| us / 1000.0);
+        writeln!(
+            report,
+            "Hot swap under load: the default policy uploaded again (`POST /policy`) half way through a paced step:\n\n\
+             | viewers | connected | swaps | event loop paused ms | viewers dropped | failures | segment p50 ms | segment p99 ms |\n|---|---|---|---|---|---|---|---|\n\
+             | {n} | {} | {} | {} | {} | {} | {} | {} |\n",
+            m.connected(),
+            step.policy_after["swaps"],
+            fmt(pause_ms, 2),
+            m.summary["dropped"],
+            m.failures(),
+            fmt(m.p50(), 0),
+            fmt(m.p99(), 0),
+        )
+        .unwrap();
+        let mut point = m.json();
+        point["swaps"] = step.policy_after["swaps"].clone();
+        point["pause_ms"] = json!(pause_ms);
+        point["upload"] = swap_answer;
+        figures["swap"] = point;
+    }
+
+    // Side by side: the same viewers served by superpeer and by a Chromium seeder.
+    let side = series("SUPERPEER_BENCH_SIDE_VIEWERS", "10,25,50");
+    let mut ratios = Vec::new();
+    if !side.is_empty() {
+        let mut table = String::from(
+            "| viewers | seeder | connected | upload Mbit/s | CPU s/GB | CPU % | memory (PSS) MB | PSS KB/viewer | segment p50 ms | segment p99 ms | failures |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        let mut ratio_table = String::from(
+            "| viewers | CPU per GB: Chromium / superpeer | memory per viewer: Chromium / superpeer |\n|---|---|---|\n",
+        );
+        let mut points = Vec::new();
+        for &n in &side {
+            let ours = superpeers.step(&load, &hd, n, PACE_MS, &mut || {}).measured;
+            let theirs = chromium_step(&load, &for_chromium, n, PACE_MS);
+            for (name, m) in [("superpeer worker", &ours), ("Chromium tab", &theirs)] {
+                writeln!(
+                    table,
+                    "| {n} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    m.connected(),
+                    fmt(Some(m.mbps()), 0),
+                    fmt(m.cpu_per_gb(), 2),
+                    fmt(Some(m.cpu_percent()), 0),
+                    fmt(Some(m.peak_pss as f64 / 1048576.0), 0),
+                    fmt(m.pss_per_viewer_kb(), 0),
+                    fmt(m.p50(), 0),
+                    fmt(m.p99(), 0),
+                    m.failures(),
+                )
+                .unwrap();
+            }
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            let cpu_ratio = ratio(theirs.cpu_per_gb(), ours.cpu_per_gb());
+            let memory_ratio = ratio(theirs.pss_per_viewer_kb(), ours.pss_per_viewer_kb());
+            ratios.extend(cpu_ratio);
+            writeln!(ratio_table, "| {n} | {} | {} |", fmt(cpu_ratio, 1), fmt(memory_ratio, 1))
+                .unwrap();
+            points.push(json!({
+                "viewers": n, "superpeer": ours.json(), "chromium": theirs.json(),
+                "cpu_per_gb_ratio": cpu_ratio, "memory_per_viewer_ratio": memory_ratio,
+            }));
+        }
+        writeln!(
+            report,
+            "Side by side: the same paced viewers (4.2 Mbit/s each) served by one superpeer worker, then by one headless Chromium tab seeding with p2p-media-loader 2.3.1 (`tests/support/seeder.html`: the library's core without hls.js, so it decodes nothing; its figures are the sum over all of Chromium's processes). Memory is PSS, so pages Chromium's processes share count once:\n\n{table}\n{ratio_table}"
+        )
+        .unwrap();
+        figures["side_by_side"] = Value::Array(points);
+    }
+
+    let mut goals = String::from("| goal | measured | |\n|---|---|---|\n");
+    goal(
+        &mut goals,
+        "at least 1,000 viewers on one worker",
+        format!("{most_viewers} served in time (1 Mbit/s stream)"),
+        most_viewers >= 1000,
+    );
+    goal(
+        &mut goals,
+        "at least 1 Gbit/s per worker core",
+        format!(
+            "{best_per_core:.0} Mbit/s per core of worker CPU at best; {best_mbps:.0} Mbit/s the most one worker sent"
+        ),
+        best_per_core >= 1000.0,
+    );
+    goal(
+        &mut goals,
+        "at most 10 CPU-seconds per GB",
+        format!("{best_cpu_per_gb:.1} to {worst_cpu_per_gb:.1} across the greedy and paced steps"),
+        worst_cpu_per_gb > 0.0 && worst_cpu_per_gb <= 10.0,
+    );
+    let worst_kb = per_viewer_kb.iter().copied().fold(0.0, f64::max);
+    goal(
+        &mut goals,
+        "at most 200 KB of memory per connected viewer",
+        format!("{worst_kb:.0} KB at worst"),
+        worst_kb > 0.0 && worst_kb <= 200.0,
+    );
+    let least_ratio = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    goal(
+        &mut goals,
+        "at least 10x less CPU per GB than the Chromium seeder",
+        if ratios.is_empty() { "-".into() } else { format!("{least_ratio:.1}x at least") },
+        !ratios.is_empty() && least_ratio >= 10.0,
+    );
+    writeln!(report, "Goals:\n\n{goals}").unwrap();
+
     println!("{report}");
     let results = repo().join("results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("load.md"), &report).unwrap();
+    std::fs::write(
+        results.join("load.json"),
+        serde_json::to_string_pretty(&figures).unwrap() + "\n",
+    )
+    .unwrap();
+    let chart = Command::new("node")
+        .arg(repo().join("tests/support/chart.mjs"))
+        .arg(results.join("load.json"))
+        .arg(results.join("load.png"))
+        .status()
+        .unwrap();
+    assert!(chart.success(), "the chart could not be drawn");
     master.stop();
 }

@@ -95,11 +95,15 @@ where
         tokio::select! {
             message = inbox.recv() => match message {
                 Some(Ok(Some(ToWorker::Swap { policy }))) => {
+                    let started = Instant::now();
                     let result = engine
                         .load_precompiled(&policy)
                         .and_then(|policy| runner.swap(clock(), policy))
                         .map(|report| report.to)
                         .map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        runner.record_swap_pause(started.elapsed());
+                    }
                     write_frame(&mut output, &FromWorker::Swapped { result }).await?;
                 }
                 Some(Ok(Some(ToWorker::Start(_)))) => tracing::warn!("ignoring a second start message"),

@@ -350,7 +350,17 @@ impl VodOrigin {
                             let n = name.trim_start_matches("seg").trim_end_matches(".ts");
                             vod_segment(n.parse().unwrap_or(0), segment_bytes)
                         }),
-                    );
+                    )
+                    // Browser pages (the Chromium seeder) fetch from here too.
+                    .layer(axum::middleware::map_response(
+                        |mut response: axum::response::Response| async {
+                            response.headers_mut().insert(
+                                axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                                axum::http::HeaderValue::from_static("*"),
+                            );
+                            response
+                        },
+                    ));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 found.send(format!("http://{}/vod", listener.local_addr().unwrap())).unwrap();
                 axum::serve(listener, app).await.unwrap();

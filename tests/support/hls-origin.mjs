@@ -10,10 +10,9 @@
 import { spawn } from 'node:child_process'
 import { createReadStream, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
-import { dirname, extname, join, normalize, sep } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { extname, join } from 'node:path'
+import { contentTypes, inside, pageFile } from './pages.mjs'
 
-const here = dirname(fileURLToPath(import.meta.url))
 const args = process.argv.slice(2)
 const option = (name, fallback) => {
   const at = args.indexOf(name)
@@ -80,29 +79,10 @@ const ready = new Promise((resolve, reject) => {
 })
 
 const hits = {}
-const types = {
-  '.m3u8': 'application/vnd.apple.mpegurl',
-  '.ts': 'video/mp2t',
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript',
-  '.mjs': 'text/javascript',
-  '.map': 'application/json',
-}
-const libraries = ['hls.js', 'p2p-media-loader-core', 'p2p-media-loader-hlsjs']
-
 // Maps a request path to a file, never outside the directories it serves.
 const resolve = (path) => {
-  if (path === '/player.html') return join(here, 'player.html')
-  const inside = (base, rest) => {
-    const file = normalize(join(base, rest))
-    return file.startsWith(base + sep) ? file : null
-  }
-  if (path.startsWith('/lib/')) {
-    const [name, ...rest] = path.slice('/lib/'.length).split('/')
-    if (!libraries.includes(name)) return null
-    return inside(join(here, 'node_modules', name), rest.join('/'))
-  }
-  return inside(root, path)
+  const page = pageFile(path)
+  return page === undefined ? inside(root, path) : page
 }
 
 const server = createServer((request, response) => {
@@ -125,7 +105,7 @@ const server = createServer((request, response) => {
     response.writeHead(404).end()
     return
   }
-  response.setHeader('Content-Type', types[extname(file)] ?? 'application/octet-stream')
+  response.setHeader('Content-Type', contentTypes[extname(file)] ?? 'application/octet-stream')
   response.setHeader('Content-Length', size)
   // Live playlists change every segment; nothing may cache them.
   response.setHeader('Cache-Control', path.endsWith('.m3u8') ? 'no-store' : 'max-age=60')

@@ -7,7 +7,7 @@
 // its stalls and errors, every segment with its source, and the SHA-256 of the bytes of
 // every segment that came over P2P and of every fragment hls.js consumed.
 // Exits non-zero only if the browser itself could not run; judging is the caller's.
-import { chromium } from 'playwright-core'
+import { launchChromium } from './chromium.mjs'
 
 const args = process.argv.slice(2)
 const option = (name, fallback) => {
@@ -24,23 +24,7 @@ if (!page || !(count >= 1) || !(seconds > 0)) {
   process.exit(2)
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    // Tabs in the background must play as if watched.
-    '--autoplay-policy=no-user-gesture-required',
-    '--disable-background-timer-throttling',
-    '--disable-renderer-backgrounding',
-    '--disable-backgrounding-occluded-windows',
-  ],
-})
+const browser = await launchChromium()
 const stopBrowser = () => browser.close().catch(() => {})
 process.on('SIGTERM', async () => {
   await stopBrowser()

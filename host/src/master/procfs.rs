@@ -12,6 +12,43 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Proportional set size of `pid` in bytes: its resident memory with every page shared
+/// with other processes counted as its share. Summed over a group of processes (a
+/// browser's) it counts shared pages once, as RSS would not.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Every process whose ancestry leads to `root` (not `root` itself), as found now.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((pid, parent(pid)?))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent_pid) = frontier.pop() {
+        for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent_pid) {
+            found.push(pid);
+            frontier.push(pid);
+        }
+    }
+    found
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
 /// CPU time `pid` has used so far (user + system), in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -47,5 +84,28 @@ mod tests {
         assert!(cpu_seconds(me).unwrap() > 0.0);
         assert!(total_memory_bytes().unwrap() > 1 << 28);
         assert_eq!(rss_bytes(u32::MAX), None);
+        let pss = pss_bytes(me).unwrap();
+        assert!(pss > 0 && pss <= rss_bytes(me).unwrap() + (1 << 20));
+    }
+
+    #[test]
+    fn finds_grandchildren() {
+        use std::io::BufRead as _;
+        // The shell prints its background child's pid once it has forked it.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(shell.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let sleeper: u32 = line.trim().parse().unwrap();
+        let found = descendants(std::process::id());
+        let below_shell = descendants(shell.id());
+        let _ = std::process::Command::new("kill").arg(sleeper.to_string()).status();
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert!(found.contains(&shell.id()) && found.contains(&sleeper), "{found:?}");
+        assert_eq!(below_shell, vec![sleeper]);
     }
 }

@@ -37,6 +37,9 @@ pub struct PolicyStats {
     pub rollbacks: u64,
     pub swaps: u64,
     pub swaps_rejected: u64,
+    /// How long the last hot swap held up the worker's event loop, in microseconds
+    /// (loading the new version, saving the running one's state, starting the new one).
+    pub last_swap_pause_us: Option<u64>,
     pub log_lines: u64,
     pub log_lines_dropped: u64,
     /// Time spent inside policy code, in microseconds.
@@ -277,6 +280,11 @@ impl PolicyRunner {
         };
         tracing::info!(from = %report.from, to = %report.to, pause_us = report.pause.as_micros() as u64, "policy swapped");
         Ok(report)
+    }
+
+    /// Records how long a whole hot swap held up the event loop, as the worker measured it.
+    pub fn record_swap_pause(&mut self, pause: Duration) {
+        self.stats.last_swap_pause_us = Some(pause.as_micros() as u64);
     }
 
     /// When the runner needs a turn even if nothing happens: the earliest policy timer

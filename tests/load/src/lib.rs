@@ -79,6 +79,8 @@ struct Seen {
     bytes: u64,
     latencies_ms: Vec<f64>,
     failures: Vec<String>,
+    /// Connected, then lost the connection before the end.
+    dropped: bool,
 }
 
 /// A segment as the origin has it.
@@ -141,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "connect_ms_p50": percentile(&connects, 0.50),
         "connect_ms_p99": percentile(&connects, 0.99),
         "failures": all.iter().map(|s| s.failures.len()).sum::<usize>(),
+        "dropped": all.iter().filter(|s| s.dropped).count(),
         "failure_reasons": reasons,
         "load_cpu_seconds": own_cpu_seconds() - cpu_before,
     }))
@@ -235,6 +238,7 @@ async fn watch(
             Err(Fetch::Failed(reason)) => seen.failures.push(reason),
             Err(Fetch::Lost(reason)) => {
                 seen.failures.push(reason);
+                seen.dropped = true;
                 break;
             }
         }
