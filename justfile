@@ -41,8 +41,9 @@ demo: setup node-deps system-deps
     scripts/demo.sh
 
 # Benchmarks; prints tables: the policy runtime, then one worker under a rising number
-# of simulated viewers (written to results/load.md).
-bench: setup node-deps
+# of simulated viewers, side by side with a Chromium seeder (written to results/:
+# load.md, load.json, load.png).
+bench: setup node-deps system-deps
     cargo bench --locked -p superpeer --bench policy
     cargo build --release --locked -p superpeer-load
     SUPERPEER_LOAD=target/release/superpeer-load cargo bench --locked -p superpeer --bench load

@@ -10,6 +10,11 @@ use superpeer::master::{ActivePolicy, Master};
 use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits, PolicyRunner};
 use superpeer::serve::{self, ControlPlane};
 
+/// mimalloc rather than the system allocator: a worker allocates and frees packet
+/// buffers at a high rate, and measured ~10% less CPU per GB served with it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A super peer for P2P HLS streaming: it joins a stream's swarm like a viewer, fetches
 /// the stream from the origin and uploads it to viewers over WebRTC.
 #[derive(Debug, Parser)]

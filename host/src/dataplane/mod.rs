@@ -11,6 +11,7 @@ pub mod disk;
 mod fetch;
 mod store;
 mod tracker;
+mod udp;
 mod webrtc;
 
 use std::collections::HashMap;
@@ -114,7 +115,7 @@ pub struct DataPlane {
     rtc: webrtc::Rtc,
     udp_addr: SocketAddr,
     disk: Option<Arc<disk::DiskCache>>,
-    recently_read: RecentlyRead,
+    read_segments: ReadSegments,
     downloaded: u64,
     uploaded: u64,
 }
@@ -159,7 +160,7 @@ impl DataPlane {
             rtc: webrtc::Rtc::new(socket, advertised),
             udp_addr: bound,
             disk,
-            recently_read: RecentlyRead::default(),
+            read_segments: ReadSegments::default(),
             downloaded: 0,
             uploaded: 0,
         };
@@ -297,12 +298,12 @@ impl DataPlane {
             Some(Held::Memory(bytes)) => return Ok(bytes.clone()),
             Some(Held::Disk { key, .. }) => key.clone(),
         };
-        if let Some(bytes) = self.recently_read.get(&key) {
+        if let Some(bytes) = self.read_segments.get(&key) {
             return Ok(bytes);
         }
         match self.disk.as_ref().and_then(|disk| disk.read(&key)) {
             Some(bytes) => {
-                self.recently_read.put(key, bytes.clone());
+                self.read_segments.put(key, bytes.clone());
                 Ok(bytes)
             }
             None => {
@@ -314,7 +315,7 @@ impl DataPlane {
 
     /// Segment bytes this worker holds in memory, disk segments kept at hand included.
     pub fn memory_cache_size(&self) -> u64 {
-        self.store.memory_bytes() + self.recently_read.bytes()
+        self.store.memory_bytes() + self.read_segments.bytes()
     }
 
     /// Bytes in the disk cache directory (all workers'), or 0 without one.
@@ -408,7 +409,7 @@ impl DataPlane {
                 let (held, tier) = match on_disk {
                     Some(key) => {
                         // Likely the next to be served: keep it at hand.
-                        self.recently_read.put(key.clone(), bytes);
+                        self.read_segments.put(key.clone(), bytes);
                         (Held::Disk { key, size }, CacheTier::Disk)
                     }
                     None => (Held::Memory(bytes), CacheTier::Memory),
@@ -463,24 +464,41 @@ fn udp_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// The last few segments read from the disk cache, so that viewers asking for the same
-/// segment one after another cost one read.
+/// Disk segments at hand in memory: the most recently used within [`Self::BUDGET`],
+/// and beyond it every one a viewer is being sent (so viewers sent the same segment at
+/// once share one copy). Without it each serve read and hashed its own copy: at a
+/// hundred viewers a hundred copies of the same segment, and with viewers cycling
+/// through more segments than a fixed count kept, a read for every serve.
 #[derive(Debug, Default)]
-struct RecentlyRead(std::collections::VecDeque<(String, Bytes)>);
+struct ReadSegments(std::collections::VecDeque<(String, Bytes)>);
 
-impl RecentlyRead {
-    const KEPT: usize = 8;
+impl ReadSegments {
+    /// Bytes kept, unless segments being sent take more.
+    const BUDGET: u64 = 32 << 20;
 
-    fn get(&self, key: &str) -> Option<Bytes> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, bytes)| bytes.clone())
+    fn get(&mut self, key: &str) -> Option<Bytes> {
+        let at = self.0.iter().position(|(k, _)| k == key)?;
+        let entry = self.0.remove(at)?;
+        let bytes = entry.1.clone();
+        self.0.push_back(entry);
+        Some(bytes)
     }
 
     fn put(&mut self, key: String, bytes: Bytes) {
         self.forget(&key);
-        if self.0.len() == Self::KEPT {
-            self.0.pop_front();
-        }
         self.0.push_back((key, bytes));
+        // Least recently used first; a segment still being sent costs nothing to keep
+        // (its bytes are held by the serve anyway) and stays shareable.
+        let mut total = self.bytes();
+        let mut at = 0;
+        while total > Self::BUDGET && at < self.0.len() {
+            if self.0[at].1.is_unique() {
+                total -= self.0[at].1.len() as u64;
+                self.0.remove(at);
+            } else {
+                at += 1;
+            }
+        }
     }
 
     fn forget(&mut self, key: &str) {
@@ -526,4 +544,46 @@ fn spawn_receiver(socket: Arc<tokio::net::UdpSocket>, events: mpsc::Sender<IoEve
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(n: u8) -> Bytes {
+        Bytes::from(vec![n; 8 << 20])
+    }
+
+    #[test]
+    fn read_segments_keep_the_recent_within_budget_and_all_being_sent() {
+        let mut kept = ReadSegments::default();
+        // Eight 8 MiB segments: four fit the 32 MiB budget.
+        let sending = segment(0);
+        kept.put("0".into(), sending.clone());
+        for n in 1..8 {
+            kept.put(n.to_string(), segment(n));
+        }
+        assert!(
+            kept.get("0").is_some_and(|b| b.as_ptr() == sending.as_ptr()),
+            "in use: kept, shared"
+        );
+        assert!(kept.get("1").is_none() && kept.get("3").is_none(), "oldest unused went first");
+        assert!((5..8).all(|n| kept.get(&n.to_string()).is_some()));
+        assert_eq!(kept.bytes(), ReadSegments::BUDGET);
+
+        // Used again, a segment becomes the most recent: the next put evicts another.
+        assert!(kept.get("5").is_some());
+        drop(sending);
+        kept.put("8".into(), segment(8));
+        assert!(kept.get("5").is_some() && kept.get("8").is_some());
+        assert!(kept.get("0").is_none(), "no longer sent and least recently used");
+        assert_eq!(kept.bytes(), ReadSegments::BUDGET);
+
+        // Segments being sent stay, whatever the budget.
+        let all: Vec<Bytes> = (10..20).map(segment).collect();
+        for (n, bytes) in all.iter().enumerate() {
+            kept.put(format!("s{n}"), bytes.clone());
+        }
+        assert_eq!(kept.bytes(), 10 * (8 << 20));
+    }
 }

@@ -16,7 +16,9 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::setting_engine::{
+    SctpMaxMessageSize, SettingEngineBuilder,
+};
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -28,15 +30,18 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 
+use super::udp::DatagramSender;
 use crate::policy::wire::{
     Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
 };
 
 /// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
 /// the link busy, little enough that one slow viewer holds little memory.
-const SEND_HIGH_WATER: usize = 512 << 10;
+const SEND_HIGH_WATER: usize = 128 << 10;
+/// The largest DataChannel message either side may send (announced in the answer).
+const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// Where the DataChannel reports it has room again.
-const SEND_LOW_WATER: u32 = 128 << 10;
+const SEND_LOW_WATER: u32 = 32 << 10;
 
 /// What waits to go out on a viewer's DataChannel, in order.
 #[derive(Debug)]
@@ -58,13 +63,15 @@ struct Peer {
 
 /// All of a worker's viewers.
 pub struct Rtc {
-    socket: Arc<UdpSocket>,
+    sender: DatagramSender,
     /// One DTLS identity for every connection of this worker: making a key per viewer
     /// would cost a key generation per connection for nothing.
     certificate: Option<RTCCertificate>,
     /// The address in our ICE candidate; datagrams are handed over as received on it.
     advertised: SocketAddr,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a connection is kilobytes, and each is taken out and put back on every
+    /// turn it gets.
+    peers: HashMap<PeerId, Box<Peer>>,
     /// Every connection's next deadline, soonest first. A connection's deadline changes
     /// only when it is handled, so it is asked then, never by scanning them all: the
     /// scan cost a third of the worker's time at a hundred viewers.
@@ -90,7 +97,7 @@ impl Rtc {
             )
             .ok();
         Rtc {
-            socket,
+            sender: DatagramSender::new(socket),
             certificate,
             advertised,
             peers: HashMap::new(),
@@ -112,14 +119,14 @@ impl Rtc {
                 self.by_ufrag.insert(ufrag.clone(), peer);
                 self.peers.insert(
                     peer,
-                    Peer {
+                    Box::new(Peer {
                         connection,
                         ufrag,
                         channel: None,
                         queue: VecDeque::new(),
                         addresses: Vec::new(),
                         deadline: None,
-                    },
+                    }),
                 );
                 let mut events = vec![Event::PeerAnswerReady(SdpReady { peer, sdp })];
                 events.extend(self.drain(peer, now));
@@ -139,6 +146,10 @@ impl Rtc {
             .with_lite(true)
             .with_ice_credentials(ufrag.to_string(), random_token(24))
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            // The library keeps a buffer of this size per connection (256 KiB by
+            // default, most of a connection's memory); p2p-media-loader never sends a
+            // message over 64 KiB, and neither do we.
+            .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_BYTES))
             .build();
         let mut configuration = RTCConfigurationBuilder::new();
         if let Some(certificate) = &self.certificate {
@@ -301,10 +312,13 @@ impl Rtc {
     }
 
     fn flush_writes(&self, connection: &mut RTCPeerConnection) {
+        let mut written = Vec::new();
         while let Some(datagram) = connection.poll_write() {
-            // UDP: a full socket buffer drops the datagram, as the network would.
-            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
+            written.push((datagram.transport.peer_addr, datagram.message));
         }
+        let datagrams: Vec<(SocketAddr, &[u8])> =
+            written.iter().map(|(to, data)| (*to, &data[..])).collect();
+        self.sender.send(&datagrams);
     }
 
     /// Runs a connection's outputs: datagrams to send, state changes, messages, and as

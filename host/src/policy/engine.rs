@@ -34,6 +34,7 @@ struct EngineInner {
     engine: Engine,
     linker: Linker<StoreData>,
     limits: PolicyLimits,
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -130,12 +131,18 @@ impl PolicyEngine {
         Policy::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
 
-        start_epoch_ticker(&engine);
-        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits }) })
+        let ticker = EpochTicker::start(&engine);
+        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, ticker }) })
     }
 
     pub fn limits(&self) -> &PolicyLimits {
         &self.inner.limits
+    }
+
+    /// Whether the epoch ticker sleeps for want of guest code to time (for tests).
+    #[doc(hidden)]
+    pub fn epoch_ticker_sleeping(&self) -> bool {
+        self.inner.ticker.state.sleeping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Compiles a component, checks it against the policy world, and asks it to
@@ -254,13 +261,17 @@ impl PolicyEngine {
         store.epoch_deadline_trap();
         // Instantiation runs the component's start-up code, which must obey a deadline too.
         store.set_epoch_deadline(PolicyLimits::ticks(limits.init_deadline, EPOCH_TICK));
-        let bindings = policy
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&store, e, limits.init_deadline))?;
+        let bindings = {
+            let _running = self.inner.ticker.running();
+            policy
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| classify(&store, e, limits.init_deadline))?
+        };
         Ok(PolicyInstance {
             store,
             bindings,
+            ticker: self.inner.ticker.clone(),
             call_deadline: limits.call_deadline,
             init_deadline: limits.init_deadline,
             busy: Duration::ZERO,
@@ -339,19 +350,78 @@ fn digest(bytes: &[u8]) -> String {
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Advances every engine's epoch once per tick, for as long as the engine lives.
-fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("policy-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("could not start the policy epoch thread");
+/// Ticks without guest code running after which the ticker sleeps until some runs.
+const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
+
+/// Advances an engine's epoch once per tick while guest code runs, for as long as the
+/// engine lives, and sleeps while none does: ticking a thousand times a second cost an
+/// idle worker, and the master, about 2% of a core each. Deadlines are set relative to
+/// the epoch at the start of a call, so the ticks skipped while idle change nothing.
+#[derive(Clone)]
+pub(crate) struct EpochTicker {
+    state: Arc<TickerState>,
+    thread: std::thread::Thread,
+}
+
+#[derive(Default)]
+struct TickerState {
+    /// Guest calls in progress (one per instance at most).
+    running: std::sync::atomic::AtomicUsize,
+    sleeping: std::sync::atomic::AtomicBool,
+}
+
+/// Guest code is running while this lives.
+pub(crate) struct Running<'a>(&'a EpochTicker);
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> EpochTicker {
+        use std::sync::atomic::Ordering::SeqCst;
+        let weak = engine.weak();
+        let state = Arc::new(TickerState::default());
+        let ticking = state.clone();
+        let handle = std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                let mut idle = 0;
+                while let Some(engine) = weak.upgrade() {
+                    idle = if ticking.running.load(SeqCst) == 0 { idle + 1 } else { 0 };
+                    if idle > IDLE_TICKS_BEFORE_SLEEP {
+                        drop(engine);
+                        // Announce the sleep before checking once more: a call starting
+                        // now either sees it and wakes this thread, or is seen here.
+                        ticking.sleeping.store(true, SeqCst);
+                        if ticking.running.load(SeqCst) == 0 {
+                            // Bounded, so a dropped engine ends this thread.
+                            std::thread::park_timeout(Duration::from_secs(1));
+                        }
+                        ticking.sleeping.store(false, SeqCst);
+                        idle = 0;
+                        continue;
+                    }
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("could not start the policy epoch thread");
+        EpochTicker { state, thread: handle.thread().clone() }
+    }
+
+    /// Marks guest code running until the guard drops; wakes the ticker if it sleeps.
+    pub(crate) fn running(&self) -> Running<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.running.fetch_add(1, SeqCst);
+        if self.state.sleeping.load(SeqCst) {
+            self.thread.unpark();
+        }
+        Running(self)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.state.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The time a call sees: fixed for the whole call, passed in by the caller.
@@ -367,6 +437,7 @@ pub struct Clock {
 pub(crate) struct PolicyInstance {
     store: Store<StoreData>,
     bindings: Policy,
+    ticker: EpochTicker,
     call_deadline: Duration,
     init_deadline: Duration,
     /// Time spent inside the guest.
@@ -423,6 +494,7 @@ impl PolicyInstance {
         data.log.lines_this_call = 0;
         data.log.last_error = None;
         self.store.set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
+        let _running = self.ticker.running();
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store);
         self.busy += started.elapsed();

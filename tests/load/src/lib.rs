@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
     /// Milliseconds from one segment's request to the next (0: the next as soon as the
-    /// last arrived, as a VOD viewer filling its buffer does).
+    /// last arrived, as a VOD viewer filling its buffer does). Paced viewers spread
+    /// their requests evenly over the pace, as an audience does.
     #[arg(long, default_value_t = 0)]
     pub pace_ms: u64,
     /// Milliseconds between viewers joining.
@@ -216,6 +217,19 @@ async fn watch(
 
     let mut request = 0i64;
     let mut next_id = index % loaded.len();
+    if args.pace_ms > 0 {
+        // Real audiences ask at every moment, not in step: viewer i of n asks at
+        // i/n of the pace into each period, counted from the run's start.
+        let pace = Duration::from_millis(args.pace_ms);
+        let phase = pace * index as u32 / args.viewers.max(1) as u32;
+        let start = deadline - Duration::from_secs(args.seconds) + phase;
+        let elapsed = Instant::now().saturating_duration_since(start);
+        let periods = elapsed.as_millis().div_ceil(pace.as_millis()) as u32;
+        if let Err(e) = peer.idle_until((start + pace * periods).min(deadline)).await {
+            seen.dropped = true;
+            bail!("{e:#}");
+        }
+    }
     while Instant::now() < deadline {
         let id = loaded[next_id % loaded.len()];
         next_id += 1;
@@ -244,17 +258,25 @@ async fn watch(
         }
         if args.pace_ms > 0 {
             let next = asked + Duration::from_millis(args.pace_ms);
-            tokio::time::sleep_until(next.min(deadline).into()).await;
+            if let Err(e) = peer.idle_until(next.min(deadline)).await {
+                seen.failures.push(format!("{e:#}"));
+                seen.dropped = true;
+                break;
+            }
         }
     }
     Ok(())
 }
 
-/// Viewers announcing at once would relay their offers to each other (the tracker
-/// picks random peers of the swarm, and simulated viewers answer nobody), so they take
-/// turns: one viewer in the swarm waiting for an answer at a time. It leaves the swarm
-/// once answered; the connection itself is set up concurrently with the others'.
-static SIGNALLING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// Offers per announce, as browsers send them; the tracker relays each to a different
+/// peer of the swarm.
+const OFFERS: usize = 5;
+/// Viewers waiting for an answer at once. The tracker relays offers to random peers of
+/// the swarm and simulated viewers answer nobody, so at most `OFFERS - 1` of them wait
+/// at a time: with them and the seeder the swarm has no more peers than an announce
+/// has offers, and every announce reaches the seeder. A viewer leaves the swarm once
+/// answered; the connection itself is set up concurrently with the others'.
+static SIGNALLING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(OFFERS - 1);
 /// How long to wait for an answer before announcing the offer again (the tracker may
 /// have relayed it to a viewer that was just leaving).
 const ANSWER_PATIENCE: Duration = Duration::from_secs(3);
@@ -269,18 +291,24 @@ async fn signal(index: usize, args: &Args, offer: &str) -> anyhow::Result<String
     let peer_id = format!("-PM0203-{:012}", index);
     let attempts = (CONNECT_PATIENCE.as_secs() / ANSWER_PATIENCE.as_secs()).max(1);
     for attempt in 0..attempts {
-        let offer_id = format!("load{index:012}{attempt:04}");
+        // One connection, one offer; under several ids so it reaches several peers.
+        let offer_ids: Vec<String> =
+            (0..OFFERS).map(|n| format!("load{index:010}{attempt:04}{n:02}")).collect();
+        let offers: Vec<_> = offer_ids
+            .iter()
+            .map(|id| json!({"offer": {"type": "offer", "sdp": offer}, "offer_id": id}))
+            .collect();
         let announce = json!({
             "action": "announce", "info_hash": args.info_hash, "peer_id": peer_id,
-            "numwant": 5, "uploaded": 0, "downloaded": 0, "event": "started",
-            "offers": [{"offer": {"type": "offer", "sdp": offer}, "offer_id": offer_id}],
+            "numwant": OFFERS, "uploaded": 0, "downloaded": 0, "event": "started",
+            "offers": offers,
         });
         tracker.send(Message::text(announce.to_string())).await?;
         let answer = tokio::time::timeout(ANSWER_PATIENCE, async {
             while let Some(message) = tracker.next().await {
                 let Ok(text) = message?.into_text() else { continue };
                 let Ok(reply) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-                if reply["offer_id"] == offer_id.as_str()
+                if offer_ids.iter().any(|id| reply["offer_id"] == id.as_str())
                     && let Some(sdp) = reply["answer"]["sdp"].as_str()
                 {
                     return Ok(sdp.to_string());
@@ -380,6 +408,18 @@ impl Peer {
 
     /// Sends what is due, waits for one datagram or timer (at most until `until`),
     /// and returns the commands that completed.
+    /// Keeps the connection going until `until` without asking for anything, as a
+    /// browser does between requests: it acknowledges what arrives and runs its timers.
+    /// A viewer that stopped reading instead would leave the sender's last packets
+    /// unacknowledged until its retransmission timer fired, and shrink its window.
+    async fn idle_until(&mut self, until: Instant) -> anyhow::Result<()> {
+        while Instant::now() < until {
+            self.step(until).await?;
+            self.data.clear();
+        }
+        Ok(())
+    }
+
     async fn step(&mut self, until: Instant) -> anyhow::Result<Vec<PeerCommand>> {
         self.flush();
         let timer = self.connection.poll_timeout().unwrap_or(until).min(until);

@@ -1,0 +1,171 @@
+//! Sending a worker's datagrams. Consecutive datagrams to one address leave in one
+//! system call with UDP generic segmentation offload (GSO) where the kernel has it: a
+//! viewer's segment is a run of equal-sized SCTP packets, and one `sendmsg` per packet
+//! cost over forty percent of a busy worker's time. Without GSO they leave one by one.
+//!
+//! Never blocks and never fails the caller: a full socket buffer drops datagrams, as a
+//! network would, and the transport above retransmits. Owns no protocol state.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+use tokio::net::UdpSocket;
+
+/// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS` in Linux 4.18+).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes one UDP send may carry (IPv4's limit on a datagram's payload, which a
+/// GSO send's total is held to).
+const MAX_BYTES: usize = 65_507;
+
+#[derive(Debug)]
+pub struct DatagramSender {
+    socket: Arc<UdpSocket>,
+    /// Cleared the first time the kernel refuses a GSO send (no support, or a device
+    /// that cannot segment); from then on datagrams leave one by one.
+    gso: AtomicBool,
+}
+
+impl DatagramSender {
+    pub fn new(socket: Arc<UdpSocket>) -> DatagramSender {
+        DatagramSender { socket, gso: AtomicBool::new(cfg!(target_os = "linux")) }
+    }
+
+    /// Sends `datagrams` in order, batching what GSO allows.
+    pub fn send(&self, datagrams: &[(SocketAddr, &[u8])]) {
+        for run in batches(datagrams) {
+            let batch = &datagrams[run];
+            if batch.len() == 1 || !self.gso.load(Ordering::Relaxed) || !self.send_segmented(batch)
+            {
+                for (to, data) in batch {
+                    let _ = self.socket.try_send_to(data, *to);
+                }
+            }
+        }
+    }
+
+    /// One GSO send of `batch` (one address, equal sizes but a shorter last); false if
+    /// the kernel refused GSO itself, so the caller sends them one by one.
+    fn send_segmented(&self, batch: &[(SocketAddr, &[u8])]) -> bool {
+        let (to, first) = batch[0];
+        let Ok(segment) = u16::try_from(first.len()) else { return false };
+        let slices: Vec<IoSlice<'_>> = batch.iter().map(|(_, data)| IoSlice::new(data)).collect();
+        let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
+        let address = SockaddrStorage::from(to);
+        match sendmsg(
+            self.socket.as_raw_fd(),
+            &slices,
+            &cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+            Some(&address),
+        ) {
+            // A full buffer drops the lot, as it would drop single datagrams.
+            Ok(_) | Err(Errno::EAGAIN) => true,
+            Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                tracing::info!(
+                    "the kernel refused UDP segmentation offload; sending datagrams one by one"
+                );
+                self.gso.store(false, Ordering::Relaxed);
+                false
+            }
+            // Anything else (an unreachable address) is loss to the transport above.
+            Err(_) => true,
+        }
+    }
+}
+
+/// Splits `datagrams` into runs one GSO send can carry: consecutive, to one address,
+/// all as long as the first except a shorter last, at most [`MAX_SEGMENTS`] and
+/// [`MAX_BYTES`] in all. Empty datagrams travel alone.
+fn batches(datagrams: &[(SocketAddr, &[u8])]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < datagrams.len() {
+        let (to, first) = datagrams[start];
+        let size = first.len();
+        let mut end = start + 1;
+        let mut total = size;
+        if size > 0 {
+            while end < datagrams.len() && end - start < MAX_SEGMENTS {
+                let (next_to, next) = datagrams[end];
+                if next_to != to
+                    || next.is_empty()
+                    || next.len() > size
+                    || total + next.len() > MAX_BYTES
+                {
+                    break;
+                }
+                total += next.len();
+                end += 1;
+                if next.len() < size {
+                    break;
+                }
+            }
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn runs_break_at_a_new_address_a_longer_datagram_or_after_a_shorter_one() {
+        let (big, small, bigger) = (vec![0u8; 1200], vec![0u8; 300], vec![0u8; 1300]);
+        let datagrams = [
+            (at(1), &big[..]),
+            (at(1), &big[..]),
+            (at(1), &small[..]),
+            (at(1), &big[..]),
+            (at(2), &big[..]),
+            (at(2), &bigger[..]),
+            (at(2), &[][..]),
+            (at(2), &small[..]),
+        ];
+        assert_eq!(batches(&datagrams), vec![0..3, 3..4, 4..5, 5..6, 6..7, 7..8]);
+    }
+
+    #[test]
+    fn runs_stay_within_the_kernels_limits() {
+        let packet = vec![0u8; 1200];
+        let many: Vec<_> = (0..200).map(|_| (at(1), &packet[..])).collect();
+        let runs = batches(&many);
+        assert!(runs.iter().all(|r| r.len() * 1200 <= MAX_BYTES && r.len() <= MAX_SEGMENTS));
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 200);
+        assert_eq!(runs[0], 0..54, "65,507 bytes hold 54 packets of 1,200");
+
+        let tiny = [0u8; 100];
+        let small: Vec<_> = (0..100).map(|_| (at(1), &tiny[..])).collect();
+        assert_eq!(batches(&small), vec![0..64, 64..100]);
+    }
+
+    #[tokio::test]
+    async fn every_datagram_arrives_whole_and_in_order() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = receiver.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> =
+            (0..40u8).map(|i| vec![i; if i == 39 { 500 } else { 1200 }]).collect();
+        let datagrams: Vec<_> = payloads.iter().map(|p| (to, &p[..])).collect();
+        let sender = DatagramSender::new(socket);
+        sender.send(&datagrams);
+        let mut buffer = vec![0u8; 65536];
+        for expected in &payloads {
+            let (n, _) = receiver.recv_from(&mut buffer).await.unwrap();
+            assert_eq!(&buffer[..n], &expected[..]);
+        }
+        assert!(sender.gso.load(Ordering::Relaxed), "GSO works on this machine's loopback");
+    }
+}
