@@ -151,16 +151,7 @@ fn restarts_and_policy_swaps_reach_the_workers() {
     let swapped = &stats["workers"][pid_b.to_string()]["policyStats"];
     assert!(swapped["last_swap_pause_us"].as_u64().is_some_and(|us| us > 0), "{swapped}");
 
-    let embedded = {
-        let path = dir.join("pml.wasm");
-        let status = Command::new(env!("CARGO_BIN_EXE_superpeer"))
-            .args(["policy", "export-default"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        std::fs::read(path).unwrap()
-    };
+    let embedded = export_default_policy(&dir);
     let (status, answer) = master.request("POST", &format!("/policy?channel={b}"), &embedded);
     assert_eq!((status, answer["workers"].clone()), (200, json!(1)), "{answer}");
     master.wait_for("b alone back on pml", |s| {

@@ -332,17 +332,6 @@ fn machine() -> String {
     format!("{cores} cores ({model}), {memory:.0} GiB, Linux {}, loopback", kernel.trim())
 }
 
-fn export_default_policy(dir: &Path) -> Vec<u8> {
-    let path = dir.join("default-policy.wasm");
-    let status = Command::new(env!("CARGO_BIN_EXE_superpeer"))
-        .args(["policy", "export-default"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "superpeer policy export-default failed");
-    std::fs::read(path).unwrap()
-}
-
 /// Goal lines: what was asked, what was measured, met or not.
 fn goal(line: &mut String, what: &str, measured: String, met: bool) {
     let verdict = if met { "met" } else { "missed" };

@@ -405,6 +405,19 @@ pub fn info_hash_of_720p(manifest: &str) -> String {
     b64.encode(&Sha1::digest(swarm.as_bytes())[..15])
 }
 
+/// The embedded default policy's component, as `superpeer policy export-default`
+/// writes it (into `dir`).
+pub fn export_default_policy(dir: &Path) -> Vec<u8> {
+    let path = dir.join("default-policy.wasm");
+    let status = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+        .args(["policy", "export-default"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "superpeer policy export-default failed");
+    std::fs::read(path).unwrap()
+}
+
 /// The channel id of a stream for the default policy: base64 of its manifest URL.
 pub fn channel_of(manifest: &str) -> String {
     use base64::Engine as _;

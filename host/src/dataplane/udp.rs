@@ -37,13 +37,13 @@ impl DatagramSender {
     }
 
     /// Sends `datagrams` in order, batching what GSO allows.
-    pub fn send(&self, datagrams: &[(SocketAddr, &[u8])]) {
+    pub fn send<B: AsRef<[u8]>>(&self, datagrams: &[(SocketAddr, B)]) {
         for run in batches(datagrams) {
             let batch = &datagrams[run];
             if batch.len() == 1 || !self.gso.load(Ordering::Relaxed) || !self.send_segmented(batch)
             {
                 for (to, data) in batch {
-                    let _ = self.socket.try_send_to(data, *to);
+                    let _ = self.socket.try_send_to(data.as_ref(), *to);
                 }
             }
         }
@@ -51,10 +51,11 @@ impl DatagramSender {
 
     /// One GSO send of `batch` (one address, equal sizes but a shorter last); false if
     /// the kernel refused GSO itself, so the caller sends them one by one.
-    fn send_segmented(&self, batch: &[(SocketAddr, &[u8])]) -> bool {
-        let (to, first) = batch[0];
+    fn send_segmented<B: AsRef<[u8]>>(&self, batch: &[(SocketAddr, B)]) -> bool {
+        let (to, first) = (batch[0].0, batch[0].1.as_ref());
         let Ok(segment) = u16::try_from(first.len()) else { return false };
-        let slices: Vec<IoSlice<'_>> = batch.iter().map(|(_, data)| IoSlice::new(data)).collect();
+        let slices: Vec<IoSlice<'_>> =
+            batch.iter().map(|(_, data)| IoSlice::new(data.as_ref())).collect();
         let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
         let address = SockaddrStorage::from(to);
         match sendmsg(
@@ -82,17 +83,16 @@ impl DatagramSender {
 /// Splits `datagrams` into runs one GSO send can carry: consecutive, to one address,
 /// all as long as the first except a shorter last, at most [`MAX_SEGMENTS`] and
 /// [`MAX_BYTES`] in all. Empty datagrams travel alone.
-fn batches(datagrams: &[(SocketAddr, &[u8])]) -> Vec<Range<usize>> {
+fn batches<B: AsRef<[u8]>>(datagrams: &[(SocketAddr, B)]) -> Vec<Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     while start < datagrams.len() {
-        let (to, first) = datagrams[start];
-        let size = first.len();
+        let (to, size) = (datagrams[start].0, datagrams[start].1.as_ref().len());
         let mut end = start + 1;
         let mut total = size;
         if size > 0 {
             while end < datagrams.len() && end - start < MAX_SEGMENTS {
-                let (next_to, next) = datagrams[end];
+                let (next_to, next) = (datagrams[end].0, datagrams[end].1.as_ref());
                 if next_to != to
                     || next.is_empty()
                     || next.len() > size

@@ -316,9 +316,7 @@ impl Rtc {
         while let Some(datagram) = connection.poll_write() {
             written.push((datagram.transport.peer_addr, datagram.message));
         }
-        let datagrams: Vec<(SocketAddr, &[u8])> =
-            written.iter().map(|(to, data)| (*to, &data[..])).collect();
-        self.sender.send(&datagrams);
+        self.sender.send(&written);
     }
 
     /// Runs a connection's outputs: datagrams to send, state changes, messages, and as
