@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 #[path = "support/viewer.rs"]
 mod viewer;
 
@@ -487,6 +489,155 @@ fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_web
     });
     assert_eq!(workers_of(&stats, &channel)[0].1["policyStats"]["faults"], 0);
     master.stop();
+}
+
+/// What an operator sees of a worker that served a viewer: `/metrics` as Prometheus
+/// reads it with the worker's real counters, log lines that carry the worker's pid and
+/// channel, and the monitor page in Chromium (the worker's row, both charts, a restart
+/// from the row's button, a screenshot).
+#[test]
+fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
+    let dir = data_dir("monitor");
+    let Live { tracker, origin: _origin, manifest, channel, master } = Live::seeded(&dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest)));
+    let stats = master.wait_for("the served segment counted", |s| {
+        workers_of(s, &channel).first().is_some_and(|(_, w)| w["segmentsServed"] == 1)
+    });
+    let (pid, worker) = workers_of(&stats, &channel).remove(0);
+    assert_eq!(worker["uploaded"], 1880);
+
+    let (status, _, _) = master.request_raw("GET", "/metrics", "", b"");
+    assert_eq!(status, 401, "metrics need the token");
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, head, text) = master.request_raw("GET", "/metrics", &bearer, b"");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let metrics = prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let pid_label = pid.to_string();
+    let of_worker = |name: &str| {
+        metrics.value(name, &[("pid", &pid_label)]).unwrap_or_else(|| panic!("{name}\n{text}"))
+    };
+    assert_eq!(of_worker("superpeer_worker_uploaded_bytes_total"), 1880.0);
+    assert_eq!(of_worker("superpeer_worker_segments_served_total"), 1.0);
+    assert!(of_worker("superpeer_worker_downloaded_bytes_total") >= 3.0 * 1880.0);
+    assert_eq!(of_worker("superpeer_worker_fetch_errors_total"), 0.0);
+    assert_eq!(of_worker("superpeer_worker_policy_traps_total"), 0.0);
+    assert!(of_worker("superpeer_worker_cpu_seconds_total") > 0.0);
+    assert!(of_worker("superpeer_worker_resident_memory_bytes") > 1e6);
+    assert_eq!(
+        metrics.value("superpeer_worker_info", &[("pid", &pid_label), ("channel", &channel)]),
+        Some(1.0)
+    );
+    let total = |name: &str| metrics.value(name, &[]).unwrap_or_else(|| panic!("{name}"));
+    assert_eq!(total("superpeer_uploaded_bytes_total"), 1880.0);
+    assert_eq!(total("superpeer_segments_served_total"), 1.0);
+    assert_eq!(total("superpeer_workers"), 1.0);
+    assert_eq!(total("superpeer_seeds"), 1.0);
+    assert_eq!(total("superpeer_worker_restarts_total"), 0.0);
+    for family in [
+        "superpeer_peers",
+        "superpeer_policy_rollbacks_total",
+        "superpeer_policy_swaps_total",
+        "superpeer_fetch_errors_total",
+    ] {
+        assert!(metrics.value(family, &[]).is_some(), "{family}");
+    }
+
+    // The worker's own log lines name it.
+    let tag = format!("worker{{pid={pid} channel={channel:?}}}");
+    let logged =
+        master.log.lock().unwrap().iter().any(|l| l.contains(&tag) && l.contains("worker started"));
+    assert!(logged, "no `worker started` line tagged {tag}");
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let page = format!("http://{}/", master.addr);
+    let driven = drive_monitor(&page, &screenshot);
+    assert_eq!(driven["before"], pid_label, "the page showed the worker: {driven}");
+    assert_eq!(driven["channel"], channel);
+    assert!(driven["row"].as_str().unwrap().contains("1.9 KB"), "uploaded in the row: {driven}");
+    assert!(driven["uplinkPoints"].as_u64() >= Some(2), "{driven}");
+    assert!(driven["peersPoints"].as_u64() >= Some(2), "{driven}");
+    assert!(driven["refusal"].as_str().unwrap().contains("refused"), "{driven}");
+    assert_eq!(driven["foreign"], json!([]), "the page loaded nothing from elsewhere");
+    assert_eq!(driven["pageErrors"], json!([]));
+    let after: u32 = driven["after"].as_str().unwrap().parse().unwrap();
+    assert_ne!(after, pid);
+    let stats = master.stats();
+    assert_eq!(one_worker(&stats, &channel), Some(after), "the new pid is the channel's worker");
+    assert!(gone(&stats, pid));
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot");
+    println!("monitor screenshot: {}", screenshot.display());
+    master.stop();
+}
+
+#[test]
+fn json_logs_carry_each_workers_pid_and_channel() {
+    let dir = data_dir("json-logs");
+    let master = Superpeer::start_with(&dir, &["--log-format", "json"]);
+    let channel = channel("json-logs");
+    master.ok("POST", "/seed", json!({"list": [{"channel": channel}]}));
+    let stats = master.wait_for("a running worker", |s| one_worker(s, &channel).is_some());
+    let pid = one_worker(&stats, &channel).unwrap();
+    let started = |line: &Value| line["fields"]["message"] == "worker started";
+    let deadline = Instant::now() + PATIENCE;
+    let line = loop {
+        let lines: Vec<Value> = master
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if let Some(line) = lines.into_iter().find(started) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no `worker started` line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["span"]["name"], "worker");
+    assert_eq!(line["span"]["pid"], pid);
+    assert_eq!(line["span"]["channel"], channel);
+    master.stop();
+}
+
+/// Runs `monitor.mjs` against `page`; its JSON report. Stopped with its browser if the
+/// test fails first.
+fn drive_monitor(page: &str, screenshot: &Path) -> Value {
+    struct Driver(std::process::Child);
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                signal("TERM", self.0.id());
+                let _ = self.0.wait();
+            }
+        }
+    }
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is not installed: run `just system-deps`"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/monitor.mjs");
+    let child = Command::new("node")
+        .arg(script)
+        .args(["--url", page, "--token", TOKEN, "--screenshot"])
+        .arg(screenshot)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut driver = Driver(child);
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut driver.0.stdout.take().unwrap(), &mut report).unwrap();
+    let status = driver.0.wait().unwrap();
+    assert!(status.success(), "the monitor driver failed: {status}");
+    serde_json::from_str(report.trim()).unwrap_or_else(|e| panic!("{e}: {report}"))
 }
 
 /// Joins the swarm through the tracker with an offer, connects to whoever answers,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use superpeer::master::config::MasterConfig;
 use superpeer::master::{ActivePolicy, Master};
 use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
@@ -55,10 +55,19 @@ fn rand_suffix() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn call(control: &ControlPlane, request: Request<Body>) -> (StatusCode, Value) {
+async fn call_raw(
+    control: &ControlPlane,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, axum::body::Bytes) {
     let response = control.clone().router().oneshot(request).await.unwrap();
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, headers, bytes)
+}
+
+async fn call(control: &ControlPlane, request: Request<Body>) -> (StatusCode, Value) {
+    let (status, _, bytes) = call_raw(control, request).await;
     let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!("{status}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
     });
@@ -126,11 +135,16 @@ async fn refuses_bad_policies_with_a_reason_and_keeps_the_running_one() {
 }
 
 #[tokio::test]
-async fn enforces_the_access_token_everywhere_but_health() {
+async fn enforces_the_access_token_everywhere_but_health_and_the_page() {
     let control = control(Some("s3cret")).await;
     for (method, path) in serve::ROUTES {
         let path = path.replace("{id}", "1").replace("{pid}", "1");
         let request = Request::builder().method(*method).uri(&path).body(Body::empty()).unwrap();
+        if path == "/" {
+            // The page holds no data; it asks for the token itself.
+            assert_eq!(call_raw(&control, request).await.0, StatusCode::OK);
+            continue;
+        }
         let (status, body) = call(&control, request).await;
         if path == "/health" {
             assert_eq!(status, StatusCode::OK);
@@ -145,6 +159,49 @@ async fn enforces_the_access_token_everywhere_but_health() {
     let right =
         Request::get("/stats").header("X-ACCESS-TOKEN", "s3cret").body(Body::empty()).unwrap();
     assert_eq!(call(&control, right).await.0, StatusCode::OK);
+    // What a Prometheus scrape config sends.
+    let bearer = |token: &str| {
+        Request::get("/metrics")
+            .header("Authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(call(&control, bearer("guess")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, headers, body) = call_raw(&control, bearer("s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).contains("\nsuperpeer_workers 0\n"));
+}
+
+#[tokio::test]
+async fn the_monitor_page_is_self_contained_and_locked_to_this_server() {
+    let control = control(Some("s3cret")).await;
+    let (status, headers, body) = call_raw(&control, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    assert!(page.contains("<table>") && page.contains("chart-uplink"));
+    for external in ["src=\"http", "href=\"http", "url(http", "@import", "//cdn"] {
+        assert!(!page.contains(external), "the page refers elsewhere: {external}");
+    }
+}
+
+#[tokio::test]
+async fn history_takes_a_since_time_and_refuses_anything_else() {
+    let control = control(None).await;
+    let (status, body) = call(&control, get("/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["spanSeconds"], 600);
+    assert!(body["samples"].is_array());
+    let (status, body) = call(&control, get(&format!("/history?since={}", u64::MAX))).await;
+    assert_eq!((status, body["samples"].clone()), (StatusCode::OK, json!([])));
+    for bad in ["/history?since=yesterday", "/history?since=-1", "/history?from=0"] {
+        let (status, body) = call(&control, get(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
 }
 
 #[tokio::test]

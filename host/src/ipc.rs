@@ -72,6 +72,12 @@ pub struct WorkerReport {
     /// Bytes fetched from the origin since the worker started.
     pub downloaded: u64,
     pub disk_cache_size: u64,
+    /// Segments sent to a viewer to their last byte.
+    #[serde(default)]
+    pub segments_served: u64,
+    /// Fetches from the origin that failed after their retries.
+    #[serde(default)]
+    pub fetch_errors: u64,
     /// Tracker connections open.
     pub trackers: u32,
     /// Segments held, and their bytes in memory.

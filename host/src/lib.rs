@@ -6,6 +6,7 @@
 pub mod dataplane;
 pub mod ipc;
 pub mod master;
+pub mod metrics;
 pub mod policy;
 pub mod serve;
 pub mod worker;

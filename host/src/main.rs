@@ -54,7 +54,12 @@ enum Command {
     },
     /// A worker process, started by `serve` (not by hand).
     #[command(hide = true)]
-    Worker,
+    Worker {
+        /// The channel it seeds: for its log lines and for `ps` (the seed itself comes
+        /// from the master over stdin).
+        #[arg(long, default_value = "")]
+        channel: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,7 +151,13 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve_main(&args, cli.log_format),
-        Command::Worker => superpeer::worker::main(),
+        Command::Worker { channel } => {
+            // Entered for the life of the process: the worker's event loop runs every
+            // task on this thread, so each of its log lines carries pid and channel.
+            let span = tracing::info_span!("worker", pid = std::process::id(), channel);
+            let _entered = span.enter();
+            superpeer::worker::main()
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => {
             let engine = PolicyEngine::new(PolicyLimits::default())?;
             let policy = engine.compile_file(&file)?;
@@ -228,7 +239,11 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a journal or a log file gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,5 +1,6 @@
 //! The master's HTTP control plane, compatible with the SwarmCloud super peer's REST
-//! API, plus policy management and an OpenAPI document.
+//! API, plus policy management, an OpenAPI document, Prometheus metrics and the
+//! monitor page.
 //!
 //! It owns request parsing, authentication and the answers; the master task owns the
 //! state. Compiling an uploaded policy runs on a blocking thread so a large upload never
@@ -28,7 +29,10 @@ use crate::policy::{PolicyEngine, PolicyError, PolicyRunner};
 
 /// Every route: method and path as in the OpenAPI document, which a test keeps equal.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
     ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/history"),
     ("GET", "/openapi.json"),
     ("POST", "/ping"),
     ("POST", "/seed"),
@@ -44,6 +48,19 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The OpenAPI 3.1 description of [`ROUTES`].
 pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The monitor page: one self-contained file (styles and script inline), so the binary
+/// serves everything it needs and nothing comes from elsewhere.
+pub const MONITOR_PAGE: &str = include_str!("monitor.html");
+
+/// What the page may load: only from this server; its own inline style and script.
+const MONITOR_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Paths anyone may read: the page holds no data (it asks for the token and sends it
+/// with its requests), and probes must not need a secret.
+const PUBLIC_PATHS: &[&str] = &["/", "/health"];
 
 /// Largest JSON body accepted (a seed list of a thousand items fits easily).
 const MAX_JSON_BODY: usize = 1 << 20;
@@ -95,11 +112,19 @@ impl ControlPlane {
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.access_token else { return Ok(()) };
-        let given = headers.get("x-access-token").map(|v| v.as_bytes()).unwrap_or_default();
-        if constant_time_eq(given, expected.as_bytes()) {
+        // `Authorization: Bearer` too, as Prometheus scrape configs can send it.
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::trim_ascii);
+        let given = headers.get("x-access-token").map(|v| v.as_bytes()).or(bearer);
+        if constant_time_eq(given.unwrap_or_default(), expected.as_bytes()) {
             Ok(())
         } else {
-            Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong X-ACCESS-TOKEN header".into()))
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong X-ACCESS-TOKEN (or Authorization: Bearer) header".into(),
+            ))
         }
     }
 }
@@ -109,7 +134,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/health" {
+    if PUBLIC_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     match control.authorize(request.headers()) {
@@ -120,7 +145,10 @@ async fn require_token(
 
 fn handlers(path: &str) -> MethodRouter<ControlPlane> {
     match path {
+        "/" => get(monitor),
         "/health" => get(health),
+        "/metrics" => get(metrics),
+        "/history" => get(history),
         "/openapi.json" => get(openapi),
         "/ping" => post(ping),
         "/seed" => post(seed),
@@ -208,6 +236,39 @@ fn ok(value: Value) -> ApiResult {
 
 async fn health(State(control): State<ControlPlane>) -> Json<Value> {
     Json(json!({ "status": "ok", "uptimeSeconds": control.started.elapsed().as_secs() }))
+}
+
+async fn monitor() -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-security-policy", MONITOR_CSP),
+            ("cache-control", "no-cache"),
+        ],
+        MONITOR_PAGE,
+    )
+        .into_response()
+}
+
+async fn metrics(State(control): State<ControlPlane>) -> ApiResult {
+    let stats = control.master.stats().await?;
+    Ok(([("content-type", crate::metrics::CONTENT_TYPE)], crate::metrics::render(&stats))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// Only samples taken after this time, ms since the Unix epoch.
+    since: Option<u64>,
+}
+
+async fn history(
+    State(control): State<ControlPlane>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    ok(json!(control.master.history(query.since).await?))
 }
 
 async fn openapi() -> ApiResult {

@@ -53,7 +53,7 @@ where
         wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
     let mut runner = PolicyRunner::start(engine.clone(), policy, seed_config(&start), clock())?;
-    tracing::info!(policy = %runner.policy(), channel = %start.seed.channel, "worker started");
+    tracing::info!(policy = %runner.policy(), "worker started");
     write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;
 
     // Reading a frame is not cancel-safe, so one task reads and the loop selects on a
@@ -121,6 +121,8 @@ where
                     uploaded: plane.uploaded(),
                     downloaded: plane.downloaded(),
                     disk_cache_size: plane.disk_cache_size(),
+                    segments_served: plane.segments_served(),
+                    fetch_errors: plane.fetch_errors(),
                     trackers: plane.trackers_open() as u32,
                     segments: plane.store().len() as u32,
                     memory_cache_size: plane.memory_cache_size(),
@@ -130,7 +132,7 @@ where
             }
         }
     }
-    tracing::info!(channel = %start.seed.channel, "worker stopping");
+    tracing::info!("worker stopping");
     // The policy's last turn: what it sends now (goodbyes to trackers) goes out before
     // the connections close. Whatever else it asks for has no future.
     events.push(Event::Stopping);

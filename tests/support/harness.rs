@@ -53,8 +53,11 @@ impl Superpeer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(line.clone());
                 if let Some(at) = line.find("superpeer listening on http://") {
-                    let addr =
-                        line[at + "superpeer listening on http://".len()..].trim().to_string();
+                    // Text or JSON logs: the address ends where host:port characters do.
+                    let addr = line[at + "superpeer listening on http://".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
                     let _ = found.send(addr);
                 }
                 // Keep draining so the master never blocks on a full pipe.
@@ -81,10 +84,23 @@ impl Superpeer {
         path: &str,
         body: &[u8],
     ) -> (u16, Value) {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
         let token = token.map(|t| format!("X-ACCESS-TOKEN: {t}\r\n")).unwrap_or_default();
+        let (status, _, body) = self.request_raw(method, path, &token, body);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// One HTTP/1.1 request with `headers` (each line ending in CRLF) as given; the
+    /// status, the response's head and its body as text.
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{token}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             body.len()
         );
@@ -94,8 +110,8 @@ impl Superpeer {
         stream.read_to_end(&mut response).unwrap();
         let text = String::from_utf8_lossy(&response);
         let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (status, head.to_string(), body.to_string())
     }
 
     pub fn ok(&self, method: &str, path: &str, body: Value) -> Value {

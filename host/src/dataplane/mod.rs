@@ -118,6 +118,8 @@ pub struct DataPlane {
     read_segments: ReadSegments,
     downloaded: u64,
     uploaded: u64,
+    segments_served: u64,
+    fetch_errors: u64,
 }
 
 impl DataPlane {
@@ -163,6 +165,8 @@ impl DataPlane {
             read_segments: ReadSegments::default(),
             downloaded: 0,
             uploaded: 0,
+            segments_served: 0,
+            fetch_errors: 0,
         };
         Ok((plane, inbox))
     }
@@ -273,6 +277,7 @@ impl DataPlane {
         for event in events {
             if let Event::SegmentSent(sent) = event {
                 self.uploaded += sent.bytes;
+                self.segments_served += u64::from(sent.complete);
             }
         }
     }
@@ -288,7 +293,6 @@ impl DataPlane {
         events
     }
 
-    /// Bytes of segments sent to viewers so far.
     /// A held segment's bytes. A disk copy that is gone or damaged (another worker
     /// evicted it, the cap did, or the disk failed) is dropped from the store, and the
     /// policy hears it was evicted.
@@ -350,8 +354,20 @@ impl DataPlane {
         self.udp_addr
     }
 
+    /// Bytes of segments sent to viewers so far.
     pub fn uploaded(&self) -> u64 {
         self.uploaded
+    }
+
+    /// Segments sent to a viewer to their last byte.
+    pub fn segments_served(&self) -> u64 {
+        self.segments_served
+    }
+
+    /// Playlist and segment fetches that failed after their retries (a segment looked
+    /// up only in the disk cache and not found there is not an error).
+    pub fn fetch_errors(&self) -> u64 {
+        self.fetch_errors
     }
 
     /// Viewers with a WebRTC connection.
@@ -392,6 +408,7 @@ impl DataPlane {
                     }
                     Event::FetchFailed(FetchFailed { fetch, .. }) => {
                         self.fetches.remove(fetch);
+                        self.fetch_errors += 1;
                     }
                     Event::TrackerClosed(closed) => {
                         self.trackers.remove(&closed.conn);

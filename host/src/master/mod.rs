@@ -6,6 +6,7 @@
 //! every worker has its own reader, writer and waiter tasks.
 
 pub mod config;
+pub mod history;
 pub mod procfs;
 pub mod scheduler;
 pub mod seeds;
@@ -22,6 +23,7 @@ use crate::dataplane::disk::DiskCacheConfig;
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
 use crate::policy::{PolicyLimits, PolicyMeta, Precompiled};
 use config::MasterConfig;
+use history::{Counters, History, WorkerReading};
 use scheduler::{Action, SeedView, WorkerView};
 use seeds::{SeedItem, SeedStore};
 
@@ -71,6 +73,7 @@ enum Message {
         reply: Reply<PingView>,
     },
     Stats(Reply<StatsView>),
+    History(Option<u64>, Reply<HistoryView>),
     StopAll(Reply<Result<usize, MasterError>>),
     Stop(String, Reply<Result<String, MasterError>>),
     RestartAll(Reply<usize>),
@@ -111,6 +114,11 @@ impl MasterHandle {
     pub async fn stats(&self) -> Result<StatsView, MasterError> {
         self.ask(Message::Stats).await
     }
+    /// Uplink and peers samples taken after `since_ms` (every one kept without it).
+    pub async fn history(&self, since_ms: Option<u64>) -> Result<HistoryView, MasterError> {
+        self.ask(|reply| Message::History(since_ms, reply)).await
+    }
+
     pub async fn stop_all(&self) -> Result<usize, MasterError> {
         self.ask(Message::StopAll).await?
     }
@@ -191,9 +199,26 @@ pub struct MasterStats {
     pub average_uplink: f64,
     /// CPU use of the master process, percent of one core.
     pub cpu: f64,
+    /// CPU time of the master process so far, seconds.
+    pub cpu_seconds: f64,
     pub capacity: usize,
     pub seeds: usize,
     pub policy: PolicyIdentity,
+    /// Viewers connected to all workers.
+    pub peers: u64,
+    /// Times a worker died and was restarted, over all seeds since the master started.
+    pub worker_restarts: u64,
+    /// Counters over every worker since the master started, exited ones included.
+    pub totals: Counters,
+}
+
+/// `GET /history`: samples for the monitor's charts.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryView {
+    pub interval_seconds: u64,
+    pub span_seconds: u64,
+    pub samples: Vec<history::Sample>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -222,6 +247,12 @@ pub struct WorkerStats {
     pub memory_cache_size: u64,
     /// CPU use over the last tick, percent of one core, measured from /proc.
     pub cpu: f64,
+    /// CPU time of the worker process so far, seconds, measured from /proc.
+    pub cpu_seconds: f64,
+    /// Segments sent to a viewer to their last byte.
+    pub segments_served: u64,
+    /// Origin fetches that failed after their retries.
+    pub fetch_errors: u64,
     /// Times this seed's worker died and was restarted.
     pub restarts: u32,
     pub policy: Option<PolicyMeta>,
@@ -270,6 +301,11 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// CPU seconds at the last reading.
+    fn seconds(&self) -> f64 {
+        self.last.map_or(0.0, |(_, seconds)| seconds)
+    }
+
     fn sample(&mut self, now: Instant, cpu_seconds: Option<f64>) {
         let Some(seconds) = cpu_seconds else { return };
         if let Some((at, before)) = self.last {
@@ -306,6 +342,10 @@ pub struct Master {
     started: Instant,
     cpu: CpuMeter,
     worker_log_format: String,
+    /// Counters of workers that exited, so totals never go backwards.
+    retired: Counters,
+    worker_restarts: u64,
+    history: History,
     /// The seed list on disk is behind the one in memory.
     unsaved: bool,
     _data_lock: std::fs::File,
@@ -364,6 +404,9 @@ impl Master {
             started: Instant::now(),
             cpu: CpuMeter::default(),
             worker_log_format: worker_log_format.to_string(),
+            retired: Counters::default(),
+            worker_restarts: 0,
+            history: History::default(),
             unsaved: false,
             _data_lock: data_lock,
         };
@@ -405,6 +448,13 @@ impl Master {
             }
             Message::Stats(reply) => {
                 let _ = reply.send(self.stats());
+            }
+            Message::History(since, reply) => {
+                let _ = reply.send(HistoryView {
+                    interval_seconds: TICK.as_secs(),
+                    span_seconds: history::HISTORY_SPAN.as_secs(),
+                    samples: self.history.since(since),
+                });
             }
             Message::StopAll(reply) => {
                 let count = self.seeds.len();
@@ -581,6 +631,16 @@ impl Master {
         for pid in overdue {
             tracing::warn!(pid, "worker did not stop in time; killed");
         }
+        let readings: Vec<WorkerReading> = self
+            .workers
+            .iter()
+            .map(|(pid, w)| WorkerReading {
+                pid: *pid,
+                uploaded: w.report.uploaded,
+                peers: w.report.viewers,
+            })
+            .collect();
+        self.history.record(now, now_ms(), &readings);
         self.schedule();
     }
 
@@ -665,7 +725,7 @@ impl Master {
             }),
             advertise_ip: self.config.public_ip,
         };
-        match spawn_process(&self.worker_log_format, start, self.tx.clone()) {
+        match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
                 tracing::info!(pid, channel, "worker spawned");
                 let now = Instant::now();
@@ -749,6 +809,7 @@ impl Master {
 
     fn on_exit(&mut self, pid: u32, code: Option<i32>) {
         let Some(worker) = self.workers.remove(&pid) else { return };
+        self.retired = self.retired + Counters::of(&worker.report);
         match worker.stopping {
             Some((Stopping::Retire, _)) => {
                 tracing::info!(pid, channel = %worker.channel, "worker stopped")
@@ -761,6 +822,7 @@ impl Master {
                 {
                     seed.crashes += 1;
                     seed.restarts += 1;
+                    self.worker_restarts += 1;
                     let delay = restart_delay(seed.crashes);
                     seed.retry_at = Some(Instant::now() + delay);
                     tracing::warn!(
@@ -850,6 +912,9 @@ impl Master {
                     segments: w.report.segments,
                     memory_cache_size: w.report.memory_cache_size,
                     cpu: w.cpu.percent,
+                    cpu_seconds: w.cpu.seconds(),
+                    segments_served: w.report.segments_served,
+                    fetch_errors: w.report.fetch_errors,
                     restarts: seed.map_or(0, |s| s.restarts),
                     policy: w.policy.clone(),
                     state: match (w.stopping, &w.policy) {
@@ -867,11 +932,15 @@ impl Master {
             master: MasterStats {
                 memory: procfs::rss_bytes(std::process::id()).unwrap_or(0),
                 elapsed: self.started.elapsed().as_secs(),
-                average_uplink: workers.values().map(|w| w.average_uplink).sum(),
+                average_uplink: workers.values().fold(0.0, |sum, w| sum + w.average_uplink),
                 cpu: self.cpu.percent,
+                cpu_seconds: self.cpu.seconds(),
                 capacity: self.capacity(),
                 seeds: self.seeds.len(),
                 policy: self.policy.as_ref().into(),
+                peers: workers.values().map(|w| u64::from(w.peers)).sum(),
+                worker_restarts: self.worker_restarts,
+                totals: self.retired + self.workers.values().map(|w| Counters::of(&w.report)).sum(),
             },
             workers,
         }
@@ -910,12 +979,14 @@ fn restart_delay(crashes: u32) -> Duration {
 /// that kills it.
 fn spawn_process(
     log_format: &str,
+    channel: &str,
     start: WorkerStart,
     master: mpsc::Sender<Message>,
 ) -> std::io::Result<(u32, mpsc::Sender<ToWorker>, oneshot::Sender<()>)> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["--log-format", log_format, "worker"])
+        // `=`: a channel id may begin with `-`.
+        .args(["--log-format", log_format, "worker", &format!("--channel={channel}")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
