@@ -157,6 +157,14 @@ page="$origin/player.html?manifest=$(jq -rn --arg v "$manifest" '$v|@uri')&track
 ) &
 monitor=$!
 helpers+=($monitor)
+screenshot=${DEMO_SCREENSHOT:-target/demo/monitor.png}
+mkdir -p "$(dirname "$screenshot")"
+echo "The monitor page is at $url/ (token $token); a screenshot of it is taken while they watch."
+# A few seconds before the viewers are done, while they still play.
+node tests/support/monitor.mjs --url "$url/" --token "$token" --screenshot "$screenshot" \
+  --look "$((seconds > 10 ? seconds - 5 : seconds))" >"$work/monitor.json" 2>&1 &
+looker=$!
+helpers+=($looker)
 node tests/support/viewers.mjs --page "$page" --viewers "$viewers" --seconds "$seconds" >"$work/viewers.jsonl" &
 driver=$!
 helpers+=($driver)
@@ -164,6 +172,11 @@ tail -f --pid "$driver" "$work/viewers.jsonl" | jq --unbuffered -r 'select(.type
   "  viewer \(.key + 1): played \(.value.played) s, \(.value.peers) peer(s), P2P \(.value.p2pBytes / 1e6 * 10 | round / 10) MB, HTTP \(.value.httpBytes / 1e6 * 10 | round / 10) MB, stalls \(.value.stalls)"'
 wait "$driver"
 kill "$monitor" 2>/dev/null || true
+wait "$looker" && echo "monitor screenshot: $screenshot" || echo "no monitor screenshot: $(cat "$work/monitor.json")"
+
+step "Prometheus metrics (GET /metrics, a few of them)"
+curl -sS -H "Authorization: Bearer $token" "$url/metrics" |
+  grep -E '^superpeer_(peers|uploaded_bytes_total|segments_served_total|worker_peers|worker_uploaded_bytes_total|worker_cpu_seconds_total)[ {]'
 
 step "Summary"
 # Viewers also trade segments among themselves: P2P counts bytes from any peer.

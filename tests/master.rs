@@ -572,7 +572,7 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
     assert!(gone(&stats, pid));
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot");
-    println!("monitor screenshot: {}", screenshot.display());
+    eprintln!("monitor screenshot: {}", screenshot.display());
     master.stop();
 }
 

@@ -18,7 +18,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A super peer for P2P HLS streaming: it joins a stream's swarm like a viewer, fetches
 /// the stream from the origin and uploads it to viewers over WebRTC.
 #[derive(Debug, Parser)]
-#[command(name = "superpeer", version, about)]
+#[command(
+    name = "superpeer",
+    version,
+    about,
+    after_help = "Start with `superpeer serve`, then open http://<host>:<listenPort>/ for the \
+                  monitor.\nThe REST API is described at /openapi.json; metrics are at /metrics."
+)]
 struct Cli {
     /// Log format; `RUST_LOG` sets the levels (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SUPERPEER_LOG_FORMAT")]
@@ -44,8 +50,10 @@ impl LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the master: the REST control plane and the workers that seed channels.
-    /// Reads `.env` from the working directory; each flag overrides its key.
+    /// Run the master: the REST control plane, the monitor page, the metrics and the
+    /// workers that seed channels. Reads `.env` from the working directory; each flag
+    /// overrides its key.
+    #[command(after_long_help = superpeer::master::config::key_reference())]
     Serve(Box<ServeArgs>),
     /// Work with policy components.
     Policy {
@@ -94,7 +102,7 @@ struct ServeArgs {
     idle_grace_seconds: Option<u64>,
     /// `publicIp`: the address viewers reach workers on; without it workers accept
     /// viewers on this machine only.
-    #[arg(long)]
+    #[arg(long, env = "SUPERPEER_PUBLIC_IP")]
     public_ip: Option<String>,
     /// `cacheDir`: the disk cache all workers share (default `<dataDir>/cache`).
     #[arg(long)]
@@ -105,6 +113,10 @@ struct ServeArgs {
     /// `udpPorts`: UDP ports for workers, `first-last`, one per worker (default: any free).
     #[arg(long)]
     udp_ports: Option<String>,
+    /// Check the configuration and the policy, print what would run as JSON, and exit
+    /// (non-zero, naming the problem, if superpeer would refuse to start).
+    #[arg(long)]
+    check: bool,
 }
 
 impl ServeArgs {
@@ -186,6 +198,23 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     PolicyRunner::canary(&engine, &policy)
         .with_context(|| format!("policy {source} was refused"))?;
     let precompiled = engine.precompile(&wasm)?;
+    if args.check {
+        let summary = serde_json::json!({
+            "listen": config.listen.to_string(),
+            "accessToken": if config.access_token.is_some() { "set" } else { "not set" },
+            "trackers": config.default_trackers,
+            "dataDir": config.data_dir,
+            "cacheDir": config.cache_dir,
+            "cacheBytes": config.cache_bytes,
+            "maxWorkers": config.max_workers,
+            "bandwidth": config.bandwidth_mbps,
+            "publicIp": config.public_ip,
+            "udpPorts": config.udp_ports,
+            "policy": policy.meta(),
+            "policySource": source,
+        });
+        return write_stdout(&serde_json::to_string_pretty(&summary)?);
+    }
     tracing::info!(policy = %policy.meta(), %source, "policy loaded");
     let active = ActivePolicy { meta: policy.meta().clone(), source, precompiled };
 

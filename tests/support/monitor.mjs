@@ -5,6 +5,7 @@
 //   node monitor.mjs --url URL --token TOKEN --screenshot OUT.png
 // Prints one JSON line: {before, after, channel, row, uplinkPoints, peersPoints,
 // refusal, foreign, pageErrors}. Exits non-zero if a step did not happen in time.
+// With `--look SECONDS` it only logs in, waits that long, and saves the screenshot.
 import { launchChromium } from './chromium.mjs'
 
 const args = process.argv.slice(2)
@@ -15,6 +16,7 @@ const option = (name) => {
 const url = option('--url')
 const token = option('--token')
 const screenshot = option('--screenshot')
+const look = option('--look')
 if (!url || !token || !screenshot) {
   console.error('usage: monitor.mjs --url URL --token TOKEN --screenshot OUT.png')
   process.exit(2)
@@ -42,6 +44,15 @@ try {
 
   await page.goto(url)
   await page.locator('#login').waitFor({ state: 'visible' })
+  if (look !== undefined) {
+    await page.fill('#token', token)
+    await page.click('#connect')
+    await page.locator('#dashboard').waitFor({ state: 'visible' })
+    await page.waitForTimeout(Number(look) * 1000)
+    await page.screenshot({ path: screenshot, fullPage: true })
+    console.log(JSON.stringify({ screenshot, foreign, pageErrors }))
+    await stop(0)
+  }
   await page.fill('#token', 'not-the-token')
   await page.click('#connect')
   await page.waitForFunction(() => document.getElementById('login-error').textContent.includes('refused'))

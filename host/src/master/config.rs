@@ -57,26 +57,58 @@ fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_string(), problem: problem.into() }
 }
 
+/// One `.env` key: its name, its default and what it means, as `--help` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn key(name: &'static str, default: &'static str, meaning: &'static str) -> Key {
+    Key { name, default, meaning }
+}
+
 /// The keys this version understands; any other key in `.env` is an error, so a typo
 /// does not silently fall back to a default.
-pub const KEYS: &[&str] = &[
-    "listenPort",
-    "bindAddress",
-    "accessToken",
-    "signal1",
-    "signal2",
-    "dataDir",
-    "policyFile",
-    "policyLimits",
-    "maxWorkers",
-    "bandwidth",
-    "idleGraceSeconds",
-    "minViewers",
-    "publicIp",
-    "udpPorts",
-    "cacheDir",
-    "cacheSize",
+pub const KEYS: &[Key] = &[
+    key("listenPort", "8080", "port of the REST API and monitor; 0 picks a free one"),
+    key("bindAddress", "0.0.0.0", "address the REST API listens on"),
+    key("accessToken", "none", "required in X-ACCESS-TOKEN on every request but / and /health"),
+    key("signal1", "none", "default tracker (ws:// or wss://) for seeds that name none"),
+    key("signal2", "none", "a second default tracker"),
+    key("dataDir", "data", "where the seed list (seeds.json) is kept"),
+    key("policyFile", "embedded", "policy component (.wasm) to start with"),
+    key("policyLimits", "built in", "JSON object overriding policy limits field by field"),
+    key("maxWorkers", "one per core", "most worker processes (still within memory, bandwidth)"),
+    key("bandwidth", "none", "upload capacity in Mbit/s, for sizing (1000 per worker)"),
+    key("idleGraceSeconds", "600", "how long a worker may have < minViewers before eviction"),
+    key("minViewers", "1", "below this many viewers a worker counts as idle"),
+    key("publicIp", "none", "address viewers reach workers on; without it, 127.0.0.1 only"),
+    key("udpPorts", "any free", "UDP ports for workers, first-last, one per worker"),
+    key("cacheDir", "<dataDir>/cache", "the disk cache every worker shares"),
+    key("cacheSize", "10G", "most the disk cache holds (K, M, G, T: powers of 1024)"),
 ];
+
+/// Every key, its default and meaning, one per line: the tail of `serve --help`.
+pub fn key_reference() -> String {
+    let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    let mut text = String::from(".env keys (each flag above overrides its key):\n");
+    for k in KEYS {
+        text.push_str(&format!(
+            "  {:width$}  {} (default: {})\n",
+            k.name,
+            k.meaning,
+            k.default,
+            width = width
+        ));
+    }
+    text.push_str(
+        "\nEnvironment: RUST_LOG sets log levels (default info); SUPERPEER_LOG_FORMAT,\n",
+    );
+    text.push_str("SUPERPEER_ACCESS_TOKEN and SUPERPEER_PUBLIC_IP stand for their flags.");
+    text
+}
 
 /// Reads `KEY=VALUE` lines: `#` comments, blank lines, optional `export `, optional
 /// single or double quotes around the value.
@@ -111,8 +143,9 @@ impl MasterConfig {
     ) -> Result<Self, ConfigError> {
         let mut values = env.clone();
         values.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
-        if let Some(unknown) = values.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(bad(unknown, format!("unknown key; known keys: {}", KEYS.join(", "))));
+        if let Some(unknown) = values.keys().find(|k| !KEYS.iter().any(|key| key.name == *k)) {
+            let known: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+            return Err(bad(unknown, format!("unknown key; known keys: {}", known.join(", "))));
         }
         let get = |key: &str| values.get(key).map(String::as_str).filter(|v| !v.is_empty());
         fn number<T: std::str::FromStr>(

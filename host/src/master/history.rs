@@ -90,43 +90,66 @@ pub struct WorkerSample {
     pub peers: u32,
 }
 
-/// What a worker looks like at a sample: its pid, bytes uploaded so far and peers.
+/// What a worker looks like at a sample: its pid, when it last reported (None before
+/// its first report), the bytes it had uploaded then, and its peers.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerReading {
     pub pid: u32,
+    pub reported_at: Option<Instant>,
     pub uploaded: u64,
     pub peers: u32,
+}
+
+/// A worker's last report as the history saw it, and the rate it gave.
+#[derive(Debug, Clone, Copy)]
+struct LastReport {
+    at: Instant,
+    uploaded: u64,
+    mbps: f64,
 }
 
 /// Uplink and peers over the last [`HISTORY_SPAN`].
 #[derive(Debug, Default)]
 pub struct History {
     samples: VecDeque<(Instant, Sample)>,
-    /// The previous reading's time and bytes uploaded per pid, for rates.
-    previous: Option<(Instant, BTreeMap<u32, u64>)>,
+    last_reports: BTreeMap<u32, LastReport>,
 }
 
 impl History {
-    /// Adds a sample; a worker's uplink is its bytes since the previous sample (a new
-    /// worker's count starts at its first reading, so it never shows a spike).
+    /// Adds a sample. A worker's uplink is the rate between its last two reports, timed
+    /// by when they arrived: workers report on their own clock, so bytes counted
+    /// between this master's samples would alternate between nothing and double. A new
+    /// worker starts at zero rather than with a spike of everything it ever sent.
     pub fn record(&mut self, now: Instant, at_ms: u64, workers: &[WorkerReading]) {
-        let elapsed = self.previous.as_ref().map(|(t, _)| now.saturating_duration_since(*t));
-        let mbps = |bytes: u64| match elapsed {
-            Some(d) if !d.is_zero() => bytes as f64 * 8.0 / d.as_secs_f64() / 1e6,
-            _ => 0.0,
-        };
-        let before = self.previous.as_ref().map(|(_, b)| b);
+        let mut reports = BTreeMap::new();
         let per_worker: BTreeMap<String, WorkerSample> = workers
             .iter()
             .map(|w| {
-                let earlier = before.and_then(|b| b.get(&w.pid)).copied().unwrap_or(w.uploaded);
-                let sample = WorkerSample {
-                    uplink_mbps: mbps(w.uploaded.saturating_sub(earlier)),
-                    peers: w.peers,
+                let last = self.last_reports.get(&w.pid).copied();
+                let report = match (w.reported_at, last) {
+                    (Some(at), Some(last)) if at > last.at => {
+                        let seconds = at.duration_since(last.at).as_secs_f64();
+                        let bytes = w.uploaded.saturating_sub(last.uploaded);
+                        Some(LastReport {
+                            at,
+                            uploaded: w.uploaded,
+                            mbps: bytes as f64 * 8.0 / seconds / 1e6,
+                        })
+                    }
+                    (_, Some(last)) => Some(last),
+                    (Some(at), None) => Some(LastReport { at, uploaded: w.uploaded, mbps: 0.0 }),
+                    (None, None) => None,
                 };
+                if let Some(report) = report {
+                    reports.insert(w.pid, report);
+                }
+                let sample =
+                    WorkerSample { uplink_mbps: report.map_or(0.0, |r| r.mbps), peers: w.peers };
                 (w.pid.to_string(), sample)
             })
             .collect();
+        // Workers that are gone are forgotten with this.
+        self.last_reports = reports;
         let sample = Sample {
             at: at_ms,
             // Folded from +0.0: an empty `sum` of floats is -0.0.
@@ -142,7 +165,6 @@ impl History {
         {
             self.samples.pop_front();
         }
-        self.previous = Some((now, workers.iter().map(|w| (w.pid, w.uploaded)).collect()));
     }
 
     /// Samples taken after `since_ms` (all of them without it), oldest first.
@@ -160,21 +182,27 @@ impl History {
 mod tests {
     use super::*;
 
-    fn reading(pid: u32, uploaded: u64, peers: u32) -> WorkerReading {
-        WorkerReading { pid, uploaded, peers }
+    fn reading(pid: u32, reported_at: Instant, uploaded: u64, peers: u32) -> WorkerReading {
+        WorkerReading { pid, reported_at: Some(reported_at), uploaded, peers }
     }
 
     #[test]
-    fn rates_come_from_bytes_between_samples_per_worker() {
+    fn rates_come_from_bytes_between_reports_per_worker() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut history = History::default();
-        history.record(t0, 1_000, &[reading(7, 5_000_000, 3)]);
-        // One second later worker 7 sent 1.25 MB more (10 Mbit/s); worker 9 is new.
-        let t1 = t0 + Duration::from_secs(1);
-        history.record(t1, 2_000, &[reading(7, 6_250_000, 4), reading(9, 80_000_000, 2)]);
+        history.record(t0, 1_000, &[reading(7, t0, 5_000_000, 3)]);
+        // Worker 7's next report came 1 s after its first with 1.25 MB more (10 Mbit/s);
+        // worker 9 is new.
+        let t1 = t0 + ms(1_000);
+        history.record(
+            t1,
+            2_000,
+            &[reading(7, t0 + ms(1_000), 6_250_000, 4), reading(9, t1, 80_000_000, 2)],
+        );
         let samples = history.since(None);
         assert_eq!(samples.len(), 2);
-        assert_eq!(samples[0].uplink_mbps, 0.0, "no rate before a second reading");
+        assert_eq!(samples[0].uplink_mbps, 0.0, "no rate before a second report");
         assert_eq!(samples[0].peers, 3);
         let last = &samples[1];
         assert!((last.workers["7"].uplink_mbps - 10.0).abs() < 1e-9);
@@ -183,6 +211,21 @@ mod tests {
         assert_eq!(last.peers, 6);
         assert_eq!(history.since(Some(1_000)), vec![last.clone()]);
         assert!(history.since(Some(2_000)).is_empty());
+    }
+
+    #[test]
+    fn a_sample_without_a_new_report_keeps_the_last_rate_instead_of_zero() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut history = History::default();
+        history.record(t0, 0, &[reading(7, t0, 0, 1)]);
+        history.record(t0 + s(1), 1, &[reading(7, t0 + s(1), 1_000_000, 1)]);
+        // No report arrived between these two samples.
+        history.record(t0 + s(2), 2, &[reading(7, t0 + s(1), 1_000_000, 1)]);
+        // Then one with two seconds' worth.
+        history.record(t0 + s(3), 3, &[reading(7, t0 + s(3), 3_000_000, 1)]);
+        let rates: Vec<f64> = history.since(None).iter().map(|s| s.uplink_mbps).collect();
+        assert_eq!(rates, vec![0.0, 8.0, 8.0, 8.0]);
     }
 
     #[test]

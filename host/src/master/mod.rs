@@ -286,6 +286,8 @@ struct Worker {
     kill: Option<oneshot::Sender<()>>,
     policy: Option<PolicyMeta>,
     report: WorkerReport,
+    /// When `report` arrived; None before the first.
+    reported_at: Option<Instant>,
     idle_since: Option<Instant>,
     stopping: Option<(Stopping, Instant)>,
     cpu: CpuMeter,
@@ -636,6 +638,7 @@ impl Master {
             .iter()
             .map(|(pid, w)| WorkerReading {
                 pid: *pid,
+                reported_at: w.reported_at,
                 uploaded: w.report.uploaded,
                 peers: w.report.viewers,
             })
@@ -738,6 +741,7 @@ impl Master {
                         kill: Some(kill),
                         policy: None,
                         report: WorkerReport::default(),
+                        reported_at: None,
                         idle_since: Some(now),
                         stopping: None,
                         cpu: CpuMeter::default(),
@@ -788,6 +792,7 @@ impl Master {
                     worker.uplink.pop_front();
                 }
                 worker.report = *report;
+                worker.reported_at = Some(now);
                 if now.duration_since(worker.started) > HEALTHY_AFTER
                     && let Some(seed) =
                         self.seeds.iter_mut().find(|s| s.item.channel == worker.channel)
