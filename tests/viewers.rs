@@ -54,6 +54,6 @@ fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
             .any(|w| w["uploaded"].as_u64() >= summary["bytes"].as_u64())
     });
     let worker = stats["workers"].as_object().unwrap().values().next().unwrap().clone();
-    assert_eq!(worker["policyStats"]["faults"], 0);
+    assert_eq!(worker["policyStats"]["faults"], 0, "{:#}", worker["policyStats"]);
     master.stop();
 }

@@ -129,18 +129,6 @@ const COUNTERS: &[CounterMetric] = &[
     },
 ];
 
-fn worker_counters(worker: &WorkerStats) -> Counters {
-    Counters {
-        uploaded: worker.uploaded,
-        downloaded: worker.downloaded,
-        segments_served: worker.segments_served,
-        fetch_errors: worker.fetch_errors,
-        policy_traps: worker.policy_stats.faults,
-        policy_rollbacks: worker.policy_stats.rollbacks,
-        policy_swaps: worker.policy_stats.swaps,
-    }
-}
-
 /// One sample per worker, labelled by its pid.
 fn per_worker<'a>(
     workers: &'a [(&'a String, &'a WorkerStats)],
@@ -256,7 +244,7 @@ pub fn render(stats: &StatsView) -> String {
             &format!("superpeer_worker_{name}"),
             Kind::Counter,
             help,
-            per_worker(&workers, |w| get(&worker_counters(w)) as f64),
+            per_worker(&workers, |w| get(&w.counters) as f64),
         );
     }
     out.family(

@@ -267,7 +267,7 @@ async fn history(
     State(control): State<ControlPlane>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let query = query_params(query)?;
     ok(json!(control.master.history(query.since).await?))
 }
 
@@ -312,6 +312,13 @@ async fn seed(
 
 async fn stats(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!(control.master.stats().await?))
+}
+
+/// The query parameters, or a JSON 400 naming what is wrong with them.
+fn query_params<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|Query(params)| params).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
 /// The path parameter, or a JSON 400 (a path that is not valid UTF-8 once decoded).
@@ -393,7 +400,7 @@ async fn post_policy(
     target: Result<Query<PolicyTarget>, axum::extract::rejection::QueryRejection>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    let Query(target) = target.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let target = query_params(target)?;
     let body = body_of(body)?;
     if body.is_empty() {
         return Err(ApiError(

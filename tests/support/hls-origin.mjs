@@ -12,16 +12,12 @@ import { createReadStream, existsSync, mkdirSync, readFileSync, statSync } from 
 import { createServer } from 'node:http'
 import { extname, join } from 'node:path'
 import { contentTypes, inside, pageFile } from './pages.mjs'
+import { flag, option } from './cli.mjs'
 
-const args = process.argv.slice(2)
-const option = (name, fallback) => {
-  const at = args.indexOf(name)
-  return at >= 0 ? args[at + 1] : fallback
-}
 const root = option('--dir')
-const live = args.includes('--live')
+const live = flag('--live')
 const seconds = Number(option('--seconds', '60'))
-if (!root || (live === args.includes('--vod'))) {
+if (!root || (live === flag('--vod'))) {
   console.error('usage: hls-origin.mjs --dir DIR (--vod [--seconds N] | --live)')
   process.exit(2)
 }

@@ -7,12 +7,8 @@
 // refusal, foreign, pageErrors}. Exits non-zero if a step did not happen in time.
 // With `--look SECONDS` it only logs in, waits that long, and saves the screenshot.
 import { launchChromium } from './chromium.mjs'
+import { option } from './cli.mjs'
 
-const args = process.argv.slice(2)
-const option = (name) => {
-  const at = args.indexOf(name)
-  return at >= 0 ? args[at + 1] : undefined
-}
 const url = option('--url')
 const token = option('--token')
 const screenshot = option('--screenshot')

@@ -13,12 +13,8 @@ import { extname } from 'node:path'
 import { createInterface } from 'node:readline'
 import { launchChromium } from './chromium.mjs'
 import { contentTypes, pageFile } from './pages.mjs'
+import { option } from './cli.mjs'
 
-const args = process.argv.slice(2)
-const option = (name) => {
-  const at = args.indexOf(name)
-  return at >= 0 ? args[at + 1] : undefined
-}
 const manifest = option('--manifest')
 const trackers = option('--trackers')
 if (!manifest || !trackers) {

@@ -8,12 +8,8 @@
 // every segment that came over P2P and of every fragment hls.js consumed.
 // Exits non-zero only if the browser itself could not run; judging is the caller's.
 import { launchChromium } from './chromium.mjs'
+import { option } from './cli.mjs'
 
-const args = process.argv.slice(2)
-const option = (name, fallback) => {
-  const at = args.indexOf(name)
-  return at >= 0 ? args[at + 1] : fallback
-}
 const page = option('--page')
 const count = Number(option('--viewers', '1'))
 const seconds = Number(option('--seconds', '30'))

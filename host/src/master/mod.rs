@@ -260,6 +260,9 @@ pub struct WorkerStats {
     pub state: &'static str,
     pub label: String,
     pub policy_stats: crate::policy::PolicyStats,
+    /// The counters above as one value, for totals and metrics.
+    #[serde(skip)]
+    pub counters: Counters,
 }
 
 struct Seed {
@@ -929,6 +932,7 @@ impl Master {
                     },
                     label: item.map(|i| i.label.clone()).unwrap_or_default(),
                     policy_stats: w.report.policy.clone(),
+                    counters: Counters::of(&w.report),
                 };
                 (pid.to_string(), stats)
             })
@@ -945,7 +949,7 @@ impl Master {
                 policy: self.policy.as_ref().into(),
                 peers: workers.values().map(|w| u64::from(w.peers)).sum(),
                 worker_restarts: self.worker_restarts,
-                totals: self.retired + self.workers.values().map(|w| Counters::of(&w.report)).sum(),
+                totals: self.retired + workers.values().map(|w| w.counters).sum(),
             },
             workers,
         }

@@ -12,7 +12,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Policy, PolicyPre, superpeer::policy as world};
@@ -251,6 +254,8 @@ impl PolicyEngine {
             clock,
             rng: SmallRng::from_os_rng(),
             log: GuestLog::new(&policy.meta.name, limits),
+            call_deadline: limits.init_deadline,
+            call_cpu_start: thread_cpu_time(),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.limiter);
@@ -258,7 +263,19 @@ impl PolicyEngine {
         // strings in many commands may all point at the same guest buffer.
         store.set_hostcall_fuel(limits.max_output_bytes);
         store.data_mut().table.set_max_capacity(256);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|mut store| {
+            let data = store.data_mut();
+            // The epoch runs on wall time; the deadline is CPU time of the calling
+            // thread, so a call preempted on a busy machine is given back the time it
+            // did not run. A guest that loops still burns CPU and is stopped.
+            let now = thread_cpu_time();
+            Ok(match cpu_time_left(data.call_deadline, data.call_cpu_start, now) {
+                Some(left) => {
+                    UpdateDeadline::Continue(PolicyLimits::ticks(left, EPOCH_TICK).max(1))
+                }
+                None => UpdateDeadline::Interrupt,
+            })
+        });
         // Instantiation runs the component's start-up code, which must obey a deadline too.
         store.set_epoch_deadline(PolicyLimits::ticks(limits.init_deadline, EPOCH_TICK));
         let bindings = {
@@ -493,6 +510,8 @@ impl PolicyInstance {
         data.clock = clock;
         data.log.lines_this_call = 0;
         data.log.last_error = None;
+        data.call_deadline = deadline;
+        data.call_cpu_start = thread_cpu_time();
         self.store.set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
         let _running = self.ticker.running();
         let started = Instant::now();
@@ -535,6 +554,27 @@ pub(crate) struct StoreData {
     clock: Clock,
     rng: SmallRng,
     log: GuestLog,
+    /// The running call's deadline, in CPU time of the thread that made it.
+    call_deadline: Duration,
+    /// That thread's CPU time when the call began; None where there is no such clock.
+    call_cpu_start: Option<Duration>,
+}
+
+/// How much of `deadline` a call that began at thread CPU time `start` has left at
+/// `now`; None when it has run out, or without a thread CPU clock (the wall-clock
+/// deadline then stands).
+fn cpu_time_left(
+    deadline: Duration,
+    start: Option<Duration>,
+    now: Option<Duration>,
+) -> Option<Duration> {
+    let used = now?.checked_sub(start?)?;
+    deadline.checked_sub(used).filter(|left| !left.is_zero())
+}
+
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok().map(Duration::from)
 }
 
 impl WasiView for StoreData {
@@ -675,7 +715,34 @@ impl world::host::Host for StoreData {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_controls;
+    use std::time::Duration;
+
+    use super::{cpu_time_left, escape_controls, thread_cpu_time};
+
+    #[test]
+    fn the_deadline_counts_cpu_time_not_time_spent_waiting() {
+        let ms = Duration::from_millis;
+        // 5 ms of wall time passed but the thread ran for 1 ms: 4 ms are left.
+        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(101))), Some(ms(4)));
+        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(105))), None);
+        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(200))), None);
+        assert_eq!(cpu_time_left(ms(5), None, Some(ms(1))), None, "no clock: wall time rules");
+        assert_eq!(cpu_time_left(ms(5), Some(ms(1)), None), None);
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_advances_with_work_and_not_with_sleep() {
+        let start = thread_cpu_time().expect("Linux has a thread CPU clock");
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_cpu_time().unwrap() - start;
+        assert!(slept < Duration::from_millis(20), "sleeping used {slept:?} of CPU");
+        let mut x = 0u64;
+        let begun = thread_cpu_time().unwrap();
+        while thread_cpu_time().unwrap() - begun < Duration::from_millis(5) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(x > 0);
+    }
 
     #[test]
     fn log_lines_cannot_forge_lines_or_drive_terminals() {
