@@ -547,6 +547,11 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
         assert!(metrics.value(family, &[]).is_some(), "{family}");
     }
 
+    // A label is the API user's text: the page must show it, not run it.
+    let label = "<img src=x onerror=\"document.title='owned'\"><b>news</b>";
+    let reseed = json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url, "label": label}]});
+    master.ok("POST", "/seed", reseed);
+
     // The worker's own log lines name it.
     let tag = format!("worker{{pid={pid} channel={channel:?}}}");
     let logged =
@@ -560,6 +565,8 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
     assert_eq!(driven["before"], pid_label, "the page showed the worker: {driven}");
     assert_eq!(driven["channel"], channel);
     assert!(driven["row"].as_str().unwrap().contains("1.9 KB"), "uploaded in the row: {driven}");
+    assert!(driven["row"].as_str().unwrap().contains(label), "the label as text: {driven}");
+    assert_eq!(driven["title"], "superpeer monitor", "no markup of the label ran");
     assert!(driven["uplinkPoints"].as_u64() >= Some(2), "{driven}");
     assert!(driven["peersPoints"].as_u64() >= Some(2), "{driven}");
     assert!(driven["refusal"].as_str().unwrap().contains("refused"), "{driven}");
@@ -570,6 +577,11 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
     let stats = master.stats();
     assert_eq!(one_worker(&stats, &channel), Some(after), "the new pid is the channel's worker");
     assert!(gone(&stats, pid));
+    // The exited worker's upload still counts in the totals.
+    let (_, _, text) = master.request_raw("GET", "/metrics", &bearer, b"");
+    let metrics = prometheus::parse(&text).unwrap();
+    assert_eq!(metrics.value("superpeer_uploaded_bytes_total", &[]), Some(1880.0));
+    assert_eq!(metrics.value("superpeer_segments_served_total", &[]), Some(1.0));
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot");
     eprintln!("monitor screenshot: {}", screenshot.display());

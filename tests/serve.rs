@@ -189,15 +189,15 @@ async fn the_monitor_page_is_self_contained_and_locked_to_this_server() {
 }
 
 #[tokio::test]
-async fn history_takes_a_since_time_and_refuses_anything_else() {
+async fn history_takes_a_sample_number_to_start_after_and_refuses_anything_else() {
     let control = control(None).await;
     let (status, body) = call(&control, get("/history")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["spanSeconds"], 600);
     assert!(body["samples"].is_array());
-    let (status, body) = call(&control, get(&format!("/history?since={}", u64::MAX))).await;
+    let (status, body) = call(&control, get(&format!("/history?after={}", u64::MAX))).await;
     assert_eq!((status, body["samples"].clone()), (StatusCode::OK, json!([])));
-    for bad in ["/history?since=yesterday", "/history?since=-1", "/history?from=0"] {
+    for bad in ["/history?after=yesterday", "/history?after=-1", "/history?since=0"] {
         let (status, body) = call(&control, get(bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(body["error"].is_string(), "{bad}: {body}");

@@ -113,8 +113,9 @@ struct ServeArgs {
     /// `udpPorts`: UDP ports for workers, `first-last`, one per worker (default: any free).
     #[arg(long)]
     udp_ports: Option<String>,
-    /// Check the configuration and the policy, print what would run as JSON, and exit
-    /// (non-zero, naming the problem, if superpeer would refuse to start).
+    /// Check the configuration (every key) and the policy (compiled and started once),
+    /// print what would run as JSON, and exit: non-zero, naming the problem, if either
+    /// is refused. It does not try the port or the data directory.
     #[arg(long)]
     check: bool,
 }

@@ -259,8 +259,8 @@ async fn metrics(State(control): State<ControlPlane>) -> ApiResult {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
-    /// Only samples taken after this time, ms since the Unix epoch.
-    since: Option<u64>,
+    /// Only samples after the one with this `seq`.
+    after: Option<u64>,
 }
 
 async fn history(
@@ -268,7 +268,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let query = query_params(query)?;
-    ok(json!(control.master.history(query.since).await?))
+    ok(json!(control.master.history(query.after).await?))
 }
 
 async fn openapi() -> ApiResult {

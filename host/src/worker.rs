@@ -26,8 +26,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Runs a worker on this process's stdin and stdout until the master says stop or
 /// goes away.
 pub fn main() -> anyhow::Result<()> {
+    // The caller's span (the worker's pid and channel) is entered for good on every
+    // thread the runtime starts for blocking work (disk I/O), so their log lines carry
+    // it as the event loop's do.
+    let span = tracing::Span::current();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(move || std::mem::forget(span.clone().entered()))
         .build()
         .context("could not start the worker's event loop")?;
     let result = runtime.block_on(run(tokio::io::stdin(), tokio::io::stdout()));

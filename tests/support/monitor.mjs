@@ -4,7 +4,7 @@
 // worker's row, then saves a screenshot.
 //   node monitor.mjs --url URL --token TOKEN --screenshot OUT.png
 // Prints one JSON line: {before, after, channel, row, uplinkPoints, peersPoints,
-// refusal, foreign, pageErrors}. Exits non-zero if a step did not happen in time.
+// refusal, foreign, pageErrors, title}. Exits non-zero if a step did not happen in time.
 // With `--look SECONDS` it only logs in, waits that long, and saves the screenshot.
 import { launchChromium } from './chromium.mjs'
 import { option } from './cli.mjs'
@@ -89,6 +89,7 @@ try {
     refusal,
     foreign,
     pageErrors,
+    title: await page.title(),
   }))
   await stop(0)
 } catch (error) {

@@ -14,6 +14,10 @@ use crate::ipc::WorkerReport;
 /// How far back [`History`] reaches.
 pub const HISTORY_SPAN: Duration = Duration::from_secs(600);
 
+/// A worker that has not reported for this long is shown sending nothing, not its
+/// last rate (workers report every second).
+const SILENT_AFTER: Duration = Duration::from_secs(3);
+
 /// Counters of one worker, or summed over workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,9 +78,12 @@ impl std::iter::Sum for Counters {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sample {
+    /// Numbers samples in order, from 1: the cursor for `GET /history?after=`, which
+    /// the wall clock could not be (it may step back).
+    pub seq: u64,
     /// Wall-clock time, ms since the Unix epoch.
     pub at: u64,
-    /// Upload of all workers since the previous sample, Mbit/s.
+    /// Upload of all workers, Mbit/s: each worker's rate between its last two reports.
     pub uplink_mbps: f64,
     pub peers: u64,
     /// The same per worker, keyed by pid.
@@ -113,6 +120,7 @@ struct LastReport {
 pub struct History {
     samples: VecDeque<(Instant, Sample)>,
     last_reports: BTreeMap<u32, LastReport>,
+    last_seq: u64,
 }
 
 impl History {
@@ -143,14 +151,18 @@ impl History {
                 if let Some(report) = report {
                     reports.insert(w.pid, report);
                 }
-                let sample =
-                    WorkerSample { uplink_mbps: report.map_or(0.0, |r| r.mbps), peers: w.peers };
+                let uplink_mbps = report
+                    .filter(|r| now.saturating_duration_since(r.at) <= SILENT_AFTER)
+                    .map_or(0.0, |r| r.mbps);
+                let sample = WorkerSample { uplink_mbps, peers: w.peers };
                 (w.pid.to_string(), sample)
             })
             .collect();
         // Workers that are gone are forgotten with this.
         self.last_reports = reports;
+        self.last_seq += 1;
         let sample = Sample {
+            seq: self.last_seq,
             at: at_ms,
             // Folded from +0.0: an empty `sum` of floats is -0.0.
             uplink_mbps: per_worker.values().fold(0.0, |sum, w| sum + w.uplink_mbps),
@@ -167,12 +179,17 @@ impl History {
         }
     }
 
-    /// Samples taken after `since_ms` (all of them without it), oldest first.
-    pub fn since(&self, since_ms: Option<u64>) -> Vec<Sample> {
+    /// The number of the newest sample (0 before the first).
+    pub fn latest(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Samples after the one numbered `after` (all of them without it), oldest first.
+    pub fn after(&self, after: Option<u64>) -> Vec<Sample> {
         self.samples
             .iter()
             .map(|(_, s)| s)
-            .filter(|s| since_ms.is_none_or(|since| s.at > since))
+            .filter(|s| after.is_none_or(|after| s.seq > after))
             .cloned()
             .collect()
     }
@@ -200,7 +217,7 @@ mod tests {
             2_000,
             &[reading(7, t0 + ms(1_000), 6_250_000, 4), reading(9, t1, 80_000_000, 2)],
         );
-        let samples = history.since(None);
+        let samples = history.after(None);
         assert_eq!(samples.len(), 2);
         assert_eq!(samples[0].uplink_mbps, 0.0, "no rate before a second report");
         assert_eq!(samples[0].peers, 3);
@@ -209,8 +226,9 @@ mod tests {
         assert_eq!(last.workers["9"].uplink_mbps, 0.0, "a new worker starts at zero");
         assert!((last.uplink_mbps - 10.0).abs() < 1e-9);
         assert_eq!(last.peers, 6);
-        assert_eq!(history.since(Some(1_000)), vec![last.clone()]);
-        assert!(history.since(Some(2_000)).is_empty());
+        assert_eq!((samples[0].seq, last.seq), (1, 2));
+        assert_eq!(history.after(Some(1)), vec![last.clone()]);
+        assert!(history.after(Some(2)).is_empty());
     }
 
     #[test]
@@ -224,8 +242,21 @@ mod tests {
         history.record(t0 + s(2), 2, &[reading(7, t0 + s(1), 1_000_000, 1)]);
         // Then one with two seconds' worth.
         history.record(t0 + s(3), 3, &[reading(7, t0 + s(3), 3_000_000, 1)]);
-        let rates: Vec<f64> = history.since(None).iter().map(|s| s.uplink_mbps).collect();
+        let rates: Vec<f64> = history.after(None).iter().map(|s| s.uplink_mbps).collect();
         assert_eq!(rates, vec![0.0, 8.0, 8.0, 8.0]);
+    }
+
+    #[test]
+    fn a_worker_that_stops_reporting_is_shown_sending_nothing() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut history = History::default();
+        history.record(t0, 0, &[reading(7, t0, 0, 1)]);
+        history.record(t0 + s(1), 1, &[reading(7, t0 + s(1), 1_000_000, 1)]);
+        history.record(t0 + s(4), 4, &[reading(7, t0 + s(1), 1_000_000, 1)]);
+        history.record(t0 + s(5), 5, &[reading(7, t0 + s(1), 1_000_000, 1)]);
+        let rates: Vec<f64> = history.after(None).iter().map(|s| s.uplink_mbps).collect();
+        assert_eq!(rates, vec![0.0, 8.0, 8.0, 0.0]);
     }
 
     #[test]
@@ -235,7 +266,7 @@ mod tests {
         history.record(t0, 0, &[]);
         history.record(t0 + HISTORY_SPAN, 1, &[]);
         history.record(t0 + HISTORY_SPAN + Duration::from_secs(1), 2, &[]);
-        let kept: Vec<u64> = history.since(None).iter().map(|s| s.at).collect();
+        let kept: Vec<u64> = history.after(None).iter().map(|s| s.at).collect();
         assert_eq!(kept, vec![1, 2]);
     }
 

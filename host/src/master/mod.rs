@@ -114,9 +114,9 @@ impl MasterHandle {
     pub async fn stats(&self) -> Result<StatsView, MasterError> {
         self.ask(Message::Stats).await
     }
-    /// Uplink and peers samples taken after `since_ms` (every one kept without it).
-    pub async fn history(&self, since_ms: Option<u64>) -> Result<HistoryView, MasterError> {
-        self.ask(|reply| Message::History(since_ms, reply)).await
+    /// Uplink and peers samples after the one numbered `after` (every one kept without).
+    pub async fn history(&self, after: Option<u64>) -> Result<HistoryView, MasterError> {
+        self.ask(|reply| Message::History(after, reply)).await
     }
 
     pub async fn stop_all(&self) -> Result<usize, MasterError> {
@@ -218,6 +218,9 @@ pub struct MasterStats {
 pub struct HistoryView {
     pub interval_seconds: u64,
     pub span_seconds: u64,
+    /// The `seq` of the newest sample: lower than one a client saw means this is a
+    /// restarted master, whose history starts again from 1.
+    pub latest: u64,
     pub samples: Vec<history::Sample>,
 }
 
@@ -454,11 +457,12 @@ impl Master {
             Message::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
-            Message::History(since, reply) => {
+            Message::History(after, reply) => {
                 let _ = reply.send(HistoryView {
                     interval_seconds: TICK.as_secs(),
                     span_seconds: history::HISTORY_SPAN.as_secs(),
-                    samples: self.history.since(since),
+                    latest: self.history.latest(),
+                    samples: self.history.after(after),
                 });
             }
             Message::StopAll(reply) => {
@@ -992,7 +996,12 @@ fn spawn_process(
     start: WorkerStart,
     master: mpsc::Sender<Message>,
 ) -> std::io::Result<(u32, mpsc::Sender<ToWorker>, oneshot::Sender<()>)> {
-    let exe = std::env::current_exe()?;
+    // The running binary itself, even after an upgrade replaced the file it came from
+    // (its path then ends in " (deleted)"): master and workers stay one build.
+    let exe = match std::path::Path::new("/proc/self/exe") {
+        proc if proc.exists() => proc.to_path_buf(),
+        _ => std::env::current_exe()?,
+    };
     let mut child = tokio::process::Command::new(exe)
         // `=`: a channel id may begin with `-`.
         .args(["--log-format", log_format, "worker", &format!("--channel={channel}")])

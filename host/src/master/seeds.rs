@@ -84,6 +84,10 @@ pub enum SeedError {
 /// Most items one request may carry.
 pub const MAX_ITEMS: usize = 1000;
 
+/// Longest channel id accepted (base64 of a URL of about 6 KB): it travels on a
+/// worker's command line and in every stats answer.
+pub const MAX_CHANNEL_BYTES: usize = 8192;
+
 impl SeedItem {
     /// The swarm id the channel names (base64-decoded).
     pub fn swarm_id(&self) -> Result<String, String> {
@@ -122,6 +126,13 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
     for (index, item) in request.list.iter().enumerate() {
         if item.channel.trim().is_empty() {
             return Err(SeedError::EmptyChannel { index });
+        }
+        if item.channel.len() > MAX_CHANNEL_BYTES {
+            return Err(SeedError::Field {
+                index,
+                field: "channel",
+                expected: "at most 8192 characters",
+            });
         }
         item.swarm_id().map_err(|reason| SeedError::NotBase64 { index, reason })?;
         if item.max_connections == 0 || item.max_connections > 10_000 {
@@ -288,6 +299,8 @@ mod tests {
             validate(&request(r#"{"channel": "%%%"}"#)),
             Err(SeedError::NotBase64 { index: 0, .. })
         ));
+        let long = request(&format!(r#"{{"channel": "{}"}}"#, "YWFh".repeat(2049)));
+        assert!(matches!(validate(&long), Err(SeedError::Field { field: "channel", .. })));
         let zero = request(r#"{"channel": "YQ", "maxConnections": 0}"#);
         assert!(matches!(validate(&zero), Err(SeedError::Field { field: "maxConnections", .. })));
         let signal = request(r#"{"channel": "YQ"}, {"channel": "YQ", "signal1": "http://x"}"#);
