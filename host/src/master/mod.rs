@@ -1002,7 +1002,13 @@ fn spawn_process(
         proc if proc.exists() => proc.to_path_buf(),
         _ => std::env::current_exe()?,
     };
+    // `ps` shows the binary's name rather than /proc/self/exe.
+    let name = std::env::current_exe().map_or_else(
+        |_| "superpeer".to_string(),
+        |path| path.display().to_string().trim_end_matches(" (deleted)").to_string(),
+    );
     let mut child = tokio::process::Command::new(exe)
+        .arg0(name)
         // `=`: a channel id may begin with `-`.
         .args(["--log-format", log_format, "worker", &format!("--channel={channel}")])
         .stdin(Stdio::piped())
