@@ -5,6 +5,7 @@
 //! never measure anything itself: every figure comes from the stats it is given, so the
 //! JSON and the metrics never disagree.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::master::history::Counters;
@@ -131,7 +132,7 @@ const COUNTERS: &[CounterMetric] = &[
 
 /// One sample per worker, labelled by its pid.
 fn per_worker<'a>(
-    workers: &'a [(&'a String, &'a WorkerStats)],
+    workers: &'a BTreeMap<String, WorkerStats>,
     value: impl Fn(&WorkerStats) -> f64 + 'a,
 ) -> impl Iterator<Item = (Labels<'a>, f64)> + 'a {
     workers.iter().map(move |(pid, w)| (vec![("pid", pid.as_str())], value(w)))
@@ -213,7 +214,7 @@ pub fn render(stats: &StatsView) -> String {
         );
     }
 
-    let workers: Vec<(&String, &WorkerStats)> = stats.workers.iter().collect();
+    let workers = &stats.workers;
     out.family(
         "superpeer_worker_info",
         Kind::Gauge,
@@ -237,45 +238,45 @@ pub fn render(stats: &StatsView) -> String {
         "superpeer_worker_peers",
         Kind::Gauge,
         "Viewers connected to the worker.",
-        per_worker(&workers, |w| f64::from(w.peers)),
+        per_worker(workers, |w| f64::from(w.peers)),
     );
     for CounterMetric { name, help, get } in COUNTERS {
         out.family(
             &format!("superpeer_worker_{name}"),
             Kind::Counter,
             help,
-            per_worker(&workers, |w| get(&w.counters) as f64),
+            per_worker(workers, |w| get(&w.counters) as f64),
         );
     }
     out.family(
         "superpeer_worker_cpu_seconds_total",
         Kind::Counter,
         "CPU time of the worker process.",
-        per_worker(&workers, |w| w.cpu_seconds),
+        per_worker(workers, |w| w.cpu_seconds),
     );
     out.family(
         "superpeer_worker_resident_memory_bytes",
         Kind::Gauge,
         "Resident memory of the worker process.",
-        per_worker(&workers, |w| w.memory as f64),
+        per_worker(workers, |w| w.memory as f64),
     );
     out.family(
         "superpeer_worker_memory_cache_bytes",
         Kind::Gauge,
         "Segment bytes the worker holds in memory.",
-        per_worker(&workers, |w| w.memory_cache_size as f64),
+        per_worker(workers, |w| w.memory_cache_size as f64),
     );
     out.family(
         "superpeer_worker_trackers_open",
         Kind::Gauge,
         "Tracker connections the worker has open.",
-        per_worker(&workers, |w| f64::from(w.trackers)),
+        per_worker(workers, |w| f64::from(w.trackers)),
     );
     out.family(
         "superpeer_worker_seed_restarts_total",
         Kind::Counter,
         "Times this worker's seed had a worker die and restart.",
-        per_worker(&workers, |w| f64::from(w.restarts)),
+        per_worker(workers, |w| f64::from(w.restarts)),
     );
     out.text
 }

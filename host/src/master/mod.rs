@@ -996,17 +996,13 @@ fn spawn_process(
     start: WorkerStart,
     master: mpsc::Sender<Message>,
 ) -> std::io::Result<(u32, mpsc::Sender<ToWorker>, oneshot::Sender<()>)> {
-    // The running binary itself, even after an upgrade replaced the file it came from
-    // (its path then ends in " (deleted)"): master and workers stay one build.
-    let exe = match std::path::Path::new("/proc/self/exe") {
-        proc if proc.exists() => proc.to_path_buf(),
-        _ => std::env::current_exe()?,
-    };
-    // `ps` shows the binary's name rather than /proc/self/exe.
-    let name = std::env::current_exe().map_or_else(
-        |_| "superpeer".to_string(),
-        |path| path.display().to_string().trim_end_matches(" (deleted)").to_string(),
-    );
+    // Started from the running binary itself, even after an upgrade replaced the file
+    // it came from (whose path then ends in " (deleted)"): master and workers stay one
+    // build. `ps` still shows the binary's path.
+    let binary = std::env::current_exe()?;
+    let name = binary.display().to_string().trim_end_matches(" (deleted)").to_string();
+    let running = std::path::Path::new("/proc/self/exe");
+    let exe = if running.exists() { running.to_path_buf() } else { binary };
     let mut child = tokio::process::Command::new(exe)
         .arg0(name)
         // `=`: a channel id may begin with `-`.
