@@ -13,7 +13,8 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
 use superpeer::policy::wire::{
-    CacheTier, Command, Event, FetchSegment, PeerAnswer, PeerSend, SegmentSent, ServeSegment,
+    CacheTier, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend, SegmentSent,
+    ServeSegment,
 };
 use tokio::sync::mpsc;
 use viewer::Viewer;
@@ -123,6 +124,63 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     assert!(viewer.received.iter().all(|m| m.len() <= 16_384));
     assert_eq!(viewer.received.concat(), segment[1000..]);
     assert_eq!(plane.uploaded(), 299_000);
+}
+
+#[tokio::test]
+async fn superpeer_offers_a_viewer_answers_and_the_data_channel_opens() {
+    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let mut seen = plane.carry_out(Command::PeerOffer(3));
+    let Some(Event::PeerOfferReady(offer)) = seen.first().cloned() else { panic!("{seen:?}") };
+    for line in ["a=ice-lite", "a=setup:actpass", "m=application", "127.0.0.1"] {
+        assert!(offer.sdp.contains(line), "{line} missing from our offer: {}", offer.sdp);
+    }
+    assert_eq!((plane.offers_pending(), plane.viewers()), (1, 0), "an offer is no viewer yet");
+
+    // The viewer answers as simple-peer does and takes the channel we opened.
+    let (mut viewer, answer) = Viewer::answering(&offer.sdp).await;
+    seen.extend(plane.carry_out(Command::PeerAcceptAnswer(PeerAcceptAnswer { peer: 3, answer })));
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
+        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(3))
+    })
+    .await;
+    assert_eq!((plane.offers_pending(), plane.viewers()), (0, 1));
+
+    viewer.send(b"cstr\x01cend");
+    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 3, data: b"hi".to_vec() })));
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
+        v.received.iter().any(|m| m == b"hi")
+            && seen.iter().any(|e| matches!(e, Event::PeerMessage(m) if m.data == b"cstr\x01cend"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_offer_nobody_answers_is_dropped_and_a_bad_answer_closes_its_offer() {
+    let limits =
+        DataPlaneLimits { offer_timeout: Duration::from_millis(300), ..Default::default() };
+    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
+    let mut seen = plane.carry_out(Command::PeerOffer(1));
+    seen.extend(plane.carry_out(Command::PeerOffer(2)));
+    assert_eq!(plane.offers_pending(), 2);
+    let bad = PeerAcceptAnswer { peer: 2, answer: "v=0\r\nnonsense".into() };
+    seen.extend(plane.carry_out(Command::PeerAcceptAnswer(bad)));
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
+        "a bad answer closes its offer: {seen:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 1)) {
+        let next = plane.next_timeout().map(tokio::time::Instant::from_std);
+        assert!(next.is_some(), "an offer waiting for its answer has a deadline");
+        tokio::select! {
+            Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
+            () = tokio::time::sleep_until(next.unwrap().min(deadline)) => {
+                assert!(tokio::time::Instant::now() < deadline, "never dropped: {seen:?}");
+                seen.extend(plane.timeout());
+            }
+        }
+    }
+    assert_eq!((plane.offers_pending(), plane.viewers()), (0, 0));
 }
 
 #[tokio::test]

@@ -1,6 +1,10 @@
 //! A viewer for tests: a WebRTC peer (the `rtc` crate, as a browser would behave) that
-//! offers, opens one DataChannel and gathers only its own host address, on its own UDP
-//! socket on 127.0.0.1. The offer is the load generator's, so both behave alike.
+//! offers and opens one DataChannel, or answers an offer and takes its DataChannel, and
+//! gathers only its own host address, on its own UDP socket on 127.0.0.1. Offers and
+//! answers are the load generator's, so both behave alike.
+
+// Each test binary uses only part of this file.
+#![allow(dead_code)]
 
 use std::time::Instant;
 
@@ -25,6 +29,14 @@ impl Viewer {
         let local = socket.local_addr().unwrap();
         let (connection, offer) = superpeer_load::offering_connection(local).unwrap();
         (Viewer { connection, socket, channel: None, received: Vec::new() }, offer)
+    }
+
+    /// A viewer that answers `offer` (superpeer's) instead; its answer.
+    pub async fn answering(offer: &str) -> (Viewer, String) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (connection, answer) = superpeer_load::answering_connection(local, offer).unwrap();
+        (Viewer { connection, socket, channel: None, received: Vec::new() }, answer)
     }
 
     pub fn flush(&mut self) {

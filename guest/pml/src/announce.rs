@@ -1,14 +1,12 @@
 //! The WebTorrent tracker protocol as p2p-media-loader viewers speak it over WebSocket:
-//! announces, relayed offers and answers, and the tracker's replies.
+//! announces (with offers of our own), relayed offers and answers, and the tracker's
+//! replies.
 //!
 //! Pure: builds and reads JSON texts. Ids are 20-character strings (the info hash is
 //! base64 text, peer ids are ASCII); offer ids may hold any character and are passed
 //! back untouched.
 
 use serde::{Deserialize, Serialize};
-
-/// How many peers to ask for: viewers ask for 5; a super peer only answers.
-pub const NUMWANT: u32 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,31 +21,49 @@ struct Announce<'a> {
     action: &'static str,
     info_hash: &'a str,
     peer_id: &'a str,
-    numwant: u32,
+    numwant: usize,
     uploaded: u64,
     downloaded: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<AnnounceEvent>,
-    offers: [(); 0],
+    offers: Vec<OfferOut<'a>>,
 }
 
-/// An announce with no offers of its own: viewers' offers come to us.
+#[derive(Debug, Serialize)]
+struct OfferOut<'a> {
+    offer: Sdp<'a>,
+    offer_id: &'a str,
+}
+
+/// One of our offers, for the tracker to hand to a member of the swarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub offer_id: String,
+    pub sdp: String,
+}
+
+/// An announce carrying `offers` (none is fine: viewers' offers still come to us). It
+/// asks for as many peers as it has offers, as an integer: bittorrent-tracker hands
+/// min(offers, 82) of them out, aquatic_ws at most its `max_offers`, and wt-tracker
+/// forwards none unless `numwant` is an integer.
 pub fn announce(
     info_hash: &str,
     peer_id: &str,
     event: Option<AnnounceEvent>,
-    uploaded: u64,
-    downloaded: u64,
+    offers: &[Offer],
 ) -> String {
     let message = Announce {
         action: "announce",
         info_hash,
         peer_id,
-        numwant: NUMWANT,
-        uploaded,
-        downloaded,
+        numwant: offers.len(),
+        uploaded: 0,
+        downloaded: 0,
         event,
-        offers: [],
+        offers: offers
+            .iter()
+            .map(|o| OfferOut { offer: Sdp { kind: "offer", sdp: &o.sdp }, offer_id: &o.offer_id })
+            .collect(),
     };
     serde_json::to_string(&message).unwrap_or_default()
 }
@@ -98,6 +114,13 @@ pub enum TrackerMessage {
         offer_id: String,
         sdp: String,
     },
+    /// A viewer's answer to one of our offers, relayed.
+    Answer {
+        info_hash: String,
+        peer_id: String,
+        offer_id: String,
+        sdp: String,
+    },
     /// The tracker acknowledged an announce: announce again after `interval` seconds.
     Interval {
         info_hash: String,
@@ -105,7 +128,7 @@ pub enum TrackerMessage {
         complete: Option<u64>,
         incomplete: Option<u64>,
     },
-    /// An answer to an offer we did not make, or another message of no use to us.
+    /// A message of no use to us.
     Ignored,
     /// The tracker refused something.
     Failure(String),
@@ -119,6 +142,7 @@ struct Incoming {
     peer_id: Option<String>,
     offer_id: Option<String>,
     offer: Option<SdpIn>,
+    answer: Option<SdpIn>,
     interval: Option<u64>,
     complete: Option<u64>,
     incomplete: Option<u64>,
@@ -158,6 +182,18 @@ pub fn parse(text: &str) -> Result<TrackerMessage, String> {
             sdp,
         });
     }
+    if let Some(answer) = incoming.answer {
+        let sdp = match (answer.kind.as_deref(), answer.sdp) {
+            (Some("answer"), Some(sdp)) => sdp,
+            _ => return Err("answer without an SDP answer".into()),
+        };
+        return Ok(TrackerMessage::Answer {
+            info_hash,
+            peer_id: incoming.peer_id.ok_or("answer without peer_id")?,
+            offer_id: incoming.offer_id.ok_or("answer without offer_id")?,
+            sdp,
+        });
+    }
     if let Some(interval) = incoming.interval {
         return Ok(TrackerMessage::Interval {
             info_hash,
@@ -175,21 +211,31 @@ mod tests {
 
     #[test]
     fn builds_announces_and_answers_viewers_understand() {
+        let offers = [
+            Offer { offer_id: "o1".into(), sdp: "v=0\r\na".into() },
+            Offer { offer_id: "o\u{00ff}2".into(), sdp: "v=0\r\nb".into() },
+        ];
         let text = announce(
             "G4P1wGSZYicnoIPenKa8",
             "-PM0203-abcdefghijkl",
             Some(AnnounceEvent::Started),
-            1,
-            2,
+            &offers,
         );
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["action"], "announce");
         assert_eq!(json["info_hash"], "G4P1wGSZYicnoIPenKa8");
         assert_eq!(json["event"], "started");
-        assert_eq!(json["offers"], serde_json::json!([]));
-        assert_eq!((json["uploaded"].clone(), json["downloaded"].clone()), (1.into(), 2.into()));
-        let again = announce("h", "p", None, 0, 0);
+        assert_eq!(json["numwant"], 2, "an integer, as many as the offers");
+        assert_eq!(
+            json["offers"],
+            serde_json::json!([
+                {"offer": {"type": "offer", "sdp": "v=0\r\na"}, "offer_id": "o1"},
+                {"offer": {"type": "offer", "sdp": "v=0\r\nb"}, "offer_id": "o\u{00ff}2"},
+            ])
+        );
+        let again = announce("h", "p", None, &[]);
         assert!(!again.contains("event"), "{again}");
+        assert!(again.contains(r#""offers":[]"#) && again.contains(r#""numwant":0"#), "{again}");
 
         let text = answer("h", "me", "them", "ofr\u{00ff}\u{0001}", "v=0\r\n");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -224,6 +270,20 @@ mod tests {
         assert_eq!(
             parse(r#"{"failure reason":"invalid info_hash"}"#),
             Ok(TrackerMessage::Failure("invalid info_hash".into()))
+        );
+        let answer = r#"{"action":"announce","answer":{"type":"answer","sdp":"v=1"},"offer_id":"o2","peer_id":"-PM0202-yyyyyyyyyyyy","info_hash":"h"}"#;
+        assert_eq!(
+            parse(answer),
+            Ok(TrackerMessage::Answer {
+                info_hash: "h".into(),
+                peer_id: "-PM0202-yyyyyyyyyyyy".into(),
+                offer_id: "o2".into(),
+                sdp: "v=1".into()
+            })
+        );
+        assert!(
+            parse(r#"{"action":"announce","answer":{"type":"offer","sdp":"x"},"offer_id":"o","peer_id":"p","info_hash":"h"}"#)
+                .is_err()
         );
         assert_eq!(parse(r#"{"action":"scrape","files":{}}"#), Ok(TrackerMessage::Ignored));
         assert!(parse("not json").is_err());

@@ -2,16 +2,19 @@
 //!
 //! It keeps the worker's tracker connections up (one WebSocket per tracker, reconnected
 //! with exponential back-off; connections that outlive an instance are adopted), reads
-//! the stream's playlists, announces in the swarm of every rendition exactly as
-//! p2p-media-loader 2.3 viewers compute it, answers the offers viewers send, and keeps
-//! the segments they will ask for in the host's cache (the live window, the start of a
-//! VOD). Serving segments over the peer wire protocol builds on this.
+//! the stream's playlists, joins the swarm of every rendition as each generation of
+//! p2p-media-loader viewers (2.3.x and 2.2.x) computes it, reaches the viewers there with
+//! offers of its own and answers theirs, keeps the segments they will ask for in the
+//! host's cache (the live window, the start of a VOD), and serves them over the peer
+//! wire protocol.
 //!
 //! It must stay free of I/O: it only returns commands.
 
 pub mod announce;
 pub mod playlist;
+pub mod reach;
 mod seeder;
+pub mod settings;
 pub mod swarm;
 mod trackers;
 pub mod wire;
@@ -32,16 +35,21 @@ impl Policy for Pml {
     }
 
     fn init(config: SeedConfig, prior: Option<Vec<u8>>, state: HostState) -> Result<Self, String> {
+        let settings = settings::parse(&config.settings)?;
         let trackers = Trackers::new(&config.trackers, &state, prior.as_deref().unwrap_or(&[]))?;
         let swarm_id = swarm_id(&config.channel, config.manifest_url.as_deref());
-        let mut seeder =
-            Seeder::new(swarm_id, config.manifest_url, config.max_connections as usize);
+        let max_connections = config.max_connections as usize;
+        let mut seeder = Seeder::new(swarm_id, config.manifest_url, max_connections, settings);
         seeder.adopt(&state.segments);
+        for (conn, url) in trackers.open_with_urls() {
+            seeder.tracker_adopted(conn, url);
+        }
         Ok(Pml { trackers, seeder })
     }
 
     fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
         let mut commands = Vec::new();
+        self.seeder.begin_turn(superpeer_guest::host::monotonic_ms());
         self.trackers.start(&mut commands);
         let mut random = superpeer_guest::host::random_u64;
         for event in events {
@@ -55,7 +63,9 @@ impl Policy for Pml {
                 }
                 Event::TrackerConnected(conn) => {
                     self.trackers.connected(*conn);
-                    self.seeder.tracker_open(*conn, &mut commands);
+                    if let Some(url) = self.trackers.url(*conn) {
+                        self.seeder.tracker_open(*conn, &url, &mut random, &mut commands);
+                    }
                 }
                 Event::TrackerClosed(closed) => {
                     self.trackers.closed(closed.conn, &closed.reason, &mut commands)

@@ -1,25 +1,33 @@
 //! What the default policy does for one channel: read the stream's playlists, work out
-//! the swarm of every rendition as p2p-media-loader viewers do, announce in each swarm
-//! on every open tracker, keep the announces fresh, answer the offers viewers send, and
-//! keep the segments viewers will ask for in the host's cache.
+//! the swarms viewers of every rendition are in (one per generation of p2p-media-loader
+//! it serves), announce in each on every open tracker with offers of our own until it
+//! reaches the swarm, answer the offers viewers send, and keep the segments viewers will
+//! ask for in the host's cache, one copy for all of a rendition's swarms.
 //!
-//! Pure state machine: events in, commands out, time only through timers the host
-//! fires. Randomness (peer ids) comes in as a function.
+//! Pure state machine: events in, commands out, time passed in at each turn and timers
+//! the host fires. Randomness (peer ids, offer ids) comes in as a function.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use superpeer_guest::{
-    CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, PeerAnswer, PeerId,
-    SegmentHandle, TimerId, TimerSet, TrackerSend,
+    CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, PeerAcceptAnswer,
+    PeerAnswer, PeerClose, PeerId, SegmentHandle, TimerId, TimerSet, TrackerSend,
 };
 
 use crate::announce::{self, AnnounceEvent, TrackerMessage};
 use crate::playlist::{self, MediaPlaylist};
-use crate::swarm::{self, Rendition, StreamKind};
+use crate::reach::{self, LinkKey, Need, Plan, Reach};
+use crate::settings::Settings;
+use crate::swarm::{self, Identity, Rendition, StreamKind};
 use crate::wire::{self, Joiner, PeerCommand};
 
-/// Timer ids from here up are the seeder's: two per swarm (reload, announce).
+/// Timer ids from here up are the seeder's: one reload timer per stream.
 const TIMER_BASE: TimerId = 2 << 32;
+/// Fetch the manifest again after a failure.
+const MANIFEST_TIMER: TimerId = TIMER_BASE - 1;
+/// The seeder's heartbeat: announces and offers are planned, and offers expire, on it.
+const REACH_TIMER: TimerId = TIMER_BASE - 2;
+const REACH_TICK_MS: u64 = 500;
 /// Re-announce interval until a tracker says otherwise (p2p-media-loader's default).
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
 /// Live segments kept: the playlist's window, at most this many.
@@ -35,6 +43,11 @@ const PROBE_BUDGET: usize = 64;
 const RETRY_MS: u64 = 2_000;
 /// The shortest wait between reloads of a live playlist, however short its segments.
 const MIN_RELOAD_MS: u64 = 250;
+/// The longest announce text: the host's limit on a tracker text (64 KiB) with room to
+/// spare. Offers that would not fit are withdrawn.
+const MAX_ANNOUNCE_BYTES: usize = 60 << 10;
+/// Offer ids: 20 characters, as viewers' are.
+const OFFER_ID_LENGTH: usize = 20;
 
 /// Where a segment comes from: its URL and byte range.
 type Source = (String, Option<(u64, u64)>);
@@ -51,14 +64,12 @@ enum Stored {
     },
 }
 
-/// One rendition's swarm.
+/// One rendition: its playlist and segments, shared by every swarm it is seeded in.
 #[derive(Debug)]
-struct Swarm {
-    info_hash: String,
-    peer_id: String,
+struct Stream {
     playlist_url: String,
     playlist_fetch: Option<FetchId>,
-    /// Segments by the id viewers use for them.
+    /// Segments by the id viewers use for them (the same in every generation).
     segments: BTreeMap<i64, Stored>,
     /// Where each segment comes from, by id.
     sources: BTreeMap<i64, Source>,
@@ -66,7 +77,6 @@ struct Swarm {
     /// The sequence number of the newest segment the live playlist listed so far.
     newest: Option<u64>,
     ended: bool,
-    announce_seconds: u64,
     /// The set of segments changed since viewers were last told.
     changed: bool,
     /// When each VOD segment was last asked for (by the seeder's request count).
@@ -76,10 +86,22 @@ struct Swarm {
     probes_in_flight: usize,
 }
 
-/// A viewer connected to us.
+/// A rendition's swarm as one generation of viewers names it.
+#[derive(Debug)]
+struct Swarm {
+    stream: usize,
+    identity: Identity,
+    info_hash: String,
+    peer_id: String,
+    announce_seconds: u64,
+}
+
+/// A viewer connected to us, or being connected.
 #[derive(Debug)]
 struct Viewer {
     swarm: usize,
+    /// The viewer's peer id in that swarm.
+    remote: String,
     open: bool,
     joiner: Joiner,
     /// The one request being served (a viewer has one in flight at a time).
@@ -94,8 +116,8 @@ struct Serving {
 }
 
 impl Viewer {
-    fn new(swarm: usize) -> Self {
-        Viewer { swarm, open: false, joiner: Joiner::default(), serving: None }
+    fn new(swarm: usize, remote: String) -> Self {
+        Viewer { swarm, remote, open: false, joiner: Joiner::default(), serving: None }
     }
 }
 
@@ -111,11 +133,11 @@ fn send(peer: PeerId, command: &PeerCommand, out: &mut Vec<Command>) {
     }
 }
 
-/// What a swarm has, as viewers see it: stored segments are loaded; those being
+/// What a stream has, as viewers see it: stored segments are loaded; those being
 /// fetched are "loading over HTTP".
-fn announcement(swarm: &Swarm) -> PeerCommand {
+fn announcement(stream: &Stream) -> PeerCommand {
     let (mut loaded, mut loading) = (Vec::new(), Vec::new());
-    for (id, stored) in &swarm.segments {
+    for (id, stored) in &stream.segments {
         match stored {
             Stored::Ready { .. } => loaded.push(*id),
             Stored::Fetching(_) => loading.push(*id),
@@ -125,7 +147,7 @@ fn announcement(swarm: &Swarm) -> PeerCommand {
     PeerCommand::SegmentsAnnouncement { loaded, loading }
 }
 
-/// An offer being answered: where to send the answer.
+/// A viewer's offer being answered: where to send the answer.
 #[derive(Debug, Clone)]
 struct PendingAnswer {
     conn: ConnId,
@@ -139,13 +161,21 @@ pub(crate) struct Seeder {
     swarm_id: String,
     manifest_url: Option<String>,
     manifest_fetch: Option<FetchId>,
+    identities: Vec<Identity>,
+    streams: Vec<Stream>,
     swarms: Vec<Swarm>,
     next_id: u64,
     fetches: HashMap<FetchId, Fetch>,
     answering: HashMap<PeerId, PendingAnswer>,
     peers: HashMap<PeerId, Viewer>,
+    /// Every viewer connected or being connected, by swarm and peer id: never two
+    /// connections to one viewer (it would destroy the second anyway).
+    remotes: HashSet<(usize, String)>,
     max_peers: usize,
-    /// Segments the host holds that no swarm claims yet (an earlier instance fetched
+    reach: Reach,
+    /// The time of the current turn (the host's monotonic clock).
+    now_ms: u64,
+    /// Segments the host holds that no stream claims yet (an earlier instance fetched
     /// them), by source: adopted instead of fetched again.
     orphans: HashMap<Source, Stored>,
     /// Requests seen, the clock of `last_use`.
@@ -161,18 +191,37 @@ enum Fetch {
     Probe(usize, i64),
 }
 
+/// A rendition as a master playlist lists it: its attributes, its position in the
+/// player's list of its kind, and its playlist.
+struct Listed {
+    kind: StreamKind,
+    rendition: Rendition,
+    position: usize,
+    url: String,
+}
+
 impl Seeder {
-    pub(crate) fn new(swarm_id: String, manifest_url: Option<String>, max_peers: usize) -> Self {
+    pub(crate) fn new(
+        swarm_id: String,
+        manifest_url: Option<String>,
+        max_peers: usize,
+        settings: Settings,
+    ) -> Self {
         Seeder {
             swarm_id,
             manifest_url,
             manifest_fetch: None,
+            identities: settings.identities,
+            streams: Vec::new(),
             swarms: Vec::new(),
             next_id: 0,
             fetches: HashMap::new(),
             answering: HashMap::new(),
             peers: HashMap::new(),
+            remotes: HashSet::new(),
             max_peers,
+            reach: Reach::new(settings.offers),
+            now_ms: 0,
             orphans: HashMap::new(),
             uses: 0,
         }
@@ -190,6 +239,12 @@ impl Seeder {
         }
     }
 
+    /// A new turn: everything handled until the next happens at `now_ms`.
+    pub(crate) fn begin_turn(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.reach.begin_turn();
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -202,21 +257,39 @@ impl Seeder {
         fetch
     }
 
-    /// The first thing to do: read the manifest.
+    /// The first thing to do: read the manifest, and start the heartbeat.
     pub(crate) fn start(&mut self, out: &mut Vec<Command>) {
+        out.push(timer(REACH_TIMER, REACH_TICK_MS));
+        self.fetch_manifest(out);
+    }
+
+    fn fetch_manifest(&mut self, out: &mut Vec<Command>) {
         if self.manifest_fetch.is_none()
-            && self.swarms.is_empty()
+            && self.streams.is_empty()
             && let Some(url) = self.manifest_url.clone()
         {
             self.manifest_fetch = Some(self.fetch_text(url, Fetch::Manifest, out));
         }
     }
 
-    /// Announces every swarm on a tracker connection that just opened.
-    pub(crate) fn tracker_open(&mut self, conn: ConnId, out: &mut Vec<Command>) {
-        for swarm in &self.swarms {
-            out.push(announce_on(conn, swarm, Some(AnnounceEvent::Started)));
+    /// A tracker connection opened: every swarm announces on it, with offers.
+    pub(crate) fn tracker_open(
+        &mut self,
+        conn: ConnId,
+        url: &str,
+        random: &mut dyn FnMut() -> u64,
+        out: &mut Vec<Command>,
+    ) {
+        self.reach.tracker_open(conn, url);
+        for swarm in 0..self.swarms.len() {
+            self.plan((swarm, conn), random, out);
         }
+    }
+
+    /// A tracker connection an earlier instance opened: its swarms announce on it at
+    /// the next heartbeat.
+    pub(crate) fn tracker_adopted(&mut self, conn: ConnId, url: &str) {
+        self.reach.tracker_open(conn, url);
     }
 
     /// Says goodbye in every swarm on every open tracker connection, so trackers stop
@@ -224,7 +297,13 @@ impl Seeder {
     pub(crate) fn stop(&self, open_trackers: &[ConnId], out: &mut Vec<Command>) {
         for conn in open_trackers {
             for swarm in &self.swarms {
-                out.push(announce_on(*conn, swarm, Some(AnnounceEvent::Stopped)));
+                let text = announce::announce(
+                    &swarm.info_hash,
+                    &swarm.peer_id,
+                    Some(AnnounceEvent::Stopped),
+                    &[],
+                );
+                out.push(Command::TrackerSend(TrackerSend { conn: *conn, text }));
             }
         }
     }
@@ -250,25 +329,25 @@ impl Seeder {
             Event::FetchFailed(failed) => match self.fetches.remove(&failed.fetch) {
                 Some(Fetch::Manifest) => {
                     self.manifest_fetch = None;
-                    out.push(timer(TIMER_BASE - 1, RETRY_MS));
+                    out.push(timer(MANIFEST_TIMER, RETRY_MS));
                 }
                 Some(Fetch::Playlist(index)) => {
-                    self.swarms[index].playlist_fetch = None;
+                    self.streams[index].playlist_fetch = None;
                     out.push(timer(reload_timer(index), RETRY_MS));
                 }
                 Some(Fetch::Segment(index, id)) => {
                     // Fetched again at the next reload if still listed.
-                    self.swarms[index].segments.remove(&id);
+                    self.streams[index].segments.remove(&id);
                 }
                 Some(Fetch::Probe(index, id)) => {
-                    let swarm = &mut self.swarms[index];
-                    swarm.probes_in_flight -= 1;
-                    swarm.segments.remove(&id);
+                    let stream = &mut self.streams[index];
+                    stream.probes_in_flight -= 1;
+                    stream.segments.remove(&id);
                     // Not cached, and a viewer wants it or one just before it (it would have
                     // been prefetched): from the origin then.
-                    let wanted = swarm.last_use.range(id + 1 - VOD_PREFETCH as i64..=id).next();
+                    let wanted = stream.last_use.range(id + 1 - VOD_PREFETCH as i64..=id).next();
                     if wanted.is_some()
-                        && let Some(source) = swarm.sources.get(&id).cloned()
+                        && let Some(source) = stream.sources.get(&id).cloned()
                     {
                         self.ensure(index, id, source, false, out);
                     }
@@ -283,12 +362,12 @@ impl Seeder {
                         size: segment.size,
                         on_disk: segment.tier != CacheTier::Memory,
                     };
-                    let swarm = &mut self.swarms[index];
-                    if matches!(swarm.segments.get(&id), Some(Stored::Probing(_))) {
-                        swarm.probes_in_flight -= 1;
+                    let stream = &mut self.streams[index];
+                    if matches!(stream.segments.get(&id), Some(Stored::Probing(_))) {
+                        stream.probes_in_flight -= 1;
                     }
-                    swarm.segments.insert(id, ready);
-                    swarm.changed = true;
+                    stream.segments.insert(id, ready);
+                    stream.changed = true;
                 }
                 // A fetch an earlier instance started.
                 _ => self.adopt(std::slice::from_ref(&stored.segment)),
@@ -303,16 +382,26 @@ impl Seeder {
                         send(*peer, &absent, out);
                     }
                 }
-                for swarm in &mut self.swarms {
-                    let before = swarm.segments.len();
-                    swarm.segments.retain(
+                for stream in &mut self.streams {
+                    let before = stream.segments.len();
+                    stream.segments.retain(
                         |_, s| !matches!(s, Stored::Ready { handle: h, .. } if h == handle),
                     );
-                    swarm.changed |= swarm.segments.len() != before;
+                    stream.changed |= stream.segments.len() != before;
                 }
             }
-            Event::TimerFired(timer_id) => self.on_timer(*timer_id, open_trackers, out),
+            Event::TimerFired(timer_id) => self.on_timer(*timer_id, open_trackers, random, out),
             Event::TrackerText(text) => self.on_tracker_text(text.conn, &text.text, out),
+            Event::TrackerClosed(closed) => {
+                for peer in self.reach.tracker_closed(closed.conn) {
+                    out.push(close(peer, "its tracker connection closed"));
+                }
+            }
+            Event::PeerOfferReady(ready)
+                if !self.reach.offer_ready(ready.peer, ready.sdp.clone()) =>
+            {
+                out.push(close(ready.peer, "offer no longer wanted"));
+            }
             Event::PeerAnswerReady(ready) => {
                 if let Some(pending) = self.answering.remove(&ready.peer) {
                     let swarm = &self.swarms[pending.swarm];
@@ -324,18 +413,16 @@ impl Seeder {
                         &ready.sdp,
                     );
                     out.push(Command::TrackerSend(TrackerSend { conn: pending.conn, text }));
-                    self.peers.insert(ready.peer, Viewer::new(pending.swarm));
+                    let viewer = Viewer::new(pending.swarm, pending.remote_peer_id);
+                    self.peers.insert(ready.peer, viewer);
                 }
             }
-            Event::PeerClosed(closed) => {
-                self.answering.remove(&closed.peer);
-                self.peers.remove(&closed.peer);
-            }
+            Event::PeerClosed(closed) => self.forget_peer(closed.peer),
             Event::PeerChannelOpen(peer) => {
                 if let Some(viewer) = self.peers.get_mut(peer) {
                     viewer.open = true;
-                    let swarm = &self.swarms[viewer.swarm];
-                    send(*peer, &announcement(swarm), out);
+                    let stream = &self.streams[self.swarms[viewer.swarm].stream];
+                    send(*peer, &announcement(stream), out);
                 }
             }
             Event::PeerMessage(message) => self.on_peer_message(message.peer, &message.data, out),
@@ -355,6 +442,58 @@ impl Seeder {
         }
     }
 
+    /// A peer is gone (closed, failed, or closed by us): whatever it was.
+    fn forget_peer(&mut self, peer: PeerId) {
+        if let Some(pending) = self.answering.remove(&peer) {
+            self.remotes.remove(&(pending.swarm, pending.remote_peer_id));
+        }
+        if let Some(viewer) = self.peers.remove(&peer) {
+            self.remotes.remove(&(viewer.swarm, viewer.remote));
+        }
+        self.reach.forget(peer);
+    }
+
+    /// Peers connected or being connected: what `maxConnections` bounds.
+    fn connections(&self) -> usize {
+        self.peers.len() + self.answering.len()
+    }
+
+    fn connections_in(&self, swarm: usize) -> usize {
+        self.peers.values().filter(|v| v.swarm == swarm).count()
+            + self.answering.values().filter(|a| a.swarm == swarm).count()
+    }
+
+    /// What a swarm does on a tracker now: offers, a plain announce, or nothing.
+    fn plan(&mut self, key: LinkKey, random: &mut dyn FnMut() -> u64, out: &mut Vec<Command>) {
+        let need = Need {
+            connected: self.connections_in(key.0),
+            free: self.max_peers.saturating_sub(self.connections()),
+            max: self.max_peers,
+        };
+        let interval_ms = self.swarms[key.0].announce_seconds * 1000;
+        match self.reach.plan(key, self.now_ms, interval_ms, need) {
+            Plan::Nothing => {}
+            Plan::Announce => {
+                let swarm = &self.swarms[key.0];
+                let event = (!self.reach.started(key)).then_some(AnnounceEvent::Started);
+                let text = announce::announce(&swarm.info_hash, &swarm.peer_id, event, &[]);
+                out.push(Command::TrackerSend(TrackerSend { conn: key.1, text }));
+                self.reach.announced(key, self.now_ms);
+            }
+            Plan::Offers(count) => {
+                let offers: Vec<(PeerId, String)> = (0..count)
+                    .map(|_| {
+                        let peer = self.id();
+                        out.push(Command::PeerOffer(peer));
+                        let symbols = swarm::random_symbols(random);
+                        (peer, swarm::random_text("", OFFER_ID_LENGTH, symbols))
+                    })
+                    .collect();
+                self.reach.offering(key, offers, self.now_ms, interval_ms);
+            }
+        }
+    }
+
     fn on_manifest(
         &mut self,
         url: &str,
@@ -363,55 +502,60 @@ impl Seeder {
         random: &mut dyn FnMut() -> u64,
         out: &mut Vec<Command>,
     ) {
-        let renditions: Vec<(StreamKind, Rendition, String)> = if playlist::is_master(text) {
-            let master = playlist::parse_master(text, url);
-            let main = playable_variants(&master)
-                .into_iter()
-                .map(|v| (StreamKind::Main, rendition_of_variant(v), v.uri.clone()));
-            // Audio carried inside the variants has no playlist of its own: viewers
-            // never load segments in its swarm.
-            let audio = master
-                .media
-                .iter()
-                .filter(|m| m.attribute("TYPE") == Some("AUDIO"))
-                .filter_map(|m| {
-                    Some((StreamKind::Secondary, rendition_of_audio(&master, m), m.uri.clone()?))
+        for listed in renditions(url, text) {
+            let stream = self.streams.len();
+            let mut new_swarms = Vec::new();
+            for identity in self.identities.clone() {
+                let index = match identity {
+                    Identity::V23 => swarm::stream_short_id(&listed.rendition),
+                    Identity::V22 => listed.position.to_string(),
+                };
+                let id = swarm::stream_swarm_id(&self.swarm_id, listed.kind, &index);
+                let info_hash = identity.info_hash(&id);
+                // Renditions a generation cannot tell apart share its swarm; the first
+                // listed serves it.
+                if self.swarms.iter().any(|s| s.info_hash == info_hash) {
+                    continue;
+                }
+                new_swarms.push(Swarm {
+                    stream,
+                    identity,
+                    info_hash,
+                    peer_id: swarm::peer_id(identity, &mut *random),
+                    announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
                 });
-            main.chain(audio).collect()
-        } else {
-            // A media playlist alone is one level with a bitrate of 0 and nothing else.
-            vec![(
-                StreamKind::Main,
-                Rendition { bitrate: Some(0.0), ..Rendition::default() },
-                url.to_string(),
-            )]
-        };
-        for (kind, rendition, playlist_url) in renditions {
-            let short = swarm::stream_short_id(&rendition);
-            let stream_swarm_id = swarm::stream_swarm_id(&self.swarm_id, kind, &short);
-            let index = self.swarms.len();
-            self.swarms.push(Swarm {
-                info_hash: swarm::info_hash(&stream_swarm_id),
-                peer_id: swarm::peer_id(&mut *random),
-                playlist_url: playlist_url.clone(),
+            }
+            if new_swarms.is_empty() {
+                continue;
+            }
+            self.streams.push(Stream {
+                playlist_url: listed.url.clone(),
                 playlist_fetch: None,
                 segments: BTreeMap::new(),
                 sources: BTreeMap::new(),
                 target_duration_ms: 0,
                 newest: None,
                 ended: false,
-                announce_seconds: DEFAULT_ANNOUNCE_SECONDS,
                 changed: false,
                 last_use: BTreeMap::new(),
                 probe_from: None,
                 probes_in_flight: 0,
             });
-            let fetch = self.fetch_text(playlist_url, Fetch::Playlist(index), out);
-            self.swarms[index].playlist_fetch = Some(fetch);
-            for conn in open_trackers {
-                out.push(announce_on(*conn, &self.swarms[index], Some(AnnounceEvent::Started)));
+            let fetch = self.fetch_text(listed.url, Fetch::Playlist(stream), out);
+            self.streams[stream].playlist_fetch = Some(fetch);
+            for swarm in new_swarms {
+                log(&format!(
+                    "joining the swarm of {} as p2p-media-loader {} names it: info hash {}",
+                    self.streams[stream].playlist_url,
+                    swarm.identity.name(),
+                    swarm.info_hash
+                ));
+                let index = self.swarms.len();
+                self.swarms.push(swarm);
+                for conn in open_trackers {
+                    self.plan((index, *conn), random, out);
+                }
             }
-            out.push(timer(announce_timer(index), DEFAULT_ANNOUNCE_SECONDS * 1000));
         }
     }
 
@@ -420,37 +564,37 @@ impl Seeder {
         // Viewers tell live from VOD by `#EXT-X-ENDLIST` alone (an EVENT playlist is
         // live until it ends), and number segments accordingly.
         let live = !media.ended;
-        let swarm = &mut self.swarms[index];
-        swarm.playlist_fetch = None;
-        swarm.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
-        swarm.ended = media.ended;
+        let stream = &mut self.streams[index];
+        stream.playlist_fetch = None;
+        stream.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
+        stream.ended = media.ended;
         let newest = media.segments.last().map(|s| s.sequence);
-        let grew = newest > swarm.newest;
-        swarm.newest = newest.max(swarm.newest);
+        let grew = newest > stream.newest;
+        stream.newest = newest.max(stream.newest);
         let wanted = wanted_segments(&media, live);
         // Segments that left the live window go from the cache.
         let keep: Vec<i64> = wanted.iter().map(|(id, ..)| *id).collect();
-        let stale: Vec<(i64, Stored)> = swarm
+        let stale: Vec<(i64, Stored)> = stream
             .segments
             .iter()
             .filter(|(id, _)| live && !keep.contains(id))
             .map(|(id, s)| (*id, s.clone()))
             .collect();
         for (id, stored) in stale {
-            swarm.changed = true;
-            swarm.segments.remove(&id);
-            swarm.sources.remove(&id);
+            stream.changed = true;
+            stream.segments.remove(&id);
+            stream.sources.remove(&id);
             if let Stored::Ready { handle, .. } = stored {
                 out.push(Command::Evict(handle));
             }
         }
         if !live {
             // What earlier workers cached is found by asking the disk cache, in batches.
-            if swarm.sources.is_empty() {
-                swarm.probe_from = Some(0);
+            if stream.sources.is_empty() {
+                stream.probe_from = Some(0);
             }
             // Every VOD segment can be asked for; only the start is fetched ahead.
-            swarm.sources = media
+            stream.sources = media
                 .segments
                 .iter()
                 .enumerate()
@@ -463,7 +607,7 @@ impl Seeder {
         if live {
             out.push(timer(
                 reload_timer(index),
-                live_reload_ms(self.swarms[index].target_duration_ms, grew),
+                live_reload_ms(self.streams[index].target_duration_ms, grew),
             ));
         }
     }
@@ -478,21 +622,21 @@ impl Seeder {
         live: bool,
         out: &mut Vec<Command>,
     ) {
-        let swarm = &mut self.swarms[index];
-        if swarm.segments.contains_key(&id) {
+        let stream = &mut self.streams[index];
+        if stream.segments.contains_key(&id) {
             return;
         }
-        swarm.sources.insert(id, (uri.clone(), range));
+        stream.sources.insert(id, (uri.clone(), range));
         if let Some(ready) = self.orphans.remove(&(uri.clone(), range)) {
-            swarm.segments.insert(id, ready);
-            swarm.changed = true;
+            stream.segments.insert(id, ready);
+            stream.changed = true;
             return;
         }
         let fetch = self.id();
         self.fetches.insert(fetch, Fetch::Segment(index, id));
-        let swarm = &mut self.swarms[index];
-        swarm.segments.insert(id, Stored::Fetching(fetch));
-        swarm.changed = true;
+        let stream = &mut self.streams[index];
+        stream.segments.insert(id, Stored::Fetching(fetch));
+        stream.changed = true;
         out.push(Command::FetchSegment(FetchSegment {
             fetch,
             url: uri,
@@ -504,44 +648,44 @@ impl Seeder {
     /// Asks the disk cache about the next batch of VOD segments once the last batch is
     /// answered; what it has is held (and announced) without asking the origin.
     fn probe_disk_cache(&mut self, out: &mut Vec<Command>) {
-        for index in 0..self.swarms.len() {
+        for index in 0..self.streams.len() {
             let budget = PROBE_BUDGET.saturating_sub(self.fetches.len());
-            let swarm = &self.swarms[index];
-            let (Some(from), 0) = (swarm.probe_from, swarm.probes_in_flight) else { continue };
+            let stream = &self.streams[index];
+            let (Some(from), 0) = (stream.probe_from, stream.probes_in_flight) else { continue };
             if budget == 0 {
                 break;
             }
             // Segments an earlier instance held are taken back as they were.
-            let held_before: Vec<(i64, Source)> = swarm
+            let held_before: Vec<(i64, Source)> = stream
                 .sources
                 .range(from..)
                 .filter(|(id, source)| {
-                    !swarm.segments.contains_key(id) && self.orphans.contains_key(*source)
+                    !stream.segments.contains_key(id) && self.orphans.contains_key(*source)
                 })
                 .map(|(id, source)| (*id, source.clone()))
                 .collect();
             for (id, source) in held_before {
                 if let Some(ready) = self.orphans.remove(&source) {
-                    self.swarms[index].segments.insert(id, ready);
-                    self.swarms[index].changed = true;
+                    self.streams[index].segments.insert(id, ready);
+                    self.streams[index].changed = true;
                 }
             }
-            let swarm = &self.swarms[index];
-            let batch: Vec<(i64, Source)> = swarm
+            let stream = &self.streams[index];
+            let batch: Vec<(i64, Source)> = stream
                 .sources
                 .range(from..)
-                .filter(|(id, _)| !swarm.segments.contains_key(id))
+                .filter(|(id, _)| !stream.segments.contains_key(id))
                 .take(budget)
                 .map(|(id, source)| (*id, source.clone()))
                 .collect();
-            let next = batch.last().and_then(|(last, _)| swarm.sources.range(last + 1..).next());
+            let next = batch.last().and_then(|(last, _)| stream.sources.range(last + 1..).next());
             let next = next.map(|(id, _)| *id);
             for (id, (url, range)) in batch {
                 let fetch = self.id();
                 self.fetches.insert(fetch, Fetch::Probe(index, id));
-                let swarm = &mut self.swarms[index];
-                swarm.segments.insert(id, Stored::Probing(fetch));
-                swarm.probes_in_flight += 1;
+                let stream = &mut self.streams[index];
+                stream.segments.insert(id, Stored::Probing(fetch));
+                stream.probes_in_flight += 1;
                 out.push(Command::FetchSegment(FetchSegment {
                     fetch,
                     url,
@@ -549,7 +693,7 @@ impl Seeder {
                     tier: CacheTier::DiskIfCached,
                 }));
             }
-            self.swarms[index].probe_from = next;
+            self.streams[index].probe_from = next;
         }
     }
 
@@ -558,80 +702,100 @@ impl Seeder {
     fn vod_demand(&mut self, index: usize, id: i64, out: &mut Vec<Command>) {
         self.uses += 1;
         let now = self.uses;
-        let swarm = &mut self.swarms[index];
-        swarm.last_use.insert(id, now);
+        let stream = &mut self.streams[index];
+        stream.last_use.insert(id, now);
         let ahead: Vec<(i64, Source)> = (id..id + VOD_PREFETCH as i64)
-            .filter_map(|n| swarm.sources.get(&n).map(|s| (n, s.clone())))
+            .filter_map(|n| stream.sources.get(&n).map(|s| (n, s.clone())))
             .collect();
         for (n, source) in ahead {
             self.ensure(index, n, source, false, out);
         }
-        let swarm = &mut self.swarms[index];
+        let stream = &mut self.streams[index];
         // The disk cache has a cap of its own, which the host enforces; only memory is
         // the policy's to bound.
         let in_memory =
             |s: &Stored| !matches!(s, Stored::Ready { on_disk: true, .. } | Stored::Probing(_));
-        while swarm.segments.values().filter(|s| in_memory(s)).count() > VOD_HELD {
-            let oldest = swarm
+        while stream.segments.values().filter(|s| in_memory(s)).count() > VOD_HELD {
+            let oldest = stream
                 .segments
                 .iter()
                 .filter(|(n, s)| {
                     matches!(s, Stored::Ready { on_disk: false, .. })
                         && !(id..id + VOD_PREFETCH as i64).contains(n)
                 })
-                .min_by_key(|(n, _)| swarm.last_use.get(n).copied().unwrap_or(0))
+                .min_by_key(|(n, _)| stream.last_use.get(n).copied().unwrap_or(0))
                 .map(|(n, s)| (*n, s.clone()));
             let Some((n, Stored::Ready { handle, .. })) = oldest else { break };
-            swarm.segments.remove(&n);
-            swarm.last_use.remove(&n);
-            swarm.changed = true;
+            stream.segments.remove(&n);
+            stream.last_use.remove(&n);
+            stream.changed = true;
             out.push(Command::Evict(handle));
         }
     }
 
-    fn on_timer(&mut self, timer_id: TimerId, open_trackers: &[ConnId], out: &mut Vec<Command>) {
-        if timer_id == TIMER_BASE - 1 {
-            self.start(out);
-            return;
-        }
-        let Some(offset) = timer_id.checked_sub(TIMER_BASE) else { return };
-        let index = (offset / 2) as usize;
-        if index >= self.swarms.len() {
-            return;
-        }
-        if offset % 2 == 0 {
-            if self.swarms[index].playlist_fetch.is_none() {
-                let url = self.swarms[index].playlist_url.clone();
-                let fetch = self.fetch_text(url, Fetch::Playlist(index), out);
-                self.swarms[index].playlist_fetch = Some(fetch);
+    fn on_timer(
+        &mut self,
+        timer_id: TimerId,
+        open_trackers: &[ConnId],
+        random: &mut dyn FnMut() -> u64,
+        out: &mut Vec<Command>,
+    ) {
+        match timer_id {
+            MANIFEST_TIMER => self.fetch_manifest(out),
+            REACH_TIMER => {
+                for peer in self.reach.expire(self.now_ms) {
+                    out.push(close(peer, reach::OFFER_UNANSWERED));
+                }
+                for swarm in 0..self.swarms.len() {
+                    for conn in open_trackers {
+                        self.plan((swarm, *conn), random, out);
+                    }
+                }
+                out.push(timer(REACH_TIMER, REACH_TICK_MS));
             }
-        } else {
-            for conn in open_trackers {
-                out.push(announce_on(*conn, &self.swarms[index], None));
+            _ => {
+                let Some(index) = timer_id.checked_sub(TIMER_BASE) else { return };
+                let index = index as usize;
+                if index < self.streams.len() && self.streams[index].playlist_fetch.is_none() {
+                    let url = self.streams[index].playlist_url.clone();
+                    let fetch = self.fetch_text(url, Fetch::Playlist(index), out);
+                    self.streams[index].playlist_fetch = Some(fetch);
+                }
             }
-            out.push(timer(timer_id, self.swarms[index].announce_seconds * 1000));
         }
     }
 
     fn on_tracker_text(&mut self, conn: ConnId, text: &str, out: &mut Vec<Command>) {
         match announce::parse(text) {
             Ok(TrackerMessage::Offer { info_hash, peer_id, offer_id, sdp }) => {
-                let Some(index) = self.swarms.iter().position(|s| s.info_hash == info_hash) else {
-                    return;
-                };
-                if self.peers.len() + self.answering.len() >= self.max_peers {
+                let Some(swarm) = self.swarm_of(&info_hash) else { return };
+                if self.connections() >= self.max_peers
+                    || !self.remotes.insert((swarm, peer_id.clone()))
+                {
                     return;
                 }
                 let peer = self.id();
-                self.answering.insert(
-                    peer,
-                    PendingAnswer { conn, swarm: index, remote_peer_id: peer_id, offer_id },
-                );
+                self.answering
+                    .insert(peer, PendingAnswer { conn, swarm, remote_peer_id: peer_id, offer_id });
                 out.push(Command::PeerAnswer(PeerAnswer { peer, offer: sdp }));
             }
-            Ok(TrackerMessage::Interval { info_hash, interval, .. }) => {
-                if let Some(swarm) = self.swarms.iter_mut().find(|s| s.info_hash == info_hash) {
-                    swarm.announce_seconds = interval.clamp(10, 3600);
+            Ok(TrackerMessage::Answer { info_hash, peer_id, offer_id, sdp }) => {
+                let Some((peer, (swarm, _))) = self.reach.answered(&offer_id) else { return };
+                if self.swarms[swarm].info_hash != info_hash {
+                    out.push(close(peer, "answered from another swarm"));
+                } else if self.connections() >= self.max_peers {
+                    out.push(close(peer, "no room for another viewer"));
+                } else if !self.remotes.insert((swarm, peer_id.clone())) {
+                    out.push(close(peer, "already connected to this viewer"));
+                } else {
+                    self.peers.insert(peer, Viewer::new(swarm, peer_id));
+                    out.push(Command::PeerAcceptAnswer(PeerAcceptAnswer { peer, answer: sdp }));
+                }
+            }
+            Ok(TrackerMessage::Interval { info_hash, interval, complete, incomplete }) => {
+                if let Some(swarm) = self.swarm_of(&info_hash) {
+                    self.swarms[swarm].announce_seconds = interval.clamp(10, 3600);
+                    self.reach.swarm_size((swarm, conn), complete, incomplete);
                 }
             }
             Ok(TrackerMessage::Failure(reason)) => log(&format!("tracker refused: {reason}")),
@@ -640,17 +804,41 @@ impl Seeder {
         }
     }
 
-    /// Tells the viewers of every swarm whose segments changed what it has now; called
-    /// once per batch, so a burst of changes makes one announcement.
+    fn swarm_of(&self, info_hash: &str) -> Option<usize> {
+        self.swarms.iter().position(|s| s.info_hash == info_hash)
+    }
+
+    /// The end of a turn: announces whose offers are made go out, and the viewers of
+    /// every stream whose segments changed hear what it has now, so a burst of changes
+    /// makes one announcement.
     pub(crate) fn flush(&mut self, out: &mut Vec<Command>) {
         self.probe_disk_cache(out);
-        for (index, swarm) in self.swarms.iter_mut().enumerate() {
-            if !std::mem::take(&mut swarm.changed) {
+        for due in self.reach.take_due(self.now_ms) {
+            let (index, conn) = due.key;
+            let swarm = &self.swarms[index];
+            let event = due.first.then_some(AnnounceEvent::Started);
+            let mut offers = due.offers;
+            let mut text = announce::announce(&swarm.info_hash, &swarm.peer_id, event, &offers);
+            let mut withdrawn = due.withdrawn;
+            while text.len() > MAX_ANNOUNCE_BYTES
+                && let Some(last) = offers.pop()
+            {
+                if let Some(peer) = self.reach.peer_of(&last.offer_id) {
+                    self.reach.forget(peer);
+                    withdrawn.push(peer);
+                }
+                text = announce::announce(&swarm.info_hash, &swarm.peer_id, event, &offers);
+            }
+            out.push(Command::TrackerSend(TrackerSend { conn, text }));
+            out.extend(withdrawn.into_iter().map(|peer| close(peer, "offer withdrawn")));
+        }
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            if !std::mem::take(&mut stream.changed) {
                 continue;
             }
-            let message = announcement(swarm);
+            let message = announcement(stream);
             for (peer, viewer) in &self.peers {
-                if viewer.open && viewer.swarm == index {
+                if viewer.open && self.swarms[viewer.swarm].stream == index {
                     send(*peer, &message, out);
                 }
             }
@@ -672,16 +860,13 @@ impl Seeder {
             Ok(None) => return,
             Err(error) => {
                 // A peer that speaks garbage loses its connection, nobody else.
-                self.peers.remove(&peer);
-                out.push(Command::PeerClose(superpeer_guest::PeerClose {
-                    peer,
-                    reason: format!("bad message: {error}"),
-                }));
+                self.forget_peer(peer);
+                out.push(close(peer, &format!("bad message: {error}")));
                 return;
             }
         };
-        let index = viewer.swarm;
-        let swarm = &self.swarms[index];
+        let index = self.swarms[viewer.swarm].stream;
+        let stream = &self.streams[index];
         match command {
             PeerCommand::SegmentRequest { id, request, byte_from } => {
                 // A new request replaces the one being served.
@@ -692,7 +877,7 @@ impl Seeder {
                     }));
                 }
                 let offset = byte_from.unwrap_or(0).max(0) as u64;
-                match swarm.segments.get(&id) {
+                match stream.segments.get(&id) {
                     Some(Stored::Ready { handle, size, .. }) if offset <= *size => {
                         let header =
                             PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
@@ -707,7 +892,7 @@ impl Seeder {
                     }
                     _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),
                 }
-                if swarm.ended {
+                if stream.ended {
                     self.vod_demand(index, id, out);
                 }
             }
@@ -727,17 +912,62 @@ impl Seeder {
         }
     }
 
-    /// Swarms announced, segments held, viewers connected: for tests and logs.
+    /// Streams, segments held, viewers connected: for tests and logs.
     #[cfg(test)]
     fn figures(&self) -> (usize, usize, usize) {
         let held = self
-            .swarms
+            .streams
             .iter()
             .flat_map(|s| s.segments.values())
             .filter(|s| matches!(s, Stored::Ready { .. }))
             .count();
-        (self.swarms.len(), held, self.peers.len())
+        (self.streams.len(), held, self.peers.len())
     }
+}
+
+fn close(peer: PeerId, reason: &str) -> Command {
+    Command::PeerClose(PeerClose { peer, reason: reason.into() })
+}
+
+/// The renditions of a manifest as viewers' players list them: the main levels (a media
+/// playlist alone is one level with a bitrate of 0 and nothing else) and the audio
+/// tracks with playlists of their own, each with its position in the player's list.
+/// Audio carried inside the variants has no playlist of its own: viewers never load
+/// segments in its swarm.
+fn renditions(url: &str, text: &str) -> Vec<Listed> {
+    if !playlist::is_master(text) {
+        let rendition = Rendition { bitrate: Some(0.0), ..Rendition::default() };
+        return vec![Listed { kind: StreamKind::Main, rendition, position: 0, url: url.into() }];
+    }
+    let master = playlist::parse_master(text, url);
+    let variants = playable_variants(&master);
+    let main = variants.iter().enumerate().map(|(position, v)| Listed {
+        kind: StreamKind::Main,
+        rendition: rendition_of_variant(v),
+        position,
+        url: v.uri.clone(),
+    });
+    let tracks: Vec<&playlist::Media> =
+        master.media.iter().filter(|m| m.attribute("TYPE") == Some("AUDIO")).collect();
+    // hls.js lists every audio track, of every group. When all have playlists and the
+    // first level carries audio but names no group, it lists that audio first as a track
+    // of its own ("main"), which moves the others one place.
+    let first_level_audio = variants.first().is_some_and(|v| {
+        v.attribute("AUDIO").is_none()
+            && !split_codecs(v.attribute("CODECS").unwrap_or("")).1.is_empty()
+    });
+    let shift = usize::from(
+        first_level_audio && !tracks.is_empty() && tracks.iter().all(|m| m.uri.is_some()),
+    );
+    let audio = tracks.iter().enumerate().filter_map(|(position, m)| {
+        Some(Listed {
+            kind: StreamKind::Secondary,
+            rendition: rendition_of_audio(&master, m),
+            position: position + shift,
+            url: m.uri.clone()?,
+        })
+    });
+    main.chain(audio).collect()
 }
 
 /// When to reload a live playlist. Viewers play a few segments behind the live edge and
@@ -754,21 +984,12 @@ fn live_reload_ms(target_duration_ms: u64, grew: bool) -> u64 {
     if grew { target_duration_ms.saturating_sub(quarter).max(MIN_RELOAD_MS) } else { quarter }
 }
 
-fn reload_timer(index: usize) -> TimerId {
-    TIMER_BASE + 2 * index as u64
-}
-
-fn announce_timer(index: usize) -> TimerId {
-    TIMER_BASE + 2 * index as u64 + 1
+fn reload_timer(stream: usize) -> TimerId {
+    TIMER_BASE + stream as u64
 }
 
 fn timer(timer: TimerId, after_ms: u64) -> Command {
     Command::TimerSet(TimerSet { timer, after_ms })
-}
-
-fn announce_on(conn: ConnId, swarm: &Swarm, event: Option<AnnounceEvent>) -> Command {
-    let text = announce::announce(&swarm.info_hash, &swarm.peer_id, event, 0, 0);
-    Command::TrackerSend(TrackerSend { conn, text })
 }
 
 /// The segments to hold, with the id viewers know them by: for live the media sequence
@@ -924,7 +1145,7 @@ fn log(_: &str) {}
 mod tests {
     use super::*;
     use superpeer_guest::{
-        CacheTier, SdpReady, SegmentInfo, SegmentStored, TextFetched, TrackerText,
+        CacheTier, PeerClosed, SdpReady, SegmentInfo, SegmentStored, TextFetched, TrackerText,
     };
 
     const MANIFEST: &str = "http://o.example/live/master.m3u8";
@@ -976,7 +1197,8 @@ mod tests {
 
     /// A seeder that has read the master playlist, with one tracker open.
     fn started() -> (Seeder, u64) {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
+        let mut seeder =
+            Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
@@ -984,9 +1206,8 @@ mod tests {
         seeder.handle(&fetched(manifest, MANIFEST, MASTER), &[7], &mut random(), &mut out);
         let (playlist, url) = texts(&out)[0].clone();
         assert_eq!(url, "http://o.example/live/720p.m3u8");
-        let announces: Vec<&Command> =
-            out.iter().filter(|c| matches!(c, Command::TrackerSend(s) if s.conn == 7)).collect();
-        assert_eq!(announces.len(), 1, "announced on the open tracker at once");
+        let offers = out.iter().filter(|c| matches!(c, Command::PeerOffer(_))).count();
+        assert_eq!(offers, 20, "offers for both generations' swarms on the open tracker");
         (seeder, playlist)
     }
 
@@ -1007,6 +1228,12 @@ mod tests {
         ));
         assert_eq!(seeder.swarms[0].info_hash, expected);
         assert!(seeder.swarms[0].peer_id.starts_with("-PM0203-"));
+        // 2.2 viewers name the level by its position.
+        let expected =
+            Identity::V22.info_hash(&swarm::stream_swarm_id(MANIFEST, StreamKind::Main, "0"));
+        assert_eq!(seeder.swarms[1].info_hash, expected);
+        assert!(seeder.swarms[1].peer_id.starts_with("-PM0202-"));
+        assert_eq!(seeder.swarms[1].stream, 0, "one stream, one cache, for both");
     }
 
     #[test]
@@ -1021,12 +1248,15 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(goodbyes.len(), 2, "{out:?}");
-        for ((conn, message), expected) in goodbyes.iter().zip([7, 9]) {
+        assert_eq!(goodbyes.len(), 4, "{out:?}");
+        for ((conn, message), (expected, swarm)) in
+            goodbyes.iter().zip([(7, 0), (7, 1), (9, 0), (9, 1)])
+        {
             assert_eq!(*conn, expected);
             assert_eq!(message["event"], "stopped");
-            assert_eq!(message["info_hash"], seeder.swarms[0].info_hash.as_str());
-            assert_eq!(message["peer_id"], seeder.swarms[0].peer_id.as_str());
+            assert_eq!(message["info_hash"], seeder.swarms[swarm].info_hash.as_str());
+            assert_eq!(message["peer_id"], seeder.swarms[swarm].peer_id.as_str());
+            assert_eq!(message["offers"], serde_json::json!([]));
         }
     }
 
@@ -1119,18 +1349,18 @@ mod tests {
     #[test]
     fn vod_ids_are_positions_and_a_media_playlist_alone_is_one_rendition() {
         let url = "http://o.example/vod/index.m3u8";
-        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10);
+        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
         out.clear();
         seeder.handle(&fetched(manifest, url, &media(5, 3, true)), &[], &mut random(), &mut out);
-        assert_eq!(seeder.swarms.len(), 1);
+        assert_eq!((seeder.streams.len(), seeder.swarms.len()), (1, 2));
         let (playlist, playlist_url) = texts(&out)[0].clone();
         assert_eq!(playlist_url, url);
         out.clear();
         seeder.handle(&fetched(playlist, url, &media(5, 3, true)), &[], &mut random(), &mut out);
-        assert_eq!(seeder.swarms[0].segments.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(seeder.streams[0].segments.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
         assert!(
             !out.iter().any(|c| matches!(c, Command::TimerSet(t) if t.timer == reload_timer(0))),
             "VOD is not reloaded"
@@ -1363,7 +1593,7 @@ b.m3u8
     /// the first segments stored.
     fn vod_serving() -> (Seeder, PeerId, u64) {
         let url = "http://o.example/vod/index.m3u8";
-        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10);
+        let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
@@ -1499,21 +1729,22 @@ b.m3u8
             };
             seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut out);
             assert!(
-                seeder.swarms[0].segments.len() <= VOD_HELD,
+                seeder.streams[0].segments.len() <= VOD_HELD,
                 "{}",
-                seeder.swarms[0].segments.len()
+                seeder.streams[0].segments.len()
             );
             evictions += out.iter().filter(|c| matches!(c, Command::Evict(_))).count();
             store_all(&mut seeder, &out, &mut handle);
         }
         assert!(evictions > 0);
         // The segments just asked for are never the ones evicted.
-        assert!(seeder.swarms[0].segments.contains_key(&165));
+        assert!(seeder.streams[0].segments.contains_key(&165));
     }
 
     #[test]
     fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
+        let mut seeder =
+            Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
         let held = SegmentInfo {
             handle: 77,
             url: "http://o.example/live/seg101.ts".into(),
@@ -1541,14 +1772,15 @@ b.m3u8
             ["http://o.example/live/seg100.ts", "http://o.example/live/seg102.ts"]
         );
         assert_eq!(
-            seeder.swarms[0].segments.get(&101),
+            seeder.streams[0].segments.get(&101),
             Some(&Stored::Ready { handle: 77, size: 9, on_disk: false })
         );
     }
 
     #[test]
     fn a_failed_manifest_is_fetched_again_later() {
-        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10);
+        let mut seeder =
+            Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
         let mut out = Vec::new();
         seeder.start(&mut out);
         let (manifest, _) = texts(&out)[0].clone();
@@ -1559,9 +1791,286 @@ b.m3u8
             reason: "busy".into(),
         });
         seeder.handle(&failed, &[], &mut random(), &mut out);
-        assert_eq!(out, vec![timer(TIMER_BASE - 1, RETRY_MS)]);
+        assert_eq!(out, vec![timer(MANIFEST_TIMER, RETRY_MS)]);
         out.clear();
-        seeder.handle(&Event::TimerFired(TIMER_BASE - 1), &[], &mut random(), &mut out);
+        seeder.handle(&Event::TimerFired(MANIFEST_TIMER), &[], &mut random(), &mut out);
         assert_eq!(texts(&out).len(), 1);
+    }
+
+    const LADDER: &str = "#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"English\",LANGUAGE=\"en\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"audio/en.m3u8\"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"Deutsch\",LANGUAGE=\"de\",DEFAULT=NO,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"audio/de.m3u8\"
+#EXT-X-STREAM-INF:BANDWIDTH=1280000,AVERAGE-BANDWIDTH=1000000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000,AUDIO=\"aud\"
+720p.m3u8
+#EXT-X-STREAM-INF:BANDWIDTH=640000,CODECS=\"avc1.42e01e,mp4a.40.2\",RESOLUTION=640x360,FRAME-RATE=30.000,AUDIO=\"aud\"
+360p.m3u8
+";
+
+    /// The swarms a seeder joins for `manifest` (fetched from `url`): per stream's
+    /// playlist, each generation's info hash.
+    fn swarms_of(swarm_id: &str, url: &str, manifest: &str) -> Vec<(String, Identity, String)> {
+        let mut seeder = Seeder::new(swarm_id.into(), Some(url.into()), 10, Settings::default());
+        let mut out = Vec::new();
+        seeder.start(&mut out);
+        let (fetch, _) = texts(&out)[0].clone();
+        seeder.handle(&fetched(fetch, url, manifest), &[], &mut random(), &mut out);
+        seeder
+            .swarms
+            .iter()
+            .map(|s| {
+                let playlist = &seeder.streams[s.stream].playlist_url;
+                (playlist.rsplit('/').next().unwrap().to_string(), s.identity, s.info_hash.clone())
+            })
+            .collect()
+    }
+
+    /// The vectors were computed with each package: real hls.js 1.6 parsed the
+    /// playlists and the real p2p-media-loader-hlsjs and -core (2.2.2, 2.3.1) registered
+    /// its streams with the tracker client.
+    #[test]
+    fn every_rendition_joins_each_generations_swarm_as_the_packages_compute_it() {
+        let swarm_id = "https://example.com/vod/master.m3u8";
+        let swarms = swarms_of(swarm_id, &format!("{swarm_id}?token=abc"), LADDER);
+        let expected = [
+            ("720p.m3u8", Identity::V23, "AnS0iQ+XnPQIi++JAPzZ"),
+            ("720p.m3u8", Identity::V22, "0RTFWJuNQD8lA1boPJoS"),
+            ("360p.m3u8", Identity::V23, "D4cJS/crA7kzsh28kPFX"),
+            ("360p.m3u8", Identity::V22, "PP6oDmT7tqB6b5V9hvuE"),
+            ("en.m3u8", Identity::V23, "p0OwFoXI6qK1t4uk8/xk"),
+            ("en.m3u8", Identity::V22, "t5v5cTY4dyA1ZwpPghpB"),
+            ("de.m3u8", Identity::V23, "A92qJz58tjuzH5F+A+Id"),
+            ("de.m3u8", Identity::V22, "9abPF0qE/FqRSweqocA6"),
+        ]
+        .map(|(playlist, identity, hash)| (playlist.to_string(), identity, hash.to_string()));
+        assert_eq!(swarms, expected);
+
+        let alone = "https://example.com/vod/index.m3u8";
+        assert_eq!(
+            swarms_of(alone, alone, &media(0, 3, true)),
+            [
+                ("index.m3u8".to_string(), Identity::V23, "ph7Q4x8hlYriXawpglZd".to_string()),
+                ("index.m3u8".to_string(), Identity::V22, "mI+2xx3zFrhIyaHh9Qj3".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn audio_carried_by_the_first_level_moves_the_tracks_of_2_2_one_place() {
+        // As hls.js lists it: the variants carry audio but name no group, so the audio
+        // tracks come after a track of the main level's own.
+        let ladder = LADDER.replace(",AUDIO=\"aud\"", "");
+        let swarm_id = "https://example.com/vod/master.m3u8";
+        let swarms = swarms_of(swarm_id, swarm_id, &ladder);
+        let v22 = |kind, index: &str| {
+            Identity::V22.info_hash(&swarm::stream_swarm_id(swarm_id, kind, index))
+        };
+        let audio: Vec<&String> = swarms
+            .iter()
+            .filter(|(p, i, _)| p.ends_with("n.m3u8") || p == "de.m3u8" && *i == Identity::V22)
+            .filter(|(_, i, _)| *i == Identity::V22)
+            .map(|(_, _, hash)| hash)
+            .collect();
+        assert_eq!(
+            audio,
+            [&v22(StreamKind::Secondary, "1"), &v22(StreamKind::Secondary, "2")],
+            "{swarms:?}"
+        );
+        assert_eq!(swarms[1].2, v22(StreamKind::Main, "0"), "levels keep their places");
+        // 2.3 names audio by its attributes: unchanged.
+        assert_eq!(swarms[4].2, "p0OwFoXI6qK1t4uk8/xk");
+    }
+
+    #[test]
+    fn a_seed_may_serve_one_generation_only() {
+        let settings = Settings { identities: vec![Identity::V22], ..Settings::default() };
+        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, settings);
+        let mut out = Vec::new();
+        seeder.start(&mut out);
+        let (fetch, _) = texts(&out)[0].clone();
+        seeder.handle(&fetched(fetch, MANIFEST, MASTER), &[], &mut random(), &mut out);
+        assert_eq!(seeder.swarms.len(), 1);
+        assert_eq!(seeder.swarms[0].identity, Identity::V22);
+    }
+
+    fn offers_in(out: &[Command]) -> Vec<PeerId> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::PeerOffer(peer) => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed_in(out: &[Command]) -> Vec<(PeerId, String)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::PeerClose(c) => Some((c.peer, c.reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tracker_json(out: &[Command]) -> Vec<serde_json::Value> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::TrackerSend(s) => Some(serde_json::from_str(&s.text).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A turn at `now_ms` with these events, flushed as the policy does.
+    fn turn(seeder: &mut Seeder, now_ms: u64, events: &[Event]) -> Vec<Command> {
+        let mut out = Vec::new();
+        seeder.begin_turn(now_ms);
+        for event in events {
+            seeder.handle(event, &[7], &mut random(), &mut out);
+        }
+        seeder.flush(&mut out);
+        out
+    }
+
+    fn tracker_text(text: String) -> Event {
+        Event::TrackerText(TrackerText { conn: 7, text })
+    }
+
+    fn answer_from(info_hash: &str, viewer: &str, offer_id: &str) -> Event {
+        tracker_text(format!(
+            r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"{viewer}","offer_id":"{offer_id}","answer":{{"type":"answer","sdp":"v=0 from {viewer}"}}}}"#
+        ))
+    }
+
+    fn offer_from(info_hash: &str, viewer: &str) -> Event {
+        tracker_text(format!(
+            r#"{{"action":"announce","info_hash":"{info_hash}","peer_id":"{viewer}","offer_id":"o-{viewer}","offer":{{"type":"offer","sdp":"v=0"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn reaches_viewers_with_offers_of_its_own_within_the_budget() {
+        let settings = Settings { identities: vec![Identity::V23], ..Settings::default() };
+        let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 3, settings);
+        let mut out = Vec::new();
+        seeder.start(&mut out);
+        let (fetch, _) = texts(&out)[0].clone();
+        seeder.handle(&fetched(fetch, MANIFEST, MASTER), &[], &mut random(), &mut out);
+        let hash = seeder.swarms[0].info_hash.clone();
+
+        // The tracker opens: offers at once (as many as could fill the budget of 3), and
+        // the announce once the host has made them.
+        out.clear();
+        seeder.begin_turn(0);
+        seeder.tracker_open(7, "ws://127.0.0.1:1/", &mut random(), &mut out);
+        seeder.flush(&mut out);
+        let offers = offers_in(&out);
+        assert_eq!(offers.len(), 3, "{out:?}");
+        assert!(tracker_json(&out).is_empty(), "the SDPs are not made yet");
+        let ready: Vec<Event> = offers
+            .iter()
+            .map(|peer| Event::PeerOfferReady(SdpReady { peer: *peer, sdp: format!("sdp{peer}") }))
+            .collect();
+        let out = turn(&mut seeder, 10, &ready);
+        let announce = tracker_json(&out).remove(0);
+        assert_eq!(announce["event"], "started");
+        assert_eq!(announce["numwant"], 3);
+        assert_eq!(announce["info_hash"], hash.as_str());
+        let offer_ids: Vec<String> = announce["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["offer_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(offer_ids.len(), 3);
+        assert!(offer_ids.iter().all(|id| id.len() == 20));
+
+        // The tracker counts five viewers. Viewer A answers twice (the tracker handed it
+        // two of our offers): the second is withdrawn, never a second connection.
+        let reply = format!(
+            r#"{{"action":"announce","info_hash":"{hash}","interval":120,"complete":0,"incomplete":6}}"#
+        );
+        let a = "-PM0203-aaaaaaaaaaaa";
+        let out = turn(
+            &mut seeder,
+            20,
+            &[
+                tracker_text(reply),
+                answer_from(&hash, a, &offer_ids[0]),
+                answer_from(&hash, a, &offer_ids[1]),
+                offer_from(&hash, a),
+            ],
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|c| matches!(c, Command::PeerAcceptAnswer(a) if a.peer == offers[0]))
+                .count(),
+            1
+        );
+        assert_eq!(closed_in(&out), [(offers[1], "already connected to this viewer".to_string())]);
+        assert!(!out.iter().any(|c| matches!(c, Command::PeerAnswer(_))), "A's own offer: ignored");
+
+        // B answers, C offers: the budget of 3 is full; D's offer finds no room.
+        let (b, c, d) = ("-PM0203-bbbbbbbbbbbb", "-PM0203-cccccccccccc", "-PM0203-dddddddddddd");
+        let out =
+            turn(&mut seeder, 30, &[answer_from(&hash, b, &offer_ids[2]), offer_from(&hash, c)]);
+        assert!(
+            out.iter().any(|c| matches!(c, Command::PeerAcceptAnswer(a) if a.peer == offers[2]))
+        );
+        assert!(out.iter().any(|c| matches!(c, Command::PeerAnswer(_))));
+        let out = turn(&mut seeder, 40, &[offer_from(&hash, d)]);
+        assert!(out.is_empty(), "{out:?}");
+        let out = turn(&mut seeder, 1_500, &[Event::TimerFired(REACH_TIMER)]);
+        assert!(offers_in(&out).is_empty(), "no offers while the budget is full: {out:?}");
+
+        // A leaves: a round of offers for the two viewers not reached; unanswered, they
+        // are withdrawn after their time.
+        let closed = Event::PeerClosed(PeerClosed { peer: offers[0], reason: "bye".into() });
+        let out = turn(&mut seeder, 2_000, &[closed, Event::TimerFired(REACH_TIMER)]);
+        let again = offers_in(&out);
+        assert!(!again.is_empty() && again.len() <= 10, "{out:?}");
+        let ready: Vec<Event> = again
+            .iter()
+            .map(|peer| Event::PeerOfferReady(SdpReady { peer: *peer, sdp: "sdp".into() }))
+            .collect();
+        let out = turn(&mut seeder, 2_010, &ready);
+        let announce = tracker_json(&out).remove(0);
+        assert_eq!(announce.get("event"), None, "started only once");
+        let expiry = 2_000 + reach::OFFER_TIMEOUT_MS;
+        let out = turn(&mut seeder, expiry, &[Event::TimerFired(REACH_TIMER)]);
+        let withdrawn: Vec<PeerId> = closed_in(&out).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(withdrawn.len(), again.len(), "{out:?}");
+        assert!(again.iter().all(|p| withdrawn.contains(p)));
+        // A's offer is answered again now that there is room.
+        let out = turn(&mut seeder, expiry + 10, &[offer_from(&hash, a)]);
+        assert!(out.iter().any(|c| matches!(c, Command::PeerAnswer(_))));
+    }
+
+    #[test]
+    fn viewers_of_every_generation_are_served_from_one_cache() {
+        let (mut seeder, peer) = serving();
+        seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
+        // A 2.2 viewer of the same rendition.
+        let v22 = seeder.swarms[1].info_hash.clone();
+        let mut out = Vec::new();
+        seeder.handle(&offer_from(&v22, "-PM0202-zzzzzzzzzzzz"), &[7], &mut random(), &mut out);
+        let Some(Command::PeerAnswer(answer)) = out.first().cloned() else { panic!("{out:?}") };
+        let ready = Event::PeerAnswerReady(SdpReady { peer: answer.peer, sdp: "v=0".into() });
+        out.clear();
+        seeder.handle(&ready, &[7], &mut random(), &mut out);
+        assert_eq!(tracker_json(&out)[0]["info_hash"], v22.as_str(), "answered in its swarm");
+        out.clear();
+        seeder.handle(&Event::PeerChannelOpen(answer.peer), &[7], &mut random(), &mut out);
+        assert_eq!(
+            sent(&out),
+            [PeerCommand::SegmentsAnnouncement { loaded: vec![100, 101, 102], loading: vec![] }]
+        );
+        out.clear();
+        let request = PeerCommand::SegmentRequest { id: 101, request: 1, byte_from: None };
+        seeder.handle(&message(answer.peer, &request), &[7], &mut random(), &mut out);
+        assert!(out.iter().any(|c| matches!(c, Command::ServeSegment(s) if s.handle == 51)));
+        // A change reaches the viewers of both swarms.
+        out.clear();
+        seeder.handle(&Event::SegmentEvicted(50), &[7], &mut random(), &mut out);
+        seeder.flush(&mut out);
+        assert_eq!(sent(&out).len(), 2);
     }
 }

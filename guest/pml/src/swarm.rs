@@ -1,18 +1,17 @@
-//! Swarm identity as p2p-media-loader 2.3 computes it: the short id of each rendition,
-//! the per-rendition swarm id, the 20-character info hash trackers know it by, and
-//! peer ids.
+//! Swarm identity as p2p-media-loader computes it: the short id of each rendition, the
+//! per-rendition swarm id, the 20-character info hash trackers know it by, and peer ids,
+//! for each generation of viewers in use (2.3.x and 2.2.x).
 //!
 //! Pure functions; the inputs are the attributes of a rendition as the viewer's player
 //! reports them (for hls.js: the master playlist's attributes as hls.js parses them).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use md5::Md5;
 use sha1::{Digest, Sha1};
 
 /// p2p-media-loader's peer protocol generation, the first part of every swarm id.
 const PROTOCOL: &str = "v2";
-/// `-PM` + major and minor version, two digits each: what 2.3.x viewers announce.
-pub const PEER_ID_PREFIX: &str = "-PM0203-";
 const PEER_ID_LENGTH: usize = 20;
 const PEER_ID_SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -29,6 +28,66 @@ pub struct Rendition {
     pub name: Option<String>,
     pub frame_rate: Option<String>,
     pub video_range: Option<String>,
+}
+
+/// The generation of p2p-media-loader a swarm is for. Both speak the same tracker and
+/// wire protocols, but each names a rendition's swarm its own way, so viewers of one
+/// never meet viewers of the other: a super peer serves each generation it joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Identity {
+    /// 2.3.x: a rendition is named by the SHA-1 of its attributes; the info hash is the
+    /// first 15 bytes of the SHA-1 of the swarm id.
+    V23,
+    /// 2.2.x: a rendition is named by its position in the player's list; the info hash
+    /// is bytes 1 to 15 of the MD5 of the swarm id.
+    V22,
+}
+
+impl Identity {
+    /// Every generation superpeer speaks, newest first.
+    pub const ALL: [Identity; 2] = [Identity::V23, Identity::V22];
+
+    /// The version as operators write it (`2.3`, `2.2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Identity::V23 => "2.3",
+            Identity::V22 => "2.2",
+        }
+    }
+
+    /// Reads `2.3`, `v2.3`, `2.3.x` or a full version such as `2.3.1`.
+    pub fn parse(text: &str) -> Option<Identity> {
+        let text = text.trim().trim_start_matches(['v', 'V']);
+        let mut parts = text.split('.');
+        let (major, minor) = (parts.next()?, parts.next()?);
+        let patch_ok = parts.next().is_none_or(|p| p == "x" || p.parse::<u32>().is_ok());
+        if !patch_ok || parts.next().is_some() || major != "2" {
+            return None;
+        }
+        match minor {
+            "3" => Some(Identity::V23),
+            "2" => Some(Identity::V22),
+            _ => None,
+        }
+    }
+
+    /// `-PM` + major and minor version, two digits each, as this generation's viewers
+    /// start their peer ids.
+    pub fn peer_id_prefix(self) -> &'static str {
+        match self {
+            Identity::V23 => "-PM0203-",
+            Identity::V22 => "-PM0202-",
+        }
+    }
+
+    /// The info hash a tracker knows a swarm by: base64 of 15 bytes of a digest of the
+    /// swarm id, 20 ASCII characters.
+    pub fn info_hash(self, stream_swarm_id: &str) -> String {
+        match self {
+            Identity::V23 => STANDARD.encode(&Sha1::digest(stream_swarm_id.as_bytes())[..15]),
+            Identity::V22 => STANDARD.encode(&Md5::digest(stream_swarm_id.as_bytes())[1..]),
+        }
+    }
 }
 
 /// Main (video, or audio-only levels) or secondary (alternative audio) rendition.
@@ -100,23 +159,33 @@ fn js_number(value: f64) -> String {
 }
 
 /// The swarm of one rendition: what viewers of the same stream and rendition share.
-pub fn stream_swarm_id(swarm_id: &str, kind: StreamKind, short_id: &str) -> String {
-    format!("{PROTOCOL}-{swarm_id}-{}-{short_id}", kind.as_str())
+/// `index` is the rendition's short id (2.3) or its position (2.2).
+pub fn stream_swarm_id(swarm_id: &str, kind: StreamKind, index: &str) -> String {
+    format!("{PROTOCOL}-{swarm_id}-{}-{index}", kind.as_str())
 }
 
-/// The info hash a tracker knows a rendition's swarm by: base64 of the first 15 bytes
-/// of its SHA-1, 20 ASCII characters.
+/// The info hash of a 2.3.x swarm (see [`Identity::info_hash`]).
 pub fn info_hash(stream_swarm_id: &str) -> String {
-    STANDARD.encode(&Sha1::digest(stream_swarm_id.as_bytes())[..15])
+    Identity::V23.info_hash(stream_swarm_id)
 }
 
-/// A peer id as 2.3.x viewers make them, from a source of random numbers.
-pub fn peer_id(mut random: impl FnMut() -> u64) -> String {
-    let mut id = String::from(PEER_ID_PREFIX);
-    while id.len() < PEER_ID_LENGTH {
-        id.push(char::from(PEER_ID_SYMBOLS[(random() % PEER_ID_SYMBOLS.len() as u64) as usize]));
-    }
-    id
+/// A peer id as viewers of `identity` make them, from a source of random numbers.
+pub fn peer_id(identity: Identity, mut random: impl FnMut() -> u64) -> String {
+    random_text(identity.peer_id_prefix(), PEER_ID_LENGTH, random_symbols(&mut random))
+}
+
+/// `prefix` followed by letters and digits up to `length` characters.
+pub fn random_text(prefix: &str, length: usize, symbols: impl Iterator<Item = char>) -> String {
+    let mut text = String::from(prefix);
+    text.extend(symbols.take(length.saturating_sub(prefix.len())));
+    text
+}
+
+/// Letters and digits drawn from a source of random numbers.
+pub fn random_symbols(random: &mut dyn FnMut() -> u64) -> impl Iterator<Item = char> + '_ {
+    std::iter::repeat_with(move || {
+        char::from(PEER_ID_SYMBOLS[(random() % PEER_ID_SYMBOLS.len() as u64) as usize])
+    })
 }
 
 #[cfg(test)]
@@ -195,13 +264,58 @@ mod tests {
 
     #[test]
     fn peer_ids_have_the_viewers_shape() {
-        let mut n = 0u64;
-        let id = peer_id(|| {
-            n += 7;
-            n
-        });
-        assert_eq!(id.len(), 20);
-        assert!(id.starts_with("-PM0203-"));
-        assert!(id[8..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        for (identity, prefix) in [(Identity::V23, "-PM0203-"), (Identity::V22, "-PM0202-")] {
+            let mut n = 0u64;
+            let id = peer_id(identity, || {
+                n += 7;
+                n
+            });
+            assert_eq!(id.len(), 20);
+            assert!(id.starts_with(prefix));
+            assert!(id[8..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+    }
+
+    /// Computed with p2p-media-loader-core 2.2.2 itself (`getStreamHash`, nano-md5),
+    /// and for 2.3.1 with its own SHA-1.
+    #[test]
+    fn info_hashes_match_each_generation() {
+        let base = "v2-https://example.com/vod/master.m3u8";
+        for (suffix, hash) in [
+            ("main-0", "0RTFWJuNQD8lA1boPJoS"),
+            ("main-1", "PP6oDmT7tqB6b5V9hvuE"),
+            ("secondary-0", "t5v5cTY4dyA1ZwpPghpB"),
+            ("secondary-1", "9abPF0qE/FqRSweqocA6"),
+        ] {
+            assert_eq!(Identity::V22.info_hash(&format!("{base}-{suffix}")), hash, "{suffix}");
+        }
+        assert_eq!(
+            Identity::V22.info_hash("v2-https://example.com/vod/index.m3u8-main-0"),
+            "mI+2xx3zFrhIyaHh9Qj3"
+        );
+        assert_eq!(
+            Identity::V23.info_hash(&format!("{base}-main-SPTQGUUMr97bYuyGLKSthp9Of5o=")),
+            "AnS0iQ+XnPQIi++JAPzZ"
+        );
+    }
+
+    #[test]
+    fn identities_read_as_operators_write_them() {
+        for (text, identity) in [
+            ("2.3", Some(Identity::V23)),
+            ("v2.3", Some(Identity::V23)),
+            ("2.3.x", Some(Identity::V23)),
+            ("2.3.1", Some(Identity::V23)),
+            (" 2.2 ", Some(Identity::V22)),
+            ("2.2.2", Some(Identity::V22)),
+            ("2.1", None),
+            ("3.0", None),
+            ("2", None),
+            ("2.3.1.4", None),
+            ("", None),
+        ] {
+            assert_eq!(Identity::parse(text), identity, "{text:?}");
+        }
+        assert!(Identity::ALL.iter().all(|i| Identity::parse(i.name()) == Some(*i)));
     }
 }

@@ -143,6 +143,19 @@ impl Trackers {
         }
     }
 
+    /// The URL of an open or opening connection.
+    pub(crate) fn url(&mut self, conn: ConnId) -> Option<String> {
+        self.find(conn).map(|t| t.url.clone())
+    }
+
+    /// The connections that are open now, with their URLs.
+    pub(crate) fn open_with_urls(&self) -> impl Iterator<Item = (ConnId, &str)> + '_ {
+        self.list.iter().filter_map(|t| match t.link {
+            Link::Open(conn) => Some((conn, t.url.as_str())),
+            _ => None,
+        })
+    }
+
     /// The connections that are open now.
     pub(crate) fn open(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.list.iter().filter_map(|t| match t.link {

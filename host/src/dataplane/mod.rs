@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::policy::wire::{
-    ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, PeerClosed, SegmentHandle,
-    SegmentInfo, SegmentSent, SegmentStored, TextFetched,
+    ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, SegmentHandle, SegmentInfo,
+    SegmentSent, SegmentStored, TextFetched,
 };
 pub use store::{Held, SegmentStore};
 
@@ -55,6 +55,9 @@ pub struct DataPlaneLimits {
     pub advertise_ip: Option<IpAddr>,
     /// Where segments the policy asks to keep on disk go; in memory when unset.
     pub disk_cache: Option<disk::DiskCacheConfig>,
+    /// How long an offer of ours waits for its answer before it is dropped (the policy
+    /// usually withdraws it sooner).
+    pub offer_timeout: Duration,
 }
 
 impl Default for DataPlaneLimits {
@@ -70,6 +73,7 @@ impl Default for DataPlaneLimits {
             udp_ports: None,
             advertise_ip: None,
             disk_cache: None,
+            offer_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -150,6 +154,7 @@ impl DataPlane {
                 None
             }
         });
+        let rtc = webrtc::Rtc::new(socket, advertised, limits.offer_timeout);
         let plane = DataPlane {
             limits,
             events,
@@ -159,7 +164,7 @@ impl DataPlane {
             trackers_open: 0,
             fetches: HashMap::new(),
             store: SegmentStore::default(),
-            rtc: webrtc::Rtc::new(socket, advertised),
+            rtc,
             udp_addr: bound,
             disk,
             read_segments: ReadSegments::default(),
@@ -260,14 +265,10 @@ impl DataPlane {
                 self.rtc.close(c.peer);
                 Vec::new()
             }
-            // Viewers make the offers; an ICE-lite server only answers.
-            Command::PeerOffer(peer) => {
-                vec![Event::PeerClosed(PeerClosed { peer, reason: NOT_OFFERING.into() })]
-            }
+            Command::PeerOffer(peer) => self.rtc.offer(peer, now),
+            Command::PeerAcceptAnswer(a) => self.rtc.accept_answer(a.peer, a.answer, now),
             // Timers live in the runner's tables.
-            Command::PeerAcceptAnswer(_) | Command::TimerSet(_) | Command::TimerCancel(_) => {
-                Vec::new()
-            }
+            Command::TimerSet(_) | Command::TimerCancel(_) => Vec::new(),
         };
         self.count_uploads(&events);
         events
@@ -370,9 +371,15 @@ impl DataPlane {
         self.fetch_errors
     }
 
-    /// Viewers with a WebRTC connection.
+    /// Viewers: connections whose DataChannel is open. Connections still being set up
+    /// and offers waiting for an answer are not viewers yet.
     pub fn viewers(&self) -> usize {
-        self.rtc.peer_count()
+        self.rtc.viewers()
+    }
+
+    /// Offers of ours waiting for an answer.
+    pub fn offers_pending(&self) -> usize {
+        self.rtc.offers_pending()
     }
 
     fn fetch(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>, kind: fetch::Kind) {
@@ -461,7 +468,6 @@ impl DataPlane {
     }
 }
 
-const NOT_OFFERING: &str = "superpeer answers offers; it does not make them";
 /// Why a `disk-if-cached` fetch failed when the disk cache does not have the segment.
 pub const NOT_CACHED: &str = "not cached";
 

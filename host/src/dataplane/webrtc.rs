@@ -1,15 +1,21 @@
-//! WebRTC for a worker: every viewer on one UDP socket, the worker as an ICE-lite
-//! answerer, DTLS and SCTP DataChannels from the sans-I/O `rtc` crate.
+//! WebRTC for a worker: every viewer on one UDP socket, the worker as an ICE-lite agent
+//! that answers viewers' offers and makes offers of its own, DTLS and SCTP DataChannels
+//! from the sans-I/O `rtc` crate.
 //!
 //! Owns the peer connections, the demultiplexing of datagrams (by the ICE username of
 //! STUN requests, then by source address) and the per-viewer send queue that streams
 //! segment bytes with back-pressure. It never parses the viewers' protocol: messages
 //! go to the policy as they came.
+//!
+//! An offer waiting for its answer is a connection object and an entry in the deadline
+//! set, nothing more: no DTLS or SCTP state exists until the answer is taken, and an
+//! offer not answered within its time is dropped by the deadline that every connection
+//! already has.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::RTCPeerConnection;
@@ -42,6 +48,8 @@ const SEND_HIGH_WATER: usize = 128 << 10;
 const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// Where the DataChannel reports it has room again.
 const SEND_LOW_WATER: u32 = 32 << 10;
+/// Why an offer was dropped: nobody answered it in time.
+pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
 /// What waits to go out on a viewer's DataChannel, in order.
 #[derive(Debug)]
@@ -59,6 +67,9 @@ struct Peer {
     /// When the connection next wants `handle_timeout`, as last asked (its entry in
     /// [`Rtc::deadlines`]).
     deadline: Option<Instant>,
+    /// Until when an offer of ours waits for its answer; none once answered (or for a
+    /// connection that answered a viewer's offer).
+    offer_expires: Option<Instant>,
 }
 
 /// All of a worker's viewers.
@@ -78,6 +89,10 @@ pub struct Rtc {
     deadlines: BTreeSet<(Instant, PeerId)>,
     by_ufrag: HashMap<String, PeerId>,
     by_address: HashMap<SocketAddr, PeerId>,
+    /// How long an offer of ours waits for its answer.
+    offer_timeout: Duration,
+    /// Connections whose DataChannel is open: the viewers.
+    open: usize,
 }
 
 impl std::fmt::Debug for Rtc {
@@ -90,7 +105,7 @@ impl std::fmt::Debug for Rtc {
 }
 
 impl Rtc {
-    pub fn new(socket: Arc<UdpSocket>, advertised: SocketAddr) -> Self {
+    pub fn new(socket: Arc<UdpSocket>, advertised: SocketAddr, offer_timeout: Duration) -> Self {
         let certificate = generate_certificate()
             .map_err(
                 |e| tracing::warn!(error = %e, "no shared DTLS certificate; one per connection"),
@@ -104,30 +119,40 @@ impl Rtc {
             by_ufrag: HashMap::new(),
             by_address: HashMap::new(),
             deadlines: BTreeSet::new(),
+            offer_timeout,
+            open: 0,
         }
     }
 
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
+    /// Viewers: connections with an open DataChannel.
+    pub fn viewers(&self) -> usize {
+        self.open
+    }
+
+    /// Offers of ours still waiting for an answer.
+    pub fn offers_pending(&self) -> usize {
+        self.peers.values().filter(|p| p.offer_expires.is_some()).count()
     }
 
     /// Answers a viewer's offer; returns the answer (or why not) as a policy event.
     pub fn answer(&mut self, peer: PeerId, offer: String, now: Instant) -> Vec<Event> {
         let ufrag = random_token(12);
-        match self.connect(&ufrag, offer, now) {
+        let answered = self.connection(&ufrag, now).and_then(|mut connection| {
+            let offer =
+                RTCSessionDescription::offer(offer).map_err(|e| format!("bad offer: {e}"))?;
+            connection
+                .set_remote_description(now, offer)
+                .map_err(|e| format!("offer refused: {e}"))?;
+            self.add_host_candidate(&mut connection)?;
+            let answer = connection.create_answer(None).map_err(|e| format!("no answer: {e}"))?;
+            connection
+                .set_local_description(now, answer.clone())
+                .map_err(|e| format!("answer refused: {e}"))?;
+            Ok((connection, answer.sdp))
+        });
+        match answered {
             Ok((connection, sdp)) => {
-                self.by_ufrag.insert(ufrag.clone(), peer);
-                self.peers.insert(
-                    peer,
-                    Box::new(Peer {
-                        connection,
-                        ufrag,
-                        channel: None,
-                        queue: VecDeque::new(),
-                        addresses: Vec::new(),
-                        deadline: None,
-                    }),
-                );
+                self.add(peer, ufrag, connection, None);
                 let mut events = vec![Event::PeerAnswerReady(SdpReady { peer, sdp })];
                 events.extend(self.drain(peer, now));
                 events
@@ -136,12 +161,81 @@ impl Rtc {
         }
     }
 
-    fn connect(
-        &self,
-        ufrag: &str,
-        offer: String,
-        now: Instant,
-    ) -> Result<(RTCPeerConnection, String), String> {
+    /// Makes an offer, as a browser viewer would (one reliable, ordered DataChannel with a
+    /// random 40-hex-character label), with our host candidate and no trickle. It waits
+    /// for [`Rtc::accept_answer`] until the offer timeout.
+    pub fn offer(&mut self, peer: PeerId, now: Instant) -> Vec<Event> {
+        let ufrag = random_token(12);
+        let offered = self.connection(&ufrag, now).and_then(|mut connection| {
+            connection
+                .create_data_channel(&random_hex(40), None)
+                .map_err(|e| format!("no data channel: {e}"))?;
+            self.add_host_candidate(&mut connection)?;
+            let offer = connection.create_offer(None).map_err(|e| format!("no offer: {e}"))?;
+            connection
+                .set_local_description(now, offer.clone())
+                .map_err(|e| format!("offer refused: {e}"))?;
+            Ok((connection, offer.sdp))
+        });
+        match offered {
+            Ok((connection, sdp)) => {
+                self.add(peer, ufrag, connection, Some(now + self.offer_timeout));
+                let mut events = vec![Event::PeerOfferReady(SdpReady { peer, sdp })];
+                events.extend(self.drain(peer, now));
+                events
+            }
+            Err(reason) => vec![Event::PeerClosed(PeerClosed { peer, reason })],
+        }
+    }
+
+    /// Completes an offer of ours with the viewer's answer; a bad answer closes it.
+    pub fn accept_answer(&mut self, peer: PeerId, answer: String, now: Instant) -> Vec<Event> {
+        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        if state.offer_expires.is_none() {
+            return Vec::new();
+        }
+        let accepted = RTCSessionDescription::answer(answer)
+            .map_err(|e| format!("bad answer: {e}"))
+            .and_then(|answer| {
+                state
+                    .connection
+                    .set_remote_description(now, answer)
+                    .map_err(|e| format!("answer refused: {e}"))
+            });
+        match accepted {
+            Ok(()) => {
+                state.offer_expires = None;
+                self.drain(peer, now)
+            }
+            Err(reason) => self.drop_peer(peer, reason),
+        }
+    }
+
+    fn add(
+        &mut self,
+        peer: PeerId,
+        ufrag: String,
+        connection: RTCPeerConnection,
+        offer_expires: Option<Instant>,
+    ) {
+        self.by_ufrag.insert(ufrag.clone(), peer);
+        self.peers.insert(
+            peer,
+            Box::new(Peer {
+                connection,
+                ufrag,
+                channel: None,
+                queue: VecDeque::new(),
+                addresses: Vec::new(),
+                deadline: None,
+                offer_expires,
+            }),
+        );
+    }
+
+    /// A connection of this worker: ICE-lite with the given ufrag, the shared
+    /// certificate, no mDNS.
+    fn connection(&self, ufrag: &str, now: Instant) -> Result<RTCPeerConnection, String> {
         let engine = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.to_string(), random_token(24))
@@ -155,13 +249,16 @@ impl Rtc {
         if let Some(certificate) = &self.certificate {
             configuration = configuration.with_certificates(vec![certificate.clone()]);
         }
-        let mut connection = RTCPeerConnectionBuilder::new()
+        RTCPeerConnectionBuilder::new()
             .with_configuration(configuration.build())
             .with_setting_engine(engine)
             .build(now)
-            .map_err(|e| format!("could not create a connection: {e}"))?;
-        let offer = RTCSessionDescription::offer(offer).map_err(|e| format!("bad offer: {e}"))?;
-        connection.set_remote_description(now, offer).map_err(|e| format!("offer refused: {e}"))?;
+            .map_err(|e| format!("could not create a connection: {e}"))
+    }
+
+    /// Our one candidate, then the end of candidates: the SDP carries them all (viewers
+    /// do not trickle).
+    fn add_host_candidate(&self, connection: &mut RTCPeerConnection) -> Result<(), String> {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
@@ -178,13 +275,8 @@ impl Rtc {
             .to_json()
             .map_err(|e| format!("host candidate: {e}"))?;
         connection.add_local_candidate(init).map_err(|e| format!("host candidate: {e}"))?;
-        // End of candidates: the answer carries them all (viewers do not trickle).
         let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
-        let answer = connection.create_answer(None).map_err(|e| format!("no answer: {e}"))?;
-        connection
-            .set_local_description(now, answer.clone())
-            .map_err(|e| format!("answer refused: {e}"))?;
-        Ok((connection, answer.sdp))
+        Ok(())
     }
 
     /// A datagram arrived on the socket.
@@ -228,9 +320,12 @@ impl Rtc {
             self.deadlines.iter().take_while(|(at, _)| *at <= now).map(|(_, peer)| *peer).collect();
         let mut events = Vec::new();
         for peer in due {
-            if let Some(state) = self.peers.get_mut(&peer) {
-                let _ = state.connection.handle_timeout(now);
+            let Some(state) = self.peers.get_mut(&peer) else { continue };
+            if state.offer_expires.is_some_and(|at| at <= now) {
+                events.extend(self.drop_peer(peer, OFFER_UNANSWERED.into()));
+                continue;
             }
+            let _ = state.connection.handle_timeout(now);
             events.extend(self.drain(peer, now));
         }
         events
@@ -299,7 +394,31 @@ impl Rtc {
         }
     }
 
+    /// Closes a connection for a reason of ours and reports it closed.
+    fn drop_peer(&mut self, peer: PeerId, reason: String) -> Vec<Event> {
+        let Some(mut state) = self.peers.remove(&peer) else { return Vec::new() };
+        let mut events = Vec::new();
+        for item in state.queue.drain(..) {
+            if let Outgoing::Serve { handle, sent, .. } = item {
+                events.push(Event::SegmentSent(SegmentSent {
+                    peer,
+                    handle,
+                    bytes: sent,
+                    complete: false,
+                }));
+            }
+        }
+        let _ = state.connection.close();
+        self.flush_writes(&mut state.connection);
+        self.forget(peer, &state);
+        events.push(Event::PeerClosed(PeerClosed { peer, reason }));
+        events
+    }
+
     fn forget(&mut self, peer: PeerId, state: &Peer) {
+        if state.channel.is_some() {
+            self.open -= 1;
+        }
         if let Some(at) = state.deadline {
             self.deadlines.remove(&(at, peer));
         }
@@ -335,6 +454,7 @@ impl Rtc {
                         if state.channel.is_none() =>
                     {
                         state.channel = Some(id);
+                        self.open += 1;
                         if let Some(mut channel) = state.connection.data_channel(id) {
                             channel.set_buffered_amount_low_threshold(SEND_LOW_WATER);
                         }
@@ -375,37 +495,27 @@ impl Rtc {
             }
         }
         self.flush_writes(&mut state.connection);
-        match closed {
-            Some(reason) => {
-                for item in state.queue.drain(..) {
-                    if let Outgoing::Serve { handle, sent, .. } = item {
-                        events.push(Event::SegmentSent(SegmentSent {
-                            peer,
-                            handle,
-                            bytes: sent,
-                            complete: false,
-                        }));
-                    }
-                }
-                let _ = state.connection.close();
-                self.flush_writes(&mut state.connection);
-                self.forget(peer, &state);
-                events.push(Event::PeerClosed(PeerClosed { peer, reason }));
-            }
-            None => {
-                let deadline = state.connection.poll_timeout();
-                if deadline != state.deadline {
-                    if let Some(old) = state.deadline {
-                        self.deadlines.remove(&(old, peer));
-                    }
-                    if let Some(new) = deadline {
-                        self.deadlines.insert((new, peer));
-                    }
-                    state.deadline = deadline;
-                }
-                self.peers.insert(peer, state);
-            }
+        if let Some(reason) = closed {
+            // Back in the table for a moment, so closing it is said in one place.
+            self.peers.insert(peer, state);
+            events.extend(self.drop_peer(peer, reason));
+            return events;
         }
+        // An offer waiting for its answer is due when it expires, if nothing is sooner.
+        let deadline = match (state.connection.poll_timeout(), state.offer_expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != state.deadline {
+            if let Some(old) = state.deadline {
+                self.deadlines.remove(&(old, peer));
+            }
+            if let Some(new) = deadline {
+                self.deadlines.insert((new, peer));
+            }
+            state.deadline = deadline;
+        }
+        self.peers.insert(peer, state);
         events
     }
 }
@@ -475,6 +585,13 @@ fn generate_certificate() -> Result<RTCCertificate, String> {
         params,
     )
     .map_err(|e| e.to_string())
+}
+
+/// `len` random lower-case hexadecimal digits (simple-peer's channel labels are 40).
+fn random_hex(len: usize) -> String {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    (0..len).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
 }
 
 fn random_token(len: usize) -> String {

@@ -39,6 +39,10 @@ pub struct PolicyLimits {
     pub max_trackers: usize,
     /// Most fetches in flight at once.
     pub max_fetches: usize,
+    /// Most offers of the policy's own waiting for an answer at once. They do not count
+    /// as connections (`maxConnections`) until answered: most offers a tracker relays
+    /// reach viewers that are already connected, or nobody, and are never answered.
+    pub max_pending_offers: usize,
     /// Most timers pending at once.
     pub max_timers: usize,
     /// Longest delay a timer may be set for.
@@ -91,6 +95,7 @@ impl Default for PolicyLimits {
             max_chunk_bytes: 64 << 10,
             max_trackers: 32,
             max_fetches: 256,
+            max_pending_offers: 256,
             max_timers: 4096,
             max_timer_delay: Duration::from_secs(24 * 3600),
             max_log_lines_per_call: 64,
@@ -152,6 +157,7 @@ impl PolicyLimits {
         )?;
         check(self.max_timers >= 1, "max_timers", "must be at least 1")?;
         check(self.max_fetches >= 1, "max_fetches", "must be at least 1")?;
+        check(self.max_pending_offers >= 1, "max_pending_offers", "must be at least 1")?;
         check(self.max_trackers >= 1, "max_trackers", "must be at least 1")?;
         check(self.max_pending_events >= 1, "max_pending_events", "must be at least 1")?;
         check(

@@ -69,6 +69,9 @@ struct Tracker {
 pub struct Tables {
     trackers: BTreeMap<ConnId, Tracker>,
     peers: BTreeMap<PeerId, PeerPhase>,
+    /// How many of `peers` are offers still waiting for an answer: they have a limit of
+    /// their own and are not connections yet.
+    offering: usize,
     /// Serves in progress, so `segment-sent` and closes keep them exact.
     serves: BTreeSet<(PeerId, SegmentHandle)>,
     fetches: BTreeSet<FetchId>,
@@ -96,8 +99,7 @@ impl Tables {
                 }
             }
             Event::PeerClosed(closed) => {
-                self.peers.remove(&closed.peer);
-                self.serves.retain(|(peer, _)| *peer != closed.peer);
+                self.remove_peer(closed.peer);
             }
             Event::TextFetched(done) => {
                 self.fetches.remove(&done.fetch);
@@ -159,19 +161,29 @@ impl Tables {
                 self.trackers.remove(conn).ok_or(unknown("tracker connection", *conn))?;
             }
             Command::PeerOffer(peer) => {
-                self.new_peer(*peer, max_peers, PeerPhase::Offering)?;
+                fresh("peer", *peer, self.peers.contains_key(peer))?;
+                room("pending offers", self.offering, limits.max_pending_offers)?;
+                self.peers.insert(*peer, PeerPhase::Offering);
+                self.offering += 1;
             }
             Command::PeerAnswer(a) => {
                 fit("SDP offer", a.offer.len(), limits.max_text_bytes)?;
-                self.new_peer(a.peer, max_peers, PeerPhase::Connecting)?;
+                fresh("peer", a.peer, self.peers.contains_key(&a.peer))?;
+                room("peers", self.connections(), max_peers)?;
+                self.peers.insert(a.peer, PeerPhase::Connecting);
             }
             Command::PeerAcceptAnswer(a) => {
                 fit("SDP answer", a.answer.len(), limits.max_text_bytes)?;
-                match self.peers.get_mut(&a.peer) {
+                match self.peers.get(&a.peer) {
                     None => return Err(unknown("peer", a.peer)),
-                    Some(phase @ PeerPhase::Offering) => *phase = PeerPhase::Connecting,
+                    Some(PeerPhase::Offering) => {}
                     Some(_) => return Err(Rejection::PeerNotOffering(a.peer)),
                 }
+                // An answered offer becomes a connection, within the same budget as
+                // the offers we answer.
+                room("peers", self.connections(), max_peers)?;
+                self.peers.insert(a.peer, PeerPhase::Connecting);
+                self.offering -= 1;
             }
             Command::PeerSend(s) => {
                 fit("peer message", s.data.len(), limits.max_message_bytes)?;
@@ -201,8 +213,9 @@ impl Tables {
             }
             Command::PeerClose(c) => {
                 fit("close reason", c.reason.len(), limits.max_text_bytes)?;
-                self.peers.remove(&c.peer).ok_or(unknown("peer", c.peer))?;
-                self.serves.retain(|(peer, _)| *peer != c.peer);
+                if !self.remove_peer(c.peer) {
+                    return Err(unknown("peer", c.peer));
+                }
             }
             Command::FetchText(f) => {
                 check_url(&f.url, &["http://", "https://"], limits)?;
@@ -297,24 +310,25 @@ impl Tables {
         self.timers.values().min().copied()
     }
 
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
+    /// Peers answered or being answered: everything but offers still waiting.
+    pub fn connections(&self) -> usize {
+        self.peers.len() - self.offering
+    }
+
+    /// Forgets a peer and its serves; false if it was not known.
+    fn remove_peer(&mut self, peer: PeerId) -> bool {
+        match self.peers.remove(&peer) {
+            None => false,
+            Some(phase) => {
+                self.offering -= usize::from(phase == PeerPhase::Offering);
+                self.serves.retain(|(p, _)| *p != peer);
+                true
+            }
+        }
     }
 
     pub fn segment(&self, handle: SegmentHandle) -> Option<&SegmentInfo> {
         self.segments.get(&handle)
-    }
-
-    fn new_peer(
-        &mut self,
-        peer: PeerId,
-        max_peers: usize,
-        phase: PeerPhase,
-    ) -> Result<(), Rejection> {
-        fresh("peer", peer, self.peers.contains_key(&peer))?;
-        room("peers", self.peers.len(), max_peers)?;
-        self.peers.insert(peer, phase);
-        Ok(())
     }
 
     fn open_peer(&self, peer: PeerId) -> Result<(), Rejection> {
@@ -372,8 +386,8 @@ fn check_url(url: &str, schemes: &[&str], limits: &PolicyLimits) -> Result<(), R
 mod tests {
     use super::*;
     use crate::policy::wire::{
-        CacheTier, FetchSegment, PeerAnswer, PeerClosed, PeerSend, SegmentStored, ServeSegment,
-        TimerSet, TrackerConnect, TrackerSend,
+        CacheTier, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerClose, PeerClosed, PeerSend,
+        SegmentStored, ServeSegment, TimerSet, TrackerConnect, TrackerSend,
     };
 
     const NOW: Duration = Duration::from_secs(100);
@@ -457,7 +471,43 @@ mod tests {
         assert!(matches!(admit(&mut t, big), Err(Rejection::TooLarge { .. })));
         t.observe(&Event::PeerClosed(PeerClosed { peer: 1, reason: "gone".into() }));
         admit(&mut t, answer(3)).unwrap();
-        assert_eq!(t.peer_count(), 2);
+        assert_eq!(t.connections(), 2);
+    }
+
+    #[test]
+    fn offers_wait_within_their_own_limit_and_join_the_budget_once_answered() {
+        let mut t = Tables::default();
+        let limits = PolicyLimits { max_pending_offers: 3, ..PolicyLimits::default() };
+        let admit = |t: &mut Tables, command| t.admit(NOW, &command, &limits, 2);
+        let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
+        let accept =
+            |peer| Command::PeerAcceptAnswer(PeerAcceptAnswer { peer, answer: "v=0".into() });
+        for peer in 1..=3 {
+            admit(&mut t, Command::PeerOffer(peer)).unwrap();
+        }
+        assert_eq!(
+            admit(&mut t, Command::PeerOffer(4)),
+            Err(Rejection::TooMany { what: "pending offers", max: 3 })
+        );
+        assert_eq!(t.connections(), 0, "offers waiting are not connections");
+        admit(&mut t, answer(10)).unwrap();
+        admit(&mut t, accept(1)).unwrap();
+        assert_eq!(t.connections(), 2);
+        assert_eq!(
+            admit(&mut t, accept(2)),
+            Err(Rejection::TooMany { what: "peers", max: 2 }),
+            "an answer past maxConnections is refused; the policy must close the offer"
+        );
+        assert_eq!(admit(&mut t, accept(1)), Err(Rejection::PeerNotOffering(1)));
+        assert_eq!(admit(&mut t, accept(10)), Err(Rejection::PeerNotOffering(10)));
+        assert_eq!(admit(&mut t, accept(99)), Err(Rejection::Unknown { what: "peer", id: 99 }));
+        // Withdrawn or expired offers free their places.
+        admit(&mut t, Command::PeerClose(PeerClose { peer: 2, reason: "late".into() })).unwrap();
+        t.observe(&Event::PeerClosed(PeerClosed { peer: 3, reason: "expired".into() }));
+        admit(&mut t, Command::PeerOffer(4)).unwrap();
+        admit(&mut t, Command::PeerOffer(5)).unwrap();
+        assert_eq!(t.state(NOW).peers.len(), 4);
+        assert!(t.state(NOW).peers.iter().all(|p| !p.open));
     }
 
     #[test]

@@ -337,13 +337,42 @@ enum Fetch {
 /// 40-hex-character label, its host candidate at `local` only, all in the offer (no
 /// trickle). Returns it and the offer's SDP.
 pub fn offering_connection(local: SocketAddr) -> anyhow::Result<(RTCPeerConnection, String)> {
-    let mut connection = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .build(Instant::now())
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut connection = browser_connection()?;
     // A random-looking 40-hex-character label, as simple-peer makes.
     let label = format!("{:040x}", local.port() as u128 * 0x9e37_79b9_7f4a_7c15);
     connection.create_data_channel(&label, None).map_err(|e| anyhow!("{e}"))?;
+    add_host_candidate(&mut connection, local)?;
+    let offer = connection.create_offer(None).map_err(|e| anyhow!("{e}"))?;
+    connection.set_local_description(Instant::now(), offer.clone()).map_err(|e| anyhow!("{e}"))?;
+    Ok((connection, offer.sdp))
+}
+
+/// A peer connection that answers `offer` as a browser viewer does (simple-peer with
+/// `trickle: false`): it takes whatever DataChannel the offerer opens, and its answer
+/// carries its host candidate at `local`. Returns it and the answer's SDP.
+pub fn answering_connection(
+    local: SocketAddr,
+    offer: &str,
+) -> anyhow::Result<(RTCPeerConnection, String)> {
+    let mut connection = browser_connection()?;
+    let offer = RTCSessionDescription::offer(offer.to_string()).map_err(|e| anyhow!("{e}"))?;
+    connection.set_remote_description(Instant::now(), offer).map_err(|e| anyhow!("{e}"))?;
+    add_host_candidate(&mut connection, local)?;
+    let answer = connection.create_answer(None).map_err(|e| anyhow!("{e}"))?;
+    connection.set_local_description(Instant::now(), answer.clone()).map_err(|e| anyhow!("{e}"))?;
+    Ok((connection, answer.sdp))
+}
+
+/// A full ICE agent, as browsers are.
+fn browser_connection() -> anyhow::Result<RTCPeerConnection> {
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .build(Instant::now())
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// The one candidate a viewer on loopback has, then the end of candidates.
+fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> anyhow::Result<()> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".into(),
@@ -359,9 +388,7 @@ pub fn offering_connection(local: SocketAddr) -> anyhow::Result<(RTCPeerConnecti
     let candidate = RTCIceCandidate::from(&candidate).to_json().map_err(|e| anyhow!("{e}"))?;
     connection.add_local_candidate(candidate).map_err(|e| anyhow!("{e}"))?;
     let _ = connection.add_local_candidate(RTCIceCandidateInit::default());
-    let offer = connection.create_offer(None).map_err(|e| anyhow!("{e}"))?;
-    connection.set_local_description(Instant::now(), offer.clone()).map_err(|e| anyhow!("{e}"))?;
-    Ok((connection, offer.sdp))
+    Ok(())
 }
 
 /// A viewer's UDP socket on 127.0.0.1. Its receive buffer is raised as a browser's is

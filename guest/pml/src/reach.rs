@@ -1,0 +1,483 @@
+//! Reaching a swarm's viewers: when each swarm announces on each tracker, how many offers
+//! of our own each announce carries, and the offers until they are answered, withdrawn
+//! or expired.
+//!
+//! A peer that only answers meets about five viewers per announce round however large
+//! the swarm, and none of those who announced before it joined (they announce again
+//! only every couple of minutes). So superpeer offers: an announce carries up to the
+//! tracker's number of offers, which the tracker hands to as many random members of the
+//! swarm. Members already connected to us ignore theirs (a viewer destroys a second
+//! connection to a peer id it knows), so a round makes enough offers to fill the free
+//! connections at the share of members not yet reached, never more than the tracker
+//! forwards, and rounds come at a bounded rate that slows down while they bring nobody.
+//!
+//! Pure bookkeeping with time passed in; the seeder turns its decisions into commands.
+
+use std::collections::{BTreeMap, HashMap};
+
+use superpeer_guest::{ConnId, PeerId};
+
+use crate::announce::Offer;
+
+/// Offers per announce when a tracker has no setting of its own: what every known
+/// tracker forwards (aquatic_ws forwards at most 10, wt-tracker 20, bittorrent-tracker
+/// 82).
+pub const DEFAULT_OFFERS_PER_ANNOUNCE: usize = 10;
+/// The most offers an announce may carry: bittorrent-tracker forwards no more.
+pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
+/// How long an offer waits for its answer. A viewer answers once its ICE gathering is
+/// done (simple-peer gives it 5 s), then the tracker relays it.
+pub const OFFER_TIMEOUT_MS: u64 = 15_000;
+/// The shortest time between two announces of one swarm on one tracker, while offering.
+pub const MIN_ROUND_GAP_MS: u64 = 1_000;
+/// The most offers waiting for answers at once (the host has a bound of its own).
+pub const MAX_PENDING_OFFERS: usize = 200;
+/// Why an offer is withdrawn after [`OFFER_TIMEOUT_MS`].
+pub const OFFER_UNANSWERED: &str = "offer not answered in time";
+
+/// A swarm on a tracker connection.
+pub type LinkKey = (usize, ConnId);
+
+/// What a swarm should do on a tracker now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Nothing,
+    /// Announce without offers (the first announce, or the periodic one).
+    Announce,
+    /// Make this many offers, then announce with them.
+    Offers(usize),
+}
+
+/// How a swarm stands, for [`Reach::plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// Viewers of this swarm connected or being connected.
+    pub connected: usize,
+    /// Connections left in the worker's budget (`maxConnections`), for all swarms.
+    pub free: usize,
+    /// The budget itself.
+    pub max: usize,
+}
+
+/// An announce to send now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub key: LinkKey,
+    /// The swarm's first announce on this connection (`event: started`).
+    pub first: bool,
+    pub offers: Vec<Offer>,
+    /// Offers made for this announce that did not come back in time: withdraw them.
+    pub withdrawn: Vec<PeerId>,
+}
+
+#[derive(Debug)]
+struct PendingOffer {
+    key: LinkKey,
+    offer_id: String,
+    sdp: Option<String>,
+    expires_ms: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    started: bool,
+    last_announce_ms: Option<u64>,
+    next_round_ms: u64,
+    gap_ms: u64,
+    rounds: u64,
+    answered_since_round: bool,
+    /// Members of the swarm besides us, from the tracker's last reply.
+    others: Option<u64>,
+    /// Offers being made for the next announce, and the turn they were asked for in.
+    batch: Option<(Vec<PeerId>, u64)>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            started: false,
+            last_announce_ms: None,
+            next_round_ms: 0,
+            gap_ms: MIN_ROUND_GAP_MS,
+            rounds: 0,
+            answered_since_round: false,
+            others: None,
+            batch: None,
+        }
+    }
+}
+
+/// How many offers an announce may carry on each tracker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OfferLimits {
+    /// For trackers not named in `by_url`.
+    pub default: Option<usize>,
+    pub by_url: Vec<(String, usize)>,
+}
+
+impl OfferLimits {
+    pub fn for_url(&self, url: &str) -> usize {
+        let named = self.by_url.iter().find(|(u, _)| same_tracker(u, url)).map(|(_, n)| *n);
+        named.or(self.default).unwrap_or(DEFAULT_OFFERS_PER_ANNOUNCE)
+    }
+}
+
+fn same_tracker(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+#[derive(Debug, Default)]
+pub struct Reach {
+    limits: OfferLimits,
+    offers: HashMap<PeerId, PendingOffer>,
+    by_offer_id: HashMap<String, PeerId>,
+    links: BTreeMap<LinkKey, Link>,
+    /// Offers per announce, by tracker connection.
+    caps: HashMap<ConnId, usize>,
+    turn: u64,
+}
+
+impl Reach {
+    pub fn new(limits: OfferLimits) -> Self {
+        Reach { limits, ..Reach::default() }
+    }
+
+    /// A tracker connection opened: how many offers its announces carry.
+    pub fn tracker_open(&mut self, conn: ConnId, url: &str) {
+        self.caps.insert(conn, self.limits.for_url(url));
+    }
+
+    /// A tracker connection is gone: its swarms start over on the next one, and offers
+    /// sent through it can no longer be answered (returned, to withdraw).
+    pub fn tracker_closed(&mut self, conn: ConnId) -> Vec<PeerId> {
+        self.caps.remove(&conn);
+        self.links.retain(|(_, c), _| *c != conn);
+        let gone: Vec<PeerId> =
+            self.offers.iter().filter(|(_, o)| o.key.1 == conn).map(|(p, _)| *p).collect();
+        for peer in &gone {
+            self.forget(*peer);
+        }
+        gone
+    }
+
+    /// Counts the handle calls, so a batch of offers asked for in one is announced in
+    /// the next, when the host has made them.
+    pub fn begin_turn(&mut self) {
+        self.turn += 1;
+    }
+
+    /// Whether the swarm announced itself on this connection.
+    pub fn started(&self, key: LinkKey) -> bool {
+        self.links.get(&key).is_some_and(|l| l.started)
+    }
+
+    /// The tracker's count of the swarm (its reply to an announce), ourselves included.
+    pub fn swarm_size(&mut self, key: LinkKey, complete: Option<u64>, incomplete: Option<u64>) {
+        if complete.is_none() && incomplete.is_none() {
+            return;
+        }
+        let size = complete.unwrap_or(0).saturating_add(incomplete.unwrap_or(0));
+        self.links.entry(key).or_default().others = Some(size.saturating_sub(1));
+    }
+
+    /// Members of the swarm besides us, as the tracker last counted them.
+    pub fn others(&self, key: LinkKey) -> Option<u64> {
+        self.links.get(&key).and_then(|l| l.others)
+    }
+
+    /// What the swarm should do on this tracker now.
+    pub fn plan(&mut self, key: LinkKey, now_ms: u64, interval_ms: u64, need: Need) -> Plan {
+        let cap = self.caps.get(&key.1).copied().unwrap_or(DEFAULT_OFFERS_PER_ANNOUNCE);
+        let pending_room = MAX_PENDING_OFFERS.saturating_sub(self.offers.len());
+        let link = self.links.entry(key).or_default();
+        if link.batch.is_some() {
+            return Plan::Nothing;
+        }
+        let target = link
+            .others
+            .map_or(need.max, |n| usize::try_from(n).unwrap_or(usize::MAX).min(need.max));
+        let missing = target.saturating_sub(need.connected);
+        if missing > 0 && need.free > 0 && pending_room > 0 && now_ms >= link.next_round_ms {
+            // The tracker hands each offer to a different random member; those already
+            // connected to us ignore theirs. Enough offers that the share of members
+            // not yet reached fills the free connections, as far as the tracker takes.
+            let reachable = link.others.map_or(cap, |n| usize::try_from(n).unwrap_or(cap)).max(1);
+            let unreached = reachable.saturating_sub(need.connected).max(1);
+            let wanted = (need.free.min(missing) * reachable).div_ceil(unreached);
+            return Plan::Offers(wanted.clamp(1, cap).min(reachable).min(pending_room));
+        }
+        let periodic = link.last_announce_ms.is_none_or(|at| now_ms >= at + interval_ms);
+        if !link.started || periodic { Plan::Announce } else { Plan::Nothing }
+    }
+
+    /// The offers asked of the host for the swarm's next announce, with the offer ids
+    /// the tracker will know them by. Rounds that bring nobody double the wait for the
+    /// next (up to the announce interval); an answer brings it back to the shortest.
+    pub fn offering(
+        &mut self,
+        key: LinkKey,
+        offers: Vec<(PeerId, String)>,
+        now_ms: u64,
+        interval_ms: u64,
+    ) {
+        let link = self.links.entry(key).or_default();
+        link.gap_ms = if link.rounds > 0 && !link.answered_since_round {
+            (link.gap_ms * 2).min(interval_ms.max(MIN_ROUND_GAP_MS))
+        } else {
+            MIN_ROUND_GAP_MS
+        };
+        link.next_round_ms = now_ms + link.gap_ms;
+        link.rounds += 1;
+        link.answered_since_round = false;
+        link.batch = Some((offers.iter().map(|(peer, _)| *peer).collect(), self.turn));
+        for (peer, offer_id) in offers {
+            self.by_offer_id.insert(offer_id.clone(), peer);
+            let expires_ms = now_ms + OFFER_TIMEOUT_MS;
+            self.offers.insert(peer, PendingOffer { key, offer_id, sdp: None, expires_ms });
+        }
+    }
+
+    /// The host made an offer's SDP.
+    pub fn offer_ready(&mut self, peer: PeerId, sdp: String) -> bool {
+        match self.offers.get_mut(&peer) {
+            Some(offer) if offer.sdp.is_none() => {
+                offer.sdp = Some(sdp);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A plain announce was sent.
+    pub fn announced(&mut self, key: LinkKey, now_ms: u64) {
+        let link = self.links.entry(key).or_default();
+        link.started = true;
+        link.last_announce_ms = Some(now_ms);
+    }
+
+    /// The announces whose offers the host has made (by the turn after they were asked
+    /// for): sent now, the swarm counted as announced.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<Due> {
+        let turn = self.turn;
+        let ready: Vec<LinkKey> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.batch.as_ref().is_some_and(|(_, asked)| *asked < turn))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut due = Vec::new();
+        for key in ready {
+            let Some(link) = self.links.get_mut(&key) else { continue };
+            let Some((peers, _)) = link.batch.take() else { continue };
+            let first = !link.started;
+            link.started = true;
+            link.last_announce_ms = Some(now_ms);
+            let (mut offers, mut withdrawn) = (Vec::new(), Vec::new());
+            for peer in peers {
+                match self.offers.get(&peer) {
+                    Some(PendingOffer { sdp: Some(sdp), offer_id, .. }) => {
+                        offers.push(Offer { offer_id: offer_id.clone(), sdp: sdp.clone() })
+                    }
+                    Some(_) => {
+                        self.forget(peer);
+                        withdrawn.push(peer);
+                    }
+                    None => {}
+                }
+            }
+            due.push(Due { key, first, offers, withdrawn });
+        }
+        due
+    }
+
+    /// An answer came for one of our offers: which offer (our peer) and swarm, if it is
+    /// still waiting. It waits no more either way.
+    pub fn answered(&mut self, offer_id: &str) -> Option<(PeerId, LinkKey)> {
+        let peer = self.by_offer_id.get(offer_id).copied()?;
+        let key = self.offers.get(&peer)?.key;
+        self.forget(peer);
+        if let Some(link) = self.links.get_mut(&key) {
+            link.answered_since_round = true;
+        }
+        Some((peer, key))
+    }
+
+    /// Our peer for an offer id still waiting.
+    pub fn peer_of(&self, offer_id: &str) -> Option<PeerId> {
+        self.by_offer_id.get(offer_id).copied()
+    }
+
+    /// An offer that waited too long, or that our budget cannot take; true if it was
+    /// one.
+    pub fn forget(&mut self, peer: PeerId) -> bool {
+        match self.offers.remove(&peer) {
+            Some(offer) => {
+                self.by_offer_id.remove(&offer.offer_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The offers that waited too long: forgotten, returned to withdraw.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<PeerId> {
+        let expired: Vec<PeerId> =
+            self.offers.iter().filter(|(_, o)| o.expires_ms <= now_ms).map(|(p, _)| *p).collect();
+        for peer in &expired {
+            self.forget(*peer);
+        }
+        expired
+    }
+
+    /// Offers waiting for their answer, in the swarm `swarm`.
+    pub fn pending_in(&self, swarm: usize) -> usize {
+        self.offers.values().filter(|o| o.key.0 == swarm).count()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.offers.len()
+    }
+
+    /// Whether a round of offers is being made, for tests and logs.
+    #[cfg(test)]
+    pub fn offering_now(&self, key: LinkKey) -> bool {
+        self.links.get(&key).is_some_and(|l| l.batch.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: LinkKey = (0, 7);
+    const INTERVAL: u64 = 120_000;
+
+    fn need(connected: usize, free: usize) -> Need {
+        Need { connected, free, max: 80 }
+    }
+
+    /// Asks for `n` offers (peers from `first`), makes them, and returns the announce.
+    fn round(reach: &mut Reach, first: PeerId, n: usize, now: u64) -> Due {
+        reach.begin_turn();
+        let offers: Vec<(PeerId, String)> =
+            (0..n as u64).map(|i| (first + i, format!("offer{}", first + i))).collect();
+        reach.offering(KEY, offers, now, INTERVAL);
+        assert!(reach.take_due(now).is_empty(), "announced only once the host made them");
+        reach.begin_turn();
+        for i in 0..n as u64 {
+            assert!(reach.offer_ready(first + i, format!("sdp{i}")));
+        }
+        let mut due = reach.take_due(now);
+        assert_eq!(due.len(), 1);
+        due.remove(0)
+    }
+
+    #[test]
+    fn a_new_swarm_offers_at_once_then_as_the_tracker_counts_it() {
+        let mut reach = Reach::new(OfferLimits::default());
+        reach.tracker_open(7, "wss://t.example/");
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Offers(10), "size unknown");
+        let due = round(&mut reach, 1, 10, 0);
+        assert!(due.first);
+        assert_eq!(due.offers.len(), 10);
+        assert_eq!(due.offers[0], Offer { offer_id: "offer1".into(), sdp: "sdp0".into() });
+        assert!(reach.started(KEY));
+
+        // The tracker counts 13 (us and 12 viewers); 9 answered.
+        reach.swarm_size(KEY, Some(0), Some(13));
+        for peer in 1..=9 {
+            assert_eq!(reach.answered(&format!("offer{peer}")), Some((peer, KEY)));
+        }
+        assert_eq!(reach.answered("offer1"), None, "answered once");
+        assert_eq!(reach.plan(KEY, 500, INTERVAL, need(9, 71)), Plan::Nothing, "too soon");
+        // Three left of twelve: offers to reach them, as many as the tracker forwards.
+        assert_eq!(reach.plan(KEY, 1_000, INTERVAL, need(9, 71)), Plan::Offers(10));
+        // All twelve reached: nothing until the periodic announce.
+        assert_eq!(reach.plan(KEY, 1_000, INTERVAL, need(12, 68)), Plan::Nothing);
+        assert_eq!(reach.plan(KEY, 120_000, INTERVAL, need(12, 68)), Plan::Announce);
+    }
+
+    #[test]
+    fn offers_fill_the_free_budget_at_the_share_not_yet_reached() {
+        let mut reach = Reach::new(OfferLimits { default: Some(82), by_url: vec![] });
+        reach.tracker_open(7, "ws://t/");
+        reach.swarm_size(KEY, None, Some(501));
+        // 500 viewers, none reached, 80 connections free: 80 offers.
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Offers(80));
+        // 250 reached of 500, 5 free: about 10 offers bring 5.
+        assert_eq!(
+            reach.plan(KEY, 0, INTERVAL, Need { connected: 250, free: 5, max: 300 }),
+            Plan::Offers(10)
+        );
+        // No budget left, or nobody else in the swarm: no offers.
+        assert_eq!(
+            reach.plan(KEY, 0, INTERVAL, Need { connected: 80, free: 0, max: 80 }),
+            Plan::Announce
+        );
+        reach.swarm_size(KEY, Some(1), Some(0));
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Announce);
+    }
+
+    #[test]
+    fn rounds_that_bring_nobody_slow_down_and_an_answer_speeds_them_up() {
+        let mut reach = Reach::new(OfferLimits::default());
+        reach.swarm_size(KEY, None, Some(40));
+        let mut now = 0;
+        let mut gaps = Vec::new();
+        for r in 0..9u64 {
+            let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(0, 80)) else {
+                panic!("round {r} not due at {now}")
+            };
+            round(&mut reach, 100 * r + 1, n, now);
+            let next = (now..)
+                .step_by(100)
+                .find(|t| matches!(reach.plan(KEY, *t, INTERVAL, need(0, 80)), Plan::Offers(_)));
+            gaps.push(next.unwrap() - now);
+            now = next.unwrap();
+        }
+        assert_eq!(gaps[..4], [1_000, 2_000, 4_000, 8_000]);
+        assert_eq!(*gaps.last().unwrap(), INTERVAL, "never slower than the periodic announce");
+        assert!(reach.answered("offer801").is_some());
+        let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(1, 79)) else { panic!() };
+        round(&mut reach, 1000, n, now);
+        assert!(reach.plan(KEY, now + 1_000, INTERVAL, need(1, 79)) != Plan::Nothing);
+    }
+
+    #[test]
+    fn offers_expire_are_withdrawn_when_not_made_and_go_with_their_tracker() {
+        let mut reach = Reach::new(OfferLimits::default());
+        reach.begin_turn();
+        reach.offering(KEY, vec![(1, "a".into()), (2, "b".into()), (3, "c".into())], 0, INTERVAL);
+        reach.begin_turn();
+        reach.offer_ready(1, "sdp".into());
+        // The host refused offer 2; offer 3 closed before it was made.
+        assert!(reach.forget(3));
+        let due = reach.take_due(0);
+        assert_eq!(due[0].offers.len(), 1);
+        assert_eq!(due[0].withdrawn, [2]);
+        assert_eq!(reach.pending(), 1);
+        assert!(reach.expire(OFFER_TIMEOUT_MS - 1).is_empty());
+        assert_eq!(reach.expire(OFFER_TIMEOUT_MS), [1]);
+        assert_eq!(reach.answered("a"), None, "an expired offer's answer is not taken");
+
+        reach.offering((1, 9), vec![(4, "d".into())], 0, INTERVAL);
+        assert_eq!(reach.pending_in(1), 1);
+        assert_eq!(reach.tracker_closed(9), [4]);
+        assert_eq!(reach.pending(), 0);
+        assert!(!reach.started((1, 9)));
+    }
+
+    #[test]
+    fn trackers_get_their_own_number_of_offers() {
+        let limits =
+            OfferLimits { default: Some(20), by_url: vec![("wss://big.example/".into(), 82)] };
+        assert_eq!(limits.for_url("wss://big.example"), 82);
+        assert_eq!(limits.for_url("WSS://BIG.EXAMPLE/"), 82);
+        assert_eq!(limits.for_url("wss://other.example"), 20);
+        assert_eq!(OfferLimits::default().for_url("wss://x"), DEFAULT_OFFERS_PER_ANNOUNCE);
+        let mut reach = Reach::new(limits);
+        reach.tracker_open(7, "wss://big.example");
+        let need = Need { connected: 0, free: 200, max: 200 };
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need), Plan::Offers(82));
+    }
+}
