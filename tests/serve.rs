@@ -233,6 +233,28 @@ async fn bad_bodies_and_ids_get_a_4xx_that_names_the_problem() {
             StatusCode::BAD_REQUEST,
             "invalid value",
         ),
+        // The policy reads a seed's settings and refuses what it cannot use.
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"channel": "YQ"}, {"channel": "Yg", "settings": {"identities": ["2.3", "1.0"]}}]}"#,
+            StatusCode::BAD_REQUEST,
+            "item 1: the policy refuses it: setting `identities`: \"1.0\" is not",
+        ),
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"channel": "YQ", "settings": {"offersPerAnnounce": 500}}]}"#,
+            StatusCode::BAD_REQUEST,
+            "offersPerAnnounce`: 500 is not a number from 1 to 82",
+        ),
+        (
+            "POST",
+            "/seed",
+            r#"{"list": [{"channel": "YQ", "settings": {"": 1}}]}"#,
+            StatusCode::BAD_REQUEST,
+            "`settings` must be",
+        ),
         ("POST", "/ping", r#"{"workers": "many"}"#, StatusCode::BAD_REQUEST, "invalid type"),
         ("POST", "/ping", r#"{"workers": 0}"#, StatusCode::BAD_REQUEST, "at least 1"),
         ("POST", "/stop/abc", "", StatusCode::NOT_FOUND, "no seed for channel"),

@@ -23,9 +23,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::master::seeds::{self, SeedRequest};
-use crate::master::{ActivePolicy, MasterError, MasterHandle};
-use crate::policy::{PolicyEngine, PolicyError, PolicyRunner};
+use crate::master::seeds::{self, SeedItem, SeedRequest};
+use crate::master::{ActivePolicy, MasterError, MasterHandle, SeedPolicy};
+use crate::policy::wire::SeedConfig;
+use crate::policy::{Clock, Fault, PolicyEngine, PolicyError, PolicyRunner};
 
 /// Every route: method and path as in the OpenAPI document, which a test keeps equal.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -305,9 +306,45 @@ async fn seed(
 ) -> ApiResult {
     let request: SeedRequest = json_body(&body_of(body)?, None)?;
     seeds::validate(&request).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    check_with_policy(&control, &request.list).await?;
     let accepted = request.list.len();
     let total = control.master.seed(request.list).await?;
     ok(json!({ "accepted": accepted, "seeds": total }))
+}
+
+/// Starts the policy new seeds run once per item, with the item's seed, as a worker
+/// would: a policy that refuses a seed (settings it cannot use) refuses it here, with
+/// its reason, instead of in a worker that would fail to start again and again.
+async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result<(), ApiError> {
+    let SeedPolicy { policy, default_trackers } = control.master.seed_policy().await?;
+    let engine = control.engine.clone();
+    let configs: Vec<SeedConfig> =
+        items.iter().map(|item| item.policy_config(item.trackers(&default_trackers))).collect();
+    let checked = tokio::task::spawn_blocking(move || {
+        let compiled = engine.load_precompiled(&policy.precompiled).map_err(|e| (None, e))?;
+        for (index, config) in configs.into_iter().enumerate() {
+            PolicyRunner::start(engine.clone(), compiled.clone(), config, Clock::default())
+                .map_err(|e| (Some(index), e))?;
+        }
+        Ok::<(), (Option<usize>, PolicyError)>(())
+    })
+    .await
+    .map_err(|e| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("seeds cannot be checked now: {e}"))
+    })?;
+    checked.map_err(|(index, error)| match (index, error) {
+        (Some(index), PolicyError::Start { fault: Fault::InitRefused(reason), .. }) => ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("item {index}: the policy refuses it: {reason}"),
+        ),
+        (_, error) => {
+            tracing::error!(%error, "the policy could not be started to check seeds");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("seeds cannot be checked now: {error}"),
+            )
+        }
+    })
 }
 
 async fn stats(State(control): State<ControlPlane>) -> ApiResult {

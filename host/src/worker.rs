@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::dataplane::{DataPlane, DataPlaneLimits};
-use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
-use crate::policy::wire::{Event, SeedConfig};
+use crate::ipc::{FromWorker, ToWorker, WorkerReport, read_frame, write_frame};
+use crate::policy::wire::Event;
 use crate::policy::{Clock, PolicyEngine, PolicyRunner};
 
 /// How often the worker reports its figures to the master.
@@ -57,7 +57,8 @@ where
         monotonic: epoch.elapsed(),
         wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
-    let mut runner = PolicyRunner::start(engine.clone(), policy, seed_config(&start), clock())?;
+    let config = start.seed.policy_config(start.trackers.clone());
+    let mut runner = PolicyRunner::start(engine.clone(), policy, config, clock())?;
     tracing::info!(policy = %runner.policy(), "worker started");
     write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;
 
@@ -152,23 +153,5 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// What a policy sees of its seed; the original's extra fields travel as settings.
-fn seed_config(start: &WorkerStart) -> SeedConfig {
-    let seed = &start.seed;
-    SeedConfig {
-        channel: seed.channel.clone(),
-        manifest_url: seed.manifest_url(),
-        trackers: start.trackers.clone(),
-        live: seed.live,
-        max_connections: seed.max_connections,
-        label: seed.label.clone(),
-        settings: vec![
-            ("token".into(), seed.token.clone()),
-            ("trackerZone".into(), seed.tracker_zone.clone()),
-            ("noUseDiskCache".into(), seed.no_use_disk_cache.to_string()),
-        ],
     }
 }

@@ -80,6 +80,7 @@ enum Message {
     Restart(u32, Reply<Result<(), MasterError>>),
     SetPolicy(Arc<ActivePolicy>, Option<String>, Reply<Result<usize, MasterError>>),
     Policy(Reply<PolicyView>),
+    SeedPolicy(Reply<SeedPolicy>),
     Shutdown(Reply<()>),
     FromWorker(u32, Box<FromWorker>),
     /// A worker's channel delivered something that is not a frame.
@@ -145,6 +146,12 @@ impl MasterHandle {
     pub async fn policy(&self) -> Result<PolicyView, MasterError> {
         self.ask(Message::Policy).await
     }
+
+    /// The policy new seeds start with, for checking their settings before they are
+    /// taken.
+    pub async fn seed_policy(&self) -> Result<SeedPolicy, MasterError> {
+        self.ask(Message::SeedPolicy).await
+    }
     /// Stops every worker cleanly and ends the master task.
     pub async fn shutdown(&self) {
         let _ = self.ask(Message::Shutdown).await;
@@ -166,6 +173,13 @@ pub struct PolicyView {
     /// Channels that run a policy of their own.
     pub channels: BTreeMap<String, PolicyIdentity>,
     pub limits: PolicyLimits,
+}
+
+/// What a new seed would run: the policy and the trackers it gets when it names none.
+#[derive(Debug, Clone)]
+pub struct SeedPolicy {
+    pub policy: Arc<ActivePolicy>,
+    pub default_trackers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -501,6 +515,12 @@ impl Master {
             }
             Message::Policy(reply) => {
                 let _ = reply.send(self.policy_view());
+            }
+            Message::SeedPolicy(reply) => {
+                let _ = reply.send(SeedPolicy {
+                    policy: self.policy.clone(),
+                    default_trackers: self.config.default_trackers.clone(),
+                });
             }
             Message::Shutdown(_) => unreachable!("handled by run"),
             Message::FromWorker(pid, message) => self.on_worker_message(pid, *message),

@@ -5,10 +5,13 @@
 //! seeds file, and it only ever replaces it whole (write, fsync, rename), so a crash
 //! leaves either the old list or the new one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::wire::SeedConfig;
 
 /// One item of `POST /seed`, with the original's field names and defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,11 @@ pub struct SeedItem {
     /// Where to fetch the manifest, when it is not the swarm id itself.
     #[serde(default)]
     pub url: Option<String>,
+    /// Settings for the policy, handed to it as they are; the policy checks them when
+    /// the seed is posted. The default policy reads `identities` and
+    /// `offersPerAnnounce` (README, "Viewers and trackers").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -84,6 +92,10 @@ pub enum SeedError {
 /// Most items one request may carry.
 pub const MAX_ITEMS: usize = 1000;
 
+/// Most `settings` an item may carry, and the longest each may be (as JSON).
+pub const MAX_SETTINGS: usize = 32;
+pub const MAX_SETTING_BYTES: usize = 4096;
+
 /// Longest channel id accepted (base64 of a URL of about 6 KB): it travels on a
 /// worker's command line and in every stats answer.
 pub const MAX_CHANNEL_BYTES: usize = 8192;
@@ -101,6 +113,33 @@ impl SeedItem {
                 .ok()
                 .filter(|id| id.starts_with("http://") || id.starts_with("https://"))
         })
+    }
+
+    /// What the policy of a worker seeding this item is told: the original's extra
+    /// fields and the item's `settings` travel as settings (text as it is, other values
+    /// as JSON).
+    pub fn policy_config(&self, trackers: Vec<String>) -> SeedConfig {
+        let mut settings = vec![
+            ("token".into(), self.token.clone()),
+            ("trackerZone".into(), self.tracker_zone.clone()),
+            ("noUseDiskCache".into(), self.no_use_disk_cache.to_string()),
+        ];
+        settings.extend(self.settings.iter().map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text)
+        }));
+        SeedConfig {
+            channel: self.channel.clone(),
+            manifest_url: self.manifest_url(),
+            trackers,
+            live: self.live,
+            max_connections: self.max_connections,
+            label: self.label.clone(),
+            settings,
+        }
     }
 
     /// The trackers this seed announces on: its own signals, else the defaults.
@@ -149,6 +188,18 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
             {
                 return Err(SeedError::Field { index, field, expected: "a ws:// or wss:// URL" });
             }
+        }
+        if item.settings.len() > MAX_SETTINGS
+            || item.settings.iter().any(|(key, value)| {
+                key.is_empty() || key.len() > 64 || value.to_string().len() > MAX_SETTING_BYTES
+            })
+        {
+            return Err(SeedError::Field {
+                index,
+                field: "settings",
+                expected: "at most 32 settings, named in 1 to 64 characters, each at most 4 KiB \
+                           as JSON",
+            });
         }
         if let Some(url) = &item.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
