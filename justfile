@@ -31,8 +31,13 @@ node-deps:
 system-deps:
     scripts/setup-system.sh
 
+# Tools from crates.io the tests run: aquatic_ws (a real WebTorrent tracker), built once
+# into cargo's bin directory.
+tools:
+    scripts/setup-tools.sh
+
 # Lint, then every test: host unit and integration tests, guest logic natively.
-test: lint node-deps system-deps
+test: lint node-deps system-deps tools
     cargo test --workspace --locked
     cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 

@@ -294,10 +294,16 @@ pub struct HlsOrigin {
 
 impl HlsOrigin {
     pub fn start(media: &Path, kind: &str) -> HlsOrigin {
-        let service = NodeService::start(
-            "hls-origin.mjs",
-            &["--dir".as_ref(), media.as_os_str(), format!("--{kind}").as_ref()],
-        );
+        Self::start_with(media, kind, &[])
+    }
+
+    /// With more of `hls-origin.mjs`'s options (`--seconds`, `--size`, `--fmp4`, ...).
+    pub fn start_with(media: &Path, kind: &str, options: &[&str]) -> HlsOrigin {
+        let kind_flag = format!("--{kind}");
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--dir".as_ref(), media.as_os_str(), kind_flag.as_ref()];
+        args.extend(options.iter().map(|o| std::ffi::OsStr::new(*o)));
+        let service = NodeService::start("hls-origin.mjs", &args);
         let url = format!("http://127.0.0.1:{}", service.port);
         let manifest = format!("{url}/{kind}/master.m3u8");
         HlsOrigin { service, url, manifest }
@@ -320,6 +326,85 @@ impl Tracker {
         let url = format!("ws://127.0.0.1:{}", service.port);
         Tracker { service, url }
     }
+}
+
+/// aquatic_ws, the WebTorrent tracker behind the large public trackers, on a port the
+/// OS picked (found among the sockets it listens on), with its default limits (it
+/// forwards at most 10 offers per announce). `just test` installs it (`cargo install
+/// aquatic_ws`); `AQUATIC_WS` names another binary.
+pub struct Aquatic {
+    pub child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl Aquatic {
+    pub fn start() -> Aquatic {
+        let dir = data_dir(&format!("aquatic-{}", unique()));
+        let config = dir.join("aquatic.toml");
+        std::fs::write(
+            &config,
+            "socket_workers = 1\nswarm_workers = 1\nlog_level = \"warn\"\n\n[network]\naddress = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let binary = std::env::var("AQUATIC_WS").unwrap_or_else(|_| "aquatic_ws".into());
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} could not start ({e}): run `just tools`"));
+        let mut aquatic = Aquatic { child, url: String::new(), _dir: dir };
+        let deadline = Instant::now() + PATIENCE;
+        let port = loop {
+            if let Some(port) = listening_port(aquatic.child.id()) {
+                break port;
+            }
+            assert!(aquatic.child.try_wait().unwrap().is_none(), "aquatic_ws exited at start");
+            assert!(Instant::now() < deadline, "aquatic_ws never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        aquatic.url = format!("ws://127.0.0.1:{port}");
+        aquatic
+    }
+}
+
+impl Drop for Aquatic {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number no other caller in this process gets.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The TCP port a process listens on, read from /proc: its sockets' inodes, then the
+/// kernel's table of listening sockets.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        std::fs::read_to_string(table).ok()?.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+    })
 }
 
 pub fn http_get_json(url: &str) -> Value {

@@ -1,15 +1,22 @@
-// The pages the helpers serve (player.html, seeder.html) and the player libraries from
+// The pages the helpers serve (player.html, seeder.html, swarm.html) and the player libraries from
 // node_modules (/lib/<package>/...), mapped to files, never outside those directories.
 import { dirname, join, normalize, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const pages = ['/player.html', '/seeder.html']
-const libraries = ['hls.js', 'p2p-media-loader-core', 'p2p-media-loader-hlsjs']
+const pages = ['/player.html', '/seeder.html', '/swarm.html']
+const libraries = [
+  'hls.js',
+  'p2p-media-loader-core',
+  'p2p-media-loader-hlsjs',
+  'p2p-media-loader-core-2.2',
+  'p2p-media-loader-hlsjs-2.2',
+]
 
 export const contentTypes = {
   '.m3u8': 'application/vnd.apple.mpegurl',
   '.ts': 'video/mp2t',
+  '.mp4': 'video/mp4',
   '.html': 'text/html; charset=utf-8',
   '.js': 'text/javascript',
   '.mjs': 'text/javascript',

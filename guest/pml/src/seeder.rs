@@ -545,10 +545,12 @@ impl Seeder {
             self.streams[stream].playlist_fetch = Some(fetch);
             for swarm in new_swarms {
                 log(&format!(
-                    "joining the swarm of {} as p2p-media-loader {} names it: info hash {}",
+                    "joining the swarm of {} as p2p-media-loader {} names it: info hash {}, \
+                     peer id {}",
                     self.streams[stream].playlist_url,
                     swarm.identity.name(),
-                    swarm.info_hash
+                    swarm.info_hash,
+                    swarm.peer_id
                 ));
                 let index = self.swarms.len();
                 self.swarms.push(swarm);
@@ -904,9 +906,20 @@ impl Seeder {
                     }));
                 }
             }
-            // What a viewer has or is sending matters only to peers that download.
-            PeerCommand::SegmentsAnnouncement { .. }
-            | PeerCommand::SegmentData { .. }
+            // A VOD viewer asks only for what we announce, so where it is comes from what
+            // it has: the segments after its newest are fetched ahead for it. A viewer
+            // that joined mid-stream, or was watching before we came, is met there.
+            PeerCommand::SegmentsAnnouncement { loaded, loading } => {
+                let newest = loaded.iter().chain(&loading).max().copied();
+                if stream.ended
+                    && let Some(newest) = newest
+                    && stream.sources.contains_key(&(newest + 1))
+                {
+                    self.vod_demand(index, newest + 1, out);
+                }
+            }
+            // What a viewer is sending matters only to peers that download.
+            PeerCommand::SegmentData { .. }
             | PeerCommand::SegmentDataSendingCompleted { .. }
             | PeerCommand::SegmentAbsent { .. } => {}
         }
@@ -2072,5 +2085,21 @@ b.m3u8
         seeder.handle(&Event::SegmentEvicted(50), &[7], &mut random(), &mut out);
         seeder.flush(&mut out);
         assert_eq!(sent(&out).len(), 2);
+    }
+
+    #[test]
+    fn a_vod_viewer_met_mid_stream_gets_what_follows_its_newest_segment() {
+        let (mut seeder, peer, _) = vod_serving();
+        let mut out = Vec::new();
+        let has = PeerCommand::SegmentsAnnouncement { loaded: vec![40, 41, 42], loading: vec![43] };
+        seeder.handle(&message(peer, &has), &[7], &mut random(), &mut out);
+        let wanted: Vec<String> = segments(&out).into_iter().map(|(_, u)| u).collect();
+        assert_eq!(wanted.len(), VOD_PREFETCH);
+        assert_eq!(wanted[0], "http://o.example/vod/seg44.ts");
+        // At the end of the stream there is nothing ahead to fetch.
+        out.clear();
+        let done = PeerCommand::SegmentsAnnouncement { loaded: vec![199], loading: vec![] };
+        seeder.handle(&message(peer, &done), &[7], &mut random(), &mut out);
+        assert!(segments(&out).is_empty());
     }
 }

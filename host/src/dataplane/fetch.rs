@@ -270,5 +270,20 @@ async fn once(
         }
         return Ok((final_url, whole.slice(start..end)));
     }
+    if let Some(ByteRange { start, end }) = range
+        && body.len() as u64 != end - start
+    {
+        // Viewers check each segment's length (and sites its hash): a short or long
+        // answer is no copy of the segment.
+        return Err(Failure {
+            status: Some(status.as_u16()),
+            reason: format!(
+                "the origin sent {} bytes for a {}-byte range",
+                body.len(),
+                end - start
+            ),
+            retry: true,
+        });
+    }
     Ok((final_url, body.freeze()))
 }
