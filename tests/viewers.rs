@@ -36,9 +36,10 @@ fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
         info_hash: origin.info_hash(),
         media: origin.media(),
         viewers: 20,
-        seconds: 5,
+        seconds: 20,
         pace_ms: 0,
-        ramp_ms: 5,
+        ramp_ms: 100,
+        share: false,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();

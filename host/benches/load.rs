@@ -11,12 +11,19 @@
 //! from a freshly restarted worker. Prints Markdown tables and writes them, with the
 //! figures as JSON and a chart (`tests/support/chart.mjs`), to `results/`.
 //!
+//! It also measures how fast superpeer reaches a swarm that was there first: the
+//! simulated viewers announce (with their offers) and connect among themselves, and
+//! only then is superpeer seeded; the time until it has an open DataChannel with 90% of
+//! them, with the default number of offers per announce and with bittorrent-tracker's
+//! 82. And what an offer waiting for its answer costs the worker.
+//!
 //! Environment: `SUPERPEER_LOAD` names the load generator binary (default
 //! `target/release/superpeer-load`); `SUPERPEER_BENCH_SECONDS` is the length of each
 //! step (default 20); the series are `SUPERPEER_BENCH_VIEWERS` (greedy),
 //! `SUPERPEER_BENCH_PACED_VIEWERS`, `SUPERPEER_BENCH_SWAP_VIEWERS`,
-//! `SUPERPEER_BENCH_MANY_VIEWERS` and `SUPERPEER_BENCH_SIDE_VIEWERS` (side by side),
-//! comma-separated; an empty series is skipped.
+//! `SUPERPEER_BENCH_MANY_VIEWERS`, `SUPERPEER_BENCH_SIDE_VIEWERS` (side by side) and
+//! `SUPERPEER_BENCH_REACH_VIEWERS` (with `SUPERPEER_BENCH_REACH_OFFERS`, the offers per
+//! announce to try), comma-separated; an empty series is skipped.
 
 // A benchmark's fixtures may panic: a broken one should stop the run loudly.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -295,6 +302,163 @@ fn chromium_step(load: &Load, stream: &Stream, viewers: usize, pace_ms: u64) -> 
     measure(load, stream, viewers, pace_ms, &|| procfs::descendants(helper), &mut || {})
 }
 
+/// The longest a reach step waits for superpeer to reach 90% of the swarm.
+const REACH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// One reach step: how long superpeer took to reach 90% of a swarm of `viewers` that
+/// was there first, and the offers the tracker relayed from it to them.
+struct ReachStep {
+    viewers: usize,
+    offers_per_announce: usize,
+    /// From the seed to 90% of the viewers connected, if within the patience.
+    seconds: Option<f64>,
+    /// Viewers connected at the end of the wait.
+    connected: u64,
+    offers_relayed: u64,
+    load: Value,
+}
+
+impl ReachStep {
+    fn offers_per_viewer(&self) -> Option<f64> {
+        (self.connected > 0).then(|| self.offers_relayed as f64 / self.connected as f64)
+    }
+}
+
+/// Simulated viewers join and announce; once the tracker knows every one of them,
+/// superpeer is seeded (with `offers_per_announce`), and the step waits until its
+/// worker has an open DataChannel with 90% of them.
+fn reach_step(
+    master: &Superpeer,
+    tracker: &Tracker,
+    load: &Load,
+    stream: &Stream,
+    viewers: usize,
+    offers_per_announce: usize,
+) -> ReachStep {
+    let channel = stream.origin.channel();
+    let info_hash: String = stream.origin.info_hash().bytes().map(|b| format!("{b:02x}")).collect();
+    let lines_before = tracker.service.lines.lock().unwrap().len();
+    let announced = || {
+        let lines = tracker.service.lines.lock().unwrap();
+        lines[lines_before..]
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["event"] == "start" && l["info_hash"] == info_hash.as_str())
+            .map(|l| l["peer_id"].to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let seconds = 60 + viewers as u64 / 4 + REACH_PATIENCE.as_secs();
+    let mut child = Command::new(load.binary)
+        .args(["--tracker", load.tracker, "--info-hash", &stream.origin.info_hash()])
+        .args(["--media", &stream.origin.media()])
+        .args(["--viewers", &viewers.to_string(), "--seconds", &seconds.to_string()])
+        .args(["--ramp-ms", "2", "--pace-ms", &PACE_MS.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let joined_by = Instant::now() + Duration::from_secs(60 + viewers as u64 / 4);
+    while announced() < viewers {
+        assert!(Instant::now() < joined_by, "only {} of {viewers} viewers announced", announced());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log_before = master.log.lock().unwrap().len();
+    let seeded = Instant::now();
+    let settings = json!({"offersPerAnnounce": offers_per_announce, "identities": "2.3"});
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{
+            "channel": channel, "keepAlive": true, "signal1": tracker.url,
+            "maxConnections": 10000, "settings": settings,
+        }]}),
+    );
+    let needed = (viewers as f64 * 0.9).ceil() as u64;
+    let peers = || {
+        master.stats()["workers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|w| w["channelId"] == channel.as_str())
+            .filter_map(|w| w["peers"].as_u64())
+            .sum::<u64>()
+    };
+    let (reached, connected) = loop {
+        let connected = peers();
+        if connected >= needed {
+            break (Some(seeded.elapsed().as_secs_f64()), connected);
+        }
+        if seeded.elapsed() > REACH_PATIENCE {
+            break (None, connected);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal("TERM", child.id());
+    child.wait().unwrap();
+    let summary: Value = serde_json::from_slice(&reader.join().unwrap()).unwrap_or(Value::Null);
+    println!(
+        "reach {viewers} viewers, {offers_per_announce} offers per announce: {connected} connected; load generator failures {}",
+        summary["failure_reasons"]
+    );
+    let ours: Vec<String> = master.log.lock().unwrap()[log_before..]
+        .iter()
+        .filter_map(|line| {
+            let at = line.find("peer id ")? + "peer id ".len();
+            Some(line.get(at..at + 20)?.to_string())
+        })
+        .collect();
+    let offers_relayed =
+        ours.iter().filter_map(|id| summary["offers_received_from"][id.as_str()].as_u64()).sum();
+    master.ok("POST", &format!("/stop/{}", percent_encode(&channel)), Value::Null);
+    ReachStep {
+        viewers,
+        offers_per_announce,
+        seconds: reached,
+        connected,
+        offers_relayed,
+        load: summary,
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What offers waiting for their answers cost a worker's data plane: CPU to make one,
+/// and memory held per offer, for `count` offers.
+fn pending_offer_cost(count: u64) -> (f64, f64) {
+    use superpeer::dataplane::{DataPlane, DataPlaneLimits};
+    use superpeer::policy::wire::Command as PolicyCommand;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut plane, _io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+        plane.carry_out(PolicyCommand::PeerOffer(0));
+        let me = std::process::id();
+        let (rss, cpu) = (procfs::rss_bytes(me).unwrap(), procfs::cpu_seconds(me).unwrap());
+        for peer in 1..=count {
+            plane.carry_out(PolicyCommand::PeerOffer(peer));
+        }
+        let spent = procfs::cpu_seconds(me).unwrap() - cpu;
+        let held = procfs::rss_bytes(me).unwrap().saturating_sub(rss);
+        assert_eq!(plane.offers_pending() as u64, count + 1);
+        (spent * 1e6 / count as f64, held as f64 / 1024.0 / count as f64)
+    })
+}
+
 fn fmt(value: Option<f64>, digits: usize) -> String {
     value.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
@@ -355,7 +519,8 @@ fn main() {
     let hd = Stream::start(1 << 20);
     let sd = Stream::start(1 << 18);
     let for_chromium = Stream::start(1 << 20);
-    let master = Superpeer::start_with(&dir, &["--max-workers", "2"]);
+    // Two streams seeded all along, and the reach steps' stream seeded and stopped in turn.
+    let master = Superpeer::start_with(&dir, &["--max-workers", "3"]);
     let seed = |stream: &Stream| {
         json!({
             "channel": stream.origin.channel(), "keepAlive": true, "signal1": tracker.url,
@@ -563,6 +728,47 @@ fn main() {
         )
         .unwrap();
         figures["side_by_side"] = Value::Array(points);
+    }
+
+    // Reaching a swarm that was there first.
+    let reach_series = series("SUPERPEER_BENCH_REACH_VIEWERS", "50,200,500,1000");
+    let reach_offers = series("SUPERPEER_BENCH_REACH_OFFERS", "10,82");
+    if !reach_series.is_empty() && !reach_offers.is_empty() {
+        let small = Stream::start(64 << 10);
+        let mut table = String::from(
+            "| viewers | offers per announce | 90% connected after s | connected | offers relayed per viewer connected | load generator failures |\n|---|---|---|---|---|---|\n",
+        );
+        let mut points = Vec::new();
+        for &n in &reach_series {
+            for &offers in &reach_offers {
+                let step = reach_step(&master, &tracker, &load, &small, n, offers);
+                writeln!(
+                    table,
+                    "| {n} | {offers} | {} | {} | {} | {} |",
+                    step.seconds
+                        .map_or(format!("> {}", REACH_PATIENCE.as_secs()), |s| format!("{s:.1}")),
+                    step.connected,
+                    fmt(step.offers_per_viewer(), 1),
+                    step.load["failures"],
+                )
+                .unwrap();
+                points.push(json!({
+                    "viewers": step.viewers, "offers_per_announce": step.offers_per_announce,
+                    "seconds": step.seconds, "connected": step.connected,
+                    "offers_relayed": step.offers_relayed,
+                    "offers_per_viewer": step.offers_per_viewer(),
+                    "load_failures": step.load["failures"], "peers_p50": step.load["peers_p50"],
+                }));
+            }
+        }
+        let (cpu_us, kb) = pending_offer_cost(1000);
+        writeln!(
+            report,
+            "Reaching a swarm that was there first: simulated viewers (each announcing with five offers, as the library does, and connecting among themselves) join first; then superpeer is seeded, and the time is from the seed to an open DataChannel with 90% of them. The tracker is bittorrent-tracker, which forwards up to 82 offers per announce (aquatic_ws 10, the default):\n\n{table}\nAn offer waiting for its answer costs the worker {cpu_us:.0} us of CPU to make and {kb:.1} KB of memory (1,000 offers made in one data plane).\n"
+        )
+        .unwrap();
+        figures["reach"] =
+            json!({"steps": points, "pending_offer_cpu_us": cpu_us, "pending_offer_kb": kb});
     }
 
     let mut goals = String::from("| goal | measured | |\n|---|---|---|\n");

@@ -28,10 +28,25 @@ pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
 /// How long an offer waits for its answer. A viewer answers once its ICE gathering is
 /// done (simple-peer gives it 5 s), then the tracker relays it.
 pub const OFFER_TIMEOUT_MS: u64 = 15_000;
-/// The shortest time between two announces of one swarm on one tracker, while offering.
+/// The time between two announces of one swarm on one tracker while offering, and the
+/// shortest, while more viewers are missing than one announce can offer to (a tracker
+/// that forwards ten offers an announce would otherwise take minutes to reach a swarm
+/// of hundreds).
 pub const MIN_ROUND_GAP_MS: u64 = 1_000;
-/// The most offers waiting for answers at once (the host has a bound of its own).
-pub const MAX_PENDING_OFFERS: usize = 200;
+pub const FAST_ROUND_GAP_MS: u64 = 250;
+/// How long rounds go on at their pace without any answer before they slow down: an
+/// answer takes a viewer's ICE gathering (up to 5 s with simple-peer) and two relays.
+pub const ANSWER_WAIT_MS: u64 = 5_000;
+/// The longest a swarm goes without announcing, so without hearing from the tracker how
+/// large the swarm is: viewers who join after we reached everyone are offered to within
+/// this (their own offers reach us only by chance). Trackers ask for an announce every
+/// couple of minutes; one more every few seconds per swarm is little beside a swarm's
+/// viewers' own.
+pub const SIZE_CHECK_MS: u64 = 10_000;
+/// The most offers waiting for answers at once (the host has a bound of its own). An
+/// offer waiting costs the host about 17 KB and 60 us to make; most of those sent late
+/// in a round reach viewers already connected, which never answer them.
+pub const MAX_PENDING_OFFERS: usize = 1000;
 /// Why an offer is withdrawn after [`OFFER_TIMEOUT_MS`].
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
@@ -84,10 +99,16 @@ struct Link {
     last_announce_ms: Option<u64>,
     next_round_ms: u64,
     gap_ms: u64,
+    /// The wait after a round that brought someone: [`FAST_ROUND_GAP_MS`] while one
+    /// round cannot offer to everyone missing.
+    base_gap_ms: u64,
     rounds: u64,
-    answered_since_round: bool,
+    /// When the last answer came, or the first round went out.
+    last_fruit_ms: u64,
     /// Members of the swarm besides us, from the tracker's last reply.
     others: Option<u64>,
+    /// A viewer offered to us since the last announce: the swarm may have grown.
+    grown: bool,
     /// Offers being made for the next announce, and the turn they were asked for in.
     batch: Option<(Vec<PeerId>, u64)>,
 }
@@ -99,9 +120,11 @@ impl Default for Link {
             last_announce_ms: None,
             next_round_ms: 0,
             gap_ms: MIN_ROUND_GAP_MS,
+            base_gap_ms: MIN_ROUND_GAP_MS,
             rounds: 0,
-            answered_since_round: false,
+            last_fruit_ms: 0,
             others: None,
+            grown: false,
             batch: None,
         }
     }
@@ -204,15 +227,19 @@ impl Reach {
             let reachable = link.others.map_or(cap, |n| usize::try_from(n).unwrap_or(cap)).max(1);
             let unreached = reachable.saturating_sub(need.connected).max(1);
             let wanted = (need.free.min(missing) * reachable).div_ceil(unreached);
-            return Plan::Offers(wanted.clamp(1, cap).min(reachable).min(pending_room));
+            let count = wanted.clamp(1, cap).min(reachable).min(pending_room);
+            link.base_gap_ms = if missing > count { FAST_ROUND_GAP_MS } else { MIN_ROUND_GAP_MS };
+            return Plan::Offers(count);
         }
-        let periodic = link.last_announce_ms.is_none_or(|at| now_ms >= at + interval_ms);
+        let every = if link.grown { MIN_ROUND_GAP_MS } else { interval_ms.min(SIZE_CHECK_MS) };
+        let periodic = link.last_announce_ms.is_none_or(|at| now_ms >= at + every);
         if !link.started || periodic { Plan::Announce } else { Plan::Nothing }
     }
 
     /// The offers asked of the host for the swarm's next announce, with the offer ids
-    /// the tracker will know them by. Rounds that bring nobody double the wait for the
-    /// next (up to the announce interval); an answer brings it back to the shortest.
+    /// the tracker will know them by. Once rounds have brought nobody for
+    /// [`ANSWER_WAIT_MS`], each doubles the wait for the next (up to the announce
+    /// interval); an answer brings it back.
     pub fn offering(
         &mut self,
         key: LinkKey,
@@ -221,14 +248,16 @@ impl Reach {
         interval_ms: u64,
     ) {
         let link = self.links.entry(key).or_default();
-        link.gap_ms = if link.rounds > 0 && !link.answered_since_round {
+        if link.rounds == 0 {
+            link.last_fruit_ms = now_ms;
+        }
+        link.gap_ms = if now_ms.saturating_sub(link.last_fruit_ms) > ANSWER_WAIT_MS {
             (link.gap_ms * 2).min(interval_ms.max(MIN_ROUND_GAP_MS))
         } else {
-            MIN_ROUND_GAP_MS
+            link.base_gap_ms
         };
         link.next_round_ms = now_ms + link.gap_ms;
         link.rounds += 1;
-        link.answered_since_round = false;
         link.batch = Some((offers.iter().map(|(peer, _)| *peer).collect(), self.turn));
         for (peer, offer_id) in offers {
             self.by_offer_id.insert(offer_id.clone(), peer);
@@ -252,7 +281,17 @@ impl Reach {
     pub fn announced(&mut self, key: LinkKey, now_ms: u64) {
         let link = self.links.entry(key).or_default();
         link.started = true;
+        link.grown = false;
         link.last_announce_ms = Some(now_ms);
+    }
+
+    /// A viewer of `swarm` offered to us: one we may not have counted, so the next look
+    /// at the swarm's size comes as soon as the announce rate allows, not at the next
+    /// size check. Viewers joining one after another keep it coming.
+    pub fn grown(&mut self, swarm: usize) {
+        for (_, link) in self.links.range_mut((swarm, 0)..=(swarm, ConnId::MAX)) {
+            link.grown = true;
+        }
     }
 
     /// The announces whose offers the host has made (by the turn after they were asked
@@ -271,6 +310,7 @@ impl Reach {
             let Some((peers, _)) = link.batch.take() else { continue };
             let first = !link.started;
             link.started = true;
+            link.grown = false;
             link.last_announce_ms = Some(now_ms);
             let (mut offers, mut withdrawn) = (Vec::new(), Vec::new());
             for peer in peers {
@@ -292,12 +332,12 @@ impl Reach {
 
     /// An answer came for one of our offers: which offer (our peer) and swarm, if it is
     /// still waiting. It waits no more either way.
-    pub fn answered(&mut self, offer_id: &str) -> Option<(PeerId, LinkKey)> {
+    pub fn answered(&mut self, offer_id: &str, now_ms: u64) -> Option<(PeerId, LinkKey)> {
         let peer = self.by_offer_id.get(offer_id).copied()?;
         let key = self.offers.get(&peer)?.key;
         self.forget(peer);
         if let Some(link) = self.links.get_mut(&key) {
-            link.answered_since_round = true;
+            link.last_fruit_ms = now_ms;
         }
         Some((peer, key))
     }
@@ -386,15 +426,34 @@ mod tests {
         // The tracker counts 13 (us and 12 viewers); 9 answered.
         reach.swarm_size(KEY, Some(0), Some(13));
         for peer in 1..=9 {
-            assert_eq!(reach.answered(&format!("offer{peer}")), Some((peer, KEY)));
+            assert_eq!(reach.answered(&format!("offer{peer}"), 0), Some((peer, KEY)));
         }
-        assert_eq!(reach.answered("offer1"), None, "answered once");
-        assert_eq!(reach.plan(KEY, 500, INTERVAL, need(9, 71)), Plan::Nothing, "too soon");
+        assert_eq!(reach.answered("offer1", 0), None, "answered once");
+        // More were missing than one round offers to (80 possible, 10 offered): the
+        // next round comes sooner than once a second.
+        assert_eq!(reach.plan(KEY, 200, INTERVAL, need(9, 71)), Plan::Nothing, "too soon");
         // Three left of twelve: offers to reach them, as many as the tracker forwards.
-        assert_eq!(reach.plan(KEY, 1_000, INTERVAL, need(9, 71)), Plan::Offers(10));
-        // All twelve reached: nothing until the periodic announce.
-        assert_eq!(reach.plan(KEY, 1_000, INTERVAL, need(12, 68)), Plan::Nothing);
-        assert_eq!(reach.plan(KEY, 120_000, INTERVAL, need(12, 68)), Plan::Announce);
+        assert_eq!(reach.plan(KEY, FAST_ROUND_GAP_MS, INTERVAL, need(9, 71)), Plan::Offers(10));
+        let due = round(&mut reach, 20, 10, FAST_ROUND_GAP_MS);
+        assert!(!due.first);
+        // That round could reach all three: the next waits the full second.
+        let next = FAST_ROUND_GAP_MS + MIN_ROUND_GAP_MS;
+        assert_eq!(reach.plan(KEY, next - 100, INTERVAL, need(9, 71)), Plan::Nothing);
+        assert_eq!(reach.plan(KEY, next, INTERVAL, need(9, 71)), Plan::Offers(10));
+        // All twelve reached: nothing until the next look at the swarm's size.
+        let last = FAST_ROUND_GAP_MS;
+        assert_eq!(reach.plan(KEY, next, INTERVAL, need(12, 68)), Plan::Nothing);
+        assert_eq!(reach.plan(KEY, last + SIZE_CHECK_MS, INTERVAL, need(12, 68)), Plan::Announce);
+        // A viewer's offer says the swarm may have grown: a look sooner.
+        let last = last + SIZE_CHECK_MS;
+        reach.announced(KEY, last);
+        reach.grown(0);
+        reach.grown(1);
+        assert_eq!(reach.plan(KEY, last + 500, INTERVAL, need(12, 68)), Plan::Nothing);
+        assert_eq!(
+            reach.plan(KEY, last + MIN_ROUND_GAP_MS, INTERVAL, need(12, 68)),
+            Plan::Announce
+        );
     }
 
     #[test]
@@ -424,20 +483,28 @@ mod tests {
         reach.swarm_size(KEY, None, Some(40));
         let mut now = 0;
         let mut gaps = Vec::new();
+        // Room for five: one round offers to as many as are missing.
+        let five = Need { connected: 0, free: 5, max: 5 };
         for r in 0..9u64 {
-            let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(0, 80)) else {
+            let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, five) else {
                 panic!("round {r} not due at {now}")
             };
             round(&mut reach, 100 * r + 1, n, now);
             let next = (now..)
                 .step_by(100)
-                .find(|t| matches!(reach.plan(KEY, *t, INTERVAL, need(0, 80)), Plan::Offers(_)));
+                .find(|t| matches!(reach.plan(KEY, *t, INTERVAL, five), Plan::Offers(_)));
             gaps.push(next.unwrap() - now);
             now = next.unwrap();
         }
-        assert_eq!(gaps[..4], [1_000, 2_000, 4_000, 8_000]);
-        assert_eq!(*gaps.last().unwrap(), INTERVAL, "never slower than the periodic announce");
-        assert!(reach.answered("offer801").is_some());
+        // A round a second while answers may still come, then slower and slower.
+        assert_eq!(gaps, [1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 2_000, 4_000, 8_000]);
+        for r in 9..14u64 {
+            let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, five) else { panic!() };
+            round(&mut reach, 100 * r + 1, n, now);
+            now += 200_000;
+        }
+        assert_eq!(reach.links[&KEY].gap_ms, INTERVAL, "never slower than the periodic announce");
+        assert!(reach.answered("offer1101", now).is_some());
         let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(1, 79)) else { panic!() };
         round(&mut reach, 1000, n, now);
         assert!(reach.plan(KEY, now + 1_000, INTERVAL, need(1, 79)) != Plan::Nothing);
@@ -458,7 +525,7 @@ mod tests {
         assert_eq!(reach.pending(), 1);
         assert!(reach.expire(OFFER_TIMEOUT_MS - 1).is_empty());
         assert_eq!(reach.expire(OFFER_TIMEOUT_MS), [1]);
-        assert_eq!(reach.answered("a"), None, "an expired offer's answer is not taken");
+        assert_eq!(reach.answered("a", 0), None, "an expired offer's answer is not taken");
 
         reach.offering((1, 9), vec![(4, "d".into())], 0, INTERVAL);
         assert_eq!(reach.pending_in(1), 1);

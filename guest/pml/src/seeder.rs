@@ -27,7 +27,7 @@ const TIMER_BASE: TimerId = 2 << 32;
 const MANIFEST_TIMER: TimerId = TIMER_BASE - 1;
 /// The seeder's heartbeat: announces and offers are planned, and offers expire, on it.
 const REACH_TIMER: TimerId = TIMER_BASE - 2;
-const REACH_TICK_MS: u64 = 500;
+const REACH_TICK_MS: u64 = reach::FAST_ROUND_GAP_MS;
 /// Re-announce interval until a tracker says otherwise (p2p-media-loader's default).
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
 /// Live segments kept: the playlist's window, at most this many.
@@ -237,6 +237,14 @@ impl Seeder {
                 Stored::Ready { handle: s.handle, size: s.size, on_disk },
             );
         }
+    }
+
+    /// Ids the host still knows (an earlier instance's peers and fetches) are never
+    /// handed out again: a new one starts past them all.
+    pub(crate) fn ids_past(&mut self, state: &superpeer_guest::HostState) {
+        let peers = state.peers.iter().map(|p| p.peer);
+        let highest = peers.chain(state.fetches.iter().copied()).max().unwrap_or(0);
+        self.next_id = self.next_id.max(highest);
     }
 
     /// A new turn: everything handled until the next happens at `now_ms`.
@@ -771,6 +779,7 @@ impl Seeder {
         match announce::parse(text) {
             Ok(TrackerMessage::Offer { info_hash, peer_id, offer_id, sdp }) => {
                 let Some(swarm) = self.swarm_of(&info_hash) else { return };
+                self.reach.grown(swarm);
                 if self.connections() >= self.max_peers
                     || !self.remotes.insert((swarm, peer_id.clone()))
                 {
@@ -782,7 +791,9 @@ impl Seeder {
                 out.push(Command::PeerAnswer(PeerAnswer { peer, offer: sdp }));
             }
             Ok(TrackerMessage::Answer { info_hash, peer_id, offer_id, sdp }) => {
-                let Some((peer, (swarm, _))) = self.reach.answered(&offer_id) else { return };
+                let Some((peer, (swarm, _))) = self.reach.answered(&offer_id, self.now_ms) else {
+                    return;
+                };
                 if self.swarms[swarm].info_hash != info_hash {
                     out.push(close(peer, "answered from another swarm"));
                 } else if self.connections() >= self.max_peers {
@@ -2101,5 +2112,22 @@ b.m3u8
         let done = PeerCommand::SegmentsAnnouncement { loaded: vec![199], loading: vec![] };
         seeder.handle(&message(peer, &done), &[7], &mut random(), &mut out);
         assert!(segments(&out).is_empty());
+    }
+
+    #[test]
+    fn a_new_instance_never_reuses_an_id_the_host_still_knows() {
+        let mut seeder =
+            Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
+        let state = superpeer_guest::HostState {
+            trackers: vec![],
+            peers: vec![superpeer_guest::PeerState { peer: 40, open: true, serving: vec![] }],
+            fetches: vec![7],
+            segments: vec![],
+            timers: vec![],
+        };
+        seeder.ids_past(&state);
+        let mut out = Vec::new();
+        seeder.start(&mut out);
+        assert!(texts(&out)[0].0 > 40, "{out:?}");
     }
 }

@@ -95,7 +95,7 @@ impl Default for PolicyLimits {
             max_chunk_bytes: 64 << 10,
             max_trackers: 32,
             max_fetches: 256,
-            max_pending_offers: 256,
+            max_pending_offers: 1024,
             max_timers: 4096,
             max_timer_delay: Duration::from_secs(24 * 3600),
             max_log_lines_per_call: 64,

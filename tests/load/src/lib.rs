@@ -1,35 +1,53 @@
-//! superpeer-load: many simulated p2p-media-loader viewers in one process, for load
+//! superpeer-load: a swarm of simulated p2p-media-loader viewers in one process, for load
 //! tests of a super peer (or any WebTorrent peer that serves p2p-media-loader).
 //!
-//! Each viewer does what the browser library does on the wire: it announces in the
-//! swarm on a real WebTorrent tracker with a WebRTC offer, connects to whoever answers
-//! (an `rtc` peer connection on its own UDP socket: ICE, DTLS, SCTP), waits for the
-//! peer's segment announcement, and requests announced segments one at a time with the
-//! p2p-media-loader 2.x wire protocol, either as fast as they come or at a set pace.
-//! Every segment received is checked byte for byte against the origin's copy. It
-//! measures the time from request to last byte, failures, and its own CPU, and prints
-//! one JSON summary on stdout. It never decides pass or fail: the caller does.
+//! Each viewer does on the wire what the browser library does (p2p-media-loader 2.x with
+//! bittorrent-tracker's client). It opens its own WebSocket to the tracker and announces
+//! with five offers, each a WebRTC connection of its own (`rtc`: its own UDP socket, ICE,
+//! DTLS, SCTP), and again with five new ones every interval the tracker asks for; offers
+//! nobody answered go after 50 s. It answers the offers the tracker relays to it, takes
+//! the answers to its own, and never keeps two connections to one peer id. Nobody takes
+//! turns: a viewer meets whoever the tracker hands its offers to and whoever offers to
+//! it, as in a real swarm, where a peer that only answers meets few.
+//!
+//! Over each connection it speaks the 2.x wire protocol: it asks for segments, one at a
+//! time, from peers that announced them (a random one of those that have it), either as
+//! fast as they come or at a set pace, and checks each against the origin's copy. With
+//! `--share` viewers also announce what they got and serve it to each other (the
+//! library's default); without it they run as with `isP2PUploadDisabled`, so the peer
+//! under test is the only one with segments to give. A request still unanswered when the
+//! run ends (after a grace for the last ones) is a failure, as is a viewer that never met
+//! a peer with segments.
+//!
+//! It measures the time from request to last byte, failures, and its own CPU, and prints
+//! one JSON summary on stdout at the end of the run (the command ends the run early on
+//! SIGTERM or SIGINT, as if its time were up). It never decides pass or fail: the
+//! caller does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 // The default policy's codec for the same protocol: one implementation, tested there
@@ -42,7 +60,7 @@ use wire::PeerCommand;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
-    about = "Simulated p2p-media-loader viewers: real WebRTC, real tracker, every byte checked"
+    about = "A swarm of simulated p2p-media-loader viewers: real WebRTC, real tracker, every byte checked"
 )]
 pub struct Args {
     /// WebTorrent tracker URL (ws:// or wss://).
@@ -69,48 +87,89 @@ pub struct Args {
     /// Milliseconds between viewers joining.
     #[arg(long, default_value_t = 5)]
     pub ramp_ms: u64,
+    /// Viewers announce what they got and serve it to each other, as the library does by
+    /// default; without it only the peer under test has segments to give.
+    #[arg(long)]
+    pub share: bool,
 }
+
+/// Offers per announce, and peers asked for, as the library's tracker client sends them.
+const OFFERS: usize = 5;
+/// How long the tracker client keeps an offer nobody answered.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(50);
+/// Re-announce interval until the tracker says otherwise (the client's default).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a viewer waits for a segment's next bytes before counting it failed
+/// (p2p-media-loader gives up after 2 s without bytes; this only bounds a stuck run).
+const SEGMENT_PATIENCE: Duration = Duration::from_secs(10);
+/// After the run, how long requests still in flight may take to complete before they
+/// count as unanswered.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// What one viewer saw.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Met a peer that announced segments.
     connected: bool,
     connect_ms: Option<f64>,
     segments: u64,
     bytes: u64,
     latencies_ms: Vec<f64>,
     failures: Vec<String>,
-    /// Connected, then lost the connection before the end.
+    /// Lost a connection while a request on it was in flight.
     dropped: bool,
+    /// Peers connected at the end, and at most at once.
+    links_open: usize,
+    links_most: usize,
+    offers_sent: u64,
+    answers_sent: u64,
+    /// Segments served to other viewers (`--share`).
+    served: u64,
+    /// Offers the tracker relayed to this viewer, by the peer that made them.
+    offers_from: HashMap<String, u64>,
 }
 
 /// A segment as the origin has it.
 #[derive(Debug)]
-struct Expected {
-    size: usize,
+struct Segment {
+    bytes: Bytes,
     sha256: [u8; 32],
 }
 
-/// How long a viewer waits for a segment's next bytes before counting it failed
-/// (p2p-media-loader gives up after 2 s without bytes; this only bounds a stuck test).
-const SEGMENT_PATIENCE: Duration = Duration::from_secs(10);
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
-
 /// Runs the viewers to the end and returns the summary.
-pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let expected = Arc::new(origin_segments(&args.media).await?);
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    run_until(args, std::future::pending()).await
+}
+
+/// Runs the viewers until the end, or until `stop` completes (the run's time is then up
+/// at once), and returns the summary.
+pub async fn run_until(
+    args: Args,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Value> {
+    raise_open_file_limit();
+    let origin = Arc::new(origin_segments(&args.media).await?);
     let cpu_before = own_cpu_seconds();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
+    let (end, deadline) = tokio::sync::watch::channel(started + Duration::from_secs(args.seconds));
+    tokio::spawn(async move {
+        stop.await;
+        let _ = end.send(Instant::now());
+    });
     let args = Arc::new(args);
     let mut viewers = Vec::new();
     for index in 0..args.viewers {
-        let (shared, expected) = (args.clone(), expected.clone());
+        if *deadline.borrow() <= Instant::now() {
+            break;
+        }
+        let (shared, origin, deadline) = (args.clone(), origin.clone(), deadline.clone());
         viewers.push(tokio::spawn(async move {
             let mut seen = Seen::default();
-            if let Err(e) = watch(index, &shared, &expected, deadline, &mut seen).await {
+            let mut viewer = Viewer::new(index, shared, origin, started, deadline);
+            if let Err(e) = viewer.watch(&mut seen).await {
                 seen.failures.push(format!("{e:#}"));
             }
+            viewer.leave(&mut seen);
             seen
         }));
         tokio::time::sleep(Duration::from_millis(args.ramp_ms)).await;
@@ -127,10 +186,16 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     latencies.sort_by(f64::total_cmp);
     let mut connects: Vec<f64> = all.iter().filter_map(|s| s.connect_ms).collect();
     connects.sort_by(f64::total_cmp);
+    let mut links: Vec<f64> = all.iter().map(|s| s.links_most as f64).collect();
+    links.sort_by(f64::total_cmp);
     let bytes: u64 = all.iter().map(|s| s.bytes).sum();
     let mut reasons: HashMap<String, usize> = HashMap::new();
     for failure in all.iter().flat_map(|s| &s.failures) {
         *reasons.entry(failure.clone()).or_default() += 1;
+    }
+    let mut offers_from: HashMap<&str, u64> = HashMap::new();
+    for (peer, count) in all.iter().flat_map(|s| &s.offers_from) {
+        *offers_from.entry(peer).or_default() += count;
     }
     Ok(json!({
         "viewers": args.viewers,
@@ -143,6 +208,11 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "segment_ms_p99": percentile(&latencies, 0.99),
         "connect_ms_p50": percentile(&connects, 0.50),
         "connect_ms_p99": percentile(&connects, 0.99),
+        "peers_p50": percentile(&links, 0.50),
+        "offers_sent": all.iter().map(|s| s.offers_sent).sum::<u64>(),
+        "answers_sent": all.iter().map(|s| s.answers_sent).sum::<u64>(),
+        "served_to_viewers": all.iter().map(|s| s.served).sum::<u64>(),
+        "offers_received_from": offers_from,
         "failures": all.iter().map(|s| s.failures.len()).sum::<usize>(),
         "dropped": all.iter().filter(|s| s.dropped).count(),
         "failure_reasons": reasons,
@@ -167,8 +237,17 @@ fn own_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// Every connection has a socket of its own, as in a browser: hundreds of viewers need
+/// thousands of descriptors.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Every segment of the media playlist, fetched once, by the id viewers give it.
-async fn origin_segments(media: &str) -> anyhow::Result<Vec<Expected>> {
+async fn origin_segments(media: &str) -> anyhow::Result<Vec<Segment>> {
     let http = reqwest::Client::new();
     let playlist = http.get(media).send().await?.error_for_status()?.text().await?;
     let base = media.rsplit_once('/').map_or(media, |(base, _)| base);
@@ -176,7 +255,7 @@ async fn origin_segments(media: &str) -> anyhow::Result<Vec<Expected>> {
     for line in playlist.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let url = if line.contains("://") { line.to_string() } else { format!("{base}/{line}") };
         let bytes = http.get(&url).send().await?.error_for_status()?.bytes().await?;
-        segments.push(Expected { size: bytes.len(), sha256: Sha256::digest(&bytes).into() });
+        segments.push(Segment { sha256: Sha256::digest(&bytes).into(), bytes });
     }
     if segments.is_empty() {
         bail!("{media} lists no segments");
@@ -184,153 +263,672 @@ async fn origin_segments(media: &str) -> anyhow::Result<Vec<Expected>> {
     Ok(segments)
 }
 
-/// One viewer, from joining the swarm to `deadline`.
-async fn watch(
+/// A connection of a viewer's, as the viewer sees it.
+#[derive(Debug)]
+struct Link {
+    commands: mpsc::UnboundedSender<ToLink>,
+    /// The peer at the other end, once known (an answer names it).
+    remote: Option<String>,
+    open: bool,
+    /// The segments it announced.
+    has: BTreeSet<i64>,
+    /// When our offer on it was made, while it waits for an answer.
+    offered: Option<(Instant, String)>,
+}
+
+/// A request in flight.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    link: u64,
+    id: i64,
+    at: Instant,
+}
+
+type Tracker =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One simulated viewer.
+struct Viewer {
     index: usize,
-    args: &Args,
-    expected: &[Expected],
-    deadline: Instant,
-    seen: &mut Seen,
-) -> anyhow::Result<()> {
-    let joined = Instant::now();
-    let mut peer = Peer::new().await?;
-    let answer = signal(index, args, &peer.offer_sdp).await?;
-    peer.connection
-        .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)
-        .map_err(|e| anyhow!("answer refused: {e}"))?;
-
-    // Connected once the DataChannel is open and the peer said what it has.
-    let mut loaded: Vec<i64> = Vec::new();
-    let connect_by = Instant::now() + CONNECT_PATIENCE;
-    while loaded.is_empty() {
-        for command in peer.step(connect_by).await? {
-            if let PeerCommand::SegmentsAnnouncement { loaded: ids, .. } = command {
-                loaded = ids.into_iter().filter(|&id| (id as usize) < expected.len()).collect();
-            }
-        }
-        if Instant::now() > connect_by {
-            bail!("no announcement within {CONNECT_PATIENCE:?}");
-        }
-    }
-    seen.connected = true;
-    seen.connect_ms = Some(joined.elapsed().as_secs_f64() * 1e3);
-
-    let mut request = 0i64;
-    let mut next_id = index % loaded.len();
-    if args.pace_ms > 0 {
-        // Real audiences ask at every moment, not in step: viewer i of n asks at
-        // i/n of the pace into each period, counted from the run's start.
-        let pace = Duration::from_millis(args.pace_ms);
-        let phase = pace * index as u32 / args.viewers.max(1) as u32;
-        let start = deadline - Duration::from_secs(args.seconds) + phase;
-        let elapsed = Instant::now().saturating_duration_since(start);
-        let periods = elapsed.as_millis().div_ceil(pace.as_millis()) as u32;
-        if let Err(e) = peer.idle_until((start + pace * periods).min(deadline)).await {
-            seen.dropped = true;
-            bail!("{e:#}");
-        }
-    }
-    while Instant::now() < deadline {
-        let id = loaded[next_id % loaded.len()];
-        next_id += 1;
-        request += 1;
-        let asked = Instant::now();
-        match peer.fetch(id, request, deadline).await {
-            Ok(bytes) => {
-                let want = &expected[id as usize];
-                if bytes.len() != want.size
-                    || <[u8; 32]>::from(Sha256::digest(&bytes)) != want.sha256
-                {
-                    seen.failures.push("segment bytes differ from the origin's".into());
-                } else {
-                    seen.segments += 1;
-                    seen.bytes += bytes.len() as u64;
-                    seen.latencies_ms.push(asked.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            Err(Fetch::Deadline) => break,
-            Err(Fetch::Failed(reason)) => seen.failures.push(reason),
-            Err(Fetch::Lost(reason)) => {
-                seen.failures.push(reason);
-                seen.dropped = true;
-                break;
-            }
-        }
-        if args.pace_ms > 0 {
-            let next = asked + Duration::from_millis(args.pace_ms);
-            if let Err(e) = peer.idle_until(next.min(deadline)).await {
-                seen.failures.push(format!("{e:#}"));
-                seen.dropped = true;
-                break;
-            }
-        }
-    }
-    Ok(())
+    args: Arc<Args>,
+    origin: Arc<Vec<Segment>>,
+    started: Instant,
+    /// The end of the run; moved forward if the run is stopped early.
+    deadline: tokio::sync::watch::Receiver<Instant>,
+    peer_id: String,
+    links: HashMap<u64, Link>,
+    next_link: u64,
+    /// Peer ids connected or being connected: one connection per peer.
+    remotes: HashSet<String>,
+    events: mpsc::UnboundedSender<(u64, FromLink)>,
+    inbox: mpsc::UnboundedReceiver<(u64, FromLink)>,
+    interval: Duration,
+    asked: Option<Asked>,
+    request: i64,
+    cursor: usize,
+    /// What it got (for `--share`).
+    have: BTreeSet<i64>,
+    rng: rand::rngs::SmallRng,
 }
 
-/// Offers per announce, as browsers send them; the tracker relays each to a different
-/// peer of the swarm.
-const OFFERS: usize = 5;
-/// Viewers waiting for an answer at once. The tracker relays offers to random peers of
-/// the swarm and simulated viewers answer nobody, so at most `OFFERS - 1` of them wait
-/// at a time: with them and the seeder the swarm has no more peers than an announce
-/// has offers, and every announce reaches the seeder. A viewer leaves the swarm once
-/// answered; the connection itself is set up concurrently with the others'.
-static SIGNALLING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(OFFERS - 1);
-/// How long to wait for an answer before announcing the offer again (the tracker may
-/// have relayed it to a viewer that was just leaving).
-const ANSWER_PATIENCE: Duration = Duration::from_secs(3);
-
-/// Announces with an offer and returns the SDP of the first answer to it.
-async fn signal(index: usize, args: &Args, offer: &str) -> anyhow::Result<String> {
-    let _turn = SIGNALLING.acquire().await?;
-    let (mut tracker, _) = tokio_tungstenite::connect_async(args.tracker.as_str())
-        .await
-        .context("tracker unreachable")?;
-    // 20-character ids, as the browser library makes them.
-    let peer_id = format!("-PM0203-{:012}", index);
-    let attempts = (CONNECT_PATIENCE.as_secs() / ANSWER_PATIENCE.as_secs()).max(1);
-    for attempt in 0..attempts {
-        // One connection, one offer; under several ids so it reaches several peers.
-        let offer_ids: Vec<String> =
-            (0..OFFERS).map(|n| format!("load{index:010}{attempt:04}{n:02}")).collect();
-        let offers: Vec<_> = offer_ids
-            .iter()
-            .map(|id| json!({"offer": {"type": "offer", "sdp": offer}, "offer_id": id}))
+impl Viewer {
+    fn new(
+        index: usize,
+        args: Arc<Args>,
+        origin: Arc<Vec<Segment>>,
+        started: Instant,
+        deadline: tokio::sync::watch::Receiver<Instant>,
+    ) -> Viewer {
+        let mut rng = rand::rngs::SmallRng::from_os_rng();
+        const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let peer_id: String = "-PM0203-"
+            .chars()
+            .chain((0..12).map(|_| char::from(SYMBOLS[rng.random_range(0..SYMBOLS.len())])))
             .collect();
-        let announce = json!({
-            "action": "announce", "info_hash": args.info_hash, "peer_id": peer_id,
-            "numwant": OFFERS, "uploaded": 0, "downloaded": 0, "event": "started",
-            "offers": offers,
-        });
-        tracker.send(Message::text(announce.to_string())).await?;
-        let answer = tokio::time::timeout(ANSWER_PATIENCE, async {
-            while let Some(message) = tracker.next().await {
-                let Ok(text) = message?.into_text() else { continue };
-                let Ok(reply) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-                if offer_ids.iter().any(|id| reply["offer_id"] == id.as_str())
-                    && let Some(sdp) = reply["answer"]["sdp"].as_str()
-                {
-                    return Ok(sdp.to_string());
-                }
-            }
-            bail!("the tracker closed before an answer came")
-        })
-        .await;
-        if let Ok(answer) = answer {
-            let _ = tracker.close(None).await;
-            return answer;
+        let (events, inbox) = mpsc::unbounded_channel();
+        Viewer {
+            index,
+            args,
+            origin,
+            started,
+            deadline,
+            peer_id,
+            links: HashMap::new(),
+            next_link: 0,
+            remotes: HashSet::new(),
+            events,
+            inbox,
+            interval: DEFAULT_INTERVAL,
+            asked: None,
+            request: 0,
+            cursor: index,
+            have: BTreeSet::new(),
+            rng,
         }
     }
-    bail!("no answer within {CONNECT_PATIENCE:?}")
+
+    /// From joining the swarm to the end of the run.
+    async fn watch(&mut self, seen: &mut Seen) -> anyhow::Result<()> {
+        let joined = Instant::now();
+        let (mut tracker, _) = tokio_tungstenite::connect_async(self.args.tracker.as_str())
+            .await
+            .context("tracker unreachable")?;
+        self.announce(&mut tracker, Some("started"), seen).await?;
+        let mut announce_at = Instant::now() + self.interval;
+        let mut next_request = self.first_request_time(joined);
+        loop {
+            let now = Instant::now();
+            let deadline = *self.deadline.borrow();
+            if now >= deadline + DRAIN {
+                if self.asked.is_some() {
+                    seen.failures.push("request unanswered at the end".into());
+                }
+                break;
+            }
+            if now >= deadline && self.asked.is_none() {
+                break;
+            }
+            if now < deadline && self.asked.is_none() && now >= next_request {
+                self.ask(now);
+                if self.asked.is_some() {
+                    let pace = Duration::from_millis(self.args.pace_ms);
+                    next_request = now + pace;
+                }
+            }
+            let expiry = self.links.values().filter_map(|l| l.offered.as_ref()).map(|o| o.0).min();
+            let wake = [
+                Some(announce_at),
+                (self.asked.is_none()).then_some(next_request.max(now)),
+                expiry.map(|at| at + OFFER_TIMEOUT),
+                Some(deadline),
+                Some(deadline + DRAIN),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .min()
+            .unwrap_or(now + Duration::from_millis(100));
+            tokio::select! {
+                message = tracker.next() => {
+                    let text = match message {
+                        Some(Ok(Message::Text(text))) => text.to_string(),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => bail!("tracker connection failed: {e}"),
+                        None => bail!("the tracker closed the connection"),
+                    };
+                    self.on_tracker(&mut tracker, &text, seen).await?;
+                }
+                Some((link, event)) = self.inbox.recv() => {
+                    self.on_link(link, event, joined, seen);
+                }
+                Ok(()) = self.deadline.changed() => {}
+                () = tokio::time::sleep_until(wake.into()) => {
+                    self.expire_offers();
+                    if Instant::now() >= announce_at && Instant::now() < deadline {
+                        self.announce(&mut tracker, None, seen).await?;
+                        announce_at = Instant::now() + self.interval;
+                    }
+                }
+            }
+        }
+        let _ = self.announce(&mut tracker, Some("stopped"), seen).await;
+        let _ = tracker.close(None).await;
+        if !seen.connected {
+            seen.failures.push("never met a peer with segments".into());
+        }
+        Ok(())
+    }
+
+    /// Paced viewers ask at every moment, not in step: viewer i of n first asks at i/n
+    /// of the pace into a period, counted from the run's start.
+    fn first_request_time(&self, now: Instant) -> Instant {
+        if self.args.pace_ms == 0 {
+            return now;
+        }
+        let pace = Duration::from_millis(self.args.pace_ms);
+        let phase = pace * self.index as u32 / self.args.viewers.max(1) as u32;
+        let start = self.started + phase;
+        let periods = now.saturating_duration_since(start).as_millis().div_ceil(pace.as_millis());
+        start + pace * periods as u32
+    }
+
+    /// Announces, with five fresh offers unless it is leaving.
+    async fn announce(
+        &mut self,
+        tracker: &mut Tracker,
+        event: Option<&str>,
+        seen: &mut Seen,
+    ) -> anyhow::Result<()> {
+        let mut offers = Vec::new();
+        if event != Some("stopped") {
+            for _ in 0..OFFERS {
+                let Ok(socket) = udp_socket() else { continue };
+                let local = socket.local_addr()?;
+                let Ok((connection, sdp)) = offering_connection(local) else { continue };
+                let offer_id: String =
+                    (0..20).map(|_| char::from(self.rng.random_range(b'a'..=b'z'))).collect();
+                let link = self.spawn_link(connection, socket, local);
+                if let Some(state) = self.links.get_mut(&link) {
+                    state.offered = Some((Instant::now(), offer_id.clone()));
+                }
+                offers.push(json!({"offer": {"type": "offer", "sdp": sdp}, "offer_id": offer_id}));
+            }
+        }
+        seen.offers_sent += offers.len() as u64;
+        let mut message = json!({
+            "action": "announce", "info_hash": self.args.info_hash, "peer_id": self.peer_id,
+            "numwant": OFFERS, "uploaded": 0, "downloaded": 0, "offers": offers,
+        });
+        if let Some(event) = event {
+            message["event"] = json!(event);
+        }
+        tracker.send(Message::text(message.to_string())).await.context("tracker connection failed")
+    }
+
+    async fn on_tracker(
+        &mut self,
+        tracker: &mut Tracker,
+        text: &str,
+        seen: &mut Seen,
+    ) -> anyhow::Result<()> {
+        let Ok(message) = serde_json::from_str::<Value>(text) else { return Ok(()) };
+        if let Some(reason) = message["failure reason"].as_str() {
+            seen.failures.push(format!("tracker: {reason}"));
+            return Ok(());
+        }
+        if let Some(interval) = message["interval"].as_u64() {
+            self.interval = Duration::from_secs(interval.max(10));
+        }
+        let from = message["peer_id"].as_str().unwrap_or_default().to_string();
+        if let Some(sdp) = message["offer"]["sdp"].as_str() {
+            *seen.offers_from.entry(from.clone()).or_default() += 1;
+            // A second connection to a peer we know is destroyed by the library at once.
+            if from.is_empty() || self.remotes.contains(&from) {
+                return Ok(());
+            }
+            let Ok(socket) = udp_socket() else { return Ok(()) };
+            let local = socket.local_addr()?;
+            let Ok((connection, answer)) = answering_connection(local, sdp) else {
+                return Ok(());
+            };
+            let link = self.spawn_link(connection, socket, local);
+            if let Some(state) = self.links.get_mut(&link) {
+                state.remote = Some(from.clone());
+            }
+            self.remotes.insert(from.clone());
+            let reply = json!({
+                "action": "announce", "info_hash": self.args.info_hash, "peer_id": self.peer_id,
+                "to_peer_id": from, "offer_id": message["offer_id"],
+                "answer": {"type": "answer", "sdp": answer},
+            });
+            seen.answers_sent += 1;
+            tracker
+                .send(Message::text(reply.to_string()))
+                .await
+                .context("tracker connection failed")?;
+        } else if let (Some(sdp), Some(offer_id)) =
+            (message["answer"]["sdp"].as_str(), message["offer_id"].as_str())
+        {
+            let Some((link, state)) = self
+                .links
+                .iter_mut()
+                .find(|(_, l)| l.offered.as_ref().is_some_and(|(_, id)| id == offer_id))
+            else {
+                return Ok(());
+            };
+            state.offered = None;
+            if from.is_empty() || self.remotes.contains(&from) {
+                let _ = state.commands.send(ToLink::Close);
+                let link = *link;
+                self.links.remove(&link);
+                return Ok(());
+            }
+            state.remote = Some(from.clone());
+            let _ = state.commands.send(ToLink::Answer(sdp.to_string()));
+            self.remotes.insert(from);
+        }
+        Ok(())
+    }
+
+    fn on_link(&mut self, link: u64, event: FromLink, joined: Instant, seen: &mut Seen) {
+        match event {
+            FromLink::Open => {
+                if let Some(state) = self.links.get_mut(&link) {
+                    state.open = true;
+                    if self.args.share {
+                        let _ = state
+                            .commands
+                            .send(ToLink::Announce(self.have.iter().copied().collect()));
+                    }
+                }
+                let open = self.links.values().filter(|l| l.open).count();
+                seen.links_most = seen.links_most.max(open);
+            }
+            FromLink::Announced(ids) => {
+                let known = self.origin.len() as i64;
+                if let Some(state) = self.links.get_mut(&link) {
+                    state.has = ids.into_iter().filter(|id| (0..known).contains(id)).collect();
+                    if !state.has.is_empty() && !seen.connected {
+                        seen.connected = true;
+                        seen.connect_ms = Some(joined.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            FromLink::Fetched { id, outcome } => {
+                let Some(asked) = self.asked.take_if(|a| a.link == link && a.id == id) else {
+                    return;
+                };
+                match outcome {
+                    Ok(bytes) => {
+                        seen.segments += 1;
+                        seen.bytes += bytes as u64;
+                        seen.latencies_ms.push(asked.at.elapsed().as_secs_f64() * 1e3);
+                        if self.args.share && self.have.insert(id) {
+                            let ids: Vec<i64> = self.have.iter().copied().collect();
+                            for state in self.links.values().filter(|l| l.open) {
+                                let _ = state.commands.send(ToLink::Announce(ids.clone()));
+                            }
+                        }
+                    }
+                    Err(reason) => seen.failures.push(reason),
+                }
+            }
+            FromLink::Requested { id, request } => {
+                let Some(state) = self.links.get(&link) else { return };
+                let bytes = (self.args.share && self.have.contains(&id))
+                    .then(|| self.origin.get(id as usize).map(|s| s.bytes.clone()))
+                    .flatten();
+                seen.served += u64::from(bytes.is_some());
+                let _ = state.commands.send(ToLink::Serve { id, request, bytes });
+            }
+            FromLink::Closed(reason) => {
+                if let Some(state) = self.links.remove(&link)
+                    && let Some(remote) = state.remote
+                {
+                    self.remotes.remove(&remote);
+                }
+                if self.asked.take_if(|a| a.link == link).is_some() {
+                    seen.failures.push(format!("lost the connection while asking: {reason}"));
+                    seen.dropped = true;
+                }
+            }
+        }
+    }
+
+    /// Asks for the next segment, from a random peer that has it.
+    fn ask(&mut self, now: Instant) {
+        let announced: BTreeSet<i64> =
+            self.links.values().filter(|l| l.open).flat_map(|l| l.has.iter().copied()).collect();
+        if announced.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = announced.into_iter().collect();
+        let id = ids[self.cursor % ids.len()];
+        self.cursor += 1;
+        let holders: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.open && l.has.contains(&id))
+            .map(|(k, _)| *k)
+            .collect();
+        let link = holders[self.rng.random_range(0..holders.len())];
+        self.request += 1;
+        let request = self.request;
+        if let Some(state) = self.links.get(&link)
+            && state.commands.send(ToLink::Fetch { id, request }).is_ok()
+        {
+            self.asked = Some(Asked { link, id, at: now });
+        }
+    }
+
+    /// Offers nobody answered in time go, as the tracker client drops them.
+    fn expire_offers(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.offered.as_ref().is_some_and(|(at, _)| now >= *at + OFFER_TIMEOUT))
+            .map(|(k, _)| *k)
+            .collect();
+        for link in expired {
+            if let Some(state) = self.links.remove(&link) {
+                let _ = state.commands.send(ToLink::Close);
+            }
+        }
+    }
+
+    /// The viewer leaves: every connection closes.
+    fn leave(&mut self, seen: &mut Seen) {
+        seen.links_open = self.links.values().filter(|l| l.open).count();
+        for (_, state) in self.links.drain() {
+            let _ = state.commands.send(ToLink::Close);
+        }
+    }
+
+    fn spawn_link(
+        &mut self,
+        connection: RTCPeerConnection,
+        socket: UdpSocket,
+        local: SocketAddr,
+    ) -> u64 {
+        let link = self.next_link;
+        self.next_link += 1;
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let driver = LinkDriver {
+            link,
+            connection,
+            socket,
+            local,
+            inbox,
+            events: self.events.clone(),
+            origin: self.origin.clone(),
+            channel: None,
+            joiner: wire::Joiner::default(),
+            fetching: None,
+        };
+        tokio::spawn(driver.run());
+        self.links.insert(
+            link,
+            Link { commands, remote: None, open: false, has: BTreeSet::new(), offered: None },
+        );
+        link
+    }
 }
 
-enum Fetch {
-    Deadline,
-    /// This segment failed; the connection may serve the next.
-    Failed(String),
-    /// The connection is gone.
-    Lost(String),
+/// What a viewer tells one of its connections.
+#[derive(Debug)]
+enum ToLink {
+    /// The answer to our offer on it.
+    Answer(String),
+    Fetch {
+        id: i64,
+        request: i64,
+    },
+    /// Answer a peer's request: the segment's bytes, or absent.
+    Serve {
+        id: i64,
+        request: i64,
+        bytes: Option<Bytes>,
+    },
+    Announce(Vec<i64>),
+    Close,
+}
+
+/// What a connection tells its viewer.
+#[derive(Debug)]
+enum FromLink {
+    Open,
+    Announced(Vec<i64>),
+    /// A requested segment arrived whole and checked (its size), or why not.
+    Fetched {
+        id: i64,
+        outcome: Result<usize, String>,
+    },
+    Requested {
+        id: i64,
+        request: i64,
+    },
+    Closed(String),
+}
+
+/// A segment being received: its size once announced, and its bytes hashed as they come.
+struct Fetching {
+    id: i64,
+    request: i64,
+    size: Option<usize>,
+    received: usize,
+    hasher: Sha256,
+    last_progress: Instant,
+}
+
+/// One connection: its socket, its timers, the viewer's commands and the wire protocol.
+struct LinkDriver {
+    link: u64,
+    connection: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    inbox: mpsc::UnboundedReceiver<ToLink>,
+    events: mpsc::UnboundedSender<(u64, FromLink)>,
+    origin: Arc<Vec<Segment>>,
+    channel: Option<rtc::data_channel::RTCDataChannelId>,
+    joiner: wire::Joiner,
+    fetching: Option<Fetching>,
+}
+
+impl LinkDriver {
+    async fn run(mut self) {
+        let reason =
+            self.drive().await.err().map_or("closed by the viewer".into(), |e| format!("{e:#}"));
+        let _ = self.connection.close();
+        self.flush();
+        let _ = self.events.send((self.link, FromLink::Closed(reason)));
+    }
+
+    async fn drive(&mut self) -> anyhow::Result<()> {
+        let mut buffer = vec![0u8; 65_536];
+        loop {
+            self.flush();
+            let patience = self.fetching.as_ref().map(|f| f.last_progress + SEGMENT_PATIENCE);
+            let wake = [self.connection.poll_timeout(), patience]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = self.socket.recv_from(&mut buffer) => {
+                    let (len, from) = received?;
+                    let transport = TransportContext {
+                        local_addr: self.local,
+                        peer_addr: from,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    };
+                    let message = buffer[..len].into();
+                    let _ = self.connection.handle_read(TaggedBytesMut { now: Instant::now(), transport, message });
+                }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let _ = self.connection.handle_timeout(Instant::now());
+                    if let Some(f) = self.fetching.take_if(|f| f.last_progress.elapsed() >= SEGMENT_PATIENCE) {
+                        self.report(FromLink::Fetched { id: f.id, outcome: Err("no bytes for too long".into()) });
+                    }
+                }
+                command = self.inbox.recv() => match command {
+                    None | Some(ToLink::Close) => return Ok(()),
+                    Some(command) => self.on_command(command)?,
+                },
+            }
+            self.poll()?;
+        }
+    }
+
+    fn on_command(&mut self, command: ToLink) -> anyhow::Result<()> {
+        match command {
+            ToLink::Answer(sdp) => {
+                let answer = RTCSessionDescription::answer(sdp)?;
+                self.connection
+                    .set_remote_description(Instant::now(), answer)
+                    .map_err(|e| anyhow!("answer refused: {e}"))?;
+            }
+            ToLink::Fetch { id, request } => {
+                self.send(&PeerCommand::SegmentRequest { id, request, byte_from: None })?;
+                self.fetching = Some(Fetching {
+                    id,
+                    request,
+                    size: None,
+                    received: 0,
+                    hasher: Sha256::new(),
+                    last_progress: Instant::now(),
+                });
+            }
+            ToLink::Serve { id, request, bytes: Some(bytes) } => {
+                self.send(&PeerCommand::SegmentData { id, request, size: bytes.len() as i64 })?;
+                for chunk in bytes.chunks(wire::MAX_MESSAGE) {
+                    self.send_raw(chunk)?;
+                }
+                self.send(&PeerCommand::SegmentDataSendingCompleted { id, request })?;
+            }
+            ToLink::Serve { id, request, bytes: None } => {
+                self.send(&PeerCommand::SegmentAbsent { id, request })?;
+            }
+            ToLink::Announce(loaded) => {
+                self.send(&PeerCommand::SegmentsAnnouncement { loaded, loading: vec![] })?;
+            }
+            ToLink::Close => {}
+        }
+        Ok(())
+    }
+
+    /// Runs what the connection has for us: state changes, messages.
+    fn poll(&mut self) -> anyhow::Result<()> {
+        while let Some(event) = self.connection.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id))
+                    if self.channel.is_none() =>
+                {
+                    self.channel = Some(id);
+                    self.report(FromLink::Open);
+                }
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(_)) => {
+                    bail!("the peer closed the channel");
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    state @ (RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+                    | RTCPeerConnectionState::Disconnected),
+                ) => bail!("connection {state}"),
+                _ => {}
+            }
+        }
+        while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
+            let RTCMessage::DataChannelMessage(_, message) = message else { continue };
+            if wire::is_command_chunk(&message.data) {
+                let joined = self.joiner.push(&message.data).map_err(|e| anyhow!("{e}"))?;
+                if let Some(body) = joined {
+                    let command = wire::decode(&body).map_err(|e| anyhow!("{e}"))?;
+                    self.on_peer_command(command);
+                }
+            } else if let Some(f) = self.fetching.as_mut() {
+                f.hasher.update(&message.data);
+                f.received += message.data.len();
+                f.last_progress = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    fn on_peer_command(&mut self, command: PeerCommand) {
+        let current = |f: &Fetching, id: i64, request: i64| f.id == id && f.request == request;
+        match command {
+            PeerCommand::SegmentsAnnouncement { loaded, .. } => {
+                self.report(FromLink::Announced(loaded))
+            }
+            PeerCommand::SegmentRequest { id, request, .. } => {
+                self.report(FromLink::Requested { id, request })
+            }
+            PeerCommand::SegmentData { id, request, size } => {
+                if let Some(f) = self.fetching.as_mut().filter(|f| current(f, id, request)) {
+                    f.size = Some(size as usize);
+                    f.last_progress = Instant::now();
+                }
+            }
+            PeerCommand::SegmentDataSendingCompleted { id, request } => {
+                if let Some(f) = self.fetching.take_if(|f| current(f, id, request)) {
+                    let outcome = self.check(f);
+                    self.report(FromLink::Fetched { id, outcome });
+                }
+            }
+            PeerCommand::SegmentAbsent { id, request } => {
+                if self.fetching.take_if(|f| current(f, id, request)).is_some() {
+                    self.report(FromLink::Fetched { id, outcome: Err("absent".into()) });
+                }
+            }
+            PeerCommand::CancelSegmentRequest { .. } => {}
+        }
+    }
+
+    /// Whether a completed segment is the origin's, byte for byte.
+    fn check(&self, fetching: Fetching) -> Result<usize, String> {
+        let want = self.origin.get(fetching.id as usize).ok_or("a segment the origin has not")?;
+        if fetching.size != Some(fetching.received) {
+            return Err(format!(
+                "completed with {} bytes of {:?}",
+                fetching.received, fetching.size
+            ));
+        }
+        let hash: [u8; 32] = fetching.hasher.finalize().into();
+        if fetching.received != want.bytes.len() || hash != want.sha256 {
+            return Err("segment bytes differ from the origin's".into());
+        }
+        Ok(fetching.received)
+    }
+
+    fn report(&self, event: FromLink) {
+        let _ = self.events.send((self.link, event));
+    }
+
+    fn send(&mut self, command: &PeerCommand) -> anyhow::Result<()> {
+        for message in wire::encode(command, wire::MAX_MESSAGE).map_err(|e| anyhow!("{e}"))? {
+            self.send_raw(&message)?;
+        }
+        Ok(())
+    }
+
+    fn send_raw(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let id = self.channel.context("no channel")?;
+        self.connection
+            .data_channel(id)
+            .context("channel gone")?
+            .send(Instant::now(), data.into())
+            .map_err(|e| anyhow!("{e}"))?;
+        self.flush();
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        while let Some(datagram) = self.connection.poll_write() {
+            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
+        }
+    }
 }
 
 /// A peer connection that offers as a browser viewer does: one DataChannel with a
@@ -391,175 +989,14 @@ fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> 
     Ok(())
 }
 
-/// A viewer's UDP socket on 127.0.0.1. Its receive buffer is raised as a browser's is
+/// A connection's UDP socket on 127.0.0.1. Its receive buffer is raised as a browser's is
 /// (Chromium asks for about 1 MiB): with the default, a sender's burst overflows it
 /// whenever this process is busy, and each lost datagram costs a retransmission
-/// timeout, which would be measured as superpeer's latency.
+/// timeout, which would be measured as the sender's latency.
 fn udp_socket() -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     let _ = socket.set_recv_buffer_size(1 << 20);
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     UdpSocket::from_std(socket.into())
-}
-
-/// A viewer's WebRTC end: one peer connection on its own UDP socket.
-struct Peer {
-    connection: RTCPeerConnection,
-    socket: UdpSocket,
-    local: SocketAddr,
-    channel: Option<rtc::data_channel::RTCDataChannelId>,
-    offer_sdp: String,
-    joiner: wire::Joiner,
-    buffer: Vec<u8>,
-    /// Raw segment bytes received since the last step.
-    data: Vec<Vec<u8>>,
-}
-
-impl Peer {
-    async fn new() -> anyhow::Result<Peer> {
-        let socket = udp_socket()?;
-        let local = socket.local_addr()?;
-        let (connection, offer_sdp) = offering_connection(local)?;
-        Ok(Peer {
-            connection,
-            socket,
-            local,
-            channel: None,
-            offer_sdp,
-            joiner: wire::Joiner::default(),
-            buffer: vec![0; 65_536],
-            data: Vec::new(),
-        })
-    }
-
-    /// Sends what is due, waits for one datagram or timer (at most until `until`),
-    /// and returns the commands that completed.
-    /// Keeps the connection going until `until` without asking for anything, as a
-    /// browser does between requests: it acknowledges what arrives and runs its timers.
-    /// A viewer that stopped reading instead would leave the sender's last packets
-    /// unacknowledged until its retransmission timer fired, and shrink its window.
-    async fn idle_until(&mut self, until: Instant) -> anyhow::Result<()> {
-        while Instant::now() < until {
-            self.step(until).await?;
-            self.data.clear();
-        }
-        Ok(())
-    }
-
-    async fn step(&mut self, until: Instant) -> anyhow::Result<Vec<PeerCommand>> {
-        self.flush();
-        let timer = self.connection.poll_timeout().unwrap_or(until).min(until);
-        tokio::select! {
-            received = self.socket.recv_from(&mut self.buffer) => {
-                let (len, from) = received?;
-                let transport = TransportContext {
-                    local_addr: self.local,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                };
-                let message = self.buffer[..len].into();
-                let _ = self.connection.handle_read(TaggedBytesMut { now: Instant::now(), transport, message });
-            }
-            () = tokio::time::sleep_until(timer.into()) => {
-                let _ = self.connection.handle_timeout(Instant::now());
-            }
-        }
-        let mut commands = Vec::new();
-        while let Some(event) = self.connection.poll_event() {
-            match event {
-                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
-                    self.channel = Some(id);
-                }
-                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(_)) => {
-                    bail!("the peer closed the channel");
-                }
-                _ => {}
-            }
-        }
-        while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
-            let RTCMessage::DataChannelMessage(_, message) = message else { continue };
-            if wire::is_command_chunk(&message.data) {
-                let joined = self.joiner.push(&message.data).map_err(|e| anyhow!("{e}"))?;
-                if let Some(body) = joined {
-                    commands.push(wire::decode(&body).map_err(|e| anyhow!("{e}"))?);
-                }
-            } else {
-                self.data.push(message.data.to_vec());
-            }
-        }
-        self.flush();
-        Ok(commands)
-    }
-
-    fn flush(&mut self) {
-        while let Some(datagram) = self.connection.poll_write() {
-            let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
-        }
-    }
-
-    fn send(&mut self, command: &PeerCommand) -> anyhow::Result<()> {
-        let id = self.channel.context("no channel")?;
-        for message in wire::encode(command, wire::MAX_MESSAGE).map_err(|e| anyhow!("{e}"))? {
-            self.connection
-                .data_channel(id)
-                .context("channel gone")?
-                .send(Instant::now(), message.as_slice().into())
-                .map_err(|e| anyhow!("{e}"))?;
-        }
-        self.flush();
-        Ok(())
-    }
-
-    /// Requests segment `id` and returns its bytes once the sender says it is complete.
-    async fn fetch(&mut self, id: i64, request: i64, deadline: Instant) -> Result<Vec<u8>, Fetch> {
-        let lost = |e: anyhow::Error| Fetch::Lost(format!("{e:#}"));
-        self.data.clear();
-        self.send(&PeerCommand::SegmentRequest { id, request, byte_from: None }).map_err(lost)?;
-        let mut size: Option<usize> = None;
-        let mut bytes = Vec::new();
-        let mut last_progress = Instant::now();
-        loop {
-            if Instant::now() > deadline {
-                return Err(Fetch::Deadline);
-            }
-            if last_progress.elapsed() > SEGMENT_PATIENCE {
-                return Err(Fetch::Failed("no bytes for too long".into()));
-            }
-            let commands =
-                self.step(deadline.min(last_progress + SEGMENT_PATIENCE)).await.map_err(lost)?;
-            if !self.data.is_empty() {
-                last_progress = Instant::now();
-                for chunk in self.data.drain(..) {
-                    bytes.extend_from_slice(&chunk);
-                }
-            }
-            for command in commands {
-                match command {
-                    PeerCommand::SegmentData { id: got, request: r, size: s }
-                        if got == id && r == request =>
-                    {
-                        size = Some(s as usize);
-                        last_progress = Instant::now();
-                    }
-                    PeerCommand::SegmentDataSendingCompleted { id: got, request: r }
-                        if got == id && r == request =>
-                    {
-                        return match size {
-                            Some(size) if size == bytes.len() => Ok(bytes),
-                            _ => Err(Fetch::Failed(format!(
-                                "completed with {} bytes of {size:?}",
-                                bytes.len()
-                            ))),
-                        };
-                    }
-                    PeerCommand::SegmentAbsent { id: got, .. } if got == id => {
-                        return Err(Fetch::Failed("absent".into()));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
