@@ -98,17 +98,6 @@ fn assert_same_as_origin(media: &Path, origin: &str, hashes: &Value, what: &str)
     }
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn a_lone_viewer_gets_most_of_the_stream_from_superpeer(kind: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = data_dir(&format!("interop-{kind}"));

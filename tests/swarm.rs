@@ -137,26 +137,9 @@ impl Drop for Swarm {
     }
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The peer ids superpeer's workers took so far (each swarm it joins logs its own).
 fn superpeer_peer_ids(master: &Superpeer) -> BTreeSet<String> {
-    let log = master.log.lock().unwrap();
-    log.iter()
-        .filter_map(|line| {
-            let at = line.find("peer id ")? + "peer id ".len();
-            Some(line.get(at..at + 20)?.to_string())
-        })
-        .collect()
+    logged_peer_ids(&master.log.lock().unwrap()).into_iter().collect()
 }
 
 /// The one worker of the seed, once it runs: its pid and its stats.

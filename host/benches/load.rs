@@ -407,13 +407,7 @@ fn reach_step(
         "reach {viewers} viewers, {offers_per_announce} offers per announce: {connected} connected; load generator failures {}",
         summary["failure_reasons"]
     );
-    let ours: Vec<String> = master.log.lock().unwrap()[log_before..]
-        .iter()
-        .filter_map(|line| {
-            let at = line.find("peer id ")? + "peer id ".len();
-            Some(line.get(at..at + 20)?.to_string())
-        })
-        .collect();
+    let ours = logged_peer_ids(&master.log.lock().unwrap()[log_before..]);
     let offers_relayed =
         ours.iter().filter_map(|id| summary["offers_received_from"][id.as_str()].as_u64()).sum();
     master.ok("POST", &format!("/stop/{}", percent_encode(&channel)), Value::Null);
@@ -425,17 +419,6 @@ fn reach_step(
         offers_relayed,
         load: summary,
     }
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What offers waiting for their answers cost a worker's data plane: CPU to make one,
@@ -521,10 +504,12 @@ fn main() {
     let for_chromium = Stream::start(1 << 20);
     // Two streams seeded all along, and the reach steps' stream seeded and stopped in turn.
     let master = Superpeer::start_with(&dir, &["--max-workers", "3"]);
+    // bittorrent-tracker forwards up to 82 offers an announce: the viewers of a step
+    // are met within seconds of joining.
     let seed = |stream: &Stream| {
         json!({
             "channel": stream.origin.channel(), "keepAlive": true, "signal1": tracker.url,
-            "maxConnections": 10000,
+            "maxConnections": 10000, "settings": {"offersPerAnnounce": 82},
         })
     };
     master.ok("POST", "/seed", json!({"list": [seed(&hd), seed(&sd)]}));

@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::master::seeds::{self, SeedItem, SeedRequest};
-use crate::master::{ActivePolicy, MasterError, MasterHandle, SeedPolicy};
+use crate::master::{ActivePolicy, MasterError, MasterHandle};
 use crate::policy::wire::SeedConfig;
-use crate::policy::{Clock, Fault, PolicyEngine, PolicyError, PolicyRunner};
+use crate::policy::{Clock, CompiledPolicy, Fault, PolicyEngine, PolicyError, PolicyRunner};
 
 /// Every route: method and path as in the OpenAPI document, which a test keeps equal.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -312,18 +312,33 @@ async fn seed(
     ok(json!({ "accepted": accepted, "seeds": total }))
 }
 
-/// Starts the policy new seeds run once per item, with the item's seed, as a worker
-/// would: a policy that refuses a seed (settings it cannot use) refuses it here, with
-/// its reason, instead of in a worker that would fail to start again and again.
+/// Starts the policy each item's seed would run once, with the item's seed, as a
+/// worker would: a policy that refuses a seed (settings it cannot use) refuses it here,
+/// with its reason, instead of in a worker that would fail to start again and again.
 async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result<(), ApiError> {
-    let SeedPolicy { policy, default_trackers } = control.master.seed_policy().await?;
+    let seed_policy = control.master.seed_policy().await?;
     let engine = control.engine.clone();
-    let configs: Vec<SeedConfig> =
-        items.iter().map(|item| item.policy_config(item.trackers(&default_trackers))).collect();
+    let checks: Vec<(Arc<ActivePolicy>, SeedConfig)> = items
+        .iter()
+        .map(|item| {
+            let trackers = item.trackers(&seed_policy.default_trackers);
+            (seed_policy.for_channel(&item.channel).clone(), item.policy_config(trackers))
+        })
+        .collect();
     let checked = tokio::task::spawn_blocking(move || {
-        let compiled = engine.load_precompiled(&policy.precompiled).map_err(|e| (None, e))?;
-        for (index, config) in configs.into_iter().enumerate() {
-            PolicyRunner::start(engine.clone(), compiled.clone(), config, Clock::default())
+        // Each distinct policy is loaded once.
+        let mut loaded: Vec<(Arc<ActivePolicy>, CompiledPolicy)> = Vec::new();
+        for (index, (policy, config)) in checks.into_iter().enumerate() {
+            let compiled = match loaded.iter().find(|(p, _)| Arc::ptr_eq(p, &policy)) {
+                Some((_, compiled)) => compiled.clone(),
+                None => {
+                    let compiled =
+                        engine.load_precompiled(&policy.precompiled).map_err(|e| (None, e))?;
+                    loaded.push((policy, compiled.clone()));
+                    compiled
+                }
+            };
+            PolicyRunner::start(engine.clone(), compiled, config, Clock::default())
                 .map_err(|e| (Some(index), e))?;
         }
         Ok::<(), (Option<usize>, PolicyError)>(())

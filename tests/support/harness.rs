@@ -333,7 +333,10 @@ impl Tracker {
 /// forwards at most 10 offers per announce). `just test` installs it (`cargo install
 /// aquatic_ws`); `AQUATIC_WS` names another binary.
 pub struct Aquatic {
+    /// A shell that runs aquatic_ws and stops it when its stdin closes (aquatic_ws does
+    /// not watch its own), so it never outlives the test, killed or not.
     pub child: Child,
+    pub pid: u32,
     pub url: String,
     _dir: TempDir,
 }
@@ -348,20 +351,25 @@ impl Aquatic {
         )
         .unwrap();
         let binary = std::env::var("AQUATIC_WS").unwrap_or_else(|_| "aquatic_ws".into());
-        let child = Command::new(&binary)
+        let mut child = Command::new("sh")
             .arg("-c")
+            .arg(r#""$0" -c "$1" </dev/null >/dev/null & echo $!; cat >/dev/null; kill $!"#)
+            .arg(&binary)
             .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{binary} could not start ({e}): run `just tools`"));
-        let mut aquatic = Aquatic { child, url: String::new(), _dir: dir };
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let pid: u32 = first.trim().parse().unwrap();
+        let mut aquatic = Aquatic { child, pid, url: String::new(), _dir: dir };
         let deadline = Instant::now() + PATIENCE;
         let port = loop {
-            if let Some(port) = listening_port(aquatic.child.id()) {
+            if let Some(port) = listening_port(pid) {
                 break port;
             }
-            assert!(aquatic.child.try_wait().unwrap().is_none(), "aquatic_ws exited at start");
+            assert!(alive(pid), "{binary} exited at start (is it installed? `just tools`)");
             assert!(Instant::now() < deadline, "aquatic_ws never listened");
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -372,6 +380,10 @@ impl Aquatic {
 
 impl Drop for Aquatic {
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if !exits(self.pid) {
+            let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -405,6 +417,31 @@ pub fn listening_port(pid: u32) -> Option<u16> {
             u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
         })
     })
+}
+
+/// `text` as a URL path segment or query value: every byte but the unreserved ones
+/// percent-encoded.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The peer ids superpeer's workers took in these log lines: the default policy logs
+/// each swarm it joins with its peer id.
+pub fn logged_peer_ids(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let at = line.find("peer id ")? + "peer id ".len();
+            Some(line.get(at..at + 20)?.to_string())
+        })
+        .collect()
 }
 
 pub fn http_get_json(url: &str) -> Value {

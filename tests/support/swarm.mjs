@@ -38,7 +38,9 @@ const frames = async () => {
   for (;;) {
     const found = Array.from({ length: count }, (_, i) => tab.frame({ name: `viewer${i}` }))
     if (found.every((f) => f)) {
-      await Promise.all(found.map((f) => f.waitForFunction(() => window.viewerTick !== undefined)))
+      await Promise.all(
+        found.map((f) => f.waitForFunction(() => window.viewerTick !== undefined, null, { timeout: 0 })),
+      )
       return found
     }
     await new Promise((resolve) => setTimeout(resolve, 100))
@@ -58,7 +60,9 @@ while (!finished && !stopping) {
 }
 
 // Hashes are computed asynchronously in the pages: read once the last has settled.
-await Promise.all(viewers.map((f) => f.waitForFunction(() => window.viewer.hashing === 0)))
+await Promise.all(
+  viewers.map((f) => f.waitForFunction(() => window.viewer.hashing === 0, null, { timeout: 0 })),
+)
 const states = await Promise.all(viewers.map((f) => f.evaluate(() => ({
   ...window.viewerTick(),
   loaded: window.viewer.loaded,

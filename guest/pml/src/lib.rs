@@ -41,7 +41,7 @@ impl Policy for Pml {
         let max_connections = config.max_connections as usize;
         let mut seeder = Seeder::new(swarm_id, config.manifest_url, max_connections, settings);
         seeder.adopt(&state.segments);
-        seeder.ids_past(&state);
+        seeder.adopt_peers(&state);
         for (conn, url) in trackers.open_with_urls() {
             seeder.tracker_adopted(conn, url);
         }

@@ -28,15 +28,18 @@ pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
 /// How long an offer waits for its answer. A viewer answers once its ICE gathering is
 /// done (simple-peer gives it 5 s), then the tracker relays it.
 pub const OFFER_TIMEOUT_MS: u64 = 15_000;
-/// The time between two announces of one swarm on one tracker while offering, and the
-/// shortest, while more viewers are missing than one announce can offer to (a tracker
-/// that forwards ten offers an announce would otherwise take minutes to reach a swarm
-/// of hundreds).
+/// The time between two announces of one swarm on one tracker while offering.
 pub const MIN_ROUND_GAP_MS: u64 = 1_000;
+/// The time between them while more viewers are missing than one announce can offer
+/// to: a tracker that forwards ten offers an announce would otherwise take minutes to
+/// reach a swarm of hundreds.
 pub const FAST_ROUND_GAP_MS: u64 = 250;
 /// How long rounds go on at their pace without any answer before they slow down: an
 /// answer takes a viewer's ICE gathering (up to 5 s with simple-peer) and two relays.
 pub const ANSWER_WAIT_MS: u64 = 5_000;
+/// How long an announce waits for the host to make its offers (it makes them at once;
+/// one it refused never comes, and the announce goes without it).
+pub const BATCH_WAIT_MS: u64 = 1_000;
 /// The longest a swarm goes without announcing, so without hearing from the tracker how
 /// large the swarm is: viewers who join after we reached everyone are offered to within
 /// this (their own offers reach us only by chance). Trackers ask for an announce every
@@ -109,7 +112,7 @@ struct Link {
     others: Option<u64>,
     /// A viewer offered to us since the last announce: the swarm may have grown.
     grown: bool,
-    /// Offers being made for the next announce, and the turn they were asked for in.
+    /// Offers being made for the next announce, and when they were asked for.
     batch: Option<(Vec<PeerId>, u64)>,
 }
 
@@ -157,7 +160,6 @@ pub struct Reach {
     links: BTreeMap<LinkKey, Link>,
     /// Offers per announce, by tracker connection.
     caps: HashMap<ConnId, usize>,
-    turn: u64,
 }
 
 impl Reach {
@@ -183,12 +185,6 @@ impl Reach {
         gone
     }
 
-    /// Counts the handle calls, so a batch of offers asked for in one is announced in
-    /// the next, when the host has made them.
-    pub fn begin_turn(&mut self) {
-        self.turn += 1;
-    }
-
     /// Whether the swarm announced itself on this connection.
     pub fn started(&self, key: LinkKey) -> bool {
         self.links.get(&key).is_some_and(|l| l.started)
@@ -203,11 +199,6 @@ impl Reach {
         self.links.entry(key).or_default().others = Some(size.saturating_sub(1));
     }
 
-    /// Members of the swarm besides us, as the tracker last counted them.
-    pub fn others(&self, key: LinkKey) -> Option<u64> {
-        self.links.get(&key).and_then(|l| l.others)
-    }
-
     /// What the swarm should do on this tracker now.
     pub fn plan(&mut self, key: LinkKey, now_ms: u64, interval_ms: u64, need: Need) -> Plan {
         let cap = self.caps.get(&key.1).copied().unwrap_or(DEFAULT_OFFERS_PER_ANNOUNCE);
@@ -216,19 +207,22 @@ impl Reach {
         if link.batch.is_some() {
             return Plan::Nothing;
         }
-        let target = link
-            .others
-            .map_or(need.max, |n| usize::try_from(n).unwrap_or(usize::MAX).min(need.max));
-        let missing = target.saturating_sub(need.connected);
+        // Counted in u64: a tracker may claim any size, and usize is 32 bits in wasm.
+        let (max, connected) = (need.max as u64, need.connected as u64);
+        let target = link.others.map_or(max, |n| n.min(max));
+        let missing = target.saturating_sub(connected);
         if missing > 0 && need.free > 0 && pending_room > 0 && now_ms >= link.next_round_ms {
             // The tracker hands each offer to a different random member; those already
             // connected to us ignore theirs. Enough offers that the share of members
             // not yet reached fills the free connections, as far as the tracker takes.
-            let reachable = link.others.map_or(cap, |n| usize::try_from(n).unwrap_or(cap)).max(1);
-            let unreached = reachable.saturating_sub(need.connected).max(1);
-            let wanted = (need.free.min(missing) * reachable).div_ceil(unreached);
-            let count = wanted.clamp(1, cap).min(reachable).min(pending_room);
-            link.base_gap_ms = if missing > count { FAST_ROUND_GAP_MS } else { MIN_ROUND_GAP_MS };
+            let reachable = link.others.unwrap_or(cap as u64).max(1);
+            let unreached = reachable.saturating_sub(connected).max(1);
+            let wanted =
+                (need.free as u64).min(missing).saturating_mul(reachable).div_ceil(unreached);
+            let count = wanted.clamp(1, cap as u64).min(reachable).min(pending_room as u64);
+            let count = count as usize;
+            link.base_gap_ms =
+                if missing > count as u64 { FAST_ROUND_GAP_MS } else { MIN_ROUND_GAP_MS };
             return Plan::Offers(count);
         }
         let every = if link.grown { MIN_ROUND_GAP_MS } else { interval_ms.min(SIZE_CHECK_MS) };
@@ -258,7 +252,7 @@ impl Reach {
         };
         link.next_round_ms = now_ms + link.gap_ms;
         link.rounds += 1;
-        link.batch = Some((offers.iter().map(|(peer, _)| *peer).collect(), self.turn));
+        link.batch = Some((offers.iter().map(|(peer, _)| *peer).collect(), now_ms));
         for (peer, offer_id) in offers {
             self.by_offer_id.insert(offer_id.clone(), peer);
             let expires_ms = now_ms + OFFER_TIMEOUT_MS;
@@ -294,14 +288,18 @@ impl Reach {
         }
     }
 
-    /// The announces whose offers the host has made (by the turn after they were asked
-    /// for): sent now, the swarm counted as announced.
+    /// The announces whose offers the host has made (or that waited
+    /// [`BATCH_WAIT_MS`] for them): sent now, the swarm counted as announced.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Due> {
-        let turn = self.turn;
+        let made = |peer: &PeerId| self.offers.get(peer).is_none_or(|o| o.sdp.is_some());
         let ready: Vec<LinkKey> = self
             .links
             .iter()
-            .filter(|(_, l)| l.batch.as_ref().is_some_and(|(_, asked)| *asked < turn))
+            .filter(|(_, l)| {
+                l.batch.as_ref().is_some_and(|(peers, asked)| {
+                    peers.iter().all(made) || now_ms >= asked + BATCH_WAIT_MS
+                })
+            })
             .map(|(key, _)| *key)
             .collect();
         let mut due = Vec::new();
@@ -330,11 +328,20 @@ impl Reach {
         due
     }
 
-    /// An answer came for one of our offers: which offer (our peer) and swarm, if it is
-    /// still waiting. It waits no more either way.
-    pub fn answered(&mut self, offer_id: &str, now_ms: u64) -> Option<(PeerId, LinkKey)> {
+    /// An answer came, on tracker connection `conn`, for one of our offers: which offer
+    /// (our peer) and swarm, if it is still waiting and was sent through that
+    /// connection. It waits no more either way.
+    pub fn answered(
+        &mut self,
+        offer_id: &str,
+        conn: ConnId,
+        now_ms: u64,
+    ) -> Option<(PeerId, LinkKey)> {
         let peer = self.by_offer_id.get(offer_id).copied()?;
         let key = self.offers.get(&peer)?.key;
+        if key.1 != conn {
+            return None;
+        }
         self.forget(peer);
         if let Some(link) = self.links.get_mut(&key) {
             link.last_fruit_ms = now_ms;
@@ -369,11 +376,7 @@ impl Reach {
         expired
     }
 
-    /// Offers waiting for their answer, in the swarm `swarm`.
-    pub fn pending_in(&self, swarm: usize) -> usize {
-        self.offers.values().filter(|o| o.key.0 == swarm).count()
-    }
-
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.offers.len()
     }
@@ -398,12 +401,10 @@ mod tests {
 
     /// Asks for `n` offers (peers from `first`), makes them, and returns the announce.
     fn round(reach: &mut Reach, first: PeerId, n: usize, now: u64) -> Due {
-        reach.begin_turn();
         let offers: Vec<(PeerId, String)> =
             (0..n as u64).map(|i| (first + i, format!("offer{}", first + i))).collect();
         reach.offering(KEY, offers, now, INTERVAL);
         assert!(reach.take_due(now).is_empty(), "announced only once the host made them");
-        reach.begin_turn();
         for i in 0..n as u64 {
             assert!(reach.offer_ready(first + i, format!("sdp{i}")));
         }
@@ -426,9 +427,9 @@ mod tests {
         // The tracker counts 13 (us and 12 viewers); 9 answered.
         reach.swarm_size(KEY, Some(0), Some(13));
         for peer in 1..=9 {
-            assert_eq!(reach.answered(&format!("offer{peer}"), 0), Some((peer, KEY)));
+            assert_eq!(reach.answered(&format!("offer{peer}"), 7, 0), Some((peer, KEY)));
         }
-        assert_eq!(reach.answered("offer1", 0), None, "answered once");
+        assert_eq!(reach.answered("offer1", 7, 0), None, "answered once");
         // More were missing than one round offers to (80 possible, 10 offered): the
         // next round comes sooner than once a second.
         assert_eq!(reach.plan(KEY, 200, INTERVAL, need(9, 71)), Plan::Nothing, "too soon");
@@ -504,7 +505,7 @@ mod tests {
             now += 200_000;
         }
         assert_eq!(reach.links[&KEY].gap_ms, INTERVAL, "never slower than the periodic announce");
-        assert!(reach.answered("offer1101", now).is_some());
+        assert!(reach.answered("offer1101", 7, now).is_some());
         let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(1, 79)) else { panic!() };
         round(&mut reach, 1000, n, now);
         assert!(reach.plan(KEY, now + 1_000, INTERVAL, need(1, 79)) != Plan::Nothing);
@@ -513,22 +514,22 @@ mod tests {
     #[test]
     fn offers_expire_are_withdrawn_when_not_made_and_go_with_their_tracker() {
         let mut reach = Reach::new(OfferLimits::default());
-        reach.begin_turn();
         reach.offering(KEY, vec![(1, "a".into()), (2, "b".into()), (3, "c".into())], 0, INTERVAL);
-        reach.begin_turn();
         reach.offer_ready(1, "sdp".into());
         // The host refused offer 2; offer 3 closed before it was made.
         assert!(reach.forget(3));
-        let due = reach.take_due(0);
+        assert!(reach.take_due(BATCH_WAIT_MS - 1).is_empty(), "offer 2 may still come");
+        let due = reach.take_due(BATCH_WAIT_MS);
         assert_eq!(due[0].offers.len(), 1);
         assert_eq!(due[0].withdrawn, [2]);
         assert_eq!(reach.pending(), 1);
+        assert_eq!(reach.answered("a", 9, 0), None, "an answer through another tracker");
         assert!(reach.expire(OFFER_TIMEOUT_MS - 1).is_empty());
         assert_eq!(reach.expire(OFFER_TIMEOUT_MS), [1]);
-        assert_eq!(reach.answered("a", 0), None, "an expired offer's answer is not taken");
+        assert_eq!(reach.answered("a", 7, 0), None, "an expired offer's answer is not taken");
 
         reach.offering((1, 9), vec![(4, "d".into())], 0, INTERVAL);
-        assert_eq!(reach.pending_in(1), 1);
+        assert_eq!(reach.pending(), 1);
         assert_eq!(reach.tracker_closed(9), [4]);
         assert_eq!(reach.pending(), 0);
         assert!(!reach.started((1, 9)));

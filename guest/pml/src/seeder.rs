@@ -48,6 +48,11 @@ const MIN_RELOAD_MS: u64 = 250;
 const MAX_ANNOUNCE_BYTES: usize = 60 << 10;
 /// Offer ids: 20 characters, as viewers' are.
 const OFFER_ID_LENGTH: usize = 20;
+/// The longest SDP answered: the host's default limit on a command's text.
+const MAX_SDP_BYTES: usize = 64 << 10;
+/// How long a viewer's offer may wait for the host's answer before its place is given
+/// back (the host answers at once unless it refused the command).
+const ANSWERING_MS: u64 = 10_000;
 
 /// Where a segment comes from: its URL and byte range.
 type Source = (String, Option<(u64, u64)>);
@@ -154,6 +159,7 @@ struct PendingAnswer {
     swarm: usize,
     remote_peer_id: String,
     offer_id: String,
+    since_ms: u64,
 }
 
 #[derive(Debug)]
@@ -171,6 +177,9 @@ pub(crate) struct Seeder {
     /// Every viewer connected or being connected, by swarm and peer id: never two
     /// connections to one viewer (it would destroy the second anyway).
     remotes: HashSet<(usize, String)>,
+    /// Peers an earlier instance connected, which this one does not serve: they still
+    /// hold places in `maxConnections` until they close.
+    foreign: HashSet<PeerId>,
     max_peers: usize,
     reach: Reach,
     /// The time of the current turn (the host's monotonic clock).
@@ -219,6 +228,7 @@ impl Seeder {
             answering: HashMap::new(),
             peers: HashMap::new(),
             remotes: HashSet::new(),
+            foreign: HashSet::new(),
             max_peers,
             reach: Reach::new(settings.offers),
             now_ms: 0,
@@ -239,18 +249,19 @@ impl Seeder {
         }
     }
 
-    /// Ids the host still knows (an earlier instance's peers and fetches) are never
-    /// handed out again: a new one starts past them all.
-    pub(crate) fn ids_past(&mut self, state: &superpeer_guest::HostState) {
+    /// Takes note of what an earlier instance left with the host: its ids are never
+    /// handed out again (a new one starts past them all), and its peers count against
+    /// `maxConnections` as the host counts them.
+    pub(crate) fn adopt_peers(&mut self, state: &superpeer_guest::HostState) {
         let peers = state.peers.iter().map(|p| p.peer);
-        let highest = peers.chain(state.fetches.iter().copied()).max().unwrap_or(0);
+        let highest = peers.clone().chain(state.fetches.iter().copied()).max().unwrap_or(0);
         self.next_id = self.next_id.max(highest);
+        self.foreign.extend(peers);
     }
 
     /// A new turn: everything handled until the next happens at `now_ms`.
     pub(crate) fn begin_turn(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        self.reach.begin_turn();
     }
 
     fn id(&mut self) -> u64 {
@@ -401,7 +412,13 @@ impl Seeder {
             Event::TimerFired(timer_id) => self.on_timer(*timer_id, open_trackers, random, out),
             Event::TrackerText(text) => self.on_tracker_text(text.conn, &text.text, out),
             Event::TrackerClosed(closed) => {
-                for peer in self.reach.tracker_closed(closed.conn) {
+                // Offers made and answers owed through it can no longer arrive.
+                let mut gone = self.reach.tracker_closed(closed.conn);
+                gone.extend(
+                    self.answering.iter().filter(|(_, a)| a.conn == closed.conn).map(|(p, _)| *p),
+                );
+                for peer in gone {
+                    self.forget_peer(peer);
                     out.push(close(peer, "its tracker connection closed"));
                 }
             }
@@ -452,6 +469,7 @@ impl Seeder {
 
     /// A peer is gone (closed, failed, or closed by us): whatever it was.
     fn forget_peer(&mut self, peer: PeerId) {
+        self.foreign.remove(&peer);
         if let Some(pending) = self.answering.remove(&peer) {
             self.remotes.remove(&(pending.swarm, pending.remote_peer_id));
         }
@@ -463,7 +481,7 @@ impl Seeder {
 
     /// Peers connected or being connected: what `maxConnections` bounds.
     fn connections(&self) -> usize {
-        self.peers.len() + self.answering.len()
+        self.peers.len() + self.answering.len() + self.foreign.len()
     }
 
     fn connections_in(&self, swarm: usize) -> usize {
@@ -713,6 +731,10 @@ impl Seeder {
         self.uses += 1;
         let now = self.uses;
         let stream = &mut self.streams[index];
+        // Ids the playlist does not list (a viewer may ask for anything) are not kept.
+        if !stream.sources.contains_key(&id) {
+            return;
+        }
         stream.last_use.insert(id, now);
         let ahead: Vec<(i64, Source)> = (id..id + VOD_PREFETCH as i64)
             .filter_map(|n| stream.sources.get(&n).map(|s| (n, s.clone())))
@@ -756,6 +778,16 @@ impl Seeder {
                 for peer in self.reach.expire(self.now_ms) {
                     out.push(close(peer, reach::OFFER_UNANSWERED));
                 }
+                let stale: Vec<PeerId> = self
+                    .answering
+                    .iter()
+                    .filter(|(_, a)| self.now_ms >= a.since_ms + ANSWERING_MS)
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                for peer in stale {
+                    self.forget_peer(peer);
+                    out.push(close(peer, "no answer was made"));
+                }
                 for swarm in 0..self.swarms.len() {
                     for conn in open_trackers {
                         self.plan((swarm, *conn), random, out);
@@ -779,19 +811,27 @@ impl Seeder {
         match announce::parse(text) {
             Ok(TrackerMessage::Offer { info_hash, peer_id, offer_id, sdp }) => {
                 let Some(swarm) = self.swarm_of(&info_hash) else { return };
-                self.reach.grown(swarm);
-                if self.connections() >= self.max_peers
-                    || !self.remotes.insert((swarm, peer_id.clone()))
-                {
+                // A viewer we do not know: the swarm may be larger than we counted.
+                if self.remotes.contains(&(swarm, peer_id.clone())) {
                     return;
                 }
+                self.reach.grown(swarm);
+                // An offer the host would refuse to answer (over its limit on a
+                // command's text) is not taken: it would hold a place for nothing.
+                if self.connections() >= self.max_peers || sdp.len() > MAX_SDP_BYTES {
+                    return;
+                }
+                self.remotes.insert((swarm, peer_id.clone()));
                 let peer = self.id();
-                self.answering
-                    .insert(peer, PendingAnswer { conn, swarm, remote_peer_id: peer_id, offer_id });
+                let since_ms = self.now_ms;
+                let pending =
+                    PendingAnswer { conn, swarm, remote_peer_id: peer_id, offer_id, since_ms };
+                self.answering.insert(peer, pending);
                 out.push(Command::PeerAnswer(PeerAnswer { peer, offer: sdp }));
             }
             Ok(TrackerMessage::Answer { info_hash, peer_id, offer_id, sdp }) => {
-                let Some((peer, (swarm, _))) = self.reach.answered(&offer_id, self.now_ms) else {
+                let Some((peer, (swarm, _))) = self.reach.answered(&offer_id, conn, self.now_ms)
+                else {
                     return;
                 };
                 if self.swarms[swarm].info_hash != info_hash {
@@ -1189,12 +1229,12 @@ mod tests {
         text
     }
 
+    /// Numbers that never repeat within a test run, so ids drawn in different turns
+    /// differ as random ones would.
     fn random() -> impl FnMut() -> u64 {
-        let mut n = 0;
-        move || {
-            n += 1;
-            n
-        }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        || NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
     fn fetched(fetch: FetchId, url: &str, text: &str) -> Event {
@@ -1239,7 +1279,7 @@ mod tests {
     fn announces_each_rendition_with_the_info_hash_viewers_compute() {
         let (seeder, _) = started();
         // hls.js gives the level its video codec only.
-        let expected = swarm::info_hash(&swarm::stream_swarm_id(
+        let expected = Identity::V23.info_hash(&swarm::stream_swarm_id(
             MANIFEST,
             StreamKind::Main,
             &swarm::stream_short_id(&Rendition {
@@ -2039,7 +2079,13 @@ b.m3u8
         assert!(
             out.iter().any(|c| matches!(c, Command::PeerAcceptAnswer(a) if a.peer == offers[2]))
         );
-        assert!(out.iter().any(|c| matches!(c, Command::PeerAnswer(_))));
+        let Some(Command::PeerAnswer(to_c)) =
+            out.iter().find(|c| matches!(c, Command::PeerAnswer(_))).cloned()
+        else {
+            panic!("C's offer is answered: {out:?}")
+        };
+        let ready = Event::PeerAnswerReady(SdpReady { peer: to_c.peer, sdp: "v=0".into() });
+        turn(&mut seeder, 35, &[ready]);
         let out = turn(&mut seeder, 40, &[offer_from(&hash, d)]);
         assert!(out.is_empty(), "{out:?}");
         let out = turn(&mut seeder, 1_500, &[Event::TimerFired(REACH_TIMER)]);
@@ -2125,9 +2171,72 @@ b.m3u8
             segments: vec![],
             timers: vec![],
         };
-        seeder.ids_past(&state);
+        seeder.adopt_peers(&state);
         let mut out = Vec::new();
         seeder.start(&mut out);
         assert!(texts(&out)[0].0 > 40, "{out:?}");
+        assert_eq!(seeder.connections(), 1, "the earlier instance's viewer holds a place");
+        seeder.handle(
+            &Event::PeerClosed(PeerClosed { peer: 40, reason: "gone".into() }),
+            &[],
+            &mut random(),
+            &mut out,
+        );
+        assert_eq!(seeder.connections(), 0);
+    }
+
+    /// Cases run through real hls.js 1.6 and p2p-media-loader-hlsjs 2.2.2: a variant
+    /// with a codec hls.js does not know is dropped by its parser before positions are
+    /// counted (B); variants that carry audio without naming a group put a track of
+    /// their own first (C); positions follow the playlist, not the bitrate (D).
+    #[test]
+    fn positions_of_2_2_are_as_hls_js_lists_renditions() {
+        let lines: Vec<&str> = LADDER.lines().collect();
+        let part = |range: std::ops::Range<usize>| lines[range].join("\n") + "\n";
+        let (audio, l720, l360) = (part(1..3), part(3..5), part(5..7));
+        let unknown = "#EXT-X-STREAM-INF:BANDWIDTH=3000000,CODECS=\"xyz1.1,mp4a.40.2\",RESOLUTION=1920x1080,AUDIO=\"aud\"\n1080p.m3u8\n";
+        let no_group = |l: &str| l.replace(",AUDIO=\"aud\"", "");
+        for (case, manifest, expected) in [
+            (
+                "b",
+                format!("#EXTM3U\n{audio}{unknown}{l720}{l360}"),
+                [
+                    ("720p.m3u8", "auyVDr2/ZI+cjNVWOhV/"),
+                    ("360p.m3u8", "nF32ef6CYpOfGwlCwc4U"),
+                    ("en.m3u8", "Lt0FJQTkOao4JtyLr/3W"),
+                    ("de.m3u8", "tBwo4jqAenrWwr1lK9Q4"),
+                ],
+            ),
+            (
+                "c",
+                format!("#EXTM3U\n{audio}{}{}", no_group(&l720), no_group(&l360)),
+                [
+                    ("720p.m3u8", "d4A9UKA4MogM+TBPvUUq"),
+                    ("360p.m3u8", "bEvwxJrgbLIXIVY8e5IK"),
+                    ("en.m3u8", "L97GimYvLE8BbuJ2ay+s"),
+                    ("de.m3u8", "v0B3xQILWn0G+leCf9QX"),
+                ],
+            ),
+            (
+                "d",
+                format!("#EXTM3U\n{audio}{l360}{l720}"),
+                [
+                    ("360p.m3u8", "h4ZwcnWqLpgIkxwg2pAK"),
+                    ("720p.m3u8", "ONd9waEaZ/jk8X1W5Uny"),
+                    ("en.m3u8", "xFKPLVSegFZlgGeXNR1R"),
+                    ("de.m3u8", "EuaK545umhKcLtljtAUL"),
+                ],
+            ),
+        ] {
+            let swarm_id = format!("https://example.com/{case}/master.m3u8");
+            let v22: Vec<(String, String)> = swarms_of(&swarm_id, &swarm_id, &manifest)
+                .into_iter()
+                .filter(|(_, identity, _)| *identity == Identity::V22)
+                .map(|(playlist, _, hash)| (playlist, hash))
+                .collect();
+            let expected: Vec<(String, String)> =
+                expected.iter().map(|(p, h)| (p.to_string(), h.to_string())).collect();
+            assert_eq!(v22, expected, "case {case}");
+        }
     }
 }

@@ -164,11 +164,6 @@ pub fn stream_swarm_id(swarm_id: &str, kind: StreamKind, index: &str) -> String 
     format!("{PROTOCOL}-{swarm_id}-{}-{index}", kind.as_str())
 }
 
-/// The info hash of a 2.3.x swarm (see [`Identity::info_hash`]).
-pub fn info_hash(stream_swarm_id: &str) -> String {
-    Identity::V23.info_hash(stream_swarm_id)
-}
-
 /// A peer id as viewers of `identity` make them, from a source of random numbers.
 pub fn peer_id(identity: Identity, mut random: impl FnMut() -> u64) -> String {
     random_text(identity.peer_id_prefix(), PEER_ID_LENGTH, random_symbols(&mut random))
@@ -209,7 +204,7 @@ mod tests {
             swarm,
             "v2-https://example.com/live/master.m3u8-main-tzlmPgIfzJMGRUP5SuF5+3K++94="
         );
-        assert_eq!(info_hash(&swarm), "G4P1wGSZYicnoIPenKa8");
+        assert_eq!(Identity::V23.info_hash(&swarm), "G4P1wGSZYicnoIPenKa8");
     }
 
     #[test]

@@ -124,10 +124,15 @@ impl Trackers {
     }
 
     pub(crate) fn timer(&mut self, timer: TimerId, commands: &mut Vec<Command>) {
-        let Some(index) = timer.checked_sub(RECONNECT_TIMER_BASE) else {
+        // Only this module's timers: others' (the seeder's are above these) must not be
+        // read as a tracker index, which `as usize` would do in 32-bit wasm.
+        let Some(index) = timer
+            .checked_sub(RECONNECT_TIMER_BASE)
+            .filter(|i| *i < 1 << GENERATION_SHIFT)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
             return;
         };
-        let index = index as usize;
         if self.list.get(index).is_some_and(|t| t.link == Link::Waiting) {
             self.connect(index, commands);
         }

@@ -258,17 +258,17 @@ async fn once(
         && status != reqwest::StatusCode::PARTIAL_CONTENT
         && body.len() as u64 > end - start
     {
-        // The origin ignored the range and sent the whole resource: keep the range.
+        // The origin ignored the range and sent the whole resource: keep the range, if
+        // the resource holds all of it.
         let whole = body.freeze();
-        let (start, end) = (start as usize, (end as usize).min(whole.len()));
-        if start >= end {
+        if end as usize > whole.len() {
             return Err(Failure {
                 status: Some(status.as_u16()),
-                reason: "range past the end".into(),
+                reason: format!("range ends past the {}-byte resource", whole.len()),
                 retry: false,
             });
         }
-        return Ok((final_url, whole.slice(start..end)));
+        return Ok((final_url, whole.slice(start as usize..end as usize)));
     }
     if let Some(ByteRange { start, end }) = range
         && body.len() as u64 != end - start

@@ -587,18 +587,22 @@ fn generate_certificate() -> Result<RTCCertificate, String> {
     .map_err(|e| e.to_string())
 }
 
-/// `len` random lower-case hexadecimal digits (simple-peer's channel labels are 40).
-fn random_hex(len: usize) -> String {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
-    (0..len).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
-}
+const TOKEN_SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// simple-peer's channel labels are 40 of these.
+const HEX_SYMBOLS: &[u8] = b"0123456789abcdef";
 
 fn random_token(len: usize) -> String {
+    random_text(len, TOKEN_SYMBOLS)
+}
+
+fn random_hex(len: usize) -> String {
+    random_text(len, HEX_SYMBOLS)
+}
+
+fn random_text(len: usize, symbols: &[u8]) -> String {
     use rand::{Rng, SeedableRng};
-    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    (0..len).map(|_| char::from(SYMBOLS[rng.random_range(0..SYMBOLS.len())])).collect()
+    (0..len).map(|_| char::from(symbols[rng.random_range(0..symbols.len())])).collect()
 }
 
 #[cfg(test)]

@@ -175,11 +175,23 @@ pub struct PolicyView {
     pub limits: PolicyLimits,
 }
 
-/// What a new seed would run: the policy and the trackers it gets when it names none.
+/// What a posted seed would run: the policy (a channel's own, when a seed of that
+/// channel has one, else the master's) and the trackers it gets when it names none.
 #[derive(Debug, Clone)]
 pub struct SeedPolicy {
     pub policy: Arc<ActivePolicy>,
+    pub channels: Vec<(String, Arc<ActivePolicy>)>,
     pub default_trackers: Vec<String>,
+}
+
+impl SeedPolicy {
+    /// The policy a seed of `channel` runs.
+    pub fn for_channel(&self, channel: &str) -> &Arc<ActivePolicy> {
+        self.channels
+            .iter()
+            .find(|(c, _)| seeds::same_channel(c, channel))
+            .map_or(&self.policy, |(_, policy)| policy)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -517,8 +529,14 @@ impl Master {
                 let _ = reply.send(self.policy_view());
             }
             Message::SeedPolicy(reply) => {
+                let channels = self
+                    .seeds
+                    .iter()
+                    .filter_map(|s| Some((s.item.channel.clone(), s.policy.clone()?)))
+                    .collect();
                 let _ = reply.send(SeedPolicy {
                     policy: self.policy.clone(),
+                    channels,
                     default_trackers: self.config.default_trackers.clone(),
                 });
             }

@@ -94,7 +94,8 @@ impl Tables {
                 self.trackers.remove(&closed.conn);
             }
             Event::PeerChannelOpen(peer) => {
-                if let Some(phase) = self.peers.get_mut(peer) {
+                // Only a connection being set up opens; an offer must be answered first.
+                if let Some(phase @ PeerPhase::Connecting) = self.peers.get_mut(peer) {
                     *phase = PeerPhase::Open;
                 }
             }
@@ -312,7 +313,7 @@ impl Tables {
 
     /// Peers answered or being answered: everything but offers still waiting.
     pub fn connections(&self) -> usize {
-        self.peers.len() - self.offering
+        self.peers.len().saturating_sub(self.offering)
     }
 
     /// Forgets a peer and its serves; false if it was not known.

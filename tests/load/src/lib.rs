@@ -375,10 +375,19 @@ impl Viewer {
                     next_request = now + pace;
                 }
             }
+            // What is due is done here, whichever branch woke the loop.
+            self.expire_offers(now);
+            if now >= announce_at && now < deadline {
+                self.announce(&mut tracker, None, seen).await?;
+                announce_at = now + self.interval;
+            }
             let expiry = self.links.values().filter_map(|l| l.offered.as_ref()).map(|o| o.0).min();
+            // A request that could not be made (no peer has segments yet) waits for an
+            // announcement, not for its time again.
+            let request_at = (self.asked.is_none() && next_request > now).then_some(next_request);
             let wake = [
                 Some(announce_at),
-                (self.asked.is_none()).then_some(next_request.max(now)),
+                request_at,
                 expiry.map(|at| at + OFFER_TIMEOUT),
                 Some(deadline),
                 Some(deadline + DRAIN),
@@ -402,13 +411,7 @@ impl Viewer {
                     self.on_link(link, event, joined, seen);
                 }
                 Ok(()) = self.deadline.changed() => {}
-                () = tokio::time::sleep_until(wake.into()) => {
-                    self.expire_offers();
-                    if Instant::now() >= announce_at && Instant::now() < deadline {
-                        self.announce(&mut tracker, None, seen).await?;
-                        announce_at = Instant::now() + self.interval;
-                    }
-                }
+                () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
         let _ = self.announce(&mut tracker, Some("stopped"), seen).await;
@@ -622,8 +625,7 @@ impl Viewer {
     }
 
     /// Offers nobody answered in time go, as the tracker client drops them.
-    fn expire_offers(&mut self) {
-        let now = Instant::now();
+    fn expire_offers(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .links
             .iter()
