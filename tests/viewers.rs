@@ -40,6 +40,7 @@ fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
         pace_ms: 0,
         ramp_ms: 100,
         share: false,
+        isolated: false,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();

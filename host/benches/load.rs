@@ -172,6 +172,37 @@ fn cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&pid| procfs::cpu_seconds(pid)).sum()
 }
 
+/// Starts the load generator: `viewers` of `stream` joining 2 ms apart, for `seconds`;
+/// its summary (stdout) is read to the end by the thread returned. `isolated` viewers
+/// cannot connect to each other (as behind NATs that block browser-to-browser links),
+/// which keeps their own connections off this machine's two cores.
+fn spawn_load(
+    load: &Load,
+    stream: &Stream,
+    viewers: usize,
+    seconds: u64,
+    pace_ms: u64,
+    isolated: bool,
+) -> (std::process::Child, std::thread::JoinHandle<Vec<u8>>) {
+    let mut child = Command::new(load.binary)
+        .args(isolated.then_some("--isolated"))
+        .args(["--tracker", load.tracker, "--info-hash", &stream.origin.info_hash()])
+        .args(["--media", &stream.origin.media()])
+        .args(["--viewers", &viewers.to_string(), "--seconds", &seconds.to_string()])
+        .args(["--ramp-ms", "2", "--pace-ms", &pace_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+        out
+    });
+    (child, reader)
+}
+
 /// Runs `viewers` simulated viewers of `stream` against whoever is in its swarm,
 /// measuring the processes `measured` names; `midway` runs once, half way through.
 fn measure(
@@ -186,21 +217,7 @@ fn measure(
     let (idle_rss, idle_pss) = memory(&pids);
     let cpu_before = cpu(&pids);
     let started = Instant::now();
-    let mut child = Command::new(load.binary)
-        .args(["--tracker", load.tracker, "--info-hash", &stream.origin.info_hash()])
-        .args(["--media", &stream.origin.media()])
-        .args(["--viewers", &viewers.to_string(), "--seconds", &load.seconds.to_string()])
-        .args(["--ramp-ms", "2", "--pace-ms", &pace_ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
-        out
-    });
+    let (mut child, reader) = spawn_load(load, stream, viewers, load.seconds, pace_ms, true);
     let (mut peak_rss, mut peak_pss) = (idle_rss, idle_pss);
     let half_way = started + Duration::from_secs(load.seconds) / 2;
     let mut midway = Some(midway);
@@ -349,21 +366,7 @@ fn reach_step(
             .len()
     };
     let seconds = 60 + viewers as u64 / 4 + REACH_PATIENCE.as_secs();
-    let mut child = Command::new(load.binary)
-        .args(["--tracker", load.tracker, "--info-hash", &stream.origin.info_hash()])
-        .args(["--media", &stream.origin.media()])
-        .args(["--viewers", &viewers.to_string(), "--seconds", &seconds.to_string()])
-        .args(["--ramp-ms", "2", "--pace-ms", &PACE_MS.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
-        out
-    });
+    let (mut child, reader) = spawn_load(load, stream, viewers, seconds, PACE_MS, false);
     let joined_by = Instant::now() + Duration::from_secs(60 + viewers as u64 / 4);
     while announced() < viewers {
         assert!(Instant::now() < joined_by, "only {} of {viewers} viewers announced", announced());

@@ -91,6 +91,12 @@ pub struct Args {
     /// default; without it only the peer under test has segments to give.
     #[arg(long)]
     pub share: bool,
+    /// Viewers cannot connect to each other, as behind NATs that block browser-to-browser
+    /// links (what a super peer is for): they drop each other's offers and answers, and
+    /// only other peers (the one under test) reach them. Spares this process the
+    /// viewer-to-viewer connections, which real viewers make on machines of their own.
+    #[arg(long)]
+    pub isolated: bool,
 }
 
 /// Offers per announce, and peers asked for, as the library's tracker client sends them.
@@ -157,15 +163,18 @@ pub async fn run_until(
         let _ = end.send(Instant::now());
     });
     let args = Arc::new(args);
+    let peer_ids: Arc<Vec<String>> =
+        Arc::new((0..args.viewers).map(|_| random_peer_id()).collect());
     let mut viewers = Vec::new();
     for index in 0..args.viewers {
         if *deadline.borrow() <= Instant::now() {
             break;
         }
         let (shared, origin, deadline) = (args.clone(), origin.clone(), deadline.clone());
+        let swarm = peer_ids.clone();
         viewers.push(tokio::spawn(async move {
             let mut seen = Seen::default();
-            let mut viewer = Viewer::new(index, shared, origin, started, deadline);
+            let mut viewer = Viewer::new(index, shared, origin, swarm, started, deadline);
             if let Err(e) = viewer.watch(&mut seen).await {
                 seen.failures.push(format!("{e:#}"));
             }
@@ -263,6 +272,14 @@ async fn origin_segments(media: &str) -> anyhow::Result<Vec<Segment>> {
     Ok(segments)
 }
 
+/// A peer id as the library makes them: `-PM0203-` and twelve letters or digits.
+fn random_peer_id() -> String {
+    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let random = (0..12).map(|_| char::from(SYMBOLS[rng.random_range(0..SYMBOLS.len())]));
+    "-PM0203-".chars().chain(random).collect()
+}
+
 /// A connection of a viewer's, as the viewer sees it.
 #[derive(Debug)]
 struct Link {
@@ -296,6 +313,8 @@ struct Viewer {
     /// The end of the run; moved forward if the run is stopped early.
     deadline: tokio::sync::watch::Receiver<Instant>,
     peer_id: String,
+    /// Every simulated viewer's peer id (for `--isolated`).
+    swarm: Arc<Vec<String>>,
     links: HashMap<u64, Link>,
     next_link: u64,
     /// Peer ids connected or being connected: one connection per peer.
@@ -316,15 +335,11 @@ impl Viewer {
         index: usize,
         args: Arc<Args>,
         origin: Arc<Vec<Segment>>,
+        swarm: Arc<Vec<String>>,
         started: Instant,
         deadline: tokio::sync::watch::Receiver<Instant>,
     ) -> Viewer {
-        let mut rng = rand::rngs::SmallRng::from_os_rng();
-        const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        let peer_id: String = "-PM0203-"
-            .chars()
-            .chain((0..12).map(|_| char::from(SYMBOLS[rng.random_range(0..SYMBOLS.len())])))
-            .collect();
+        let rng = rand::rngs::SmallRng::from_os_rng();
         let (events, inbox) = mpsc::unbounded_channel();
         Viewer {
             index,
@@ -332,7 +347,8 @@ impl Viewer {
             origin,
             started,
             deadline,
-            peer_id,
+            peer_id: swarm[index].clone(),
+            swarm,
             links: HashMap::new(),
             next_link: 0,
             remotes: HashSet::new(),
@@ -483,10 +499,12 @@ impl Viewer {
             self.interval = Duration::from_secs(interval.max(10));
         }
         let from = message["peer_id"].as_str().unwrap_or_default().to_string();
+        // Another simulated viewer, when viewers cannot reach each other.
+        let unreachable = self.args.isolated && self.swarm.contains(&from);
         if let Some(sdp) = message["offer"]["sdp"].as_str() {
             *seen.offers_from.entry(from.clone()).or_default() += 1;
             // A second connection to a peer we know is destroyed by the library at once.
-            if from.is_empty() || self.remotes.contains(&from) {
+            if from.is_empty() || self.remotes.contains(&from) || unreachable {
                 return Ok(());
             }
             let Ok(socket) = udp_socket() else { return Ok(()) };
@@ -520,7 +538,7 @@ impl Viewer {
                 return Ok(());
             };
             state.offered = None;
-            if from.is_empty() || self.remotes.contains(&from) {
+            if from.is_empty() || self.remotes.contains(&from) || unreachable {
                 let _ = state.commands.send(ToLink::Close);
                 let link = *link;
                 self.links.remove(&link);
@@ -771,6 +789,10 @@ impl LinkDriver {
                 () = tokio::time::sleep_until(wake.into()) => {
                     let _ = self.connection.handle_timeout(Instant::now());
                     if let Some(f) = self.fetching.take_if(|f| f.last_progress.elapsed() >= SEGMENT_PATIENCE) {
+                        // As the library does: the request is cancelled, and bytes of it
+                        // still on their way are ignored (they come before the next
+                        // request's header).
+                        let _ = self.send(&PeerCommand::CancelSegmentRequest { id: f.id, request: f.request });
                         self.report(FromLink::Fetched { id: f.id, outcome: Err("no bytes for too long".into()) });
                     }
                 }
@@ -849,7 +871,9 @@ impl LinkDriver {
                     let command = wire::decode(&body).map_err(|e| anyhow!("{e}"))?;
                     self.on_peer_command(command);
                 }
-            } else if let Some(f) = self.fetching.as_mut() {
+            } else if let Some(f) = self.fetching.as_mut().filter(|f| f.size.is_some()) {
+                // Bytes before the request's header are an earlier request's, as the
+                // library reads them.
                 f.hasher.update(&message.data);
                 f.received += message.data.len();
                 f.last_progress = Instant::now();
