@@ -217,8 +217,10 @@ impl Reach {
             // not yet reached fills the free connections, as far as the tracker takes.
             let reachable = link.others.unwrap_or(cap as u64).max(1);
             let unreached = reachable.saturating_sub(connected).max(1);
-            let wanted =
-                (need.free as u64).min(missing).saturating_mul(reachable).div_ceil(unreached);
+            // The product fits in u128 whatever the tracker claims.
+            let wanted = (u128::from((need.free as u64).min(missing)) * u128::from(reachable))
+                .div_ceil(u128::from(unreached));
+            let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
             let count = wanted.clamp(1, cap as u64).min(reachable).min(pending_room as u64);
             let count = count as usize;
             link.base_gap_ms =
@@ -533,6 +535,15 @@ mod tests {
         assert_eq!(reach.tracker_closed(9), [4]);
         assert_eq!(reach.pending(), 0);
         assert!(!reach.started((1, 9)));
+    }
+
+    #[test]
+    fn a_tracker_that_claims_any_size_gets_no_more_than_its_offers() {
+        let mut reach = Reach::new(OfferLimits::default());
+        reach.swarm_size(KEY, Some(u64::MAX), Some(u64::MAX));
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Offers(10));
+        reach.swarm_size(KEY, Some(0), Some(0));
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Announce, "nobody to reach");
     }
 
     #[test]
