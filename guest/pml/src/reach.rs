@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
 use superpeer_guest::{ConnId, PeerId};
 
 use crate::announce::Offer;
@@ -88,7 +89,7 @@ pub struct Due {
     pub withdrawn: Vec<PeerId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct PendingOffer {
     key: LinkKey,
     offer_id: String,
@@ -96,7 +97,7 @@ struct PendingOffer {
     expires_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Link {
     started: bool,
     last_announce_ms: Option<u64>,
@@ -152,8 +153,10 @@ fn same_tracker(a: &str, b: &str) -> bool {
     a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reach {
+    /// From the seed's settings, not from the snapshot.
+    #[serde(skip)]
     limits: OfferLimits,
     offers: HashMap<PeerId, PendingOffer>,
     by_offer_id: HashMap<String, PeerId>,
@@ -349,6 +352,33 @@ impl Reach {
             link.last_fruit_ms = now_ms;
         }
         Some((peer, key))
+    }
+
+    pub fn limits(&self) -> &OfferLimits {
+        &self.limits
+    }
+
+    /// Takes the seed's settings (after a new instance read an earlier one's state).
+    pub fn set_limits(&mut self, limits: OfferLimits) {
+        self.limits = limits;
+    }
+
+    /// Keeps only the offers `live` says the host still has.
+    pub fn retain_offers(&mut self, live: impl Fn(PeerId) -> bool) {
+        let gone: Vec<PeerId> = self.offers.keys().filter(|p| !live(**p)).copied().collect();
+        for peer in gone {
+            self.forget(peer);
+        }
+    }
+
+    /// Whether `peer` is an offer of ours waiting for its answer.
+    pub fn is_offer(&self, peer: PeerId) -> bool {
+        self.offers.contains_key(&peer)
+    }
+
+    /// The tracker connections swarms announced on.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.links.keys().map(|(_, conn)| *conn)
     }
 
     /// Our peer for an offer id still waiting.

@@ -9,24 +9,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use superpeer_guest::{
-    CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, PeerAcceptAnswer,
-    PeerAnswer, PeerClose, PeerId, SegmentHandle, TimerId, TimerSet, TrackerSend,
+    CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, HostState,
+    PeerAcceptAnswer, PeerAnswer, PeerClose, PeerId, SegmentHandle, TrackerSend,
 };
 
 use crate::announce::{self, AnnounceEvent, TrackerMessage};
+use crate::context::{Context, Timer};
 use crate::playlist::{self, MediaPlaylist};
 use crate::reach::{self, LinkKey, Need, Plan, Reach};
 use crate::settings::Settings;
 use crate::swarm::{self, Identity, Rendition, StreamKind};
 use crate::wire::{self, Joiner, PeerCommand};
 
-/// Timer ids from here up are the seeder's: one reload timer per stream.
-const TIMER_BASE: TimerId = 2 << 32;
-/// Fetch the manifest again after a failure.
-const MANIFEST_TIMER: TimerId = TIMER_BASE - 1;
-/// The seeder's heartbeat: announces and offers are planned, and offers expire, on it.
-const REACH_TIMER: TimerId = TIMER_BASE - 2;
+/// How often the seeder's heartbeat ([`Timer::Reach`]) comes.
 const REACH_TICK_MS: u64 = reach::FAST_ROUND_GAP_MS;
 /// Re-announce interval until a tracker says otherwise (p2p-media-loader's default).
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
@@ -46,6 +43,14 @@ const MIN_RELOAD_MS: u64 = 250;
 /// The longest announce text: the host's limit on a tracker text (64 KiB) with room to
 /// spare. Offers that would not fit are withdrawn.
 const MAX_ANNOUNCE_BYTES: usize = 60 << 10;
+/// A viewer may send this many messages at once, and this many a second on average: a
+/// viewer asks for one segment at a time and announces what it loads, which is far
+/// fewer; a flood of messages closes its connection.
+const MESSAGE_BURST: f64 = 400.0;
+const MESSAGES_PER_SECOND: f64 = 200.0;
+/// The most bytes all viewers' commands arriving in chunks may hold at once (each is at
+/// most [`wire::MAX_COMMAND`]): a small share of the instance's memory.
+const MAX_JOINING_BYTES: usize = 16 << 20;
 /// Offer ids: 20 characters, as viewers' are.
 const OFFER_ID_LENGTH: usize = 20;
 /// The longest SDP answered: the host's default limit on a command's text.
@@ -57,7 +62,7 @@ const ANSWERING_MS: u64 = 10_000;
 /// Where a segment comes from: its URL and byte range.
 type Source = (String, Option<(u64, u64)>);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Stored {
     Fetching(FetchId),
     /// Asking the host whether its disk cache has it (never announced).
@@ -70,13 +75,15 @@ enum Stored {
 }
 
 /// One rendition: its playlist and segments, shared by every swarm it is seeded in.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Stream {
     playlist_url: String,
     playlist_fetch: Option<FetchId>,
     /// Segments by the id viewers use for them (the same in every generation).
     segments: BTreeMap<i64, Stored>,
-    /// Where each segment comes from, by id.
+    /// Where each segment comes from, by id. Not in the snapshot (a VOD playlist's may be
+    /// large): a new instance reads the playlist again.
+    #[serde(skip)]
     sources: BTreeMap<i64, Source>,
     target_duration_ms: u64,
     /// The sequence number of the newest segment the live playlist listed so far.
@@ -92,7 +99,7 @@ struct Stream {
 }
 
 /// A rendition's swarm as one generation of viewers names it.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Swarm {
     stream: usize,
     identity: Identity,
@@ -102,18 +109,25 @@ struct Swarm {
 }
 
 /// A viewer connected to us, or being connected.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Viewer {
     swarm: usize,
     /// The viewer's peer id in that swarm.
     remote: String,
     open: bool,
+    /// A command arriving in chunks (not carried to the next instance: the viewer's
+    /// request times out and is asked again).
+    #[serde(skip)]
     joiner: Joiner,
+    /// Messages it may still send at once (see [`MESSAGE_BURST`]), and when that was
+    /// last counted.
+    allowance: f64,
+    counted_ms: u64,
     /// The one request being served (a viewer has one in flight at a time).
     serving: Option<Serving>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Serving {
     id: i64,
     request: i64,
@@ -121,8 +135,25 @@ struct Serving {
 }
 
 impl Viewer {
-    fn new(swarm: usize, remote: String) -> Self {
-        Viewer { swarm, remote, open: false, joiner: Joiner::default(), serving: None }
+    fn new(swarm: usize, remote: String, now_ms: u64) -> Self {
+        Viewer {
+            swarm,
+            remote,
+            open: false,
+            joiner: Joiner::default(),
+            allowance: MESSAGE_BURST,
+            counted_ms: now_ms,
+            serving: None,
+        }
+    }
+
+    /// Counts one message against the viewer's allowance; false once it sends faster
+    /// than any viewer needs to.
+    fn allowed(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.counted_ms) as f64 / 1000.0;
+        self.counted_ms = now_ms;
+        self.allowance = (self.allowance + elapsed * MESSAGES_PER_SECOND).min(MESSAGE_BURST) - 1.0;
+        self.allowance >= 0.0
     }
 }
 
@@ -153,7 +184,7 @@ fn announcement(stream: &Stream) -> PeerCommand {
 }
 
 /// A viewer's offer being answered: where to send the answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct PendingAnswer {
     conn: ConnId,
     swarm: usize,
@@ -162,24 +193,22 @@ struct PendingAnswer {
     since_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Seeder {
+    /// Ids and timers: every part of the policy takes its ids here.
+    pub(crate) ctx: Context,
     swarm_id: String,
     manifest_url: Option<String>,
     manifest_fetch: Option<FetchId>,
     identities: Vec<Identity>,
     streams: Vec<Stream>,
     swarms: Vec<Swarm>,
-    next_id: u64,
     fetches: HashMap<FetchId, Fetch>,
     answering: HashMap<PeerId, PendingAnswer>,
     peers: HashMap<PeerId, Viewer>,
     /// Every viewer connected or being connected, by swarm and peer id: never two
     /// connections to one viewer (it would destroy the second anyway).
     remotes: HashSet<(usize, String)>,
-    /// Peers an earlier instance connected, which this one does not serve: they still
-    /// hold places in `maxConnections` until they close.
-    foreign: HashSet<PeerId>,
     max_peers: usize,
     reach: Reach,
     /// The time of the current turn (the host's monotonic clock).
@@ -191,7 +220,7 @@ pub(crate) struct Seeder {
     uses: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum Fetch {
     Manifest,
     Playlist(usize),
@@ -217,18 +246,17 @@ impl Seeder {
         settings: Settings,
     ) -> Self {
         Seeder {
+            ctx: Context::default(),
             swarm_id,
             manifest_url,
             manifest_fetch: None,
             identities: settings.identities,
             streams: Vec::new(),
             swarms: Vec::new(),
-            next_id: 0,
             fetches: HashMap::new(),
             answering: HashMap::new(),
             peers: HashMap::new(),
             remotes: HashSet::new(),
-            foreign: HashSet::new(),
             max_peers,
             reach: Reach::new(settings.offers),
             now_ms: 0,
@@ -249,14 +277,155 @@ impl Seeder {
         }
     }
 
-    /// Takes note of what an earlier instance left with the host: its ids are never
-    /// handed out again (a new one starts past them all), and its peers count against
-    /// `maxConnections` as the host counts them.
-    pub(crate) fn adopt_peers(&mut self, state: &superpeer_guest::HostState) {
-        let peers = state.peers.iter().map(|p| p.peer);
-        let highest = peers.clone().chain(state.fetches.iter().copied()).max().unwrap_or(0);
-        self.next_id = self.next_id.max(highest);
-        self.foreign.extend(peers);
+    /// An earlier instance's state (from its snapshot) under this instance's seed: the
+    /// settings and limits come from `fresh`, made from the seed as it is now.
+    pub(crate) fn with_seed_of(mut self, fresh: Seeder) -> Seeder {
+        self.swarm_id = fresh.swarm_id;
+        self.manifest_url = fresh.manifest_url;
+        self.identities = fresh.identities;
+        self.max_peers = fresh.max_peers;
+        self.reach.set_limits(fresh.reach.limits().clone());
+        self
+    }
+
+    /// Squares an earlier instance's state (its last snapshot) with what the host has
+    /// now: viewers, answers, offers, fetches and segments that ended while no instance
+    /// heard are forgotten; viewers whose channel opened meanwhile hear what we have;
+    /// peers the snapshot does not know (connected after it was taken) are closed, so
+    /// they reconnect at once instead of waiting for answers that never come; timers
+    /// that fired unheard (`lost`) are set again, and every playlist is read again (the
+    /// snapshot does not keep segment sources). What to do goes to `out`.
+    pub(crate) fn reconcile(
+        &mut self,
+        state: &HostState,
+        lost: &[Timer],
+        live_trackers: &[ConnId],
+        out: &mut Vec<Command>,
+    ) {
+        let host_peers: HashMap<PeerId, &superpeer_guest::PeerState> =
+            state.peers.iter().map(|p| (p.peer, p)).collect();
+        self.peers.retain(|peer, _| host_peers.contains_key(peer));
+        self.answering.retain(|peer, _| host_peers.contains_key(peer));
+        self.reach.retain_offers(|peer| host_peers.contains_key(&peer));
+        // Answered and connected while no instance heard: a viewer of the swarm the
+        // answer went to.
+        let connected: Vec<PeerId> =
+            self.answering.keys().filter(|p| host_peers[*p].open).copied().collect();
+        for peer in connected {
+            self.promote(peer);
+        }
+        // An offer of ours answered meanwhile: by whom, the snapshot cannot say.
+        let answered: Vec<PeerId> = state
+            .peers
+            .iter()
+            .filter(|p| p.open && self.reach.is_offer(p.peer))
+            .map(|p| p.peer)
+            .collect();
+        for peer in answered {
+            self.reach.forget(peer);
+            out.push(close(peer, "taken over without its state: connect again"));
+        }
+        let gone: Vec<ConnId> =
+            self.reach.connections().filter(|c| !live_trackers.contains(c)).collect();
+        for conn in gone {
+            out.extend(
+                self.reach
+                    .tracker_closed(conn)
+                    .into_iter()
+                    .map(|p| close(p, "its tracker connection closed")),
+            );
+        }
+        self.answering.retain(|_, a| live_trackers.contains(&a.conn));
+        let known = |peer: &PeerId| {
+            self.peers.contains_key(peer)
+                || self.answering.contains_key(peer)
+                || self.reach.is_offer(*peer)
+        };
+        let strangers: Vec<PeerId> =
+            state.peers.iter().map(|p| p.peer).filter(|p| !known(p)).collect();
+        for peer in strangers {
+            out.push(close(peer, "taken over without its state: connect again"));
+        }
+        self.remotes = self
+            .peers
+            .values()
+            .map(|v| (v.swarm, v.remote.clone()))
+            .chain(self.answering.values().map(|a| (a.swarm, a.remote_peer_id.clone())))
+            .collect();
+        for (peer, viewer) in &mut self.peers {
+            let host = host_peers[peer];
+            if let Some(serving) = viewer.serving
+                && !host.serving.contains(&serving.handle)
+            {
+                viewer.serving = None;
+            }
+            if host.open && !viewer.open {
+                viewer.open = true;
+                let stream = &self.streams[self.swarms[viewer.swarm].stream];
+                send(*peer, &announcement(stream), out);
+            }
+        }
+
+        let live_fetches: HashSet<FetchId> = state.fetches.iter().copied().collect();
+        let ended: Vec<(FetchId, Fetch)> = self
+            .fetches
+            .iter()
+            .filter(|(fetch, _)| !live_fetches.contains(fetch))
+            .map(|(fetch, what)| (*fetch, *what))
+            .collect();
+        for (fetch, what) in ended {
+            self.fetches.remove(&fetch);
+            match what {
+                Fetch::Manifest => self.manifest_fetch = None,
+                Fetch::Playlist(index) => self.streams[index].playlist_fetch = None,
+                Fetch::Segment(index, id) | Fetch::Probe(index, id) => {
+                    let stream = &mut self.streams[index];
+                    if let Some(Stored::Probing(_)) = stream.segments.get(&id) {
+                        stream.probes_in_flight -= 1;
+                    }
+                    if matches!(stream.segments.get(&id), Some(Stored::Fetching(f) | Stored::Probing(f)) if *f == fetch)
+                    {
+                        stream.segments.remove(&id);
+                        stream.changed = true;
+                    }
+                }
+            }
+        }
+
+        let held: HashSet<SegmentHandle> = state.segments.iter().map(|s| s.handle).collect();
+        for stream in &mut self.streams {
+            let before = stream.segments.len();
+            stream.segments.retain(
+                |_, s| !matches!(s, Stored::Ready { handle, .. } if !held.contains(handle)),
+            );
+            stream.changed |= stream.segments.len() != before;
+        }
+        self.orphans
+            .retain(|_, s| matches!(s, Stored::Ready { handle, .. } if held.contains(handle)));
+        let claimed: HashSet<SegmentHandle> = self
+            .streams
+            .iter()
+            .flat_map(|s| s.segments.values())
+            .chain(self.orphans.values())
+            .filter_map(|s| match s {
+                Stored::Ready { handle, .. } => Some(*handle),
+                _ => None,
+            })
+            .collect();
+        let unclaimed: Vec<superpeer_guest::SegmentInfo> =
+            state.segments.iter().filter(|s| !claimed.contains(&s.handle)).cloned().collect();
+        self.adopt(&unclaimed);
+
+        for key in lost {
+            match key {
+                Timer::Manifest => out.push(self.set_timer(Timer::Manifest, 0)),
+                Timer::Reach | Timer::Reload(_) | Timer::Reconnect(_) => {}
+            }
+        }
+        // Every playlist again: the sources of VOD segments, and any reload that was due.
+        for index in 0..self.streams.len() {
+            self.reload(index, out);
+        }
     }
 
     /// A new turn: everything handled until the next happens at `now_ms`.
@@ -265,8 +434,11 @@ impl Seeder {
     }
 
     fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        self.ctx.ids.fresh()
+    }
+
+    fn set_timer(&mut self, key: Timer, after_ms: u64) -> Command {
+        self.ctx.timers.set(&mut self.ctx.ids, key, after_ms)
     }
 
     fn fetch_text(&mut self, url: String, what: Fetch, out: &mut Vec<Command>) -> FetchId {
@@ -278,7 +450,7 @@ impl Seeder {
 
     /// The first thing to do: read the manifest, and start the heartbeat.
     pub(crate) fn start(&mut self, out: &mut Vec<Command>) {
-        out.push(timer(REACH_TIMER, REACH_TICK_MS));
+        out.push(self.set_timer(Timer::Reach, REACH_TICK_MS));
         self.fetch_manifest(out);
     }
 
@@ -348,11 +520,11 @@ impl Seeder {
             Event::FetchFailed(failed) => match self.fetches.remove(&failed.fetch) {
                 Some(Fetch::Manifest) => {
                     self.manifest_fetch = None;
-                    out.push(timer(MANIFEST_TIMER, RETRY_MS));
+                    out.push(self.set_timer(Timer::Manifest, RETRY_MS));
                 }
                 Some(Fetch::Playlist(index)) => {
                     self.streams[index].playlist_fetch = None;
-                    out.push(timer(reload_timer(index), RETRY_MS));
+                    out.push(self.set_timer(Timer::Reload(index), RETRY_MS));
                 }
                 Some(Fetch::Segment(index, id)) => {
                     // Fetched again at the next reload if still listed.
@@ -409,7 +581,6 @@ impl Seeder {
                     stream.changed |= stream.segments.len() != before;
                 }
             }
-            Event::TimerFired(timer_id) => self.on_timer(*timer_id, open_trackers, random, out),
             Event::TrackerText(text) => self.on_tracker_text(text.conn, &text.text, out),
             Event::TrackerClosed(closed) => {
                 // Offers made and answers owed through it can no longer arrive.
@@ -438,12 +609,18 @@ impl Seeder {
                         &ready.sdp,
                     );
                     out.push(Command::TrackerSend(TrackerSend { conn: pending.conn, text }));
-                    let viewer = Viewer::new(pending.swarm, pending.remote_peer_id);
+                    let viewer = Viewer::new(pending.swarm, pending.remote_peer_id, self.now_ms);
                     self.peers.insert(ready.peer, viewer);
                 }
             }
             Event::PeerClosed(closed) => self.forget_peer(closed.peer),
             Event::PeerChannelOpen(peer) => {
+                // An earlier instance answered it (its answer was sent, or the viewer
+                // could not have connected), and this one took over before hearing so.
+                self.promote(*peer);
+                if self.reach.forget(*peer) {
+                    out.push(close(*peer, "taken over without its state: connect again"));
+                }
                 if let Some(viewer) = self.peers.get_mut(peer) {
                     viewer.open = true;
                     let stream = &self.streams[self.swarms[viewer.swarm].stream];
@@ -469,7 +646,6 @@ impl Seeder {
 
     /// A peer is gone (closed, failed, or closed by us): whatever it was.
     fn forget_peer(&mut self, peer: PeerId) {
-        self.foreign.remove(&peer);
         if let Some(pending) = self.answering.remove(&peer) {
             self.remotes.remove(&(pending.swarm, pending.remote_peer_id));
         }
@@ -481,7 +657,7 @@ impl Seeder {
 
     /// Peers connected or being connected: what `maxConnections` bounds.
     fn connections(&self) -> usize {
-        self.peers.len() + self.answering.len() + self.foreign.len()
+        self.peers.len() + self.answering.len()
     }
 
     fn connections_in(&self, swarm: usize) -> usize {
@@ -633,10 +809,8 @@ impl Seeder {
             self.ensure(index, id, source, live, out);
         }
         if live {
-            out.push(timer(
-                reload_timer(index),
-                live_reload_ms(self.streams[index].target_duration_ms, grew),
-            ));
+            let after_ms = live_reload_ms(self.streams[index].target_duration_ms, grew);
+            out.push(self.set_timer(Timer::Reload(index), after_ms));
         }
     }
 
@@ -765,16 +939,17 @@ impl Seeder {
         }
     }
 
-    fn on_timer(
+    /// One of the seeder's timers fired (trackers' reconnects are not the seeder's).
+    pub(crate) fn on_timer(
         &mut self,
-        timer_id: TimerId,
+        key: Timer,
         open_trackers: &[ConnId],
         random: &mut dyn FnMut() -> u64,
         out: &mut Vec<Command>,
     ) {
-        match timer_id {
-            MANIFEST_TIMER => self.fetch_manifest(out),
-            REACH_TIMER => {
+        match key {
+            Timer::Manifest => self.fetch_manifest(out),
+            Timer::Reach => {
                 for peer in self.reach.expire(self.now_ms) {
                     out.push(close(peer, reach::OFFER_UNANSWERED));
                 }
@@ -793,17 +968,19 @@ impl Seeder {
                         self.plan((swarm, *conn), random, out);
                     }
                 }
-                out.push(timer(REACH_TIMER, REACH_TICK_MS));
+                out.push(self.set_timer(Timer::Reach, REACH_TICK_MS));
             }
-            _ => {
-                let Some(index) = timer_id.checked_sub(TIMER_BASE) else { return };
-                let index = index as usize;
-                if index < self.streams.len() && self.streams[index].playlist_fetch.is_none() {
-                    let url = self.streams[index].playlist_url.clone();
-                    let fetch = self.fetch_text(url, Fetch::Playlist(index), out);
-                    self.streams[index].playlist_fetch = Some(fetch);
-                }
-            }
+            Timer::Reload(index) => self.reload(index, out),
+            Timer::Reconnect(_) => {}
+        }
+    }
+
+    /// Fetches a stream's playlist unless a fetch of it is on its way.
+    fn reload(&mut self, index: usize, out: &mut Vec<Command>) {
+        if index < self.streams.len() && self.streams[index].playlist_fetch.is_none() {
+            let url = self.streams[index].playlist_url.clone();
+            let fetch = self.fetch_text(url, Fetch::Playlist(index), out);
+            self.streams[index].playlist_fetch = Some(fetch);
         }
     }
 
@@ -841,7 +1018,7 @@ impl Seeder {
                 } else if !self.remotes.insert((swarm, peer_id.clone())) {
                     out.push(close(peer, "already connected to this viewer"));
                 } else {
-                    self.peers.insert(peer, Viewer::new(swarm, peer_id));
+                    self.peers.insert(peer, Viewer::new(swarm, peer_id, self.now_ms));
                     out.push(Command::PeerAcceptAnswer(PeerAcceptAnswer { peer, answer: sdp }));
                 }
             }
@@ -898,26 +1075,57 @@ impl Seeder {
         }
     }
 
-    fn on_peer_message(&mut self, peer: PeerId, data: &[u8], out: &mut Vec<Command>) {
-        let Some(viewer) = self.peers.get_mut(&peer) else { return };
-        // Raw data would be a segment the viewer uploads; we never ask for one.
-        if !wire::is_command_chunk(data) {
-            return;
+    /// A viewer whose offer we answered becomes a viewer of that swarm.
+    fn promote(&mut self, peer: PeerId) {
+        if let Some(pending) = self.answering.remove(&peer) {
+            let viewer = Viewer::new(pending.swarm, pending.remote_peer_id, self.now_ms);
+            self.peers.insert(peer, viewer);
         }
-        let command = match viewer
-            .joiner
-            .push(data)
-            .and_then(|body| body.map(|b| wire::decode(&b)).transpose())
-        {
-            Ok(Some(command)) => command,
-            Ok(None) => return,
-            Err(error) => {
+    }
+
+    fn on_peer_message(&mut self, peer: PeerId, data: &[u8], out: &mut Vec<Command>) {
+        if self.answering.contains_key(&peer) {
+            // It speaks: its channel is open, and an earlier instance answered it.
+            self.promote(peer);
+            if let Some(viewer) = self.peers.get_mut(&peer) {
+                viewer.open = true;
+            }
+        }
+        let joining: usize = self.peers.values().map(|v| v.joiner.held()).sum();
+        let Some(viewer) = self.peers.get_mut(&peer) else { return };
+        // One viewer's troubles are its own: one that sends faster than any viewer needs
+        // to, or holds more of the instance's memory in a command than its share, is
+        // closed, and the instance carries on for the others.
+        let refused = if !viewer.allowed(self.now_ms) {
+            Some("sends too many messages".to_string())
+        } else if joining + data.len() > MAX_JOINING_BYTES {
+            Some("holds too much of a command".to_string())
+        } else if !wire::is_command_chunk(data) {
+            // Raw data would be a segment the viewer uploads; we never ask for one.
+            return;
+        } else {
+            match viewer
+                .joiner
+                .push(data)
+                .and_then(|body| body.map(|b| wire::decode(&b)).transpose())
+            {
+                Ok(Some(command)) => {
+                    self.on_command(peer, command, out);
+                    return;
+                }
+                Ok(None) => return,
                 // A peer that speaks garbage loses its connection, nobody else.
-                self.forget_peer(peer);
-                out.push(close(peer, &format!("bad message: {error}")));
-                return;
+                Err(error) => Some(format!("bad message: {error}")),
             }
         };
+        if let Some(reason) = refused {
+            self.forget_peer(peer);
+            out.push(close(peer, &reason));
+        }
+    }
+
+    fn on_command(&mut self, peer: PeerId, command: PeerCommand, out: &mut Vec<Command>) {
+        let Some(viewer) = self.peers.get_mut(&peer) else { return };
         let index = self.swarms[viewer.swarm].stream;
         let stream = &self.streams[index];
         match command {
@@ -1046,14 +1254,6 @@ fn renditions(url: &str, text: &str) -> Vec<Listed> {
 fn live_reload_ms(target_duration_ms: u64, grew: bool) -> u64 {
     let quarter = (target_duration_ms / 4).max(MIN_RELOAD_MS);
     if grew { target_duration_ms.saturating_sub(quarter).max(MIN_RELOAD_MS) } else { quarter }
-}
-
-fn reload_timer(stream: usize) -> TimerId {
-    TIMER_BASE + stream as u64
-}
-
-fn timer(timer: TimerId, after_ms: u64) -> Command {
-    Command::TimerSet(TimerSet { timer, after_ms })
 }
 
 /// The segments to hold, with the id viewers know them by: for live the media sequence
@@ -1340,7 +1540,7 @@ mod tests {
             ]
         );
         assert!(
-            out.contains(&timer(reload_timer(0), 1500)),
+            out.contains(&timer_set(&seeder, Timer::Reload(0), 1500)),
             "new segments: the next reload a quarter target duration before the next is due"
         );
         let mut handle = 49;
@@ -1349,7 +1549,7 @@ mod tests {
 
         // The reload: 100 left the window, 103 and 104 joined.
         out.clear();
-        seeder.handle(&Event::TimerFired(reload_timer(0)), &[], &mut random(), &mut out);
+        fire(&mut seeder, Timer::Reload(0), &[], &mut out);
         let (reload, _) = texts(&out)[0].clone();
         out.clear();
         seeder.handle(&fetched(reload, url, &media(101, 4, false)), &[], &mut random(), &mut out);
@@ -1363,12 +1563,12 @@ mod tests {
 
         // Nothing new yet: reloads come every quarter target duration until it appears.
         out.clear();
-        seeder.handle(&Event::TimerFired(reload_timer(0)), &[], &mut random(), &mut out);
+        fire(&mut seeder, Timer::Reload(0), &[], &mut out);
         let (reload, _) = texts(&out)[0].clone();
         out.clear();
         seeder.handle(&fetched(reload, url, &media(101, 4, false)), &[], &mut random(), &mut out);
         assert!(segments(&out).is_empty());
-        assert!(out.contains(&timer(reload_timer(0), 500)), "{out:?}");
+        assert!(out.contains(&timer_set(&seeder, Timer::Reload(0), 500)), "{out:?}");
     }
 
     #[test]
@@ -1425,10 +1625,7 @@ mod tests {
         out.clear();
         seeder.handle(&fetched(playlist, url, &media(5, 3, true)), &[], &mut random(), &mut out);
         assert_eq!(seeder.streams[0].segments.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(
-            !out.iter().any(|c| matches!(c, Command::TimerSet(t) if t.timer == reload_timer(0))),
-            "VOD is not reloaded"
-        );
+        assert!(!seeder.ctx.timers.pending(&Timer::Reload(0)), "VOD is not reloaded");
     }
 
     #[test]
@@ -1855,9 +2052,9 @@ b.m3u8
             reason: "busy".into(),
         });
         seeder.handle(&failed, &[], &mut random(), &mut out);
-        assert_eq!(out, vec![timer(MANIFEST_TIMER, RETRY_MS)]);
+        assert_eq!(out, vec![timer_set(&seeder, Timer::Manifest, RETRY_MS)]);
         out.clear();
-        seeder.handle(&Event::TimerFired(MANIFEST_TIMER), &[], &mut random(), &mut out);
+        fire(&mut seeder, Timer::Manifest, &[], &mut out);
         assert_eq!(texts(&out).len(), 1);
     }
 
@@ -1983,6 +2180,31 @@ b.m3u8
             .collect()
     }
 
+    /// The timer `key` set to fire after `after_ms`, as the seeder's timers name it.
+    fn timer_set(seeder: &Seeder, key: Timer, after_ms: u64) -> Command {
+        let timer = seeder.ctx.timers.id_of(&key).expect("that timer is pending");
+        Command::TimerSet(superpeer_guest::TimerSet { timer, after_ms })
+    }
+
+    /// Fires `key`'s timer, as the instance does when the host reports it.
+    fn fire(seeder: &mut Seeder, key: Timer, open: &[ConnId], out: &mut Vec<Command>) {
+        let timer = seeder.ctx.timers.id_of(&key).expect("that timer is pending");
+        assert_eq!(seeder.ctx.timers.fired(timer), Some(key.clone()));
+        seeder.on_timer(key, open, &mut random(), out);
+    }
+
+    /// A turn at `now_ms` with these events and then the heartbeat, flushed.
+    fn tick(seeder: &mut Seeder, now_ms: u64, events: &[Event]) -> Vec<Command> {
+        let mut out = Vec::new();
+        seeder.begin_turn(now_ms);
+        for event in events {
+            seeder.handle(event, &[7], &mut random(), &mut out);
+        }
+        fire(seeder, Timer::Reach, &[7], &mut out);
+        seeder.flush(&mut out);
+        out
+    }
+
     /// A turn at `now_ms` with these events, flushed as the policy does.
     fn turn(seeder: &mut Seeder, now_ms: u64, events: &[Event]) -> Vec<Command> {
         let mut out = Vec::new();
@@ -2088,13 +2310,13 @@ b.m3u8
         turn(&mut seeder, 35, &[ready]);
         let out = turn(&mut seeder, 40, &[offer_from(&hash, d)]);
         assert!(out.is_empty(), "{out:?}");
-        let out = turn(&mut seeder, 1_500, &[Event::TimerFired(REACH_TIMER)]);
+        let out = tick(&mut seeder, 1_500, &[]);
         assert!(offers_in(&out).is_empty(), "no offers while the budget is full: {out:?}");
 
         // A leaves: a round of offers for the two viewers not reached; unanswered, they
         // are withdrawn after their time.
         let closed = Event::PeerClosed(PeerClosed { peer: offers[0], reason: "bye".into() });
-        let out = turn(&mut seeder, 2_000, &[closed, Event::TimerFired(REACH_TIMER)]);
+        let out = tick(&mut seeder, 2_000, &[closed]);
         let again = offers_in(&out);
         assert!(!again.is_empty() && again.len() <= 10, "{out:?}");
         let ready: Vec<Event> = again
@@ -2105,7 +2327,7 @@ b.m3u8
         let announce = tracker_json(&out).remove(0);
         assert_eq!(announce.get("event"), None, "started only once");
         let expiry = 2_000 + reach::OFFER_TIMEOUT_MS;
-        let out = turn(&mut seeder, expiry, &[Event::TimerFired(REACH_TIMER)]);
+        let out = tick(&mut seeder, expiry, &[]);
         let withdrawn: Vec<PeerId> = closed_in(&out).into_iter().map(|(p, _)| p).collect();
         assert_eq!(withdrawn.len(), again.len(), "{out:?}");
         assert!(again.iter().all(|p| withdrawn.contains(p)));
@@ -2160,35 +2382,6 @@ b.m3u8
         assert!(segments(&out).is_empty());
     }
 
-    #[test]
-    fn a_new_instance_never_reuses_an_id_the_host_still_knows() {
-        let mut seeder =
-            Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
-        let state = superpeer_guest::HostState {
-            trackers: vec![],
-            peers: vec![superpeer_guest::PeerState { peer: 40, open: true, serving: vec![] }],
-            fetches: vec![7],
-            segments: vec![],
-            timers: vec![],
-        };
-        seeder.adopt_peers(&state);
-        let mut out = Vec::new();
-        seeder.start(&mut out);
-        assert!(texts(&out)[0].0 > 40, "{out:?}");
-        assert_eq!(seeder.connections(), 1, "the earlier instance's viewer holds a place");
-        seeder.handle(
-            &Event::PeerClosed(PeerClosed { peer: 40, reason: "gone".into() }),
-            &[],
-            &mut random(),
-            &mut out,
-        );
-        assert_eq!(seeder.connections(), 0);
-    }
-
-    /// Cases run through real hls.js 1.6 and p2p-media-loader-hlsjs 2.2.2: a variant
-    /// with a codec hls.js does not know is dropped by its parser before positions are
-    /// counted (B); variants that carry audio without naming a group put a track of
-    /// their own first (C); positions follow the playlist, not the bitrate (D).
     #[test]
     fn positions_of_2_2_are_as_hls_js_lists_renditions() {
         let lines: Vec<&str> = LADDER.lines().collect();

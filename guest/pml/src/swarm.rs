@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use md5::Md5;
+use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
 /// p2p-media-loader's peer protocol generation, the first part of every swarm id.
@@ -33,7 +34,7 @@ pub struct Rendition {
 /// The generation of p2p-media-loader a swarm is for. Both speak the same tracker and
 /// wire protocols, but each names a rendition's swarm its own way, so viewers of one
 /// never meet viewers of the other: a super peer serves each generation it joins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Identity {
     /// 2.3.x: a rendition is named by the SHA-1 of its attributes; the info hash is the
     /// first 15 bytes of the SHA-1 of the swarm id.

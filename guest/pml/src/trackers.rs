@@ -1,21 +1,18 @@
-//! Tracker connection upkeep: which trackers to connect to, when to retry.
+//! Tracker connection upkeep: which trackers to connect to, when to retry, and which
+//! connections an earlier instance left open to take over.
 //!
 //! Pure state machine: no host calls but logging, time-free (the back-off is counted in
 //! timer firings the host schedules), so it is tested natively.
 
-#[cfg(test)]
-use superpeer_guest::TrackerState;
-use superpeer_guest::{Command, ConnId, HostState, TimerId, TimerSet, TrackerConnect};
+use serde::{Deserialize, Serialize};
+use superpeer_guest::{Command, ConnId, HostState, TrackerConnect};
+
+use crate::context::{Context, Timer};
 
 const FIRST_RETRY_MS: u64 = 1_000;
 const LAST_RETRY_MS: u64 = 60_000;
-/// Timer ids at and above this name a tracker's reconnect timer (base + index).
-const RECONNECT_TIMER_BASE: TimerId = 1 << 32;
-/// Connection ids are the tracker's index plus a generation in the high bits, so a late
-/// event from a connection we have given up on is never mistaken for the new one.
-const GENERATION_SHIFT: u32 = 16;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Link {
     /// Not asked for yet (a fresh instance's first turn).
     Idle,
@@ -27,122 +24,139 @@ enum Link {
     Stopped,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Tracker {
     url: String,
     link: Link,
-    generation: u64,
     retry_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Trackers {
     list: Vec<Tracker>,
 }
 
 impl Trackers {
-    /// `prior` is a snapshot of an earlier instance: one generation per tracker, so new
-    /// connection ids never collide with ones the host may still report.
-    pub(crate) fn new(urls: &[String], state: &HostState, prior: &[u8]) -> Result<Self, String> {
-        if urls.len() >= 1 << GENERATION_SHIFT {
-            return Err(format!("{} trackers is more than this policy can track", urls.len()));
-        }
-        let generations: Vec<u64> = prior
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
+    pub(crate) fn new(urls: &[String]) -> Self {
         let list = urls
             .iter()
-            .enumerate()
-            .map(|(index, url)| {
-                let live = state
+            .map(|url| Tracker { url: url.clone(), link: Link::Idle, retry_ms: FIRST_RETRY_MS })
+            .collect();
+        Trackers { list }
+    }
+
+    /// Takes over from an earlier instance: its links (`saved`, when its snapshot could
+    /// be read) where the host still has them, else any connection the host has to the
+    /// same tracker; a connection nobody takes is closed. `lost` are reconnect timers
+    /// that fired while no instance heard: those trackers connect again at once.
+    pub(crate) fn resume(
+        saved: Option<Trackers>,
+        urls: &[String],
+        state: &HostState,
+        lost: &[usize],
+        out: &mut Vec<Command>,
+    ) -> Self {
+        let mut trackers = Self::new(urls);
+        let saved = saved.filter(|s| s.list.iter().map(|t| &t.url).eq(urls));
+        let live = |conn: ConnId| state.trackers.iter().find(|t| t.conn == conn);
+        let mut taken: Vec<ConnId> = Vec::new();
+        for (index, tracker) in trackers.list.iter_mut().enumerate() {
+            let before = saved.as_ref().map(|s| s.list[index].clone());
+            if let Some(before) = &before {
+                tracker.retry_ms = before.retry_ms;
+            }
+            let kept = match before.map(|b| b.link) {
+                Some(Link::Connecting(conn) | Link::Open(conn)) => {
+                    live(conn).map(|t| (conn, t.open))
+                }
+                _ => None,
+            };
+            let adopted = kept.or_else(|| {
+                state
                     .trackers
                     .iter()
-                    .find(|t| &t.url == url && Self::index_of(t.conn) == index);
-                let link = match live {
-                    Some(t) if t.open => Link::Open(t.conn),
-                    Some(t) => Link::Connecting(t.conn),
-                    None => Link::Idle,
-                };
-                Tracker {
-                    url: url.clone(),
-                    link,
-                    generation: generations.get(index).copied().unwrap_or(0),
-                    retry_ms: FIRST_RETRY_MS,
+                    .find(|t| t.url == tracker.url && !taken.contains(&t.conn))
+                    .map(|t| (t.conn, t.open))
+            });
+            tracker.link = match adopted {
+                Some((conn, true)) => Link::Open(conn),
+                Some((conn, false)) => Link::Connecting(conn),
+                None if saved.is_some() && !lost.contains(&index) => {
+                    match &saved.as_ref().map(|s| &s.list[index].link) {
+                        Some(Link::Waiting) => Link::Waiting,
+                        Some(Link::Stopped) => Link::Stopped,
+                        _ => Link::Idle,
+                    }
                 }
-            })
-            .collect();
-        Ok(Trackers { list })
+                None => Link::Idle,
+            };
+            if let Some((conn, _)) = adopted {
+                taken.push(conn);
+            }
+        }
+        for extra in state.trackers.iter().filter(|t| !taken.contains(&t.conn)) {
+            out.push(Command::TrackerClose(extra.conn));
+        }
+        trackers
     }
 
-    fn index_of(conn: ConnId) -> usize {
-        (conn & ((1 << GENERATION_SHIFT) - 1)) as usize
-    }
-
-    fn find(&mut self, conn: ConnId) -> Option<&mut Tracker> {
+    fn find(&mut self, conn: ConnId) -> Option<(usize, &mut Tracker)> {
         self.list
-            .get_mut(Self::index_of(conn))
-            .filter(|t| matches!(t.link, Link::Connecting(c) | Link::Open(c) if c == conn))
+            .iter_mut()
+            .enumerate()
+            .find(|(_, t)| matches!(t.link, Link::Connecting(c) | Link::Open(c) if c == conn))
     }
 
     /// Asks for every tracker not yet asked for.
-    pub(crate) fn start(&mut self, commands: &mut Vec<Command>) {
-        for index in 0..self.list.len() {
-            if self.list[index].link == Link::Idle {
-                self.connect(index, commands);
+    pub(crate) fn start(&mut self, ctx: &mut Context, out: &mut Vec<Command>) {
+        for tracker in &mut self.list {
+            if tracker.link == Link::Idle {
+                let conn = ctx.ids.fresh();
+                tracker.link = Link::Connecting(conn);
+                out.push(Command::TrackerConnect(TrackerConnect {
+                    conn,
+                    url: tracker.url.clone(),
+                }));
             }
         }
     }
 
-    fn connect(&mut self, index: usize, commands: &mut Vec<Command>) {
-        let tracker = &mut self.list[index];
-        tracker.generation += 1;
-        let conn = (tracker.generation << GENERATION_SHIFT) | index as u64;
-        tracker.link = Link::Connecting(conn);
-        commands.push(Command::TrackerConnect(TrackerConnect { conn, url: tracker.url.clone() }));
-    }
-
     pub(crate) fn connected(&mut self, conn: ConnId) {
-        if let Some(tracker) = self.find(conn) {
+        if let Some((_, tracker)) = self.find(conn) {
             tracker.link = Link::Open(conn);
             tracker.retry_ms = FIRST_RETRY_MS;
         }
     }
 
-    pub(crate) fn closed(&mut self, conn: ConnId, reason: &str, commands: &mut Vec<Command>) {
-        let index = Self::index_of(conn);
-        let Some(tracker) = self.find(conn) else {
+    pub(crate) fn closed(
+        &mut self,
+        conn: ConnId,
+        reason: &str,
+        ctx: &mut Context,
+        out: &mut Vec<Command>,
+    ) {
+        let Some((index, tracker)) = self.find(conn) else {
             return;
         };
         log_closed(&tracker.url, reason, tracker.retry_ms);
         tracker.link = Link::Waiting;
-        commands.push(Command::TimerSet(TimerSet {
-            timer: RECONNECT_TIMER_BASE + index as u64,
-            after_ms: tracker.retry_ms,
-        }));
+        out.push(ctx.timers.set(&mut ctx.ids, Timer::Reconnect(index), tracker.retry_ms));
         tracker.retry_ms = (tracker.retry_ms * 2).min(LAST_RETRY_MS);
     }
 
-    pub(crate) fn timer(&mut self, timer: TimerId, commands: &mut Vec<Command>) {
-        // Only this module's timers: others' (the seeder's are above these) must not be
-        // read as a tracker index, which `as usize` would do in 32-bit wasm.
-        let Some(index) = timer
-            .checked_sub(RECONNECT_TIMER_BASE)
-            .filter(|i| *i < 1 << GENERATION_SHIFT)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
-            return;
-        };
-        if self.list.get(index).is_some_and(|t| t.link == Link::Waiting) {
-            self.connect(index, commands);
+    /// The reconnect timer of tracker `index` fired.
+    pub(crate) fn retry(&mut self, index: usize, ctx: &mut Context, out: &mut Vec<Command>) {
+        if let Some(tracker) = self.list.get_mut(index).filter(|t| t.link == Link::Waiting) {
+            tracker.link = Link::Idle;
+            self.start(ctx, out);
         }
     }
 
     /// Closes every connection for good (the worker is stopping).
-    pub(crate) fn stop(&mut self, commands: &mut Vec<Command>) {
+    pub(crate) fn stop(&mut self, out: &mut Vec<Command>) {
         for tracker in &mut self.list {
             if let Link::Connecting(conn) | Link::Open(conn) = tracker.link {
-                commands.push(Command::TrackerClose(conn));
+                out.push(Command::TrackerClose(conn));
             }
             tracker.link = Link::Stopped;
         }
@@ -150,7 +164,7 @@ impl Trackers {
 
     /// The URL of an open or opening connection.
     pub(crate) fn url(&mut self, conn: ConnId) -> Option<String> {
-        self.find(conn).map(|t| t.url.clone())
+        self.find(conn).map(|(_, t)| t.url.clone())
     }
 
     /// The connections that are open now, with their URLs.
@@ -161,16 +175,17 @@ impl Trackers {
         })
     }
 
-    /// The connections that are open now.
-    pub(crate) fn open(&self) -> impl Iterator<Item = ConnId> + '_ {
+    /// The connections open or being opened.
+    pub(crate) fn live(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.list.iter().filter_map(|t| match t.link {
-            Link::Open(conn) => Some(conn),
+            Link::Open(conn) | Link::Connecting(conn) => Some(conn),
             _ => None,
         })
     }
 
-    pub(crate) fn snapshot(&self) -> Vec<u8> {
-        self.list.iter().flat_map(|t| t.generation.to_le_bytes()).collect()
+    /// The connections that are open now.
+    pub(crate) fn open(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.open_with_urls().map(|(conn, _)| conn)
     }
 }
 
@@ -188,11 +203,12 @@ fn log_closed(_: &str, _: &str, _: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use superpeer_guest::{TimerSet, TrackerState};
 
-    fn state(trackers: Vec<(ConnId, String)>) -> HostState {
+    fn state(trackers: Vec<(ConnId, String, bool)>) -> HostState {
         let trackers = trackers
             .into_iter()
-            .map(|(conn, url)| TrackerState { conn, url, open: true })
+            .map(|(conn, url, open)| TrackerState { conn, url, open })
             .collect();
         HostState { trackers, peers: vec![], fetches: vec![], segments: vec![], timers: vec![] }
     }
@@ -207,45 +223,52 @@ mod tests {
             .collect()
     }
 
+    fn timer_of(out: &[Command]) -> TimerSet {
+        out.iter()
+            .find_map(|c| match c {
+                Command::TimerSet(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap()
+    }
+
     #[test]
     fn connects_each_tracker_once_then_backs_off_on_close() {
         let urls = vec!["wss://a.example/".to_string(), "wss://b.example/".to_string()];
-        let mut trackers = Trackers::new(&urls, &state(vec![]), &[]).unwrap();
+        let mut ctx = Context::default();
+        let mut trackers = Trackers::new(&urls);
         let mut out = Vec::new();
-        trackers.start(&mut out);
+        trackers.start(&mut ctx, &mut out);
         let first = connects(&out);
         assert_eq!(first.len(), 2);
         out.clear();
-        trackers.start(&mut out);
+        trackers.start(&mut ctx, &mut out);
         assert!(out.is_empty(), "a tracker being connected is not asked for twice");
 
         trackers.connected(first[0].0);
-        trackers.closed(first[0].0, "gone", &mut out);
-        trackers.closed(first[0].0, "gone again", &mut out);
-        assert_eq!(
-            out,
-            vec![Command::TimerSet(TimerSet { timer: RECONNECT_TIMER_BASE, after_ms: 1_000 })],
-            "one retry timer, and a repeated close is ignored"
-        );
+        trackers.closed(first[0].0, "gone", &mut ctx, &mut out);
+        trackers.closed(first[0].0, "gone again", &mut ctx, &mut out);
+        assert_eq!(out.len(), 1, "one retry timer, and a repeated close is ignored");
+        let retry_timer = timer_of(&out);
+        assert_eq!(retry_timer.after_ms, 1_000);
+        assert_eq!(ctx.timers.fired(retry_timer.timer), Some(Timer::Reconnect(0)));
         out.clear();
-        trackers.timer(RECONNECT_TIMER_BASE, &mut out);
+        trackers.retry(0, &mut ctx, &mut out);
         let retry = connects(&out);
         assert_eq!(retry.len(), 1);
         assert_ne!(retry[0].0, first[0].0, "a retry uses a fresh connection id");
         out.clear();
-        trackers.closed(retry[0].0, "refused", &mut out);
-        assert_eq!(
-            out,
-            vec![Command::TimerSet(TimerSet { timer: RECONNECT_TIMER_BASE, after_ms: 2_000 })]
-        );
+        trackers.closed(retry[0].0, "refused", &mut ctx, &mut out);
+        assert_eq!(timer_of(&out).after_ms, 2_000);
     }
 
     #[test]
     fn stopping_closes_every_connection_for_good() {
         let urls = vec!["wss://a.example/".to_string(), "wss://b.example/".to_string()];
-        let mut trackers = Trackers::new(&urls, &state(vec![]), &[]).unwrap();
+        let mut ctx = Context::default();
+        let mut trackers = Trackers::new(&urls);
         let mut out = Vec::new();
-        trackers.start(&mut out);
+        trackers.start(&mut ctx, &mut out);
         let conns = connects(&out);
         trackers.connected(conns[0].0);
         out.clear();
@@ -256,30 +279,52 @@ mod tests {
             "open and connecting alike"
         );
         out.clear();
-        trackers.closed(conns[0].0, "closed", &mut out);
-        trackers.timer(RECONNECT_TIMER_BASE, &mut out);
-        trackers.start(&mut out);
+        trackers.closed(conns[0].0, "closed", &mut ctx, &mut out);
+        trackers.retry(0, &mut ctx, &mut out);
+        trackers.start(&mut ctx, &mut out);
         assert!(out.is_empty(), "no retry after stopping: {out:?}");
         assert_eq!(trackers.open().count(), 0);
     }
 
     #[test]
-    fn adopts_open_connections_and_keeps_generations_across_instances() {
-        let urls = vec!["wss://a.example/".to_string()];
-        let mut first = Trackers::new(&urls, &state(vec![]), &[]).unwrap();
+    fn a_new_instance_takes_over_open_connections_and_closes_strays() {
+        let urls = vec!["wss://a.example/".to_string(), "wss://b.example/".to_string()];
+        let mut ctx = Context::default();
+        let mut first = Trackers::new(&urls);
         let mut out = Vec::new();
-        first.start(&mut out);
-        let (conn, url) = connects(&out).remove(0);
-        first.connected(conn);
+        first.start(&mut ctx, &mut out);
+        let conns = connects(&out);
+        first.connected(conns[0].0);
 
-        let mut second =
-            Trackers::new(&urls, &state(vec![(conn, url)]), &first.snapshot()).unwrap();
+        // From its snapshot: a's connection kept, b's (still opening) kept; a stray
+        // connection to a is closed.
+        let host = state(vec![
+            (conns[0].0, urls[0].clone(), true),
+            (conns[1].0, urls[1].clone(), false),
+            (99, urls[0].clone(), true),
+        ]);
+        let mut out = Vec::new();
+        let mut second = Trackers::resume(Some(first.clone()), &urls, &host, &[], &mut out);
+        assert_eq!(out, [Command::TrackerClose(99)]);
         out.clear();
-        second.start(&mut out);
-        assert!(out.is_empty(), "an open connection is adopted, not reopened");
-        second.closed(conn, "", &mut out);
+        second.start(&mut ctx, &mut out);
+        assert!(out.is_empty(), "nothing reopened: {out:?}");
+        assert_eq!(second.open().collect::<Vec<_>>(), [conns[0].0]);
+
+        // Without a snapshot: taken over by URL.
+        let mut out = Vec::new();
+        let mut third = Trackers::resume(None, &urls, &host, &[], &mut out);
+        assert_eq!(out.len(), 1, "one connection per tracker: {out:?}");
         out.clear();
-        second.timer(RECONNECT_TIMER_BASE, &mut out);
-        assert_ne!(connects(&out)[0].0, conn);
+        third.start(&mut ctx, &mut out);
+        assert!(out.is_empty());
+
+        // b's connection went meanwhile, and its reconnect timer fired unheard.
+        first.closed(conns[1].0, "gone", &mut ctx, &mut Vec::new());
+        let host = state(vec![(conns[0].0, urls[0].clone(), true)]);
+        let mut fourth = Trackers::resume(Some(first), &urls, &host, &[1], &mut Vec::new());
+        let mut out = Vec::new();
+        fourth.start(&mut ctx, &mut out);
+        assert_eq!(connects(&out).len(), 1, "b reconnects at once");
     }
 }

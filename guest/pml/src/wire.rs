@@ -7,6 +7,9 @@
 
 /// Longest DataChannel message p2p-media-loader sends, and so the default split size.
 pub const MAX_MESSAGE: usize = 64 * 1024 - 1;
+/// Longest command body accepted, joined from its chunks: an announcement of every
+/// segment of a long VOD takes a few tens of KiB; a peer sending more is not a viewer.
+pub const MAX_COMMAND: usize = 256 << 10;
 
 const START: &[u8; 4] = b"cstr";
 const END: &[u8; 4] = b"cend";
@@ -69,6 +72,8 @@ pub enum WireError {
     BadChunkOrder,
     /// More ids than one announcement can carry.
     TooManyIds,
+    /// A command longer than [`MAX_COMMAND`].
+    TooLong,
 }
 
 impl std::fmt::Display for WireError {
@@ -82,6 +87,7 @@ impl std::fmt::Display for WireError {
             WireError::WrongType(name) => write!(f, "field `{name}` has the wrong type"),
             WireError::BadChunkOrder => write!(f, "command chunks out of order"),
             WireError::TooManyIds => write!(f, "too many segment ids for one announcement"),
+            WireError::TooLong => write!(f, "a command over {MAX_COMMAND} bytes"),
         }
     }
 }
@@ -330,6 +336,11 @@ pub struct Joiner {
 }
 
 impl Joiner {
+    /// Bytes held of a command still arriving.
+    pub fn held(&self) -> usize {
+        self.body.capacity()
+    }
+
     /// Takes one framed chunk; returns the whole body once the last chunk is in.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
         if !is_command_chunk(chunk) {
@@ -341,6 +352,11 @@ impl Joiner {
             self.body.clear();
             self.joining = false;
             return Err(WireError::BadChunkOrder);
+        }
+        if self.body.len() + chunk.len() - FRAMING > MAX_COMMAND {
+            self.body = Vec::new();
+            self.joining = false;
+            return Err(WireError::TooLong);
         }
         self.body.extend_from_slice(&chunk[4..chunk.len() - 4]);
         if chunk.ends_with(END) {

@@ -21,6 +21,9 @@
 // The generated bindings name this crate by its external path, from inside it too.
 extern crate self as superpeer_guest;
 
+pub mod continuity;
+pub use continuity::{Ids, Timers};
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({

@@ -84,6 +84,10 @@ pub struct PolicyRunner {
     /// The current instance's last snapshot, and when it was taken.
     snapshot: Option<Vec<u8>>,
     snapshot_at: Duration,
+    /// A new instance (a restart, a swap) is snapshotted after its first turn, so the ids
+    /// it handed out are past the mark the instance after it starts from, even if this
+    /// one faults before the next periodic snapshot.
+    snapshot_soon: bool,
     /// Events waiting for an instance (during a restart back-off).
     pending: VecDeque<Event>,
     recent_faults: VecDeque<Duration>,
@@ -129,6 +133,7 @@ impl PolicyRunner {
             tables,
             snapshot: None,
             snapshot_at: clock.monotonic,
+            snapshot_soon: false,
             pending: VecDeque::from([Event::Started]),
             recent_faults: VecDeque::new(),
             retry_at: None,
@@ -269,6 +274,7 @@ impl PolicyRunner {
         self.previous = Some(Version { policy: old.policy, snapshot: snapshot.clone() });
         self.replace_instance(Some(instance));
         self.pending.push_front(Event::Started);
+        self.snapshot_soon = true;
         self.recent_faults.clear();
         self.retry_at = None;
         self.stats.swaps += 1;
@@ -354,7 +360,7 @@ impl PolicyRunner {
 
     fn maybe_snapshot(&mut self, clock: Clock) {
         let due = self.snapshot_at + self.engine.limits().snapshot_interval;
-        if clock.monotonic < due {
+        if clock.monotonic < due && !std::mem::take(&mut self.snapshot_soon) {
             return;
         }
         let Some(instance) = self.instance.as_mut() else {
@@ -447,6 +453,7 @@ impl PolicyRunner {
                 self.pending.push_front(Event::Started);
                 self.retry_at = None;
                 self.snapshot_at = clock.monotonic;
+                self.snapshot_soon = true;
             }
             Err(fault) => self.fault(clock, fault),
         }

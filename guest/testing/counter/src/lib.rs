@@ -30,14 +30,11 @@ impl Policy for Counter {
         if config.settings.iter().any(|(k, _)| k == "reject") {
             return Err("asked to reject by the `reject` setting".into());
         }
-        let seen = match prior.as_deref() {
-            None | Some([]) => 0,
-            Some(bytes) => u64::from_le_bytes(
-                bytes
-                    .try_into()
-                    .map_err(|_| format!("snapshot of {} bytes, expected 8", bytes.len()))?,
-            ),
-        };
+        // Its own snapshots are 8 bytes; another policy's (a swap from it) count nothing.
+        let seen = prior
+            .as_deref()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map_or(0, u64::from_le_bytes);
         Ok(Counter { seen })
     }
 

@@ -1,0 +1,45 @@
+//! What the policy's parts share and hand over to the next instance: one id allocator,
+//! the timers by what they are for, and the snapshot format.
+//!
+//! Pure: no host calls.
+
+use serde::{Deserialize, Serialize};
+use superpeer_guest::{Ids, Timers};
+
+/// What each of the policy's timers is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Timer {
+    /// Fetch the manifest again after a failure.
+    Manifest,
+    /// The seeder's heartbeat: announces and offers are planned, and offers expire.
+    Reach,
+    /// Reload a stream's playlist (its index).
+    Reload(usize),
+    /// Connect to a tracker again (its index in the seed's list).
+    Reconnect(usize),
+}
+
+/// Ids and timers, for every part of the policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    pub ids: Ids,
+    pub timers: Timers<Timer>,
+}
+
+/// The first bytes of this policy's snapshots and their layout's version: a snapshot
+/// without them (another policy's, or an older layout) is not read.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"pml-st01";
+
+/// Encodes `value` behind the magic bytes (postcard: compact, and quick enough to take
+/// every second with a thousand viewers).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Nothing this policy keeps fails to encode; if it did, an empty snapshot would start
+    // the next instance afresh rather than wrongly.
+    postcard::to_extend(value, SNAPSHOT_MAGIC.to_vec()).unwrap_or_default()
+}
+
+/// Reads a snapshot written by [`encode`]; `None` for anything else.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    let body = bytes.strip_prefix(SNAPSHOT_MAGIC)?;
+    postcard::from_bytes(body).ok()
+}
