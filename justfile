@@ -39,7 +39,7 @@ tools:
 # Lint, then every test: host unit and integration tests, guest logic natively.
 test: lint node-deps system-deps tools
     cargo test --workspace --locked
-    cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
+    cargo test --locked -p superpeer-policy-pml -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
 # Start superpeer for real on this machine and show it at work.
 demo: setup node-deps system-deps

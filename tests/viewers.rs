@@ -1,7 +1,8 @@
 //! Many viewers at once: simulated p2p-media-loader viewers (`superpeer-load`, real
 //! WebRTC through a real bittorrent-tracker) all connect to one worker and get every
-//! segment they ask for, byte for byte. The load benchmark uses the same generator
-//! to measure; this only checks that it and superpeer work together.
+//! segment they ask for, byte for byte, while hostile viewers among them send a command
+//! that never ends or flood it with requests: those are closed, alone, and nobody else
+//! notices. The load benchmark uses the same generator to measure.
 
 // Helpers panic on purpose: a broken fixture should fail the test that uses it.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +15,7 @@ mod harness;
 use harness::*;
 
 #[test]
-fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
+fn twenty_viewers_get_every_segment_intact_while_hostile_ones_are_closed_alone() {
     let dir = data_dir("viewers");
     let origin = VodOrigin::start(10, 256 << 10);
     let tracker = Tracker::start();
@@ -41,11 +42,27 @@ fn twenty_simulated_viewers_get_every_segment_they_ask_for_intact() {
         ramp_ms: 100,
         share: false,
         isolated: false,
+        hostile_endless: 2,
+        hostile_flood: 2,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();
     assert_eq!(summary["connected"], 20, "{summary}");
     assert_eq!(summary["failures"], 0, "{summary}");
+    assert_eq!(
+        (summary["hostile"].clone(), summary["hostile_closed"].clone()),
+        (json!(4), json!(4)),
+        "{summary}"
+    );
+    // Served throughout: segments arrived in every second from the first to the last.
+    let per_second: Vec<u64> = summary["segments_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    let first = per_second.iter().position(|n| *n > 0).unwrap();
+    assert!(per_second[first..per_second.len() - 1].iter().all(|n| *n > 0), "{per_second:?}");
     // Each viewer got segments; every one was checked against the origin's bytes.
     assert!(summary["segments"].as_u64().unwrap() >= 20, "{summary}");
     let stats = master.wait_for("the uploads counted", |s| {

@@ -43,3 +43,23 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     let body = bytes.strip_prefix(SNAPSHOT_MAGIC)?;
     postcard::from_bytes(body).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_nothing_else_is_read() {
+        let mut ctx = Context::default();
+        let _ = ctx.timers.set(&mut ctx.ids, Timer::Reload(3), 100);
+        let bytes = encode(&ctx);
+        assert_eq!(decode::<Context>(&bytes), Some(ctx.clone()));
+        // What a test build appends after the state (see lib.rs) is not in the way.
+        let mut marked = bytes.clone();
+        marked.extend_from_slice(b"|trailer|");
+        assert_eq!(decode::<Context>(&marked), Some(ctx));
+        assert_eq!(decode::<Context>(&bytes[SNAPSHOT_MAGIC.len()..]), None, "no magic");
+        assert_eq!(decode::<Context>(&[1, 2, 3, 4, 5, 6, 7, 8]), None, "another policy's");
+        assert_eq!(decode::<Context>(b""), None);
+    }
+}

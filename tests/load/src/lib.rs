@@ -97,6 +97,24 @@ pub struct Args {
     /// viewer-to-viewer connections, which real viewers make on machines of their own.
     #[arg(long)]
     pub isolated: bool,
+    /// More viewers that, once they meet a peer with segments, send it a command in
+    /// chunks that never ends.
+    #[arg(long, default_value_t = 0)]
+    pub hostile_endless: usize,
+    /// More viewers that, once they meet a peer with segments, ask it for segments as fast
+    /// as they can.
+    #[arg(long, default_value_t = 0)]
+    pub hostile_flood: usize,
+}
+
+/// How a viewer behaves once it meets a peer with segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Viewer,
+    /// Sends a command in 60 KB chunks, one every 10 ms, that never ends.
+    EndlessCommand,
+    /// Sends segment requests, 20 every 10 ms.
+    RequestFlood,
 }
 
 /// Offers per announce, and peers asked for, as the library's tracker client sends them.
@@ -133,6 +151,11 @@ struct Seen {
     served: u64,
     /// Offers the tracker relayed to this viewer, by the peer that made them.
     offers_from: HashMap<String, u64>,
+    /// When each segment arrived whole, in seconds from the start of the run.
+    completed_at: Vec<f64>,
+    role: Option<Role>,
+    /// A misbehaving viewer's connection was closed by the peer it misbehaved with.
+    closed_for_it: bool,
 }
 
 /// A segment as the origin has it.
@@ -163,18 +186,24 @@ pub async fn run_until(
         let _ = end.send(Instant::now());
     });
     let args = Arc::new(args);
-    let peer_ids: Arc<Vec<String>> =
-        Arc::new((0..args.viewers).map(|_| random_peer_id()).collect());
+    let everyone = args.viewers + args.hostile_endless + args.hostile_flood;
+    let peer_ids: Arc<Vec<String>> = Arc::new((0..everyone).map(|_| random_peer_id()).collect());
     let mut viewers = Vec::new();
-    for index in 0..args.viewers {
+    for index in 0..everyone {
+        let role = match index {
+            i if i < args.viewers => Role::Viewer,
+            i if i < args.viewers + args.hostile_endless => Role::EndlessCommand,
+            _ => Role::RequestFlood,
+        };
         if *deadline.borrow() <= Instant::now() {
             break;
         }
         let (shared, origin, deadline) = (args.clone(), origin.clone(), deadline.clone());
         let swarm = peer_ids.clone();
         viewers.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
+            let mut seen = Seen { role: Some(role), ..Seen::default() };
             let mut viewer = Viewer::new(index, shared, origin, swarm, started, deadline);
+            viewer.role = role;
             if let Err(e) = viewer.watch(&mut seen).await {
                 seen.failures.push(format!("{e:#}"));
             }
@@ -189,6 +218,17 @@ pub async fn run_until(
             failures: vec![format!("viewer task failed: {e}")],
             ..Seen::default()
         }));
+    }
+    let (hostile, all): (Vec<Seen>, Vec<Seen>) =
+        all.into_iter().partition(|s| s.role.is_some_and(|r| r != Role::Viewer));
+    // Segments completed in each second of the run, for looking at a moment (a swap).
+    let mut per_second: Vec<u64> = Vec::new();
+    for at in all.iter().flat_map(|s| &s.completed_at) {
+        let second = *at as usize;
+        if per_second.len() <= second {
+            per_second.resize(second + 1, 0);
+        }
+        per_second[second] += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut latencies: Vec<f64> = all.iter().flat_map(|s| s.latencies_ms.iter().copied()).collect();
@@ -222,6 +262,9 @@ pub async fn run_until(
         "answers_sent": all.iter().map(|s| s.answers_sent).sum::<u64>(),
         "served_to_viewers": all.iter().map(|s| s.served).sum::<u64>(),
         "offers_received_from": offers_from,
+        "segments_per_second": per_second,
+        "hostile": hostile.len(),
+        "hostile_closed": hostile.iter().filter(|s| s.closed_for_it).count(),
         "failures": all.iter().map(|s| s.failures.len()).sum::<usize>(),
         "dropped": all.iter().filter(|s| s.dropped).count(),
         "failure_reasons": reasons,
@@ -328,6 +371,9 @@ struct Viewer {
     /// What it got (for `--share`).
     have: BTreeSet<i64>,
     rng: rand::rngs::SmallRng,
+    role: Role,
+    /// The connection a hostile viewer misbehaves on.
+    misbehaving_on: Option<u64>,
 }
 
 impl Viewer {
@@ -360,6 +406,8 @@ impl Viewer {
             cursor: index,
             have: BTreeSet::new(),
             rng,
+            role: Role::Viewer,
+            misbehaving_on: None,
         }
     }
 
@@ -384,11 +432,20 @@ impl Viewer {
             if now >= deadline && self.asked.is_none() {
                 break;
             }
-            if now < deadline && self.asked.is_none() && now >= next_request {
+            if self.role == Role::Viewer
+                && now < deadline
+                && self.asked.is_none()
+                && now >= next_request
+            {
                 self.ask(now);
-                if self.asked.is_some() {
-                    let pace = Duration::from_millis(self.args.pace_ms);
-                    next_request = now + pace;
+                // A paced viewer keeps its own rhythm: the next request one pace after
+                // this slot, or, if it had nobody to ask, at its next slot (so viewers
+                // that met their peer at the same moment still ask at different ones).
+                let pace = Duration::from_millis(self.args.pace_ms);
+                if !pace.is_zero() {
+                    while next_request <= now {
+                        next_request += pace;
+                    }
                 }
             }
             // What is due is done here, whichever branch woke the loop.
@@ -432,7 +489,7 @@ impl Viewer {
         }
         let _ = self.announce(&mut tracker, Some("stopped"), seen).await;
         let _ = tracker.close(None).await;
-        if !seen.connected {
+        if !seen.connected && self.role == Role::Viewer {
             seen.failures.push("never met a peer with segments".into());
         }
         Ok(())
@@ -573,6 +630,13 @@ impl Viewer {
                         seen.connected = true;
                         seen.connect_ms = Some(joined.elapsed().as_secs_f64() * 1e3);
                     }
+                    if !state.has.is_empty()
+                        && self.role != Role::Viewer
+                        && self.misbehaving_on.is_none()
+                    {
+                        self.misbehaving_on = Some(link);
+                        let _ = state.commands.send(ToLink::Misbehave(self.role));
+                    }
                 }
             }
             FromLink::Fetched { id, outcome } => {
@@ -581,6 +645,7 @@ impl Viewer {
                 };
                 match outcome {
                     Ok(bytes) => {
+                        seen.completed_at.push(self.started.elapsed().as_secs_f64());
                         seen.segments += 1;
                         seen.bytes += bytes as u64;
                         seen.latencies_ms.push(asked.at.elapsed().as_secs_f64() * 1e3);
@@ -603,6 +668,9 @@ impl Viewer {
                 let _ = state.commands.send(ToLink::Serve { id, request, bytes });
             }
             FromLink::Closed(reason) => {
+                if self.misbehaving_on == Some(link) {
+                    seen.closed_for_it = true;
+                }
                 if let Some(state) = self.links.remove(&link)
                     && let Some(remote) = state.remote
                 {
@@ -685,6 +753,8 @@ impl Viewer {
             channel: None,
             joiner: wire::Joiner::default(),
             fetching: None,
+            misbehaving: None,
+            chunks_sent: 0,
         };
         tokio::spawn(driver.run());
         self.links.insert(
@@ -711,6 +781,8 @@ enum ToLink {
         bytes: Option<Bytes>,
     },
     Announce(Vec<i64>),
+    /// Misbehave on this connection until it closes.
+    Misbehave(Role),
     Close,
 }
 
@@ -753,6 +825,9 @@ struct LinkDriver {
     channel: Option<rtc::data_channel::RTCDataChannelId>,
     joiner: wire::Joiner,
     fetching: Option<Fetching>,
+    misbehaving: Option<Role>,
+    /// Chunks of the endless command sent so far.
+    chunks_sent: u64,
 }
 
 impl LinkDriver {
@@ -769,7 +844,8 @@ impl LinkDriver {
         loop {
             self.flush();
             let patience = self.fetching.as_ref().map(|f| f.last_progress + SEGMENT_PATIENCE);
-            let wake = [self.connection.poll_timeout(), patience]
+            let mischief = self.misbehaving.map(|_| Instant::now() + Duration::from_millis(10));
+            let wake = [self.connection.poll_timeout(), patience, mischief]
                 .into_iter()
                 .flatten()
                 .min()
@@ -788,6 +864,7 @@ impl LinkDriver {
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let _ = self.connection.handle_timeout(Instant::now());
+                    self.misbehave()?;
                     if let Some(f) = self.fetching.take_if(|f| f.last_progress.elapsed() >= SEGMENT_PATIENCE) {
                         // As the library does: the request is cancelled, and bytes of it
                         // still on their way are ignored (they come before the next
@@ -837,7 +914,32 @@ impl LinkDriver {
             ToLink::Announce(loaded) => {
                 self.send(&PeerCommand::SegmentsAnnouncement { loaded, loading: vec![] })?;
             }
+            ToLink::Misbehave(role) => self.misbehaving = Some(role),
             ToLink::Close => {}
+        }
+        Ok(())
+    }
+
+    /// One round of a hostile viewer's mischief.
+    fn misbehave(&mut self) -> anyhow::Result<()> {
+        match self.misbehaving {
+            Some(Role::EndlessCommand) => {
+                // The first chunk of a command, then continuations, never the last.
+                let mut chunk =
+                    if self.chunks_sent == 0 { b"cstr".to_vec() } else { b"dstr".to_vec() };
+                chunk.resize(60_000, 0);
+                chunk.extend_from_slice(b"dend");
+                self.send_raw(&chunk)?;
+                self.chunks_sent += 1;
+            }
+            Some(Role::RequestFlood) => {
+                for n in 0..20 {
+                    let request =
+                        PeerCommand::SegmentRequest { id: n % 3, request: n, byte_from: None };
+                    self.send(&request)?;
+                }
+            }
+            Some(Role::Viewer) | None => {}
         }
         Ok(())
     }
