@@ -33,10 +33,8 @@ struct Pml {
 
 impl Policy for Pml {
     fn describe() -> PolicyInfo {
-        let version = env!("CARGO_PKG_VERSION");
-        #[cfg(feature = "faulty")]
-        let version = format!("{version}-faulty");
-        PolicyInfo { name: "pml".into(), version: version.into() }
+        let suffix = if cfg!(feature = "faulty") { "-faulty" } else { "" };
+        PolicyInfo { name: "pml".into(), version: format!("{}{suffix}", env!("CARGO_PKG_VERSION")) }
     }
 
     fn init(config: SeedConfig, prior: Option<Vec<u8>>, state: HostState) -> Result<Self, String> {
@@ -97,7 +95,13 @@ mod faulty {
                 .find(|(key, _)| key == "faultAfterMs")
                 .and_then(|(_, value)| value.trim().parse().ok());
             let armed = prior.is_some_and(|p| p.ends_with(ARMED));
-            Fault { after_ms, started_ms: None, armed, armed_here: false, snapshotted: Cell::new(false) }
+            Fault {
+                after_ms,
+                started_ms: None,
+                armed,
+                armed_here: false,
+                snapshotted: Cell::new(false),
+            }
         }
 
         pub fn check(&mut self, now_ms: u64) {
