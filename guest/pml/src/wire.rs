@@ -23,7 +23,7 @@ const SIMILAR_INT_ARRAY: u8 = 1;
 const STRING: u8 = 2;
 
 /// Most ids one similar-int group may carry: its count is one byte, and the reference
-/// decoder reads a count of 256 as 0.
+/// decoder reads a count of 256 as 0 (we read it as 256, which is what it means).
 const GROUP_MAX: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +319,12 @@ fn read_similar_int_array(bytes: &[u8]) -> Result<(Vec<i64>, usize), WireError> 
     for _ in 0..groups {
         let (common_with_len, used) = read_int(bytes.get(offset..).ok_or(WireError::Truncated)?)?;
         offset += used;
-        let count = (common_with_len & 0xff) as usize;
+        // The reference encoder writes a group of 256 ids with a count of 0 (the count's
+        // byte wraps); no encoder writes an empty group, so 0 can only mean 256.
+        let count = match common_with_len & 0xff {
+            0 => 256,
+            n => n as usize,
+        };
         let common = common_with_len & !0xff;
         let low = bytes.get(offset..offset + count).ok_or(WireError::Truncated)?;
         values.extend(low.iter().map(|b| common | i64::from(*b)));
@@ -449,6 +454,25 @@ mod tests {
         let body =
             Joiner::default().push(&encode(&command, MAX_MESSAGE).unwrap()[0]).unwrap().unwrap();
         assert_eq!(decode(&body).unwrap(), command);
+    }
+
+    #[test]
+    fn a_block_of_256_ids_as_the_reference_writes_it_decodes() {
+        // p2p-media-loader-core 2.3.1 (and 2.2.2): announce loaded 0..260, loading 300.
+        // Its count byte wraps to 0 for the full block; a viewer that has 256 segments of
+        // one block sends exactly this.
+        let mut expected = String::from("63737472006c10020100");
+        expected.extend((0..=255u8).map(|b| format!("{b:02x}")));
+        expected.push_str("020104000102037010010201012c63656e64");
+        let message: Vec<u8> = (0..expected.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&expected[i..i + 2], 16).unwrap())
+            .collect();
+        let body = Joiner::default().push(&message).unwrap().unwrap();
+        assert_eq!(
+            decode(&body).unwrap(),
+            PeerCommand::SegmentsAnnouncement { loaded: (0..260).collect(), loading: vec![300] }
+        );
     }
 
     #[test]
