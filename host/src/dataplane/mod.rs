@@ -262,6 +262,7 @@ impl DataPlane {
             },
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
+                tracing::debug!(peer = c.peer, reason = %c.reason, "policy closed a peer");
                 self.rtc.close(c.peer);
                 Vec::new()
             }

@@ -397,6 +397,7 @@ impl Rtc {
     /// Closes a connection for a reason of ours and reports it closed.
     fn drop_peer(&mut self, peer: PeerId, reason: String) -> Vec<Event> {
         let Some(mut state) = self.peers.remove(&peer) else { return Vec::new() };
+        tracing::debug!(peer, %reason, "peer connection closed");
         let mut events = Vec::new();
         for item in state.queue.drain(..) {
             if let Outgoing::Serve { handle, sent, .. } = item {
