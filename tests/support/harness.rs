@@ -5,10 +5,10 @@
 // Each test binary uses only part of this file.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek as _, SeekFrom, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -560,4 +560,145 @@ pub fn export_default_policy(dir: &Path) -> Vec<u8> {
 pub fn channel_of(manifest: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(manifest)
+}
+
+/// `node swarm.mjs`: the viewers, watching until dropped (or [`Swarm::finish`]).
+pub struct Swarm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    latest: Arc<Mutex<Option<Value>>>,
+    summary: Arc<Mutex<Option<Value>>>,
+}
+
+impl Swarm {
+    pub fn start(page: &str) -> Swarm {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/swarm.mjs");
+        assert!(Path::new("/usr/bin/chromium").exists(), "Chromium is missing: `just system-deps`");
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(["--page", page])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take().unwrap());
+        let (latest, summary) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+        let (ticks, end) = (latest.clone(), summary.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let message: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                match message["type"].as_str() {
+                    Some("tick") => *ticks.lock().unwrap() = Some(message["viewers"].clone()),
+                    Some("summary") => *end.lock().unwrap() = Some(message),
+                    _ => {}
+                }
+            }
+        });
+        Swarm { child, stdin, latest, summary }
+    }
+
+    /// Waits until the viewers' latest state satisfies `done`, within `patience`;
+    /// returns that state, or panics with it.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        patience: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let latest = self.latest.lock().unwrap().clone();
+            if let Some(Value::Array(viewers)) = &latest
+                && done(viewers)
+            {
+                return viewers.clone();
+            }
+            assert!(self.child_alive(), "the swarm driver exited; last state: {latest:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last state: {latest:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The viewers' latest state (empty before the first tick).
+    pub fn latest(&self) -> Vec<Value> {
+        match self.latest.lock().unwrap().clone() {
+            Some(Value::Array(viewers)) => viewers,
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn child_alive(&self) -> bool {
+        alive(self.child.id())
+    }
+
+    /// Stops the viewers and returns what each saw.
+    pub fn finish(mut self) -> Value {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the swarm driver failed: {status}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(summary) = self.summary.lock().unwrap().take() {
+                return summary;
+            }
+            assert!(Instant::now() < deadline, "the swarm driver printed no summary");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal("TERM", self.child.id());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The bytes a segment key names: a whole file, or `file|first-last` of it.
+pub fn origin_bytes(media: &Path, origin: &str, key: &str) -> Vec<u8> {
+    let (url, range) = match key.split_once('|') {
+        Some((url, range)) => (url, Some(range)),
+        None => (key, None),
+    };
+    let path = media.join(url.strip_prefix(origin).unwrap().trim_start_matches('/'));
+    let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    match range.and_then(|r| r.split_once('-')) {
+        None => {
+            let mut all = Vec::new();
+            file.read_to_end(&mut all).unwrap();
+            all
+        }
+        Some((first, last)) => {
+            let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
+            let mut part = vec![0; (last - first + 1) as usize];
+            file.seek(SeekFrom::Start(first)).unwrap();
+            file.read_exact(&mut part).unwrap();
+            part
+        }
+    }
+}
+
+/// Every segment each viewer got over P2P, and every fragment it played, is the
+/// origin's, byte for byte; returns how many P2P segments were checked.
+pub fn assert_all_from_origin(summary: &Value, media: &Path, origin: &str) -> usize {
+    let mut checked = 0;
+    for (index, viewer) in summary["viewers"].as_array().unwrap().iter().enumerate() {
+        for what in ["p2pHashes", "playedHashes"] {
+            for (key, hash) in viewer[what].as_object().unwrap() {
+                use sha2::{Digest, Sha256};
+                let expected: String = Sha256::digest(origin_bytes(media, origin, key))
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(hash.as_str().unwrap(), expected, "viewer {index}: {what} {key}");
+                checked += usize::from(what == "p2pHashes");
+            }
+        }
+    }
+    checked
 }

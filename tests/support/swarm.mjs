@@ -66,6 +66,8 @@ await Promise.all(
 const states = await Promise.all(viewers.map((f) => f.evaluate(() => ({
   ...window.viewerTick(),
   loaded: window.viewer.loaded,
+  closed: window.viewer.closed,
+  p2pDownloads: window.viewer.p2pDownloads,
   p2pHashes: window.viewer.p2pHashes,
   playedHashes: window.viewer.playedHashes,
 }))))

@@ -1,0 +1,185 @@
+//! Viewers stay served across a hot swap, a policy fault and a restart from a snapshot.
+//! A real viewer (unmodified hls.js + p2p-media-loader 2.3.1 in headless Chromium) plays
+//! an ffmpeg-made VOD stream mostly over P2P from superpeer while the policy is replaced
+//! under it: by itself again, by another version, by that version faulting (a test
+//! build of the default policy that panics once, on demand, so the host restarts it
+//! from its snapshot), and by the default policy again. After each, P2P continues
+//! within a second, on the same connection, with no stall, and every byte is the
+//! origin's.
+//!
+//! Needs Chromium and ffmpeg (`just system-deps`) and the npm packages in
+//! `tests/support` (`just node-deps`).
+
+// Helpers panic on purpose: a broken fixture should fail the test that uses it.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::*;
+
+/// How soon after a swap or a fault the viewer must get P2P bytes from superpeer again.
+const CONTINUES_WITHIN_MS: u64 = 1000;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The bytes the viewer got from superpeer so far.
+fn from_superpeer(viewers: &[Value], ids: &BTreeSet<String>) -> u64 {
+    viewers[0]["p2pFrom"]
+        .as_object()
+        .map(|from| {
+            from.iter().filter(|(id, _)| ids.contains(*id)).filter_map(|(_, b)| b.as_u64()).sum()
+        })
+        .unwrap_or(0)
+}
+
+fn the_worker(master: &Superpeer) -> Value {
+    let stats = master.stats();
+    stats["workers"].as_object().unwrap().values().next().cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_viewer_is_served_on_its_connection_across_swaps_a_fault_and_a_restart() {
+    let dir = data_dir("continuity");
+    let media = dir.join("media");
+    let origin = HlsOrigin::start_with(
+        &media,
+        "vod",
+        &["--seconds", "1200", "--size", "160x90", "--video-bitrate", "100k"],
+    );
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    // The test build faults 3 s after it starts; the default policy ignores the setting.
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{
+            "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url,
+            "settings": {"faultAfterMs": 3000},
+        }]}),
+    );
+    master.wait_for("the worker in the swarm", |s| {
+        s["workers"].as_object().unwrap().values().any(|w| w["segments"].as_u64() >= Some(1))
+    });
+    let page = format!(
+        "{}/swarm.html?viewers=2.3&manifest={}&trackers={}&highDemand=4&p2pWindow=40&httpWindow=40&buffer=20",
+        origin.url,
+        percent_encode(&origin.manifest),
+        percent_encode(&tracker.url),
+    );
+    let swarm = Swarm::start(&page);
+    let ids: BTreeSet<String> = logged_peer_ids(&master.log.lock().unwrap()).into_iter().collect();
+    swarm.wait_until("the viewer served by superpeer", Duration::from_secs(90), |v| {
+        v[0]["played"].as_f64() >= Some(6.0) && from_superpeer(v, &ids) > 0
+    });
+
+    // Waits until superpeer has sent the viewer two more segments' worth since now.
+    let more = |what: &str| {
+        let base = from_superpeer(&swarm.latest(), &ids);
+        swarm
+            .wait_until(what, Duration::from_secs(30), |v| from_superpeer(v, &ids) > base + 50_000);
+    };
+    let default = export_default_policy(&dir);
+    let faulty =
+        std::fs::read(format!("{}/superpeer_test_pml_faulty.wasm", env!("SUPERPEER_GUEST_DIR")))
+            .unwrap();
+    let mut moments: Vec<(&str, u64)> = Vec::new();
+    for (what, policy) in [("the default policy again", &default), ("another version", &faulty)] {
+        let at = now_ms();
+        let (status, answer) = master.request("POST", "/policy", policy);
+        assert_eq!(status, 200, "{what}: {answer}");
+        moments.push((what, at));
+        more(what);
+    }
+    // That version faults once, 3 s after it started, and is restarted from its snapshot.
+    master.wait_for("the fault", |s| {
+        s["workers"].as_object().unwrap().values().any(|w| w["policyStats"]["faults"] == 1)
+    });
+    moments.push(("a fault and a restart", now_ms()));
+    more("after the restart");
+    let at = now_ms();
+    let (status, answer) = master.request("POST", "/policy", &default);
+    assert_eq!(status, 200, "{answer}");
+    moments.push(("back to the default policy", at));
+    more("after the last swap");
+
+    let summary = swarm.finish();
+    let viewer = &summary["viewers"][0];
+    assert_eq!(viewer["failed"], Value::Null, "{viewer:#}");
+    assert_eq!(viewer["stalls"], 0, "the picture stopped");
+    // One connection to superpeer, never closed.
+    let connected: Vec<&str> = viewer["everConnected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|id| ids.contains(*id))
+        .collect();
+    assert_eq!(connected.len(), 1, "{:#}", viewer["everConnected"]);
+    let closed: Vec<&Value> = viewer["closed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| ids.contains(c["peer"].as_str().unwrap_or("")))
+        .collect();
+    assert!(closed.is_empty(), "the connection to superpeer closed: {closed:?}");
+    // Every P2P download from superpeer, those under way at a swap or at the fault
+    // included, was served, each within a second of asking.
+    let downloads: Vec<&Value> = viewer["p2pDownloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| ids.contains(d["peer"].as_str().unwrap_or("")))
+        .collect();
+    let ended: Vec<&&Value> = downloads.iter().filter(|d| !d["outcome"].is_null()).collect();
+    let unserved: Vec<&&Value> =
+        ended.iter().filter(|d| d["outcome"] != "loaded").copied().collect();
+    assert!(unserved.is_empty(), "P2P downloads from superpeer not served: {unserved:#?}");
+    let took = |d: &Value| d["ended"].as_u64().unwrap() - d["started"].as_u64().unwrap();
+    let slow: Vec<&&Value> =
+        ended.iter().filter(|d| took(d) > CONTINUES_WITHIN_MS).copied().collect();
+    assert!(slow.is_empty(), "P2P downloads slower than {CONTINUES_WITHIN_MS} ms: {slow:#?}");
+    // And the viewer kept asking across each moment: a download under way at it, or one
+    // started soon after, shows that service went on rather than that nothing was asked.
+    for (what, at) in &moments {
+        let around: Vec<u64> = ended
+            .iter()
+            .filter(|d| {
+                let (started, finished) =
+                    (d["started"].as_u64().unwrap(), d["ended"].as_u64().unwrap());
+                finished >= *at && started <= at + 5_000
+            })
+            .map(|d| took(d))
+            .collect();
+        eprintln!(
+            "{what}: {} downloads from superpeer around it, slowest {:?} ms",
+            around.len(),
+            around.iter().max()
+        );
+        assert!(!around.is_empty(), "no P2P download from superpeer around {what}");
+    }
+    let checked = assert_all_from_origin(&summary, &media, &origin.url);
+    assert!(checked > 10, "{checked} P2P segments checked");
+
+    let worker = the_worker(&master);
+    let stats = &worker["policyStats"];
+    assert_eq!(
+        (stats["swaps"].clone(), stats["faults"].clone(), stats["rollbacks"].clone()),
+        (json!(3), json!(1), json!(0)),
+        "{stats:#}"
+    );
+    assert_eq!(worker["policy"]["version"], default_version(&master));
+    master.stop();
+}
+
+/// The default policy's version, as the master reports it.
+fn default_version(master: &Superpeer) -> Value {
+    master.ok("GET", "/policy", Value::Null)["policy"]["version"].clone()
+}
