@@ -13,8 +13,8 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
 use superpeer::policy::wire::{
-    CacheTier, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend, SegmentSent,
-    ServeSegment,
+    CacheTier, CancelServe, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend,
+    SegmentSent, ServeSegment,
 };
 use tokio::sync::mpsc;
 use viewer::Viewer;
@@ -110,20 +110,48 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     })
     .await;
 
-    // A segment, streamed in DataChannel messages, byte for byte.
+    // A segment, streamed in DataChannel messages, byte for byte, then its trailer.
     viewer.received.clear();
-    let serve =
-        Command::ServeSegment(ServeSegment { peer: 1, handle, offset: 1000, chunk_size: 16_384 });
+    let serve = Command::ServeSegment(ServeSegment {
+        peer: 1,
+        handle,
+        offset: 1000,
+        chunk_size: 16_384,
+        trailer: b"the end".to_vec(),
+    });
     seen.extend(plane.carry_out(serve));
     let complete =
         Event::SegmentSent(SegmentSent { peer: 1, handle, bytes: 299_000, complete: true });
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
-        seen.contains(&complete) && v.received.iter().map(Vec::len).sum::<usize>() == 299_000
+        seen.contains(&complete) && v.received.last().is_some_and(|m| m == b"the end")
     })
     .await;
-    assert!(viewer.received.iter().all(|m| m.len() <= 16_384));
-    assert_eq!(viewer.received.concat(), segment[1000..]);
-    assert_eq!(plane.uploaded(), 299_000);
+    let (trailer, bytes) = viewer.received.split_last().unwrap();
+    assert_eq!(trailer, b"the end");
+    assert!(bytes.iter().all(|m| m.len() <= 16_384));
+    assert_eq!(bytes.concat(), segment[1000..]);
+
+    // A serve cancelled before its last byte sends no trailer: what follows it does.
+    viewer.received.clear();
+    let serve = Command::ServeSegment(ServeSegment {
+        peer: 1,
+        handle,
+        offset: 0,
+        chunk_size: 16_384,
+        trailer: b"the end".to_vec(),
+    });
+    seen.extend(plane.carry_out(serve));
+    seen.extend(plane.carry_out(Command::CancelServe(CancelServe { peer: 1, handle })));
+    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"next".to_vec() })));
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
+        v.received.last().is_some_and(|m| m == b"next")
+    })
+    .await;
+    assert!(!viewer.received.iter().any(|m| m == b"the end"));
+    let partial: usize =
+        viewer.received.iter().filter(|m| m.as_slice() != b"next").map(Vec::len).sum();
+    assert!(partial < 300_000, "cancelled before its last byte");
+    assert_eq!(plane.uploaded(), 299_000 + partial as u64);
 }
 
 #[tokio::test]

@@ -38,7 +38,9 @@ impl Superpeer {
             .arg(data_dir)
             .arg("--env-file")
             .arg(data_dir.join("absent.env"))
-            .env("RUST_LOG", "info")
+            // SUPERPEER_TEST_LOG=debug shows more when a test is being looked into; the
+            // tests read only lines logged at info.
+            .env("RUST_LOG", std::env::var("SUPERPEER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("SUPERPEER_LOG_FORMAT", "text")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -142,6 +144,16 @@ impl Superpeer {
 
     /// SIGTERM, then wait for a clean exit: every worker stopped when asked, none had
     /// to be killed.
+    /// After a failure: the whole log goes to a file that outlives the test, and its end
+    /// to stderr.
+    fn keep_log(&self) {
+        let Ok(log) = self.log.lock() else { return };
+        let file = std::env::temp_dir().join(format!("superpeer-{}.log", self.child.id()));
+        let _ = std::fs::write(&file, log.join("\n"));
+        let tail = &log[log.len().saturating_sub(40)..];
+        eprintln!("superpeer's log is in {}; it ends:\n{}", file.display(), tail.join("\n"));
+    }
+
     pub fn stop(mut self) {
         signal("TERM", self.pid());
         let deadline = Instant::now() + PATIENCE;
@@ -162,6 +174,9 @@ impl Superpeer {
 
 impl Drop for Superpeer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_log();
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             signal("TERM", self.child.id());
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -261,6 +261,10 @@ mod tests {
         answered: u64,
         /// Peers open before a hot swap: the new instance must close none of them.
         kept: BTreeSet<u64>,
+        /// Serves under way: (peer, handle, trailer), done in a later step.
+        serves: Vec<(u64, u64, Vec<u8>)>,
+        /// Requests a connected viewer gave up on (no end in 2 s): a viewer left waiting.
+        gave_up: u64,
     }
 
     impl World {
@@ -287,6 +291,8 @@ mod tests {
                 requests: 0,
                 answered: 0,
                 kept: BTreeSet::new(),
+                serves: Vec::new(),
+                gave_up: 0,
             }
         }
 
@@ -412,25 +418,22 @@ mod tests {
                             _ => {}
                         }
                     }
+                    // The bytes and the trailer go out over the next steps.
                     Command::ServeSegment(s) => {
                         if let Some(entry) = self.peers.get_mut(&s.peer)
                             && entry.0
                             && self.segments.contains_key(&s.handle)
                         {
                             entry.1.insert(s.handle);
-                            let bytes = self.segments[&s.handle].size - s.offset;
-                            self.events.push(Event::SegmentSent(SegmentSent {
-                                peer: s.peer,
-                                handle: s.handle,
-                                bytes,
-                                complete: true,
-                            }));
+                            self.serves.push((s.peer, s.handle, s.trailer));
                         }
                     }
                     Command::CancelServe(c) => {
                         if let Some(entry) = self.peers.get_mut(&c.peer) {
                             entry.1.remove(&c.handle);
                         }
+                        self.serves
+                            .retain(|(peer, handle, _)| (*peer, *handle) != (c.peer, c.handle));
                     }
                     Command::PeerClose(c) => {
                         assert!(
@@ -546,6 +549,31 @@ mod tests {
         for t in world.trackers.values_mut() {
             *t = true;
         }
+        // Serves end: the trailer reaches the viewer after the bytes, and the policy hears.
+        let serves = std::mem::take(&mut world.serves);
+        for (peer, handle, trailer) in serves {
+            if !world.rng.chance(80) {
+                world.serves.push((peer, handle, trailer));
+                continue;
+            }
+            let Some(entry) = world.peers.get_mut(&peer) else { continue };
+            entry.1.remove(&handle);
+            if let Some(v) = entry.2
+                && let Ok(Some(body)) = wire::Joiner::default().push(&trailer)
+                && let Ok(PeerCommand::SegmentDataSendingCompleted { id, request }) =
+                    wire::decode(&body)
+                && world.viewers[v].asking == Some((id, request))
+            {
+                world.viewers[v].asking = None;
+            }
+            let bytes = world.segments.get(&handle).map_or(0, |s| s.size);
+            world.events.push(Event::SegmentSent(SegmentSent {
+                peer,
+                handle,
+                bytes,
+                complete: true,
+            }));
+        }
         // The tracker hands a waiting offer of ours to a viewer not connected: it answers.
         if let Some(info_hash) = world.info_hash.clone()
             && !world.offers.is_empty()
@@ -566,6 +594,7 @@ mod tests {
         for v in 0..VIEWERS {
             if world.viewers[v].asking.is_some() && world.now >= world.viewers[v].asked_at + 2000 {
                 world.viewers[v].asking = None;
+                world.gave_up += 1;
             }
             let viewer = &world.viewers[v];
             match (viewer.peer, viewer.open) {
@@ -675,17 +704,13 @@ mod tests {
                     world.events.insert(0, Event::Started);
                     fresh = true;
                 } else if roll < 4 {
-                    // A fault: this turn's events are lost; a new instance starts from the
-                    // last periodic snapshot (or none) and the host's state.
+                    // A fault on this turn's events: a new instance starts from the last
+                    // periodic snapshot (or none) and the host's state, and the host hands
+                    // it the events again.
                     faults += 1;
-                    world.events.clear();
-                    for (v, _, _) in &asked {
-                        world.viewers[*v].asking = None;
-                    }
-                    asked.clear();
                     let prior = last_snapshot.as_ref().map(|(_, s)| s.as_slice());
                     instance = Instance::init(&config, prior, &world.state(), random()).unwrap();
-                    world.events.push(Event::Started);
+                    world.events.insert(0, Event::Started);
                     fresh = true;
                 }
                 let events = std::mem::take(&mut world.events);
@@ -697,6 +722,7 @@ mod tests {
                 }
             }
             answered += world.answered;
+            assert_eq!(world.gave_up, 0, "seed {seed}: viewers were left waiting");
             assert!(
                 world.viewers.iter().any(|v| v.peer.is_some()),
                 "seed {seed}: nobody connected at the end"

@@ -169,6 +169,17 @@ fn send(peer: PeerId, command: &PeerCommand, out: &mut Vec<Command>) {
     }
 }
 
+/// A small command in the one message it always fits in.
+fn one_message(command: &PeerCommand) -> Vec<u8> {
+    match wire::encode(command, wire::MAX_MESSAGE) {
+        Ok(mut messages) if messages.len() == 1 => messages.remove(0),
+        _ => {
+            log(&format!("cannot encode {command:?} in one message"));
+            Vec::new()
+        }
+    }
+}
+
 /// What a stream has, as viewers see it: stored segments are loaded; those being
 /// fetched are "loading over HTTP".
 fn announcement(stream: &Stream) -> PeerCommand {
@@ -629,15 +640,8 @@ impl Seeder {
             }
             Event::PeerMessage(message) => self.on_peer_message(message.peer, &message.data, out),
             Event::SegmentSent(sent) => {
-                let Some(viewer) = self.peers.get_mut(&sent.peer) else { return };
-                if let Some(serving) = viewer.serving.take_if(|s| s.handle == sent.handle)
-                    && sent.complete
-                {
-                    let done = PeerCommand::SegmentDataSendingCompleted {
-                        id: serving.id,
-                        request: serving.request,
-                    };
-                    send(sent.peer, &done, out);
+                if let Some(viewer) = self.peers.get_mut(&sent.peer) {
+                    viewer.serving.take_if(|s| s.handle == sent.handle);
                 }
             }
             _ => {}
@@ -1143,11 +1147,16 @@ impl Seeder {
                         let header =
                             PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
                         send(peer, &header, out);
+                        // The end-of-segment command goes with the bytes: sent by the
+                        // host after the last one, it reaches the viewer even if the
+                        // instance that hears the serve ended is another one.
+                        let done = PeerCommand::SegmentDataSendingCompleted { id, request };
                         out.push(Command::ServeSegment(superpeer_guest::ServeSegment {
                             peer,
                             handle: *handle,
                             offset,
                             chunk_size: wire::MAX_MESSAGE as u32,
+                            trailer: one_message(&done),
                         }));
                         viewer.serving = Some(Serving { id, request, handle: *handle });
                     }
@@ -1753,26 +1762,29 @@ b.m3u8
         let request = PeerCommand::SegmentRequest { id: 101, request: 5, byte_from: Some(4) };
         seeder.handle(&message(peer, &request), &[7], &mut random(), &mut out);
         assert_eq!(sent(&out), [PeerCommand::SegmentData { id: 101, request: 5, size: 6 }]);
+        let done = PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 };
         assert_eq!(
             out.last(),
             Some(&Command::ServeSegment(superpeer_guest::ServeSegment {
                 peer,
                 handle: 51,
                 offset: 4,
-                chunk_size: 65535
+                chunk_size: 65535,
+                trailer: wire::encode(&done, wire::MAX_MESSAGE).unwrap().remove(0),
             })),
-            "the bytes follow the header, from the offset asked for"
+            "the bytes follow the header, from the offset asked for, and the end follows them"
         );
 
+        // The host says when the bytes are out; the end went with them.
         out.clear();
-        let done = Event::SegmentSent(superpeer_guest::SegmentSent {
+        let sent_all = Event::SegmentSent(superpeer_guest::SegmentSent {
             peer,
             handle: 51,
             bytes: 6,
             complete: true,
         });
-        seeder.handle(&done, &[7], &mut random(), &mut out);
-        assert_eq!(sent(&out), [PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 }]);
+        seeder.handle(&sent_all, &[7], &mut random(), &mut out);
+        assert!(sent(&out).is_empty());
 
         out.clear();
         let missing = PeerCommand::SegmentRequest { id: 999, request: 6, byte_from: None };

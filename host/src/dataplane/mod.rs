@@ -179,6 +179,7 @@ impl DataPlane {
     /// Carries out one admitted command; returns the events it causes at once.
     pub fn carry_out(&mut self, command: Command) -> Vec<Event> {
         let now = Instant::now();
+        tracing::trace!(?command, "carry out");
         let events = match command {
             Command::TrackerConnect(c) => {
                 let tracker = tracker::spawn(c.conn, c.url, self.events.clone(), &self.limits);
@@ -248,7 +249,17 @@ impl DataPlane {
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
             Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
             Command::ServeSegment(s) => match self.segment_bytes(s.handle) {
-                Ok(bytes) => self.rtc.serve(s.peer, s.handle, bytes, s.offset, s.chunk_size, now),
+                Ok(bytes) => self.rtc.serve(
+                    s.peer,
+                    webrtc::Serve {
+                        handle: s.handle,
+                        bytes,
+                        offset: s.offset,
+                        chunk: s.chunk_size,
+                        trailer: s.trailer,
+                    },
+                    now,
+                ),
                 Err(gone) => {
                     let mut events = vec![Event::SegmentSent(SegmentSent {
                         peer: s.peer,

@@ -5,7 +5,9 @@
 //! once per turn and wakes up by [`PolicyRunner::next_wakeup`]. It must never carry out
 //! a command itself (that is the worker's job) and never let a fault escape: after a
 //! fault the instance is discarded, restarted from the last snapshot with back-off,
-//! and after repeated faults the previous policy version takes over.
+//! and after repeated faults the previous policy version takes over. The events of the
+//! call that faulted are handed to the next instance once more: a viewer's request
+//! among them would otherwise never be answered.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -29,8 +31,10 @@ pub struct PolicyStats {
     pub events: u64,
     pub commands: u64,
     pub commands_rejected: u64,
-    /// Events lost with a faulted call or past the pending-queue limit.
+    /// Events lost: in two calls that faulted, or past the pending-queue limit.
     pub events_dropped: u64,
+    /// Events of a call that faulted, handed to the next instance once more.
+    pub events_redelivered: u64,
     pub faults: u64,
     pub faults_by_kind: std::collections::BTreeMap<String, u64>,
     pub restarts: u64,
@@ -67,6 +71,20 @@ pub struct SwapReport {
     pub snapshot_bytes: usize,
 }
 
+/// An event waiting for the policy.
+struct Pending {
+    event: Event,
+    /// It was in a call that faulted: the tables know it already, and a second fault
+    /// drops it, so an event that makes the policy fault costs two faults, not a loop.
+    again: bool,
+}
+
+impl Pending {
+    fn new(event: Event) -> Pending {
+        Pending { event, again: false }
+    }
+}
+
 /// A policy version with the snapshot to start it from.
 struct Version {
     policy: CompiledPolicy,
@@ -89,7 +107,7 @@ pub struct PolicyRunner {
     /// one faults before the next periodic snapshot.
     snapshot_soon: bool,
     /// Events waiting for an instance (during a restart back-off).
-    pending: VecDeque<Event>,
+    pending: VecDeque<Pending>,
     recent_faults: VecDeque<Duration>,
     retry_at: Option<Duration>,
     stats: PolicyStats,
@@ -134,7 +152,7 @@ impl PolicyRunner {
             snapshot: None,
             snapshot_at: clock.monotonic,
             snapshot_soon: false,
-            pending: VecDeque::from([Event::Started]),
+            pending: VecDeque::from([Pending::new(Event::Started)]),
             recent_faults: VecDeque::new(),
             retry_at: None,
             stats,
@@ -164,7 +182,7 @@ impl PolicyRunner {
     /// into several calls (`max_events_per_call`, `max_input_bytes`).
     pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
         self.stats.events += events.len() as u64;
-        self.pending.extend(events);
+        self.pending.extend(events.into_iter().map(Pending::new));
 
         if self.instance.is_none() {
             if self.retry_at.is_some_and(|at| clock.monotonic < at) {
@@ -176,7 +194,7 @@ impl PolicyRunner {
         let mut admitted = Vec::new();
         while self.instance.is_some() && !self.pending.is_empty() {
             let batch = self.next_batch();
-            admitted.extend(self.call(clock, &batch));
+            admitted.extend(self.call(clock, batch));
         }
         if self.instance.is_some() {
             self.maybe_snapshot(clock);
@@ -188,13 +206,13 @@ impl PolicyRunner {
 
     /// Takes the next call's worth of pending events. The tables learn of them now, as
     /// the policy does: a restarted instance is told the state up to here and gets the
-    /// rest as events, so nothing reaches it twice.
-    fn next_batch(&mut self) -> Vec<Event> {
+    /// rest as events; only the events of a call that faulted reach it a second time.
+    fn next_batch(&mut self) -> Vec<Pending> {
         let limits = self.engine.limits();
         let mut bytes = 0;
         let mut count = 0;
-        for event in &self.pending {
-            let size = payload_bytes(event);
+        for pending in &self.pending {
+            let size = payload_bytes(&pending.event);
             if count == limits.max_events_per_call
                 || (count > 0 && bytes + size > limits.max_input_bytes)
             {
@@ -203,19 +221,23 @@ impl PolicyRunner {
             bytes += size;
             count += 1;
         }
-        let batch: Vec<Event> = self.pending.drain(..count).collect();
-        for event in &batch {
-            self.tables.observe(event);
+        let batch: Vec<Pending> = self.pending.drain(..count).collect();
+        for pending in batch.iter().filter(|p| !p.again) {
+            self.tables.observe(&pending.event);
         }
         batch
     }
 
-    /// One `handle` call; a fault loses this batch and the instance.
-    fn call(&mut self, clock: Clock, batch: &[Event]) -> Vec<Command> {
+    /// One `handle` call. A fault loses the instance; the batch goes back to the front
+    /// of the queue for the next one, but for what faulted twice and `started` (the
+    /// next instance gets its own).
+    fn call(&mut self, clock: Clock, batch: Vec<Pending>) -> Vec<Command> {
         let Some(instance) = self.instance.as_mut() else { return Vec::new() };
         self.stats.calls += 1;
         let max = self.engine.limits().max_commands_per_call;
-        let result = instance.handle(clock, batch).and_then(|commands| {
+        let (events, again): (Vec<Event>, Vec<bool>) =
+            batch.into_iter().map(|p| (p.event, p.again)).unzip();
+        let result = instance.handle(clock, &events).and_then(|commands| {
             if commands.len() > max {
                 Err(Fault::TooManyCommands { count: commands.len(), max })
             } else {
@@ -225,7 +247,14 @@ impl PolicyRunner {
         match result {
             Ok(commands) => self.admit(clock, commands),
             Err(fault) => {
-                self.stats.events_dropped += batch.len() as u64;
+                for (event, again) in events.into_iter().zip(again).rev() {
+                    if again {
+                        self.stats.events_dropped += 1;
+                    } else if event != Event::Started {
+                        self.stats.events_redelivered += 1;
+                        self.pending.push_front(Pending { event, again: true });
+                    }
+                }
                 self.fault(clock, fault);
                 Vec::new()
             }
@@ -273,7 +302,7 @@ impl PolicyRunner {
         let old = std::mem::replace(&mut self.current, Version { policy, snapshot: None });
         self.previous = Some(Version { policy: old.policy, snapshot: snapshot.clone() });
         self.replace_instance(Some(instance));
-        self.pending.push_front(Event::Started);
+        self.pending.push_front(Pending::new(Event::Started));
         self.snapshot_soon = true;
         self.recent_faults.clear();
         self.retry_at = None;
@@ -450,7 +479,7 @@ impl PolicyRunner {
                 tracing::info!(policy = %self.current.policy.meta(), "policy instance restarted");
                 self.stats.restarts += 1;
                 self.replace_instance(Some(instance));
-                self.pending.push_front(Event::Started);
+                self.pending.push_front(Pending::new(Event::Started));
                 self.retry_at = None;
                 self.snapshot_at = clock.monotonic;
                 self.snapshot_soon = true;
@@ -473,8 +502,10 @@ impl PolicyRunner {
         if self.pending.len() > max {
             let excess = self.pending.len() - max;
             // Dropped events still happened: the tables keep the facts they carry.
-            for event in self.pending.drain(..excess) {
-                self.tables.observe(&event);
+            for pending in self.pending.drain(..excess) {
+                if !pending.again {
+                    self.tables.observe(&pending.event);
+                }
             }
             self.stats.events_dropped += excess as u64;
         }

@@ -140,8 +140,12 @@ struct Seen {
     bytes: u64,
     latencies_ms: Vec<f64>,
     failures: Vec<String>,
+    /// When each failure happened, in seconds from the start of the run.
+    failed_at: Vec<f64>,
     /// Lost a connection while a request on it was in flight.
     dropped: bool,
+    /// Open connections the other side closed (or that failed), asking or not.
+    links_closed: u64,
     /// Peers connected at the end, and at most at once.
     links_open: usize,
     links_most: usize,
@@ -156,6 +160,13 @@ struct Seen {
     role: Option<Role>,
     /// A misbehaving viewer's connection was closed by the peer it misbehaved with.
     closed_for_it: bool,
+}
+
+impl Seen {
+    fn fail(&mut self, started: Instant, reason: impl Into<String>) {
+        self.failed_at.push(started.elapsed().as_secs_f64());
+        self.failures.push(reason.into());
+    }
 }
 
 /// A segment as the origin has it.
@@ -205,7 +216,7 @@ pub async fn run_until(
             let mut viewer = Viewer::new(index, shared, origin, swarm, started, deadline);
             viewer.role = role;
             if let Err(e) = viewer.watch(&mut seen).await {
-                seen.failures.push(format!("{e:#}"));
+                seen.fail(started, format!("{e:#}"));
             }
             viewer.leave(&mut seen);
             seen
@@ -242,6 +253,8 @@ pub async fn run_until(
     for failure in all.iter().flat_map(|s| &s.failures) {
         *reasons.entry(failure.clone()).or_default() += 1;
     }
+    let mut failed_at: Vec<f64> = all.iter().flat_map(|s| s.failed_at.iter().copied()).collect();
+    failed_at.sort_by(f64::total_cmp);
     let mut offers_from: HashMap<&str, u64> = HashMap::new();
     for (peer, count) in all.iter().flat_map(|s| &s.offers_from) {
         *offers_from.entry(peer).or_default() += count;
@@ -255,6 +268,7 @@ pub async fn run_until(
         "mbps": bytes as f64 * 8.0 / elapsed / 1e6,
         "segment_ms_p50": percentile(&latencies, 0.50),
         "segment_ms_p99": percentile(&latencies, 0.99),
+        "segment_ms_max": latencies.last(),
         "connect_ms_p50": percentile(&connects, 0.50),
         "connect_ms_p99": percentile(&connects, 0.99),
         "peers_p50": percentile(&links, 0.50),
@@ -267,7 +281,9 @@ pub async fn run_until(
         "hostile_closed": hostile.iter().filter(|s| s.closed_for_it).count(),
         "failures": all.iter().map(|s| s.failures.len()).sum::<usize>(),
         "dropped": all.iter().filter(|s| s.dropped).count(),
+        "links_closed": all.iter().map(|s| s.links_closed).sum::<u64>(),
         "failure_reasons": reasons,
+        "failed_at_s": failed_at,
         "load_cpu_seconds": own_cpu_seconds() - cpu_before,
     }))
 }
@@ -425,7 +441,7 @@ impl Viewer {
             let deadline = *self.deadline.borrow();
             if now >= deadline + DRAIN {
                 if self.asked.is_some() {
-                    seen.failures.push("request unanswered at the end".into());
+                    seen.fail(self.started, "request unanswered at the end");
                 }
                 break;
             }
@@ -490,7 +506,7 @@ impl Viewer {
         let _ = self.announce(&mut tracker, Some("stopped"), seen).await;
         let _ = tracker.close(None).await;
         if !seen.connected && self.role == Role::Viewer {
-            seen.failures.push("never met a peer with segments".into());
+            seen.fail(self.started, "never met a peer with segments");
         }
         Ok(())
     }
@@ -549,7 +565,7 @@ impl Viewer {
     ) -> anyhow::Result<()> {
         let Ok(message) = serde_json::from_str::<Value>(text) else { return Ok(()) };
         if let Some(reason) = message["failure reason"].as_str() {
-            seen.failures.push(format!("tracker: {reason}"));
+            seen.fail(self.started, format!("tracker: {reason}"));
             return Ok(());
         }
         if let Some(interval) = message["interval"].as_u64() {
@@ -656,7 +672,7 @@ impl Viewer {
                             }
                         }
                     }
-                    Err(reason) => seen.failures.push(reason),
+                    Err(reason) => seen.fail(self.started, reason),
                 }
             }
             FromLink::Requested { id, request } => {
@@ -671,13 +687,16 @@ impl Viewer {
                 if self.misbehaving_on == Some(link) {
                     seen.closed_for_it = true;
                 }
-                if let Some(state) = self.links.remove(&link)
-                    && let Some(remote) = state.remote
-                {
-                    self.remotes.remove(&remote);
+                if let Some(state) = self.links.remove(&link) {
+                    if state.open {
+                        seen.links_closed += 1;
+                    }
+                    if let Some(remote) = state.remote {
+                        self.remotes.remove(&remote);
+                    }
                 }
                 if self.asked.take_if(|a| a.link == link).is_some() {
-                    seen.failures.push(format!("lost the connection while asking: {reason}"));
+                    seen.fail(self.started, format!("lost the connection while asking: {reason}"));
                     seen.dropped = true;
                 }
             }
@@ -870,7 +889,12 @@ impl LinkDriver {
                         // still on their way are ignored (they come before the next
                         // request's header).
                         let _ = self.send(&PeerCommand::CancelSegmentRequest { id: f.id, request: f.request });
-                        self.report(FromLink::Fetched { id: f.id, outcome: Err("no bytes for too long".into()) });
+                        let reason = match f.size {
+                            None => "no answer to the request",
+                            Some(size) if f.received >= size => "every byte, then no SegmentDataSendingCompleted",
+                            Some(_) => "no bytes for too long",
+                        };
+                        self.report(FromLink::Fetched { id: f.id, outcome: Err(reason.into()) });
                     }
                 }
                 command = self.inbox.recv() => match command {
