@@ -110,47 +110,41 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     })
     .await;
 
-    // A segment, streamed in DataChannel messages, byte for byte, then its trailer.
+    // A segment, streamed in DataChannel messages, byte for byte, and a message queued
+    // behind it goes after its last byte.
     viewer.received.clear();
-    let serve = Command::ServeSegment(ServeSegment {
-        peer: 1,
-        handle,
-        offset: 1000,
-        chunk_size: 16_384,
-        trailer: b"the end".to_vec(),
-    });
+    let serve =
+        Command::ServeSegment(ServeSegment { peer: 1, handle, offset: 1000, chunk_size: 16_384 });
     seen.extend(plane.carry_out(serve));
+    let end = PeerSend { peer: 1, data: b"the end".to_vec() };
+    seen.extend(plane.carry_out(Command::PeerSend(end)));
     let complete =
         Event::SegmentSent(SegmentSent { peer: 1, handle, bytes: 299_000, complete: true });
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         seen.contains(&complete) && v.received.last().is_some_and(|m| m == b"the end")
     })
     .await;
-    let (trailer, bytes) = viewer.received.split_last().unwrap();
-    assert_eq!(trailer, b"the end");
+    let (end, bytes) = viewer.received.split_last().unwrap();
+    assert_eq!(end, b"the end");
     assert!(bytes.iter().all(|m| m.len() <= 16_384));
     assert_eq!(bytes.concat(), segment[1000..]);
 
-    // A serve cancelled before its last byte sends no trailer: what follows it does.
+    // A serve cancelled part way stops there; what was queued behind it still goes.
     viewer.received.clear();
-    let serve = Command::ServeSegment(ServeSegment {
-        peer: 1,
-        handle,
-        offset: 0,
-        chunk_size: 16_384,
-        trailer: b"the end".to_vec(),
-    });
+    let serve =
+        Command::ServeSegment(ServeSegment { peer: 1, handle, offset: 0, chunk_size: 16_384 });
     seen.extend(plane.carry_out(serve));
+    let next = PeerSend { peer: 1, data: b"next".to_vec() };
+    seen.extend(plane.carry_out(Command::PeerSend(next)));
     seen.extend(plane.carry_out(Command::CancelServe(CancelServe { peer: 1, handle })));
-    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"next".to_vec() })));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.last().is_some_and(|m| m == b"next")
     })
     .await;
-    assert!(!viewer.received.iter().any(|m| m == b"the end"));
     let partial: usize =
         viewer.received.iter().filter(|m| m.as_slice() != b"next").map(Vec::len).sum();
     assert!(partial < 300_000, "cancelled before its last byte");
+    assert_eq!(viewer.received.concat()[..partial], segment[..partial]);
     assert_eq!(plane.uploaded(), 299_000 + partial as u64);
 }
 

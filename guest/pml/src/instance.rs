@@ -182,7 +182,7 @@ mod tests {
     //! hot swaps and faults at random points: ids are never reused, and a viewer that is
     //! connected is answered whenever it asks (or closed, and reconnects).
 
-    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
     use superpeer_guest::{
         CacheTier, PeerState, SdpReady, SegmentInfo, SegmentSent, SegmentStored, TextFetched,
@@ -223,6 +223,12 @@ mod tests {
         }
     }
 
+    #[derive(Debug)]
+    enum Outgoing {
+        Message(Vec<u8>),
+        Serve(u64),
+    }
+
     /// A viewer: its peer id, and its connection to the policy, if any.
     #[derive(Debug, Default)]
     struct Viewer {
@@ -261,8 +267,9 @@ mod tests {
         answered: u64,
         /// Peers open before a hot swap: the new instance must close none of them.
         kept: BTreeSet<u64>,
-        /// Serves under way: (peer, handle, trailer), done in a later step.
-        serves: Vec<(u64, u64, Vec<u8>)>,
+        /// What is queued for each peer, sent in order as the host does: a serve ends in
+        /// a later step, and the messages behind it wait for it.
+        queues: BTreeMap<u64, VecDeque<Outgoing>>,
         /// Requests a connected viewer gave up on (no end in 2 s): a viewer left waiting.
         gave_up: u64,
     }
@@ -291,7 +298,7 @@ mod tests {
                 requests: 0,
                 answered: 0,
                 kept: BTreeSet::new(),
-                serves: Vec::new(),
+                queues: BTreeMap::new(),
                 gave_up: 0,
             }
         }
@@ -336,6 +343,7 @@ mod tests {
         }
 
         fn drop_peer(&mut self, peer: u64) {
+            self.queues.remove(&peer);
             if let Some((_, _, Some(v))) = self.peers.remove(&peer) {
                 let viewer = &mut self.viewers[v];
                 if viewer.peer == Some(peer) {
@@ -396,44 +404,36 @@ mod tests {
                         }
                         let body = wire::Joiner::default().push(&s.data).unwrap().unwrap();
                         match wire::decode(&body).unwrap() {
-                            PeerCommand::SegmentsAnnouncement { loaded, .. } => {
-                                self.viewers[v].announced = loaded.into_iter().collect();
-                            }
                             PeerCommand::SegmentData { id, request, .. }
+                            | PeerCommand::SegmentAbsent { id, request }
                                 if self.viewers[v].asking == Some((id, request)) =>
                             {
                                 answered.insert(v);
-                            }
-                            PeerCommand::SegmentAbsent { id, request }
-                                if self.viewers[v].asking == Some((id, request)) =>
-                            {
-                                answered.insert(v);
-                                self.viewers[v].asking = None;
-                            }
-                            PeerCommand::SegmentDataSendingCompleted { id, request }
-                                if self.viewers[v].asking == Some((id, request)) =>
-                            {
-                                self.viewers[v].asking = None;
                             }
                             _ => {}
                         }
+                        let queue = self.queues.entry(s.peer).or_default();
+                        queue.push_back(Outgoing::Message(s.data));
+                        self.send_queued(s.peer);
                     }
-                    // The bytes and the trailer go out over the next steps.
+                    // The bytes go out over the next steps.
                     Command::ServeSegment(s) => {
                         if let Some(entry) = self.peers.get_mut(&s.peer)
                             && entry.0
-                            && self.segments.contains_key(&s.handle)
                         {
                             entry.1.insert(s.handle);
-                            self.serves.push((s.peer, s.handle, s.trailer));
+                            let queue = self.queues.entry(s.peer).or_default();
+                            queue.push_back(Outgoing::Serve(s.handle));
                         }
                     }
                     Command::CancelServe(c) => {
                         if let Some(entry) = self.peers.get_mut(&c.peer) {
                             entry.1.remove(&c.handle);
                         }
-                        self.serves
-                            .retain(|(peer, handle, _)| (*peer, *handle) != (c.peer, c.handle));
+                        if let Some(queue) = self.queues.get_mut(&c.peer) {
+                            queue.retain(|o| !matches!(o, Outgoing::Serve(h) if *h == c.handle));
+                        }
+                        self.send_queued(c.peer);
                     }
                     Command::PeerClose(c) => {
                         assert!(
@@ -481,6 +481,60 @@ mod tests {
                     viewer.peer
                 );
                 self.answered += 1;
+            }
+        }
+
+        /// Sends what is queued for `peer` up to its next serve; with `serves_end`, a serve
+        /// at the front ends first (the host says so with `segment-sent`).
+        fn send_queued_after(&mut self, peer: u64, serves_end: bool) {
+            let Some(mut queue) = self.queues.remove(&peer) else { return };
+            if serves_end && let Some(Outgoing::Serve(handle)) = queue.front() {
+                let handle = *handle;
+                queue.pop_front();
+                let held = self.segments.get(&handle).map(|s| s.size);
+                if let Some(entry) = self.peers.get_mut(&peer) {
+                    entry.1.remove(&handle);
+                }
+                self.events.push(Event::SegmentSent(SegmentSent {
+                    peer,
+                    handle,
+                    bytes: held.unwrap_or(0),
+                    complete: held.is_some(),
+                }));
+            }
+            while let Some(Outgoing::Message(_)) = queue.front() {
+                if let Some(Outgoing::Message(data)) = queue.pop_front() {
+                    self.hear(peer, &data);
+                }
+            }
+            if self.peers.contains_key(&peer) && !queue.is_empty() {
+                self.queues.insert(peer, queue);
+            }
+        }
+
+        fn send_queued(&mut self, peer: u64) {
+            self.send_queued_after(peer, false);
+        }
+
+        /// A viewer hears a message of the policy's.
+        fn hear(&mut self, peer: u64, data: &[u8]) {
+            let Some(v) = self.viewer_of(peer) else { return };
+            if self.viewers[v].peer != Some(peer) {
+                return;
+            }
+            let body = wire::Joiner::default().push(data).unwrap().unwrap();
+            let viewer = &mut self.viewers[v];
+            match wire::decode(&body).unwrap() {
+                PeerCommand::SegmentsAnnouncement { loaded, .. } => {
+                    viewer.announced = loaded.into_iter().collect();
+                }
+                PeerCommand::SegmentAbsent { id, request }
+                | PeerCommand::SegmentDataSendingCompleted { id, request }
+                    if viewer.asking == Some((id, request)) =>
+                {
+                    viewer.asking = None;
+                }
+                _ => {}
             }
         }
 
@@ -549,30 +603,12 @@ mod tests {
         for t in world.trackers.values_mut() {
             *t = true;
         }
-        // Serves end: the trailer reaches the viewer after the bytes, and the policy hears.
-        let serves = std::mem::take(&mut world.serves);
-        for (peer, handle, trailer) in serves {
-            if !world.rng.chance(80) {
-                world.serves.push((peer, handle, trailer));
-                continue;
+        // Serves end now and then, and what was queued behind them follows.
+        let busy: Vec<u64> = world.queues.keys().copied().collect();
+        for peer in busy {
+            if world.rng.chance(80) {
+                world.send_queued_after(peer, true);
             }
-            let Some(entry) = world.peers.get_mut(&peer) else { continue };
-            entry.1.remove(&handle);
-            if let Some(v) = entry.2
-                && let Ok(Some(body)) = wire::Joiner::default().push(&trailer)
-                && let Ok(PeerCommand::SegmentDataSendingCompleted { id, request }) =
-                    wire::decode(&body)
-                && world.viewers[v].asking == Some((id, request))
-            {
-                world.viewers[v].asking = None;
-            }
-            let bytes = world.segments.get(&handle).map_or(0, |s| s.size);
-            world.events.push(Event::SegmentSent(SegmentSent {
-                peer,
-                handle,
-                bytes,
-                complete: true,
-            }));
         }
         // The tracker hands a waiting offer of ours to a viewer not connected: it answers.
         if let Some(info_hash) = world.info_hash.clone()

@@ -169,17 +169,6 @@ fn send(peer: PeerId, command: &PeerCommand, out: &mut Vec<Command>) {
     }
 }
 
-/// A small command in the one message it always fits in.
-fn one_message(command: &PeerCommand) -> Vec<u8> {
-    match wire::encode(command, wire::MAX_MESSAGE) {
-        Ok(mut messages) if messages.len() == 1 => messages.remove(0),
-        _ => {
-            log(&format!("cannot encode {command:?} in one message"));
-            Vec::new()
-        }
-    }
-}
-
 /// What a stream has, as viewers see it: stored segments are loaded; those being
 /// fetched are "loading over HTTP".
 fn announcement(stream: &Stream) -> PeerCommand {
@@ -1147,17 +1136,18 @@ impl Seeder {
                         let header =
                             PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
                         send(peer, &header, out);
-                        // The end-of-segment command goes with the bytes: sent by the
-                        // host after the last one, it reaches the viewer even if the
-                        // instance that hears the serve ended is another one.
-                        let done = PeerCommand::SegmentDataSendingCompleted { id, request };
                         out.push(Command::ServeSegment(superpeer_guest::ServeSegment {
                             peer,
                             handle: *handle,
                             offset,
                             chunk_size: wire::MAX_MESSAGE as u32,
-                            trailer: one_message(&done),
                         }));
+                        // The end goes now, queued behind the bytes (the host sends a
+                        // peer's queue in order): answering `segment-sent` instead would
+                        // leave the viewer waiting whenever that event reaches an
+                        // instance started from a snapshot older than this request.
+                        let done = PeerCommand::SegmentDataSendingCompleted { id, request };
+                        send(peer, &done, out);
                         viewer.serving = Some(Serving { id, request, handle: *handle });
                     }
                     _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),
@@ -1761,21 +1751,25 @@ b.m3u8
         out.clear();
         let request = PeerCommand::SegmentRequest { id: 101, request: 5, byte_from: Some(4) };
         seeder.handle(&message(peer, &request), &[7], &mut random(), &mut out);
-        assert_eq!(sent(&out), [PeerCommand::SegmentData { id: 101, request: 5, size: 6 }]);
-        let done = PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 };
         assert_eq!(
-            out.last(),
-            Some(&Command::ServeSegment(superpeer_guest::ServeSegment {
+            sent(&out),
+            [
+                PeerCommand::SegmentData { id: 101, request: 5, size: 6 },
+                PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 }
+            ]
+        );
+        assert_eq!(
+            out[1],
+            Command::ServeSegment(superpeer_guest::ServeSegment {
                 peer,
                 handle: 51,
                 offset: 4,
-                chunk_size: 65535,
-                trailer: wire::encode(&done, wire::MAX_MESSAGE).unwrap().remove(0),
-            })),
+                chunk_size: 65535
+            }),
             "the bytes follow the header, from the offset asked for, and the end follows them"
         );
 
-        // The host says when the bytes are out; the end went with them.
+        // The host says when the bytes are out; the end is already queued behind them.
         out.clear();
         let sent_all = Event::SegmentSent(superpeer_guest::SegmentSent {
             peer,

@@ -249,17 +249,7 @@ impl DataPlane {
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
             Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
             Command::ServeSegment(s) => match self.segment_bytes(s.handle) {
-                Ok(bytes) => self.rtc.serve(
-                    s.peer,
-                    webrtc::Serve {
-                        handle: s.handle,
-                        bytes,
-                        offset: s.offset,
-                        chunk: s.chunk_size,
-                        trailer: s.trailer,
-                    },
-                    now,
-                ),
+                Ok(bytes) => self.rtc.serve(s.peer, s.handle, bytes, s.offset, s.chunk_size, now),
                 Err(gone) => {
                     let mut events = vec![Event::SegmentSent(SegmentSent {
                         peer: s.peer,

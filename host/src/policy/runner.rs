@@ -71,20 +71,6 @@ pub struct SwapReport {
     pub snapshot_bytes: usize,
 }
 
-/// An event waiting for the policy.
-struct Pending {
-    event: Event,
-    /// It was in a call that faulted: the tables know it already, and a second fault
-    /// drops it, so an event that makes the policy fault costs two faults, not a loop.
-    again: bool,
-}
-
-impl Pending {
-    fn new(event: Event) -> Pending {
-        Pending { event, again: false }
-    }
-}
-
 /// A policy version with the snapshot to start it from.
 struct Version {
     policy: CompiledPolicy,
@@ -107,7 +93,13 @@ pub struct PolicyRunner {
     /// one faults before the next periodic snapshot.
     snapshot_soon: bool,
     /// Events waiting for an instance (during a restart back-off).
-    pending: VecDeque<Pending>,
+    pending: VecDeque<Event>,
+    /// The first `again` pending events were in a call that faulted: the tables know
+    /// them already, and a second fault drops them, so an event that makes the policy
+    /// fault costs two faults, not a loop.
+    again: usize,
+    /// The instance has not had its `started` yet.
+    start_due: bool,
     recent_faults: VecDeque<Duration>,
     retry_at: Option<Duration>,
     stats: PolicyStats,
@@ -152,7 +144,9 @@ impl PolicyRunner {
             snapshot: None,
             snapshot_at: clock.monotonic,
             snapshot_soon: false,
-            pending: VecDeque::from([Pending::new(Event::Started)]),
+            pending: VecDeque::new(),
+            again: 0,
+            start_due: true,
             recent_faults: VecDeque::new(),
             retry_at: None,
             stats,
@@ -182,7 +176,7 @@ impl PolicyRunner {
     /// into several calls (`max_events_per_call`, `max_input_bytes`).
     pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
         self.stats.events += events.len() as u64;
-        self.pending.extend(events.into_iter().map(Pending::new));
+        self.pending.extend(events);
 
         if self.instance.is_none() {
             if self.retry_at.is_some_and(|at| clock.monotonic < at) {
@@ -192,9 +186,9 @@ impl PolicyRunner {
             self.restart(clock);
         }
         let mut admitted = Vec::new();
-        while self.instance.is_some() && !self.pending.is_empty() {
-            let batch = self.next_batch();
-            admitted.extend(self.call(clock, batch));
+        while self.instance.is_some() && (self.start_due || !self.pending.is_empty()) {
+            let (batch, again) = self.next_batch();
+            admitted.extend(self.call(clock, batch, again));
         }
         if self.instance.is_some() {
             self.maybe_snapshot(clock);
@@ -207,37 +201,45 @@ impl PolicyRunner {
     /// Takes the next call's worth of pending events. The tables learn of them now, as
     /// the policy does: a restarted instance is told the state up to here and gets the
     /// rest as events; only the events of a call that faulted reach it a second time.
-    fn next_batch(&mut self) -> Vec<Pending> {
+    fn next_batch(&mut self) -> (Vec<Event>, usize) {
         let limits = self.engine.limits();
+        let mut batch = Vec::new();
+        if std::mem::take(&mut self.start_due) {
+            batch.push(Event::Started);
+        }
         let mut bytes = 0;
         let mut count = 0;
-        for pending in &self.pending {
-            let size = payload_bytes(&pending.event);
-            if count == limits.max_events_per_call
-                || (count > 0 && bytes + size > limits.max_input_bytes)
+        for event in &self.pending {
+            let size = payload_bytes(event);
+            let taken = batch.len() + count;
+            if taken == limits.max_events_per_call
+                || (taken > 0 && bytes + size > limits.max_input_bytes)
             {
                 break;
             }
             bytes += size;
             count += 1;
         }
-        let batch: Vec<Pending> = self.pending.drain(..count).collect();
-        for pending in batch.iter().filter(|p| !p.again) {
-            self.tables.observe(&pending.event);
+        let again = count.min(self.again);
+        self.again -= again;
+        for (index, event) in self.pending.drain(..count).enumerate() {
+            if index >= again {
+                self.tables.observe(&event);
+            }
+            batch.push(event);
         }
-        batch
+        (batch, again)
     }
 
-    /// One `handle` call. A fault loses the instance; the batch goes back to the front
-    /// of the queue for the next one, but for what faulted twice and `started` (the
-    /// next instance gets its own).
-    fn call(&mut self, clock: Clock, batch: Vec<Pending>) -> Vec<Command> {
+    /// One `handle` call, on `batch`, whose first `again` events (after a `started`)
+    /// were in a call that faulted. A fault loses the instance; the rest of the batch
+    /// goes back to the front of the queue for the next one, which gets its own
+    /// `started`.
+    fn call(&mut self, clock: Clock, batch: Vec<Event>, again: usize) -> Vec<Command> {
         let Some(instance) = self.instance.as_mut() else { return Vec::new() };
         self.stats.calls += 1;
         let max = self.engine.limits().max_commands_per_call;
-        let (events, again): (Vec<Event>, Vec<bool>) =
-            batch.into_iter().map(|p| (p.event, p.again)).unzip();
-        let result = instance.handle(clock, &events).and_then(|commands| {
+        let result = instance.handle(clock, &batch).and_then(|commands| {
             if commands.len() > max {
                 Err(Fault::TooManyCommands { count: commands.len(), max })
             } else {
@@ -247,13 +249,13 @@ impl PolicyRunner {
         match result {
             Ok(commands) => self.admit(clock, commands),
             Err(fault) => {
-                for (event, again) in events.into_iter().zip(again).rev() {
-                    if again {
-                        self.stats.events_dropped += 1;
-                    } else if event != Event::Started {
-                        self.stats.events_redelivered += 1;
-                        self.pending.push_front(Pending { event, again: true });
-                    }
+                let mut events = batch.into_iter().filter(|e| *e != Event::Started);
+                self.stats.events_dropped += events.by_ref().take(again).count() as u64;
+                let first_time: Vec<Event> = events.collect();
+                self.stats.events_redelivered += first_time.len() as u64;
+                self.again += first_time.len();
+                for event in first_time.into_iter().rev() {
+                    self.pending.push_front(event);
                 }
                 self.fault(clock, fault);
                 Vec::new()
@@ -302,7 +304,7 @@ impl PolicyRunner {
         let old = std::mem::replace(&mut self.current, Version { policy, snapshot: None });
         self.previous = Some(Version { policy: old.policy, snapshot: snapshot.clone() });
         self.replace_instance(Some(instance));
-        self.pending.push_front(Pending::new(Event::Started));
+        self.start_due = true;
         self.snapshot_soon = true;
         self.recent_faults.clear();
         self.retry_at = None;
@@ -332,7 +334,7 @@ impl PolicyRunner {
     /// instance's `started`, or a restart that is due.
     pub fn wants_turn(&self, now: Duration) -> bool {
         match &self.instance {
-            Some(_) => !self.pending.is_empty(),
+            Some(_) => self.start_due || !self.pending.is_empty(),
             None => self.retry_at.is_some_and(|at| at <= now),
         }
     }
@@ -479,7 +481,7 @@ impl PolicyRunner {
                 tracing::info!(policy = %self.current.policy.meta(), "policy instance restarted");
                 self.stats.restarts += 1;
                 self.replace_instance(Some(instance));
-                self.pending.push_front(Pending::new(Event::Started));
+                self.start_due = true;
                 self.retry_at = None;
                 self.snapshot_at = clock.monotonic;
                 self.snapshot_soon = true;
@@ -502,10 +504,10 @@ impl PolicyRunner {
         if self.pending.len() > max {
             let excess = self.pending.len() - max;
             // Dropped events still happened: the tables keep the facts they carry.
-            for pending in self.pending.drain(..excess) {
-                if !pending.again {
-                    self.tables.observe(&pending.event);
-                }
+            let again = excess.min(self.again);
+            self.again -= again;
+            for event in self.pending.drain(..excess).skip(again) {
+                self.tables.observe(&event);
             }
             self.stats.events_dropped += excess as u64;
         }

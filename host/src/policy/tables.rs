@@ -191,7 +191,6 @@ impl Tables {
                 self.open_peer(s.peer)?;
             }
             Command::ServeSegment(s) => {
-                fit("serve trailer", s.trailer.len(), limits.max_message_bytes)?;
                 self.open_peer(s.peer)?;
                 let segment = self.segments.get(&s.handle).ok_or(unknown("segment", s.handle))?;
                 if s.offset > segment.size {
@@ -518,13 +517,7 @@ mod tests {
         admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
         t.observe(&Event::PeerChannelOpen(1));
         let serve = |handle, offset| {
-            Command::ServeSegment(ServeSegment {
-                peer: 1,
-                handle,
-                offset,
-                chunk_size: 16384,
-                trailer: Vec::new(),
-            })
+            Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16384 })
         };
         assert_eq!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { what: "segment", id: 9 }));
         t.observe(&segment(9, 1000));
