@@ -90,7 +90,7 @@ where
         events.extend(runner.take_due_timers(now.monotonic));
         if !events.is_empty() || runner.wants_turn(now.monotonic) {
             let commands = runner.handle(now, std::mem::take(&mut events));
-            events = commands.into_iter().flat_map(|c| plane.carry_out(c)).collect();
+            events = plane.carry_out_all(commands);
             if !events.is_empty() {
                 // Let the master's messages in between turns that feed each other.
                 tokio::task::yield_now().await;
@@ -142,9 +142,7 @@ where
     // The policy's last turn: what it sends now (goodbyes to trackers) goes out before
     // the connections close. Whatever else it asks for has no future.
     events.push(Event::Stopping);
-    for command in runner.handle(clock(), events) {
-        plane.carry_out(command);
-    }
+    plane.carry_out_all(runner.handle(clock(), events));
     plane.shutdown(io, STOP_GRACE).await;
     Ok(())
 }

@@ -274,7 +274,8 @@ impl NodeService {
         });
         // Owned before checking the line, so a failed start still stops the process.
         let mut service = NodeService { child, port: 0, lines };
-        let line = first_line.recv_timeout(PATIENCE).unwrap_or_default();
+        // An origin encodes a whole VOD before it listens: minutes on a busy machine.
+        let line = first_line.recv_timeout(5 * PATIENCE).unwrap_or_default();
         service.port = line
             .trim()
             .strip_prefix("listening ")

@@ -226,7 +226,8 @@ mod tests {
     #[derive(Debug)]
     enum Outgoing {
         Message(Vec<u8>),
-        Serve(u64),
+        /// A serve and its end, as the host pairs them.
+        Serve(u64, Option<Vec<u8>>),
     }
 
     /// A viewer: its peer id, and its connection to the policy, if any.
@@ -242,6 +243,9 @@ mod tests {
         asking: Option<(i64, i64)>,
         /// When it asked: after 2 s without an answer it gives up, as the library does.
         asked_at: u64,
+        /// Bytes came since the header of what it asks for: an end before them is a
+        /// short segment, for which the library drops the connection.
+        bytes_since_header: bool,
     }
 
     /// The host, the tracker, the origin and the viewers, as the policy meets them.
@@ -272,6 +276,8 @@ mod tests {
         queues: BTreeMap<u64, VecDeque<Outgoing>>,
         /// Requests a connected viewer gave up on (no end in 2 s): a viewer left waiting.
         gave_up: u64,
+        /// Ends of segments heard before any of their bytes.
+        short_ends: u64,
     }
 
     impl World {
@@ -300,6 +306,7 @@ mod tests {
                 kept: BTreeSet::new(),
                 queues: BTreeMap::new(),
                 gave_up: 0,
+                short_ends: 0,
             }
         }
 
@@ -359,7 +366,8 @@ mod tests {
         fn carry_out(&mut self, commands: Vec<Command>, asked: &[(usize, i64, i64)]) {
             let all = format!("{commands:?}");
             let mut answered: HashSet<usize> = HashSet::new();
-            for command in commands {
+            let mut commands = commands.into_iter().peekable();
+            while let Some(command) = commands.next() {
                 match command {
                     Command::TrackerConnect(c) => {
                         self.fresh(c.conn, "connection");
@@ -416,14 +424,22 @@ mod tests {
                         queue.push_back(Outgoing::Message(s.data));
                         self.send_queued(s.peer);
                     }
-                    // The bytes go out over the next steps.
+                    // The bytes go out over the next steps, then the end, if it came
+                    // right after; a refused serve takes its end with it.
                     Command::ServeSegment(s) => {
+                        let end = commands
+                            .next_if(|n| matches!(n, Command::PeerSend(p) if p.peer == s.peer))
+                            .and_then(|n| match n {
+                                Command::PeerSend(p) => Some(p.data),
+                                _ => None,
+                            });
                         if let Some(entry) = self.peers.get_mut(&s.peer)
                             && entry.0
+                            && self.segments.contains_key(&s.handle)
                         {
                             entry.1.insert(s.handle);
                             let queue = self.queues.entry(s.peer).or_default();
-                            queue.push_back(Outgoing::Serve(s.handle));
+                            queue.push_back(Outgoing::Serve(s.handle, end));
                         }
                     }
                     Command::CancelServe(c) => {
@@ -431,7 +447,7 @@ mod tests {
                             entry.1.remove(&c.handle);
                         }
                         if let Some(queue) = self.queues.get_mut(&c.peer) {
-                            queue.retain(|o| !matches!(o, Outgoing::Serve(h) if *h == c.handle));
+                            queue.retain(|o| !matches!(o, Outgoing::Serve(h, _) if *h == c.handle));
                         }
                         self.send_queued(c.peer);
                     }
@@ -488,18 +504,24 @@ mod tests {
         /// at the front ends first (the host says so with `segment-sent`).
         fn send_queued_after(&mut self, peer: u64, serves_end: bool) {
             let Some(mut queue) = self.queues.remove(&peer) else { return };
-            if serves_end && let Some(Outgoing::Serve(handle)) = queue.front() {
-                let handle = *handle;
-                queue.pop_front();
-                let held = self.segments.get(&handle).map(|s| s.size);
+            if serves_end && let Some(Outgoing::Serve(handle, end)) = queue.pop_front() {
+                let size = self.segments.get(&handle).map_or(1000, |s| s.size);
                 if let Some(entry) = self.peers.get_mut(&peer) {
                     entry.1.remove(&handle);
+                }
+                if let Some(v) = self.viewer_of(peer)
+                    && self.viewers[v].peer == Some(peer)
+                {
+                    self.viewers[v].bytes_since_header = true;
+                }
+                if let Some(end) = end {
+                    self.hear(peer, &end);
                 }
                 self.events.push(Event::SegmentSent(SegmentSent {
                     peer,
                     handle,
-                    bytes: held.unwrap_or(0),
-                    complete: held.is_some(),
+                    bytes: size,
+                    complete: true,
                 }));
             }
             while let Some(Outgoing::Message(_)) = queue.front() {
@@ -524,18 +546,30 @@ mod tests {
             }
             let body = wire::Joiner::default().push(data).unwrap().unwrap();
             let viewer = &mut self.viewers[v];
+            let mut short = false;
             match wire::decode(&body).unwrap() {
                 PeerCommand::SegmentsAnnouncement { loaded, .. } => {
                     viewer.announced = loaded.into_iter().collect();
                 }
+                PeerCommand::SegmentData { id, request, .. }
+                    if viewer.asking == Some((id, request)) =>
+                {
+                    viewer.bytes_since_header = false;
+                }
                 PeerCommand::SegmentAbsent { id, request }
-                | PeerCommand::SegmentDataSendingCompleted { id, request }
                     if viewer.asking == Some((id, request)) =>
                 {
                     viewer.asking = None;
                 }
+                PeerCommand::SegmentDataSendingCompleted { id, request }
+                    if viewer.asking == Some((id, request)) =>
+                {
+                    viewer.asking = None;
+                    short = !viewer.bytes_since_header;
+                }
                 _ => {}
             }
+            self.short_ends += u64::from(short);
         }
 
         /// What the tracker does with a text from the policy.
@@ -759,6 +793,7 @@ mod tests {
             }
             answered += world.answered;
             assert_eq!(world.gave_up, 0, "seed {seed}: viewers were left waiting");
+            assert_eq!(world.short_ends, 0, "seed {seed}: segments ended before their bytes");
             assert!(
                 world.viewers.iter().any(|v| v.peer.is_some()),
                 "seed {seed}: nobody connected at the end"

@@ -1142,10 +1142,11 @@ impl Seeder {
                             offset,
                             chunk_size: wire::MAX_MESSAGE as u32,
                         }));
-                        // The end goes now, queued behind the bytes (the host sends a
-                        // peer's queue in order): answering `segment-sent` instead would
-                        // leave the viewer waiting whenever that event reaches an
-                        // instance started from a snapshot older than this request.
+                        // The end goes now, right after the serve: the host sends it
+                        // after the last byte, or not at all if the serve fails or is
+                        // cancelled. Answering `segment-sent` instead would leave the
+                        // viewer waiting whenever that event reaches an instance
+                        // started from a snapshot older than this request.
                         let done = PeerCommand::SegmentDataSendingCompleted { id, request };
                         send(peer, &done, out);
                         viewer.serving = Some(Serving { id, request, handle: *handle });

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::policy::wire::{
-    ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, SegmentHandle, SegmentInfo,
-    SegmentSent, SegmentStored, TextFetched,
+    self, ByteRange, CacheTier, Command, ConnId, Event, FetchFailed, FetchId, SegmentHandle,
+    SegmentInfo, SegmentSent, SegmentStored, ServeSegment, TextFetched,
 };
 pub use store::{Held, SegmentStore};
 
@@ -177,6 +177,57 @@ impl DataPlane {
     }
 
     /// Carries out one admitted command; returns the events it causes at once.
+    /// Carries out one call's commands in order; a serve's end (see
+    /// [`wire::ends_serve`]) goes with the serve.
+    pub fn carry_out_all(&mut self, commands: Vec<Command>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut commands = commands.into_iter().peekable();
+        while let Some(command) = commands.next() {
+            match command {
+                Command::ServeSegment(serve) => {
+                    let end =
+                        commands.next_if(|next| wire::ends_serve(&serve, next)).and_then(|end| {
+                            match end {
+                                Command::PeerSend(send) => Some(send.data),
+                                _ => None,
+                            }
+                        });
+                    tracing::trace!(?serve, ?end, "carry out");
+                    let sent = self.serve(serve, end.unwrap_or_default(), Instant::now());
+                    self.count_uploads(&sent);
+                    events.extend(sent);
+                }
+                command => events.extend(self.carry_out(command)),
+            }
+        }
+        events
+    }
+
+    fn serve(&mut self, s: ServeSegment, end: Vec<u8>, now: Instant) -> Vec<Event> {
+        match self.segment_bytes(s.handle) {
+            Ok(bytes) => {
+                let serve = webrtc::Serve {
+                    handle: s.handle,
+                    bytes,
+                    offset: s.offset,
+                    chunk: s.chunk_size,
+                    trailer: end,
+                };
+                self.rtc.serve(s.peer, serve, now)
+            }
+            Err(gone) => {
+                let mut events = vec![Event::SegmentSent(SegmentSent {
+                    peer: s.peer,
+                    handle: s.handle,
+                    bytes: 0,
+                    complete: false,
+                })];
+                events.extend(gone);
+                events
+            }
+        }
+    }
+
     pub fn carry_out(&mut self, command: Command) -> Vec<Event> {
         let now = Instant::now();
         tracing::trace!(?command, "carry out");
@@ -248,19 +299,7 @@ impl DataPlane {
             },
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
             Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
-            Command::ServeSegment(s) => match self.segment_bytes(s.handle) {
-                Ok(bytes) => self.rtc.serve(s.peer, s.handle, bytes, s.offset, s.chunk_size, now),
-                Err(gone) => {
-                    let mut events = vec![Event::SegmentSent(SegmentSent {
-                        peer: s.peer,
-                        handle: s.handle,
-                        bytes: 0,
-                        complete: false,
-                    })];
-                    events.extend(gone);
-                    events
-                }
-            },
+            Command::ServeSegment(s) => self.serve(s, Vec::new(), now),
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
                 tracing::debug!(peer = c.peer, reason = %c.reason, "policy closed a peer");

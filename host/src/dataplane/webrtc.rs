@@ -55,7 +55,25 @@ pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 #[derive(Debug)]
 enum Outgoing {
     Message(Bytes),
-    Serve { handle: SegmentHandle, bytes: Bytes, next: usize, chunk: usize, sent: u64 },
+    Serve {
+        handle: SegmentHandle,
+        bytes: Bytes,
+        next: usize,
+        chunk: usize,
+        sent: u64,
+        /// Sent after the last byte, then emptied.
+        trailer: Bytes,
+    },
+}
+
+/// A segment to stream to a viewer: its bytes from `offset`, in messages of at most
+/// `chunk` bytes, then `trailer` (if not empty) once every byte went out.
+pub struct Serve {
+    pub handle: SegmentHandle,
+    pub bytes: Bytes,
+    pub offset: u64,
+    pub chunk: u32,
+    pub trailer: Vec<u8>,
 }
 
 struct Peer {
@@ -338,23 +356,16 @@ impl Rtc {
         self.drain(peer, now)
     }
 
-    /// Queues a segment's bytes from `offset`, in messages of `chunk` bytes.
-    pub fn serve(
-        &mut self,
-        peer: PeerId,
-        handle: SegmentHandle,
-        bytes: Bytes,
-        offset: u64,
-        chunk: u32,
-        now: Instant,
-    ) -> Vec<Event> {
+    /// Queues a segment for the viewer, after whatever is queued already.
+    pub fn serve(&mut self, peer: PeerId, serve: Serve, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
         state.queue.push_back(Outgoing::Serve {
-            handle,
-            bytes,
-            next: offset as usize,
-            chunk: chunk.max(1) as usize,
+            handle: serve.handle,
+            bytes: serve.bytes,
+            next: serve.offset as usize,
+            chunk: serve.chunk.max(1) as usize,
             sent: 0,
+            trailer: Bytes::from(serve.trailer),
         });
         self.drain(peer, now)
     }
@@ -534,8 +545,14 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
                 let _ = channel.send(now, BytesMut::from(&bytes[..]));
                 state.queue.pop_front();
             }
-            Outgoing::Serve { handle, bytes, next, chunk, sent } => {
+            Outgoing::Serve { handle, bytes, next, chunk, sent, trailer } => {
                 if *next >= bytes.len() {
+                    if !trailer.is_empty() {
+                        if channel.send(now, BytesMut::from(&trailer[..])).is_err() {
+                            break;
+                        }
+                        *trailer = Bytes::new();
+                    }
                     events.push(Event::SegmentSent(SegmentSent {
                         peer,
                         handle: *handle,

@@ -26,6 +26,14 @@ pub use tables::{Rejection, Tables};
 /// The types of the policy world, shared by host and guests.
 pub mod wire {
     pub use super::bindings::superpeer::policy::types::*;
+
+    /// Whether `next`, returned right after `serve` in one call, is that serve's end: a
+    /// `peer-send` to the same peer. The host sends it after the serve's last byte, and
+    /// not at all if the serve is refused, fails or is cancelled first (a protocol's
+    /// end-of-segment command must not follow bytes that never went out).
+    pub fn ends_serve(serve: &ServeSegment, next: &Command) -> bool {
+        matches!(next, Command::PeerSend(send) if send.peer == serve.peer)
+    }
 }
 
 /// The default policy (`guest/pml`), built with the host and embedded in the binary.

@@ -375,16 +375,12 @@ impl PolicyRunner {
     fn admit(&mut self, clock: Clock, commands: Vec<Command>) -> Vec<Command> {
         let limits = self.engine.limits();
         let max_peers = self.config.max_connections as usize;
-        let mut admitted = Vec::with_capacity(commands.len());
-        for command in commands {
-            match self.tables.admit(clock.monotonic, &command, limits, max_peers) {
-                Ok(()) => admitted.push(command),
-                Err(rejection) => {
-                    self.stats.commands_rejected += 1;
-                    tracing::debug!(policy = %self.current.policy.meta(), %rejection, "command rejected");
-                }
-            }
+        let (admitted, refused) =
+            self.tables.admit_all(clock.monotonic, commands, limits, max_peers);
+        for rejection in &refused {
+            tracing::debug!(policy = %self.current.policy.meta(), %rejection, "command rejected");
         }
+        self.stats.commands_rejected += refused.len() as u64;
         self.stats.commands += admitted.len() as u64;
         admitted
     }

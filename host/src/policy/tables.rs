@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::limits::PolicyLimits;
 use super::wire::{
     ByteRange, Command, ConnId, Event, FetchId, HostState, PeerId, PeerState, SegmentHandle,
-    SegmentInfo, TimerId, TrackerState,
+    SegmentInfo, TimerId, TrackerState, ends_serve,
 };
 
 /// Why one command was refused. The policy's other commands still run.
@@ -41,6 +41,8 @@ pub enum Rejection {
     BadChunk(u32, u32),
     #[error("timer delay of {0} ms is over the limit of {1} ms")]
     TimerTooLong(u64, u64),
+    #[error("the end of a serve of segment {0} that was refused")]
+    EndOfRefusedServe(SegmentHandle),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,34 @@ impl Tables {
             | Event::PeerMessage(_)
             | Event::PeerBufferedLow(_) => {}
         }
+    }
+
+    /// Checks one call's commands in order with [`Tables::admit`]: those that pass, and
+    /// why the others did not. A refused serve's end ([`ends_serve`]) is refused with it.
+    pub fn admit_all(
+        &mut self,
+        now: Duration,
+        commands: Vec<Command>,
+        limits: &PolicyLimits,
+        max_peers: usize,
+    ) -> (Vec<Command>, Vec<Rejection>) {
+        let mut admitted = Vec::with_capacity(commands.len());
+        let mut refused = Vec::new();
+        let mut commands = commands.into_iter().peekable();
+        while let Some(command) = commands.next() {
+            match self.admit(now, &command, limits, max_peers) {
+                Ok(()) => admitted.push(command),
+                Err(rejection) => {
+                    refused.push(rejection);
+                    if let Command::ServeSegment(serve) = &command
+                        && commands.next_if(|next| ends_serve(serve, next)).is_some()
+                    {
+                        refused.push(Rejection::EndOfRefusedServe(serve.handle));
+                    }
+                }
+            }
+        }
+        (admitted, refused)
     }
 
     /// Checks a command against the limits and the tables; when it passes, the tables
@@ -531,6 +561,36 @@ mod tests {
         t.observe(&Event::SegmentEvicted(9));
         assert!(t.segment(9).is_none());
         assert!(matches!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { .. })));
+    }
+
+    #[test]
+    fn a_refused_serve_takes_its_end_with_it_and_nothing_else() {
+        let mut t = Tables::default();
+        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
+        t.observe(&Event::PeerChannelOpen(1));
+        let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
+        let serve = Command::ServeSegment(ServeSegment {
+            peer: 1,
+            handle: 9,
+            offset: 0,
+            chunk_size: 16384,
+        });
+        let (admitted, refused) = t.admit_all(
+            NOW,
+            vec![send(b"header"), serve.clone(), send(b"end"), send(b"next")],
+            &PolicyLimits::default(),
+            2,
+        );
+        assert_eq!(admitted, [send(b"header"), send(b"next")]);
+        assert_eq!(
+            refused,
+            [Rejection::Unknown { what: "segment", id: 9 }, Rejection::EndOfRefusedServe(9)]
+        );
+        // Held, the serve passes with its end.
+        t.observe(&segment(9, 1000));
+        let (admitted, refused) =
+            t.admit_all(NOW, vec![serve.clone(), send(b"end")], &PolicyLimits::default(), 2);
+        assert_eq!((admitted, refused), (vec![serve, send(b"end")], vec![]));
     }
 
     #[test]
