@@ -142,8 +142,6 @@ impl Superpeer {
         }
     }
 
-    /// SIGTERM, then wait for a clean exit: every worker stopped when asked, none had
-    /// to be killed.
     /// After a failure: the whole log goes to a file that outlives the test, and its end
     /// to stderr.
     fn keep_log(&self) {
@@ -154,6 +152,8 @@ impl Superpeer {
         eprintln!("superpeer's log is in {}; it ends:\n{}", file.display(), tail.join("\n"));
     }
 
+    /// SIGTERM, then wait for a clean exit: every worker stopped when asked, none had
+    /// to be killed.
     pub fn stop(mut self) {
         signal("TERM", self.pid());
         let deadline = Instant::now() + PATIENCE;
