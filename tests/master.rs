@@ -477,7 +477,7 @@ fn a_viewer_finds_superpeer_through_the_tracker_and_downloads_a_segment_over_web
     let Live { tracker, origin: _, manifest, channel, master } = Live::seeded(&dir);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let received = runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest)));
+    let received = runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest), 7));
     // SegmentData header, then the bytes, then SendingCompleted.
     let commands: Vec<&Vec<u8>> = received.iter().filter(|m| m.starts_with(b"cstr")).collect();
     assert!(commands.iter().any(|m| m[4] == 2), "a SegmentData header");
@@ -501,7 +501,7 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
     let dir = data_dir("monitor");
     let Live { tracker, origin: _origin, manifest, channel, master } = Live::seeded(&dir);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest)));
+    runtime.block_on(view(&tracker.url, &info_hash_of_720p(&manifest), 7));
     let stats = master.wait_for("the served segment counted", |s| {
         workers_of(s, &channel).first().is_some_and(|(_, w)| w["segmentsServed"] == 1)
     });
@@ -654,9 +654,9 @@ fn drive_monitor(page: &str, screenshot: &Path) -> Value {
 }
 
 /// Joins the swarm through the tracker with an offer, connects to whoever answers,
-/// asks for segment 7 and returns every DataChannel message received until the
-/// transfer completes.
-async fn view(tracker: &str, info_hash: &str) -> Vec<Vec<u8>> {
+/// asks for `segment` and returns every DataChannel message received until the answer
+/// ends (SegmentDataSendingCompleted or SegmentAbsent).
+async fn view(tracker: &str, info_hash: &str, segment: u8) -> Vec<Vec<u8>> {
     use futures_util::{SinkExt, StreamExt};
     use rtc::peer_connection::sdp::RTCSessionDescription;
     use rtc::sansio::Protocol;
@@ -693,14 +693,14 @@ async fn view(tracker: &str, info_hash: &str) -> Vec<Vec<u8>> {
     loop {
         viewer.flush();
         if viewer.channel.is_some() && !requested {
-            // SegmentRequest {i: 7, r: 1}, once superpeer has said what it has.
+            // SegmentRequest {i: segment, r: 1}, once superpeer has said what it has.
             if viewer.received.iter().any(|m| m.starts_with(b"cstr\x00")) {
-                viewer.send(b"cstr\x01i\x01\x07r\x01\x01cend");
+                viewer.send(&[b"cstr\x01i\x01".as_slice(), &[segment], b"r\x01\x01cend"].concat());
                 requested = true;
             }
         }
-        // SegmentDataSendingCompleted ends it.
-        if viewer.received.iter().any(|m| m.starts_with(b"cstr\x03")) {
+        if viewer.received.iter().any(|m| m.starts_with(b"cstr\x03") || m.starts_with(b"cstr\x04"))
+        {
             return std::mem::take(&mut viewer.received);
         }
         let timer = viewer
@@ -720,6 +720,52 @@ async fn view(tracker: &str, info_hash: &str) -> Vec<Vec<u8>> {
             }
         }
     }
+}
+
+/// A VOD segment whose disk copy vanished after the worker cached it (as when another
+/// worker's cache cap takes it): the viewer that asks is told at once that it is
+/// absent, never sent an end of segment without its bytes (p2p-media-loader drops the
+/// connection for that), and the worker drops it from its cache.
+#[test]
+fn a_segment_whose_disk_copy_vanished_is_said_absent_not_ended_short() {
+    let dir = data_dir("vanished");
+    // Segments larger than what a worker keeps of recent disk reads and writes in
+    // memory (32 MiB): serving one reads the disk.
+    let origin = VodOrigin::start(3, 40 << 20);
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    master.ok(
+        "POST",
+        "/seed",
+        json!({"list": [{"channel": origin.channel(), "keepAlive": true, "signal1": tracker.url}]}),
+    );
+    let cache = dir.join("cache");
+    let cached = || {
+        std::fs::read_dir(&cache)
+            .map(|e| e.flatten().filter(|f| f.path().extension() == Some("seg".as_ref())).count())
+            .unwrap_or(0)
+    };
+    master.wait_for("the VOD cached on disk", |s| {
+        cached() == 3 && s["workers"].as_object().unwrap().values().any(|w| w["segments"] == 3)
+    });
+    for file in std::fs::read_dir(&cache).unwrap().flatten() {
+        std::fs::remove_file(file.path()).unwrap();
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let received = runtime.block_on(view(&tracker.url, &origin.info_hash(), 1));
+    let commands: Vec<u8> =
+        received.iter().filter(|m| m.starts_with(b"cstr")).map(|m| m[4]).collect();
+    let lengths: Vec<usize> = received.iter().map(Vec::len).collect();
+    assert!(commands.contains(&4), "SegmentAbsent: {commands:?} {lengths:?}");
+    assert!(!commands.contains(&3), "no end of segment without its bytes: {commands:?}");
+    assert!(received.iter().all(|m| m.starts_with(b"cstr")), "no bytes of a segment");
+    let stats = master.wait_for("the segment dropped from the cache", |s| {
+        s["workers"].as_object().unwrap().values().any(|w| w["segments"] == 2)
+    });
+    let workers = stats["workers"].as_object().unwrap();
+    assert!(workers.values().all(|w| w["policyStats"]["faults"] == 0), "{stats:#}");
+    master.stop();
 }
 
 #[test]

@@ -629,8 +629,16 @@ impl Seeder {
             }
             Event::PeerMessage(message) => self.on_peer_message(message.peer, &message.data, out),
             Event::SegmentSent(sent) => {
-                if let Some(viewer) = self.peers.get_mut(&sent.peer) {
-                    viewer.serving.take_if(|s| s.handle == sent.handle);
+                // A serve we did not cancel that ended short (its disk copy was gone)
+                // went without its end: the viewer hears the segment is absent at once
+                // instead of waiting for its own timeout.
+                if let Some(viewer) = self.peers.get_mut(&sent.peer)
+                    && let Some(serving) = viewer.serving.take_if(|s| s.handle == sent.handle)
+                    && !sent.complete
+                {
+                    let absent =
+                        PeerCommand::SegmentAbsent { id: serving.id, request: serving.request };
+                    send(sent.peer, &absent, out);
                 }
             }
             _ => {}
@@ -1824,10 +1832,21 @@ b.m3u8
         seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
         let ask = PeerCommand::SegmentRequest { id: 100, request: 4, byte_from: None };
         seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut Vec::new());
-        // The host found the copy it was serving gone.
+        // The host found the copy it was serving gone: the serve ended short, then the
+        // segment is evicted.
         let mut out = Vec::new();
+        let short = superpeer_guest::SegmentSent { peer, handle: 50, bytes: 0, complete: false };
+        seeder.handle(&Event::SegmentSent(short), &[7], &mut random(), &mut out);
         seeder.handle(&Event::SegmentEvicted(50), &[7], &mut random(), &mut out);
         assert_eq!(sent(&out), [PeerCommand::SegmentAbsent { id: 100, request: 4 }]);
+
+        // Evicted alone while being served (the bytes still go, held by the host): said
+        // absent as well, which the viewer ignores once it has the segment.
+        let ask = PeerCommand::SegmentRequest { id: 101, request: 5, byte_from: None };
+        seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut Vec::new());
+        out.clear();
+        seeder.handle(&Event::SegmentEvicted(51), &[7], &mut random(), &mut out);
+        assert_eq!(sent(&out), [PeerCommand::SegmentAbsent { id: 101, request: 5 }]);
     }
 
     #[test]
