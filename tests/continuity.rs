@@ -217,7 +217,8 @@ fn forty_viewers_are_served_throughout_swaps_and_a_fault() {
         "/seed",
         json!({"list": [{
             "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url,
-            "maxConnections": 100, "settings": {"faultAfterMs": 3000},
+            // One round of offers reaches every member (see tests/viewers.rs).
+            "maxConnections": 100, "settings": {"faultAfterMs": 3000, "offersPerAnnounce": 82},
         }]}),
     );
     master.wait_for("the VOD prefetched", |s| {

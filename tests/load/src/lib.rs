@@ -576,7 +576,9 @@ impl Viewer {
         let unreachable = self.args.isolated && self.swarm.contains(&from);
         if let Some(sdp) = message["offer"]["sdp"].as_str() {
             *seen.offers_from.entry(from.clone()).or_default() += 1;
-            // A second connection to a peer we know is destroyed by the library at once.
+            // As p2p-media-loader's tracker client does: a peer already connected is
+            // refused; with one still connecting this is another attempt, and the first
+            // of them to connect wins (the others are destroyed then).
             if from.is_empty() || self.remotes.contains(&from) || unreachable {
                 return Ok(());
             }
@@ -589,7 +591,6 @@ impl Viewer {
             if let Some(state) = self.links.get_mut(&link) {
                 state.remote = Some(from.clone());
             }
-            self.remotes.insert(from.clone());
             let reply = json!({
                 "action": "announce", "info_hash": self.args.info_hash, "peer_id": self.peer_id,
                 "to_peer_id": from, "offer_id": message["offer_id"],
@@ -617,9 +618,8 @@ impl Viewer {
                 self.links.remove(&link);
                 return Ok(());
             }
-            state.remote = Some(from.clone());
+            state.remote = Some(from);
             let _ = state.commands.send(ToLink::Answer(sdp.to_string()));
-            self.remotes.insert(from);
         }
         Ok(())
     }
@@ -627,6 +627,19 @@ impl Viewer {
     fn on_link(&mut self, link: u64, event: FromLink, joined: Instant, seen: &mut Seen) {
         match event {
             FromLink::Open => {
+                if let Some(remote) = self.links.get(&link).and_then(|l| l.remote.clone()) {
+                    // The first connection to a peer wins; the others are destroyed.
+                    let duplicate = !self.remotes.insert(remote.clone());
+                    for (other, state) in &self.links {
+                        let loser = if duplicate { *other == link } else { *other != link };
+                        if loser && !state.open && state.remote.as_ref() == Some(&remote) {
+                            let _ = state.commands.send(ToLink::Close);
+                        }
+                    }
+                    if duplicate {
+                        return;
+                    }
+                }
                 if let Some(state) = self.links.get_mut(&link) {
                     state.open = true;
                     if self.args.share {
@@ -691,7 +704,7 @@ impl Viewer {
                     if state.open {
                         seen.links_closed += 1;
                     }
-                    if let Some(remote) = state.remote {
+                    if let Some(remote) = state.remote.filter(|_| state.open) {
                         self.remotes.remove(&remote);
                     }
                 }
