@@ -180,7 +180,8 @@ fn change_the_policy(
     moments.push(swap("another version", &faulty));
     served("another version");
     master.wait_for("the fault", |s| {
-        s["workers"].as_object().unwrap().values().any(|w| w["policyStats"]["faults"] == 1)
+        let panics = |w: &Value| w["policyStats"]["faults_by_kind"]["panic"] == 1;
+        s["workers"].as_object().unwrap().values().any(panics)
     });
     moments.push(("a fault and a restart", now_ms()));
     served("a fault and a restart");
@@ -194,8 +195,14 @@ fn change_the_policy(
 fn assert_three_swaps_and_a_fault(master: &Superpeer) {
     let worker = the_worker(master);
     let stats = &worker["policyStats"];
+    // The fault on demand is the one panic; a busy test machine may add a deadline
+    // fault of its own, which is not what this test is about.
     assert_eq!(
-        (stats["swaps"].clone(), stats["faults"].clone(), stats["rollbacks"].clone()),
+        (
+            stats["swaps"].clone(),
+            stats["faults_by_kind"]["panic"].clone(),
+            stats["rollbacks"].clone()
+        ),
         (json!(3), json!(1), json!(0)),
         "{stats:#}"
     );
@@ -212,22 +219,9 @@ fn forty_viewers_are_served_throughout_swaps_and_a_fault() {
     let origin = VodOrigin::start(10, 256 << 10);
     let tracker = Tracker::start();
     let master = Superpeer::start(&dir);
-    master.ok(
-        "POST",
-        "/seed",
-        json!({"list": [{
-            "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url,
-            // One round of offers reaches every member (see tests/viewers.rs).
-            "maxConnections": 100, "settings": {"faultAfterMs": 3000, "offersPerAnnounce": 82},
-        }]}),
-    );
-    master.wait_for("the VOD prefetched", |s| {
-        s["workers"]
-            .as_object()
-            .unwrap()
-            .values()
-            .any(|w| w["segments"] == 10 && w["trackers"] == 1)
-    });
+    // One round of offers reaches every member (see tests/viewers.rs).
+    let settings = json!({"faultAfterMs": 3000, "offersPerAnnounce": 82});
+    seed_vod(&master, &origin, &tracker, 10, settings);
     let viewers = 40;
     let args = superpeer_load::Args {
         tracker: tracker.url.clone(),

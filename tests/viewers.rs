@@ -24,18 +24,7 @@ fn twenty_viewers_get_every_segment_intact_while_hostile_ones_are_closed_alone()
     // offers as members, one round reaches everyone, so that every viewer meets superpeer
     // within the run does not depend on which members random offers find (the bench
     // measures reach).
-    let seed = json!({"list": [{
-        "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url, "maxConnections": 100,
-        "settings": {"offersPerAnnounce": 82},
-    }]});
-    master.ok("POST", "/seed", seed);
-    master.wait_for("the VOD prefetched", |s| {
-        s["workers"]
-            .as_object()
-            .unwrap()
-            .values()
-            .any(|w| w["segments"] == 10 && w["trackers"] == 1)
-    });
+    seed_vod(&master, &origin, &tracker, 10, json!({"offersPerAnnounce": 82}));
 
     let args = superpeer_load::Args {
         tracker: tracker.url.clone(),

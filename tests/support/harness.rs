@@ -330,6 +330,29 @@ impl HlsOrigin {
     }
 }
 
+/// Seeds `origin`'s VOD on `tracker` (kept alive, room for 100 viewers, `settings` for
+/// the policy) and waits until the worker holds its `segments` and is on the tracker.
+pub fn seed_vod(
+    master: &Superpeer,
+    origin: &VodOrigin,
+    tracker: &Tracker,
+    segments: u64,
+    settings: Value,
+) {
+    let seed = serde_json::json!({"list": [{
+        "channel": origin.channel(), "keepAlive": true, "signal1": tracker.url,
+        "maxConnections": 100, "settings": settings,
+    }]});
+    master.ok("POST", "/seed", seed);
+    master.wait_for("the VOD prefetched", |s| {
+        s["workers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|w| w["segments"] == segments && w["trackers"] == 1)
+    });
+}
+
 /// A real bittorrent-tracker (WebSocket) on a port the OS picked.
 pub struct Tracker {
     pub service: NodeService,

@@ -6,7 +6,9 @@
 //! with five offers, each a WebRTC connection of its own (`rtc`: its own UDP socket, ICE,
 //! DTLS, SCTP), and again with five new ones every interval the tracker asks for; offers
 //! nobody answered go after 50 s. It answers the offers the tracker relays to it, takes
-//! the answers to its own, and never keeps two connections to one peer id. Nobody takes
+//! the answers to its own, and never keeps two connections to one peer id: of several
+//! attempts at one peer (both sides offered at once) the first to connect wins and the
+//! others are destroyed, as the library's tracker client does. Nobody takes
 //! turns: a viewer meets whoever the tracker hands its offers to and whoever offers to
 //! it, as in a real swarm, where a peer that only answers meets few.
 //!
@@ -376,7 +378,8 @@ struct Viewer {
     swarm: Arc<Vec<String>>,
     links: HashMap<u64, Link>,
     next_link: u64,
-    /// Peer ids connected or being connected: one connection per peer.
+    /// Peer ids connected: one connection per peer (attempts still connecting may be
+    /// several; the first to open wins).
     remotes: HashSet<String>,
     events: mpsc::UnboundedSender<(u64, FromLink)>,
     inbox: mpsc::UnboundedReceiver<(u64, FromLink)>,
