@@ -106,27 +106,26 @@ fn a_viewer_is_served_on_its_connection_across_swaps_a_fault_and_a_restart() {
         .filter(|id| ids.contains(*id))
         .collect();
     assert_eq!(connected.len(), 1, "{:#}", viewer["everConnected"]);
-    let closed: Vec<&Value> = viewer["closed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| ids.contains(c["peer"].as_str().unwrap_or("")))
-        .collect();
+    // What the page recorded about superpeer's peers, of one of its lists.
+    let about_superpeer = |list: &str| -> Vec<&Value> {
+        viewer[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| ids.contains(entry["peer"].as_str().unwrap_or("")))
+            .collect()
+    };
+    let closed = about_superpeer("closed");
     assert!(closed.is_empty(), "the connection to superpeer closed: {closed:?}");
     // Every P2P download from superpeer, those under way at a swap or at the fault
     // included, was served, each within a second of asking.
-    let downloads: Vec<&Value> = viewer["p2pDownloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| ids.contains(d["peer"].as_str().unwrap_or("")))
-        .collect();
-    let ended: Vec<&&Value> = downloads.iter().filter(|d| !d["outcome"].is_null()).collect();
-    let unserved: Vec<&&Value> =
+    let ended: Vec<&Value> =
+        about_superpeer("p2pDownloads").into_iter().filter(|d| !d["outcome"].is_null()).collect();
+    let unserved: Vec<&Value> =
         ended.iter().filter(|d| d["outcome"] != "loaded").copied().collect();
     assert!(unserved.is_empty(), "P2P downloads from superpeer not served: {unserved:#?}");
     let took = |d: &Value| d["ended"].as_u64().unwrap() - d["started"].as_u64().unwrap();
-    let slow: Vec<&&Value> =
+    let slow: Vec<&Value> =
         ended.iter().filter(|d| took(d) > CONTINUES_WITHIN_MS).copied().collect();
     assert!(slow.is_empty(), "P2P downloads slower than {CONTINUES_WITHIN_MS} ms: {slow:#?}");
     // And the viewer kept asking across each moment: a download under way at it, or one

@@ -69,6 +69,7 @@ superpeer_guest::export_policy!(Pml);
 /// recorded that it would (the instance restarted from that snapshot does not fault),
 /// in a call that holds a viewer's message (a request, when viewers are asking), the
 /// worst moment for them.
+///
 /// The record is a trailer the default policy's snapshot reader ignores, so a swap back
 /// to the default policy continues as well.
 #[cfg(feature = "faulty")]

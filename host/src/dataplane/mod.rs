@@ -176,7 +176,6 @@ impl DataPlane {
         Ok((plane, inbox))
     }
 
-    /// Carries out one admitted command; returns the events it causes at once.
     /// Carries out one call's commands in order; a serve's end (see
     /// [`wire::ends_serve`]) goes with the serve.
     pub fn carry_out_all(&mut self, commands: Vec<Command>) -> Vec<Event> {
@@ -185,15 +184,12 @@ impl DataPlane {
         while let Some(command) = commands.next() {
             match command {
                 Command::ServeSegment(serve) => {
-                    let end =
-                        commands.next_if(|next| wire::ends_serve(&serve, next)).and_then(|end| {
-                            match end {
-                                Command::PeerSend(send) => Some(send.data),
-                                _ => None,
-                            }
-                        });
+                    let end = match commands.next_if(|next| wire::ends_serve(&serve, next)) {
+                        Some(Command::PeerSend(send)) => send.data,
+                        _ => Vec::new(),
+                    };
                     tracing::trace!(?serve, ?end, "carry out");
-                    let sent = self.serve(serve, end.unwrap_or_default(), Instant::now());
+                    let sent = self.serve(serve, end, Instant::now());
                     self.count_uploads(&sent);
                     events.extend(sent);
                 }
@@ -203,6 +199,8 @@ impl DataPlane {
         events
     }
 
+    /// Queues a serve and its end (empty for none); a segment whose bytes are gone is
+    /// reported sent short and evicted at once.
     fn serve(&mut self, s: ServeSegment, end: Vec<u8>, now: Instant) -> Vec<Event> {
         match self.segment_bytes(s.handle) {
             Ok(bytes) => {
@@ -228,6 +226,7 @@ impl DataPlane {
         }
     }
 
+    /// Carries out one admitted command; returns the events it causes at once.
     pub fn carry_out(&mut self, command: Command) -> Vec<Event> {
         let now = Instant::now();
         tracing::trace!(?command, "carry out");
