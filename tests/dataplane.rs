@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
+use superpeer::dataplane::origin::{OriginRules, parse_allow_list};
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, Held, IoEvent};
 use superpeer::policy::wire::{
     ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, TrackerConnect, TrackerSend,
@@ -71,8 +72,10 @@ async fn origin() -> (String, Arc<AtomicUsize>) {
     (base, hits)
 }
 
+/// Limits for tests whose local servers all count as the origin.
 fn limits() -> DataPlaneLimits {
     DataPlaneLimits {
+        origins: OriginRules::new(None, parse_allow_list("127.0.0.1").unwrap()),
         max_segment_bytes: 1024,
         fetch_attempts: 3,
         connect_timeout: Duration::from_secs(10),
@@ -161,6 +164,93 @@ async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
     plane.carry_out(Command::FetchText(FetchText { fetch: 4, url: refused }));
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!((failed.fetch, failed.status), (4, None));
+}
+
+/// An internal service on 127.0.0.1:0 that counts its requests; the secret it holds
+/// must never reach a worker.
+async fn internal_service() -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = Router::new().fallback(move || async move {
+        counted.fetch_add(1, Ordering::SeqCst);
+        "secret"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal_address() {
+    let (secret_port, secret_hits) = internal_service().await;
+    // The origin redirects to the internal service, directly and through a name.
+    let secret = format!("http://127.0.0.1:{secret_port}/latest/meta-data");
+    let by_name = format!("http://localhost:{secret_port}/by-name");
+    let (to_secret, to_name) = (secret.clone(), by_name.clone());
+    let app = Router::new()
+        .route("/live.m3u8", get(|| async { "#EXTM3U\n" }))
+        .route("/hop", get(|| async { (StatusCode::FOUND, [("location", "/live.m3u8")]) }))
+        .route(
+            "/to-secret",
+            get(move || async move { (StatusCode::FOUND, [("location", to_secret)]) }),
+        )
+        .route(
+            "/to-name",
+            get(move || async move { (StatusCode::FOUND, [("location", to_name)]) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let manifest = format!("{base}/live.m3u8?signature=s3cret");
+    let limits = DataPlaneLimits {
+        origins: OriginRules::new(Some(&manifest), Vec::new()),
+        ..DataPlaneLimits::default()
+    };
+    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
+    let fetch = |plane: &mut DataPlane, id, url: &str| {
+        plane.carry_out(Command::FetchText(FetchText { fetch: id, url: url.to_string() }));
+    };
+
+    // The manifest's own host and port, through a redirect of its own: fetched.
+    fetch(&mut plane, 1, &format!("{base}/hop"));
+    let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
+    assert_eq!((text.fetch, text.url), (1, format!("{base}/live.m3u8")));
+
+    // Another port of the same address, directly, through a redirect, through a name
+    // that resolves to it, and through a redirect to that name: refused, with reasons.
+    let attempts = [
+        (2, secret.clone(), "loopback address"),
+        (3, format!("{base}/to-secret"), "loopback address"),
+        (4, by_name.clone(), "resolves only to internal addresses"),
+        (5, format!("{base}/to-name"), "resolves only to internal addresses"),
+    ];
+    for (id, url, why) in attempts {
+        fetch(&mut plane, id, &url);
+        let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else {
+            panic!("{url} was fetched")
+        };
+        assert_eq!((failed.fetch, failed.status), (id, None));
+        assert!(
+            failed.reason.starts_with("refused: ") && failed.reason.contains(why),
+            "{url}: {}",
+            failed.reason
+        );
+    }
+    assert_eq!(secret_hits.load(Ordering::SeqCst), 0, "the internal service was reached");
+
+    // Allowed by the operator, it is reached.
+    let allowed = OriginRules::new(
+        Some(&manifest),
+        parse_allow_list(&format!("localhost:{secret_port}")).unwrap(),
+    );
+    let (mut plane, mut io) =
+        DataPlane::new(DataPlaneLimits { origins: allowed, ..DataPlaneLimits::default() }).unwrap();
+    fetch(&mut plane, 6, &by_name);
+    let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
+    assert_eq!(text.text, "secret");
+    assert_eq!(secret_hits.load(Ordering::SeqCst), 1);
 }
 
 /// A port nothing listens on.

@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
+use superpeer::dataplane::origin::OriginRules;
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
 use superpeer::policy::wire::{
     CacheTier, CancelServe, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend,
@@ -77,8 +78,6 @@ async fn connect(
 
 #[tokio::test]
 async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
-
     // A 300 kB segment in the store, fetched from a local origin.
     let segment: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let served = segment.clone();
@@ -86,6 +85,9 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/s.ts", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let origins = OriginRules::new(Some(&url), Vec::new());
+    let (mut plane, mut io) =
+        DataPlane::new(DataPlaneLimits { origins, ..Default::default() }).unwrap();
     plane.carry_out(Command::FetchSegment(FetchSegment {
         fetch: 1,
         url,
@@ -94,8 +96,10 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     }));
     let handle = loop {
         let happened = io.recv().await.unwrap();
-        if let Some(Event::SegmentStored(stored)) = plane.on_io(happened).pop() {
-            break stored.segment.handle;
+        match plane.on_io(happened).pop() {
+            Some(Event::SegmentStored(stored)) => break stored.segment.handle,
+            Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
+            _ => {}
         }
     };
 
@@ -227,4 +231,102 @@ async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
         }
     }
     assert_eq!(plane.viewers(), 0);
+}
+
+/// A STUN binding request as a viewer's ICE agent sends it, its MESSAGE-INTEGRITY keyed
+/// by `key`.
+fn binding_request(username: &str, key: &str) -> bytes::Bytes {
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+    let provider = rtc::crypto::default_provider().unwrap();
+    let mut message = Message::new();
+    let setters: [Box<dyn Setter + '_>; 5] = [
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_string())),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            key.to_string(),
+            provider.crypto(),
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    message.build(&setters).unwrap();
+    message.raw.into()
+}
+
+fn sdp_value<'a>(sdp: &'a str, attribute: &str) -> &'a str {
+    sdp.lines().find_map(|l| l.strip_prefix(attribute)).unwrap().trim()
+}
+
+#[tokio::test]
+async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per_viewer() {
+    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut viewer, mut seen) = connect(&mut plane, &mut io, 1).await;
+    assert_eq!(plane.viewer_addresses(), 1);
+    // Another viewer's answer tells what anyone on the tracker could learn: a ufrag.
+    let (_, offer) = Viewer::new().await;
+    let Some(Event::PeerAnswerReady(answer)) =
+        plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 2, offer })).pop()
+    else {
+        panic!("no answer")
+    };
+    let ufrag = sdp_value(&answer.sdp, "a=ice-ufrag:").to_string();
+    let password = sdp_value(&answer.sdp, "a=ice-pwd:").to_string();
+
+    // Twenty thousand forged requests, each from an address of its own: none is taken.
+    let forged = binding_request(&format!("{ufrag}:forger"), "not-the-password");
+    for n in 0..20_000u32 {
+        let [_, _, a, b] = n.to_be_bytes();
+        let from = std::net::SocketAddr::from(([10, 9, a, b], 50_000));
+        seen.extend(plane.on_io(IoEvent::Datagram { from, data: forged.clone() }));
+    }
+    assert_eq!(plane.viewer_addresses(), 1, "forged STUN registered addresses");
+    assert_eq!(plane.forged_stun(), 20_000);
+
+    // With the password, a connection still holds only a few addresses.
+    for n in 0..100u8 {
+        let from = std::net::SocketAddr::from(([10, 8, 0, n], 50_000));
+        let genuine = binding_request(&format!("{ufrag}:{n}"), &password);
+        seen.extend(plane.on_io(IoEvent::Datagram { from, data: genuine }));
+    }
+    assert!(plane.viewer_addresses() <= 1 + 4, "{} addresses", plane.viewer_addresses());
+
+    // The viewer that was there is served as before.
+    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"still".to_vec() })));
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
+        v.received.iter().any(|m| m == b"still")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others_are_served() {
+    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut reader, mut seen) = connect(&mut plane, &mut io, 1).await;
+    let (_stalled, more) = connect(&mut plane, &mut io, 2).await;
+    seen.extend(more);
+
+    // The stalled viewer acknowledges nothing more: what is sent to it piles up.
+    let mut closed = Vec::new();
+    for _ in 0..20_000 {
+        let events = plane.carry_out(Command::PeerSend(PeerSend { peer: 2, data: vec![7; 1024] }));
+        closed.extend(
+            events.into_iter().filter(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
+        );
+        if !closed.is_empty() {
+            break;
+        }
+    }
+    let [Event::PeerClosed(close)] = closed.as_slice() else { panic!("never closed") };
+    assert!(close.reason.contains("send queue full"), "{}", close.reason);
+    assert_eq!(plane.viewers(), 1);
+
+    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"fine".to_vec() })));
+    run_until(&mut reader, &mut plane, &mut io, &mut seen, |v, _| {
+        v.received.iter().any(|m| m == b"fine")
+    })
+    .await;
 }

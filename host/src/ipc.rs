@@ -49,6 +49,9 @@ pub struct WorkerStart {
     /// The shared disk cache; none for `noUseDiskCache` seeds.
     pub disk_cache: Option<crate::dataplane::disk::DiskCacheConfig>,
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// Internal addresses fetches may reach besides the seed's manifest host and port.
+    #[serde(default)]
+    pub origin_allow: Vec<crate::dataplane::origin::AllowEntry>,
 }
 
 /// What a worker tells the master.

@@ -78,7 +78,8 @@ struct ServeArgs {
     /// `listenPort`: port of the control plane (0 picks a free one; the log says which).
     #[arg(long)]
     port: Option<u16>,
-    /// `bindAddress`: address to listen on (default 0.0.0.0).
+    /// `bindAddress`: address to listen on (default 0.0.0.0 with an access token,
+    /// 127.0.0.1 without; any other address without a token is refused).
     #[arg(long)]
     bind: Option<String>,
     /// `accessToken`: required in `X-ACCESS-TOKEN` on every request but /health.
@@ -113,6 +114,10 @@ struct ServeArgs {
     /// `udpPorts`: UDP ports for workers, `first-last`, one per worker (default: any free).
     #[arg(long)]
     udp_ports: Option<String>,
+    /// `originAllow`: internal hosts fetches may reach besides each seed's manifest host
+    /// and port: comma-separated `host`, `host:port` or CIDR entries.
+    #[arg(long)]
+    origin_allow: Option<String>,
     /// Check the configuration (every key) and the policy (compiled and started once),
     /// print what would run as JSON, and exit: non-zero, naming the problem, if either
     /// is refused. It does not try the port or the data directory.
@@ -137,6 +142,7 @@ impl ServeArgs {
             ("udpPorts", self.udp_ports.clone()),
             ("cacheDir", self.cache_dir.as_ref().map(path)),
             ("cacheSize", self.cache_size.clone()),
+            ("originAllow", self.origin_allow.clone()),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
@@ -211,6 +217,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "bandwidth": config.bandwidth_mbps,
             "publicIp": config.public_ip,
             "udpPorts": config.udp_ports,
+            "originAllow": config.origin_allow,
             "policy": policy.meta(),
             "policySource": source,
         });
@@ -224,11 +231,11 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         let (master, handle) = Master::new(config.clone(), active, log_format.as_str())?;
         let mut master_task = tokio::spawn(master.run());
         let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
-        if !control.requires_token() && !config.listen.ip().is_loopback() {
+        if !control.requires_token() {
             tracing::warn!(
                 listen = %config.listen,
-                "no access token set and listening beyond this machine: anyone who can reach \
-                 the port can control superpeer (set accessToken)"
+                "no accessToken: the API is open to this machine only; set accessToken to \
+                 reach it from elsewhere"
             );
         }
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -236,7 +243,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             .with_context(|| format!("could not listen on {}", config.listen))?;
         tracing::info!("superpeer listening on http://{}", listener.local_addr()?);
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-        let server = serve::run(listener, control, async move {
+        let server = serve::run_with(listener, control, config.api_limits.clone(), async move {
             shutdown_signal().await;
             let _ = signalled.send(());
         });

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -165,12 +165,149 @@ fn handlers(path: &str) -> MethodRouter<ControlPlane> {
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes.
+/// Limits on the HTTP connections of the control plane, as nginx has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpLimits {
+    /// At most this many connections at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from when the connection
+    /// is ready for a request: it also ends a kept-alive connection left idle.
+    pub header_read_timeout: Duration,
+    /// A request (its body read and its answer made) must be done within this.
+    pub request_timeout: Duration,
+    /// After an answer that left a body unread (a 413), what the client still sends is
+    /// read and dropped, so it can read the answer instead of a reset: up to this many
+    /// bytes, for at most this long, ending at a pause of `linger_pause`.
+    pub linger_bytes: u64,
+    pub linger_time: Duration,
+    pub linger_pause: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            linger_bytes: 256 << 20,
+            linger_time: Duration::from_secs(10),
+            linger_pause: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown`, then lets open requests
+/// finish (the caller bounds how long).
 pub async fn run(
     listener: TcpListener,
     control: ControlPlane,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, control.router()).with_graceful_shutdown(shutdown).await
+    run_with(listener, control, HttpLimits::default(), shutdown).await
+}
+
+pub async fn run_with(
+    listener: TcpListener,
+    control: ControlPlane,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let request_timeout = limits.request_timeout;
+    let app = control.router().layer(axum::middleware::from_fn(move |request, next: Next| {
+        within(request_timeout, request, next)
+    }));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors or a connection reset before it was taken: the
+                // listener itself is fine.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let (mut stop, limits) = (stop.clone(), limits.clone());
+        tokio::spawn(async move {
+            let mut asked_to_stop = false;
+            let ended = loop {
+                tokio::select! {
+                    ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break ended,
+                    _ = stop.changed(), if !asked_to_stop => {
+                        asked_to_stop = true;
+                        std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    }
+                }
+            };
+            if ended.is_ok() {
+                linger(conn.into_parts().io.into_inner(), &limits).await;
+            }
+            drop(slot);
+        });
+    }
+    let _ = stopping.send(true);
+    // Open requests finish; the caller decides how long that may take.
+    let _ = slots.acquire_many(limits.max_connections as u32).await;
+    Ok(())
+}
+
+/// A request that takes longer than `limit` (a client sending its body slowly) is
+/// answered 408 and its connection closed.
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request took longer than {limit:?}"),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+/// Closes a connection the way nginx's lingering close does: the answer is sent and
+/// the sending side shut, then what the client is still sending is read and dropped
+/// (within the limits) before the socket closes. Closing with unread data would send
+/// a reset, and a client still sending would lose the answer.
+async fn linger(mut stream: tokio::net::TcpStream, limits: &HttpLimits) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + limits.linger_time;
+    let mut drained = 0u64;
+    let mut buffer = vec![0u8; 64 << 10];
+    while drained < limits.linger_bytes {
+        let pause = deadline.min(tokio::time::Instant::now() + limits.linger_pause);
+        match tokio::time::timeout_at(pause, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            _ => return,
+        }
+    }
 }
 
 /// An error answer: a status and a JSON `{error}` that says what was wrong.
@@ -187,6 +324,7 @@ impl From<MasterError> for ApiError {
     fn from(error: MasterError) -> Self {
         let status = match error {
             MasterError::NoSuchWorker(_) | MasterError::NoSuchChannel(_) => StatusCode::NOT_FOUND,
+            MasterError::TooManySeeds { .. } => StatusCode::BAD_REQUEST,
             MasterError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             MasterError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::dataplane::origin::OriginRules;
 use crate::dataplane::{DataPlane, DataPlaneLimits};
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, read_frame, write_frame};
 use crate::policy::wire::Event;
@@ -80,6 +81,7 @@ where
         udp_ports: start.udp_ports,
         advertise_ip: start.advertise_ip,
         disk_cache: start.disk_cache.clone(),
+        origins: OriginRules::new(start.seed.manifest_url().as_deref(), start.origin_allow.clone()),
         ..DataPlaneLimits::default()
     };
     let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;

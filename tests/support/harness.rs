@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token";
+
+/// The `.env` a master reads, in its data directory; absent unless a test writes it.
+pub const ENV_FILE: &str = "superpeer.env";
 /// Longest any awaited condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -31,13 +34,20 @@ impl Superpeer {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Superpeer {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Started with `extra` flags and `env` added to the test's environment.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Superpeer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_superpeer"))
+            .envs(env.iter().copied())
             .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--access-token", TOKEN])
             .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--env-file")
-            .arg(data_dir.join("absent.env"))
+            // Defaults, unless the test wrote this file first.
+            .arg(data_dir.join(ENV_FILE))
             // SUPERPEER_TEST_LOG=debug shows more when a test is being looked into; the
             // tests read only lines logged at info.
             .env("RUST_LOG", std::env::var("SUPERPEER_TEST_LOG").unwrap_or_else(|_| "info".into()))

@@ -148,6 +148,12 @@ pub fn attributes(list: &str) -> Vec<(String, String)> {
 }
 
 /// Resolves a URI reference against a base URL, as a browser would for http(s).
+/// A URL as a log line may show it: without its query or fragment, which may carry
+/// credentials or signatures.
+pub fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or("")
+}
+
 pub fn resolve(base: &str, reference: &str) -> String {
     if reference.contains("://") {
         return reference.to_string();

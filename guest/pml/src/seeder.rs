@@ -750,7 +750,7 @@ impl Seeder {
                 log(&format!(
                     "joining the swarm of {} as p2p-media-loader {} names it: info hash {}, \
                      peer id {}",
-                    self.streams[stream].playlist_url,
+                    playlist::without_query(&self.streams[stream].playlist_url),
                     swarm.identity.name(),
                     swarm.info_hash,
                     swarm.peer_id

@@ -191,6 +191,7 @@ impl Trackers {
 
 #[cfg(target_family = "wasm")]
 fn log_closed(url: &str, reason: &str, retry_ms: u64) {
+    let url = crate::playlist::without_query(url);
     superpeer_guest::host::info(&format!(
         "tracker {url} closed ({reason}); retrying in {retry_ms} ms"
     ));

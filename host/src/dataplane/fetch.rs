@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::disk::{self, DiskCache};
+use super::origin::{Origins, redact, refusal_in};
 use super::{DataPlaneLimits, IoEvent};
 use crate::policy::wire::{ByteRange, Event, FetchFailed, FetchId, TextFetched};
 
@@ -38,7 +39,7 @@ pub fn spawn(
     url: String,
     range: Option<ByteRange>,
     kind: Kind,
-    http: reqwest::Client,
+    origins: Origins,
     events: mpsc::Sender<IoEvent>,
     limits: &DataPlaneLimits,
 ) -> AbortHandle {
@@ -46,7 +47,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let event = match kind {
             Kind::Text => {
-                match with_retries(&http, &url, range, limits.max_text_bytes, &limits).await {
+                match with_retries(&origins, &url, range, limits.max_text_bytes, &limits).await {
                     Ok((url, bytes)) => IoEvent::Policy(Event::TextFetched(TextFetched {
                         fetch,
                         url,
@@ -56,10 +57,10 @@ pub fn spawn(
                 }
             }
             Kind::Segment { disk: Some(disk) } => {
-                segment_through_disk(fetch, url, range, &http, disk, &limits).await
+                segment_through_disk(fetch, url, range, &origins, disk, &limits).await
             }
             Kind::Segment { disk: None } => {
-                from_origin_only(fetch, url, range, &http, &limits).await
+                from_origin_only(fetch, url, range, &origins, &limits).await
             }
         };
         let _ = events.send(event).await;
@@ -76,7 +77,7 @@ async fn segment_through_disk(
     fetch: FetchId,
     url: String,
     range: Option<ByteRange>,
-    http: &reqwest::Client,
+    origins: &Origins,
     cache: Arc<DiskCache>,
     limits: &DataPlaneLimits,
 ) -> IoEvent {
@@ -104,11 +105,11 @@ async fn segment_through_disk(
             }
             Ok((None, lock)) => lock,
             Err(e) => {
-                tracing::warn!(url, error = %e, "disk cache lookup failed; memory only");
-                return from_origin_only(fetch, url, range, http, limits).await;
+                tracing::warn!(url = redact(&url), error = %e, "disk cache lookup failed; memory only");
+                return from_origin_only(fetch, url, range, origins, limits).await;
             }
         };
-        let fetched = with_retries(http, &url, range, limits.max_segment_bytes, limits).await;
+        let fetched = with_retries(origins, &url, range, limits.max_segment_bytes, limits).await;
         let (cache, written_key) = (cache.clone(), key.clone());
         let bytes = fetched.as_ref().ok().map(|(_, bytes)| bytes.clone());
         let written = tokio::task::spawn_blocking(move || {
@@ -124,15 +125,18 @@ async fn segment_through_disk(
         let on_disk = match written {
             Ok(Some(Ok(()))) => Some(key),
             Ok(Some(Err(e))) => {
-                tracing::warn!(url, error = %e, "segment not cached on disk");
+                tracing::warn!(url = redact(&url), error = %e, "segment not cached on disk");
                 None
             }
             Ok(None) | Err(_) => None,
         };
         return IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin: true };
     }
-    tracing::warn!(url, "disk cache busy or unusable for this segment; fetched without it");
-    from_origin_only(fetch, url, range, http, limits).await
+    tracing::warn!(
+        url = redact(&url),
+        "disk cache busy or unusable for this segment; fetched without it"
+    );
+    from_origin_only(fetch, url, range, origins, limits).await
 }
 
 /// The segment's lock in the disk cache, polled for until `patience` runs out (its
@@ -165,10 +169,10 @@ async fn from_origin_only(
     fetch: FetchId,
     url: String,
     range: Option<ByteRange>,
-    http: &reqwest::Client,
+    origins: &Origins,
     limits: &DataPlaneLimits,
 ) -> IoEvent {
-    match with_retries(http, &url, range, limits.max_segment_bytes, limits).await {
+    match with_retries(origins, &url, range, limits.max_segment_bytes, limits).await {
         Ok((_, bytes)) => {
             IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk: None, from_origin: true }
         }
@@ -185,7 +189,7 @@ fn failed(fetch: FetchId, failure: Failure) -> IoEvent {
 }
 
 async fn with_retries(
-    http: &reqwest::Client,
+    origins: &Origins,
     url: &str,
     range: Option<ByteRange>,
     max_bytes: usize,
@@ -194,7 +198,7 @@ async fn with_retries(
     let mut attempt = 1;
     loop {
         let result =
-            match tokio::time::timeout(limits.fetch_timeout, once(http, url, range, max_bytes))
+            match tokio::time::timeout(limits.fetch_timeout, once(origins, url, range, max_bytes))
                 .await
             {
                 Ok(result) => result,
@@ -206,7 +210,7 @@ async fn with_retries(
             };
         match result {
             Err(failure) if failure.retry && attempt < limits.fetch_attempts => {
-                tracing::debug!(url, attempt, reason = %failure.reason, "fetch failed; retrying");
+                tracing::debug!(url = redact(url), attempt, reason = %failure.reason, "fetch failed; retrying");
                 tokio::time::sleep(FIRST_RETRY * 2u32.pow(attempt - 1)).await;
                 attempt += 1;
             }
@@ -215,18 +219,68 @@ async fn with_retries(
     }
 }
 
+/// Most redirects one fetch follows, every hop checked.
+const MAX_REDIRECTS: usize = 10;
+
+/// The response at the end of `url`'s redirect chain; every hop is checked against the
+/// origin rules before it is connected to.
+async fn send(
+    origins: &Origins,
+    url: &str,
+    range: Option<ByteRange>,
+) -> Result<reqwest::Response, Failure> {
+    let network = |e: reqwest::Error| match refusal_in(&e) {
+        Some(refused) => refusal(refused.to_string()),
+        None => Failure { status: None, reason: e.to_string(), retry: true },
+    };
+    let mut url = reqwest::Url::parse(url).map_err(|e| Failure {
+        status: None,
+        reason: format!("not a URL: {e}"),
+        retry: false,
+    })?;
+    for _ in 0..=MAX_REDIRECTS {
+        let client = origins.client_for(&url).map_err(|refused| refusal(refused.to_string()))?;
+        let mut request = client.get(url.clone());
+        if let Some(ByteRange { start, end }) = range {
+            request = request.header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+        }
+        let response = request.send().await.map_err(network)?;
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .filter(|_| response.status().is_redirection());
+        match location {
+            Some(location) => {
+                url = url.join(location).map_err(|e| Failure {
+                    status: Some(response.status().as_u16()),
+                    reason: format!("redirect to a bad location: {e}"),
+                    retry: false,
+                })?;
+            }
+            None => return Ok(response),
+        }
+    }
+    Err(Failure {
+        status: None,
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+        retry: false,
+    })
+}
+
+/// A fetch the origin rules refused: logged, never retried.
+fn refusal(reason: String) -> Failure {
+    tracing::warn!(%reason, "origin fetch refused");
+    Failure { status: None, reason, retry: false }
+}
+
 async fn once(
-    http: &reqwest::Client,
+    origins: &Origins,
     url: &str,
     range: Option<ByteRange>,
     max_bytes: usize,
 ) -> Result<(String, Bytes), Failure> {
-    let network = |e: reqwest::Error| Failure { status: None, reason: e.to_string(), retry: true };
-    let mut request = http.get(url);
-    if let Some(ByteRange { start, end }) = range {
-        request = request.header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
-    }
-    let mut response = request.send().await.map_err(network)?;
+    let mut response = send(origins, url, range).await?;
     let status = response.status();
     if !status.is_success() {
         let code = status.as_u16();
@@ -248,6 +302,7 @@ async fn once(
     }
     let final_url = response.url().to_string();
     let mut body = BytesMut::new();
+    let network = |e: reqwest::Error| Failure { status: None, reason: e.to_string(), retry: true };
     while let Some(chunk) = response.chunk().await.map_err(network)? {
         if body.len() + chunk.len() > max_bytes {
             return Err(too_large((body.len() + chunk.len()) as u64));

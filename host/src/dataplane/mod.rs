@@ -9,6 +9,7 @@
 
 pub mod disk;
 mod fetch;
+pub mod origin;
 mod store;
 mod tracker;
 mod udp;
@@ -58,6 +59,9 @@ pub struct DataPlaneLimits {
     /// How long an offer of ours waits for its answer before it is dropped (the policy
     /// usually withdraws it sooner).
     pub offer_timeout: Duration,
+    /// Which internal addresses fetches may reach (none but the manifest's host and
+    /// port, unless allowed).
+    pub origins: origin::OriginRules,
 }
 
 impl Default for DataPlaneLimits {
@@ -74,6 +78,7 @@ impl Default for DataPlaneLimits {
             advertise_ip: None,
             disk_cache: None,
             offer_timeout: Duration::from_secs(60),
+            origins: origin::OriginRules::default(),
         }
     }
 }
@@ -109,7 +114,7 @@ pub enum IoEvent {
 pub struct DataPlane {
     limits: DataPlaneLimits,
     events: mpsc::Sender<IoEvent>,
-    http: reqwest::Client,
+    origins: origin::Origins,
     trackers: HashMap<ConnId, tracker::Tracker>,
     /// Connections the policy closed whose last frames may still be on their way.
     closing_trackers: Vec<tokio::task::JoinHandle<()>>,
@@ -140,11 +145,7 @@ impl DataPlane {
         let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
         tracing::info!(%bound, %advertised, "WebRTC socket ready");
         spawn_receiver(socket.clone(), events.clone());
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("superpeer/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(limits.connect_timeout)
-            .build()
-            .unwrap_or_default();
+        let origins = origin::Origins::new(limits.origins.clone(), limits.connect_timeout);
         // A cache that cannot be opened costs restarts their cached segments, not the
         // stream: carry on in memory.
         let disk = limits.disk_cache.as_ref().and_then(|config| match disk::DiskCache::open(config) {
@@ -158,7 +159,7 @@ impl DataPlane {
         let plane = DataPlane {
             limits,
             events,
-            http,
+            origins,
             trackers: HashMap::new(),
             closing_trackers: Vec::new(),
             trackers_open: 0,
@@ -413,6 +414,17 @@ impl DataPlane {
 
     /// Viewers: connections whose DataChannel is open. Connections still being set up
     /// and offers waiting for an answer are not viewers yet.
+    /// Source addresses taken for viewers' connections, all together (each only after
+    /// a STUN request proved it knows that connection's password; a few per viewer).
+    pub fn viewer_addresses(&self) -> usize {
+        self.rtc.addresses()
+    }
+
+    /// STUN requests dropped for failing their integrity check.
+    pub fn forged_stun(&self) -> u64 {
+        self.rtc.forged_stun()
+    }
+
     pub fn viewers(&self) -> usize {
         self.rtc.viewers()
     }
@@ -428,7 +440,7 @@ impl DataPlane {
             url,
             range,
             kind,
-            self.http.clone(),
+            self.origins.clone(),
             self.events.clone(),
             &self.limits,
         );

@@ -48,6 +48,16 @@ const SEND_HIGH_WATER: usize = 128 << 10;
 const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// Where the DataChannel reports it has room again.
 const SEND_LOW_WATER: u32 = 32 << 10;
+/// What a viewer's send queue may hold (beyond what its DataChannel already took):
+/// message bytes and items. A viewer that does not read fills it and is closed; it
+/// must never grow the worker's memory.
+const MAX_QUEUED_MESSAGE_BYTES: usize = 1 << 20;
+const MAX_QUEUED_ITEMS: usize = 1024;
+/// Why a viewer was closed for not reading.
+pub const SEND_QUEUE_FULL: &str = "send queue full: the viewer is not reading";
+/// Source addresses a connection may hold at once: a viewer uses one, a few while its
+/// network changes; the oldest gives way to a newer one.
+const MAX_ADDRESSES_PER_PEER: usize = 4;
 /// Why an offer was dropped: nobody answered it in time.
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
@@ -79,8 +89,13 @@ pub struct Serve {
 struct Peer {
     connection: RTCPeerConnection,
     ufrag: String,
+    /// Our ICE password for this connection: what a STUN request from a new address
+    /// must prove it knows before the address is taken for the viewer's.
+    password: String,
     channel: Option<rtc::data_channel::RTCDataChannelId>,
     queue: VecDeque<Outgoing>,
+    /// Bytes of the messages in `queue`.
+    queued_message_bytes: usize,
     addresses: Vec<SocketAddr>,
     /// When the connection next wants `handle_timeout`, as last asked (its entry in
     /// [`Rtc::deadlines`]).
@@ -111,6 +126,10 @@ pub struct Rtc {
     offer_timeout: Duration,
     /// Connections whose DataChannel is open: the viewers.
     open: usize,
+    /// Checks STUN message integrity; none if the platform has no provider.
+    crypto: Option<Arc<dyn rtc::crypto::RTCCryptoProvider>>,
+    /// STUN requests that named a connection but failed its integrity check.
+    forged_stun: u64,
 }
 
 impl std::fmt::Debug for Rtc {
@@ -139,7 +158,19 @@ impl Rtc {
             deadlines: BTreeSet::new(),
             offer_timeout,
             open: 0,
+            crypto: rtc::crypto::default_provider().ok(),
+            forged_stun: 0,
         }
+    }
+
+    /// Source addresses taken for connections, all together.
+    pub fn addresses(&self) -> usize {
+        self.by_address.len()
+    }
+
+    /// STUN requests dropped for failing their integrity check.
+    pub fn forged_stun(&self) -> u64 {
+        self.forged_stun
     }
 
     /// Viewers: connections with an open DataChannel.
@@ -154,8 +185,8 @@ impl Rtc {
 
     /// Answers a viewer's offer; returns the answer (or why not) as a policy event.
     pub fn answer(&mut self, peer: PeerId, offer: String, now: Instant) -> Vec<Event> {
-        let ufrag = random_token(12);
-        let answered = self.connection(&ufrag, now).and_then(|mut connection| {
+        let (ufrag, password) = (random_token(12), random_token(24));
+        let answered = self.connection(&ufrag, &password, now).and_then(|mut connection| {
             let offer =
                 RTCSessionDescription::offer(offer).map_err(|e| format!("bad offer: {e}"))?;
             connection
@@ -170,7 +201,7 @@ impl Rtc {
         });
         match answered {
             Ok((connection, sdp)) => {
-                self.add(peer, ufrag, connection, None);
+                self.add(peer, ufrag, password, connection, None);
                 let mut events = vec![Event::PeerAnswerReady(SdpReady { peer, sdp })];
                 events.extend(self.drain(peer, now));
                 events
@@ -183,8 +214,8 @@ impl Rtc {
     /// random 40-hex-character label), with our host candidate and no trickle. It waits
     /// for [`Rtc::accept_answer`] until the offer timeout.
     pub fn offer(&mut self, peer: PeerId, now: Instant) -> Vec<Event> {
-        let ufrag = random_token(12);
-        let offered = self.connection(&ufrag, now).and_then(|mut connection| {
+        let (ufrag, password) = (random_token(12), random_token(24));
+        let offered = self.connection(&ufrag, &password, now).and_then(|mut connection| {
             connection
                 .create_data_channel(&random_hex(40), None)
                 .map_err(|e| format!("no data channel: {e}"))?;
@@ -197,7 +228,7 @@ impl Rtc {
         });
         match offered {
             Ok((connection, sdp)) => {
-                self.add(peer, ufrag, connection, Some(now + self.offer_timeout));
+                self.add(peer, ufrag, password, connection, Some(now + self.offer_timeout));
                 let mut events = vec![Event::PeerOfferReady(SdpReady { peer, sdp })];
                 events.extend(self.drain(peer, now));
                 events
@@ -233,6 +264,7 @@ impl Rtc {
         &mut self,
         peer: PeerId,
         ufrag: String,
+        password: String,
         connection: RTCPeerConnection,
         offer_expires: Option<Instant>,
     ) {
@@ -242,8 +274,10 @@ impl Rtc {
             Box::new(Peer {
                 connection,
                 ufrag,
+                password,
                 channel: None,
                 queue: VecDeque::new(),
+                queued_message_bytes: 0,
                 addresses: Vec::new(),
                 deadline: None,
                 offer_expires,
@@ -253,10 +287,15 @@ impl Rtc {
 
     /// A connection of this worker: ICE-lite with the given ufrag, the shared
     /// certificate, no mDNS.
-    fn connection(&self, ufrag: &str, now: Instant) -> Result<RTCPeerConnection, String> {
+    fn connection(
+        &self,
+        ufrag: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<RTCPeerConnection, String> {
         let engine = SettingEngineBuilder::new()
             .with_lite(true)
-            .with_ice_credentials(ufrag.to_string(), random_token(24))
+            .with_ice_credentials(ufrag.to_string(), password.to_string())
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             // The library keeps a buffer of this size per connection (256 KiB by
             // default, most of a connection's memory); p2p-media-loader never sends a
@@ -307,10 +346,27 @@ impl Rtc {
         let Some(peer) = peer else { return Vec::new() };
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
         if !state.addresses.contains(&from) {
-            // A STUN request with our ufrag is how a viewer's address becomes known;
-            // an address already taken by another viewer stays with it.
+            // A STUN request with our ufrag and a valid MESSAGE-INTEGRITY (keyed by our
+            // password, which only the viewer we answered knows) is how a viewer's
+            // address becomes known; an address already taken by another viewer stays
+            // with it. Anything else from a new address is dropped here, unlogged,
+            // before the library sees it.
             if self.by_address.get(&from).is_some_and(|p| *p != peer) {
                 return Vec::new();
+            }
+            let authentic = match &self.crypto {
+                Some(provider) => stun_authentic(data, &state.password, provider.crypto()),
+                None => true,
+            };
+            if !authentic {
+                self.forged_stun += 1;
+                return Vec::new();
+            }
+            if state.addresses.len() >= MAX_ADDRESSES_PER_PEER {
+                let oldest = state.addresses.remove(0);
+                if self.by_address.get(&oldest) == Some(&peer) {
+                    self.by_address.remove(&oldest);
+                }
             }
             self.by_address.insert(from, peer);
             state.addresses.push(from);
@@ -349,16 +405,37 @@ impl Rtc {
         events
     }
 
-    /// Queues one message for the viewer, after whatever is queued already.
+    /// Queues one message for the viewer, after whatever is queued already; a viewer
+    /// whose queue is full is closed instead.
     pub fn send(&mut self, peer: PeerId, data: Vec<u8>, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        if state.queue.len() >= MAX_QUEUED_ITEMS
+            || state.queued_message_bytes + data.len() > MAX_QUEUED_MESSAGE_BYTES
+        {
+            return self.drop_peer(peer, SEND_QUEUE_FULL.into());
+        }
+        state.queued_message_bytes += data.len();
         state.queue.push_back(Outgoing::Message(Bytes::from(data)));
         self.drain(peer, now)
     }
 
-    /// Queues a segment for the viewer, after whatever is queued already.
+    /// Queues a segment for the viewer, after whatever is queued already; a viewer
+    /// whose queue is full is closed instead.
     pub fn serve(&mut self, peer: PeerId, serve: Serve, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
+        if state.queue.len() >= MAX_QUEUED_ITEMS
+            || state.queued_message_bytes + serve.trailer.len() > MAX_QUEUED_MESSAGE_BYTES
+        {
+            let mut events = vec![Event::SegmentSent(SegmentSent {
+                peer,
+                handle: serve.handle,
+                bytes: 0,
+                complete: false,
+            })];
+            events.extend(self.drop_peer(peer, SEND_QUEUE_FULL.into()));
+            return events;
+        }
+        state.queued_message_bytes += serve.trailer.len();
         state.queue.push_back(Outgoing::Serve {
             handle: serve.handle,
             bytes: serve.bytes,
@@ -374,18 +451,21 @@ impl Rtc {
     pub fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
         let mut events = Vec::new();
+        let mut freed = 0;
         state.queue.retain(|item| match item {
-            Outgoing::Serve { handle: h, sent, .. } if *h == handle => {
+            Outgoing::Serve { handle: h, sent, trailer, .. } if *h == handle => {
                 events.push(Event::SegmentSent(SegmentSent {
                     peer,
                     handle,
                     bytes: *sent,
                     complete: false,
                 }));
+                freed += trailer.len();
                 false
             }
             _ => true,
         });
+        state.queued_message_bytes -= freed;
         events
     }
 
@@ -543,6 +623,7 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
         match item {
             Outgoing::Message(bytes) => {
                 let _ = channel.send(now, BytesMut::from(&bytes[..]));
+                state.queued_message_bytes -= bytes.len();
                 state.queue.pop_front();
             }
             Outgoing::Serve { handle, bytes, next, chunk, sent, trailer } => {
@@ -551,6 +632,7 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
                         if channel.send(now, BytesMut::from(&trailer[..])).is_err() {
                             break;
                         }
+                        state.queued_message_bytes -= trailer.len();
                         *trailer = Bytes::new();
                     }
                     events.push(Event::SegmentSent(SegmentSent {
@@ -593,6 +675,14 @@ fn stun_username(data: &[u8]) -> Option<&str> {
         rest = rest.get(4 + padded..)?;
     }
     None
+}
+
+/// Whether `data` is a STUN message whose MESSAGE-INTEGRITY is keyed by `password`.
+fn stun_authentic(data: &[u8], password: &str, crypto: &dyn rtc::crypto::RTCCrypto) -> bool {
+    use rtc::stun::integrity::MessageIntegrity;
+    let mut message = rtc::stun::message::Message::new();
+    message.unmarshal_binary(data).is_ok()
+        && MessageIntegrity::check(&mut message, password.as_bytes(), crypto).is_ok()
 }
 
 fn generate_certificate() -> Result<RTCCertificate, String> {

@@ -6,14 +6,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dataplane::origin::{AllowEntry, parse_allow_list};
 use crate::policy::PolicyLimits;
+use crate::serve::HttpLimits;
 
 use super::scheduler::Rules;
 
 /// Everything `superpeer serve` runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MasterConfig {
-    /// `listenPort` (default 8080) on `bindAddress` (default 0.0.0.0).
+    /// `listenPort` (default 8080) on `bindAddress` (default 0.0.0.0 with a token,
+    /// 127.0.0.1 without; another address without a token is refused).
     pub listen: SocketAddr,
     /// `accessToken`: required in `X-ACCESS-TOKEN` when set.
     pub access_token: Option<String>,
@@ -43,6 +46,16 @@ pub struct MasterConfig {
     /// `udpPorts`: `first-last` (or one port): the UDP ports workers take, one each, for
     /// a firewall that opens a range. Any free port when unset.
     pub udp_ports: Option<(u16, u16)>,
+    /// `originAllow`: internal hosts, host:port pairs and networks fetches may reach
+    /// besides each seed's own manifest host and port.
+    pub origin_allow: Vec<AllowEntry>,
+    /// `maxSeeds` (default 1000): the most seeds the list holds; a `/seed` past it is
+    /// refused.
+    pub max_seeds: usize,
+    /// `apiMaxConnections` (default 256) and `apiHeaderTimeoutSeconds` (default 10):
+    /// the REST API's connection cap and how long a request's headers (or the next
+    /// request on an idle connection) may take.
+    pub api_limits: HttpLimits,
 }
 
 /// A configuration problem, naming the key.
@@ -73,7 +86,11 @@ const fn key(name: &'static str, default: &'static str, meaning: &'static str) -
 /// does not silently fall back to a default.
 pub const KEYS: &[Key] = &[
     key("listenPort", "8080", "port of the REST API and monitor; 0 picks a free one"),
-    key("bindAddress", "0.0.0.0", "address the REST API listens on"),
+    key(
+        "bindAddress",
+        "0.0.0.0 with a token, else 127.0.0.1",
+        "address the REST API listens on (beyond loopback only with accessToken)",
+    ),
     key("accessToken", "none", "required in X-ACCESS-TOKEN on every request but / and /health"),
     key("signal1", "none", "default tracker (ws:// or wss://) for seeds that name none"),
     key("signal2", "none", "a second default tracker"),
@@ -88,6 +105,18 @@ pub const KEYS: &[Key] = &[
     key("udpPorts", "any free", "UDP ports for workers, first-last, one per worker"),
     key("cacheDir", "<dataDir>/cache", "the disk cache every worker shares"),
     key("cacheSize", "10G", "most the disk cache holds (K, M, G, T: powers of 1024)"),
+    key("apiMaxConnections", "256", "most REST API connections at once; more wait their turn"),
+    key(
+        "apiHeaderTimeoutSeconds",
+        "10",
+        "a request's headers, or an idle connection's next request, must come within this",
+    ),
+    key("maxSeeds", "1000", "most seeds the seed list holds; a /seed past it is refused"),
+    key(
+        "originAllow",
+        "none",
+        "internal hosts fetches may reach besides the manifest's: host, host:port, CIDR, comma-separated",
+    ),
 ];
 
 /// Every key, its default and meaning, one per line: the tail of `serve --help`.
@@ -158,11 +187,27 @@ impl MasterConfig {
         }
 
         let port: u16 = number("listenPort", get("listenPort"))?.unwrap_or(8080);
+        let access_token = get("accessToken").map(String::from);
+        // Protected by default: without a token the API is reachable from this machine
+        // only, and an address beyond it must come with a token.
         let bind: IpAddr = match get("bindAddress") {
             Some(v) => {
-                v.parse().map_err(|_| bad("bindAddress", format!("{v:?} is not an IP address")))?
+                let ip: IpAddr = v
+                    .parse()
+                    .map_err(|_| bad("bindAddress", format!("{v:?} is not an IP address")))?;
+                if access_token.is_none() && !ip.is_loopback() {
+                    return Err(bad(
+                        "bindAddress",
+                        format!(
+                            "{ip} without accessToken would let anyone who reaches it control \
+                             superpeer; set accessToken, or bind a loopback address"
+                        ),
+                    ));
+                }
+                ip
             }
-            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            None if access_token.is_some() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let mut default_trackers = Vec::new();
         for key in ["signal1", "signal2"] {
@@ -207,9 +252,28 @@ impl MasterConfig {
             })?,
             None => 10 << 30,
         };
+        let origin_allow = parse_allow_list(get("originAllow").unwrap_or(""))
+            .map_err(|e| bad("originAllow", e))?;
+        let max_seeds = number("maxSeeds", get("maxSeeds"))?.unwrap_or(1000);
+        if max_seeds == 0 {
+            return Err(bad("maxSeeds", "must be at least 1"));
+        }
+        let api_defaults = HttpLimits::default();
+        let max_connections = number("apiMaxConnections", get("apiMaxConnections"))?
+            .unwrap_or(api_defaults.max_connections);
+        if max_connections == 0 {
+            return Err(bad("apiMaxConnections", "must be at least 1"));
+        }
+        let header_read_timeout =
+            match number::<u64>("apiHeaderTimeoutSeconds", get("apiHeaderTimeoutSeconds"))? {
+                Some(0) => return Err(bad("apiHeaderTimeoutSeconds", "must be at least 1")),
+                Some(seconds) => Duration::from_secs(seconds),
+                None => api_defaults.header_read_timeout,
+            };
+        let api_limits = HttpLimits { max_connections, header_read_timeout, ..api_defaults };
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
-            access_token: get("accessToken").map(String::from),
+            access_token,
             default_trackers,
             data_dir,
             cache_dir,
@@ -221,6 +285,9 @@ impl MasterConfig {
             rules: Rules { idle_grace, min_viewers, ..defaults },
             public_ip,
             udp_ports,
+            origin_allow,
+            max_seeds,
+            api_limits,
         })
     }
 
@@ -278,10 +345,15 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_original() {
+    fn defaults_match_the_original_but_without_a_token_only_this_machine_is_let_in() {
         let c = config("", &[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap(), "protected");
         assert_eq!((c.access_token, c.default_trackers.len()), (None, 0));
+        let c = config("accessToken=t", &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
+        let open = config("bindAddress=0.0.0.0", &[]).unwrap_err();
+        assert!(open.problem.contains("set accessToken"), "{open}");
+        assert!(config("bindAddress=::1", &[]).is_ok());
         assert_eq!(c.data_dir, PathBuf::from("data"));
     }
 
@@ -327,6 +399,11 @@ mod tests {
             ("udpPorts=0-10", "udpPorts"),
             ("udpPorts=40000-", "udpPorts"),
             ("udpPorts=many", "udpPorts"),
+            ("originAllow=10.0.0.0/40", "originAllow"),
+            ("maxSeeds=0", "maxSeeds"),
+            ("apiMaxConnections=0", "apiMaxConnections"),
+            ("apiHeaderTimeoutSeconds=0", "apiHeaderTimeoutSeconds"),
+            ("originAllow=cdn.lan:http", "originAllow"),
             ("policyLimits={\"call_deadline\": 0}", "policyLimits"),
             ("policyLimits=nope", "policyLimits"),
             ("listenport=80", "listenport"),

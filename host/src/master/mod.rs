@@ -11,7 +11,7 @@ pub mod procfs;
 pub mod scheduler;
 pub mod seeds;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +61,8 @@ pub enum MasterError {
     Persist(String),
     #[error("superpeer is shutting down")]
     ShuttingDown,
+    #[error("the seed list would hold {would} seeds, more than maxSeeds ({max})")]
+    TooManySeeds { would: usize, max: usize },
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -553,25 +555,37 @@ impl Master {
     }
 
     fn add_seeds(&mut self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
-        // Saved first: what the API acknowledges is what a restart brings back.
+        // Linear in the seeds: each id is decoded once.
+        let mut known: HashMap<String, usize> = self
+            .seeds
+            .iter()
+            .enumerate()
+            .map(|(at, s)| (seeds::channel_key(&s.item.channel), at))
+            .collect();
         let mut list: Vec<SeedItem> = self.seeds.iter().map(|s| s.item.clone()).collect();
+        let mut placed = Vec::with_capacity(items.len());
         for item in &items {
-            match list.iter_mut().find(|s| seeds::same_channel(&s.channel, &item.channel)) {
+            let at = *known.entry(seeds::channel_key(&item.channel)).or_insert(list.len());
+            match list.get_mut(at) {
+                // A re-seed updates the options; the first spelling of the id stays.
                 Some(existing) => {
                     *existing = SeedItem { channel: existing.channel.clone(), ..item.clone() }
                 }
                 None => list.push(item.clone()),
             }
+            placed.push(at);
         }
+        if list.len() > self.config.max_seeds {
+            return Err(MasterError::TooManySeeds {
+                would: list.len(),
+                max: self.config.max_seeds,
+            });
+        }
+        // Saved first: what the API acknowledges is what a restart brings back.
         self.save(&list)?;
-        for item in items {
-            match self
-                .seeds
-                .iter_mut()
-                .find(|s| seeds::same_channel(&s.item.channel, &item.channel))
-            {
-                // A re-seed updates the options (the first spelling of the channel id
-                // stays); running workers keep theirs until they restart.
+        for (item, at) in items.into_iter().zip(placed) {
+            match self.seeds.get_mut(at) {
+                // Running workers keep their options until they restart.
                 Some(seed) => seed.item = SeedItem { channel: seed.item.channel.clone(), ..item },
                 None => {
                     tracing::info!(channel = %item.channel, label = %item.label, "seed added");
@@ -772,6 +786,7 @@ impl Master {
                 max_bytes: self.config.cache_bytes,
             }),
             advertise_ip: self.config.public_ip,
+            origin_allow: self.config.origin_allow.clone(),
         };
         match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
@@ -790,7 +805,7 @@ impl Master {
                         idle_since: Some(now),
                         stopping: None,
                         cpu: CpuMeter::default(),
-                        memory: 0,
+                        memory: procfs::rss_bytes(pid).unwrap_or(0),
                         uplink: VecDeque::new(),
                     },
                 );
@@ -1028,6 +1043,19 @@ fn restart_delay(crashes: u32) -> Duration {
 
 /// Starts `superpeer worker` and its I/O tasks; returns its pid, its inbox and a switch
 /// that kills it.
+/// The environment variables a worker inherits (in any case); no other.
+const WORKER_ENV: &[&str] = &[
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "TZ",
+];
+
 fn spawn_process(
     log_format: &str,
     channel: &str,
@@ -1041,7 +1069,16 @@ fn spawn_process(
     let name = binary.display().to_string().trim_end_matches(" (deleted)").to_string();
     let running = std::path::Path::new("/proc/self/exe");
     let exe = if running.exists() { running.to_path_buf() } else { binary };
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    // A worker parses what strangers send; it gets no secret of the master's (the
+    // access token, cloud credentials), only what it needs to log and to fetch.
+    command.env_clear();
+    for (key, value) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| WORKER_ENV.contains(&k.to_ascii_uppercase().as_str())) {
+            command.env(key, value);
+        }
+    }
+    let mut child = command
         .arg0(name)
         // `=`: a channel id may begin with `-`.
         .args(["--log-format", log_format, "worker", &format!("--channel={channel}")])

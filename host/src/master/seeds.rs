@@ -228,7 +228,13 @@ pub fn decode_channel(channel: &str) -> Result<String, String> {
 /// Whether two channel ids name the same swarm, however each is spelled (alphabet,
 /// padding, whitespace).
 pub fn same_channel(a: &str, b: &str) -> bool {
-    a == b || matches!((decode_channel(a), decode_channel(b)), (Ok(x), Ok(y)) if x == y)
+    a == b || channel_key(a) == channel_key(b)
+}
+
+/// What a channel id names, whatever its spelling: equal keys, same swarm. For
+/// looking up many ids at once without decoding each pair.
+pub fn channel_key(channel: &str) -> String {
+    decode_channel(channel).unwrap_or_else(|_| format!("\0{channel}"))
 }
 
 /// The persisted list of seeds, in the data directory.
@@ -259,13 +265,21 @@ impl SeedStore {
     }
 
     /// Takes the data directory for this process (creating it), so two masters never
-    /// run the same seeds. The lock lasts as long as the returned file.
+    /// run the same seeds. The lock lasts as long as the returned file. The directory
+    /// and the seed list (viewer tokens, signed URLs) are made readable by this user
+    /// only.
     pub fn lock(&self) -> Result<std::fs::File, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let lock = dir.join(".lock");
         let path = lock.display().to_string();
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StoreError::Write { path: path.clone(), source })?;
+        let error = |source| StoreError::Write { path: dir.display().to_string(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(error)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
+        if self.path.exists() {
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
+                .map_err(error)?;
+        }
         let file = std::fs::File::create(&lock)
             .map_err(|source| StoreError::Write { path: path.clone(), source })?;
         match file.try_lock() {
@@ -296,7 +310,16 @@ impl SeedStore {
         std::fs::create_dir_all(dir).map_err(error)?;
         let tmp = self.path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(seeds).map_err(|e| error(std::io::Error::other(e)))?;
-        let mut file = std::fs::File::create(&tmp).map_err(error)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(error)?
+        };
         file.write_all(&json).and_then(|()| file.sync_all()).map_err(error)?;
         std::fs::rename(&tmp, &self.path).map_err(error)?;
         // The rename is durable only once the directory entry is.
