@@ -298,3 +298,214 @@ fn a_body_too_large_gets_a_413_the_client_can_read_and_seeds_are_capped() {
     }
     master.stop();
 }
+
+/// An origin serving a VOD whose media playlist has `entries` segments (each line of
+/// the playlist padded to `line_bytes`), and one whose playlist is `huge_bytes` long.
+fn large_playlist_origin(entries: usize, line_bytes: usize, huge_bytes: usize) -> String {
+    use axum::routing::get;
+    use std::fmt::Write as _;
+    let mut media = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n",
+    );
+    for n in 0..entries {
+        let name = format!("seg{n}.ts?");
+        let pad = line_bytes.saturating_sub(name.len() + 14);
+        write!(media, "#EXTINF:2.000,\n{name}{}\n", "p".repeat(pad)).unwrap();
+    }
+    media.push_str("#EXT-X-ENDLIST\n");
+    let huge = format!("{media}{}", "#EXT-X-COMMENT:padding\n".repeat(huge_bytes / 23));
+    let master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",RESOLUTION=1280x720\n720p.m3u8\n";
+    let app = axum::Router::new()
+        .route("/big/master.m3u8", get(move || async move { master }))
+        .route("/huge/master.m3u8", get(move || async move { master }))
+        .route("/big/720p.m3u8", get(move || async move { media.clone() }))
+        .route("/huge/720p.m3u8", get(move || async move { huge.clone() }))
+        .route("/{dir}/{name}", get(|| async { vec![0x47u8; 1880] }));
+    serve(app)
+}
+
+#[test]
+fn the_largest_playlist_allowed_is_handled_within_the_deadline_and_a_larger_one_is_refused() {
+    let dir = data_dir("large-playlists");
+    // The host's cap on a playlist's size, and the default policy's on its segments
+    // (README, Security): a playlist at both.
+    let max_bytes = superpeer::dataplane::DataPlaneLimits::default().max_text_bytes;
+    let entries = 20_000;
+    let line_bytes = (max_bytes - 200) / entries - 2;
+    let base = large_playlist_origin(entries, line_bytes, 7 << 20);
+    let (big, huge) = (format!("{base}/big/master.m3u8"), format!("{base}/huge/master.m3u8"));
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    for manifest in [&big, &huge] {
+        let item =
+            json!({"channel": channel_of(manifest), "keepAlive": true, "signal1": tracker.url});
+        master.ok("POST", "/seed", json!({ "list": [item] }));
+    }
+    // The largest allowed: read, its first segments fetched, no fault.
+    let big_stats = master.wait_for("the large VOD prefetched", |s| {
+        worker_of(s, &channel_of(&big)).is_some_and(|w| w["segments"].as_u64() >= Some(10))
+    });
+    // The one over the limit: refused as a fetch, never handed to the policy.
+    master.wait_for("the huge playlist refused", |s| {
+        worker_of(s, &channel_of(&huge)).is_some_and(|w| w["fetchErrors"].as_u64() >= Some(1))
+    });
+    let big = worker_of(&big_stats, &channel_of(&big)).unwrap();
+    assert_eq!(big["policyStats"]["faults"], 0, "{big}");
+    for (pid, worker) in running_workers(&master.stats()) {
+        assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted: {worker}");
+    }
+    master.stop();
+}
+
+#[test]
+fn segments_held_and_fetched_stay_within_the_memory_budget() {
+    use axum::routing::get;
+    use std::fmt::Write as _;
+    const BUDGET: u64 = 40 << 20;
+    const SEGMENT: usize = 16 << 20;
+    let dir = data_dir("memory-budget");
+    std::fs::write(dir.join(ENV_FILE), format!("memoryBudget={}M\n", BUDGET >> 20)).unwrap();
+    // A live window of twelve large segments: 192 MiB if all were held.
+    let mut media = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
+    for n in 0..12 {
+        write!(media, "#EXTINF:2,\ns{n}.ts\n").unwrap();
+    }
+    let app = axum::Router::new()
+        .route("/live/720p.m3u8", get(move || async move { media.clone() }))
+        .route("/live/{name}", get(|| async { vec![0x47u8; SEGMENT] }));
+    let manifest = format!("{}/live/720p.m3u8", serve(app));
+    let channel = channel_of(&manifest);
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    let item = json!({"channel": channel, "keepAlive": true, "signal1": tracker.url});
+    master.ok("POST", "/seed", json!({ "list": [item] }));
+
+    // Two fit; the others are refused as fetches, which the policy hears.
+    let stats = master.wait_for("fetches refused by the budget", |s| {
+        worker_of(s, &channel).is_some_and(|w| {
+            w["segments"].as_u64() >= Some(2) && w["fetchErrors"].as_u64() >= Some(10)
+        })
+    });
+    let worker = worker_of(&stats, &channel).unwrap();
+    assert!(worker["memoryCacheSize"].as_u64() <= Some(BUDGET), "{worker}");
+    let log = master.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("memory budget is full")), "no refusal logged");
+    // The process: the budget, plus what any worker needs, far from the 192 MiB window.
+    let rss = worker["memory"].as_u64().unwrap();
+    assert!(rss < BUDGET + (96 << 20), "worker resident memory {} MiB", rss >> 20);
+    assert_eq!(worker["policyStats"]["faults"], 0);
+    master.stop();
+}
+
+/// A tracker that floods superpeer with offers that never connect (real SDP, nobody
+/// behind it) and answers its announces with garbage, forwarding nothing real. Counts
+/// the fake offers it sent.
+fn hostile_tracker() -> (String, Arc<AtomicUsize>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let (found, address) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            found.send(format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+            let local = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+            let (_, sdp) = superpeer_load::offering_connection(local).unwrap();
+            let mut n = 0u64;
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    continue;
+                };
+                // Once superpeer has announced a swarm: garbage, a swarm that looks
+                // large, and fifty fake offers every 100 ms, whatever it sends.
+                let mut info_hash: Option<String> = None;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        message = socket.next() => {
+                            let Some(Ok(Message::Text(text))) = message else { break };
+                            let announce: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            let Some(hash) = announce["info_hash"].as_str() else { continue };
+                            info_hash = Some(hash.to_string());
+                            let size = json!({"action": "announce", "info_hash": hash,
+                                "interval": 10, "complete": 50, "incomplete": 50});
+                            let mut replies = vec![size.to_string()];
+                            replies.extend(["not json", "{\"action\":42}", "[[[[[[[[", "{\"info_hash\":null}"].map(String::from));
+                            for reply in replies {
+                                let _ = socket.send(Message::text(reply)).await;
+                            }
+                        }
+                        _ = tick.tick() => {
+                            let Some(hash) = &info_hash else { continue };
+                            for _ in 0..50 {
+                                n += 1;
+                                let offer = json!({
+                                    "action": "announce", "info_hash": hash,
+                                    "peer_id": format!("-PM0203-fake{n:08}"),
+                                    "offer_id": format!("fakeoffer{n:011}"),
+                                    "offer": {"type": "offer", "sdp": sdp},
+                                });
+                                if socket.send(Message::text(offer.to_string())).await.is_err() {
+                                    break;
+                                }
+                                counted.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    });
+    (address.recv_timeout(PATIENCE).unwrap(), sent)
+}
+
+#[test]
+fn a_tracker_flooding_fake_offers_and_garbage_keeps_no_real_viewer_out() {
+    let dir = data_dir("hostile-tracker");
+    let origin = VodOrigin::start(10, 64 << 10);
+    let tracker = Tracker::start();
+    let (hostile, fakes) = hostile_tracker();
+    let master = Superpeer::start(&dir);
+    // Room for the real viewers and a little more: fakes that counted would take it.
+    let seed = json!({"list": [{
+        "channel": origin.channel(), "keepAlive": true, "maxConnections": 10,
+        "signal1": tracker.url, "signal2": hostile,
+        "settings": {"offersPerAnnounce": 82},
+    }]});
+    master.ok("POST", "/seed", seed);
+    master.wait_for("the flood under way", |s| {
+        fakes.load(Ordering::SeqCst) >= 400
+            && running_workers(s).first().is_some_and(|(_, w)| w["segments"] == 10)
+    });
+
+    let args = superpeer_load::Args {
+        tracker: tracker.url.clone(),
+        info_hash: origin.info_hash(),
+        media: origin.media(),
+        viewers: 8,
+        seconds: 15,
+        pace_ms: 0,
+        ramp_ms: 100,
+        share: false,
+        isolated: false,
+        hostile_endless: 0,
+        hostile_flood: 0,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let summary = runtime.block_on(superpeer_load::run(args)).unwrap();
+    let stats = master.stats();
+    assert_eq!(summary["connected"], 8, "{summary}\n{stats:#}");
+    assert_eq!(summary["failures"], 0, "{summary}\n{stats:#}");
+    assert!(fakes.load(Ordering::SeqCst) >= 4000, "the flood went on");
+
+    // Fakes were never viewers: no more than the real ones counted, no second worker.
+    let stats = master.stats();
+    let workers = running_workers(&stats);
+    assert_eq!(workers.len(), 1, "{stats}");
+    let (_, worker) = &workers[0];
+    assert!(worker["peers"].as_u64() <= Some(8), "{worker}");
+    assert_eq!(worker["policyStats"]["faults"], 0, "{worker}");
+    master.stop();
+}

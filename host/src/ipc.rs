@@ -52,6 +52,8 @@ pub struct WorkerStart {
     /// Internal addresses fetches may reach besides the seed's manifest host and port.
     #[serde(default)]
     pub origin_allow: Vec<crate::dataplane::origin::AllowEntry>,
+    /// Bytes of segments held in memory and fetches in flight, together, at most.
+    pub memory_budget: u64,
 }
 
 /// What a worker tells the master.

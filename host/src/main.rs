@@ -274,6 +274,8 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal: a journal or a log file gets plain text.
@@ -281,9 +283,53 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let limit = DependencyLogLimit(PerSecond::new(DEPENDENCY_LINES_PER_SECOND));
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(limit).init(),
+        LogFormat::Json => builder.json().finish().with(limit).init(),
+    }
+}
+
+/// Log lines the libraries superpeer uses may write per second, all together: the
+/// WebRTC stack warns about each bad packet, and anyone can send those. superpeer's
+/// own lines are not limited here.
+const DEPENDENCY_LINES_PER_SECOND: u32 = 20;
+
+/// Drops dependencies' log lines past their rate, before any is formatted.
+struct DependencyLogLimit(PerSecond);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DependencyLogLimit {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        event.metadata().target().starts_with("superpeer")
+            || self.0.allow(std::time::Instant::now())
+    }
+}
+
+/// At most `limit` events in each second (counted from the first).
+struct PerSecond {
+    limit: u32,
+    epoch: std::time::Instant,
+    /// The current second since `epoch` and the events allowed in it.
+    window: std::sync::Mutex<(u64, u32)>,
+}
+
+impl PerSecond {
+    fn new(limit: u32) -> Self {
+        PerSecond { limit, epoch: std::time::Instant::now(), window: std::sync::Mutex::new((0, 0)) }
+    }
+
+    fn allow(&self, now: std::time::Instant) -> bool {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let Ok(mut window) = self.window.lock() else { return false };
+        if window.0 != second {
+            *window = (second, 0);
+        }
+        window.1 += 1;
+        window.1 <= self.limit
     }
 }
 
@@ -306,4 +352,19 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerSecond;
+    use std::time::Duration;
+
+    #[test]
+    fn dependency_lines_are_limited_per_second() {
+        let limit = PerSecond::new(3);
+        let start = limit.epoch;
+        let allowed = (0..10).filter(|_| limit.allow(start)).count();
+        assert_eq!(allowed, 3);
+        assert!(limit.allow(start + Duration::from_millis(1500)), "a new second");
+    }
 }

@@ -175,6 +175,9 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// A request (its body read and its answer made) must be done within this.
     pub request_timeout: Duration,
+    /// An answer the client does not read may wait this long to be written; then the
+    /// connection fails, so a client that never reads cannot keep its slot.
+    pub write_stall: Duration,
     /// After an answer that left a body unread (a 413), what the client still sends is
     /// read and dropped, so it can read the answer instead of a reset: up to this many
     /// bytes, for at most this long, ending at a pause of `linger_pause`.
@@ -189,6 +192,7 @@ impl Default for HttpLimits {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            write_stall: Duration::from_secs(30),
             linger_bytes: 256 << 20,
             linger_time: Duration::from_secs(10),
             linger_pause: Duration::from_secs(2),
@@ -243,6 +247,7 @@ pub async fn run_with(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = StallGuard { stream, limit: limits.write_stall, stalled: None };
         let mut conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let (mut stop, limits) = (stop.clone(), limits.clone());
@@ -258,7 +263,7 @@ pub async fn run_with(
                 }
             };
             if ended.is_ok() {
-                linger(conn.into_parts().io.into_inner(), &limits).await;
+                linger(conn.into_parts().io.into_inner().stream, &limits).await;
             }
             drop(slot);
         });
@@ -267,6 +272,68 @@ pub async fn run_with(
     // Open requests finish; the caller decides how long that may take.
     let _ = slots.acquire_many(limits.max_connections as u32).await;
     Ok(())
+}
+
+/// A client connection whose writes may not stall past `limit`: the write fails then,
+/// which ends the connection.
+struct StallGuard {
+    stream: tokio::net::TcpStream,
+    limit: Duration,
+    /// Since the current write found the socket full.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(written) => {
+                this.stalled = None;
+                Poll::Ready(written)
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let stalled =
+                    this.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// A request that takes longer than `limit` (a client sending its body slowly) is

@@ -82,6 +82,7 @@ where
         advertise_ip: start.advertise_ip,
         disk_cache: start.disk_cache.clone(),
         origins: OriginRules::new(start.seed.manifest_url().as_deref(), start.origin_allow.clone()),
+        memory_budget: start.memory_budget,
         ..DataPlaneLimits::default()
     };
     let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;

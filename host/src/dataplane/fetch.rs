@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use super::budget::{MemoryBudget, Reservation};
 use super::disk::{self, DiskCache};
 use super::origin::{Origins, redact, refusal_in};
 use super::{DataPlaneLimits, IoEvent};
@@ -32,6 +33,22 @@ pub enum Kind {
     Segment { disk: Option<Arc<DiskCache>> },
 }
 
+/// What every fetch of a worker shares: the clients, the limits, the memory budget.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    pub origins: Origins,
+    pub limits: DataPlaneLimits,
+    pub budget: Arc<MemoryBudget>,
+}
+
+/// What one fetch brought: the URL it ended at, the bytes, and their share of the
+/// memory budget (given back when dropped).
+struct Fetched {
+    url: String,
+    bytes: Bytes,
+    reservation: Reservation,
+}
+
 /// Starts a fetch; its result arrives on `events`. Aborting the handle cancels it
 /// without an event.
 pub fn spawn(
@@ -39,29 +56,23 @@ pub fn spawn(
     url: String,
     range: Option<ByteRange>,
     kind: Kind,
-    origins: Origins,
+    cx: Fetcher,
     events: mpsc::Sender<IoEvent>,
-    limits: &DataPlaneLimits,
 ) -> AbortHandle {
-    let limits = limits.clone();
     tokio::spawn(async move {
         let event = match kind {
-            Kind::Text => {
-                match with_retries(&origins, &url, range, limits.max_text_bytes, &limits).await {
-                    Ok((url, bytes)) => IoEvent::Policy(Event::TextFetched(TextFetched {
-                        fetch,
-                        url,
-                        text: String::from_utf8_lossy(&bytes).into_owned(),
-                    })),
-                    Err(f) => failed(fetch, f),
-                }
-            }
+            Kind::Text => match with_retries(&cx, &url, range, cx.limits.max_text_bytes).await {
+                Ok(fetched) => IoEvent::Policy(Event::TextFetched(TextFetched {
+                    fetch,
+                    url: fetched.url,
+                    text: String::from_utf8_lossy(&fetched.bytes).into_owned(),
+                })),
+                Err(f) => failed(fetch, f),
+            },
             Kind::Segment { disk: Some(disk) } => {
-                segment_through_disk(fetch, url, range, &origins, disk, &limits).await
+                segment_through_disk(fetch, url, range, &cx, disk).await
             }
-            Kind::Segment { disk: None } => {
-                from_origin_only(fetch, url, range, &origins, &limits).await
-            }
+            Kind::Segment { disk: None } => from_origin_only(fetch, url, range, &cx).await,
         };
         let _ = events.send(event).await;
     })
@@ -77,10 +88,10 @@ async fn segment_through_disk(
     fetch: FetchId,
     url: String,
     range: Option<ByteRange>,
-    origins: &Origins,
+    cx: &Fetcher,
     cache: Arc<DiskCache>,
-    limits: &DataPlaneLimits,
 ) -> IoEvent {
+    let limits = &cx.limits;
     let key = disk::key(&url, range);
     let lock = wait_for_lock(&cache, &key, limits.fetch_timeout * limits.fetch_attempts).await;
     if let Some(lock) = lock {
@@ -101,25 +112,26 @@ async fn segment_through_disk(
                     bytes,
                     on_disk: Some(key),
                     from_origin: false,
+                    reservation: cx.budget.reservation(),
                 };
             }
             Ok((None, lock)) => lock,
             Err(e) => {
                 tracing::warn!(url = redact(&url), error = %e, "disk cache lookup failed; memory only");
-                return from_origin_only(fetch, url, range, origins, limits).await;
+                return from_origin_only(fetch, url, range, cx).await;
             }
         };
-        let fetched = with_retries(origins, &url, range, limits.max_segment_bytes, limits).await;
+        let fetched = with_retries(cx, &url, range, limits.max_segment_bytes).await;
         let (cache, written_key) = (cache.clone(), key.clone());
-        let bytes = fetched.as_ref().ok().map(|(_, bytes)| bytes.clone());
+        let bytes = fetched.as_ref().ok().map(|fetched| fetched.bytes.clone());
         let written = tokio::task::spawn_blocking(move || {
             let result = bytes.map(|bytes| cache.write(&written_key, &bytes));
             cache.unlock(&written_key, lock);
             result
         })
         .await;
-        let bytes = match fetched {
-            Ok((_, bytes)) => bytes,
+        let Fetched { bytes, reservation, .. } = match fetched {
+            Ok(fetched) => fetched,
             Err(f) => return failed(fetch, f),
         };
         let on_disk = match written {
@@ -130,13 +142,21 @@ async fn segment_through_disk(
             }
             Ok(None) | Err(_) => None,
         };
-        return IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin: true };
+        return IoEvent::SegmentFetched {
+            fetch,
+            url,
+            range,
+            bytes,
+            on_disk,
+            from_origin: true,
+            reservation,
+        };
     }
     tracing::warn!(
         url = redact(&url),
         "disk cache busy or unusable for this segment; fetched without it"
     );
-    from_origin_only(fetch, url, range, origins, limits).await
+    from_origin_only(fetch, url, range, cx).await
 }
 
 /// The segment's lock in the disk cache, polled for until `patience` runs out (its
@@ -169,13 +189,18 @@ async fn from_origin_only(
     fetch: FetchId,
     url: String,
     range: Option<ByteRange>,
-    origins: &Origins,
-    limits: &DataPlaneLimits,
+    cx: &Fetcher,
 ) -> IoEvent {
-    match with_retries(origins, &url, range, limits.max_segment_bytes, limits).await {
-        Ok((_, bytes)) => {
-            IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk: None, from_origin: true }
-        }
+    match with_retries(cx, &url, range, cx.limits.max_segment_bytes).await {
+        Ok(Fetched { bytes, reservation, .. }) => IoEvent::SegmentFetched {
+            fetch,
+            url,
+            range,
+            bytes,
+            on_disk: None,
+            from_origin: true,
+            reservation,
+        },
         Err(f) => failed(fetch, f),
     }
 }
@@ -189,17 +214,16 @@ fn failed(fetch: FetchId, failure: Failure) -> IoEvent {
 }
 
 async fn with_retries(
-    origins: &Origins,
+    cx: &Fetcher,
     url: &str,
     range: Option<ByteRange>,
     max_bytes: usize,
-    limits: &DataPlaneLimits,
-) -> Result<(String, Bytes), Failure> {
+) -> Result<Fetched, Failure> {
+    let limits = &cx.limits;
     let mut attempt = 1;
     loop {
         let result =
-            match tokio::time::timeout(limits.fetch_timeout, once(origins, url, range, max_bytes))
-                .await
+            match tokio::time::timeout(limits.fetch_timeout, once(cx, url, range, max_bytes)).await
             {
                 Ok(result) => result,
                 Err(_) => Err(Failure {
@@ -275,12 +299,12 @@ fn refusal(reason: String) -> Failure {
 }
 
 async fn once(
-    origins: &Origins,
+    cx: &Fetcher,
     url: &str,
     range: Option<ByteRange>,
     max_bytes: usize,
-) -> Result<(String, Bytes), Failure> {
-    let mut response = send(origins, url, range).await?;
+) -> Result<Fetched, Failure> {
+    let mut response = send(&cx.origins, url, range).await?;
     let status = response.status();
     if !status.is_success() {
         let code = status.as_u16();
@@ -303,9 +327,35 @@ async fn once(
     let final_url = response.url().to_string();
     let mut body = BytesMut::new();
     let network = |e: reqwest::Error| Failure { status: None, reason: e.to_string(), retry: true };
+    // A length given is taken from the budget at once, all or nothing: fetches that
+    // each took part of it and then failed together would leave none done.
+    let mut reservation = cx.budget.reservation();
+    let over_budget = || {
+        let limit = cx.budget.limit();
+        tracing::warn!(url = redact(url), limit, "fetch refused: the memory budget is full");
+        Failure {
+            status: Some(status.as_u16()),
+            reason: format!(
+                "over the worker's memory budget of {limit} bytes (segments held and fetches \
+                 in flight)"
+            ),
+            retry: false,
+        }
+    };
+    if let Some(len) = response.content_length() {
+        if !reservation.grow(len) {
+            return Err(over_budget());
+        }
+        // Sized once, within the limit and the budget.
+        body.reserve(len as usize);
+    }
     while let Some(chunk) = response.chunk().await.map_err(network)? {
         if body.len() + chunk.len() > max_bytes {
             return Err(too_large((body.len() + chunk.len()) as u64));
+        }
+        let needed = (body.len() + chunk.len()) as u64;
+        if needed > reservation.bytes() && !reservation.grow(needed - reservation.bytes()) {
+            return Err(over_budget());
         }
         body.extend_from_slice(&chunk);
     }
@@ -323,7 +373,8 @@ async fn once(
                 retry: false,
             });
         }
-        return Ok((final_url, whole.slice(start as usize..end as usize)));
+        let bytes = whole.slice(start as usize..end as usize);
+        return Ok(Fetched { url: final_url, bytes, reservation });
     }
     if let Some(ByteRange { start, end }) = range
         && body.len() as u64 != end - start
@@ -340,5 +391,5 @@ async fn once(
             retry: true,
         });
     }
-    Ok((final_url, body.freeze()))
+    Ok(Fetched { url: final_url, bytes: body.freeze(), reservation })
 }

@@ -7,6 +7,7 @@
 //! reports through one bounded channel, so a slow or hostile remote end can only stall
 //! itself. It must never interpret a protocol: texts go to the policy as they came.
 
+mod budget;
 pub mod disk;
 mod fetch;
 pub mod origin;
@@ -35,7 +36,8 @@ pub use store::{Held, SegmentStore};
 pub struct DataPlaneLimits {
     /// Largest text frame accepted from a tracker; a larger one closes the connection.
     pub max_tracker_text: usize,
-    /// Largest playlist accepted from the origin.
+    /// Largest playlist accepted from the origin: a larger one fails as a fetch and never
+    /// reaches the policy (20,000 segments with URLs of 100 bytes fit).
     pub max_text_bytes: usize,
     /// Largest segment accepted from the origin.
     pub max_segment_bytes: usize,
@@ -62,13 +64,16 @@ pub struct DataPlaneLimits {
     /// Which internal addresses fetches may reach (none but the manifest's host and
     /// port, unless allowed).
     pub origins: origin::OriginRules,
+    /// Bytes of segments held in memory and of fetches in flight, together, at most; a
+    /// fetch past it fails.
+    pub memory_budget: u64,
 }
 
 impl Default for DataPlaneLimits {
     fn default() -> Self {
         DataPlaneLimits {
             max_tracker_text: 64 << 10,
-            max_text_bytes: 8 << 20,
+            max_text_bytes: 2 << 20,
             max_segment_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(20),
@@ -79,6 +84,7 @@ impl Default for DataPlaneLimits {
             disk_cache: None,
             offer_timeout: Duration::from_secs(60),
             origins: origin::OriginRules::default(),
+            memory_budget: 256 << 20,
         }
     }
 }
@@ -98,6 +104,8 @@ pub enum IoEvent {
         on_disk: Option<String>,
         /// False when the disk cache had it.
         from_origin: bool,
+        /// Its bytes' share of the memory budget, kept while held in memory.
+        reservation: budget::Reservation,
     },
     /// A tracker connection opened or closed (for the figures).
     TrackerUp(ConnId),
@@ -114,7 +122,7 @@ pub enum IoEvent {
 pub struct DataPlane {
     limits: DataPlaneLimits,
     events: mpsc::Sender<IoEvent>,
-    origins: origin::Origins,
+    fetcher: fetch::Fetcher,
     trackers: HashMap<ConnId, tracker::Tracker>,
     /// Connections the policy closed whose last frames may still be on their way.
     closing_trackers: Vec<tokio::task::JoinHandle<()>>,
@@ -145,7 +153,12 @@ impl DataPlane {
         let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
         tracing::info!(%bound, %advertised, "WebRTC socket ready");
         spawn_receiver(socket.clone(), events.clone());
-        let origins = origin::Origins::new(limits.origins.clone(), limits.connect_timeout);
+        let fetcher = fetch::Fetcher {
+            origins: origin::Origins::new(limits.origins.clone(), limits.connect_timeout)
+                .map_err(std::io::Error::other)?,
+            limits: limits.clone(),
+            budget: budget::MemoryBudget::new(limits.memory_budget),
+        };
         // A cache that cannot be opened costs restarts their cached segments, not the
         // stream: carry on in memory.
         let disk = limits.disk_cache.as_ref().and_then(|config| match disk::DiskCache::open(config) {
@@ -159,7 +172,7 @@ impl DataPlane {
         let plane = DataPlane {
             limits,
             events,
-            origins,
+            fetcher,
             trackers: HashMap::new(),
             closing_trackers: Vec::new(),
             trackers_open: 0,
@@ -435,15 +448,7 @@ impl DataPlane {
     }
 
     fn fetch(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>, kind: fetch::Kind) {
-        let task = fetch::spawn(
-            fetch,
-            url,
-            range,
-            kind,
-            self.origins.clone(),
-            self.events.clone(),
-            &self.limits,
-        );
+        let task = fetch::spawn(fetch, url, range, kind, self.fetcher.clone(), self.events.clone());
         self.fetches.insert(fetch, task);
     }
 
@@ -476,21 +481,30 @@ impl DataPlane {
                 }
                 Some(event)
             }
-            IoEvent::SegmentFetched { fetch, url, range, bytes, on_disk, from_origin } => {
+            IoEvent::SegmentFetched {
+                fetch,
+                url,
+                range,
+                bytes,
+                on_disk,
+                from_origin,
+                reservation,
+            } => {
                 self.fetches.remove(&fetch);
                 let size = bytes.len() as u64;
                 if from_origin {
                     self.downloaded += size;
                 }
-                let (held, tier) = match on_disk {
+                let (held, tier, share) = match on_disk {
                     Some(key) => {
-                        // Likely the next to be served: keep it at hand.
+                        // Likely the next to be served: keep it at hand (within the
+                        // bound of the disk segments kept in memory, not the budget).
                         self.read_segments.put(key.clone(), bytes);
-                        (Held::Disk { key, size }, CacheTier::Disk)
+                        (Held::Disk { key, size }, CacheTier::Disk, None)
                     }
-                    None => (Held::Memory(bytes), CacheTier::Memory),
+                    None => (Held::Memory(bytes), CacheTier::Memory, Some(reservation)),
                 };
-                let handle = self.store.insert(held);
+                let handle = self.store.insert_reserved(held, share);
                 let segment = SegmentInfo { handle, url, range, size, tier };
                 Some(Event::SegmentStored(SegmentStored { fetch, segment }))
             }

@@ -48,6 +48,10 @@ impl HostName {
             return Some(HostName::Ip(ip));
         }
         let name = text.trim_end_matches('.').to_ascii_lowercase();
+        // `127.0.0.1.` is an address, as URL parsers read it.
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Some(HostName::Ip(ip));
+        }
         let valid = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|label| {
@@ -132,7 +136,7 @@ pub fn parse_allow_list(text: &str) -> Result<Vec<AllowEntry>, String> {
 pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(ip) => {
-            let [a, b, ..] = ip.octets();
+            let [a, b, c, _] = ip.octets();
             if ip.is_loopback() {
                 Some("loopback")
             } else if ip.is_private() {
@@ -145,23 +149,50 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("multicast")
             } else if ip.is_broadcast() {
                 Some("broadcast")
+            } else if a >= 240 {
+                Some("reserved")
             } else if a == 0 {
                 Some("unspecified")
+            } else if (a, b, c) == (192, 0, 0) {
+                // Protocol assignments, among them a cloud's metadata address.
+                Some("special-purpose")
+            } else if a == 198 && (18..20).contains(&b) {
+                Some("benchmarking")
+            } else if matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+                Some("documentation")
             } else {
                 None
             }
         }
         IpAddr::V6(ip) => {
+            let segments = ip.segments();
+            let embedded = |high: u16, low: u16| {
+                internal_kind(IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(high) << 16) | u32::from(low),
+                )))
+            };
             if let Some(v4) = ip.to_ipv4_mapped() {
                 return internal_kind(IpAddr::V4(v4));
             }
-            let first = ip.segments()[0];
+            match segments {
+                // IPv4-compatible (deprecated) and NAT64 (well-known and local-use)
+                // addresses reach the IPv4 address they carry.
+                [0, 0, 0, 0, 0, 0, high, low] if high != 0 => return embedded(high, low),
+                [0x64, 0xff9b, 0, 0, 0, 0, high, low] => return embedded(high, low),
+                [0x64, 0xff9b, 1, ..] => return Some("local NAT64"),
+                // 6to4 carries its IPv4 address in the second and third groups.
+                [0x2002, high, low, ..] => return embedded(high, low),
+                _ => {}
+            }
+            let first = segments[0];
             if ip.is_loopback() {
                 Some("loopback")
             } else if ip.is_unspecified() {
                 Some("unspecified")
             } else if first & 0xffc0 == 0xfe80 {
                 Some("link-local")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local")
             } else if first & 0xfe00 == 0xfc00 {
                 Some("unique-local")
             } else if ip.is_multicast() {
@@ -320,22 +351,28 @@ pub struct Origins {
 }
 
 impl Origins {
-    pub fn new(rules: OriginRules, connect_timeout: Duration) -> Origins {
+    /// Fails only if the TLS backend cannot be set up.
+    pub fn new(rules: OriginRules, connect_timeout: Duration) -> Result<Origins, reqwest::Error> {
         let rules = Arc::new(rules);
-        fn client(resolver: Arc<impl Resolve + 'static>, connect: Duration) -> reqwest::Client {
+        fn client(
+            resolver: Arc<impl Resolve + 'static>,
+            connect: Duration,
+        ) -> Result<reqwest::Client, reqwest::Error> {
             reqwest::Client::builder()
                 .user_agent(concat!("superpeer/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(connect)
                 .redirect(reqwest::redirect::Policy::none())
+                // Direct, never through a proxy from the environment: a proxy would
+                // resolve names out of reach of the address check.
+                .no_proxy()
                 .dns_resolver(resolver)
                 .build()
-                .unwrap_or_default()
         }
-        Origins {
-            checked: client(Arc::new(CheckedResolver(rules.clone())), connect_timeout),
-            trusted: client(Arc::new(TrustedResolver), connect_timeout),
+        Ok(Origins {
+            checked: client(Arc::new(CheckedResolver(rules.clone())), connect_timeout)?,
+            trusted: client(Arc::new(TrustedResolver), connect_timeout)?,
             rules,
-        }
+        })
     }
 
     /// The client for one hop, or why the hop is refused.
@@ -387,6 +424,16 @@ mod tests {
             ("ff02::1", Some("multicast")),
             ("::ffff:127.0.0.1", Some("loopback")),
             ("::ffff:169.254.169.254", Some("link-local")),
+            ("192.0.0.192", Some("special-purpose")),
+            ("198.18.0.1", Some("benchmarking")),
+            ("240.0.0.1", Some("reserved")),
+            ("203.0.113.9", Some("documentation")),
+            ("::127.0.0.1", Some("loopback")),
+            ("64:ff9b::a9fe:a9fe", Some("link-local")),
+            ("64:ff9b::808:808", None),
+            ("64:ff9b:1::1", Some("local NAT64")),
+            ("2002:c0a8:0101::1", Some("private")),
+            ("fec0::1", Some("site-local")),
             ("8.8.8.8", None),
             ("100.128.0.1", None),
             ("172.32.0.1", None),
@@ -419,6 +466,11 @@ mod tests {
             assert!(wrong.parse::<AllowEntry>().is_err(), "{wrong:?}");
         }
         assert_eq!(parse_allow_list(" a.example , ,10.0.0.0/8").unwrap().len(), 2);
+        // Found by fuzzing: an address with a trailing dot is an address.
+        assert_eq!(
+            "127.0.0.1.".parse::<AllowEntry>().unwrap(),
+            AllowEntry::Host(HostName::Ip("127.0.0.1".parse().unwrap()))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::budget::Reservation;
 use crate::policy::wire::SegmentHandle;
 
 /// Where a segment's bytes are.
@@ -30,7 +31,9 @@ impl Held {
 
 #[derive(Debug, Default)]
 pub struct SegmentStore {
-    segments: HashMap<SegmentHandle, Held>,
+    /// Each segment with its share of the worker's memory budget, given back when it
+    /// goes.
+    segments: HashMap<SegmentHandle, (Held, Option<Reservation>)>,
     next: SegmentHandle,
     memory_bytes: u64,
 }
@@ -38,21 +41,27 @@ pub struct SegmentStore {
 impl SegmentStore {
     /// Keeps a segment; returns the handle that names it until removed.
     pub fn insert(&mut self, held: Held) -> SegmentHandle {
+        self.insert_reserved(held, None)
+    }
+
+    /// Keeps a segment with its share of the memory budget.
+    pub fn insert_reserved(&mut self, held: Held, share: Option<Reservation>) -> SegmentHandle {
         self.next += 1;
         if let Held::Memory(bytes) = &held {
             self.memory_bytes += bytes.len() as u64;
         }
-        self.segments.insert(self.next, held);
+        self.segments.insert(self.next, (held, share));
         self.next
     }
 
     pub fn get(&self, handle: SegmentHandle) -> Option<&Held> {
-        self.segments.get(&handle)
+        self.segments.get(&handle).map(|(held, _)| held)
     }
 
-    /// Drops a segment; what it was, if there was one.
+    /// Drops a segment (and gives back its share of the budget); what it was, if there
+    /// was one.
     pub fn remove(&mut self, handle: SegmentHandle) -> Option<Held> {
-        let held = self.segments.remove(&handle)?;
+        let (held, _) = self.segments.remove(&handle)?;
         if let Held::Memory(bytes) = &held {
             self.memory_bytes -= bytes.len() as u64;
         }

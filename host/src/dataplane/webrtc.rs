@@ -354,10 +354,11 @@ impl Rtc {
             if self.by_address.get(&from).is_some_and(|p| *p != peer) {
                 return Vec::new();
             }
-            let authentic = match &self.crypto {
-                Some(provider) => stun_authentic(data, &state.password, provider.crypto()),
-                None => true,
-            };
+            // Without a crypto provider nothing can be checked (nor would DTLS work).
+            let authentic = self
+                .crypto
+                .as_ref()
+                .is_some_and(|provider| stun_authentic(data, &state.password, provider.crypto()));
             if !authentic {
                 self.forged_stun += 1;
                 return Vec::new();

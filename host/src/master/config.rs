@@ -56,6 +56,10 @@ pub struct MasterConfig {
     /// the REST API's connection cap and how long a request's headers (or the next
     /// request on an idle connection) may take.
     pub api_limits: HttpLimits,
+    /// `memoryBudget`: bytes of segments each worker holds in memory and fetches in
+    /// flight, together; by default half this machine's memory shared by the workers
+    /// it takes, between 64 MiB and 1 GiB.
+    pub memory_budget: Option<u64>,
 }
 
 /// A configuration problem, naming the key.
@@ -110,6 +114,11 @@ pub const KEYS: &[Key] = &[
         "apiHeaderTimeoutSeconds",
         "10",
         "a request's headers, or an idle connection's next request, must come within this",
+    ),
+    key(
+        "memoryBudget",
+        "from the machine",
+        "segment bytes a worker holds in memory and fetches at once (K, M, G)",
     ),
     key("maxSeeds", "1000", "most seeds the seed list holds; a /seed past it is refused"),
     key(
@@ -258,11 +267,18 @@ impl MasterConfig {
         if max_seeds == 0 {
             return Err(bad("maxSeeds", "must be at least 1"));
         }
+        let memory_budget = get("memoryBudget")
+            .map(|v| {
+                parse_size(v).ok_or_else(|| {
+                    bad("memoryBudget", format!("{v:?} is not a size like 256M (at least 1M)"))
+                })
+            })
+            .transpose()?;
         let api_defaults = HttpLimits::default();
         let max_connections = number("apiMaxConnections", get("apiMaxConnections"))?
             .unwrap_or(api_defaults.max_connections);
-        if max_connections == 0 {
-            return Err(bad("apiMaxConnections", "must be at least 1"));
+        if !(1..=65_536).contains(&max_connections) {
+            return Err(bad("apiMaxConnections", "must be between 1 and 65536"));
         }
         let header_read_timeout =
             match number::<u64>("apiHeaderTimeoutSeconds", get("apiHeaderTimeoutSeconds"))? {
@@ -288,6 +304,7 @@ impl MasterConfig {
             origin_allow,
             max_seeds,
             api_limits,
+            memory_budget,
         })
     }
 
@@ -401,6 +418,7 @@ mod tests {
             ("udpPorts=many", "udpPorts"),
             ("originAllow=10.0.0.0/40", "originAllow"),
             ("maxSeeds=0", "maxSeeds"),
+            ("memoryBudget=lots", "memoryBudget"),
             ("apiMaxConnections=0", "apiMaxConnections"),
             ("apiHeaderTimeoutSeconds=0", "apiHeaderTimeoutSeconds"),
             ("originAllow=cdn.lan:http", "originAllow"),

@@ -575,7 +575,8 @@ impl Master {
             }
             placed.push(at);
         }
-        if list.len() > self.config.max_seeds {
+        // Past the cap only by adding seeds: updating those there is always possible.
+        if list.len() > self.config.max_seeds && list.len() > self.seeds.len() {
             return Err(MasterError::TooManySeeds {
                 would: list.len(),
                 max: self.config.max_seeds,
@@ -654,6 +655,15 @@ impl Master {
             tracing::error!(error = %e, "could not save the seed list");
             self.unsaved = true;
             MasterError::Persist(e.to_string())
+        })
+    }
+
+    /// Each worker's memory budget for segments: `memoryBudget`, else half this
+    /// machine's memory shared by as many workers as it takes, between 64 MiB and 1 GiB.
+    fn memory_budget(&self) -> u64 {
+        self.config.memory_budget.unwrap_or_else(|| {
+            let total = procfs::total_memory_bytes().unwrap_or(4 << 30);
+            (total / 2 / self.capacity().max(1) as u64).clamp(64 << 20, 1 << 30)
         })
     }
 
@@ -768,6 +778,7 @@ impl Master {
     }
 
     fn spawn_worker(&mut self, channel: &str) {
+        let memory_budget = self.memory_budget();
         let Some(seed) = self.seeds.iter_mut().find(|s| s.item.channel == channel) else { return };
         seed.retry_at = None;
         let policy = seed.policy.clone().unwrap_or_else(|| self.policy.clone());
@@ -787,6 +798,7 @@ impl Master {
             }),
             advertise_ip: self.config.public_ip,
             origin_allow: self.config.origin_allow.clone(),
+            memory_budget,
         };
         match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
@@ -1044,17 +1056,7 @@ fn restart_delay(crashes: u32) -> Duration {
 /// Starts `superpeer worker` and its I/O tasks; returns its pid, its inbox and a switch
 /// that kills it.
 /// The environment variables a worker inherits (in any case); no other.
-const WORKER_ENV: &[&str] = &[
-    "RUST_LOG",
-    "RUST_BACKTRACE",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "TZ",
-];
+const WORKER_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR", "TZ"];
 
 fn spawn_process(
     log_format: &str,
@@ -1071,7 +1073,8 @@ fn spawn_process(
     let exe = if running.exists() { running.to_path_buf() } else { binary };
     let mut command = tokio::process::Command::new(exe);
     // A worker parses what strangers send; it gets no secret of the master's (the
-    // access token, cloud credentials), only what it needs to log and to fetch.
+    // access token, cloud credentials), only what it needs to log and to fetch. No
+    // proxy either: its fetches go direct, where the origin rules can check them.
     command.env_clear();
     for (key, value) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| WORKER_ENV.contains(&k.to_ascii_uppercase().as_str())) {

@@ -290,6 +290,7 @@ impl PolicyEngine {
             bindings,
             ticker: self.inner.ticker.clone(),
             call_deadline: limits.call_deadline,
+            deadline_per_input_mib: limits.deadline_per_input_mib,
             init_deadline: limits.init_deadline,
             busy: Duration::ZERO,
         })
@@ -456,6 +457,7 @@ pub(crate) struct PolicyInstance {
     bindings: Policy,
     ticker: EpochTicker,
     call_deadline: Duration,
+    deadline_per_input_mib: Duration,
     init_deadline: Duration,
     /// Time spent inside the guest.
     busy: Duration,
@@ -475,7 +477,10 @@ impl PolicyInstance {
     }
 
     pub(crate) fn handle(&mut self, clock: Clock, events: &[Event]) -> Result<Vec<Command>, Fault> {
-        let deadline = self.call_deadline;
+        let payload: usize = events.iter().map(super::wire::payload_bytes).sum();
+        // Multiplied before divided: a per-MiB figure under 1 ms still counts.
+        let extra = self.deadline_per_input_mib.as_nanos() * payload as u128 / (1 << 20);
+        let deadline = self.call_deadline + Duration::from_nanos(extra as u64);
         self.call(clock, deadline, |b, s| b.call_handle(s, events))
     }
 

@@ -12,6 +12,11 @@ pub struct PolicyLimits {
     /// Longest one `handle` or `snapshot` call may run before it is interrupted.
     #[serde(with = "millis")]
     pub call_deadline: Duration,
+    /// What a `handle` call's deadline grows by per MiB of payload it is handed
+    /// (`wire::payload_bytes`): reading a 2 MiB playlist takes longer than answering a
+    /// message, and a policy must not fault for an input the host let through.
+    #[serde(with = "millis")]
+    pub deadline_per_input_mib: Duration,
     /// Longest `init` (and `describe`) may run: a fresh instance may parse a snapshot.
     #[serde(with = "millis")]
     pub init_deadline: Duration,
@@ -43,6 +48,10 @@ pub struct PolicyLimits {
     /// as connections (`maxConnections`) until answered: most offers a tracker relays
     /// reach viewers that are already connected, or nobody, and are never answered.
     pub max_pending_offers: usize,
+    /// Peers answered (or whose answer was taken) but not open yet, beyond the seed's
+    /// `maxConnections`: only open DataChannels count as viewers, and an offer costs
+    /// its sender nothing, so a policy answers more than it keeps.
+    pub max_connecting_peers: usize,
     /// Most timers pending at once.
     pub max_timers: usize,
     /// Longest delay a timer may be set for.
@@ -83,6 +92,7 @@ impl Default for PolicyLimits {
     fn default() -> Self {
         PolicyLimits {
             call_deadline: Duration::from_millis(5),
+            deadline_per_input_mib: Duration::from_millis(20),
             init_deadline: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             max_commands_per_call: 4096,
@@ -96,6 +106,7 @@ impl Default for PolicyLimits {
             max_trackers: 32,
             max_fetches: 256,
             max_pending_offers: 1024,
+            max_connecting_peers: 128,
             max_timers: 4096,
             max_timer_delay: Duration::from_secs(24 * 3600),
             max_log_lines_per_call: 64,
@@ -154,6 +165,11 @@ impl PolicyLimits {
             (1024..=256 << 10).contains(&self.max_chunk_bytes),
             "max_chunk_bytes",
             "must be between 1 KiB and 256 KiB (the SCTP message limit)",
+        )?;
+        check(
+            self.deadline_per_input_mib <= Duration::from_secs(1),
+            "deadline_per_input_mib",
+            "must be at most 1 s",
         )?;
         check(self.max_timers >= 1, "max_timers", "must be at least 1")?;
         check(self.max_fetches >= 1, "max_fetches", "must be at least 1")?;

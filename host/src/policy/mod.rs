@@ -34,6 +34,29 @@ pub mod wire {
     pub fn ends_serve(serve: &ServeSegment, next: &Command) -> bool {
         matches!(next, Command::PeerSend(send) if send.peer == serve.peer)
     }
+
+    /// The bytes of text and data an event hands a policy: what splits large turns
+    /// into several calls and what a call's deadline grows with.
+    pub fn payload_bytes(event: &Event) -> usize {
+        match event {
+            Event::TrackerText(t) => t.text.len(),
+            Event::TrackerClosed(c) => c.reason.len(),
+            Event::PeerOfferReady(r) | Event::PeerAnswerReady(r) => r.sdp.len(),
+            Event::PeerMessage(m) => m.data.len(),
+            Event::PeerClosed(c) => c.reason.len(),
+            Event::TextFetched(t) => t.url.len() + t.text.len(),
+            Event::SegmentStored(s) => s.segment.url.len(),
+            Event::FetchFailed(f) => f.reason.len(),
+            Event::Started
+            | Event::Stopping
+            | Event::TrackerConnected(_)
+            | Event::PeerChannelOpen(_)
+            | Event::PeerBufferedLow(_)
+            | Event::SegmentEvicted(_)
+            | Event::SegmentSent(_)
+            | Event::TimerFired(_) => 0,
+        }
+    }
 }
 
 /// The default policy (`guest/pml`), built with the host and embedded in the binary.

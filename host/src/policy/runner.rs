@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{Clock, CompiledPolicy, PolicyEngine, PolicyInstance, PolicyMeta};
 use super::error::{Fault, PolicyError};
 use super::tables::Tables;
-use super::wire::{Command, Event, SeedConfig};
+use super::wire::{self, Command, Event, SeedConfig};
 
 /// The runner's policy stats, as the control plane reports them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,9 @@ pub struct PolicyRunner {
     snapshot_soon: bool,
     /// Events waiting for an instance (during a restart back-off).
     pending: VecDeque<Event>,
+    /// What the policy must hear about its refused commands; queued at the next turn,
+    /// so a policy that asks again at once costs a turn, never a loop.
+    to_tell: Vec<Event>,
     /// The first `again` pending events were in a call that faulted: the tables know
     /// them already, and a second fault drops them, so an event that makes the policy
     /// fault costs two faults, not a loop.
@@ -145,6 +148,7 @@ impl PolicyRunner {
             snapshot_at: clock.monotonic,
             snapshot_soon: false,
             pending: VecDeque::new(),
+            to_tell: Vec::new(),
             again: 0,
             start_due: true,
             recent_faults: VecDeque::new(),
@@ -176,6 +180,7 @@ impl PolicyRunner {
     /// into several calls (`max_events_per_call`, `max_input_bytes`).
     pub fn handle(&mut self, clock: Clock, events: Vec<Event>) -> Vec<Command> {
         self.stats.events += events.len() as u64;
+        self.pending.extend(std::mem::take(&mut self.to_tell));
         self.pending.extend(events);
 
         if self.instance.is_none() {
@@ -210,7 +215,7 @@ impl PolicyRunner {
         let mut bytes = 0;
         let mut count = 0;
         for event in &self.pending {
-            let size = payload_bytes(event);
+            let size = wire::payload_bytes(event);
             let taken = batch.len() + count;
             if taken == limits.max_events_per_call
                 || (taken > 0 && bytes + size > limits.max_input_bytes)
@@ -334,7 +339,7 @@ impl PolicyRunner {
     /// instance's `started`, or a restart that is due.
     pub fn wants_turn(&self, now: Duration) -> bool {
         match &self.instance {
-            Some(_) => self.start_due || !self.pending.is_empty(),
+            Some(_) => self.start_due || !self.pending.is_empty() || !self.to_tell.is_empty(),
             None => self.retry_at.is_some_and(|at| at <= now),
         }
     }
@@ -375,14 +380,14 @@ impl PolicyRunner {
     fn admit(&mut self, clock: Clock, commands: Vec<Command>) -> Vec<Command> {
         let limits = self.engine.limits();
         let max_peers = self.config.max_connections as usize;
-        let (admitted, refused) =
-            self.tables.admit_all(clock.monotonic, commands, limits, max_peers);
-        for rejection in &refused {
+        let admitted = self.tables.admit_all(clock.monotonic, commands, limits, max_peers);
+        for rejection in &admitted.refused {
             tracing::debug!(policy = %self.current.policy.meta(), %rejection, "command rejected");
         }
-        self.stats.commands_rejected += refused.len() as u64;
-        self.stats.commands += admitted.len() as u64;
-        admitted
+        self.stats.commands_rejected += admitted.refused.len() as u64;
+        self.stats.commands += admitted.commands.len() as u64;
+        self.to_tell.extend(admitted.to_tell);
+        admitted.commands
     }
 
     fn maybe_snapshot(&mut self, clock: Clock) {
@@ -521,26 +526,4 @@ fn start_instance(
     let mut instance = engine.instantiate(policy, clock)?;
     instance.init(clock, config, snapshot, &tables.state(clock.monotonic))?;
     Ok(instance)
-}
-
-/// The bytes an event carries beyond its fixed fields, for splitting large turns.
-fn payload_bytes(event: &Event) -> usize {
-    match event {
-        Event::TrackerText(t) => t.text.len(),
-        Event::TrackerClosed(c) => c.reason.len(),
-        Event::PeerOfferReady(r) | Event::PeerAnswerReady(r) => r.sdp.len(),
-        Event::PeerMessage(m) => m.data.len(),
-        Event::PeerClosed(c) => c.reason.len(),
-        Event::TextFetched(t) => t.url.len() + t.text.len(),
-        Event::SegmentStored(s) => s.segment.url.len(),
-        Event::FetchFailed(f) => f.reason.len(),
-        Event::Started
-        | Event::Stopping
-        | Event::TrackerConnected(_)
-        | Event::PeerChannelOpen(_)
-        | Event::PeerBufferedLow(_)
-        | Event::SegmentEvicted(_)
-        | Event::SegmentSent(_)
-        | Event::TimerFired(_) => 0,
-    }
 }

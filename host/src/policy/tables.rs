@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::limits::PolicyLimits;
 use super::wire::{
-    ByteRange, Command, ConnId, Event, FetchId, HostState, PeerId, PeerState, SegmentHandle,
-    SegmentInfo, TimerId, TrackerState, ends_serve,
+    ByteRange, Command, ConnId, Event, FetchFailed, FetchId, FetchSegment, FetchText, HostState,
+    PeerId, PeerState, SegmentHandle, SegmentInfo, TimerId, TrackerState, ends_serve,
 };
 
 /// Why one command was refused. The policy's other commands still run.
@@ -43,6 +43,17 @@ pub enum Rejection {
     TimerTooLong(u64, u64),
     #[error("the end of a serve of segment {0} that was refused")]
     EndOfRefusedServe(SegmentHandle),
+}
+
+/// What [`Tables::admit_all`] made of one call's commands.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// For the host to carry out, in order.
+    pub commands: Vec<Command>,
+    pub refused: Vec<Rejection>,
+    /// What the policy must hear about refused commands (a fetch that will never
+    /// complete fails), next turn.
+    pub to_tell: Vec<Event>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,22 +145,36 @@ impl Tables {
         }
     }
 
-    /// Checks one call's commands in order with [`Tables::admit`]: those that pass, and
-    /// why the others did not. A refused serve's end ([`ends_serve`]) is refused with it.
+    /// Checks one call's commands in order with [`Tables::admit`]: those that pass, why
+    /// the others did not, and what the policy must hear of them. A refused serve's end
+    /// ([`ends_serve`]) is refused with it.
     pub fn admit_all(
         &mut self,
         now: Duration,
         commands: Vec<Command>,
         limits: &PolicyLimits,
         max_peers: usize,
-    ) -> (Vec<Command>, Vec<Rejection>) {
+    ) -> Admitted {
         let mut admitted = Vec::with_capacity(commands.len());
         let mut refused = Vec::new();
+        let mut to_tell = Vec::new();
         let mut commands = commands.into_iter().peekable();
         while let Some(command) = commands.next() {
             match self.admit(now, &command, limits, max_peers) {
                 Ok(()) => admitted.push(command),
                 Err(rejection) => {
+                    // A refused fetch would be in flight forever for the policy; one
+                    // whose id is in flight is not reported (that fetch is real).
+                    if let Command::FetchText(FetchText { fetch, .. })
+                    | Command::FetchSegment(FetchSegment { fetch, .. }) = &command
+                        && !self.fetches.contains(fetch)
+                    {
+                        to_tell.push(Event::FetchFailed(FetchFailed {
+                            fetch: *fetch,
+                            status: None,
+                            reason: format!("refused by the host: {rejection}"),
+                        }));
+                    }
                     refused.push(rejection);
                     if let Command::ServeSegment(serve) = &command
                         && commands.next_if(|next| ends_serve(serve, next)).is_some()
@@ -159,7 +184,7 @@ impl Tables {
                 }
             }
         }
-        (admitted, refused)
+        Admitted { commands: admitted, refused, to_tell }
     }
 
     /// Checks a command against the limits and the tables; when it passes, the tables
@@ -200,7 +225,7 @@ impl Tables {
             Command::PeerAnswer(a) => {
                 fit("SDP offer", a.offer.len(), limits.max_text_bytes)?;
                 fresh("peer", a.peer, self.peers.contains_key(&a.peer))?;
-                room("peers", self.connections(), max_peers)?;
+                room("peers", self.connections(), max_peers + limits.max_connecting_peers)?;
                 self.peers.insert(a.peer, PeerPhase::Connecting);
             }
             Command::PeerAcceptAnswer(a) => {
@@ -212,7 +237,7 @@ impl Tables {
                 }
                 // An answered offer becomes a connection, within the same budget as
                 // the offers we answer.
-                room("peers", self.connections(), max_peers)?;
+                room("peers", self.connections(), max_peers + limits.max_connecting_peers)?;
                 self.peers.insert(a.peer, PeerPhase::Connecting);
                 self.offering -= 1;
             }
@@ -423,8 +448,10 @@ mod tests {
 
     const NOW: Duration = Duration::from_secs(100);
 
+    /// Two peers at most, none beyond them while connecting.
     fn admit(tables: &mut Tables, command: Command) -> Result<(), Rejection> {
-        tables.admit(NOW, &command, &PolicyLimits::default(), 2)
+        let limits = PolicyLimits { max_connecting_peers: 0, ..PolicyLimits::default() };
+        tables.admit(NOW, &command, &limits, 2)
     }
 
     fn segment(handle: SegmentHandle, size: u64) -> Event {
@@ -506,9 +533,27 @@ mod tests {
     }
 
     #[test]
+    fn peers_still_connecting_may_go_past_the_viewers_by_their_own_limit() {
+        let mut t = Tables::default();
+        let limits = PolicyLimits { max_connecting_peers: 3, ..PolicyLimits::default() };
+        let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
+        for peer in 1..=5 {
+            t.admit(NOW, &answer(peer), &limits, 2).unwrap();
+        }
+        assert_eq!(
+            t.admit(NOW, &answer(6), &limits, 2),
+            Err(Rejection::TooMany { what: "peers", max: 5 })
+        );
+    }
+
+    #[test]
     fn offers_wait_within_their_own_limit_and_join_the_budget_once_answered() {
         let mut t = Tables::default();
-        let limits = PolicyLimits { max_pending_offers: 3, ..PolicyLimits::default() };
+        let limits = PolicyLimits {
+            max_pending_offers: 3,
+            max_connecting_peers: 0,
+            ..PolicyLimits::default()
+        };
         let admit = |t: &mut Tables, command| t.admit(NOW, &command, &limits, 2);
         let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
         let accept =
@@ -575,7 +620,7 @@ mod tests {
             offset: 0,
             chunk_size: 16384,
         });
-        let (admitted, refused) = t.admit_all(
+        let Admitted { commands: admitted, refused, .. } = t.admit_all(
             NOW,
             vec![send(b"header"), serve.clone(), send(b"end"), send(b"next")],
             &PolicyLimits::default(),
@@ -588,7 +633,7 @@ mod tests {
         );
         // Held, the serve passes with its end.
         t.observe(&segment(9, 1000));
-        let (admitted, refused) =
+        let Admitted { commands: admitted, refused, .. } =
             t.admit_all(NOW, vec![serve.clone(), send(b"end")], &PolicyLimits::default(), 2);
         assert_eq!((admitted, refused), (vec![serve, send(b"end")], vec![]));
     }
@@ -612,6 +657,24 @@ mod tests {
         );
         t.observe(&segment(4, 10));
         admit(&mut t, fetch(1, None)).expect_err("still in flight: segment-stored named fetch 0");
+    }
+
+    #[test]
+    fn a_refused_fetch_is_told_failed_unless_its_id_is_a_real_fetch() {
+        let mut t = Tables::default();
+        let limits = PolicyLimits { max_fetches: 1, ..PolicyLimits::default() };
+        let fetch = |fetch| Command::FetchText(FetchText { fetch, url: "http://o/m.m3u8".into() });
+        let bad_url = Command::FetchText(FetchText { fetch: 1, url: "file:///etc".into() });
+        let Admitted { commands, refused, to_tell } =
+            t.admit_all(NOW, vec![fetch(1), fetch(2), fetch(1), bad_url], &limits, 2);
+        assert_eq!(commands, [fetch(1)]);
+        assert!(matches!(
+            refused[..],
+            [Rejection::TooMany { .. }, Rejection::Duplicate { .. }, Rejection::BadUrl { .. }]
+        ));
+        let [Event::FetchFailed(failed)] = &to_tell[..] else { panic!("{to_tell:?}") };
+        assert_eq!((failed.fetch, failed.status), (2, None));
+        assert!(failed.reason.contains("refused by the host"), "{}", failed.reason);
     }
 
     #[test]
