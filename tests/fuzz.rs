@@ -19,6 +19,9 @@ use superpeer::master::seeds::{self, SeedRequest};
 use superpeer::policy::wire::{Command, Event, PeerAnswer};
 use superpeer_fuzzing::{inputs, run};
 
+#[path = "support/viewer.rs"]
+mod viewer;
+
 fn frame(json: &str) -> Vec<u8> {
     let mut bytes = (json.len() as u32).to_be_bytes().to_vec();
     bytes.extend(json.as_bytes());
@@ -121,29 +124,6 @@ fn origin_rules_and_urls() {
     );
 }
 
-/// A STUN binding request with USERNAME and MESSAGE-INTEGRITY keyed by `key`.
-fn binding_request(username: &str, key: &str) -> Vec<u8> {
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::fingerprint::FINGERPRINT;
-    use rtc::stun::integrity::MessageIntegrity;
-    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-    use rtc::stun::textattrs::TextAttribute;
-    let provider = rtc::crypto::default_provider().unwrap();
-    let mut message = Message::new();
-    let setters: [Box<dyn Setter + '_>; 5] = [
-        Box::new(BINDING_REQUEST),
-        Box::new(TransactionId::new()),
-        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_string())),
-        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-            key.to_string(),
-            provider.crypto(),
-        )),
-        Box::new(FINGERPRINT),
-    ];
-    message.build(&setters).unwrap();
-    message.raw
-}
-
 #[test]
 fn datagrams_at_a_workers_socket() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -156,19 +136,17 @@ fn datagrams_at_a_workers_socket() {
     else {
         panic!("no answer")
     };
-    let value = |attribute: &str| {
-        answer.sdp.lines().find_map(|l| l.strip_prefix(attribute)).unwrap().trim().to_string()
-    };
-    let (ufrag, password) = (value("a=ice-ufrag:"), value("a=ice-pwd:"));
+    let ufrag = viewer::sdp_value(&answer.sdp, "a=ice-ufrag:");
+    let password = viewer::sdp_value(&answer.sdp, "a=ice-pwd:");
     // The viewer's address becomes known, as with a real viewer's first request.
-    let viewer = SocketAddr::from(([127, 0, 0, 1], 40_000));
-    let genuine = binding_request(&format!("{ufrag}:viewer"), &password);
-    plane.on_io(IoEvent::Datagram { from: viewer, data: genuine.clone().into() });
+    let viewer_address = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let genuine = viewer::binding_request(&format!("{ufrag}:viewer"), password);
+    plane.on_io(IoEvent::Datagram { from: viewer_address, data: genuine.clone() });
     assert_eq!(plane.viewer_addresses(), 1);
 
     let examples = vec![
-        genuine,
-        binding_request(&format!("{ufrag}:forger"), "wrong"),
+        genuine.to_vec(),
+        viewer::binding_request(&format!("{ufrag}:forger"), "wrong").to_vec(),
         // A DTLS record header, as the handshake begins.
         b"\x16\xfe\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x40\x01\x00\x00\x34\x00\x00".to_vec(),
     ];
@@ -179,7 +157,7 @@ fn datagrams_at_a_workers_socket() {
             n = n.wrapping_add(1);
             // From the viewer's address (into the WebRTC library) and from strangers.
             let from = if n.is_multiple_of(2) {
-                viewer
+                viewer_address
             } else {
                 SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 50_000))
             };

@@ -233,34 +233,6 @@ async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
     assert_eq!(plane.viewers(), 0);
 }
 
-/// A STUN binding request as a viewer's ICE agent sends it, its MESSAGE-INTEGRITY keyed
-/// by `key`.
-fn binding_request(username: &str, key: &str) -> bytes::Bytes {
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::fingerprint::FINGERPRINT;
-    use rtc::stun::integrity::MessageIntegrity;
-    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-    use rtc::stun::textattrs::TextAttribute;
-    let provider = rtc::crypto::default_provider().unwrap();
-    let mut message = Message::new();
-    let setters: [Box<dyn Setter + '_>; 5] = [
-        Box::new(BINDING_REQUEST),
-        Box::new(TransactionId::new()),
-        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_string())),
-        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-            key.to_string(),
-            provider.crypto(),
-        )),
-        Box::new(FINGERPRINT),
-    ];
-    message.build(&setters).unwrap();
-    message.raw.into()
-}
-
-fn sdp_value<'a>(sdp: &'a str, attribute: &str) -> &'a str {
-    sdp.lines().find_map(|l| l.strip_prefix(attribute)).unwrap().trim()
-}
-
 #[tokio::test]
 async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per_viewer() {
     let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
@@ -273,11 +245,11 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     else {
         panic!("no answer")
     };
-    let ufrag = sdp_value(&answer.sdp, "a=ice-ufrag:").to_string();
-    let password = sdp_value(&answer.sdp, "a=ice-pwd:").to_string();
+    let ufrag = viewer::sdp_value(&answer.sdp, "a=ice-ufrag:").to_string();
+    let password = viewer::sdp_value(&answer.sdp, "a=ice-pwd:").to_string();
 
     // Twenty thousand forged requests, each from an address of its own: none is taken.
-    let forged = binding_request(&format!("{ufrag}:forger"), "not-the-password");
+    let forged = viewer::binding_request(&format!("{ufrag}:forger"), "not-the-password");
     for n in 0..20_000u32 {
         let [_, _, a, b] = n.to_be_bytes();
         let from = std::net::SocketAddr::from(([10, 9, a, b], 50_000));
@@ -289,7 +261,7 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     // With the password, a connection still holds only a few addresses.
     for n in 0..100u8 {
         let from = std::net::SocketAddr::from(([10, 8, 0, n], 50_000));
-        let genuine = binding_request(&format!("{ufrag}:{n}"), &password);
+        let genuine = viewer::binding_request(&format!("{ufrag}:{n}"), &password);
         seen.extend(plane.on_io(IoEvent::Datagram { from, data: genuine }));
     }
     assert!(plane.viewer_addresses() <= 1 + 4, "{} addresses", plane.viewer_addresses());
