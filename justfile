@@ -41,10 +41,9 @@ test: lint node-deps system-deps tools
     cargo test --workspace --locked
     cargo test --locked -p superpeer-policy-pml -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
-# Every parser of untrusted input (peer wire, chunks, tracker JSON, playlists, URLs,
-# datagrams, master/worker frames, .env, seed bodies, channel ids) on generated inputs,
-# a million each unless told: prints the inputs each took, or the input it crashed on.
-# `just test` runs the same on a few thousand.
+# The parsers: peer wire, chunks, tracker JSON, playlists, URLs, datagrams, master/worker
+# frames, .env, seed bodies, channel ids. `just test` runs a few thousand inputs each.
+# Every parser of untrusted input on a million generated inputs (or as told); prints each one's count or the crash.
 fuzz inputs="1000000": setup
     SUPERPEER_FUZZ_INPUTS={{inputs}} cargo test --release --locked -p superpeer --test fuzz -- --nocapture --test-threads 1
     SUPERPEER_FUZZ_INPUTS={{inputs}} cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} --test fuzz -- --nocapture --test-threads 1

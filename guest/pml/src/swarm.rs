@@ -177,10 +177,20 @@ pub fn random_text(prefix: &str, length: usize, symbols: impl Iterator<Item = ch
     text
 }
 
-/// Letters and digits drawn from a source of random numbers.
+/// Letters and digits drawn from a source of random numbers, ten from each draw
+/// (62^10 < 2^64): in a policy each draw is a call to the host, and a draw per symbol
+/// made a round of 82 offers cost over three thousand of them.
 pub fn random_symbols(random: &mut dyn FnMut() -> u64) -> impl Iterator<Item = char> + '_ {
+    const PER_DRAW: u32 = 10;
+    let base = PEER_ID_SYMBOLS.len() as u64;
+    let (mut drawn, mut left) = (0u64, 0u32);
     std::iter::repeat_with(move || {
-        char::from(PEER_ID_SYMBOLS[(random() % PEER_ID_SYMBOLS.len() as u64) as usize])
+        if left == 0 {
+            (drawn, left) = (random(), PER_DRAW);
+        }
+        let symbol = PEER_ID_SYMBOLS[(drawn % base) as usize];
+        (drawn, left) = (drawn / base, left - 1);
+        char::from(symbol)
     })
 }
 
