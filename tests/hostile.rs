@@ -18,18 +18,28 @@ mod harness;
 
 use harness::*;
 
-/// Serves `app` on 127.0.0.1:0 from a thread of its own; returns its base URL.
-fn serve(app: axum::Router) -> String {
+/// Runs `server` on a listener at 127.0.0.1:0, on a thread and runtime of its own;
+/// returns the listener's address.
+fn listen<F>(server: impl FnOnce(tokio::net::TcpListener) -> F + Send + 'static) -> String
+where
+    F: Future<Output = ()>,
+{
     let (found, address) = mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            found.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();
-            axum::serve(listener, app).await.unwrap();
+            found.send(listener.local_addr().unwrap().to_string()).unwrap();
+            server(listener).await;
         });
     });
     address.recv_timeout(PATIENCE).unwrap()
+}
+
+/// Serves `app` on 127.0.0.1:0 from a thread of its own; returns its base URL.
+fn serve(app: axum::Router) -> String {
+    let address = listen(|listener| async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
 }
 
 /// An internal service (a metadata endpoint, a database's HTTP port) that counts the
@@ -405,60 +415,54 @@ fn hostile_tracker() -> (String, Arc<AtomicUsize>) {
     use tokio_tungstenite::tungstenite::Message;
     let sent = Arc::new(AtomicUsize::new(0));
     let counted = sent.clone();
-    let (found, address) = mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            found.send(format!("ws://{}", listener.local_addr().unwrap())).unwrap();
-            let local = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-            let (_, sdp) = superpeer_load::offering_connection(local).unwrap();
-            let mut n = 0u64;
-            while let Ok((stream, _)) = listener.accept().await {
-                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
-                    continue;
-                };
-                // Once superpeer has announced a swarm: garbage, a swarm that looks
-                // large, and fifty fake offers every 100 ms, whatever it sends.
-                let mut info_hash: Option<String> = None;
-                let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-                loop {
-                    tokio::select! {
-                        message = socket.next() => {
-                            let Some(Ok(Message::Text(text))) = message else { break };
-                            let announce: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                            let Some(hash) = announce["info_hash"].as_str() else { continue };
-                            info_hash = Some(hash.to_string());
-                            let size = json!({"action": "announce", "info_hash": hash,
-                                "interval": 10, "complete": 50, "incomplete": 50});
-                            let mut replies = vec![size.to_string()];
-                            replies.extend(["not json", "{\"action\":42}", "[[[[[[[[", "{\"info_hash\":null}"].map(String::from));
-                            for reply in replies {
-                                let _ = socket.send(Message::text(reply)).await;
-                            }
+    let address = listen(move |listener| async move {
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let (_, sdp) = superpeer_load::offering_connection(local).unwrap();
+        let mut n = 0u64;
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                continue;
+            };
+            // Once superpeer has announced a swarm: garbage, a swarm that looks
+            // large, and fifty fake offers every 100 ms, whatever it sends.
+            let mut info_hash: Option<String> = None;
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    message = socket.next() => {
+                        let Some(Ok(Message::Text(text))) = message else { break };
+                        let announce: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        let Some(hash) = announce["info_hash"].as_str() else { continue };
+                        info_hash = Some(hash.to_string());
+                        let size = json!({"action": "announce", "info_hash": hash,
+                            "interval": 10, "complete": 50, "incomplete": 50});
+                        let mut replies = vec![size.to_string()];
+                        replies.extend(["not json", "{\"action\":42}", "[[[[[[[[", "{\"info_hash\":null}"].map(String::from));
+                        for reply in replies {
+                            let _ = socket.send(Message::text(reply)).await;
                         }
-                        _ = tick.tick() => {
-                            let Some(hash) = &info_hash else { continue };
-                            for _ in 0..50 {
-                                n += 1;
-                                let offer = json!({
-                                    "action": "announce", "info_hash": hash,
-                                    "peer_id": format!("-PM0203-fake{n:08}"),
-                                    "offer_id": format!("fakeoffer{n:011}"),
-                                    "offer": {"type": "offer", "sdp": sdp},
-                                });
-                                if socket.send(Message::text(offer.to_string())).await.is_err() {
-                                    break;
-                                }
-                                counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ = tick.tick() => {
+                        let Some(hash) = &info_hash else { continue };
+                        for _ in 0..50 {
+                            n += 1;
+                            let offer = json!({
+                                "action": "announce", "info_hash": hash,
+                                "peer_id": format!("-PM0203-fake{n:08}"),
+                                "offer_id": format!("fakeoffer{n:011}"),
+                                "offer": {"type": "offer", "sdp": sdp},
+                            });
+                            if socket.send(Message::text(offer.to_string())).await.is_err() {
+                                break;
                             }
+                            counted.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 }
             }
-        });
+        }
     });
-    (address.recv_timeout(PATIENCE).unwrap(), sent)
+    (format!("ws://{address}"), sent)
 }
 
 #[test]

@@ -94,8 +94,6 @@ struct Peer {
     password: String,
     channel: Option<rtc::data_channel::RTCDataChannelId>,
     queue: VecDeque<Outgoing>,
-    /// Bytes of the messages in `queue`.
-    queued_message_bytes: usize,
     addresses: Vec<SocketAddr>,
     /// When the connection next wants `handle_timeout`, as last asked (its entry in
     /// [`Rtc::deadlines`]).
@@ -103,6 +101,22 @@ struct Peer {
     /// Until when an offer of ours waits for its answer; none once answered (or for a
     /// connection that answered a viewer's offer).
     offer_expires: Option<Instant>,
+}
+
+impl Peer {
+    /// Whether one more item carrying `bytes` of message fits in the send queue. The
+    /// queue is short (a cap of items), so its message bytes are counted, not kept.
+    fn has_room_for(&self, bytes: usize) -> bool {
+        let queued: usize = self
+            .queue
+            .iter()
+            .map(|item| match item {
+                Outgoing::Message(message) => message.len(),
+                Outgoing::Serve { trailer, .. } => trailer.len(),
+            })
+            .sum();
+        self.queue.len() < MAX_QUEUED_ITEMS && queued + bytes <= MAX_QUEUED_MESSAGE_BYTES
+    }
 }
 
 /// All of a worker's viewers.
@@ -277,7 +291,6 @@ impl Rtc {
                 password,
                 channel: None,
                 queue: VecDeque::new(),
-                queued_message_bytes: 0,
                 addresses: Vec::new(),
                 deadline: None,
                 offer_expires,
@@ -410,12 +423,9 @@ impl Rtc {
     /// whose queue is full is closed instead.
     pub fn send(&mut self, peer: PeerId, data: Vec<u8>, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if state.queue.len() >= MAX_QUEUED_ITEMS
-            || state.queued_message_bytes + data.len() > MAX_QUEUED_MESSAGE_BYTES
-        {
+        if !state.has_room_for(data.len()) {
             return self.drop_peer(peer, SEND_QUEUE_FULL.into());
         }
-        state.queued_message_bytes += data.len();
         state.queue.push_back(Outgoing::Message(Bytes::from(data)));
         self.drain(peer, now)
     }
@@ -424,9 +434,7 @@ impl Rtc {
     /// whose queue is full is closed instead.
     pub fn serve(&mut self, peer: PeerId, serve: Serve, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if state.queue.len() >= MAX_QUEUED_ITEMS
-            || state.queued_message_bytes + serve.trailer.len() > MAX_QUEUED_MESSAGE_BYTES
-        {
+        if !state.has_room_for(serve.trailer.len()) {
             let mut events = vec![Event::SegmentSent(SegmentSent {
                 peer,
                 handle: serve.handle,
@@ -436,7 +444,6 @@ impl Rtc {
             events.extend(self.drop_peer(peer, SEND_QUEUE_FULL.into()));
             return events;
         }
-        state.queued_message_bytes += serve.trailer.len();
         state.queue.push_back(Outgoing::Serve {
             handle: serve.handle,
             bytes: serve.bytes,
@@ -452,21 +459,18 @@ impl Rtc {
     pub fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
         let mut events = Vec::new();
-        let mut freed = 0;
         state.queue.retain(|item| match item {
-            Outgoing::Serve { handle: h, sent, trailer, .. } if *h == handle => {
+            Outgoing::Serve { handle: h, sent, .. } if *h == handle => {
                 events.push(Event::SegmentSent(SegmentSent {
                     peer,
                     handle,
                     bytes: *sent,
                     complete: false,
                 }));
-                freed += trailer.len();
                 false
             }
             _ => true,
         });
-        state.queued_message_bytes -= freed;
         events
     }
 
@@ -624,7 +628,6 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
         match item {
             Outgoing::Message(bytes) => {
                 let _ = channel.send(now, BytesMut::from(&bytes[..]));
-                state.queued_message_bytes -= bytes.len();
                 state.queue.pop_front();
             }
             Outgoing::Serve { handle, bytes, next, chunk, sent, trailer } => {
@@ -633,7 +636,6 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
                         if channel.send(now, BytesMut::from(&trailer[..])).is_err() {
                             break;
                         }
-                        state.queued_message_bytes -= trailer.len();
                         *trailer = Bytes::new();
                     }
                     events.push(Event::SegmentSent(SegmentSent {
