@@ -5,12 +5,14 @@
 // Helpers panic on purpose: a broken fixture should fail the test that uses it.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
+use superpeer::dataplane::disk::{self, DiskCacheConfig};
 use superpeer::dataplane::origin::OriginRules;
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
 use superpeer::policy::wire::{
@@ -301,4 +303,133 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
         v.received.iter().any(|m| m == b"fine")
     })
     .await;
+}
+
+/// Waits for the next segment the data plane reports stored.
+async fn stored(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> u64 {
+    loop {
+        let happened = io.recv().await.unwrap();
+        match plane.on_io(happened).pop() {
+            Some(Event::SegmentStored(stored)) => return stored.segment.handle,
+            Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_queue() {
+    let dir = std::env::temp_dir().join(format!("superpeer-webrtc-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    fn segment(n: u32) -> Vec<u8> {
+        (0..300_000u32).map(|i| ((i + n) % 251) as u8).collect()
+    }
+    let app = Router::new().route(
+        "/{n}",
+        get(|axum::extract::Path(n): axum::extract::Path<u32>| async move { segment(n) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let cache = DiskCacheConfig { dir: dir.clone(), max_bytes: 64 << 20 };
+    let limits = DataPlaneLimits {
+        origins: OriginRules::new(Some(&base), Vec::new()),
+        disk_cache: Some(cache),
+        ..Default::default()
+    };
+    let fetch = |fetch: u64, n: u32, tier| {
+        Command::FetchSegment(FetchSegment { fetch, url: format!("{base}/{n}"), range: None, tier })
+    };
+
+    // Segments 1 and 2 fetched to disk by one worker, and served by the next, which
+    // holds none of their bytes in memory. Segment 3 is in memory.
+    {
+        let (mut first, mut first_io) = DataPlane::new(limits.clone()).unwrap();
+        first.carry_out_all(vec![fetch(1, 1, CacheTier::Disk), fetch(2, 2, CacheTier::Disk)]);
+        stored(&mut first, &mut first_io).await;
+        stored(&mut first, &mut first_io).await;
+    }
+    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
+    plane.carry_out(fetch(1, 1, CacheTier::DiskIfCached));
+    let one = stored(&mut plane, &mut io).await;
+    plane.carry_out(fetch(2, 2, CacheTier::DiskIfCached));
+    let two = stored(&mut plane, &mut io).await;
+    plane.carry_out(fetch(3, 3, CacheTier::Memory));
+    let three = stored(&mut plane, &mut io).await;
+    let (mut first, mut seen) = connect(&mut plane, &mut io, 1).await;
+    let (mut second, more) = connect(&mut plane, &mut io, 2).await;
+    seen.extend(more);
+    let serve = |peer, handle| {
+        Command::ServeSegment(ServeSegment { peer, handle, offset: 0, chunk_size: 16_384 })
+    };
+    let send = |peer, data: &[u8]| Command::PeerSend(PeerSend { peer, data: data.to_vec() });
+
+    // Segment 2's file becomes a pipe nobody writes to yet: opening it blocks until
+    // someone does. Were it read on the event loop, nothing would move again, so a
+    // watchdog turns that hang into a failure.
+    let file = dir.join(format!("{}.seg", disk::key(&format!("{base}/2"), None)));
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&file).status().unwrap();
+    assert!(made.success());
+    let (returned, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watched.recv_timeout(Duration::from_secs(60)) == Err(RecvTimeoutError::Timeout) {
+            eprintln!("the event loop blocked on a disk read");
+            std::process::exit(1);
+        }
+    });
+    // The message right after a serve is its end, sent after its last byte or not at all.
+    let in_turn =
+        |handle| vec![send(1, b"before"), serve(1, handle), send(1, b"end"), send(1, b"after")];
+    seen.extend(plane.carry_out_all(in_turn(two)));
+    returned.send(()).unwrap();
+
+    // The loop goes on: the other viewer is sent a segment meanwhile, and the first
+    // nothing that was queued behind the read.
+    seen.extend(plane.carry_out_all(vec![serve(2, three), send(2, b"end")]));
+    let three_sent =
+        Event::SegmentSent(SegmentSent { peer: 2, handle: three, bytes: 300_000, complete: true });
+    run_until(&mut second, &mut plane, &mut io, &mut seen, |v, seen| {
+        seen.contains(&three_sent) && v.received.last().is_some_and(|m| m == b"end")
+    })
+    .await;
+    assert_eq!(second.received.concat().len(), 300_000 + 3);
+    run_until(&mut first, &mut plane, &mut io, &mut seen, |v, _| !v.received.is_empty()).await;
+    assert_eq!(first.received, vec![b"before".to_vec()]);
+
+    // What the pipe then gives is no cache file: segment 2 is dropped and reported
+    // evicted, its serve ends unsent without its end, and what was queued after it goes.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let _ = pipe.write_all(&[0; 4096]);
+    });
+    let unsent =
+        Event::SegmentSent(SegmentSent { peer: 1, handle: two, bytes: 0, complete: false });
+    run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
+        v.received.last().is_some_and(|m| m == b"after")
+            && seen.contains(&unsent)
+            && seen.contains(&Event::SegmentEvicted(two))
+    })
+    .await;
+    writer.join().unwrap();
+    assert_eq!(first.received, vec![b"before".to_vec(), b"after".to_vec()]);
+
+    // Segment 1 is read whole and goes out in its place: after what was queued before
+    // it, before what was queued after it.
+    first.received.clear();
+    seen.extend(plane.carry_out_all(in_turn(one)));
+    let one_sent =
+        Event::SegmentSent(SegmentSent { peer: 1, handle: one, bytes: 300_000, complete: true });
+    run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
+        seen.contains(&one_sent) && v.received.last().is_some_and(|m| m == b"after")
+    })
+    .await;
+    let received = &first.received;
+    let bytes = &received[1..received.len() - 2];
+    assert_eq!(received[0], b"before");
+    assert_eq!(received[received.len() - 2..], [b"end".to_vec(), b"after".to_vec()]);
+    assert_eq!(bytes.concat(), segment(1));
+    assert_eq!(plane.uploaded(), 600_000);
+    let _ = std::fs::remove_dir_all(&dir);
 }

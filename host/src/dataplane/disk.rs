@@ -12,8 +12,8 @@
 //! its holder, kill -9 included.
 //!
 //! It never decides what to cache or evict (the policy does) and never touches a path
-//! outside its directory. Its calls block: run them off the event loop unless the
-//! file is small and hot, as when serving.
+//! outside its directory. Its calls block: run them off the event loop (the data
+//! plane does, serving included).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -47,8 +47,16 @@ pub struct DiskCacheConfig {
 pub struct DiskCache {
     dir: Dir,
     max_bytes: u64,
-    /// The directory's size as last measured, and when: measuring lists every file.
-    measured: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// The directory's size as last measured: measuring lists every file.
+    measured: std::sync::Mutex<Measured>,
+}
+
+#[derive(Debug, Default)]
+struct Measured {
+    at: Option<std::time::Instant>,
+    size: u64,
+    /// A measurement is under way (so reports do not start another).
+    measuring: bool,
 }
 
 /// How long a measured size of the cache is reported before measuring again.
@@ -76,13 +84,14 @@ fn hex(bytes: &[u8]) -> String {
 static PARTIALS: AtomicU64 = AtomicU64::new(0);
 
 impl DiskCache {
-    /// Opens (creating it if needed) the cache directory, and removes what writers that
-    /// died left half-written.
+    /// Opens (creating it if needed) the cache directory, removes what writers that
+    /// died left half-written, and measures it (so the first figure reported is true).
     pub fn open(config: &DiskCacheConfig) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(&config.dir)?;
         let dir = Dir::open_ambient_dir(&config.dir, ambient_authority())?;
         let cache = DiskCache { dir, max_bytes: config.max_bytes, measured: Default::default() };
         cache.remove_abandoned_partials();
+        cache.measure();
         Ok(cache)
     }
 
@@ -192,8 +201,8 @@ impl DiskCache {
             let _ = self.dir.remove_file(&partial);
         }
         written?;
-        self.enforce_cap(key);
-        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let size = self.enforce_cap(key);
+        self.measured(size);
         Ok(())
     }
 
@@ -210,18 +219,28 @@ impl DiskCache {
         }
     }
 
-    /// Bytes of cached segments in the directory (all workers'), measured at most
-    /// every few seconds and after this worker's own writes.
-    pub fn size(&self) -> u64 {
+    /// Bytes of cached segments in the directory (all workers') as last measured, and
+    /// whether the caller should [`Self::measure`] now (off the event loop): the
+    /// measurement is older than a few seconds and none is under way.
+    pub fn last_size(&self) -> (u64, bool) {
         let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
-        match *measured {
-            Some((at, size)) if at.elapsed() < SIZE_FRESH_FOR => size,
-            _ => {
-                let size = self.segments().iter().map(|s| s.size).sum();
-                *measured = Some((std::time::Instant::now(), size));
-                size
-            }
-        }
+        let stale = measured.at.is_none_or(|at| at.elapsed() >= SIZE_FRESH_FOR);
+        let measure = stale && !measured.measuring;
+        measured.measuring |= measure;
+        (measured.size, measure)
+    }
+
+    /// Measures the directory: bytes of cached segments in it (all workers').
+    pub fn measure(&self) -> u64 {
+        let size = self.segments().iter().map(|s| s.size).sum();
+        self.measured(size);
+        size
+    }
+
+    fn measured(&self, size: u64) {
+        let at = Some(std::time::Instant::now());
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) =
+            Measured { at, size, measuring: false };
     }
 
     fn segments(&self) -> Vec<CachedFile> {
@@ -238,11 +257,13 @@ impl DiskCache {
             .collect()
     }
 
-    fn enforce_cap(&self, keep: &str) {
+    /// Deletes the least recently used files but `keep` while over the cap; the bytes
+    /// left.
+    fn enforce_cap(&self, keep: &str) -> u64 {
         let mut files = self.segments();
         let mut total: u64 = files.iter().map(|f| f.size).sum();
         if total <= self.max_bytes {
-            return;
+            return total;
         }
         files.sort_by_key(|f| f.used);
         let kept = format!("{keep}{SEGMENT_SUFFIX}");
@@ -255,6 +276,7 @@ impl DiskCache {
                 self.forget_lock(file.name.trim_end_matches(SEGMENT_SUFFIX));
             }
         }
+        total
     }
 }
 
@@ -334,7 +356,7 @@ mod tests {
         drop(cache);
         let cache = open(&scratch.0, 1 << 20);
         assert_eq!(cache.read(&k).as_deref(), Some(&b"segment bytes"[..]));
-        assert_eq!(cache.size(), (HEADER_BYTES + 13) as u64);
+        assert_eq!(cache.measure(), (HEADER_BYTES + 13) as u64);
     }
 
     #[test]
@@ -386,7 +408,7 @@ mod tests {
                     .set_modified(newest)
                     .unwrap();
             }
-            assert!(cache.size() <= 3 * per_file, "over the cap after {i}: {}", cache.size());
+            assert!(cache.measure() <= 3 * per_file, "over the cap after {i}: {}", cache.measure());
         }
         let kept: Vec<bool> = keys.iter().map(|k| cache.read(k).is_some()).collect();
         assert_eq!(kept, [true, false, false, false, true, true]);

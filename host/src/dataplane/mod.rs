@@ -110,6 +110,19 @@ pub enum IoEvent {
     /// A tracker connection opened or closed (for the figures).
     TrackerUp(ConnId),
     TrackerDown(ConnId),
+    /// A disk segment's bytes were read and checked for serving (none: gone or damaged).
+    DiskRead {
+        key: String,
+        bytes: Option<Bytes>,
+    },
+    /// A `disk-if-cached` fetch looked in the disk cache: the size it found, if any.
+    DiskLookedUp {
+        fetch: FetchId,
+        url: String,
+        range: Option<ByteRange>,
+        key: String,
+        size: Option<u64>,
+    },
     /// A UDP datagram for the WebRTC layer.
     Datagram {
         from: SocketAddr,
@@ -133,6 +146,9 @@ pub struct DataPlane {
     udp_addr: SocketAddr,
     disk: Option<Arc<disk::DiskCache>>,
     read_segments: ReadSegments,
+    /// Disk reads in flight for serving, by key, and the segments whose serves wait for
+    /// each: file I/O and hashing happen off the event loop, once per key.
+    disk_reads: HashMap<String, Vec<SegmentHandle>>,
     downloaded: u64,
     uploaded: u64,
     segments_served: u64,
@@ -182,6 +198,7 @@ impl DataPlane {
             udp_addr: bound,
             disk,
             read_segments: ReadSegments::default(),
+            disk_reads: HashMap::new(),
             downloaded: 0,
             uploaded: 0,
             segments_served: 0,
@@ -213,31 +230,98 @@ impl DataPlane {
         events
     }
 
-    /// Queues a serve and its end (empty for none); a segment whose bytes are gone is
-    /// reported sent short and evicted at once.
+    /// Queues a serve and its end (empty for none). A disk segment not at hand is read
+    /// off the loop and the serve waits in the viewer's queue meanwhile; a segment no
+    /// longer held is reported sent short.
     fn serve(&mut self, s: ServeSegment, end: Vec<u8>, now: Instant) -> Vec<Event> {
-        match self.segment_bytes(s.handle) {
-            Ok(bytes) => {
-                let serve = webrtc::Serve {
-                    handle: s.handle,
-                    bytes,
-                    offset: s.offset,
-                    chunk: s.chunk_size,
-                    trailer: end,
-                };
-                self.rtc.serve(s.peer, serve, now)
-            }
-            Err(gone) => {
-                let mut events = vec![Event::SegmentSent(SegmentSent {
+        let bytes = match self.store.get(s.handle) {
+            None => {
+                return vec![Event::SegmentSent(SegmentSent {
                     peer: s.peer,
                     handle: s.handle,
                     bytes: 0,
                     complete: false,
                 })];
-                events.extend(gone);
-                events
+            }
+            Some(Held::Memory(bytes)) => Some(bytes.clone()),
+            Some(Held::Disk { key, .. }) => {
+                let key = key.clone();
+                let at_hand = self.read_segments.get(&key);
+                if at_hand.is_none() {
+                    self.read_from_disk(key, s.handle);
+                }
+                at_hand
+            }
+        };
+        let serve = webrtc::Serve {
+            handle: s.handle,
+            bytes,
+            offset: s.offset,
+            chunk: s.chunk_size,
+            trailer: end,
+        };
+        self.rtc.serve(s.peer, serve, now)
+    }
+
+    /// Reads and checks a disk segment on the blocking pool for the serves of `handle`;
+    /// one read per key however many wait for it.
+    fn read_from_disk(&mut self, key: String, handle: SegmentHandle) {
+        match self.disk_reads.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut waiting) => {
+                if !waiting.get().contains(&handle) {
+                    waiting.get_mut().push(handle);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let key = entry.key().clone();
+                entry.insert(vec![handle]);
+                let disk = self.disk.clone();
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let read = {
+                        let key = key.clone();
+                        tokio::task::spawn_blocking(move || disk.and_then(|disk| disk.read(&key)))
+                    };
+                    let bytes = read.await.ok().flatten();
+                    let _ = events.send(IoEvent::DiskRead { key, bytes }).await;
+                });
             }
         }
+    }
+
+    /// Hands a finished disk read to the serves waiting for it. A copy that is gone or
+    /// damaged (another worker evicted it, the cap did, or the disk failed) is dropped
+    /// from the store, and the policy hears it was evicted.
+    fn on_disk_read(&mut self, key: String, bytes: Option<Bytes>, now: Instant) -> Vec<Event> {
+        let handles = self.disk_reads.remove(&key).unwrap_or_default();
+        if let Some(bytes) = &bytes {
+            self.read_segments.put(key, bytes.clone());
+        }
+        let mut events = Vec::new();
+        for handle in handles {
+            events.extend(self.rtc.loaded(handle, bytes.clone(), now));
+            if bytes.is_none() && self.store.remove(handle).is_some() {
+                events.push(Event::SegmentEvicted(handle));
+            }
+        }
+        events
+    }
+
+    /// Looks a `disk-if-cached` segment up off the loop (its bytes are checked when
+    /// served, like every read from disk).
+    fn look_up_on_disk(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>) {
+        let key = disk::key(&url, range);
+        let disk = self.disk.clone();
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            let look = {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || disk.and_then(|disk| disk.cached_size(&key)))
+            };
+            let size = look.await.ok().flatten();
+            let _ = events.send(IoEvent::DiskLookedUp { fetch, url, range, key, size }).await;
+        });
+        self.fetches.insert(fetch, task.abort_handle());
     }
 
     /// Carries out one admitted command; returns the events it causes at once.
@@ -269,26 +353,8 @@ impl DataPlane {
                 Vec::new()
             }
             Command::FetchSegment(f) if f.tier == CacheTier::DiskIfCached => {
-                let key = disk::key(&f.url, f.range);
-                match self.disk.as_ref().and_then(|disk| disk.cached_size(&key)) {
-                    // Checked when served, like every read from disk.
-                    Some(size) => {
-                        let handle = self.store.insert(Held::Disk { key, size });
-                        let segment = SegmentInfo {
-                            handle,
-                            url: f.url,
-                            range: f.range,
-                            size,
-                            tier: CacheTier::Disk,
-                        };
-                        vec![Event::SegmentStored(SegmentStored { fetch: f.fetch, segment })]
-                    }
-                    None => vec![Event::FetchFailed(FetchFailed {
-                        fetch: f.fetch,
-                        status: None,
-                        reason: NOT_CACHED.into(),
-                    })],
-                }
+                self.look_up_on_disk(f.fetch, f.url, f.range);
+                Vec::new()
             }
             Command::FetchSegment(f) => {
                 let disk = match f.tier {
@@ -348,38 +414,21 @@ impl DataPlane {
         events
     }
 
-    /// A held segment's bytes. A disk copy that is gone or damaged (another worker
-    /// evicted it, the cap did, or the disk failed) is dropped from the store, and the
-    /// policy hears it was evicted.
-    fn segment_bytes(&mut self, handle: SegmentHandle) -> Result<Bytes, Option<Event>> {
-        let key = match self.store.get(handle) {
-            None => return Err(None),
-            Some(Held::Memory(bytes)) => return Ok(bytes.clone()),
-            Some(Held::Disk { key, .. }) => key.clone(),
-        };
-        if let Some(bytes) = self.read_segments.get(&key) {
-            return Ok(bytes);
-        }
-        match self.disk.as_ref().and_then(|disk| disk.read(&key)) {
-            Some(bytes) => {
-                self.read_segments.put(key, bytes.clone());
-                Ok(bytes)
-            }
-            None => {
-                self.store.remove(handle);
-                Err(Some(Event::SegmentEvicted(handle)))
-            }
-        }
-    }
-
     /// Segment bytes this worker holds in memory, disk segments kept at hand included.
     pub fn memory_cache_size(&self) -> u64 {
         self.store.memory_bytes() + self.read_segments.bytes()
     }
 
-    /// Bytes in the disk cache directory (all workers'), or 0 without one.
+    /// Bytes in the disk cache directory (all workers') as last measured, or 0 without
+    /// one; a stale figure is measured again off the event loop.
     pub fn disk_cache_size(&self) -> u64 {
-        self.disk.as_ref().map_or(0, |disk| disk.size())
+        let Some(disk) = &self.disk else { return 0 };
+        let (size, measure) = disk.last_size();
+        if measure {
+            let disk = disk.clone();
+            tokio::task::spawn_blocking(move || disk.measure());
+        }
+        size
     }
 
     /// Ends the worker's connections politely: tells every viewer the connection is
@@ -454,12 +503,13 @@ impl DataPlane {
 
     /// Turns what a task reported into the events the policy gets.
     pub fn on_io(&mut self, event: IoEvent) -> Vec<Event> {
-        if let IoEvent::Datagram { from, data } = &event {
-            let events = self.rtc.receive(*from, data, Instant::now());
-            self.count_uploads(&events);
-            return events;
-        }
-        self.on_task(event).into_iter().collect()
+        let events = match event {
+            IoEvent::Datagram { from, data } => self.rtc.receive(from, &data, Instant::now()),
+            IoEvent::DiskRead { key, bytes } => self.on_disk_read(key, bytes, Instant::now()),
+            event => return self.on_task(event).into_iter().collect(),
+        };
+        self.count_uploads(&events);
+        events
     }
 
     fn on_task(&mut self, event: IoEvent) -> Option<Event> {
@@ -516,7 +566,24 @@ impl DataPlane {
                 self.trackers_open = self.trackers_open.saturating_sub(1);
                 None
             }
-            IoEvent::Datagram { .. } => None,
+            IoEvent::DiskLookedUp { fetch, url, range, key, size } => {
+                self.fetches.remove(&fetch);
+                let event = match size {
+                    Some(size) => {
+                        let handle = self.store.insert(Held::Disk { key, size });
+                        let segment =
+                            SegmentInfo { handle, url, range, size, tier: CacheTier::Disk };
+                        Event::SegmentStored(SegmentStored { fetch, segment })
+                    }
+                    None => Event::FetchFailed(FetchFailed {
+                        fetch,
+                        status: None,
+                        reason: NOT_CACHED.into(),
+                    }),
+                };
+                Some(event)
+            }
+            IoEvent::Datagram { .. } | IoEvent::DiskRead { .. } => None,
         }
     }
 

@@ -67,7 +67,9 @@ enum Outgoing {
     Message(Bytes),
     Serve {
         handle: SegmentHandle,
-        bytes: Bytes,
+        /// None while the segment is read from disk: the viewer's queue waits at it, so
+        /// what was queued after the serve still goes out after it.
+        bytes: Option<Bytes>,
         next: usize,
         chunk: usize,
         sent: u64,
@@ -77,10 +79,11 @@ enum Outgoing {
 }
 
 /// A segment to stream to a viewer: its bytes from `offset`, in messages of at most
-/// `chunk` bytes, then `trailer` (if not empty) once every byte went out.
+/// `chunk` bytes, then `trailer` (if not empty) once every byte went out. Bytes still
+/// being read are none; [`Rtc::loaded`] gives them.
 pub struct Serve {
     pub handle: SegmentHandle,
-    pub bytes: Bytes,
+    pub bytes: Option<Bytes>,
     pub offset: u64,
     pub chunk: u32,
     pub trailer: Vec<u8>,
@@ -455,6 +458,44 @@ impl Rtc {
         self.drain(peer, now)
     }
 
+    /// Gives the serves of `handle` waiting for their bytes what the disk read brought:
+    /// the bytes, and they go out in their turn; or none, and they end unsent.
+    pub fn loaded(
+        &mut self,
+        handle: SegmentHandle,
+        bytes: Option<Bytes>,
+        now: Instant,
+    ) -> Vec<Event> {
+        let mut given = Vec::new();
+        let mut events = Vec::new();
+        for (&peer, state) in &mut self.peers {
+            let mut waited = false;
+            state.queue.retain_mut(|item| match item {
+                Outgoing::Serve { handle: h, bytes: slot @ None, .. } if *h == handle => {
+                    waited = true;
+                    *slot = bytes.clone();
+                    if slot.is_none() {
+                        events.push(Event::SegmentSent(SegmentSent {
+                            peer,
+                            handle,
+                            bytes: 0,
+                            complete: false,
+                        }));
+                    }
+                    slot.is_some()
+                }
+                _ => true,
+            });
+            if waited {
+                given.push(peer);
+            }
+        }
+        for peer in given {
+            events.extend(self.drain(peer, now));
+        }
+        events
+    }
+
     /// Drops a queued or running serve; reports it incomplete if it had started.
     pub fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
@@ -630,7 +671,9 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
                 let _ = channel.send(now, BytesMut::from(&bytes[..]));
                 state.queue.pop_front();
             }
-            Outgoing::Serve { handle, bytes, next, chunk, sent, trailer } => {
+            // Still being read: everything behind it waits too.
+            Outgoing::Serve { bytes: None, .. } => break,
+            Outgoing::Serve { handle, bytes: Some(bytes), next, chunk, sent, trailer } => {
                 if *next >= bytes.len() {
                     if !trailer.is_empty() {
                         if channel.send(now, BytesMut::from(&trailer[..])).is_err() {
