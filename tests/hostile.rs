@@ -1,5 +1,6 @@
 //! Hostile parties against real master and worker processes: an origin that points at
-//! internal services, an API client that holds connections open or sends bodies too
+//! internal services or sends segments that are slow, endless or huge, a tracker that
+//! floods fake offers, an API client that holds connections open or sends bodies too
 //! large, and the secrets a worker (which parses what strangers send) must not hold.
 //! Each test asserts that nothing was reached or lost that should not be, and that
 //! the other channels kept being served.
@@ -404,6 +405,119 @@ fn segments_held_and_fetched_stay_within_the_memory_budget() {
     let rss = worker["memory"].as_u64().unwrap();
     assert!(rss < BUDGET + (96 << 20), "worker resident memory {} MiB", rss >> 20);
     assert_eq!(worker["policyStats"]["faults"], 0);
+    master.stop();
+}
+
+/// Counts the bodies that ended: dropped by the server because the client hung up (the
+/// bodies it goes with never end by themselves).
+struct HungUp(Arc<AtomicUsize>);
+
+impl Drop for HungUp {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Two live origins on one server, each with a window of two good segments and a bad
+/// one: at `/endless/` a segment that never ends, at `/slow/` one that trickles a byte
+/// every 50 ms forever. Counts how often superpeer hung up on each bad one.
+fn slow_and_endless_origins() -> (String, Arc<AtomicUsize>, String, Arc<AtomicUsize>) {
+    use axum::body::Body;
+    use axum::routing::get;
+    use futures_util::stream;
+    let media = |bad: &str| {
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXTINF:1,\ngood0.ts\n#EXTINF:1,\n{bad}\n#EXTINF:1,\ngood2.ts\n"
+        )
+    };
+    let (endless_media, slow_media) = (media("endless.ts"), media("slow.ts"));
+    let endless = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(AtomicUsize::new(0));
+    let (endless_hung_up, slow_hung_up) = (endless.clone(), slow.clone());
+    let good = || async { vec![0x47u8; 1880] };
+    let app = axum::Router::new()
+        .route("/endless/720p.m3u8", get(move || async move { endless_media }))
+        .route("/slow/720p.m3u8", get(move || async move { slow_media }))
+        .route("/endless/{good}", get(good))
+        .route("/slow/{good}", get(good))
+        .route(
+            "/endless/endless.ts",
+            get(move || {
+                let hung_up = HungUp(endless_hung_up.clone());
+                let chunks = stream::repeat_with(move || {
+                    let _held = &hung_up;
+                    Ok::<_, std::io::Error>(vec![0x47u8; 64 << 10])
+                });
+                async move { Body::from_stream(chunks) }
+            }),
+        )
+        .route(
+            "/slow/slow.ts",
+            get(move || {
+                let hung_up = HungUp(slow_hung_up.clone());
+                let drip = stream::unfold(hung_up, |hung_up| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Some((Ok::<_, std::io::Error>(vec![0x47u8]), hung_up))
+                });
+                async move { Body::from_stream(drip) }
+            }),
+        );
+    let base = serve(app);
+    (format!("{base}/endless/720p.m3u8"), endless, format!("{base}/slow/720p.m3u8"), slow)
+}
+
+#[test]
+fn slow_and_endless_segments_are_cut_off_within_budget_and_other_channels_keep_being_served() {
+    const BUDGET: u64 = 40 << 20;
+    let dir = data_dir("slow-endless-origin");
+    let env = format!("memoryBudget={}M\noriginTimeoutSeconds=2\nmaxWorkers=3\n", BUDGET >> 20);
+    std::fs::write(dir.join(ENV_FILE), env).unwrap();
+    let (endless_manifest, endless, slow_manifest, slow) = slow_and_endless_origins();
+    let (endless_channel, slow_channel) =
+        (channel_of(&endless_manifest), channel_of(&slow_manifest));
+    let good = VodOrigin::start(4, 4000);
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    let seed = |channel: &str| json!({"list": [{"channel": channel, "keepAlive": true, "signal1": tracker.url}]});
+    for channel in [&endless_channel, &slow_channel, &good.channel()] {
+        master.ok("POST", "/seed", seed(channel));
+    }
+
+    // The endless segment is cut off at the budget, the slow one at the timeout (each
+    // attempt, then the policy hears it failed); the good ones are held.
+    let held_and_failed = |s: &Value, channel: &str| {
+        worker_of(s, channel).is_some_and(|w| {
+            w["fetchErrors"].as_u64() >= Some(1) && w["segments"].as_u64() >= Some(2)
+        })
+    };
+    let stats = master.wait_for("the bad segments cut off and the good ones held", |s| {
+        endless.load(Ordering::SeqCst) >= 1
+            && slow.load(Ordering::SeqCst) >= 3
+            && held_and_failed(s, &endless_channel)
+            && held_and_failed(s, &slow_channel)
+    });
+    let log = master.log.lock().unwrap().clone();
+    let over_budget: Vec<&String> =
+        log.iter().filter(|l| l.contains("memory budget is full")).collect();
+    assert!(over_budget.iter().any(|l| l.contains("endless.ts")), "the endless one ran on");
+    assert!(!over_budget.iter().any(|l| l.contains("slow.ts")), "{over_budget:#?}");
+    let worker = worker_of(&stats, &endless_channel).unwrap();
+    assert!(worker["memoryCacheSize"].as_u64() <= Some(BUDGET), "{worker}");
+    // Resident memory: a worker's own, plus the largest fetch buffer (the budget) and
+    // what the allocator keeps of the buffers it grew through; never the 64 MiB a
+    // segment may have, again and again.
+    let baseline =
+        worker_of(&stats, &good.channel()).map_or(64 << 20, |w| w["memory"].as_u64().unwrap());
+    let rss = worker["memory"].as_u64().unwrap();
+    assert!(rss < baseline + 3 * BUDGET, "worker resident memory {} MiB", rss >> 20);
+    // The other channel is seeded in full, and nobody faulted.
+    master.wait_for("the good channel cached", |s| {
+        worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
+    });
+    for (pid, worker) in running_workers(&master.stats()) {
+        assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
+    }
     master.stop();
 }
 

@@ -54,6 +54,8 @@ pub struct WorkerStart {
     pub origin_allow: Vec<crate::dataplane::origin::AllowEntry>,
     /// Bytes of segments held in memory and fetches in flight, together, at most.
     pub memory_budget: u64,
+    /// How long one attempt of an origin fetch may take.
+    pub origin_timeout: std::time::Duration,
 }
 
 /// What a worker tells the master.

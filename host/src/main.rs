@@ -218,6 +218,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "publicIp": config.public_ip,
             "udpPorts": config.udp_ports,
             "originAllow": config.origin_allow,
+            "originTimeoutSeconds": config.origin_timeout.as_secs(),
             "policy": policy.meta(),
             "policySource": source,
         });

@@ -83,6 +83,7 @@ where
         disk_cache: start.disk_cache.clone(),
         origins: OriginRules::new(start.seed.manifest_url().as_deref(), start.origin_allow.clone()),
         memory_budget: start.memory_budget,
+        fetch_timeout: start.origin_timeout,
         ..DataPlaneLimits::default()
     };
     let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;

@@ -38,6 +38,11 @@ const VOD_HELD: usize = 64;
 const PROBE_BUDGET: usize = 64;
 /// Wait before fetching a playlist again after a failure.
 const RETRY_MS: u64 = 2_000;
+/// A segment whose fetch failed is not fetched again for this long, doubled after each
+/// further failure up to [`SEGMENT_RETRY_MAX_MS`]: an origin that fails a segment (or
+/// sends one that never ends) is not asked for it at every reload.
+const SEGMENT_RETRY_MS: u64 = 1_000;
+const SEGMENT_RETRY_MAX_MS: u64 = 30_000;
 /// The shortest wait between reloads of a live playlist, however short its segments.
 const MIN_RELOAD_MS: u64 = 250;
 /// The longest announce text: the host's limit on a tracker text (64 KiB) with room to
@@ -104,6 +109,10 @@ struct Stream {
     /// VOD: the next segment id to ask the disk cache about, until all have been.
     probe_from: Option<i64>,
     probes_in_flight: usize,
+    /// Segments whose last fetch failed: how many times in a row, and not before when
+    /// to try again.
+    #[serde(default)]
+    failed: BTreeMap<i64, (u32, u64)>,
 }
 
 /// A rendition's swarm as one generation of viewers names it.
@@ -540,14 +549,22 @@ impl Seeder {
                     out.push(self.set_timer(Timer::Reload(index), RETRY_MS));
                 }
                 Some(Fetch::Segment(index, id)) => {
-                    // Fetched again at the next reload (or request) if still listed.
-                    self.streams[index].segments.remove(&id);
+                    let now_ms = self.now_ms;
+                    let stream = &mut self.streams[index];
+                    stream.segments.remove(&id);
                     // The host's memory is full: for VOD, what was used longest ago
-                    // goes, so the next try finds room (a live window is the
-                    // playlist's to bound; a budget smaller than it is the
-                    // operator's to raise).
-                    if failed.reason.contains("memory budget") && self.streams[index].ended {
+                    // goes, so the next try finds room at once (a live window is the
+                    // playlist's to bound; a budget smaller than it is the operator's
+                    // to raise).
+                    if failed.reason.contains("memory budget") && stream.ended {
                         self.evict_least_used(index, id..id + 1, out);
+                    } else {
+                        // Fetched again at a later reload (or request) if still listed,
+                        // once its wait is over.
+                        let (failures, retry_at) = stream.failed.entry(id).or_insert((0, 0));
+                        let wait = SEGMENT_RETRY_MS.saturating_mul(1 << (*failures).min(10));
+                        *failures += 1;
+                        *retry_at = now_ms + wait.min(SEGMENT_RETRY_MAX_MS);
                     }
                 }
                 Some(Fetch::Probe(index, id)) => {
@@ -578,6 +595,7 @@ impl Seeder {
                         stream.probes_in_flight -= 1;
                     }
                     stream.segments.insert(id, ready);
+                    stream.failed.remove(&id);
                     stream.changed = true;
                 }
                 // A fetch an earlier instance started.
@@ -791,6 +809,7 @@ impl Seeder {
                 last_use: BTreeMap::new(),
                 probe_from: None,
                 probes_in_flight: 0,
+                failed: BTreeMap::new(),
             });
             let fetch = self.fetch_text(listed.url, Fetch::Playlist(stream), out);
             self.streams[stream].playlist_fetch = Some(fetch);
@@ -845,6 +864,7 @@ impl Seeder {
             .filter(|(id, _)| live && !keep.contains(id))
             .map(|(id, s)| (*id, s.clone()))
             .collect();
+        stream.failed.retain(|id, _| !live || keep.contains(id));
         for (id, stored) in stale {
             stream.changed = true;
             stream.segments.remove(&id);
@@ -890,6 +910,9 @@ impl Seeder {
             return;
         }
         stream.sources.insert(id, (uri.clone(), range));
+        if stream.failed.get(&id).is_some_and(|&(_, retry_at)| self.now_ms < retry_at) {
+            return;
+        }
         if let Some(ready) = self.orphans.remove(&(uri.clone(), range)) {
             stream.segments.insert(id, ready);
             stream.changed = true;
@@ -1690,6 +1713,71 @@ mod tests {
         seeder.handle(&fetched(reload, url, &media(101, 4, false)), &[], &mut random(), &mut out);
         assert!(segments(&out).is_empty());
         assert!(out.contains(&timer_set(&seeder, Timer::Reload(0), 500)), "{out:?}");
+    }
+
+    #[test]
+    fn a_live_segment_that_failed_waits_longer_after_each_failure_before_it_is_fetched_again() {
+        let (mut seeder, playlist) = started();
+        let url = "http://o.example/live/720p.m3u8";
+        let bad = "http://o.example/live/seg101.ts";
+        let mut handle = 49;
+        // What `out` fetched: the others stored, 101 failed (or stored, when `ok`); and
+        // whether 101 was among them.
+        let mut answer = |seeder: &mut Seeder, out: &[Command], ok: bool| -> bool {
+            let mut asked = false;
+            for (fetch, segment) in segments(out) {
+                asked |= segment == bad;
+                handle += 1;
+                let event = if segment == bad && !ok {
+                    Event::FetchFailed(superpeer_guest::FetchFailed {
+                        fetch,
+                        status: None,
+                        reason: "67108928 bytes is more than the 67108864-byte limit".into(),
+                    })
+                } else {
+                    let segment = SegmentInfo {
+                        handle,
+                        url: segment,
+                        range: None,
+                        size: 10,
+                        tier: CacheTier::Memory,
+                    };
+                    Event::SegmentStored(SegmentStored { fetch, segment })
+                };
+                seeder.handle(&event, &[], &mut random(), &mut Vec::new());
+            }
+            asked
+        };
+        let reload = |seeder: &mut Seeder, now_ms: u64| -> Vec<Command> {
+            let mut out = Vec::new();
+            seeder.begin_turn(now_ms);
+            fire(seeder, Timer::Reload(0), &[], &mut out);
+            let (reload, _) = texts(&out)[0].clone();
+            out.clear();
+            seeder.handle(
+                &fetched(reload, url, &media(100, 3, false)),
+                &[],
+                &mut random(),
+                &mut out,
+            );
+            out
+        };
+        let mut out = Vec::new();
+        seeder.begin_turn(0);
+        seeder.handle(&fetched(playlist, url, &media(100, 3, false)), &[], &mut random(), &mut out);
+        assert!(answer(&mut seeder, &out, false));
+        // Failed at 0: not asked for at 500 ms, asked at 1 s; failed again: waits 2 s,
+        // then 4 s.
+        let mut asked = Vec::new();
+        for now_ms in [500, 1_000, 2_500, 3_000, 6_000, 7_000] {
+            let out = reload(&mut seeder, now_ms);
+            asked.push(answer(&mut seeder, &out, false));
+        }
+        assert_eq!(asked, [false, true, false, true, false, true]);
+        // Held at last (8 s after its fourth failure): its count of failures is gone.
+        let out = reload(&mut seeder, 15_000);
+        assert!(answer(&mut seeder, &out, true));
+        assert!(seeder.streams[0].failed.is_empty());
     }
 
     #[test]

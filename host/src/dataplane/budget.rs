@@ -57,8 +57,41 @@ impl Reservation {
         true
     }
 
+    /// Grows to hold `at_most` bytes in all, or as much of it as the budget has room
+    /// for; false (and nothing taken) without room for `at_least`.
+    pub fn grow_to(&mut self, at_least: u64, at_most: u64) -> bool {
+        let used = &self.budget.used;
+        let mut before = used.load(Ordering::Relaxed);
+        loop {
+            let room = self.budget.limit.saturating_sub(before);
+            let more = at_most.saturating_sub(self.bytes).min(room);
+            if self.bytes + more < at_least {
+                return false;
+            }
+            match used.compare_exchange_weak(
+                before,
+                before + more,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.bytes += more;
+                    return true;
+                }
+                Err(now) => before = now,
+            }
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Gives back what is beyond `bytes`.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let given = self.bytes.saturating_sub(bytes);
+        self.budget.used.fetch_sub(given, Ordering::Relaxed);
+        self.bytes -= given;
     }
 }
 
@@ -86,5 +119,18 @@ mod tests {
         assert!(b.grow(60));
         drop(b);
         assert_eq!(budget.used(), 0);
+
+        // Growing to a size: all of it, or what there is room for, or nothing.
+        let mut c = budget.reservation();
+        assert!(c.grow_to(10, 30));
+        assert_eq!(c.bytes(), 30);
+        let mut d = budget.reservation();
+        assert!(d.grow_to(50, 90));
+        assert_eq!((d.bytes(), budget.used()), (70, 100), "what was left");
+        assert!(!c.grow_to(31, 40), "no room");
+        assert!(c.grow_to(20, 40), "holds enough already");
+        assert_eq!(c.bytes(), 30);
+        c.shrink_to(5);
+        assert_eq!(budget.used(), 75);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -325,7 +325,9 @@ async fn once(
         return Err(too_large(len));
     }
     let final_url = response.url().to_string();
-    let mut body = BytesMut::new();
+    // Grown by hand, its capacity within the reservation: a buffer left to double
+    // itself holds up to twice what the budget counted.
+    let mut body: Vec<u8> = Vec::new();
     let network = |e: reqwest::Error| Failure { status: None, reason: e.to_string(), retry: true };
     // A length given is taken from the budget at once, all or nothing: fetches that
     // each took part of it and then failed together would leave none done.
@@ -347,17 +349,27 @@ async fn once(
             return Err(over_budget());
         }
         // Sized once, within the limit and the budget.
-        body.reserve(len as usize);
+        body.reserve_exact(len as usize);
     }
     while let Some(chunk) = response.chunk().await.map_err(network)? {
-        if body.len() + chunk.len() > max_bytes {
-            return Err(too_large((body.len() + chunk.len()) as u64));
+        let needed = body.len() + chunk.len();
+        if needed > max_bytes {
+            return Err(too_large(needed as u64));
         }
-        let needed = (body.len() + chunk.len()) as u64;
-        if needed > reservation.bytes() && !reservation.grow(needed - reservation.bytes()) {
-            return Err(over_budget());
+        if needed > body.capacity() {
+            // Doubling keeps copies few; when the budget has no room for double, as
+            // much as it has.
+            let doubled = needed.max(body.capacity() * 2).min(max_bytes);
+            if !reservation.grow_to(needed as u64, doubled as u64) {
+                return Err(over_budget());
+            }
+            body.reserve_exact(reservation.bytes() as usize - body.len());
         }
         body.extend_from_slice(&chunk);
+    }
+    if body.capacity() > body.len() {
+        body.shrink_to_fit();
+        reservation.shrink_to(body.len() as u64);
     }
     if let Some(ByteRange { start, end }) = range
         && status != reqwest::StatusCode::PARTIAL_CONTENT
@@ -365,7 +377,7 @@ async fn once(
     {
         // The origin ignored the range and sent the whole resource: keep the range, if
         // the resource holds all of it.
-        let whole = body.freeze();
+        let whole = Bytes::from(body);
         if end as usize > whole.len() {
             return Err(Failure {
                 status: Some(status.as_u16()),
@@ -391,5 +403,5 @@ async fn once(
             retry: true,
         });
     }
-    Ok(Fetched { url: final_url, bytes: body.freeze(), reservation })
+    Ok(Fetched { url: final_url, bytes: Bytes::from(body), reservation })
 }

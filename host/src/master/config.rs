@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dataplane::DataPlaneLimits;
 use crate::dataplane::origin::{AllowEntry, parse_allow_list};
 use crate::policy::PolicyLimits;
 use crate::serve::HttpLimits;
@@ -60,6 +61,9 @@ pub struct MasterConfig {
     /// flight, together; by default half this machine's memory shared by the workers
     /// it takes, between 64 MiB and 1 GiB.
     pub memory_budget: Option<u64>,
+    /// `originTimeoutSeconds` (default 20): how long one attempt of an origin fetch may
+    /// take, answer and body together (a slow or endless origin is cut off there).
+    pub origin_timeout: Duration,
 }
 
 /// A configuration problem, naming the key.
@@ -119,6 +123,11 @@ pub const KEYS: &[Key] = &[
         "memoryBudget",
         "from the machine",
         "segment bytes a worker holds in memory and fetches at once (K, M, G)",
+    ),
+    key(
+        "originTimeoutSeconds",
+        "20",
+        "one attempt of an origin fetch (answer and body) must finish within this; 3 attempts",
     ),
     key("maxSeeds", "1000", "most seeds the seed list holds; a /seed past it is refused"),
     key(
@@ -287,6 +296,12 @@ impl MasterConfig {
                 None => api_defaults.header_read_timeout,
             };
         let api_limits = HttpLimits { max_connections, header_read_timeout, ..api_defaults };
+        let origin_timeout =
+            match number::<u64>("originTimeoutSeconds", get("originTimeoutSeconds"))? {
+                Some(seconds @ 1..=3600) => Duration::from_secs(seconds),
+                Some(_) => return Err(bad("originTimeoutSeconds", "must be between 1 and 3600")),
+                None => DataPlaneLimits::default().fetch_timeout,
+            };
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token,
@@ -305,6 +320,7 @@ impl MasterConfig {
             max_seeds,
             api_limits,
             memory_budget,
+            origin_timeout,
         })
     }
 
@@ -421,6 +437,8 @@ mod tests {
             ("memoryBudget=lots", "memoryBudget"),
             ("apiMaxConnections=0", "apiMaxConnections"),
             ("apiHeaderTimeoutSeconds=0", "apiHeaderTimeoutSeconds"),
+            ("originTimeoutSeconds=0", "originTimeoutSeconds"),
+            ("originTimeoutSeconds=soon", "originTimeoutSeconds"),
             ("originAllow=cdn.lan:http", "originAllow"),
             ("policyLimits={\"call_deadline\": 0}", "policyLimits"),
             ("policyLimits=nope", "policyLimits"),

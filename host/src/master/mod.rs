@@ -799,6 +799,7 @@ impl Master {
             advertise_ip: self.config.public_ip,
             origin_allow: self.config.origin_allow.clone(),
             memory_budget,
+            origin_timeout: self.config.origin_timeout,
         };
         match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
