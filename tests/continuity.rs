@@ -235,6 +235,8 @@ fn forty_viewers_are_served_throughout_swaps_and_a_fault() {
         isolated: true,
         hostile_endless: 0,
         hostile_flood: 0,
+        hostile_unread: 0,
+        hostile_stun: 0,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let load_started = now_ms();

@@ -610,6 +610,8 @@ fn a_tracker_flooding_fake_offers_and_garbage_keeps_no_real_viewer_out() {
         isolated: false,
         hostile_endless: 0,
         hostile_flood: 0,
+        hostile_unread: 0,
+        hostile_stun: 0,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();
@@ -624,6 +626,80 @@ fn a_tracker_flooding_fake_offers_and_garbage_keeps_no_real_viewer_out() {
     assert_eq!(workers.len(), 1, "{stats}");
     let (_, worker) = &workers[0];
     assert!(worker["peers"].as_u64() <= Some(8), "{worker}");
+    assert_eq!(worker["policyStats"]["faults"], 0, "{worker}");
+    master.stop();
+}
+
+/// Log lines that mention STUN, ICE or integrity: what a flood of forged STUN would
+/// fill the log with if each packet were logged.
+fn stun_log_lines(master: &Superpeer) -> usize {
+    let log = master.log.lock().unwrap();
+    log.iter()
+        .filter(|l| ["STUN", "stun", "integrity", "ufrag"].iter().any(|w| l.contains(w)))
+        .count()
+}
+
+#[test]
+fn viewers_that_stop_acknowledging_or_forge_stun_are_handled_alone() {
+    let dir = data_dir("hostile-viewers");
+    std::fs::write(dir.join(ENV_FILE), "viewerStallSeconds=30\n").unwrap();
+    let origin = VodOrigin::start(10, 256 << 10);
+    let tracker = Tracker::start();
+    let master = Superpeer::start(&dir);
+    seed_vod(&master, &origin, &tracker, 10, json!({"offersPerAnnounce": 82}));
+    let baseline = master.wait_for("the worker", |s| !running_workers(s).is_empty());
+    let baseline = running_workers(&baseline)[0].1["memory"].as_u64().unwrap();
+    let logged_before = stun_log_lines(&master);
+    // Eight viewers; two that ask for everything and then acknowledge nothing while
+    // keeping their ICE alive; two that forge STUN requests naming their connection
+    // from ever new addresses (and otherwise behave).
+    let args = superpeer_load::Args {
+        tracker: tracker.url.clone(),
+        info_hash: origin.info_hash(),
+        media: origin.media(),
+        viewers: 8,
+        seconds: 120,
+        pace_ms: 0,
+        ramp_ms: 100,
+        share: false,
+        isolated: false,
+        hostile_endless: 0,
+        hostile_flood: 0,
+        hostile_unread: 2,
+        hostile_stun: 2,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime
+            .block_on(superpeer_load::run_until(args, async {
+                let _ = stopped.await;
+            }))
+            .unwrap()
+    });
+    // All twelve connect; the two that acknowledge nothing are closed (30 s after they
+    // stopped) while everyone else is still watching (the run, stopped below, has not
+    // ended).
+    master.wait_for("all twelve connected", |s| {
+        running_workers(s).first().is_some_and(|(_, w)| w["peers"] == 12)
+    });
+    master.wait_for("the two that acknowledge nothing closed", |s| {
+        running_workers(s).first().is_some_and(|(_, w)| w["peers"] == 10)
+    });
+    assert!(!run.is_finished(), "the run ended before they were closed");
+    let _ = stop.send(());
+    let summary = run.join().unwrap();
+    let stats = master.stats();
+    assert_eq!(summary["connected"], 8, "{summary}\n{stats:#}");
+    assert_eq!(summary["failures"], 0, "{summary}\n{stats:#}");
+    assert!(summary["segments"].as_u64() >= Some(8 * 10), "{summary}");
+    assert!(summary["forged_stun_sent"].as_u64() >= Some(10_000), "{summary}");
+    // Forged requests were dropped unlogged and cost no memory.
+    let logged = stun_log_lines(&master) - logged_before;
+    assert!(logged < 10, "{logged} log lines about STUN");
+    let (_, worker) = &running_workers(&stats)[0];
+    let rss = worker["memory"].as_u64().unwrap();
+    assert!(rss < baseline + (64 << 20), "worker resident memory {} MiB", rss >> 20);
     assert_eq!(worker["policyStats"]["faults"], 0, "{worker}");
     master.stop();
 }

@@ -38,6 +38,8 @@ fn twenty_viewers_get_every_segment_intact_while_hostile_ones_are_closed_alone()
         isolated: false,
         hostile_endless: 2,
         hostile_flood: 2,
+        hostile_unread: 0,
+        hostile_stun: 0,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();

@@ -56,6 +56,8 @@ pub struct WorkerStart {
     pub memory_budget: u64,
     /// How long one attempt of an origin fetch may take.
     pub origin_timeout: std::time::Duration,
+    /// How long a viewer may acknowledge nothing before it is closed.
+    pub viewer_stall: std::time::Duration,
 }
 
 /// What a worker tells the master.

@@ -219,6 +219,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "udpPorts": config.udp_ports,
             "originAllow": config.origin_allow,
             "originTimeoutSeconds": config.origin_timeout.as_secs(),
+            "viewerStallSeconds": config.viewer_stall.as_secs(),
             "policy": policy.meta(),
             "policySource": source,
         });

@@ -84,6 +84,7 @@ where
         origins: OriginRules::new(start.seed.manifest_url().as_deref(), start.origin_allow.clone()),
         memory_budget: start.memory_budget,
         fetch_timeout: start.origin_timeout,
+        stall_timeout: start.viewer_stall,
         ..DataPlaneLimits::default()
     };
     let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;

@@ -81,31 +81,10 @@ impl Viewer {
     }
 }
 
-/// A STUN binding request as a viewer's ICE agent sends it, its MESSAGE-INTEGRITY keyed
-/// by `key`.
-pub fn binding_request(username: &str, key: &str) -> bytes::Bytes {
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::fingerprint::FINGERPRINT;
-    use rtc::stun::integrity::MessageIntegrity;
-    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-    use rtc::stun::textattrs::TextAttribute;
-    let provider = rtc::crypto::default_provider().unwrap();
-    let mut message = Message::new();
-    let setters: [Box<dyn Setter + '_>; 5] = [
-        Box::new(BINDING_REQUEST),
-        Box::new(TransactionId::new()),
-        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_string())),
-        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-            key.to_string(),
-            provider.crypto(),
-        )),
-        Box::new(FINGERPRINT),
-    ];
-    message.build(&setters).unwrap();
-    message.raw.into()
-}
+#[allow(unused_imports)]
+pub use superpeer_load::binding_request;
 
 /// The value of an SDP attribute line (`a=ice-pwd:` ...).
 pub fn sdp_value<'a>(sdp: &'a str, attribute: &str) -> &'a str {
-    sdp.lines().find_map(|l| l.strip_prefix(attribute)).unwrap().trim()
+    superpeer_load::sdp_value(sdp, attribute).unwrap()
 }

@@ -61,6 +61,12 @@ pub struct DataPlaneLimits {
     /// How long an offer of ours waits for its answer before it is dropped (the policy
     /// usually withdraws it sooner).
     pub offer_timeout: Duration,
+    /// How long a viewer may leave every byte sent to it since its last acknowledgement
+    /// unacknowledged before it is closed: one that stops acknowledging (a hostile
+    /// client keeping its ICE alive, a frozen machine) would otherwise hold a viewer's
+    /// place as long as it liked. A minute is SCTP's longest retransmission timeout, so
+    /// a live path answers within it.
+    pub stall_timeout: Duration,
     /// Which internal addresses fetches may reach (none but the manifest's host and
     /// port, unless allowed).
     pub origins: origin::OriginRules,
@@ -83,6 +89,7 @@ impl Default for DataPlaneLimits {
             advertise_ip: None,
             disk_cache: None,
             offer_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
             origins: origin::OriginRules::default(),
             memory_budget: 256 << 20,
         }
@@ -184,7 +191,7 @@ impl DataPlane {
                 None
             }
         });
-        let rtc = webrtc::Rtc::new(socket, advertised, limits.offer_timeout);
+        let rtc = webrtc::Rtc::new(socket, advertised, limits.offer_timeout, limits.stall_timeout);
         let plane = DataPlane {
             limits,
             events,

@@ -58,6 +58,9 @@ pub const SEND_QUEUE_FULL: &str = "send queue full: the viewer is not reading";
 /// Source addresses a connection may hold at once: a viewer uses one, a few while its
 /// network changes; the oldest gives way to a newer one.
 const MAX_ADDRESSES_PER_PEER: usize = 4;
+/// Why a viewer was closed for acknowledging nothing newer than it had for
+/// [`DataPlaneLimits::stall_timeout`](super::DataPlaneLimits::stall_timeout).
+pub const STALLED: &str = "stalled: nothing sent to it acknowledged for too long";
 /// Why an offer was dropped: nobody answered it in time.
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
@@ -104,11 +107,24 @@ struct Peer {
     /// Until when an offer of ours waits for its answer; none once answered (or for a
     /// connection that answered a viewer's offer).
     offer_expires: Option<Instant>,
+    /// Bytes sent on the DataChannel and not acknowledged, as the last turn left them;
+    /// what was left right after the viewer last acknowledged some, and when it did
+    /// (or last had nothing newer to acknowledge). The channel's count may keep a few
+    /// bytes it never releases: an idle viewer at that level is not stalled.
+    unacknowledged: usize,
+    acknowledged_level: usize,
+    acknowledged_at: Instant,
 }
 
 impl Peer {
     /// Whether one more item carrying `bytes` of message fits in the send queue. The
     /// queue is short (a cap of items), so its message bytes are counted, not kept.
+    /// Bytes sent on the DataChannel that the viewer has not acknowledged yet.
+    fn outstanding(&mut self) -> usize {
+        let Some(id) = self.channel else { return 0 };
+        self.connection.data_channel(id).map_or(0, |channel| channel.outstanding_bytes())
+    }
+
     fn has_room_for(&self, bytes: usize) -> bool {
         let queued: usize = self
             .queue
@@ -141,6 +157,8 @@ pub struct Rtc {
     by_address: HashMap<SocketAddr, PeerId>,
     /// How long an offer of ours waits for its answer.
     offer_timeout: Duration,
+    /// How long a viewer may leave what was sent to it unacknowledged.
+    stall_timeout: Duration,
     /// Connections whose DataChannel is open: the viewers.
     open: usize,
     /// Checks STUN message integrity; none if the platform has no provider.
@@ -159,7 +177,12 @@ impl std::fmt::Debug for Rtc {
 }
 
 impl Rtc {
-    pub fn new(socket: Arc<UdpSocket>, advertised: SocketAddr, offer_timeout: Duration) -> Self {
+    pub fn new(
+        socket: Arc<UdpSocket>,
+        advertised: SocketAddr,
+        offer_timeout: Duration,
+        stall_timeout: Duration,
+    ) -> Self {
         let certificate = generate_certificate()
             .map_err(
                 |e| tracing::warn!(error = %e, "no shared DTLS certificate; one per connection"),
@@ -174,6 +197,7 @@ impl Rtc {
             by_address: HashMap::new(),
             deadlines: BTreeSet::new(),
             offer_timeout,
+            stall_timeout,
             open: 0,
             crypto: rtc::crypto::default_provider().ok(),
             forged_stun: 0,
@@ -297,6 +321,9 @@ impl Rtc {
                 addresses: Vec::new(),
                 deadline: None,
                 offer_expires,
+                unacknowledged: 0,
+                acknowledged_level: 0,
+                acknowledged_at: Instant::now(),
             }),
         );
     }
@@ -582,6 +609,13 @@ impl Rtc {
         let mut events = Vec::new();
         let Some(mut state) = self.peers.remove(&peer) else { return events };
         let mut closed: Option<String> = None;
+        // What arrived since the last turn acknowledged something, or nothing newer
+        // than the last acknowledgement is outstanding.
+        let outstanding = state.outstanding();
+        if outstanding < state.unacknowledged || outstanding <= state.acknowledged_level {
+            state.acknowledged_level = outstanding;
+            state.acknowledged_at = now;
+        }
         loop {
             self.flush_writes(&mut state.connection);
             let mut progressed = false;
@@ -634,17 +668,24 @@ impl Rtc {
             }
         }
         self.flush_writes(&mut state.connection);
+        state.unacknowledged = state.outstanding();
+        let stalls_at = (state.unacknowledged > state.acknowledged_level)
+            .then(|| state.acknowledged_at + self.stall_timeout);
+        if closed.is_none() && stalls_at.is_some_and(|at| at <= now) {
+            closed = Some(STALLED.into());
+        }
         if let Some(reason) = closed {
             // Back in the table for a moment, so closing it is said in one place.
             self.peers.insert(peer, state);
             events.extend(self.drop_peer(peer, reason));
             return events;
         }
-        // An offer waiting for its answer is due when it expires, if nothing is sooner.
-        let deadline = match (state.connection.poll_timeout(), state.offer_expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // An offer waiting for its answer is due when it expires, and a viewer with
+        // bytes unacknowledged when it would stall, if nothing is sooner.
+        let deadline = [state.connection.poll_timeout(), state.offer_expires, stalls_at]
+            .into_iter()
+            .flatten()
+            .min();
         if deadline != state.deadline {
             if let Some(old) = state.deadline {
                 self.deadlines.remove(&(old, peer));

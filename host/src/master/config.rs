@@ -64,6 +64,9 @@ pub struct MasterConfig {
     /// `originTimeoutSeconds` (default 20): how long one attempt of an origin fetch may
     /// take, answer and body together (a slow or endless origin is cut off there).
     pub origin_timeout: Duration,
+    /// `viewerStallSeconds` (default 60): how long a viewer may acknowledge nothing
+    /// sent to it before it is closed.
+    pub viewer_stall: Duration,
 }
 
 /// A configuration problem, naming the key.
@@ -128,6 +131,11 @@ pub const KEYS: &[Key] = &[
         "originTimeoutSeconds",
         "20",
         "one attempt of an origin fetch (answer and body) must finish within this; 3 attempts",
+    ),
+    key(
+        "viewerStallSeconds",
+        "60",
+        "a viewer that acknowledges nothing sent to it for this long is closed",
     ),
     key("maxSeeds", "1000", "most seeds the seed list holds; a /seed past it is refused"),
     key(
@@ -302,6 +310,11 @@ impl MasterConfig {
                 Some(_) => return Err(bad("originTimeoutSeconds", "must be between 1 and 3600")),
                 None => DataPlaneLimits::default().fetch_timeout,
             };
+        let viewer_stall = match number::<u64>("viewerStallSeconds", get("viewerStallSeconds"))? {
+            Some(seconds @ 5..=3600) => Duration::from_secs(seconds),
+            Some(_) => return Err(bad("viewerStallSeconds", "must be between 5 and 3600")),
+            None => DataPlaneLimits::default().stall_timeout,
+        };
         Ok(MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token,
@@ -321,6 +334,7 @@ impl MasterConfig {
             api_limits,
             memory_budget,
             origin_timeout,
+            viewer_stall,
         })
     }
 
@@ -439,6 +453,7 @@ mod tests {
             ("apiHeaderTimeoutSeconds=0", "apiHeaderTimeoutSeconds"),
             ("originTimeoutSeconds=0", "originTimeoutSeconds"),
             ("originTimeoutSeconds=soon", "originTimeoutSeconds"),
+            ("viewerStallSeconds=1", "viewerStallSeconds"),
             ("originAllow=cdn.lan:http", "originAllow"),
             ("policyLimits={\"call_deadline\": 0}", "policyLimits"),
             ("policyLimits=nope", "policyLimits"),

@@ -800,6 +800,7 @@ impl Master {
             origin_allow: self.config.origin_allow.clone(),
             memory_budget,
             origin_timeout: self.config.origin_timeout,
+            viewer_stall: self.config.viewer_stall,
         };
         match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {

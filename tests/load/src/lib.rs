@@ -107,6 +107,16 @@ pub struct Args {
     /// as they can.
     #[arg(long, default_value_t = 0)]
     pub hostile_flood: usize,
+    /// More viewers that, once they meet a peer with segments, ask it for every segment
+    /// and then acknowledge nothing: every datagram it sends them but STUN is dropped
+    /// unread, so their ICE stays alive and their connection open.
+    #[arg(long, default_value_t = 0)]
+    pub hostile_unread: usize,
+    /// More viewers that, once they meet a peer with segments, send it STUN binding
+    /// requests naming their connection with it but keyed with a wrong password, 100
+    /// every 10 ms, each from a new address in 127.0.0.0/8.
+    #[arg(long, default_value_t = 0)]
+    pub hostile_stun: usize,
 }
 
 /// How a viewer behaves once it meets a peer with segments.
@@ -117,7 +127,14 @@ enum Role {
     EndlessCommand,
     /// Sends segment requests, 20 every 10 ms.
     RequestFlood,
+    /// Asks for every segment, then drops whatever comes but STUN.
+    Unread,
+    /// Sends forged STUN binding requests from new addresses.
+    ForgedStun,
 }
+
+/// Forged STUN requests a [`Role::ForgedStun`] viewer sends per round.
+const FORGED_PER_ROUND: usize = 100;
 
 /// Offers per announce, and peers asked for, as the library's tracker client sends them.
 const OFFERS: usize = 5;
@@ -162,6 +179,8 @@ struct Seen {
     role: Option<Role>,
     /// A misbehaving viewer's connection was closed by the peer it misbehaved with.
     closed_for_it: bool,
+    /// Forged STUN requests sent ([`Role::ForgedStun`]).
+    forged_stun: u64,
 }
 
 impl Seen {
@@ -199,14 +218,20 @@ pub async fn run_until(
         let _ = end.send(Instant::now());
     });
     let args = Arc::new(args);
-    let everyone = args.viewers + args.hostile_endless + args.hostile_flood;
+    let everyone = args.viewers
+        + args.hostile_endless
+        + args.hostile_flood
+        + args.hostile_unread
+        + args.hostile_stun;
     let peer_ids: Arc<Vec<String>> = Arc::new((0..everyone).map(|_| random_peer_id()).collect());
     let mut viewers = Vec::new();
     for index in 0..everyone {
         let role = match index {
             i if i < args.viewers => Role::Viewer,
             i if i < args.viewers + args.hostile_endless => Role::EndlessCommand,
-            _ => Role::RequestFlood,
+            i if i < args.viewers + args.hostile_endless + args.hostile_flood => Role::RequestFlood,
+            i if i < everyone - args.hostile_stun => Role::Unread,
+            _ => Role::ForgedStun,
         };
         if *deadline.borrow() <= Instant::now() {
             break;
@@ -281,6 +306,7 @@ pub async fn run_until(
         "segments_per_second": per_second,
         "hostile": hostile.len(),
         "hostile_closed": hostile.iter().filter(|s| s.closed_for_it).count(),
+        "forged_stun_sent": hostile.iter().map(|s| s.forged_stun).sum::<u64>(),
         "failures": all.iter().map(|s| s.failures.len()).sum::<usize>(),
         "dropped": all.iter().filter(|s| s.dropped).count(),
         "links_closed": all.iter().map(|s| s.links_closed).sum::<u64>(),
@@ -699,6 +725,7 @@ impl Viewer {
                 seen.served += u64::from(bytes.is_some());
                 let _ = state.commands.send(ToLink::Serve { id, request, bytes });
             }
+            FromLink::Forged(sent) => seen.forged_stun += sent,
             FromLink::Closed(reason) => {
                 if self.misbehaving_on == Some(link) {
                     seen.closed_for_it = true;
@@ -790,6 +817,8 @@ impl Viewer {
             fetching: None,
             misbehaving: None,
             chunks_sent: 0,
+            deaf: false,
+            remote_address: None,
         };
         tokio::spawn(driver.run());
         self.links.insert(
@@ -836,6 +865,8 @@ enum FromLink {
         request: i64,
     },
     Closed(String),
+    /// Forged STUN requests sent in a round.
+    Forged(u64),
 }
 
 /// A segment being received: its size once announced, and its bytes hashed as they come.
@@ -863,6 +894,10 @@ struct LinkDriver {
     misbehaving: Option<Role>,
     /// Chunks of the endless command sent so far.
     chunks_sent: u64,
+    /// Drops every datagram but STUN unread ([`Role::Unread`]).
+    deaf: bool,
+    /// Where the other peer's datagrams come from.
+    remote_address: Option<SocketAddr>,
 }
 
 impl LinkDriver {
@@ -888,6 +923,12 @@ impl LinkDriver {
             tokio::select! {
                 received = self.socket.recv_from(&mut buffer) => {
                     let (len, from) = received?;
+                    // Deaf: ICE kept alive (STUN, first byte below 4), nothing else
+                    // read, so nothing acknowledged.
+                    if self.deaf && buffer[..len].first().is_none_or(|b| *b >= 4) {
+                        continue;
+                    }
+                    self.remote_address = Some(from);
                     let transport = TransportContext {
                         local_addr: self.local,
                         peer_addr: from,
@@ -954,6 +995,14 @@ impl LinkDriver {
             ToLink::Announce(loaded) => {
                 self.send(&PeerCommand::SegmentsAnnouncement { loaded, loading: vec![] })?;
             }
+            ToLink::Misbehave(Role::Unread) => {
+                let ids = 0..self.origin.len() as i64;
+                for (request, id) in ids.enumerate() {
+                    let request = request as i64;
+                    self.send(&PeerCommand::SegmentRequest { id, request, byte_from: None })?;
+                }
+                self.deaf = true;
+            }
             ToLink::Misbehave(role) => self.misbehaving = Some(role),
             ToLink::Close => {}
         }
@@ -979,9 +1028,40 @@ impl LinkDriver {
                     self.send(&request)?;
                 }
             }
-            Some(Role::Viewer) | None => {}
+            Some(Role::ForgedStun) => self.forge_stun(),
+            Some(Role::Viewer | Role::Unread) | None => {}
         }
         Ok(())
+    }
+
+    /// A round of STUN binding requests that name this connection (the other peer's
+    /// ufrag and ours, as ours would) but are keyed with a wrong password, each from a
+    /// new address.
+    fn forge_stun(&mut self) {
+        let (Some(to), Some(remote), Some(local)) = (
+            self.remote_address,
+            self.connection.remote_description().map(|d| d.sdp.clone()),
+            self.connection.local_description().map(|d| d.sdp),
+        ) else {
+            return;
+        };
+        let (Some(theirs), Some(ours)) =
+            (sdp_value(&remote, "a=ice-ufrag:"), sdp_value(&local, "a=ice-ufrag:"))
+        else {
+            return;
+        };
+        let forged = binding_request(&format!("{theirs}:{ours}"), "not-the-password");
+        let mut random = rand::rngs::SmallRng::from_os_rng();
+        let mut sent = 0;
+        for _ in 0..FORGED_PER_ROUND {
+            let (b, c, d) = (random.random(), random.random(), random.random_range(2..255));
+            let Ok(socket) = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, b, c, d), 0))
+            else {
+                continue;
+            };
+            sent += u64::from(socket.send_to(&forged, to).is_ok());
+        }
+        self.report(FromLink::Forged(sent));
     }
 
     /// Runs what the connection has for us: state changes, messages.
@@ -1097,6 +1177,37 @@ impl LinkDriver {
             let _ = self.socket.try_send_to(&datagram.message, datagram.transport.peer_addr);
         }
     }
+}
+
+/// A STUN binding request as a viewer's ICE agent sends it, its MESSAGE-INTEGRITY keyed
+/// by `key`.
+pub fn binding_request(username: &str, key: &str) -> Bytes {
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+    let mut message = Message::new();
+    let Ok(provider) = rtc::crypto::default_provider() else { return Bytes::new() };
+    let setters: [Box<dyn Setter + '_>; 5] = [
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_string())),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            key.to_string(),
+            provider.crypto(),
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    match message.build(&setters) {
+        Ok(()) => message.raw.into(),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// The value of an SDP attribute line (`a=ice-pwd:` ...), if the SDP has one.
+pub fn sdp_value<'a>(sdp: &'a str, attribute: &str) -> Option<&'a str> {
+    sdp.lines().find_map(|l| l.strip_prefix(attribute)).map(str::trim)
 }
 
 /// A peer connection that offers as a browser viewer does: one DataChannel with a
