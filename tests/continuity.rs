@@ -223,20 +223,12 @@ fn forty_viewers_are_served_throughout_swaps_and_a_fault() {
     seed_vod(&master, &origin, &tracker, 10, settings);
     let viewers = 40;
     let args = superpeer_load::Args {
-        tracker: tracker.url.clone(),
-        info_hash: origin.info_hash(),
-        media: origin.media(),
-        viewers,
         // Ended by `stop` once the changes are through; this is only a bound.
         seconds: 600,
         pace_ms: 2000,
         ramp_ms: 200,
-        share: false,
         isolated: true,
-        hostile_endless: 0,
-        hostile_flood: 0,
-        hostile_unread: 0,
-        hostile_stun: 0,
+        ..superpeer_load::Args::new(&tracker.url, &origin.info_hash(), &origin.media(), viewers)
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let load_started = now_ms();

@@ -599,19 +599,9 @@ fn a_tracker_flooding_fake_offers_and_garbage_keeps_no_real_viewer_out() {
     });
 
     let args = superpeer_load::Args {
-        tracker: tracker.url.clone(),
-        info_hash: origin.info_hash(),
-        media: origin.media(),
-        viewers: 8,
         seconds: 15,
-        pace_ms: 0,
         ramp_ms: 100,
-        share: false,
-        isolated: false,
-        hostile_endless: 0,
-        hostile_flood: 0,
-        hostile_unread: 0,
-        hostile_stun: 0,
+        ..superpeer_load::Args::new(&tracker.url, &origin.info_hash(), &origin.media(), 8)
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();
@@ -654,19 +644,11 @@ fn viewers_that_stop_acknowledging_or_forge_stun_are_handled_alone() {
     // keeping their ICE alive; two that forge STUN requests naming their connection
     // from ever new addresses (and otherwise behave).
     let args = superpeer_load::Args {
-        tracker: tracker.url.clone(),
-        info_hash: origin.info_hash(),
-        media: origin.media(),
-        viewers: 8,
         seconds: 120,
-        pace_ms: 0,
         ramp_ms: 100,
-        share: false,
-        isolated: false,
-        hostile_endless: 0,
-        hostile_flood: 0,
         hostile_unread: 2,
         hostile_stun: 2,
+        ..superpeer_load::Args::new(&tracker.url, &origin.info_hash(), &origin.media(), 8)
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = std::thread::spawn(move || {

@@ -27,19 +27,10 @@ fn twenty_viewers_get_every_segment_intact_while_hostile_ones_are_closed_alone()
     seed_vod(&master, &origin, &tracker, 10, json!({"offersPerAnnounce": 82}));
 
     let args = superpeer_load::Args {
-        tracker: tracker.url.clone(),
-        info_hash: origin.info_hash(),
-        media: origin.media(),
-        viewers: 20,
-        seconds: 20,
-        pace_ms: 0,
         ramp_ms: 100,
-        share: false,
-        isolated: false,
         hostile_endless: 2,
         hostile_flood: 2,
-        hostile_unread: 0,
-        hostile_stun: 0,
+        ..superpeer_load::Args::new(&tracker.url, &origin.info_hash(), &origin.media(), 20)
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(superpeer_load::run(args)).unwrap();

@@ -119,6 +119,25 @@ pub struct Args {
     pub hostile_stun: usize,
 }
 
+impl Args {
+    /// `viewers` viewers of `media` in the swarm `info_hash` at `tracker`, everything else
+    /// as the command's defaults.
+    pub fn new(tracker: &str, info_hash: &str, media: &str, viewers: usize) -> Args {
+        let viewers = viewers.to_string();
+        <Args as clap::Parser>::parse_from([
+            "superpeer-load",
+            "--tracker",
+            tracker,
+            "--info-hash",
+            info_hash,
+            "--media",
+            media,
+            "--viewers",
+            &viewers,
+        ])
+    }
+}
+
 /// How a viewer behaves once it meets a peer with segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
