@@ -632,7 +632,9 @@ fn stun_log_lines(master: &Superpeer) -> usize {
 #[test]
 fn viewers_that_stop_acknowledging_or_forge_stun_are_handled_alone() {
     let dir = data_dir("hostile-viewers");
-    std::fs::write(dir.join(ENV_FILE), "viewerStallSeconds=30\n").unwrap();
+    // The deadline is not the subject here (see tests/viewers.rs).
+    let env = "viewerStallSeconds=30\npolicyLimits={\"call_deadline\":50}\n";
+    std::fs::write(dir.join(ENV_FILE), env).unwrap();
     let origin = VodOrigin::start(10, 256 << 10);
     let tracker = Tracker::start();
     let master = Superpeer::start(&dir);
