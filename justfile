@@ -43,9 +43,8 @@ test: lint node-deps system-deps tools
 
 # The parsers: peer wire, chunks, tracker JSON, playlists, URLs, datagrams, master/worker
 # frames, .env, seed bodies, channel ids. `just test` runs a few thousand inputs each.
-# Every parser of untrusted input on a million generated inputs (or as told), then the
-# default policy's parsers (the ones viewers, trackers and origins feed) as many times
-# under AFL++, guided by coverage; prints each one's count or the crash.
+# Every parser of untrusted input on a million generated inputs (or as told), then as
+# many under AFL++, guided by coverage; prints each one's count or the crash.
 fuzz inputs="1000000": setup
     SUPERPEER_FUZZ_INPUTS={{inputs}} cargo test --release --locked -p superpeer --test fuzz -- --nocapture --test-threads 1
     SUPERPEER_FUZZ_INPUTS={{inputs}} cargo test --locked -p superpeer-policy-pml --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} --test fuzz -- --nocapture --test-threads 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The default policy's parsers of untrusted input under AFL++, guided by coverage
-# (tests/afl, targets in guest/pml/tests/targets): each target for about $1 executions
-# (default a million), starting from its valid examples. Prints, per target, the
+# superpeer's parsers of untrusted input under AFL++, guided by coverage (tests/afl;
+# targets in tests/fuzz_targets and guest/pml/tests/targets): each target for about $1
+# executions (default a million), starting from its valid examples. Prints, per target, the
 # inputs run, the paths AFL++ found and the crashes; fails on any crash, keeping the
 # inputs that crashed. Installs cargo-afl (and builds AFL++) the first time.
 set -euo pipefail
