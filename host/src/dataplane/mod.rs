@@ -282,16 +282,11 @@ impl DataPlane {
             std::collections::hash_map::Entry::Vacant(entry) => {
                 let key = entry.key().clone();
                 entry.insert(vec![handle]);
-                let disk = self.disk.clone();
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    let read = {
-                        let key = key.clone();
-                        tokio::task::spawn_blocking(move || disk.and_then(|disk| disk.read(&key)))
-                    };
-                    let bytes = read.await.ok().flatten();
-                    let _ = events.send(IoEvent::DiskRead { key, bytes }).await;
-                });
+                let read = key.clone();
+                self.on_disk(
+                    move |disk| disk.read(&read),
+                    move |bytes| IoEvent::DiskRead { key, bytes },
+                );
             }
         }
     }
@@ -318,17 +313,28 @@ impl DataPlane {
     /// served, like every read from disk).
     fn look_up_on_disk(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>) {
         let key = disk::key(&url, range);
+        let look = key.clone();
+        let task = self.on_disk(
+            move |disk| disk.cached_size(&look),
+            move |size| IoEvent::DiskLookedUp { fetch, url, range, key, size },
+        );
+        self.fetches.insert(fetch, task);
+    }
+
+    /// Runs `work` on the disk cache on the blocking pool (none without a cache) and
+    /// reports its result to the event loop as `report` makes it.
+    fn on_disk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&disk::DiskCache) -> Option<T> + Send + 'static,
+        report: impl FnOnce(Option<T>) -> IoEvent + Send + 'static,
+    ) -> AbortHandle {
         let disk = self.disk.clone();
         let events = self.events.clone();
         let task = tokio::spawn(async move {
-            let look = {
-                let key = key.clone();
-                tokio::task::spawn_blocking(move || disk.and_then(|disk| disk.cached_size(&key)))
-            };
-            let size = look.await.ok().flatten();
-            let _ = events.send(IoEvent::DiskLookedUp { fetch, url, range, key, size }).await;
+            let done = tokio::task::spawn_blocking(move || disk.and_then(|disk| work(&disk)));
+            let _ = events.send(report(done.await.ok().flatten())).await;
         });
-        self.fetches.insert(fetch, task.abort_handle());
+        task.abort_handle()
     }
 
     /// Carries out one admitted command; returns the events it causes at once.

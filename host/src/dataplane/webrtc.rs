@@ -109,8 +109,8 @@ struct Peer {
     offer_expires: Option<Instant>,
     /// Bytes sent on the DataChannel and not acknowledged, as the last turn left them;
     /// what was left right after the viewer last acknowledged some, and when it did
-    /// (or last had nothing newer to acknowledge). The channel's count may keep a few
-    /// bytes it never releases: an idle viewer at that level is not stalled.
+    /// (or last had nothing newer to acknowledge): a viewer that is sent nothing new is
+    /// idle, not stalled, whatever its count rests at.
     unacknowledged: usize,
     acknowledged_level: usize,
     acknowledged_at: Instant,
