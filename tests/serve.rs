@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
+use superpeer::master::Master;
 use superpeer::master::config::MasterConfig;
-use superpeer::master::{ActivePolicy, Master};
 use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
 use superpeer::serve::{self, ControlPlane};
 use tower::ServiceExt;
@@ -29,12 +29,7 @@ async fn control(token: Option<&str>) -> ControlPlane {
         ..PolicyLimits::default()
     };
     let engine = PolicyEngine::new(limits.clone()).unwrap();
-    let policy = engine.compile(EMBEDDED_POLICY).unwrap();
-    let active = ActivePolicy {
-        meta: policy.meta().clone(),
-        source: "embedded".into(),
-        precompiled: engine.precompile(EMBEDDED_POLICY).unwrap(),
-    };
+    let active = engine.admit(EMBEDDED_POLICY, "embedded").unwrap();
     let data = std::env::temp_dir().join(format!(
         "superpeer-serve-test-{}-{}",
         std::process::id(),

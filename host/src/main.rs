@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use superpeer::master::Master;
 use superpeer::master::config::MasterConfig;
-use superpeer::master::{ActivePolicy, Master};
-use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits, PolicyRunner};
+use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
 use superpeer::serve::{self, ControlPlane};
 
 /// mimalloc rather than the system allocator: a worker allocates and frees packet
@@ -179,9 +179,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Policy { command: PolicyCommand::Check { file } } => {
             let engine = PolicyEngine::new(PolicyLimits::default())?;
-            let policy = engine.compile_file(&file)?;
-            PolicyRunner::canary(&engine, &policy)?;
-            write_stdout(&serde_json::to_string_pretty(policy.meta())?)
+            let policy = engine.admit_file(&file)?;
+            write_stdout(&serde_json::to_string_pretty(&policy.meta)?)
         }
         Command::Policy { command: PolicyCommand::ExportDefault { file } } => {
             std::fs::write(&file, EMBEDDED_POLICY)
@@ -193,18 +192,14 @@ fn main() -> anyhow::Result<()> {
 fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let config = MasterConfig::load(&args.env_file, &args.overrides())?;
     let engine = PolicyEngine::new(config.policy_limits.clone())?;
-    let (wasm, source) = match &config.policy_file {
-        Some(path) => (
-            std::fs::read(path)
-                .with_context(|| format!("could not read policyFile {}", path.display()))?,
-            path.display().to_string(),
-        ),
-        None => (EMBEDDED_POLICY.to_vec(), "embedded".to_string()),
-    };
-    let policy = engine.compile(&wasm).with_context(|| format!("policy {source} was refused"))?;
-    PolicyRunner::canary(&engine, &policy)
-        .with_context(|| format!("policy {source} was refused"))?;
-    let precompiled = engine.precompile(&wasm)?;
+    let policy = match &config.policy_file {
+        Some(path) => engine.admit_file(path),
+        None => engine.admit(EMBEDDED_POLICY, "embedded"),
+    }
+    .with_context(|| match &config.policy_file {
+        Some(path) => format!("policyFile {} was refused", path.display()),
+        None => "the embedded policy was refused".into(),
+    })?;
     if args.check {
         let summary = serde_json::json!({
             "listen": config.listen.to_string(),
@@ -220,17 +215,16 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "originAllow": config.origin_allow,
             "originTimeoutSeconds": config.origin_timeout.as_secs(),
             "viewerStallSeconds": config.viewer_stall.as_secs(),
-            "policy": policy.meta(),
-            "policySource": source,
+            "policy": policy.meta,
+            "policySource": policy.source,
         });
         return write_stdout(&serde_json::to_string_pretty(&summary)?);
     }
-    tracing::info!(policy = %policy.meta(), %source, "policy loaded");
-    let active = ActivePolicy { meta: policy.meta().clone(), source, precompiled };
+    tracing::info!(policy = %policy.meta, source = %policy.source, "policy loaded");
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {
-        let (master, handle) = Master::new(config.clone(), active, log_format.as_str())?;
+        let (master, handle) = Master::new(config.clone(), policy, log_format.as_str())?;
         let mut master_task = tokio::spawn(master.run());
         let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
         if !control.requires_token() {

@@ -24,9 +24,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::master::seeds::{self, SeedItem, SeedRequest};
-use crate::master::{ActivePolicy, MasterError, MasterHandle};
+use crate::master::{MasterError, MasterHandle};
 use crate::policy::wire::SeedConfig;
-use crate::policy::{Clock, CompiledPolicy, Fault, PolicyEngine, PolicyError, PolicyRunner};
+use crate::policy::{
+    AdmittedPolicy, Clock, CompiledPolicy, Fault, PolicyEngine, PolicyError, PolicyRunner,
+};
 
 /// Every route: method and path as in the OpenAPI document, which a test keeps equal.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -523,7 +525,7 @@ async fn seed(
 async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result<(), ApiError> {
     let seed_policy = control.master.seed_policy().await?;
     let engine = control.engine.clone();
-    let checks: Vec<(Arc<ActivePolicy>, SeedConfig)> = items
+    let checks: Vec<(Arc<AdmittedPolicy>, SeedConfig)> = items
         .iter()
         .map(|item| {
             let trackers = item.trackers(&seed_policy.default_trackers);
@@ -532,7 +534,7 @@ async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result
         .collect();
     let checked = tokio::task::spawn_blocking(move || {
         // Each distinct policy is loaded once.
-        let mut loaded: Vec<(Arc<ActivePolicy>, CompiledPolicy)> = Vec::new();
+        let mut loaded: Vec<(Arc<AdmittedPolicy>, CompiledPolicy)> = Vec::new();
         for (index, (policy, config)) in checks.into_iter().enumerate() {
             let compiled = match loaded.iter().find(|(p, _)| Arc::ptr_eq(p, &policy)) {
                 Some((_, compiled)) => compiled.clone(),
@@ -673,26 +675,11 @@ async fn post_policy(
     };
     let engine = control.engine.clone();
     let started = Instant::now();
-    let checked = tokio::task::spawn_blocking(move || {
-        let policy = engine.compile(&body)?;
-        PolicyRunner::canary(&engine, &policy)?;
-        let precompiled = engine.precompile(&body)?;
-        // Native code travels to workers base64-encoded in one frame.
-        let frame = precompiled.native.len().div_ceil(3) * 4 + (64 << 10);
-        if frame > crate::ipc::MAX_FRAME {
-            return Err(PolicyError::TooLarge { size: frame, max: crate::ipc::MAX_FRAME });
-        }
-        Ok::<_, PolicyError>(ActivePolicy {
-            meta: policy.meta().clone(),
-            source: "upload".into(),
-            precompiled,
-        })
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "policy check crashed");
-        ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("the policy check failed: {e}"))
-    })?;
+    let checked =
+        tokio::task::spawn_blocking(move || engine.admit(&body, "upload")).await.map_err(|e| {
+            tracing::error!(error = %e, "policy check crashed");
+            ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("the policy check failed: {e}"))
+        })?;
     let policy = checked.map_err(|e| {
         tracing::warn!(error = %e, "policy upload rejected");
         ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::disk::DiskCacheConfig;
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
-use crate::policy::{PolicyLimits, PolicyMeta, Precompiled};
+use crate::policy::{AdmittedPolicy, PolicyLimits, PolicyMeta};
 use config::MasterConfig;
 use history::{Counters, History, WorkerReading};
 use scheduler::{Action, SeedView, WorkerView};
@@ -41,14 +41,6 @@ const UPLINK_WINDOW: Duration = Duration::from_secs(60);
 /// Sizing: memory and upload one worker is planned for.
 const MEMORY_PER_WORKER: u64 = 512 << 20;
 const MBPS_PER_WORKER: u64 = 1000;
-
-/// A policy the master hands to workers.
-#[derive(Debug, Clone)]
-pub struct ActivePolicy {
-    pub meta: PolicyMeta,
-    pub source: String,
-    pub precompiled: Precompiled,
-}
 
 /// Why a request to the master could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +72,7 @@ enum Message {
     Stop(String, Reply<Result<String, MasterError>>),
     RestartAll(Reply<usize>),
     Restart(u32, Reply<Result<(), MasterError>>),
-    SetPolicy(Arc<ActivePolicy>, Option<String>, Reply<Result<usize, MasterError>>),
+    SetPolicy(Arc<AdmittedPolicy>, Option<String>, Reply<Result<usize, MasterError>>),
     Policy(Reply<PolicyView>),
     SeedPolicy(Reply<SeedPolicy>),
     Shutdown(Reply<()>),
@@ -140,7 +132,7 @@ impl MasterHandle {
     /// swap it in. Returns how many were asked to.
     pub async fn set_policy(
         &self,
-        policy: Arc<ActivePolicy>,
+        policy: Arc<AdmittedPolicy>,
         channel: Option<String>,
     ) -> Result<usize, MasterError> {
         self.ask(|r| Message::SetPolicy(policy, channel, r)).await?
@@ -181,14 +173,14 @@ pub struct PolicyView {
 /// channel has one, else the master's) and the trackers it gets when it names none.
 #[derive(Debug, Clone)]
 pub struct SeedPolicy {
-    pub policy: Arc<ActivePolicy>,
-    pub channels: Vec<(String, Arc<ActivePolicy>)>,
+    pub policy: Arc<AdmittedPolicy>,
+    pub channels: Vec<(String, Arc<AdmittedPolicy>)>,
     pub default_trackers: Vec<String>,
 }
 
 impl SeedPolicy {
     /// The policy a seed of `channel` runs.
-    pub fn for_channel(&self, channel: &str) -> &Arc<ActivePolicy> {
+    pub fn for_channel(&self, channel: &str) -> &Arc<AdmittedPolicy> {
         self.channels
             .iter()
             .find(|(c, _)| seeds::same_channel(c, channel))
@@ -203,8 +195,8 @@ pub struct PolicyIdentity {
     pub source: String,
 }
 
-impl From<&ActivePolicy> for PolicyIdentity {
-    fn from(p: &ActivePolicy) -> Self {
+impl From<&AdmittedPolicy> for PolicyIdentity {
+    fn from(p: &AdmittedPolicy) -> Self {
         PolicyIdentity { meta: p.meta.clone(), source: p.source.clone() }
     }
 }
@@ -302,7 +294,7 @@ struct Seed {
     restarts: u32,
     crashes: u32,
     retry_at: Option<Instant>,
-    policy: Option<Arc<ActivePolicy>>,
+    policy: Option<Arc<AdmittedPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,8 +359,8 @@ fn rate_mbps(samples: &VecDeque<(Instant, u64)>) -> f64 {
 pub struct Master {
     config: MasterConfig,
     store: SeedStore,
-    policy: Arc<ActivePolicy>,
-    previous_policy: Option<Arc<ActivePolicy>>,
+    policy: Arc<AdmittedPolicy>,
+    previous_policy: Option<Arc<AdmittedPolicy>>,
     seeds: Vec<Seed>,
     workers: BTreeMap<u32, Worker>,
     ping_bandwidth: Option<u64>,
@@ -404,7 +396,7 @@ impl Master {
     /// Loads the saved seeds; the master starts their workers once it runs.
     pub fn new(
         config: MasterConfig,
-        policy: ActivePolicy,
+        policy: AdmittedPolicy,
         worker_log_format: &str,
     ) -> Result<(Self, MasterHandle), seeds::StoreError> {
         let store = SeedStore::new(&config.data_dir);
@@ -919,7 +911,7 @@ impl Master {
 
     fn set_policy(
         &mut self,
-        policy: Arc<ActivePolicy>,
+        policy: Arc<AdmittedPolicy>,
         channel: Option<String>,
     ) -> Result<usize, MasterError> {
         let channel = match channel {

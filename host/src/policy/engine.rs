@@ -158,13 +158,6 @@ impl PolicyEngine {
         self.prepare(component, digest(wasm), wasm.len())
     }
 
-    /// [`PolicyEngine::compile`] for a component in a file.
-    pub fn compile_file(&self, path: &std::path::Path) -> Result<CompiledPolicy, PolicyError> {
-        let wasm = std::fs::read(path)
-            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
-        self.compile(&wasm)
-    }
-
     /// Compiles a component to native code once, for [`PolicyEngine::load_precompiled`]
     /// in other processes of the same build.
     pub fn precompile(&self, wasm: &[u8]) -> Result<Precompiled, PolicyError> {

@@ -1,7 +1,8 @@
 //! Policies: the decisions and wire formats of a worker, as sandboxed WebAssembly
 //! components that can be replaced while the worker runs.
 //!
-//! - [`PolicyEngine`] compiles and type-checks components (off the event loop).
+//! - [`PolicyEngine`] compiles and type-checks components (off the event loop);
+//!   [`PolicyEngine::admit`] is the one check a new policy passes before it runs.
 //! - [`PolicyRunner`] runs one worker's policy: events in, admitted commands out,
 //!   faults contained, hot swaps at event boundaries.
 //! - [`Tables`] is the host's authoritative view that every command is checked against
@@ -10,6 +11,7 @@
 //! Nothing here does network or disk I/O on a policy's behalf; the worker carries out
 //! the commands the runner admits.
 
+mod admission;
 mod bindings;
 mod engine;
 mod error;
@@ -17,6 +19,7 @@ mod limits;
 mod runner;
 mod tables;
 
+pub use admission::AdmittedPolicy;
 pub use engine::{Clock, CompiledPolicy, PolicyEngine, PolicyMeta, Precompiled};
 pub use error::{Fault, PolicyError};
 pub use limits::{LimitError, PolicyLimits};
