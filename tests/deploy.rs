@@ -97,6 +97,29 @@ fn serve_check_accepts_a_good_configuration_and_names_the_key_of_a_bad_one() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cacheSize"));
 }
 
+#[test]
+fn policy_check_admits_the_exported_default_and_refuses_what_is_not_a_policy() {
+    let dir = harness::data_dir("policy-check");
+    let exported = dir.0.join("default.wasm");
+    run(Command::new(BINARY).args(["policy", "export-default"]).arg(&exported));
+    let output = run(Command::new(BINARY).args(["policy", "check"]).arg(&exported));
+    let meta: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(meta["name"], "pml");
+    assert_eq!(meta["size"], std::fs::metadata(&exported).unwrap().len());
+    let garbage = dir.0.join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm garbage").unwrap();
+    let output = Command::new(BINARY).args(["policy", "check"]).arg(&garbage).output().unwrap();
+    assert!(!output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).is_empty());
+    let missing = Command::new(BINARY)
+        .args(["policy", "check"])
+        .arg(dir.0.join("missing.wasm"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.wasm"));
+}
+
 /// `systemd-analyze verify` on `unit` with its `ExecStart` binary replaced by the one
 /// built here (verify insists the binary exists). It exits 0 even on unknown keys, so
 /// any output at all counts as a failure. `None` where systemd is not installed.
