@@ -14,7 +14,7 @@ use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
 use superpeer::dataplane::origin::{OriginRules, parse_allow_list};
-use superpeer::dataplane::{DataPlane, DataPlaneLimits, Held, IoEvent};
+use superpeer::dataplane::{DataPlaneLimits, Driver, Held, Input, IoEvent};
 use superpeer::policy::wire::{
     ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, TrackerConnect, TrackerSend,
 };
@@ -84,11 +84,11 @@ fn limits() -> DataPlaneLimits {
 }
 
 /// The next event the policy would get.
-async fn next(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> Event {
+async fn next(plane: &mut Driver, io: &mut mpsc::Receiver<IoEvent>) -> Event {
     loop {
         let happened =
             tokio::time::timeout(Duration::from_secs(30), io.recv()).await.unwrap().unwrap();
-        if let Some(event) = plane.on_io(happened).pop() {
+        if let Some(event) = plane.handle([Input::Io(happened)]).pop() {
             return event;
         }
     }
@@ -97,9 +97,12 @@ async fn next(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> Event 
 #[tokio::test]
 async fn fetches_playlists_and_segments_from_the_origin() {
     let (base, hits) = origin().await;
-    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
+    let (mut plane, mut io) = Driver::new(limits()).unwrap();
 
-    plane.carry_out(Command::FetchText(FetchText { fetch: 1, url: format!("{base}/live.m3u8") }));
+    plane.handle([Input::Command(Command::FetchText(FetchText {
+        fetch: 1,
+        url: format!("{base}/live.m3u8"),
+    }))]);
     let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else {
         panic!("no playlist")
     };
@@ -109,33 +112,33 @@ async fn fetches_playlists_and_segments_from_the_origin() {
 
     let range = Some(ByteRange { start: 10, end: 20 });
     let url = format!("{base}/seg0.ts");
-    plane.carry_out(Command::FetchSegment(FetchSegment {
+    plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
         fetch: 2,
         url,
         range,
         tier: CacheTier::Memory,
-    }));
+    }))]);
     let Event::SegmentStored(stored) = next(&mut plane, &mut io).await else {
         panic!("no segment")
     };
     assert_eq!((stored.fetch, stored.segment.size, stored.segment.range), (2, 10, range));
-    let Some(Held::Memory(bytes)) = plane.store().get(stored.segment.handle) else {
+    let Some(Held::Memory(bytes)) = plane.plane().cache().get(stored.segment.handle) else {
         panic!("a memory-tier segment is held in memory")
     };
     assert_eq!(bytes.as_ref(), &SEGMENT[10..20], "the stored bytes are the origin's");
-    assert_eq!(plane.downloaded(), playlist.text.len() as u64 + 10);
+    assert_eq!(plane.plane().counters().downloaded, playlist.text.len() as u64 + 10);
 
     // Eviction drops the bytes and says so.
-    let evicted = plane.carry_out(Command::Evict(stored.segment.handle));
+    let evicted = plane.handle([Input::Command(Command::Evict(stored.segment.handle))]);
     assert_eq!(evicted, vec![Event::SegmentEvicted(stored.segment.handle)]);
-    assert!(plane.store().is_empty());
+    assert!(plane.plane().cache().is_empty());
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one request per fetch");
 }
 
 #[tokio::test]
 async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
     let (base, hits) = origin().await;
-    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
+    let (mut plane, mut io) = Driver::new(limits()).unwrap();
     let segment = |fetch, path: &str| {
         Command::FetchSegment(FetchSegment {
             fetch,
@@ -145,23 +148,23 @@ async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
         })
     };
 
-    plane.carry_out(segment(1, "/missing"));
+    plane.handle([Input::Command(segment(1, "/missing"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!(failed.status, Some(404));
     assert_eq!(hits.load(Ordering::SeqCst), 0, "unrouted paths are not counted");
 
-    plane.carry_out(segment(2, "/broken"));
+    plane.handle([Input::Command(segment(2, "/broken"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!((failed.fetch, failed.status), (2, Some(500)));
     assert_eq!(hits.load(Ordering::SeqCst), 3, "a 5xx is retried up to the attempt limit");
 
-    plane.carry_out(segment(3, "/big"));
+    plane.handle([Input::Command(segment(3, "/big"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(failed.reason.contains("1024-byte limit"), "{}", failed.reason);
-    assert!(plane.store().is_empty());
+    assert!(plane.plane().cache().is_empty());
 
     let refused = format!("http://127.0.0.1:{}/x", closed_port());
-    plane.carry_out(Command::FetchText(FetchText { fetch: 4, url: refused }));
+    plane.handle([Input::Command(Command::FetchText(FetchText { fetch: 4, url: refused }))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!((failed.fetch, failed.status), (4, None));
 }
@@ -208,9 +211,12 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
         origins: OriginRules::new(Some(&manifest), Vec::new()),
         ..DataPlaneLimits::default()
     };
-    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
-    let fetch = |plane: &mut DataPlane, id, url: &str| {
-        plane.carry_out(Command::FetchText(FetchText { fetch: id, url: url.to_string() }));
+    let (mut plane, mut io) = Driver::new(limits).unwrap();
+    let fetch = |plane: &mut Driver, id, url: &str| {
+        plane.handle([Input::Command(Command::FetchText(FetchText {
+            fetch: id,
+            url: url.to_string(),
+        }))]);
     };
 
     // The manifest's own host and port, through a redirect of its own: fetched.
@@ -246,7 +252,7 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
         parse_allow_list(&format!("localhost:{secret_port}")).unwrap(),
     );
     let (mut plane, mut io) =
-        DataPlane::new(DataPlaneLimits { origins: allowed, ..DataPlaneLimits::default() }).unwrap();
+        Driver::new(DataPlaneLimits { origins: allowed, ..DataPlaneLimits::default() }).unwrap();
     fetch(&mut plane, 6, &by_name);
     let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
     assert_eq!(text.text, "secret");
@@ -269,20 +275,24 @@ async fn tracker_texts_flow_both_ways_and_closes_are_reported() {
         socket.send(Message::text(format!("echo {}", hello.to_text().unwrap()))).await.unwrap();
         socket.close(None).await.unwrap();
     });
-    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
-    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 9, url }));
+    let (mut plane, mut io) = Driver::new(limits()).unwrap();
+    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 9, url }))]);
     assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(9));
-    assert_eq!(plane.trackers_open(), 1);
-    plane.carry_out(Command::TrackerSend(TrackerSend { conn: 9, text: "announce".into() }));
+    plane.handle([Input::Command(Command::TrackerSend(TrackerSend {
+        conn: 9,
+        text: "announce".into(),
+    }))]);
     let Event::TrackerText(text) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!((text.conn, text.text.as_str()), (9, "echo announce"));
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!(closed.conn, 9);
-    assert_eq!(plane.trackers_open(), 0);
     server.await.unwrap();
 
     let refused = format!("ws://127.0.0.1:{}", closed_port());
-    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 10, url: refused }));
+    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect {
+        conn: 10,
+        url: refused,
+    }))]);
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(closed.reason.contains("could not connect"), "{}", closed.reason);
 }
@@ -297,8 +307,8 @@ async fn an_oversized_tracker_frame_closes_only_that_connection() {
         let _ = socket.send(Message::text("x".repeat(128 << 10))).await;
         let _ = socket.next().await;
     });
-    let (mut plane, mut io) = DataPlane::new(limits()).unwrap();
-    plane.carry_out(Command::TrackerConnect(TrackerConnect { conn: 1, url }));
+    let (mut plane, mut io) = Driver::new(limits()).unwrap();
+    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 1, url }))]);
     assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(1));
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(closed.reason.contains("failed"), "{}", closed.reason);
@@ -309,10 +319,10 @@ async fn workers_take_their_udp_port_from_the_configured_range_or_say_it_is_full
     // A port that was free a moment ago: the range is that one port.
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ranged = DataPlaneLimits { udp_ports: Some((port, port)), ..limits() };
-    let (first, _io) = DataPlane::new(ranged.clone()).unwrap();
+    let (first, _io) = Driver::new(ranged.clone()).unwrap();
     assert_eq!(first.udp_addr().port(), port);
 
-    let Err(error) = DataPlane::new(ranged) else { panic!("the only port is taken") };
+    let Err(error) = Driver::new(ranged) else { panic!("the only port is taken") };
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     assert!(error.to_string().contains(&format!("no free UDP port in {port}-{port}")), "{error}");
 }
@@ -337,18 +347,18 @@ async fn segment_origin() -> (String, Arc<AtomicUsize>) {
 
 /// Asks `plane` for segments 0..count on the disk tier; the segments it then holds.
 async fn fetch_to_disk(
-    plane: &mut DataPlane,
+    plane: &mut Driver,
     io: &mut mpsc::Receiver<IoEvent>,
     base: &str,
     count: u8,
 ) -> Vec<superpeer::policy::wire::SegmentInfo> {
     for n in 0..count {
-        plane.carry_out(Command::FetchSegment(FetchSegment {
+        plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
             fetch: u64::from(n),
             url: format!("{base}/{n}"),
             range: None,
             tier: CacheTier::Disk,
-        }));
+        }))]);
     }
     let mut stored = Vec::new();
     while stored.len() < usize::from(count) {
@@ -369,23 +379,26 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
     let (base, hits) = segment_origin().await;
 
     // Two workers of one channel want the same ten segments at the same moment.
-    let (mut first, mut first_io) = DataPlane::new(with_cache()).unwrap();
-    let (mut second, mut second_io) = DataPlane::new(with_cache()).unwrap();
+    let (mut first, mut first_io) = Driver::new(with_cache()).unwrap();
+    let (mut second, mut second_io) = Driver::new(with_cache()).unwrap();
     let (a, b) = tokio::join!(
         fetch_to_disk(&mut first, &mut first_io, &base, 10),
         fetch_to_disk(&mut second, &mut second_io, &base, 10)
     );
     assert_eq!(hits.load(Ordering::SeqCst), 10, "each segment fetched from the origin once");
     assert!(a.iter().chain(&b).all(|s| s.tier == CacheTier::Disk && s.size == 600));
-    assert_eq!(first.downloaded() + second.downloaded(), 10 * 600);
-    assert_eq!(first.store().memory_bytes(), 0, "disk segments are not kept in memory");
+    assert_eq!(
+        first.plane().counters().downloaded + second.plane().counters().downloaded,
+        10 * 600
+    );
+    assert_eq!(first.plane().cache().budgeted_bytes(), 0, "disk segments take no memory budget");
     drop((first, first_io, second, second_io));
 
     // A restarted worker finds them all on disk, intact.
-    let (mut restarted, mut restarted_io) = DataPlane::new(with_cache()).unwrap();
+    let (mut restarted, mut restarted_io) = Driver::new(with_cache()).unwrap();
     let again = fetch_to_disk(&mut restarted, &mut restarted_io, &base, 10).await;
     assert_eq!(hits.load(Ordering::SeqCst), 10, "no new origin requests after a restart");
-    assert_eq!(restarted.downloaded(), 0);
+    assert_eq!(restarted.plane().counters().downloaded, 0);
     assert!(restarted.disk_cache_size() >= 10 * 600, "measured as it opened");
     assert!(again.iter().all(|s| s.tier == CacheTier::Disk));
     let on_disk = DiskCache::open(&cache).unwrap();
@@ -396,7 +409,7 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
 
     // The policy evicts segment 3: the handle goes, the shared file stays for others.
     let third = again.iter().find(|s| s.url.ends_with("/3")).unwrap();
-    let evicted = restarted.carry_out(Command::Evict(third.handle));
+    let evicted = restarted.handle([Input::Command(Command::Evict(third.handle))]);
     assert_eq!(evicted, vec![Event::SegmentEvicted(third.handle)]);
     assert!(on_disk.read(&disk::key(&third.url, None)).is_some());
     on_disk.remove(&disk::key(&third.url, None));
@@ -411,12 +424,12 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
             tier: CacheTier::DiskIfCached,
         })
     };
-    assert_eq!(restarted.carry_out(probe(100, 5)), vec![]);
+    assert_eq!(restarted.handle([Input::Command(probe(100, 5))]), vec![]);
     let Event::SegmentStored(found) = next(&mut restarted, &mut restarted_io).await else {
         panic!()
     };
     assert_eq!((found.fetch, found.segment.size, found.segment.tier), (100, 600, CacheTier::Disk));
-    assert_eq!(restarted.carry_out(probe(101, 3)), vec![]);
+    assert_eq!(restarted.handle([Input::Command(probe(101, 3))]), vec![]);
     let Event::FetchFailed(missing) = next(&mut restarted, &mut restarted_io).await else {
         panic!()
     };

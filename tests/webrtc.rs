@@ -14,7 +14,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::disk::{self, DiskCacheConfig};
 use superpeer::dataplane::origin::OriginRules;
-use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
+use superpeer::dataplane::{DataPlaneLimits, Driver, Input, IoEvent};
 use superpeer::policy::wire::{
     CacheTier, CancelServe, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend,
     SegmentSent, ServeSegment,
@@ -28,7 +28,7 @@ mod viewer;
 /// Runs both ends until `done` holds for what the worker's data plane reported.
 async fn run_until(
     viewer: &mut Viewer,
-    plane: &mut DataPlane,
+    plane: &mut Driver,
     io: &mut mpsc::Receiver<IoEvent>,
     seen: &mut Vec<Event>,
     done: impl Fn(&Viewer, &[Event]) -> bool,
@@ -45,11 +45,11 @@ async fn run_until(
                 let (len, from) = received.unwrap();
                 viewer.receive(from, &buffer[..len]);
             }
-            Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
+            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
             () = tokio::time::sleep_until(next) => {
                 assert!(tokio::time::Instant::now() < deadline, "timed out; events so far: {seen:?}");
                 let _ = viewer.connection.handle_timeout(Instant::now());
-                seen.extend(plane.timeout());
+                seen.extend(plane.handle([Input::Timeout]));
             }
         }
     }
@@ -58,12 +58,12 @@ async fn run_until(
 /// A viewer offers, the data plane answers as `peer`, and both run until the
 /// DataChannel is open at each end; the viewer and what the data plane reported.
 async fn connect(
-    plane: &mut DataPlane,
+    plane: &mut Driver,
     io: &mut mpsc::Receiver<IoEvent>,
     peer: u64,
 ) -> (Viewer, Vec<Event>) {
     let (mut viewer, offer) = Viewer::new().await;
-    let mut seen = plane.carry_out(Command::PeerAnswer(PeerAnswer { peer, offer }));
+    let mut seen = plane.handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer, offer }))]);
     let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
     assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
     assert!(answer.sdp.contains("127.0.0.1"), "the answer carries the host candidate");
@@ -89,16 +89,16 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let origins = OriginRules::new(Some(&url), Vec::new());
     let (mut plane, mut io) =
-        DataPlane::new(DataPlaneLimits { origins, ..Default::default() }).unwrap();
-    plane.carry_out(Command::FetchSegment(FetchSegment {
+        Driver::new(DataPlaneLimits { origins, ..Default::default() }).unwrap();
+    plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
         fetch: 1,
         url,
         range: None,
         tier: CacheTier::Memory,
-    }));
+    }))]);
     let handle = loop {
         let happened = io.recv().await.unwrap();
-        match plane.on_io(happened).pop() {
+        match plane.handle([Input::Io(happened)]).pop() {
             Some(Event::SegmentStored(stored)) => break stored.segment.handle,
             Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
             _ => {}
@@ -109,7 +109,10 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
 
     // Messages both ways.
     viewer.send(b"cstr\x01cend");
-    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"hello".to_vec() })));
+    seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
+        peer: 1,
+        data: b"hello".to_vec(),
+    }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.iter().any(|m| m == b"hello")
             && seen.iter().any(|e| matches!(e, Event::PeerMessage(m) if m.data == b"cstr\x01cend"))
@@ -123,7 +126,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
         Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16_384 })
     };
     let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
-    seen.extend(plane.carry_out_all(vec![serve(1000), send(b"the end")]));
+    seen.extend(plane.handle(Input::commands(vec![serve(1000), send(b"the end")])));
     let complete =
         Event::SegmentSent(SegmentSent { peer: 1, handle, bytes: 299_000, complete: true });
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
@@ -138,11 +141,13 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     // A serve cancelled part way stops there and its end is never sent; what was queued
     // after them still goes. So does what follows a serve of a segment not held.
     viewer.received.clear();
-    seen.extend(plane.carry_out_all(vec![serve(0), send(b"the end"), send(b"next")]));
-    seen.extend(plane.carry_out(Command::CancelServe(CancelServe { peer: 1, handle })));
+    seen.extend(plane.handle(Input::commands(vec![serve(0), send(b"the end"), send(b"next")])));
+    seen.extend(
+        plane.handle([Input::Command(Command::CancelServe(CancelServe { peer: 1, handle }))]),
+    );
     let missing =
         Command::ServeSegment(ServeSegment { peer: 1, handle: 999, offset: 0, chunk_size: 16_384 });
-    seen.extend(plane.carry_out_all(vec![missing, send(b"the end"), send(b"last")]));
+    seen.extend(plane.handle(Input::commands(vec![missing, send(b"the end"), send(b"last")])));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.last().is_some_and(|m| m == b"last")
     })
@@ -151,30 +156,44 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let partial: usize = viewer.received.iter().filter(|m| m.len() > 4).map(Vec::len).sum();
     assert!(partial < 300_000, "cancelled before its last byte");
     assert!(viewer.received.iter().any(|m| m == b"next"));
-    assert_eq!(plane.uploaded(), 299_000 + partial as u64);
+    assert_eq!(plane.plane().counters().uploaded, 299_000 + partial as u64);
 }
 
 #[tokio::test]
 async fn superpeer_offers_a_viewer_answers_and_the_data_channel_opens() {
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
-    let mut seen = plane.carry_out(Command::PeerOffer(3));
+    let (mut plane, mut io) = Driver::new(DataPlaneLimits::default()).unwrap();
+    let mut seen = plane.handle([Input::Command(Command::PeerOffer(3))]);
     let Some(Event::PeerOfferReady(offer)) = seen.first().cloned() else { panic!("{seen:?}") };
     for line in ["a=ice-lite", "a=setup:actpass", "m=application", "127.0.0.1"] {
         assert!(offer.sdp.contains(line), "{line} missing from our offer: {}", offer.sdp);
     }
-    assert_eq!((plane.offers_pending(), plane.viewers()), (1, 0), "an offer is no viewer yet");
+    assert_eq!(
+        (plane.plane().offers_pending(), plane.plane().viewers()),
+        (1, 0),
+        "an offer is no viewer yet"
+    );
 
     // The viewer answers as simple-peer does and takes the channel we opened.
     let (mut viewer, answer) = Viewer::answering(&offer.sdp).await;
-    seen.extend(plane.carry_out(Command::PeerAcceptAnswer(PeerAcceptAnswer { peer: 3, answer })));
+    seen.extend(
+        plane.handle([Input::Command(Command::PeerAcceptAnswer(PeerAcceptAnswer {
+            peer: 3,
+            answer,
+        }))]),
+    );
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(3))
     })
     .await;
-    assert_eq!((plane.offers_pending(), plane.viewers()), (0, 1));
+    assert_eq!((plane.plane().offers_pending(), plane.plane().viewers()), (0, 1));
 
     viewer.send(b"cstr\x01cend");
-    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 3, data: b"hi".to_vec() })));
+    seen.extend(
+        plane.handle([Input::Command(Command::PeerSend(PeerSend {
+            peer: 3,
+            data: b"hi".to_vec(),
+        }))]),
+    );
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.iter().any(|m| m == b"hi")
             && seen.iter().any(|e| matches!(e, Event::PeerMessage(m) if m.data == b"cstr\x01cend"))
@@ -186,12 +205,12 @@ async fn superpeer_offers_a_viewer_answers_and_the_data_channel_opens() {
 async fn an_offer_nobody_answers_is_dropped_and_a_bad_answer_closes_its_offer() {
     let limits =
         DataPlaneLimits { offer_timeout: Duration::from_millis(300), ..Default::default() };
-    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
-    let mut seen = plane.carry_out(Command::PeerOffer(1));
-    seen.extend(plane.carry_out(Command::PeerOffer(2)));
-    assert_eq!(plane.offers_pending(), 2);
+    let (mut plane, mut io) = Driver::new(limits).unwrap();
+    let mut seen = plane.handle([Input::Command(Command::PeerOffer(1))]);
+    seen.extend(plane.handle([Input::Command(Command::PeerOffer(2))]));
+    assert_eq!(plane.plane().offers_pending(), 2);
     let bad = PeerAcceptAnswer { peer: 2, answer: "v=0\r\nnonsense".into() };
-    seen.extend(plane.carry_out(Command::PeerAcceptAnswer(bad)));
+    seen.extend(plane.handle([Input::Command(Command::PeerAcceptAnswer(bad))]));
     assert!(
         seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
         "a bad answer closes its offer: {seen:?}"
@@ -201,19 +220,19 @@ async fn an_offer_nobody_answers_is_dropped_and_a_bad_answer_closes_its_offer() 
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         assert!(next.is_some(), "an offer waiting for its answer has a deadline");
         tokio::select! {
-            Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
+            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
             () = tokio::time::sleep_until(next.unwrap().min(deadline)) => {
                 assert!(tokio::time::Instant::now() < deadline, "never dropped: {seen:?}");
-                seen.extend(plane.timeout());
+                seen.extend(plane.handle([Input::Timeout]));
             }
         }
     }
-    assert_eq!((plane.offers_pending(), plane.viewers()), (0, 0));
+    assert_eq!((plane.plane().offers_pending(), plane.plane().viewers()), (0, 0));
 }
 
 #[tokio::test]
 async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut plane, mut io) = Driver::new(DataPlaneLimits::default()).unwrap();
     let (viewer, mut seen) = connect(&mut plane, &mut io, 7).await;
 
     // The viewer vanishes without a word (a closed laptop, a lost network): nothing it
@@ -225,25 +244,25 @@ async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         let next = next.map_or(deadline, |t| t.min(deadline));
         tokio::select! {
-            Some(happened) = io.recv() => seen.extend(plane.on_io(happened)),
+            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
             () = tokio::time::sleep_until(next) => {
                 assert!(tokio::time::Instant::now() < deadline, "never dropped; events: {seen:?}");
-                seen.extend(plane.timeout());
+                seen.extend(plane.handle([Input::Timeout]));
             }
         }
     }
-    assert_eq!(plane.viewers(), 0);
+    assert_eq!(plane.plane().viewers(), 0);
 }
 
 #[tokio::test]
 async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per_viewer() {
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut plane, mut io) = Driver::new(DataPlaneLimits::default()).unwrap();
     let (mut viewer, mut seen) = connect(&mut plane, &mut io, 1).await;
-    assert_eq!(plane.viewer_addresses(), 1);
+    assert_eq!(plane.plane().viewer_addresses(), 1);
     // Another viewer's answer tells what anyone on the tracker could learn: a ufrag.
     let (_, offer) = Viewer::new().await;
     let Some(Event::PeerAnswerReady(answer)) =
-        plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 2, offer })).pop()
+        plane.handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer: 2, offer }))]).pop()
     else {
         panic!("no answer")
     };
@@ -255,21 +274,28 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     for n in 0..20_000u32 {
         let [_, _, a, b] = n.to_be_bytes();
         let from = std::net::SocketAddr::from(([10, 9, a, b], 50_000));
-        seen.extend(plane.on_io(IoEvent::Datagram { from, data: forged.clone() }));
+        seen.extend(plane.handle([Input::Io(IoEvent::Datagram { from, data: forged.clone() })]));
     }
-    assert_eq!(plane.viewer_addresses(), 1, "forged STUN registered addresses");
-    assert_eq!(plane.forged_stun(), 20_000);
+    assert_eq!(plane.plane().viewer_addresses(), 1, "forged STUN registered addresses");
+    assert_eq!(plane.plane().forged_stun(), 20_000);
 
     // With the password, a connection still holds only a few addresses.
     for n in 0..100u8 {
         let from = std::net::SocketAddr::from(([10, 8, 0, n], 50_000));
         let genuine = viewer::binding_request(&format!("{ufrag}:{n}"), &password);
-        seen.extend(plane.on_io(IoEvent::Datagram { from, data: genuine }));
+        seen.extend(plane.handle([Input::Io(IoEvent::Datagram { from, data: genuine })]));
     }
-    assert!(plane.viewer_addresses() <= 1 + 4, "{} addresses", plane.viewer_addresses());
+    assert!(
+        plane.plane().viewer_addresses() <= 1 + 4,
+        "{} addresses",
+        plane.plane().viewer_addresses()
+    );
 
     // The viewer that was there is served as before.
-    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"still".to_vec() })));
+    seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
+        peer: 1,
+        data: b"still".to_vec(),
+    }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.iter().any(|m| m == b"still")
     })
@@ -278,7 +304,7 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
 
 #[tokio::test]
 async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others_are_served() {
-    let (mut plane, mut io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
+    let (mut plane, mut io) = Driver::new(DataPlaneLimits::default()).unwrap();
     let (mut reader, mut seen) = connect(&mut plane, &mut io, 1).await;
     let (_stalled, more) = connect(&mut plane, &mut io, 2).await;
     seen.extend(more);
@@ -286,7 +312,8 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
     // The stalled viewer acknowledges nothing more: what is sent to it piles up.
     let mut closed = Vec::new();
     for _ in 0..20_000 {
-        let events = plane.carry_out(Command::PeerSend(PeerSend { peer: 2, data: vec![7; 1024] }));
+        let events = plane
+            .handle([Input::Command(Command::PeerSend(PeerSend { peer: 2, data: vec![7; 1024] }))]);
         closed.extend(
             events.into_iter().filter(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
         );
@@ -296,9 +323,14 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
     }
     let [Event::PeerClosed(close)] = closed.as_slice() else { panic!("never closed") };
     assert!(close.reason.contains("send queue full"), "{}", close.reason);
-    assert_eq!(plane.viewers(), 1);
+    assert_eq!(plane.plane().viewers(), 1);
 
-    seen.extend(plane.carry_out(Command::PeerSend(PeerSend { peer: 1, data: b"fine".to_vec() })));
+    seen.extend(
+        plane.handle([Input::Command(Command::PeerSend(PeerSend {
+            peer: 1,
+            data: b"fine".to_vec(),
+        }))]),
+    );
     run_until(&mut reader, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.iter().any(|m| m == b"fine")
     })
@@ -306,10 +338,10 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
 }
 
 /// Waits for the next segment the data plane reports stored.
-async fn stored(plane: &mut DataPlane, io: &mut mpsc::Receiver<IoEvent>) -> u64 {
+async fn stored(plane: &mut Driver, io: &mut mpsc::Receiver<IoEvent>) -> u64 {
     loop {
         let happened = io.recv().await.unwrap();
-        match plane.on_io(happened).pop() {
+        match plane.handle([Input::Io(happened)]).pop() {
             Some(Event::SegmentStored(stored)) => return stored.segment.handle,
             Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
             _ => {}
@@ -344,17 +376,20 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     // Segments 1 and 2 fetched to disk by one worker, and served by the next, which
     // holds none of their bytes in memory. Segment 3 is in memory.
     {
-        let (mut first, mut first_io) = DataPlane::new(limits.clone()).unwrap();
-        first.carry_out_all(vec![fetch(1, 1, CacheTier::Disk), fetch(2, 2, CacheTier::Disk)]);
+        let (mut first, mut first_io) = Driver::new(limits.clone()).unwrap();
+        first.handle(Input::commands(vec![
+            fetch(1, 1, CacheTier::Disk),
+            fetch(2, 2, CacheTier::Disk),
+        ]));
         stored(&mut first, &mut first_io).await;
         stored(&mut first, &mut first_io).await;
     }
-    let (mut plane, mut io) = DataPlane::new(limits).unwrap();
-    plane.carry_out(fetch(1, 1, CacheTier::DiskIfCached));
+    let (mut plane, mut io) = Driver::new(limits).unwrap();
+    plane.handle([Input::Command(fetch(1, 1, CacheTier::DiskIfCached))]);
     let one = stored(&mut plane, &mut io).await;
-    plane.carry_out(fetch(2, 2, CacheTier::DiskIfCached));
+    plane.handle([Input::Command(fetch(2, 2, CacheTier::DiskIfCached))]);
     let two = stored(&mut plane, &mut io).await;
-    plane.carry_out(fetch(3, 3, CacheTier::Memory));
+    plane.handle([Input::Command(fetch(3, 3, CacheTier::Memory))]);
     let three = stored(&mut plane, &mut io).await;
     let (mut first, mut seen) = connect(&mut plane, &mut io, 1).await;
     let (mut second, more) = connect(&mut plane, &mut io, 2).await;
@@ -381,12 +416,12 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     // The message right after a serve is its end, sent after its last byte or not at all.
     let in_turn =
         |handle| vec![send(1, b"before"), serve(1, handle), send(1, b"end"), send(1, b"after")];
-    seen.extend(plane.carry_out_all(in_turn(two)));
+    seen.extend(plane.handle(Input::commands(in_turn(two))));
     returned.send(()).unwrap();
 
     // The loop goes on: the other viewer is sent a segment meanwhile, and the first
     // nothing that was queued behind the read.
-    seen.extend(plane.carry_out_all(vec![serve(2, three), send(2, b"end")]));
+    seen.extend(plane.handle(Input::commands(vec![serve(2, three), send(2, b"end")])));
     let three_sent =
         Event::SegmentSent(SegmentSent { peer: 2, handle: three, bytes: 300_000, complete: true });
     run_until(&mut second, &mut plane, &mut io, &mut seen, |v, seen| {
@@ -418,7 +453,7 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     // Segment 1 is read whole and goes out in its place: after what was queued before
     // it, before what was queued after it.
     first.received.clear();
-    seen.extend(plane.carry_out_all(in_turn(one)));
+    seen.extend(plane.handle(Input::commands(in_turn(one))));
     let one_sent =
         Event::SegmentSent(SegmentSent { peer: 1, handle: one, bytes: 300_000, complete: true });
     run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
@@ -430,6 +465,6 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     assert_eq!(received[0], b"before");
     assert_eq!(received[received.len() - 2..], [b"end".to_vec(), b"after".to_vec()]);
     assert_eq!(bytes.concat(), segment(1));
-    assert_eq!(plane.uploaded(), 600_000);
+    assert_eq!(plane.plane().counters().uploaded, 600_000);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -427,20 +427,20 @@ fn reach_step(
 /// What offers waiting for their answers cost a worker's data plane: CPU to make one,
 /// and memory held per offer, for `count` offers.
 fn pending_offer_cost(count: u64) -> (f64, f64) {
-    use superpeer::dataplane::{DataPlane, DataPlaneLimits};
+    use superpeer::dataplane::{DataPlaneLimits, Driver, Input};
     use superpeer::policy::wire::Command as PolicyCommand;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let (mut plane, _io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
-        plane.carry_out(PolicyCommand::PeerOffer(0));
+        let (mut plane, _io) = Driver::new(DataPlaneLimits::default()).unwrap();
+        plane.handle([Input::Command(PolicyCommand::PeerOffer(0))]);
         let me = std::process::id();
         let (rss, cpu) = (procfs::rss_bytes(me).unwrap(), procfs::cpu_seconds(me).unwrap());
         for peer in 1..=count {
-            plane.carry_out(PolicyCommand::PeerOffer(peer));
+            plane.handle([Input::Command(PolicyCommand::PeerOffer(peer))]);
         }
         let spent = procfs::cpu_seconds(me).unwrap() - cpu;
         let held = procfs::rss_bytes(me).unwrap().saturating_sub(rss);
-        assert_eq!(plane.offers_pending() as u64, count + 1);
+        assert_eq!(plane.plane().offers_pending() as u64, count + 1);
         (spent * 1e6 / count as f64, held as f64 / 1024.0 / count as f64)
     })
 }

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::master::seeds::SeedItem;
+use crate::counters::Counters;
+use crate::policy::wire::SeedConfig;
 use crate::policy::{PolicyLimits, PolicyMeta, PolicyStats, Precompiled};
 
 /// Largest frame either side accepts: a precompiled policy is the biggest message.
@@ -38,9 +39,7 @@ pub enum ToWorker {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStart {
-    pub seed: SeedItem,
-    /// Trackers to announce on (the seed's own, else the master's defaults).
-    pub trackers: Vec<String>,
+    pub seed: WorkerSeed,
     pub policy: Precompiled,
     pub limits: PolicyLimits,
     /// Where the worker's WebRTC socket listens, and the address it advertises.
@@ -60,6 +59,37 @@ pub struct WorkerStart {
     pub viewer_stall: std::time::Duration,
 }
 
+/// What a worker seeds, as its policy is told it (`seed-config` of the policy world,
+/// kept apart from it so a new world version does not change this message). Made from
+/// a seed item by [`crate::master::seeds::SeedItem::worker_seed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSeed {
+    /// The channel id as the seed names it (base64).
+    pub channel: String,
+    pub manifest_url: Option<String>,
+    /// Trackers to announce on (the seed's own, else the master's defaults).
+    pub trackers: Vec<String>,
+    pub live: bool,
+    pub max_connections: u32,
+    pub label: String,
+    /// The seed's settings for the policy, as text.
+    pub settings: Vec<(String, String)>,
+}
+
+impl WorkerSeed {
+    pub fn policy_config(&self) -> SeedConfig {
+        SeedConfig {
+            channel: self.channel.clone(),
+            manifest_url: self.manifest_url.clone(),
+            trackers: self.trackers.clone(),
+            live: self.live,
+            max_connections: self.max_connections,
+            label: self.label.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
 /// What a worker tells the master.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -76,17 +106,9 @@ pub enum FromWorker {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub viewers: u32,
-    /// Bytes uploaded to viewers since the worker started.
-    pub uploaded: u64,
-    /// Bytes fetched from the origin since the worker started.
-    pub downloaded: u64,
+    /// Since the worker started.
+    pub counters: Counters,
     pub disk_cache_size: u64,
-    /// Segments sent to a viewer to their last byte.
-    #[serde(default)]
-    pub segments_served: u64,
-    /// Fetches from the origin that failed after their retries.
-    #[serde(default)]
-    pub fetch_errors: u64,
     /// Tracker connections open.
     pub trackers: u32,
     /// Segments held, and their bytes in memory.
@@ -135,12 +157,13 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let report = WorkerReport { viewers: 3, uploaded: 7, ..Default::default() };
+        let counters = Counters { uploaded: 7, ..Counters::default() };
+        let report = WorkerReport { viewers: 3, counters, ..Default::default() };
         let message = FromWorker::Report(Box::new(report));
         write_frame(&mut a, &message).await.unwrap();
         drop(a);
         let got: FromWorker = read_frame(&mut b).await.unwrap().unwrap();
-        assert!(matches!(got, FromWorker::Report(r) if r.viewers == 3 && r.uploaded == 7));
+        assert!(matches!(got, FromWorker::Report(r) if r.viewers == 3 && r.counters.uploaded == 7));
         assert!(read_frame::<_, FromWorker>(&mut b).await.unwrap().is_none(), "clean end");
 
         let (mut a, mut b) = tokio::io::duplex(64);

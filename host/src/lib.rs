@@ -3,6 +3,7 @@
 //! The host owns all I/O and every byte of media; policies (WebAssembly components,
 //! see [`policy`]) own the decisions and wire formats and can be replaced at run time.
 
+pub mod counters;
 pub mod dataplane;
 pub mod ipc;
 pub mod master;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::master::history::Counters;
+use crate::counters::{CounterMetric, Counters};
 use crate::master::{StatsView, WorkerStats};
 
 /// The `Content-Type` of [`render`]'s output.
@@ -83,52 +83,6 @@ fn number(value: f64) -> String {
         value.to_string()
     }
 }
-
-/// A counter every worker has, exposed summed over all workers as `superpeer_<name>`
-/// and per worker as `superpeer_worker_<name>`.
-struct CounterMetric {
-    name: &'static str,
-    help: &'static str,
-    get: fn(&Counters) -> u64,
-}
-
-const COUNTERS: &[CounterMetric] = &[
-    CounterMetric {
-        name: "uploaded_bytes_total",
-        help: "Bytes of segments sent to viewers.",
-        get: |c| c.uploaded,
-    },
-    CounterMetric {
-        name: "downloaded_bytes_total",
-        help: "Bytes fetched from the origin.",
-        get: |c| c.downloaded,
-    },
-    CounterMetric {
-        name: "segments_served_total",
-        help: "Segments sent to a viewer to their last byte.",
-        get: |c| c.segments_served,
-    },
-    CounterMetric {
-        name: "fetch_errors_total",
-        help: "Origin fetches that failed after their retries.",
-        get: |c| c.fetch_errors,
-    },
-    CounterMetric {
-        name: "policy_traps_total",
-        help: "Policy calls that faulted (trap, deadline, memory limit, bad output).",
-        get: |c| c.policy_traps,
-    },
-    CounterMetric {
-        name: "policy_rollbacks_total",
-        help: "Policies rolled back to their previous version after repeated faults.",
-        get: |c| c.policy_rollbacks,
-    },
-    CounterMetric {
-        name: "policy_swaps_total",
-        help: "Policy hot swaps that took effect.",
-        get: |c| c.policy_swaps,
-    },
-];
 
 /// One sample per worker, labelled by its pid.
 fn per_worker<'a>(
@@ -205,7 +159,7 @@ pub fn render(stats: &StatsView) -> String {
         "Bytes in the disk cache all workers share.",
         stats.workers.values().map(|w| w.disk_cache_size).max().unwrap_or(0) as f64,
     );
-    for CounterMetric { name, help, get } in COUNTERS {
+    for CounterMetric { name, help, get } in Counters::METRICS {
         out.single(
             &format!("superpeer_{name}"),
             Kind::Counter,
@@ -240,7 +194,7 @@ pub fn render(stats: &StatsView) -> String {
         "Viewers connected to the worker.",
         per_worker(workers, |w| f64::from(w.peers)),
     );
-    for CounterMetric { name, help, get } in COUNTERS {
+    for CounterMetric { name, help, get } in Counters::METRICS {
         out.family(
             &format!("superpeer_worker_{name}"),
             Kind::Counter,

@@ -513,9 +513,10 @@ async fn seed(
 ) -> ApiResult {
     let request: SeedRequest = json_body(&body_of(body)?, None)?;
     seeds::validate(&request).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    check_with_policy(&control, &request.list).await?;
-    let accepted = request.list.len();
-    let total = control.master.seed(request.list).await?;
+    let items = request.into_items();
+    check_with_policy(&control, &items).await?;
+    let accepted = items.len();
+    let total = control.master.seed(items).await?;
     ok(json!({ "accepted": accepted, "seeds": total }))
 }
 
@@ -529,7 +530,10 @@ async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result
         .iter()
         .map(|item| {
             let trackers = item.trackers(&seed_policy.default_trackers);
-            (seed_policy.for_channel(&item.channel).clone(), item.policy_config(trackers))
+            (
+                seed_policy.for_channel(&item.channel).clone(),
+                item.worker_seed(trackers).policy_config(),
+            )
         })
         .collect();
     let checked = tokio::task::spawn_blocking(move || {

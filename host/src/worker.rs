@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::counters::Counters;
 use crate::dataplane::origin::OriginRules;
-use crate::dataplane::{DataPlane, DataPlaneLimits};
+use crate::dataplane::{DataPlaneLimits, Driver, Input};
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, read_frame, write_frame};
 use crate::policy::wire::Event;
 use crate::policy::{Clock, PolicyEngine, PolicyRunner};
@@ -58,7 +59,7 @@ where
         monotonic: epoch.elapsed(),
         wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
-    let config = start.seed.policy_config(start.trackers.clone());
+    let config = start.seed.policy_config();
     let mut runner = PolicyRunner::start(engine.clone(), policy, config, clock())?;
     tracing::info!(policy = %runner.policy(), "worker started");
     write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;
@@ -81,13 +82,13 @@ where
         udp_ports: start.udp_ports,
         advertise_ip: start.advertise_ip,
         disk_cache: start.disk_cache.clone(),
-        origins: OriginRules::new(start.seed.manifest_url().as_deref(), start.origin_allow.clone()),
+        origins: OriginRules::new(start.seed.manifest_url.as_deref(), start.origin_allow.clone()),
         memory_budget: start.memory_budget,
         fetch_timeout: start.origin_timeout,
         stall_timeout: start.viewer_stall,
         ..DataPlaneLimits::default()
     };
-    let (mut plane, mut io) = DataPlane::new(limits).context("could not set up the data plane")?;
+    let (mut plane, mut io) = Driver::new(limits).context("could not set up the data plane")?;
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut events: Vec<Event> = Vec::new();
     loop {
@@ -95,7 +96,7 @@ where
         events.extend(runner.take_due_timers(now.monotonic));
         if !events.is_empty() || runner.wants_turn(now.monotonic) {
             let commands = runner.handle(now, std::mem::take(&mut events));
-            events = plane.carry_out_all(commands);
+            events = plane.handle(Input::commands(commands));
             if !events.is_empty() {
                 // Let the master's messages in between turns that feed each other.
                 tokio::task::yield_now().await;
@@ -121,23 +122,27 @@ where
                 Some(Ok(Some(ToWorker::Stop))) | Some(Ok(None)) | None => break,
                 Some(Err(e)) => bail!("the master's channel failed: {e}"),
             },
-            Some(happened) = io.recv() => events.extend(plane.on_io(happened)),
+            Some(happened) = io.recv() => events.extend(plane.handle([Input::Io(happened)])),
             () = sleep_until(wake) => {}
             () = sleep_until(plane.next_timeout().map(tokio::time::Instant::from_std)) => {
-                events.extend(plane.timeout());
+                events.extend(plane.handle([Input::Timeout]));
             }
             _ = report.tick() => {
+                let policy = runner.stats();
+                let data = plane.plane();
                 let figures = WorkerReport {
-                    viewers: plane.viewers() as u32,
-                    uploaded: plane.uploaded(),
-                    downloaded: plane.downloaded(),
+                    viewers: data.viewers() as u32,
+                    counters: Counters {
+                        policy_traps: policy.faults,
+                        policy_rollbacks: policy.rollbacks,
+                        policy_swaps: policy.swaps,
+                        ..data.counters()
+                    },
                     disk_cache_size: plane.disk_cache_size(),
-                    segments_served: plane.segments_served(),
-                    fetch_errors: plane.fetch_errors(),
-                    trackers: plane.trackers_open() as u32,
-                    segments: plane.store().len() as u32,
-                    memory_cache_size: plane.memory_cache_size(),
-                    policy: runner.stats(),
+                    trackers: runner.tables().trackers_open() as u32,
+                    segments: data.cache().len() as u32,
+                    memory_cache_size: data.cache().memory_bytes(),
+                    policy,
                 };
                 write_frame(&mut output, &FromWorker::Report(Box::new(figures))).await?;
             }
@@ -147,7 +152,7 @@ where
     // The policy's last turn: what it sends now (goodbyes to trackers) goes out before
     // the connections close. Whatever else it asks for has no future.
     events.push(Event::Stopping);
-    plane.carry_out_all(runner.handle(clock(), events));
+    plane.handle(Input::commands(runner.handle(clock(), events)));
     plane.shutdown(io, STOP_GRACE).await;
     Ok(())
 }

@@ -9,9 +9,10 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Instant;
 
 use superpeer::dataplane::origin::{AllowEntry, OriginRules, redact};
-use superpeer::dataplane::{DataPlane, DataPlaneLimits, IoEvent};
+use superpeer::dataplane::{DataPlane, DataPlaneLimits, Input, IoEvent};
 use superpeer::ipc::{FromWorker, ToWorker, WorkerReport, read_frame};
 use superpeer::master::config::{MasterConfig, parse_env};
 use superpeer::master::seeds::{self, SeedRequest};
@@ -94,7 +95,7 @@ fn seeds_and_channels() -> Fuzzing {
     let check = |input: &[u8]| {
         if let Ok(request) = serde_json::from_slice::<SeedRequest>(input) {
             let _ = seeds::validate(&request);
-            for item in &request.list {
+            for item in request.into_items() {
                 let _ = item.manifest_url();
                 assert!(seeds::same_channel(&item.channel, &item.channel));
             }
@@ -136,25 +137,23 @@ fn origin_rules() -> Fuzzing {
 }
 
 /// Datagrams at a worker's socket, from the address of a viewer that proved it knows
-/// its connection's password and from strangers; strangers never take an address.
+/// its connection's password and from strangers; strangers never take an address. The
+/// data plane's state machine alone: no socket, no runtime.
 fn datagrams() -> Fuzzing {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let entered = runtime.enter();
-    let (mut plane, io) = DataPlane::new(DataPlaneLimits::default()).unwrap();
-    drop(entered);
     let local = SocketAddr::from(([127, 0, 0, 1], 9));
+    let limits = DataPlaneLimits::default();
+    let mut plane = DataPlane::new(local, false, limits.offer_timeout, limits.stall_timeout);
     let (_, offer) = superpeer_load::offering_connection(local).unwrap();
-    let Some(Event::PeerAnswerReady(answer)) =
-        plane.carry_out(Command::PeerAnswer(PeerAnswer { peer: 1, offer })).pop()
-    else {
-        panic!("no answer")
-    };
+    let answer = Input::Command(Command::PeerAnswer(PeerAnswer { peer: 1, offer }));
+    plane.handle_input(answer, Instant::now());
+    let Some(Event::PeerAnswerReady(answer)) = plane.poll_event() else { panic!("no answer") };
     let ufrag = superpeer_load::sdp_value(&answer.sdp, "a=ice-ufrag:").unwrap();
     let password = superpeer_load::sdp_value(&answer.sdp, "a=ice-pwd:").unwrap();
     // The viewer's address becomes known, as with a real viewer's first request.
     let viewer_address = SocketAddr::from(([127, 0, 0, 1], 40_000));
     let genuine = superpeer_load::binding_request(&format!("{ufrag}:viewer"), password);
-    plane.on_io(IoEvent::Datagram { from: viewer_address, data: genuine.clone() });
+    let datagram = |from, data| Input::Io(IoEvent::Datagram { from, data });
+    plane.handle_input(datagram(viewer_address, genuine.clone()), Instant::now());
     assert_eq!(plane.viewer_addresses(), 1);
     let examples = vec![
         genuine.to_vec(),
@@ -164,8 +163,6 @@ fn datagrams() -> Fuzzing {
     ];
     let mut n = 0u32;
     let check = move |input: &[u8]| {
-        let _entered = runtime.enter();
-        let _ = &io;
         n = n.wrapping_add(1);
         // From the viewer's address (into the WebRTC library) and from strangers.
         let from = if n.is_multiple_of(2) {
@@ -173,7 +170,8 @@ fn datagrams() -> Fuzzing {
         } else {
             SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 50_000))
         };
-        plane.on_io(IoEvent::Datagram { from, data: input.to_vec().into() });
+        plane.handle_input(datagram(from, input.to_vec().into()), Instant::now());
+        while plane.poll_event().is_some() || plane.poll_transmit().is_some() {}
         assert!(plane.viewer_addresses() <= 1 + 4, "strangers took addresses");
     };
     Fuzzing { examples, check: Box::new(check) }

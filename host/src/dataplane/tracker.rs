@@ -63,9 +63,8 @@ async fn run(
         Ok(Err(e)) => return Some(format!("could not connect: {e}")),
         Ok(Ok((socket, _))) => socket,
     };
-    let _ = events.send(IoEvent::TrackerUp(conn)).await;
     let _ = events.send(IoEvent::Policy(Event::TrackerConnected(conn))).await;
-    let reason = loop {
+    loop {
         tokio::select! {
             // What the policy queued goes first: a stopping worker's goodbye must not
             // lose a race with an incoming text nobody will read.
@@ -99,7 +98,5 @@ async fn run(
                 None => break Some("connection ended".into()),
             },
         }
-    };
-    let _ = events.send(IoEvent::TrackerDown(conn)).await;
-    reason
+    }
 }

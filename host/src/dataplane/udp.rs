@@ -1,4 +1,4 @@
-//! Sending a worker's datagrams. Consecutive datagrams to one address leave in one
+//! A worker's UDP socket: binding it, and sending its datagrams. Consecutive datagrams to one address leave in one
 //! system call with UDP generic segmentation offload (GSO) where the kernel has it: a
 //! viewer's segment is a run of equal-sized SCTP packets, and one `sendmsg` per packet
 //! cost over forty percent of a busy worker's time. Without GSO they leave one by one.
@@ -7,7 +7,7 @@
 //! network would, and the transport above retransmits. Owns no protocol state.
 
 use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -22,6 +22,44 @@ const MAX_SEGMENTS: usize = 64;
 /// Most bytes one UDP send may carry (IPv4's limit on a datagram's payload, which a
 /// GSO send's total is held to).
 const MAX_BYTES: usize = 65_507;
+
+/// Kernel buffers for the worker's UDP socket: with dozens of viewers the default
+/// buffers drop datagrams in bursts.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// A worker's UDP socket, non-blocking, with large buffers (as large as the kernel
+/// allows; it caps them at its own maximum).
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// Binds the first free port of `first..=last`, starting the search at a random one so
+/// that workers starting together do not all race for the same port.
+pub fn bind_in(ip: IpAddr, (first, last): (u16, u16)) -> std::io::Result<std::net::UdpSocket> {
+    let count = u32::from(last - first) + 1;
+    let start = {
+        use rand::{Rng, SeedableRng};
+        rand::rngs::SmallRng::from_os_rng().random_range(0..count)
+    };
+    for step in 0..count {
+        let port = first + ((start + step) % count) as u16;
+        match bind(SocketAddr::new(ip, port)) {
+            Ok(socket) => return Ok(socket),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free UDP port in {first}-{last} on {ip}"),
+    ))
+}
 
 #[derive(Debug)]
 pub struct DatagramSender {

@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::policy::wire::{
+    Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
+};
 use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -34,12 +37,6 @@ use rtc::peer_connection::transport::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
-
-use super::udp::DatagramSender;
-use crate::policy::wire::{
-    Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
-};
 
 /// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
 /// the link busy, little enough that one slow viewer holds little memory.
@@ -63,6 +60,14 @@ const MAX_ADDRESSES_PER_PEER: usize = 4;
 pub const STALLED: &str = "stalled: nothing sent to it acknowledged for too long";
 /// Why an offer was dropped: nobody answered it in time.
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
+
+/// Datagrams to send, in order: what one connection wrote in one go (to one address,
+/// but for the moments its address changes). The caller sends them; the WebRTC layer
+/// never touches a socket.
+#[derive(Debug)]
+pub struct Transmit {
+    pub datagrams: Vec<(SocketAddr, BytesMut)>,
+}
 
 /// What waits to go out on a viewer's DataChannel, in order.
 #[derive(Debug)]
@@ -140,7 +145,8 @@ impl Peer {
 
 /// All of a worker's viewers.
 pub struct Rtc {
-    sender: DatagramSender,
+    /// Datagrams written and not yet taken by [`Rtc::poll_transmit`].
+    transmits: VecDeque<Transmit>,
     /// One DTLS identity for every connection of this worker: making a key per viewer
     /// would cost a key generation per connection for nothing.
     certificate: Option<RTCCertificate>,
@@ -177,19 +183,14 @@ impl std::fmt::Debug for Rtc {
 }
 
 impl Rtc {
-    pub fn new(
-        socket: Arc<UdpSocket>,
-        advertised: SocketAddr,
-        offer_timeout: Duration,
-        stall_timeout: Duration,
-    ) -> Self {
+    pub fn new(advertised: SocketAddr, offer_timeout: Duration, stall_timeout: Duration) -> Self {
         let certificate = generate_certificate()
             .map_err(
                 |e| tracing::warn!(error = %e, "no shared DTLS certificate; one per connection"),
             )
             .ok();
         Rtc {
-            sender: DatagramSender::new(socket),
+            transmits: VecDeque::new(),
             certificate,
             advertised,
             peers: HashMap::new(),
@@ -595,12 +596,19 @@ impl Rtc {
         }
     }
 
-    fn flush_writes(&self, connection: &mut RTCPeerConnection) {
-        let mut written = Vec::new();
+    fn flush_writes(&mut self, connection: &mut RTCPeerConnection) {
+        let mut datagrams = Vec::new();
         while let Some(datagram) = connection.poll_write() {
-            written.push((datagram.transport.peer_addr, datagram.message));
+            datagrams.push((datagram.transport.peer_addr, datagram.message));
         }
-        self.sender.send(&written);
+        if !datagrams.is_empty() {
+            self.transmits.push_back(Transmit { datagrams });
+        }
+    }
+
+    /// The next datagrams to send, in the order they were written.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
     }
 
     /// Runs a connection's outputs: datagrams to send, state changes, messages, and as

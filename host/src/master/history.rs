@@ -1,6 +1,5 @@
-//! What the master remembers of its workers beyond their current reports: counters that
-//! survive a worker's exit (so totals never go backwards, as Prometheus counters must
-//! not) and a short history of uplink and peers for the monitor's charts.
+//! What the master remembers of its workers beyond their current reports: a short
+//! history of uplink and peers for the monitor's charts.
 //!
 //! Pure bookkeeping with time passed in; it must never read a clock or a process.
 
@@ -9,70 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::ipc::WorkerReport;
-
 /// How far back [`History`] reaches.
 pub const HISTORY_SPAN: Duration = Duration::from_secs(600);
 
 /// A worker that has not reported for this long is shown sending nothing, not its
 /// last rate (workers report every second).
 const SILENT_AFTER: Duration = Duration::from_secs(3);
-
-/// Counters of one worker, or summed over workers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Counters {
-    /// Bytes of segments sent to viewers.
-    pub uploaded: u64,
-    /// Bytes fetched from the origin.
-    pub downloaded: u64,
-    /// Segments sent to a viewer to their last byte.
-    pub segments_served: u64,
-    /// Origin fetches that failed after their retries.
-    pub fetch_errors: u64,
-    /// Policy calls that faulted (trap, deadline, memory limit, bad output).
-    pub policy_traps: u64,
-    /// Times a policy was rolled back to its previous version after repeated faults.
-    pub policy_rollbacks: u64,
-    /// Hot swaps of the policy that took effect.
-    pub policy_swaps: u64,
-}
-
-impl Counters {
-    pub fn of(report: &WorkerReport) -> Self {
-        Counters {
-            uploaded: report.uploaded,
-            downloaded: report.downloaded,
-            segments_served: report.segments_served,
-            fetch_errors: report.fetch_errors,
-            policy_traps: report.policy.faults,
-            policy_rollbacks: report.policy.rollbacks,
-            policy_swaps: report.policy.swaps,
-        }
-    }
-}
-
-impl std::ops::Add for Counters {
-    type Output = Counters;
-
-    fn add(self, other: Counters) -> Counters {
-        Counters {
-            uploaded: self.uploaded + other.uploaded,
-            downloaded: self.downloaded + other.downloaded,
-            segments_served: self.segments_served + other.segments_served,
-            fetch_errors: self.fetch_errors + other.fetch_errors,
-            policy_traps: self.policy_traps + other.policy_traps,
-            policy_rollbacks: self.policy_rollbacks + other.policy_rollbacks,
-            policy_swaps: self.policy_swaps + other.policy_swaps,
-        }
-    }
-}
-
-impl std::iter::Sum for Counters {
-    fn sum<I: Iterator<Item = Counters>>(iter: I) -> Counters {
-        iter.fold(Counters::default(), |a, b| a + b)
-    }
-}
 
 /// One point of the monitor's charts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -268,21 +209,5 @@ mod tests {
         history.record(t0 + HISTORY_SPAN + Duration::from_secs(1), 2, &[]);
         let kept: Vec<u64> = history.after(None).iter().map(|s| s.at).collect();
         assert_eq!(kept, vec![1, 2]);
-    }
-
-    #[test]
-    fn counters_sum_field_by_field() {
-        let report = WorkerReport {
-            uploaded: 10,
-            downloaded: 20,
-            segments_served: 3,
-            fetch_errors: 1,
-            ..WorkerReport::default()
-        };
-        let total: Counters = [Counters::of(&report), Counters::of(&report)].into_iter().sum();
-        assert_eq!(total.uploaded, 20);
-        assert_eq!(total.downloaded, 40);
-        assert_eq!(total.segments_served, 6);
-        assert_eq!(total.fetch_errors, 2);
     }
 }

@@ -1,37 +1,44 @@
 //! The master: keeps the list of seeds, runs worker processes for them, restarts the
 //! ones that die, measures them, and hot-swaps their policy.
 //!
-//! One task owns all of this state ([`Master::run`]); the HTTP layer and the workers'
-//! I/O tasks talk to it through a channel. It must never block that task on a worker:
-//! every worker has its own reader, writer and waiter tasks.
+//! One task owns all of this state ([`Master::run`], this file); the HTTP layer and the
+//! workers' I/O tasks talk to it through a channel (`handle.rs`). What it shows is made
+//! in `views.rs`, worker processes are started in `process.rs`. It must never block
+//! that task on a worker: every worker has its own reader, writer and waiter tasks.
 
 pub mod config;
+mod handle;
 pub mod history;
+mod process;
 pub mod procfs;
 pub mod scheduler;
 pub mod seeds;
+mod views;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::counters::Counters;
 use crate::dataplane::disk::DiskCacheConfig;
-use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart, read_frame, write_frame};
-use crate::policy::{AdmittedPolicy, PolicyLimits, PolicyMeta};
+use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart};
+use crate::policy::{AdmittedPolicy, PolicyMeta};
 use config::MasterConfig;
-use history::{Counters, History, WorkerReading};
+use handle::Message;
+pub use handle::{MasterError, MasterHandle};
+use history::{History, WorkerReading};
+use process::{CpuMeter, restart_delay, spawn_process};
 use scheduler::{Action, SeedView, WorkerView};
-use seeds::{SeedItem, SeedStore};
+use seeds::{SeedItem, SeedRecord, SeedStore};
+pub use views::{
+    HistoryView, MasterStats, PingView, PolicyIdentity, PolicyView, SeedPolicy, StatsView,
+    WorkerStats,
+};
 
 /// How often the master re-plans and measures.
 const TICK: Duration = Duration::from_secs(1);
-/// First wait before restarting a worker that died; doubles per crash up to the last.
-const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
-const LAST_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A worker that has run this long without dying resets its seed's crash count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long a worker may take to stop cleanly before it is killed.
@@ -42,259 +49,33 @@ const UPLINK_WINDOW: Duration = Duration::from_secs(60);
 const MEMORY_PER_WORKER: u64 = 512 << 20;
 const MBPS_PER_WORKER: u64 = 1000;
 
-/// Why a request to the master could not be done.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MasterError {
-    #[error("no worker with pid {0}")]
-    NoSuchWorker(u32),
-    #[error("no seed for channel {0:?}")]
-    NoSuchChannel(String),
-    #[error("could not save the seed list: {0}")]
-    Persist(String),
-    #[error("superpeer is shutting down")]
-    ShuttingDown,
-    #[error("the seed list would hold {would} seeds, more than maxSeeds ({max})")]
-    TooManySeeds { would: usize, max: usize },
-}
-
-type Reply<T> = oneshot::Sender<T>;
-
-enum Message {
-    Seed(Vec<SeedItem>, Reply<Result<usize, MasterError>>),
-    Ping {
-        bandwidth_mbps: Option<u64>,
-        workers: Option<usize>,
-        reply: Reply<PingView>,
-    },
-    Stats(Reply<StatsView>),
-    History(Option<u64>, Reply<HistoryView>),
-    StopAll(Reply<Result<usize, MasterError>>),
-    Stop(String, Reply<Result<String, MasterError>>),
-    RestartAll(Reply<usize>),
-    Restart(u32, Reply<Result<(), MasterError>>),
-    SetPolicy(Arc<AdmittedPolicy>, Option<String>, Reply<Result<usize, MasterError>>),
-    Policy(Reply<PolicyView>),
-    SeedPolicy(Reply<SeedPolicy>),
-    Shutdown(Reply<()>),
-    FromWorker(u32, Box<FromWorker>),
-    /// A worker's channel delivered something that is not a frame.
-    ChannelBroken(u32, String),
-    Exited(u32, Option<i32>),
-}
-
-/// The HTTP layer's handle on the master.
-#[derive(Debug, Clone)]
-pub struct MasterHandle {
-    tx: mpsc::Sender<Message>,
-}
-
-impl MasterHandle {
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Message) -> Result<T, MasterError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| MasterError::ShuttingDown)?;
-        answer.await.map_err(|_| MasterError::ShuttingDown)
-    }
-
-    /// Adds or updates seeds (by channel); returns how many seeds there are now.
-    pub async fn seed(&self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
-        self.ask(|r| Message::Seed(items, r)).await?
-    }
-    pub async fn ping(
-        &self,
-        bandwidth_mbps: Option<u64>,
-        workers: Option<usize>,
-    ) -> Result<PingView, MasterError> {
-        self.ask(|reply| Message::Ping { bandwidth_mbps, workers, reply }).await
-    }
-    pub async fn stats(&self) -> Result<StatsView, MasterError> {
-        self.ask(Message::Stats).await
-    }
-    /// Uplink and peers samples after the one numbered `after` (every one kept without).
-    pub async fn history(&self, after: Option<u64>) -> Result<HistoryView, MasterError> {
-        self.ask(|reply| Message::History(after, reply)).await
-    }
-
-    pub async fn stop_all(&self) -> Result<usize, MasterError> {
-        self.ask(Message::StopAll).await?
-    }
-    /// Stops a seed (all of its workers), named by one of its workers' pid or by its
-    /// channel id; returns its channel.
-    pub async fn stop(&self, id: String) -> Result<String, MasterError> {
-        self.ask(|r| Message::Stop(id, r)).await?
-    }
-    pub async fn restart_all(&self) -> Result<usize, MasterError> {
-        self.ask(Message::RestartAll).await
-    }
-    pub async fn restart(&self, pid: u32) -> Result<(), MasterError> {
-        self.ask(|r| Message::Restart(pid, r)).await?
-    }
-    /// Makes `policy` the one workers run (of one channel, or all); running workers
-    /// swap it in. Returns how many were asked to.
-    pub async fn set_policy(
-        &self,
-        policy: Arc<AdmittedPolicy>,
-        channel: Option<String>,
-    ) -> Result<usize, MasterError> {
-        self.ask(|r| Message::SetPolicy(policy, channel, r)).await?
-    }
-    pub async fn policy(&self) -> Result<PolicyView, MasterError> {
-        self.ask(Message::Policy).await
-    }
-
-    /// The policy new seeds start with, for checking their settings before they are
-    /// taken.
-    pub async fn seed_policy(&self) -> Result<SeedPolicy, MasterError> {
-        self.ask(Message::SeedPolicy).await
-    }
-    /// Stops every worker cleanly and ends the master task.
-    pub async fn shutdown(&self) {
-        let _ = self.ask(Message::Shutdown).await;
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PingView {
-    /// Workers running now.
-    pub workers: usize,
-    /// Workers this machine takes, given cores, memory and the operator's limits.
-    pub capacity: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyView {
-    pub policy: PolicyIdentity,
-    pub previous: Option<PolicyIdentity>,
-    /// Channels that run a policy of their own.
-    pub channels: BTreeMap<String, PolicyIdentity>,
-    pub limits: PolicyLimits,
-}
-
-/// What a posted seed would run: the policy (a channel's own, when a seed of that
-/// channel has one, else the master's) and the trackers it gets when it names none.
-#[derive(Debug, Clone)]
-pub struct SeedPolicy {
-    pub policy: Arc<AdmittedPolicy>,
-    pub channels: Vec<(String, Arc<AdmittedPolicy>)>,
-    pub default_trackers: Vec<String>,
-}
-
-impl SeedPolicy {
-    /// The policy a seed of `channel` runs.
-    pub fn for_channel(&self, channel: &str) -> &Arc<AdmittedPolicy> {
-        self.channels
-            .iter()
-            .find(|(c, _)| seeds::same_channel(c, channel))
-            .map_or(&self.policy, |(_, policy)| policy)
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyIdentity {
-    #[serde(flatten)]
-    pub meta: PolicyMeta,
-    pub source: String,
-}
-
-impl From<&AdmittedPolicy> for PolicyIdentity {
-    fn from(p: &AdmittedPolicy) -> Self {
-        PolicyIdentity { meta: p.meta.clone(), source: p.source.clone() }
-    }
-}
-
-/// `GET /stats`: the original dashboard's names, plus ours.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatsView {
-    pub master: MasterStats,
-    pub workers: BTreeMap<String, WorkerStats>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MasterStats {
-    /// Resident memory of the master process, bytes.
-    pub memory: u64,
-    /// Seconds since the master started.
-    pub elapsed: u64,
-    /// Upload of all workers over the last minute, Mbit/s.
-    pub average_uplink: f64,
-    /// CPU use of the master process, percent of one core.
-    pub cpu: f64,
-    /// CPU time of the master process so far, seconds.
-    pub cpu_seconds: f64,
-    pub capacity: usize,
-    pub seeds: usize,
-    pub policy: PolicyIdentity,
-    /// Viewers connected to all workers.
-    pub peers: u64,
-    /// Times a worker died and was restarted, over all seeds since the master started.
-    pub worker_restarts: u64,
-    /// Counters over every worker since the master started, exited ones included.
-    pub totals: Counters,
-}
-
-/// `GET /history`: samples for the monitor's charts.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HistoryView {
-    pub interval_seconds: u64,
-    pub span_seconds: u64,
-    /// The `seq` of the newest sample: lower than one a client saw means this is a
-    /// restarted master, whose history starts again from 1.
-    pub latest: u64,
-    pub samples: Vec<history::Sample>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerStats {
-    pub channel_id: String,
-    pub priority: i64,
-    pub is_vod: bool,
-    pub keep_alive: bool,
-    /// When this seed was first seeded, ms since the Unix epoch.
-    pub seed_from: u64,
-    /// Bytes uploaded to viewers by this worker.
-    pub uploaded: u64,
-    /// Bytes fetched from the origin by this worker.
-    pub downloaded: u64,
-    /// Mbit/s over the last minute.
-    pub average_uplink: f64,
-    pub disk_cache_size: u64,
-    /// Resident memory, bytes, measured from /proc.
-    pub memory: u64,
-    pub peers: u32,
-    /// Tracker connections open.
-    pub trackers: u32,
-    /// Segments held in memory, and their bytes.
-    pub segments: u32,
-    pub memory_cache_size: u64,
-    /// CPU use over the last tick, percent of one core, measured from /proc.
-    pub cpu: f64,
-    /// CPU time of the worker process so far, seconds, measured from /proc.
-    pub cpu_seconds: f64,
-    /// Segments sent to a viewer to their last byte.
-    pub segments_served: u64,
-    /// Origin fetches that failed after their retries.
-    pub fetch_errors: u64,
-    /// Times this seed's worker died and was restarted.
-    pub restarts: u32,
-    pub policy: Option<PolicyMeta>,
-    /// `starting`, `running` or `stopping`.
-    pub state: &'static str,
-    pub label: String,
-    pub policy_stats: crate::policy::PolicyStats,
-    /// The counters above as one value, for totals and metrics.
-    #[serde(skip)]
-    pub counters: Counters,
-}
-
 struct Seed {
     item: SeedItem,
+    /// What a newer version saved with the seed; written back as it came.
+    newer: BTreeMap<String, serde_json::Value>,
     seed_from_ms: u64,
     restarts: u32,
     crashes: u32,
     retry_at: Option<Instant>,
     policy: Option<Arc<AdmittedPolicy>>,
+}
+
+impl Seed {
+    fn new(record: SeedRecord) -> Self {
+        Seed {
+            item: record.item,
+            newer: record.newer,
+            seed_from_ms: now_ms(),
+            restarts: 0,
+            crashes: 0,
+            retry_at: None,
+            policy: None,
+        }
+    }
+
+    fn record(&self) -> SeedRecord {
+        SeedRecord { item: self.item.clone(), newer: self.newer.clone() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,41 +100,6 @@ struct Worker {
     cpu: CpuMeter,
     memory: u64,
     uplink: VecDeque<(Instant, u64)>,
-}
-
-/// CPU percent from successive readings of a process's CPU seconds.
-#[derive(Debug, Default)]
-struct CpuMeter {
-    last: Option<(Instant, f64)>,
-    percent: f64,
-}
-
-impl CpuMeter {
-    /// CPU seconds at the last reading.
-    fn seconds(&self) -> f64 {
-        self.last.map_or(0.0, |(_, seconds)| seconds)
-    }
-
-    fn sample(&mut self, now: Instant, cpu_seconds: Option<f64>) {
-        let Some(seconds) = cpu_seconds else { return };
-        if let Some((at, before)) = self.last {
-            let wall = now.duration_since(at).as_secs_f64();
-            if wall > 0.0 {
-                self.percent = ((seconds - before) / wall * 100.0).max(0.0);
-            }
-        }
-        self.last = Some((now, seconds));
-    }
-}
-
-/// Mbit/s between the oldest and newest samples of a byte counter.
-fn rate_mbps(samples: &VecDeque<(Instant, u64)>) -> f64 {
-    match (samples.front(), samples.back()) {
-        (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
-            (b1.saturating_sub(*b0) as f64 * 8.0) / t1.duration_since(*t0).as_secs_f64() / 1e6
-        }
-        _ => 0.0,
-    }
 }
 
 pub struct Master {
@@ -405,17 +151,7 @@ impl Master {
         if !saved.is_empty() {
             tracing::info!(seeds = saved.len(), file = %store.path().display(), "seeds restored");
         }
-        let seeds = saved
-            .into_iter()
-            .map(|item| Seed {
-                item,
-                seed_from_ms: now_ms(),
-                restarts: 0,
-                crashes: 0,
-                retry_at: None,
-                policy: None,
-            })
-            .collect();
+        let seeds = saved.into_iter().map(Seed::new).collect();
         let (tx, rx) = mpsc::channel(256);
         let handle = MasterHandle { tx: tx.clone() };
         let master = Master {
@@ -478,12 +214,7 @@ impl Master {
                 let _ = reply.send(self.stats());
             }
             Message::History(after, reply) => {
-                let _ = reply.send(HistoryView {
-                    interval_seconds: TICK.as_secs(),
-                    span_seconds: history::HISTORY_SPAN.as_secs(),
-                    latest: self.history.latest(),
-                    samples: self.history.after(after),
-                });
+                let _ = reply.send(self.history_view(after));
             }
             Message::StopAll(reply) => {
                 let count = self.seeds.len();
@@ -523,16 +254,7 @@ impl Master {
                 let _ = reply.send(self.policy_view());
             }
             Message::SeedPolicy(reply) => {
-                let channels = self
-                    .seeds
-                    .iter()
-                    .filter_map(|s| Some((s.item.channel.clone(), s.policy.clone()?)))
-                    .collect();
-                let _ = reply.send(SeedPolicy {
-                    policy: self.policy.clone(),
-                    channels,
-                    default_trackers: self.config.default_trackers.clone(),
-                });
+                let _ = reply.send(self.seed_policy());
             }
             Message::Shutdown(_) => unreachable!("handled by run"),
             Message::FromWorker(pid, message) => self.on_worker_message(pid, *message),
@@ -554,16 +276,19 @@ impl Master {
             .enumerate()
             .map(|(at, s)| (seeds::channel_key(&s.item.channel), at))
             .collect();
-        let mut list: Vec<SeedItem> = self.seeds.iter().map(|s| s.item.clone()).collect();
+        let mut list: Vec<SeedRecord> = self.seeds.iter().map(Seed::record).collect();
         let mut placed = Vec::with_capacity(items.len());
         for item in &items {
             let at = *known.entry(seeds::channel_key(&item.channel)).or_insert(list.len());
             match list.get_mut(at) {
-                // A re-seed updates the options; the first spelling of the id stays.
+                // A re-seed updates the options (what a newer version saved with them
+                // goes: the operator's latest word is the item); the first spelling of
+                // the id stays.
                 Some(existing) => {
-                    *existing = SeedItem { channel: existing.channel.clone(), ..item.clone() }
+                    let channel = existing.item.channel.clone();
+                    *existing = SeedItem { channel, ..item.clone() }.into();
                 }
-                None => list.push(item.clone()),
+                None => list.push(item.clone().into()),
             }
             placed.push(at);
         }
@@ -579,17 +304,13 @@ impl Master {
         for (item, at) in items.into_iter().zip(placed) {
             match self.seeds.get_mut(at) {
                 // Running workers keep their options until they restart.
-                Some(seed) => seed.item = SeedItem { channel: seed.item.channel.clone(), ..item },
+                Some(seed) => {
+                    seed.item = SeedItem { channel: seed.item.channel.clone(), ..item };
+                    seed.newer.clear();
+                }
                 None => {
                     tracing::info!(channel = %item.channel, label = %item.label, "seed added");
-                    self.seeds.push(Seed {
-                        item,
-                        seed_from_ms: now_ms(),
-                        restarts: 0,
-                        crashes: 0,
-                        retry_at: None,
-                        policy: None,
-                    });
+                    self.seeds.push(Seed::new(item.into()));
                 }
             }
         }
@@ -610,12 +331,8 @@ impl Master {
                 (None, Some(pid)) => return Err(MasterError::NoSuchWorker(pid)),
                 (None, None) => return Err(MasterError::NoSuchChannel(id.to_string())),
             };
-        let list: Vec<SeedItem> = self
-            .seeds
-            .iter()
-            .filter(|s| s.item.channel != channel)
-            .map(|s| s.item.clone())
-            .collect();
+        let list: Vec<SeedRecord> =
+            self.seeds.iter().filter(|s| s.item.channel != channel).map(Seed::record).collect();
         self.save(&list)?;
         self.remove_seed(&channel);
         Ok(channel)
@@ -636,14 +353,14 @@ impl Master {
     }
 
     fn persist(&mut self) -> Result<(), MasterError> {
-        let items: Vec<SeedItem> = self.seeds.iter().map(|s| s.item.clone()).collect();
-        self.save(&items)
+        let records: Vec<SeedRecord> = self.seeds.iter().map(Seed::record).collect();
+        self.save(&records)
     }
 
-    /// Writes `items` as the seed list; on failure the list is marked for another try
+    /// Writes `records` as the seed list; on failure the list is marked for another try
     /// on every tick, so an eviction or a stop never comes undone by a restart.
-    fn save(&mut self, items: &[SeedItem]) -> Result<(), MasterError> {
-        self.store.save(items).map(|()| self.unsaved = false).map_err(|e| {
+    fn save(&mut self, records: &[SeedRecord]) -> Result<(), MasterError> {
+        self.store.save(records).map(|()| self.unsaved = false).map_err(|e| {
             tracing::error!(error = %e, "could not save the seed list");
             self.unsaved = true;
             MasterError::Persist(e.to_string())
@@ -700,7 +417,7 @@ impl Master {
             .map(|(pid, w)| WorkerReading {
                 pid: *pid,
                 reported_at: w.reported_at,
-                uploaded: w.report.uploaded,
+                uploaded: w.report.counters.uploaded,
                 peers: w.report.viewers,
             })
             .collect();
@@ -775,8 +492,7 @@ impl Master {
         seed.retry_at = None;
         let policy = seed.policy.clone().unwrap_or_else(|| self.policy.clone());
         let start = WorkerStart {
-            seed: seed.item.clone(),
-            trackers: seed.item.trackers(&self.config.default_trackers),
+            seed: seed.item.worker_seed(seed.item.trackers(&self.config.default_trackers)),
             policy: policy.precompiled.clone(),
             limits: self.config.policy_limits.clone(),
             udp_bind: match self.config.public_ip {
@@ -849,7 +565,7 @@ impl Master {
                 } else if worker.idle_since.is_none() {
                     worker.idle_since = Some(now);
                 }
-                worker.uplink.push_back((now, report.uploaded));
+                worker.uplink.push_back((now, report.counters.uploaded));
                 while worker
                     .uplink
                     .front()
@@ -880,7 +596,7 @@ impl Master {
 
     fn on_exit(&mut self, pid: u32, code: Option<i32>) {
         let Some(worker) = self.workers.remove(&pid) else { return };
-        self.retired = self.retired + Counters::of(&worker.report);
+        self.retired = self.retired + worker.report.counters;
         match worker.stopping {
             Some((Stopping::Retire, _)) => {
                 tracing::info!(pid, channel = %worker.channel, "worker stopped")
@@ -946,78 +662,6 @@ impl Master {
         Ok(asked)
     }
 
-    fn policy_view(&self) -> PolicyView {
-        PolicyView {
-            policy: self.policy.as_ref().into(),
-            previous: self.previous_policy.as_deref().map(Into::into),
-            channels: self
-                .seeds
-                .iter()
-                .filter_map(|s| s.policy.as_deref().map(|p| (s.item.channel.clone(), p.into())))
-                .collect(),
-            limits: self.config.policy_limits.clone(),
-        }
-    }
-
-    fn stats(&self) -> StatsView {
-        let workers: BTreeMap<String, WorkerStats> = self
-            .workers
-            .iter()
-            .map(|(pid, w)| {
-                // A stopping worker's seed may be gone already; it is listed until it exits.
-                let seed = self.seeds.iter().find(|s| s.item.channel == w.channel);
-                let item = seed.map(|s| &s.item);
-                let stats = WorkerStats {
-                    channel_id: w.channel.clone(),
-                    priority: item.map_or(0, |i| i.priority),
-                    is_vod: item.is_some_and(|i| !i.live),
-                    keep_alive: item.is_some_and(|i| i.keep_alive),
-                    seed_from: seed.map_or(0, |s| s.seed_from_ms),
-                    uploaded: w.report.uploaded,
-                    downloaded: w.report.downloaded,
-                    average_uplink: rate_mbps(&w.uplink),
-                    disk_cache_size: w.report.disk_cache_size,
-                    memory: w.memory,
-                    peers: w.report.viewers,
-                    trackers: w.report.trackers,
-                    segments: w.report.segments,
-                    memory_cache_size: w.report.memory_cache_size,
-                    cpu: w.cpu.percent,
-                    cpu_seconds: w.cpu.seconds(),
-                    segments_served: w.report.segments_served,
-                    fetch_errors: w.report.fetch_errors,
-                    restarts: seed.map_or(0, |s| s.restarts),
-                    policy: w.policy.clone(),
-                    state: match (w.stopping, &w.policy) {
-                        (Some(_), _) => "stopping",
-                        (None, None) => "starting",
-                        (None, Some(_)) => "running",
-                    },
-                    label: item.map(|i| i.label.clone()).unwrap_or_default(),
-                    policy_stats: w.report.policy.clone(),
-                    counters: Counters::of(&w.report),
-                };
-                (pid.to_string(), stats)
-            })
-            .collect();
-        StatsView {
-            master: MasterStats {
-                memory: procfs::rss_bytes(std::process::id()).unwrap_or(0),
-                elapsed: self.started.elapsed().as_secs(),
-                average_uplink: workers.values().fold(0.0, |sum, w| sum + w.average_uplink),
-                cpu: self.cpu.percent,
-                cpu_seconds: self.cpu.seconds(),
-                capacity: self.capacity(),
-                seeds: self.seeds.len(),
-                policy: self.policy.as_ref().into(),
-                peers: workers.values().map(|w| u64::from(w.peers)).sum(),
-                worker_restarts: self.worker_restarts,
-                totals: self.retired + workers.values().map(|w| w.counters).sum(),
-            },
-            workers,
-        }
-    }
-
     async fn stop_everything(&mut self) {
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
@@ -1040,100 +684,4 @@ impl Master {
             }
         }
     }
-}
-
-fn restart_delay(crashes: u32) -> Duration {
-    let doublings = crashes.saturating_sub(1).min(16);
-    FIRST_RESTART_DELAY.saturating_mul(1 << doublings).min(LAST_RESTART_DELAY)
-}
-
-/// Starts `superpeer worker` and its I/O tasks; returns its pid, its inbox and a switch
-/// that kills it.
-/// The environment variables a worker inherits (in any case); no other.
-const WORKER_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR", "TZ"];
-
-fn spawn_process(
-    log_format: &str,
-    channel: &str,
-    start: WorkerStart,
-    master: mpsc::Sender<Message>,
-) -> std::io::Result<(u32, mpsc::Sender<ToWorker>, oneshot::Sender<()>)> {
-    // Started from the running binary itself, even after an upgrade replaced the file
-    // it came from (whose path then ends in " (deleted)"): master and workers stay one
-    // build. `ps` still shows the binary's path.
-    let binary = std::env::current_exe()?;
-    let name = binary.display().to_string().trim_end_matches(" (deleted)").to_string();
-    let running = std::path::Path::new("/proc/self/exe");
-    let exe = if running.exists() { running.to_path_buf() } else { binary };
-    let mut command = tokio::process::Command::new(exe);
-    // A worker parses what strangers send; it gets no secret of the master's (the
-    // access token, cloud credentials), only what it needs to log and to fetch. No
-    // proxy either: its fetches go direct, where the origin rules can check them.
-    command.env_clear();
-    for (key, value) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| WORKER_ENV.contains(&k.to_ascii_uppercase().as_str())) {
-            command.env(key, value);
-        }
-    }
-    let mut child = command
-        .arg0(name)
-        // `=`: a channel id may begin with `-`.
-        .args(["--log-format", log_format, "worker", &format!("--channel={channel}")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or_else(|| std::io::Error::other("worker exited at once"))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no worker stdin"))?;
-    let mut stdout =
-        child.stdout.take().ok_or_else(|| std::io::Error::other("no worker stdout"))?;
-
-    let (to_worker, mut inbox) = mpsc::channel::<ToWorker>(16);
-    let _ = to_worker.try_send(ToWorker::Start(Box::new(start)));
-    tokio::spawn(async move {
-        while let Some(message) = inbox.recv().await {
-            let last = matches!(message, ToWorker::Stop);
-            // After `stop` the pipe closes too, so the worker's reader ends either way.
-            if write_frame(&mut stdin, &message).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    let reader_master = master.clone();
-    tokio::spawn(async move {
-        loop {
-            match read_frame::<_, FromWorker>(&mut stdout).await {
-                Ok(Some(message)) => {
-                    if reader_master
-                        .send(Message::FromWorker(pid, Box::new(message)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // A worker that garbles its channel is no use: have it ended, so it
-                    // is restarted.
-                    let _ = reader_master.send(Message::ChannelBroken(pid, e.to_string())).await;
-                    break;
-                }
-            }
-        }
-    });
-    let (kill, killed) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = killed => {
-                let _ = child.start_kill();
-                child.wait().await
-            }
-        };
-        let code = status.ok().and_then(|s| s.code());
-        let _ = master.send(Message::Exited(pid, code)).await;
-    });
-    Ok((pid, to_worker, kill))
 }

@@ -11,16 +11,21 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::wire::SeedConfig;
+use crate::ipc::WorkerSeed;
 
-/// One item of `POST /seed`, with the original's field names and defaults.
+/// What to seed: one item of `POST /seed`, with the original's field names and
+/// defaults. Fields it does not know are refused by [`validate`] when posted, and kept
+/// by [`SeedRecord`] when saved by a newer version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SeedItem {
     /// The customer token of the original; handed to the policy.
     #[serde(default)]
     pub token: String,
     /// Channel id: base64 (standard or URL-safe, padded or not) of the swarm id.
+    /// Required; defaulted only so that a misspelt field is named before a missing
+    /// channel is ([`validate`] refuses an empty one).
+    #[serde(default)]
     pub channel: String,
     #[serde(default)]
     pub tracker_zone: String,
@@ -71,7 +76,41 @@ fn default_max_connections() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedRequest {
-    pub list: Vec<SeedItem>,
+    pub list: Vec<PostedItem>,
+}
+
+/// An item as posted: the item, and the fields it does not know (refused).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PostedItem {
+    #[serde(flatten)]
+    pub item: SeedItem,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+/// A seed as the seeds file keeps it: the item, and whatever fields a newer version of
+/// superpeer wrote beside it, kept as they were. An older version reading a newer
+/// file loads it (the seeds run as this version understands them) and writes those
+/// fields back, so a downgrade and an upgrade lose nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRecord {
+    #[serde(flatten)]
+    pub item: SeedItem,
+    #[serde(flatten)]
+    pub newer: BTreeMap<String, serde_json::Value>,
+}
+
+impl SeedRequest {
+    /// The items posted (after [`validate`], which refuses unknown fields).
+    pub fn into_items(self) -> Vec<SeedItem> {
+        self.list.into_iter().map(|posted| posted.item).collect()
+    }
+}
+
+impl From<SeedItem> for SeedRecord {
+    fn from(item: SeedItem) -> Self {
+        SeedRecord { item, newer: BTreeMap::new() }
+    }
 }
 
 /// A seed item that cannot be used, and why.
@@ -83,6 +122,8 @@ pub enum SeedError {
     NotBase64 { index: usize, reason: String },
     #[error("item {index}: `{field}` must be {expected}")]
     Field { index: usize, field: &'static str, expected: &'static str },
+    #[error("item {index}: unknown field `{field}`")]
+    UnknownField { index: usize, field: String },
     #[error("`list` is empty: nothing to seed")]
     Empty,
     #[error("`list` has {0} items; at most {1} per request")]
@@ -115,10 +156,10 @@ impl SeedItem {
         })
     }
 
-    /// What the policy of a worker seeding this item is told: the original's extra
-    /// fields and the item's `settings` travel as settings (text as it is, other values
-    /// as JSON).
-    pub fn policy_config(&self, trackers: Vec<String>) -> SeedConfig {
+    /// What a worker seeding this item is told it seeds: the original's extra fields
+    /// and the item's `settings` travel as settings (text as it is, other values as
+    /// JSON).
+    pub fn worker_seed(&self, trackers: Vec<String>) -> WorkerSeed {
         let mut settings = vec![
             ("token".into(), self.token.clone()),
             ("trackerZone".into(), self.tracker_zone.clone()),
@@ -131,7 +172,7 @@ impl SeedItem {
             };
             (key.clone(), text)
         }));
-        SeedConfig {
+        WorkerSeed {
             channel: self.channel.clone(),
             manifest_url: self.manifest_url(),
             trackers,
@@ -162,7 +203,10 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
     if request.list.len() > MAX_ITEMS {
         return Err(SeedError::TooMany(request.list.len(), MAX_ITEMS));
     }
-    for (index, item) in request.list.iter().enumerate() {
+    for (index, PostedItem { item, unknown }) in request.list.iter().enumerate() {
+        if let Some(field) = unknown.keys().next() {
+            return Err(SeedError::UnknownField { index, field: field.clone() });
+        }
         if item.channel.trim().is_empty() {
             return Err(SeedError::EmptyChannel { index });
         }
@@ -290,11 +334,18 @@ impl SeedStore {
     }
 
     /// The saved seeds; none if nothing was ever saved.
-    pub fn load(&self) -> Result<Vec<SeedItem>, StoreError> {
+    pub fn load(&self) -> Result<Vec<SeedRecord>, StoreError> {
         let path = self.path.display().to_string();
         match std::fs::read(&self.path) {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Parse { path, source })
+                let records: Vec<SeedRecord> = serde_json::from_slice(&bytes)
+                    .map_err(|source| StoreError::Parse { path: path.clone(), source })?;
+                let (usable, unusable): (Vec<_>, Vec<_>) =
+                    records.into_iter().partition(|r| !r.item.channel.trim().is_empty());
+                if !unusable.is_empty() {
+                    tracing::warn!(%path, dropped = unusable.len(), "seeds without a channel dropped");
+                }
+                Ok(usable)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(StoreError::Read { path, source }),
@@ -302,7 +353,7 @@ impl SeedStore {
     }
 
     /// Replaces the saved seeds atomically.
-    pub fn save(&self, seeds: &[SeedItem]) -> Result<(), StoreError> {
+    pub fn save(&self, seeds: &[SeedRecord]) -> Result<(), StoreError> {
         use std::io::Write;
         let path = self.path.display().to_string();
         let error = |source| StoreError::Write { path: path.clone(), source };
@@ -382,9 +433,20 @@ mod tests {
             validate(&signal),
             Err(SeedError::Field { index: 1, field: "signal1", .. })
         ));
-        assert!(serde_json::from_str::<SeedItem>(r#"{"channel": "YQ", "bogus": 1}"#).is_err());
-        assert!(
-            serde_json::from_str::<SeedItem>(r#"{"channel": "YQ", "priority": "high"}"#).is_err()
+        assert_eq!(
+            validate(&request(r#"{"channel": "YQ"}, {"channel": "YQ", "bogus": 1}"#)),
+            Err(SeedError::UnknownField { index: 1, field: "bogus".into() })
+        );
+        let posted = |item: &str| serde_json::from_str::<PostedItem>(item);
+        assert!(posted(r#"{"channel": "YQ", "priority": "high"}"#).is_err());
+        assert_eq!(
+            validate(&request(r#"{"chanel": "YQ"}"#)),
+            Err(SeedError::UnknownField { index: 0, field: "chanel".into() }),
+            "a misspelt field is named, not taken for a missing channel"
+        );
+        assert_eq!(
+            validate(&request(r#"{"priority": 1}"#)),
+            Err(SeedError::EmptyChannel { index: 0 })
         );
     }
 
@@ -397,12 +459,33 @@ mod tests {
     }
 
     #[test]
+    fn a_seeds_file_from_a_newer_version_loads_and_keeps_what_this_one_does_not_know() {
+        let dir = std::env::temp_dir().join(format!("superpeer-newer-{}", std::process::id()));
+        let store = SeedStore::new(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let newer = r#"[{"channel": "YQ", "priority": 5, "protocol": "swarmcloud",
+            "replicas": {"min": 2}}]"#;
+        std::fs::write(store.path(), newer).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!((loaded[0].item.channel.as_str(), loaded[0].item.priority), ("YQ", 5));
+        assert_eq!(loaded[0].newer["protocol"], "swarmcloud");
+        store.save(&loaded).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.path()).unwrap()).unwrap();
+        assert_eq!(written[0]["replicas"]["min"], 2, "written back as it was");
+        assert_eq!(store.load().unwrap(), loaded);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn the_store_round_trips_and_replaces_whole() {
         let dir = std::env::temp_dir().join(format!("superpeer-seeds-{}", std::process::id()));
         let store = SeedStore::new(&dir);
         assert_eq!(store.load().unwrap(), vec![]);
-        let seeds =
-            vec![item(r#"{"channel": "YQ", "label": "one"}"#), item(r#"{"channel": "Yg"}"#)];
+        let seeds: Vec<SeedRecord> = vec![
+            item(r#"{"channel": "YQ", "label": "one"}"#).into(),
+            item(r#"{"channel": "Yg"}"#).into(),
+        ];
         store.save(&seeds).unwrap();
         assert_eq!(store.load().unwrap(), seeds);
         store.save(&seeds[..1]).unwrap();

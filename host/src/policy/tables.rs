@@ -314,6 +314,11 @@ impl Tables {
         Ok(())
     }
 
+    /// Tracker connections open (connected and not closed since).
+    pub fn trackers_open(&self) -> usize {
+        self.trackers.values().filter(|t| t.link == Link::Open).count()
+    }
+
     /// What a fresh policy instance is told about the worker.
     pub fn state(&self, now: Duration) -> HostState {
         HostState {
@@ -484,7 +489,9 @@ mod tests {
         );
         let send = Command::TrackerSend(TrackerSend { conn: 1, text: "{}".into() });
         assert_eq!(admit(&mut t, send.clone()), Err(Rejection::TrackerNotOpen(1)));
+        assert_eq!(t.trackers_open(), 0, "an opening connection is not open");
         t.observe(&Event::TrackerConnected(1));
+        assert_eq!(t.trackers_open(), 1);
         admit(&mut t, send.clone()).unwrap();
         let tracker = |open| TrackerState { conn: 1, url: "wss://t.example/".into(), open };
         assert_eq!(t.state(NOW).trackers, vec![tracker(true)]);
@@ -493,6 +500,7 @@ mod tests {
             reason: String::new(),
         }));
         assert!(matches!(admit(&mut t, send), Err(Rejection::Unknown { .. })));
+        assert_eq!(t.trackers_open(), 0);
     }
 
     #[test]
