@@ -55,9 +55,11 @@ demo: setup node-deps system-deps
     scripts/demo.sh
 
 # Benchmarks; prints tables: the policy runtime, then one worker under a rising number
-# of simulated viewers, side by side with a Chromium seeder (written to results/:
-# load.md, load.json, load.png).
+# of simulated viewers, side by side with a Chromium seeder, with the goals met or
+# missed (written to results/: load.md, load.json, load.png, and worker-flame.svg, a
+# perf profile of the worker at the most viewers).
 bench: setup node-deps system-deps
+    scripts/setup-profiler.sh
     cargo bench --locked -p superpeer --bench policy
     cargo build --release --locked -p superpeer-load
     SUPERPEER_LOAD=target/release/superpeer-load cargo bench --locked -p superpeer --bench load
