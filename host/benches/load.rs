@@ -602,6 +602,10 @@ fn main() {
         let mut points = Vec::new();
         let largest = many.iter().copied().max().unwrap_or(0);
         for &n in &many {
+            // Long enough for superpeer's offers, which the tracker hands to random
+            // members of the swarm, to have come to every viewer (a step of a thousand
+            // viewers that all join at its start is over before the last are met).
+            let load = Load { seconds: load.seconds.max(n as u64 / 20), ..load };
             let mut recording = None;
             let profile_for = load.seconds / 2;
             let data = dir.0.join("worker.perf.data");
@@ -641,8 +645,9 @@ fn main() {
         }
         writeln!(
             report,
-            "Many viewers of a {:.1} Mbit/s stream (256 KiB segments of 2 s, one per viewer every 2 s):\n\n{table}\n{flame}",
-            sd.mbps_per_viewer()
+            "Many viewers of a {:.1} Mbit/s stream (256 KiB segments of 2 s, one per viewer every 2 s; a step lasts a second for every 20 viewers, {} s at least):\n\n{table}\n{flame}",
+            sd.mbps_per_viewer(),
+            load.seconds
         )
         .unwrap();
         figures["many"] = Value::Array(points);
@@ -652,6 +657,8 @@ fn main() {
     // step): what a connection itself costs, the floor under memory per viewer.
     if let Some(&n) = series("SUPERPEER_BENCH_IDLE_VIEWERS", "1000").first() {
         let idle_pace_ms = 3_600_000;
+        // As long as the many-viewer step of as many viewers, for them all to be met.
+        let load = Load { seconds: load.seconds.max(n as u64 / 20), ..load };
         let step = superpeers.step(&load, &sd, n, idle_pace_ms, &mut |_| {});
         let m = &step.measured;
         writeln!(

@@ -28,6 +28,8 @@ pub struct Driver {
     limits: DataPlaneLimits,
     events: mpsc::Sender<IoEvent>,
     sender: DatagramSender,
+    /// Datagrams being sent (kept for its capacity).
+    outgoing: Vec<(SocketAddr, bytes::BytesMut)>,
     udp_addr: SocketAddr,
     fetcher: fetch::Fetcher,
     disk: Option<Arc<disk::DiskCache>>,
@@ -75,6 +77,7 @@ impl Driver {
             limits,
             events,
             sender: DatagramSender::new(socket),
+            outgoing: Vec::new(),
             udp_addr: bound,
             fetcher,
             disk,
@@ -165,8 +168,14 @@ impl Driver {
 
     /// Sends what the state machine wrote and starts what it asked for.
     fn carry_out(&mut self) {
+        // All of them in one go: a run to one viewer leaves in as few GSO sends as
+        // the kernel allows, however many messages it was written as.
         while let Some(transmit) = self.plane.poll_transmit() {
-            self.sender.send(&transmit.datagrams);
+            self.outgoing.extend(transmit.datagrams);
+        }
+        if !self.outgoing.is_empty() {
+            self.sender.send(&self.outgoing);
+            self.outgoing.clear();
         }
         while let Some(request) = self.plane.poll_io() {
             self.start(request);

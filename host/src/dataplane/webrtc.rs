@@ -39,8 +39,9 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 /// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
-/// the link busy, little enough that one slow viewer holds little memory.
-const SEND_HIGH_WATER: usize = 128 << 10;
+/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
+/// enough that one viewer holds little memory (they are kept until acknowledged).
+const SEND_HIGH_WATER: usize = 64 << 10;
 /// The largest DataChannel message either side may send (announced in the answer).
 const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// Where the DataChannel reports it has room again.
@@ -341,10 +342,13 @@ impl Rtc {
             .with_lite(true)
             .with_ice_credentials(ufrag.to_string(), password.to_string())
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-            // The library keeps a buffer of this size per connection (256 KiB by
-            // default, most of a connection's memory); p2p-media-loader never sends a
-            // message over 64 KiB, and neither do we.
+            // The library keeps a zeroed buffer of this size per connection (a third of
+            // an idle one's memory). p2p-media-loader splits commands at 64 KiB and
+            // would break on a smaller limit (a large VOD announcement exceeds 16).
             .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_BYTES))
+            // What a viewer can make us hold in reassembly (1 MiB by default, for a
+            // message it never finishes): room for two of the largest messages.
+            .with_sctp_max_receive_buffer_size(2 * MAX_MESSAGE_BYTES)
             .build();
         let mut configuration = RTCConfigurationBuilder::new();
         if let Some(certificate) = &self.certificate {
@@ -597,13 +601,7 @@ impl Rtc {
     }
 
     fn flush_writes(&mut self, connection: &mut RTCPeerConnection) {
-        let mut datagrams = Vec::new();
-        while let Some(datagram) = connection.poll_write() {
-            datagrams.push((datagram.transport.peer_addr, datagram.message));
-        }
-        if !datagrams.is_empty() {
-            self.transmits.push_back(Transmit { datagrams });
-        }
+        flush(connection, &mut self.transmits);
     }
 
     /// The next datagrams to send, in the order they were written.
@@ -670,7 +668,7 @@ impl Rtc {
                     }));
                 }
             }
-            progressed |= pump(&mut state, peer, now, &mut events);
+            progressed |= pump(&mut state, peer, now, &mut events, &mut self.transmits);
             if !progressed {
                 break;
             }
@@ -708,12 +706,23 @@ impl Rtc {
     }
 }
 
-/// Sends queued items while the DataChannel has room; true if anything was sent.
-fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -> bool {
+/// Sends queued items while the DataChannel has room; true if anything was sent. Each
+/// message's datagrams are taken out of the library before the next is written: its
+/// queues grow to the largest burst they ever held and keep that size (a whole send
+/// window through four of them cost a viewer over 100 KB for good).
+fn pump(
+    state: &mut Peer,
+    peer: PeerId,
+    now: Instant,
+    events: &mut Vec<Event>,
+    transmits: &mut VecDeque<Transmit>,
+) -> bool {
     let Some(id) = state.channel else { return false };
-    let Some(mut channel) = state.connection.data_channel(id) else { return false };
     let mut progressed = false;
-    while channel.outstanding_bytes() < SEND_HIGH_WATER {
+    while let Some(mut channel) = state.connection.data_channel(id) {
+        if channel.outstanding_bytes() >= SEND_HIGH_WATER {
+            break;
+        }
         let Some(item) = state.queue.front_mut() else { break };
         match item {
             Outgoing::Message(bytes) => {
@@ -747,9 +756,21 @@ fn pump(state: &mut Peer, peer: PeerId, now: Instant, events: &mut Vec<Event>) -
                 }
             }
         }
+        flush(&mut state.connection, transmits);
         progressed = true;
     }
     progressed
+}
+
+/// Takes what a connection wrote as one [`Transmit`].
+fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>) {
+    let mut datagrams = Vec::new();
+    while let Some(datagram) = connection.poll_write() {
+        datagrams.push((datagram.transport.peer_addr, datagram.message));
+    }
+    if !datagrams.is_empty() {
+        transmits.push_back(Transmit { datagrams });
+    }
 }
 
 /// The USERNAME of a STUN message, if `data` is one.
