@@ -33,32 +33,40 @@ fn fetched(fetch: FetchId, url: &str, text: &str) -> Event {
     Event::TextFetched(TextFetched { fetch, url: url.into(), text: text.into() })
 }
 
+/// What `pick` takes from each of `out`'s commands that it matches.
+fn picked<T>(out: &[Command], pick: impl Fn(&Command) -> Option<T>) -> Vec<T> {
+    out.iter().filter_map(pick).collect()
+}
+
 fn texts(out: &[Command]) -> Vec<(u64, String)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::FetchText(f) => Some((f.fetch, f.url.clone())),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::FetchText(f) => Some((f.fetch, f.url.clone())),
+        _ => None,
+    })
 }
 
 fn segments(out: &[Command]) -> Vec<(u64, String)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::FetchSegment(f) => Some((f.fetch, f.url.clone())),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::FetchSegment(f) => Some((f.fetch, f.url.clone())),
+        _ => None,
+    })
+}
+
+/// Starts `seeder` and hands it `text` as the manifest at `url`, with the trackers
+/// `open`; what it commanded then.
+fn read_manifest(seeder: &mut Seeder, url: &str, text: &str, open: &[ConnId]) -> Vec<Command> {
+    let mut out = Vec::new();
+    seeder.start(&mut out);
+    let (fetch, _) = texts(&out)[0].clone();
+    out.clear();
+    seeder.handle(&fetched(fetch, url, text), open, &mut random(), &mut out);
+    out
 }
 
 /// A seeder that has read the master playlist, with one tracker open.
 fn started() -> (Seeder, u64) {
     let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (manifest, _) = texts(&out)[0].clone();
-    out.clear();
-    seeder.handle(&fetched(manifest, MANIFEST, MASTER), &[7], &mut random(), &mut out);
+    let out = read_manifest(&mut seeder, MANIFEST, MASTER, &[7]);
     let (playlist, url) = texts(&out)[0].clone();
     assert_eq!(url, "http://o.example/live/720p.m3u8");
     let offers = out.iter().filter(|c| matches!(c, Command::PeerOffer(_))).count();
@@ -264,11 +272,7 @@ fn answers_offers_in_its_swarms_through_the_same_tracker() {
 fn vod_ids_are_positions_and_a_media_playlist_alone_is_one_rendition() {
     let url = "http://o.example/vod/index.m3u8";
     let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (manifest, _) = texts(&out)[0].clone();
-    out.clear();
-    seeder.handle(&fetched(manifest, url, &media(5, 3, true)), &[], &mut random(), &mut out);
+    let mut out = read_manifest(&mut seeder, url, &media(5, 3, true), &[]);
     assert_eq!((seeder.streams.len(), seeder.swarms.len()), (1, 2));
     let (playlist, playlist_url) = texts(&out)[0].clone();
     assert_eq!(playlist_url, url);
@@ -386,11 +390,7 @@ fn message(peer: PeerId, command: &PeerCommand) -> Event {
 fn vod_serving() -> (Seeder, PeerId, u64) {
     let url = "http://o.example/vod/index.m3u8";
     let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (manifest, _) = texts(&out)[0].clone();
-    out.clear();
-    seeder.handle(&fetched(manifest, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
+    let mut out = read_manifest(&mut seeder, url, &media(0, 200, true), &[7]);
     let (playlist, _) = texts(&out)[0].clone();
     out.clear();
     seeder.handle(&fetched(playlist, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
@@ -430,10 +430,7 @@ const LADDER: &str = "#EXTM3U
 /// playlist, each generation's info hash.
 fn swarms_of(swarm_id: &str, url: &str, manifest: &str) -> Vec<(String, Identity, String)> {
     let mut seeder = Seeder::new(swarm_id.into(), Some(url.into()), 10, Settings::default());
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (fetch, _) = texts(&out)[0].clone();
-    seeder.handle(&fetched(fetch, url, manifest), &[], &mut random(), &mut out);
+    read_manifest(&mut seeder, url, manifest, &[]);
     seeder
         .swarms
         .iter()
@@ -445,30 +442,24 @@ fn swarms_of(swarm_id: &str, url: &str, manifest: &str) -> Vec<(String, Identity
 }
 
 fn offers_in(out: &[Command]) -> Vec<PeerId> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::PeerOffer(peer) => Some(*peer),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::PeerOffer(peer) => Some(*peer),
+        _ => None,
+    })
 }
 
 fn closed_in(out: &[Command]) -> Vec<(PeerId, String)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::PeerClose(c) => Some((c.peer, c.reason.clone())),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::PeerClose(c) => Some((c.peer, c.reason.clone())),
+        _ => None,
+    })
 }
 
 fn tracker_json(out: &[Command]) -> Vec<serde_json::Value> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::TrackerSend(s) => Some(serde_json::from_str(&s.text).unwrap()),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::TrackerSend(s) => Some(serde_json::from_str(&s.text).unwrap()),
+        _ => None,
+    })
 }
 
 /// The timer `key` set to fire after `after_ms`, as the seeder's timers name it.

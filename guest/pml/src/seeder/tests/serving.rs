@@ -349,11 +349,7 @@ fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
         tier: CacheTier::Memory,
     };
     seeder.adopt(&[held]);
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (manifest, _) = texts(&out)[0].clone();
-    out.clear();
-    seeder.handle(&fetched(manifest, MANIFEST, MASTER), &[], &mut random(), &mut out);
+    let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     let (playlist, url) = texts(&out)[0].clone();
     out.clear();
     seeder.handle(&fetched(playlist, &url, &media(100, 3, false)), &[], &mut random(), &mut out);
@@ -446,10 +442,7 @@ fn audio_carried_by_the_first_level_moves_the_tracks_of_2_2_one_place() {
 fn a_seed_may_serve_one_generation_only() {
     let settings = Settings { identities: vec![Identity::V22], ..Settings::default() };
     let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, settings);
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (fetch, _) = texts(&out)[0].clone();
-    seeder.handle(&fetched(fetch, MANIFEST, MASTER), &[], &mut random(), &mut out);
+    read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     assert_eq!(seeder.swarms.len(), 1);
     assert_eq!(seeder.swarms[0].identity, Identity::V22);
 }
@@ -458,10 +451,7 @@ fn a_seed_may_serve_one_generation_only() {
 fn reaches_viewers_with_offers_of_its_own_within_the_budget() {
     let settings = Settings { identities: vec![Identity::V23], ..Settings::default() };
     let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 3, settings);
-    let mut out = Vec::new();
-    seeder.start(&mut out);
-    let (fetch, _) = texts(&out)[0].clone();
-    seeder.handle(&fetched(fetch, MANIFEST, MASTER), &[], &mut random(), &mut out);
+    let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     let hash = seeder.swarms[0].info_hash.clone();
 
     // The tracker opens: offers at once (as many as could fill the budget of 3), and
