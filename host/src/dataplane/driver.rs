@@ -19,7 +19,7 @@ use super::udp::{self, DatagramSender};
 use super::{
     DataPlane, DataPlaneLimits, Input, IoEvent, IoRequest, budget, disk, fetch, origin, tracker,
 };
-use crate::policy::wire::{CacheTier, Command, ConnId, Event, FetchId};
+use crate::policy::wire::{ByteRange, ConnId, Event, FetchId};
 
 /// A worker's data plane with its I/O.
 #[derive(Debug)]
@@ -184,49 +184,40 @@ impl Driver {
 
     fn start(&mut self, request: IoRequest) {
         match request {
-            IoRequest::Task(Command::TrackerConnect(c)) => {
-                let tracker = tracker::spawn(c.conn, c.url, self.events.clone(), &self.limits);
-                self.trackers.insert(c.conn, tracker);
+            IoRequest::TrackerConnect { conn, url } => {
+                let tracker = tracker::spawn(conn, url, self.events.clone(), &self.limits);
+                self.trackers.insert(conn, tracker);
             }
-            IoRequest::Task(Command::TrackerSend(s)) => {
-                if let Some(tracker) = self.trackers.get(&s.conn) {
-                    let _ = tracker.outgoing.send(tracker::Outgoing::Text(s.text));
+            IoRequest::TrackerSend { conn, text } => {
+                if let Some(tracker) = self.trackers.get(&conn) {
+                    let _ = tracker.outgoing.send(tracker::Outgoing::Text(text));
                 }
             }
-            IoRequest::Task(Command::TrackerClose(conn)) => {
+            IoRequest::TrackerClose(conn) => {
                 if let Some(tracker) = self.trackers.remove(&conn) {
                     let _ = tracker.outgoing.send(tracker::Outgoing::Close);
                     self.closing_trackers.retain(|task| !task.is_finished());
                     self.closing_trackers.push(tracker.task);
                 }
             }
-            IoRequest::Task(Command::FetchText(f)) => {
-                self.fetch(f.fetch, f.url, None, fetch::Kind::Text);
-            }
-            IoRequest::Task(Command::FetchSegment(f)) if f.tier == CacheTier::DiskIfCached => {
-                let key = disk::key(&f.url, f.range);
+            IoRequest::FetchText { fetch, url } => self.fetch(fetch, url, None, fetch::Kind::Text),
+            IoRequest::LookUpOnDisk { fetch, url, range } => {
+                let key = disk::key(&url, range);
                 let look = key.clone();
-                let (fetch, url, range) = (f.fetch, f.url, f.range);
                 let task = self.on_disk(
                     move |disk| disk.cached_size(&look),
                     move |size| IoEvent::DiskLookedUp { fetch, url, range, key, size },
                 );
                 self.fetches.insert(fetch, task);
             }
-            IoRequest::Task(Command::FetchSegment(f)) => {
-                let disk = match f.tier {
-                    CacheTier::Disk => self.disk.clone(),
-                    CacheTier::Memory | CacheTier::DiskIfCached => None,
-                };
-                self.fetch(f.fetch, f.url, f.range, fetch::Kind::Segment { disk });
+            IoRequest::FetchSegment { fetch, url, range, disk } => {
+                let disk = if disk { self.disk.clone() } else { None };
+                self.fetch(fetch, url, range, fetch::Kind::Segment { disk });
             }
-            IoRequest::Task(Command::FetchCancel(fetch)) => {
+            IoRequest::CancelFetch(fetch) => {
                 if let Some(task) = self.fetches.remove(&fetch) {
                     task.abort();
                 }
-            }
-            IoRequest::Task(other) => {
-                tracing::error!(command = ?other, "not an I/O command; dropped");
             }
             IoRequest::ReadFromDisk(key) => {
                 let read = key.clone();
@@ -238,13 +229,7 @@ impl Driver {
         }
     }
 
-    fn fetch(
-        &mut self,
-        fetch: FetchId,
-        url: String,
-        range: Option<crate::policy::wire::ByteRange>,
-        kind: fetch::Kind,
-    ) {
+    fn fetch(&mut self, fetch: FetchId, url: String, range: Option<ByteRange>, kind: fetch::Kind) {
         let task = fetch::spawn(fetch, url, range, kind, self.fetcher.clone(), self.events.clone());
         self.fetches.insert(fetch, task);
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::policy::wire::{self, ByteRange, Command, Event, FetchId, ServeSegment};
+use crate::policy::wire::{self, ByteRange, Command, ConnId, Event, FetchId, ServeSegment};
 pub use cache::{Held, SegmentCache};
 pub use driver::Driver;
 pub use plane::DataPlane;
@@ -172,12 +172,37 @@ impl Input {
 }
 
 /// I/O the state machine asks its driver to start; the outcome comes back as an
-/// [`IoEvent`].
+/// [`IoEvent`]. Each runs in a task of its own.
 #[derive(Debug, PartialEq)]
 pub enum IoRequest {
-    /// A tracker or fetch command, carried out by a task of its own (`tracker-*`,
-    /// `fetch-text`, `fetch-segment`, `fetch-cancel`).
-    Task(Command),
+    TrackerConnect {
+        conn: ConnId,
+        url: String,
+    },
+    TrackerSend {
+        conn: ConnId,
+        text: String,
+    },
+    TrackerClose(ConnId),
+    FetchText {
+        fetch: FetchId,
+        url: String,
+    },
+    /// A segment from the origin, through the disk cache when `disk` (the state
+    /// machine has decided: only when there is one and the policy asked for it).
+    FetchSegment {
+        fetch: FetchId,
+        url: String,
+        range: Option<ByteRange>,
+        disk: bool,
+    },
+    /// Whether the disk cache has a segment ([`IoEvent::DiskLookedUp`]).
+    LookUpOnDisk {
+        fetch: FetchId,
+        url: String,
+        range: Option<ByteRange>,
+    },
+    CancelFetch(FetchId),
     /// Read and check a disk segment for the serves waiting for it
     /// ([`IoEvent::DiskRead`]).
     ReadFromDisk(String),

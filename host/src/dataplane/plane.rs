@@ -104,27 +104,46 @@ impl DataPlane {
         tracing::trace!(?command, "carry out");
         let events = match command {
             Command::ServeSegment(serve) => return self.serve(serve, Vec::new(), now),
-            Command::FetchSegment(mut f) => {
-                if !self.disk {
-                    if f.tier == CacheTier::DiskIfCached {
+            Command::FetchSegment(f) => {
+                let (fetch, url, range) = (f.fetch, f.url, f.range);
+                let request = match (f.tier, self.disk) {
+                    (CacheTier::DiskIfCached, true) => {
+                        IoRequest::LookUpOnDisk { fetch, url, range }
+                    }
+                    (CacheTier::DiskIfCached, false) => {
                         self.events.push_back(Event::FetchFailed(FetchFailed {
-                            fetch: f.fetch,
+                            fetch,
                             status: None,
                             reason: NOT_CACHED.into(),
                         }));
                         return;
                     }
-                    f.tier = CacheTier::Memory;
-                }
-                self.io.push_back(IoRequest::Task(Command::FetchSegment(f)));
+                    (CacheTier::Disk, disk) => IoRequest::FetchSegment { fetch, url, range, disk },
+                    (CacheTier::Memory, _) => {
+                        IoRequest::FetchSegment { fetch, url, range, disk: false }
+                    }
+                };
+                self.io.push_back(request);
                 return;
             }
-            command @ (Command::TrackerConnect(_)
-            | Command::TrackerSend(_)
-            | Command::TrackerClose(_)
-            | Command::FetchText(_)
-            | Command::FetchCancel(_)) => {
-                self.io.push_back(IoRequest::Task(command));
+            Command::TrackerConnect(c) => {
+                self.io.push_back(IoRequest::TrackerConnect { conn: c.conn, url: c.url });
+                return;
+            }
+            Command::TrackerSend(t) => {
+                self.io.push_back(IoRequest::TrackerSend { conn: t.conn, text: t.text });
+                return;
+            }
+            Command::TrackerClose(conn) => {
+                self.io.push_back(IoRequest::TrackerClose(conn));
+                return;
+            }
+            Command::FetchText(f) => {
+                self.io.push_back(IoRequest::FetchText { fetch: f.fetch, url: f.url });
+                return;
+            }
+            Command::FetchCancel(fetch) => {
+                self.io.push_back(IoRequest::CancelFetch(fetch));
                 return;
             }
             Command::Evict(handle) => match self.cache.remove(handle) {
@@ -300,12 +319,13 @@ mod tests {
         let mut plane = plane(false);
         let connect = Command::TrackerConnect(TrackerConnect { conn: 1, url: "ws://t/".into() });
         plane.handle_input(Input::Command(connect.clone()), now);
-        assert_eq!(plane.poll_io(), Some(IoRequest::Task(connect)));
+        let connect = IoRequest::TrackerConnect { conn: 1, url: "ws://t/".into() };
+        assert_eq!(plane.poll_io(), Some(connect));
         // Without a disk cache: `disk` becomes memory, `disk-if-cached` finds nothing
         // (which is no fetch error).
         plane.handle_input(fetch(1, CacheTier::Disk), now);
-        let Some(IoRequest::Task(Command::FetchSegment(asked))) = plane.poll_io() else { panic!() };
-        assert_eq!(asked.tier, CacheTier::Memory);
+        let Some(IoRequest::FetchSegment { disk, .. }) = plane.poll_io() else { panic!() };
+        assert!(!disk, "kept in memory");
         plane.handle_input(fetch(2, CacheTier::DiskIfCached), now);
         assert_eq!(plane.poll_io(), None);
         assert!(

@@ -550,7 +550,7 @@ impl Rtc {
     pub fn close(&mut self, peer: PeerId) {
         if let Some(mut state) = self.peers.remove(&peer) {
             let _ = state.connection.close();
-            self.flush_writes(&mut state.connection);
+            flush(&mut state.connection, &mut self.transmits);
             self.forget(peer, &state);
         }
     }
@@ -579,7 +579,7 @@ impl Rtc {
             }
         }
         let _ = state.connection.close();
-        self.flush_writes(&mut state.connection);
+        flush(&mut state.connection, &mut self.transmits);
         self.forget(peer, &state);
         events.push(Event::PeerClosed(PeerClosed { peer, reason }));
         events
@@ -598,10 +598,6 @@ impl Rtc {
                 self.by_address.remove(address);
             }
         }
-    }
-
-    fn flush_writes(&mut self, connection: &mut RTCPeerConnection) {
-        flush(connection, &mut self.transmits);
     }
 
     /// The next datagrams to send, in the order they were written.
@@ -623,7 +619,7 @@ impl Rtc {
             state.acknowledged_at = now;
         }
         loop {
-            self.flush_writes(&mut state.connection);
+            flush(&mut state.connection, &mut self.transmits);
             let mut progressed = false;
             while let Some(event) = state.connection.poll_event() {
                 progressed = true;
@@ -673,7 +669,7 @@ impl Rtc {
                 break;
             }
         }
-        self.flush_writes(&mut state.connection);
+        flush(&mut state.connection, &mut self.transmits);
         state.unacknowledged = state.outstanding();
         let stalls_at = (state.unacknowledged > state.acknowledged_level)
             .then(|| state.acknowledged_at + self.stall_timeout);
