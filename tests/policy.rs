@@ -149,6 +149,35 @@ fn a_swap_is_refused_when_the_running_policy_cannot_save_its_state() {
     assert_eq!((stats.swaps, stats.swaps_rejected, stats.faults), (0, 1, 1));
 }
 
+/// A snapshot writes the whole state, as `init` reads it back: it runs under the init
+/// deadline, not a `handle` call's, which a large state (a flood of offers) outgrows.
+#[test]
+fn a_snapshot_runs_under_the_init_deadline() {
+    let generous = PolicyLimits {
+        call_deadline: Duration::from_millis(1),
+        init_deadline: Duration::from_secs(60),
+        ..limits()
+    };
+    let engine = PolicyEngine::new(generous.clone()).unwrap();
+    let slow = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let settings = [("mode", "slow"), ("when", "snapshot")];
+    let mut runner = PolicyRunner::start(engine, slow, config(&settings), at(0)).unwrap();
+    runner.handle(at(1), timers(0..1));
+    let stats = runner.stats();
+    assert_eq!(stats.faults, 0, "{:?}", stats.last_fault);
+    assert_eq!(stats.snapshot_bytes, "state".len());
+
+    // Bounded all the same.
+    let strict = PolicyLimits { init_deadline: Duration::from_millis(200), ..generous };
+    let engine = PolicyEngine::new(strict).unwrap();
+    let looping = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
+    let settings = [("mode", "loop"), ("when", "snapshot")];
+    let mut runner = PolicyRunner::start(engine, looping, config(&settings), at(0)).unwrap();
+    runner.handle(at(1), timers(0..1));
+    let fault = runner.stats().last_fault.unwrap().fault;
+    assert_eq!(fault, Fault::Deadline(Duration::from_millis(200)));
+}
+
 #[test]
 fn log_floods_are_capped_and_do_not_fault() {
     let engine = engine();

@@ -478,7 +478,7 @@ impl PolicyInstance {
     }
 
     pub(crate) fn snapshot(&mut self, clock: Clock) -> Result<Vec<u8>, Fault> {
-        let deadline = self.call_deadline;
+        let deadline = self.init_deadline;
         self.call(clock, deadline, |b, s| b.call_snapshot(s))
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyLimits {
-    /// Longest one `handle` or `snapshot` call may run before it is interrupted.
+    /// Longest one `handle` call may run before it is interrupted.
     #[serde(with = "millis")]
     pub call_deadline: Duration,
     /// What a `handle` call's deadline grows by per MiB of payload it is handed
@@ -17,7 +17,9 @@ pub struct PolicyLimits {
     /// message, and a policy must not fault for an input the host let through.
     #[serde(with = "millis")]
     pub deadline_per_input_mib: Duration,
-    /// Longest `init` (and `describe`) may run: a fresh instance may parse a snapshot.
+    /// Longest `init`, `describe` or `snapshot` may run. `init` may parse a snapshot and
+    /// `snapshot` writes the whole state, so both take time in proportion to it (a
+    /// flood of offers makes a 170 KB snapshot), which `call_deadline` is not sized for.
     #[serde(with = "millis")]
     pub init_deadline: Duration,
     /// Most linear memory one instance may grow to, in bytes; growing past it traps.

@@ -1,9 +1,9 @@
 //! Test policy that misbehaves on request, to prove the host contains it.
 //!
 //! The setting `mode` picks the misbehaviour (`loop`, `memory`, `panic`, `flood`,
-//! `bulk`, `logs`, `snapshot`, `reject`) and `when` picks the moment: `init`, or `handle` (the default) on any
-//! `timer-fired` event. Other events are answered politely, so a test can see the
-//! instance working before it misbehaves.
+//! `bulk`, `logs`, `snapshot`, `reject`, `slow`) and `when` picks the moment: `init`,
+//! `snapshot`, or `handle` (the default) on any `timer-fired` event. Other events are
+//! answered politely, so a test can see the instance working before it misbehaves.
 
 use superpeer_guest::{
     Command, Event, HostState, Policy, PolicyInfo, SeedConfig, TimerSet, TrackerSend, host,
@@ -20,10 +20,14 @@ enum Mode {
     /// Panics when asked for a snapshot.
     Snapshot,
     Reject,
+    /// Works far longer than a millisecond, then carries on as if nothing happened: a
+    /// large state being written out.
+    Slow,
 }
 
 struct Misbehave {
     mode: Mode,
+    in_snapshot: bool,
 }
 
 impl Mode {
@@ -54,6 +58,14 @@ impl Mode {
                 }
                 Vec::new()
             }
+            Mode::Slow => {
+                let mut x = 1u64;
+                for i in 0..200_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005) ^ i);
+                }
+                std::hint::black_box(x);
+                Vec::new()
+            }
             Mode::Snapshot | Mode::Reject => Vec::new(),
         }
     }
@@ -76,6 +88,7 @@ impl Policy for Misbehave {
             Some("logs") => Mode::Logs,
             Some("snapshot") => Mode::Snapshot,
             Some("reject") => Mode::Reject,
+            Some("slow") => Mode::Slow,
             other => return Err(format!("unknown mode {other:?}")),
         };
         if setting("when") == Some("init") {
@@ -84,11 +97,11 @@ impl Policy for Misbehave {
             }
             mode.act();
         }
-        Ok(Misbehave { mode })
+        Ok(Misbehave { mode, in_snapshot: setting("when") == Some("snapshot") })
     }
 
     fn handle(&mut self, events: Vec<Event>) -> Vec<Command> {
-        if events.iter().any(|e| matches!(e, Event::TimerFired(_))) {
+        if !self.in_snapshot && events.iter().any(|e| matches!(e, Event::TimerFired(_))) {
             return self.mode.act();
         }
         Vec::new()
@@ -98,7 +111,10 @@ impl Policy for Misbehave {
         if self.mode == Mode::Snapshot {
             panic!("misbehave: refusing to snapshot");
         }
-        Vec::new()
+        if self.in_snapshot {
+            self.mode.act();
+        }
+        b"state".to_vec()
     }
 }
 
