@@ -296,16 +296,16 @@ fn infinite_loop_is_interrupted_and_rolled_back() {
 }
 
 #[test]
-fn deadlines_hold_after_the_epoch_ticker_slept() {
+fn deadlines_hold_after_the_watchdog_went_idle() {
     let limits = PolicyLimits { call_deadline: Duration::from_millis(20), ..limits() };
     let engine = PolicyEngine::new(limits).unwrap();
     let looping = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
     let mut runner =
         PolicyRunner::start(engine.clone(), looping, config(&[("mode", "loop")]), at(0)).unwrap();
-    // Idle, the ticker goes to sleep; the looping call below must wake it or hang.
+    // Idle, the watchdog sleeps; the looping call below must wake it or hang.
     let patience = std::time::Instant::now() + Duration::from_secs(10);
-    while !engine.epoch_ticker_sleeping() {
-        assert!(std::time::Instant::now() < patience, "the idle ticker never slept");
+    while !engine.watchdog_idle() {
+        assert!(std::time::Instant::now() < patience, "the watchdog never went idle");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(runner.handle(at(1), timers(0..1)).is_empty());

@@ -1,8 +1,8 @@
 //! The wasmtime side of policies: one engine per process, compiling and type-checking
 //! components, and instances that run one call at a time under limits.
 //!
-//! This module owns the sandbox: the deny-all WASI context, the memory cap, the epoch
-//! deadline and the host imports (clock, randomness, log). It must never let a guest
+//! This module owns the sandbox: the deny-all WASI context, the memory cap, each call's
+//! deadline (enforced with the watchdog) and the host imports (clock, randomness, log). It must never let a guest
 //! reach anything else, and never block for longer than a call's deadline.
 
 use std::sync::Arc;
@@ -21,10 +21,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{Policy, PolicyPre, superpeer::policy as world};
 use super::error::{Fault, PolicyError};
 use super::limits::PolicyLimits;
+use super::watchdog::{Watch, Watchdog, cpu_time_left, thread_cpu_time};
 use super::wire::{Command, Event, HostState, LogLevel, SeedConfig};
-
-/// How often the epoch advances: the resolution of call deadlines.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The process-wide policy engine: compiles components and creates instances. Cheap to
 /// clone; compiling may run on any thread, off the event loop.
@@ -37,7 +35,7 @@ struct EngineInner {
     engine: Engine,
     linker: Linker<StoreData>,
     limits: PolicyLimits,
-    ticker: EpochTicker,
+    watchdog: Watchdog,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -134,18 +132,18 @@ impl PolicyEngine {
         Policy::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
 
-        let ticker = EpochTicker::start(&engine);
-        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, ticker }) })
+        let watchdog = Watchdog::start(&engine);
+        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, watchdog }) })
     }
 
     pub fn limits(&self) -> &PolicyLimits {
         &self.inner.limits
     }
 
-    /// Whether the epoch ticker sleeps for want of guest code to time (for tests).
+    /// Whether the watchdog sleeps for want of guest calls to watch (for tests).
     #[doc(hidden)]
-    pub fn epoch_ticker_sleeping(&self) -> bool {
-        self.inner.ticker.state.sleeping.load(std::sync::atomic::Ordering::SeqCst)
+    pub fn watchdog_idle(&self) -> bool {
+        self.inner.watchdog.idle()
     }
 
     /// Compiles a component, checks it against the policy world, and asks it to
@@ -248,7 +246,8 @@ impl PolicyEngine {
             rng: SmallRng::from_os_rng(),
             log: GuestLog::new(&policy.meta.name, limits),
             call_deadline: limits.init_deadline,
-            call_cpu_start: thread_cpu_time(),
+            call_cpu_start: None,
+            watch: None,
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.limiter);
@@ -258,30 +257,30 @@ impl PolicyEngine {
         store.data_mut().table.set_max_capacity(256);
         store.epoch_deadline_callback(|mut store| {
             let data = store.data_mut();
-            // The epoch runs on wall time; the deadline is CPU time of the calling
+            // The watchdog runs on wall time; the deadline is CPU time of the calling
             // thread, so a call preempted on a busy machine is given back the time it
             // did not run. A guest that loops still burns CPU and is stopped.
             let now = thread_cpu_time();
             Ok(match cpu_time_left(data.call_deadline, data.call_cpu_start, now) {
                 Some(left) => {
-                    UpdateDeadline::Continue(PolicyLimits::ticks(left, EPOCH_TICK).max(1))
+                    if let Some(watch) = &data.watch {
+                        watch.extend(left);
+                    }
+                    UpdateDeadline::Continue(1)
                 }
                 None => UpdateDeadline::Interrupt,
             })
         });
         // Instantiation runs the component's start-up code, which must obey a deadline too.
-        store.set_epoch_deadline(PolicyLimits::ticks(limits.init_deadline, EPOCH_TICK));
-        let bindings = {
-            let _running = self.inner.ticker.running();
-            policy
-                .pre
-                .instantiate(&mut store)
-                .map_err(|e| classify(&store, e, limits.init_deadline))?
-        };
+        let watchdog = self.inner.watchdog.clone();
+        begin_call(&mut store, &watchdog, limits.init_deadline);
+        let instantiated = policy.pre.instantiate(&mut store);
+        store.data_mut().watch = None;
+        let bindings = instantiated.map_err(|e| classify(&store, e, limits.init_deadline))?;
         Ok(PolicyInstance {
             store,
             bindings,
-            ticker: self.inner.ticker.clone(),
+            watchdog,
             call_deadline: limits.call_deadline,
             deadline_per_input_mib: limits.deadline_per_input_mib,
             init_deadline: limits.init_deadline,
@@ -361,80 +360,6 @@ fn digest(bytes: &[u8]) -> String {
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Ticks without guest code running after which the ticker sleeps until some runs.
-const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
-
-/// Advances an engine's epoch once per tick while guest code runs, for as long as the
-/// engine lives, and sleeps while none does: ticking a thousand times a second cost an
-/// idle worker, and the master, about 2% of a core each. Deadlines are set relative to
-/// the epoch at the start of a call, so the ticks skipped while idle change nothing.
-#[derive(Clone)]
-pub(crate) struct EpochTicker {
-    state: Arc<TickerState>,
-    thread: std::thread::Thread,
-}
-
-#[derive(Default)]
-struct TickerState {
-    /// Guest calls in progress (one per instance at most).
-    running: std::sync::atomic::AtomicUsize,
-    sleeping: std::sync::atomic::AtomicBool,
-}
-
-/// Guest code is running while this lives.
-pub(crate) struct Running<'a>(&'a EpochTicker);
-
-impl EpochTicker {
-    fn start(engine: &Engine) -> EpochTicker {
-        use std::sync::atomic::Ordering::SeqCst;
-        let weak = engine.weak();
-        let state = Arc::new(TickerState::default());
-        let ticking = state.clone();
-        let handle = std::thread::Builder::new()
-            .name("policy-epoch".into())
-            .spawn(move || {
-                let mut idle = 0;
-                while let Some(engine) = weak.upgrade() {
-                    idle = if ticking.running.load(SeqCst) == 0 { idle + 1 } else { 0 };
-                    if idle > IDLE_TICKS_BEFORE_SLEEP {
-                        drop(engine);
-                        // Announce the sleep before checking once more: a call starting
-                        // now either sees it and wakes this thread, or is seen here.
-                        ticking.sleeping.store(true, SeqCst);
-                        if ticking.running.load(SeqCst) == 0 {
-                            // Bounded, so a dropped engine ends this thread.
-                            std::thread::park_timeout(Duration::from_secs(1));
-                        }
-                        ticking.sleeping.store(false, SeqCst);
-                        idle = 0;
-                        continue;
-                    }
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .expect("could not start the policy epoch thread");
-        EpochTicker { state, thread: handle.thread().clone() }
-    }
-
-    /// Marks guest code running until the guard drops; wakes the ticker if it sleeps.
-    pub(crate) fn running(&self) -> Running<'_> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.state.running.fetch_add(1, SeqCst);
-        if self.state.sleeping.load(SeqCst) {
-            self.thread.unpark();
-        }
-        Running(self)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.state.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// The time a call sees: fixed for the whole call, passed in by the caller.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Clock {
@@ -448,7 +373,7 @@ pub struct Clock {
 pub(crate) struct PolicyInstance {
     store: Store<StoreData>,
     bindings: Policy,
-    ticker: EpochTicker,
+    watchdog: Watchdog,
     call_deadline: Duration,
     deadline_per_input_mib: Duration,
     init_deadline: Duration,
@@ -508,15 +433,24 @@ impl PolicyInstance {
         data.clock = clock;
         data.log.lines_this_call = 0;
         data.log.last_error = None;
-        data.call_deadline = deadline;
-        data.call_cpu_start = thread_cpu_time();
-        self.store.set_epoch_deadline(PolicyLimits::ticks(deadline, EPOCH_TICK));
-        let _running = self.ticker.running();
+        begin_call(&mut self.store, &self.watchdog, deadline);
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store);
         self.busy += started.elapsed();
+        self.store.data_mut().watch = None;
         result.map_err(|e| classify(&self.store, e, deadline))
     }
+}
+
+/// Starts the clock on a guest call that may use `deadline` of CPU time: the store
+/// stops at the epoch's next advance, which the watchdog makes once that much wall
+/// time has passed, and the callback decides.
+fn begin_call(store: &mut Store<StoreData>, watchdog: &Watchdog, deadline: Duration) {
+    let data = store.data_mut();
+    data.call_deadline = deadline;
+    data.call_cpu_start = thread_cpu_time();
+    data.watch = Some(watchdog.watch(deadline));
+    store.set_epoch_deadline(1);
 }
 
 /// Names what went wrong in a guest call.
@@ -556,23 +490,8 @@ pub(crate) struct StoreData {
     call_deadline: Duration,
     /// That thread's CPU time when the call began; None where there is no such clock.
     call_cpu_start: Option<Duration>,
-}
-
-/// How much of `deadline` a call that began at thread CPU time `start` has left at
-/// `now`; None when it has run out, or without a thread CPU clock (the wall-clock
-/// deadline then stands).
-fn cpu_time_left(
-    deadline: Duration,
-    start: Option<Duration>,
-    now: Option<Duration>,
-) -> Option<Duration> {
-    let used = now?.checked_sub(start?)?;
-    deadline.checked_sub(used).filter(|left| !left.is_zero())
-}
-
-/// CPU time the calling thread has used so far.
-fn thread_cpu_time() -> Option<Duration> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok().map(Duration::from)
+    /// The watchdog's hold on the running call.
+    watch: Option<Watch>,
 }
 
 impl WasiView for StoreData {
@@ -713,34 +632,7 @@ impl world::host::Host for StoreData {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::{cpu_time_left, escape_controls, thread_cpu_time};
-
-    #[test]
-    fn the_deadline_counts_cpu_time_not_time_spent_waiting() {
-        let ms = Duration::from_millis;
-        // 5 ms of wall time passed but the thread ran for 1 ms: 4 ms are left.
-        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(101))), Some(ms(4)));
-        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(105))), None);
-        assert_eq!(cpu_time_left(ms(5), Some(ms(100)), Some(ms(200))), None);
-        assert_eq!(cpu_time_left(ms(5), None, Some(ms(1))), None, "no clock: wall time rules");
-        assert_eq!(cpu_time_left(ms(5), Some(ms(1)), None), None);
-    }
-
-    #[test]
-    fn the_thread_cpu_clock_advances_with_work_and_not_with_sleep() {
-        let start = thread_cpu_time().expect("Linux has a thread CPU clock");
-        std::thread::sleep(Duration::from_millis(30));
-        let slept = thread_cpu_time().unwrap() - start;
-        assert!(slept < Duration::from_millis(20), "sleeping used {slept:?} of CPU");
-        let mut x = 0u64;
-        let begun = thread_cpu_time().unwrap();
-        while thread_cpu_time().unwrap() - begun < Duration::from_millis(5) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        assert!(x > 0);
-    }
+    use super::escape_controls;
 
     #[test]
     fn log_lines_cannot_forge_lines_or_drive_terminals() {

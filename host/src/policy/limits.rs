@@ -191,11 +191,6 @@ impl PolicyLimits {
         )?;
         Ok(())
     }
-
-    /// The deadline in epoch ticks, rounded up so a call always gets at least its deadline.
-    pub(crate) fn ticks(deadline: Duration, tick: Duration) -> u64 {
-        deadline.as_nanos().div_ceil(tick.as_nanos()).max(1) as u64 + 1
-    }
 }
 
 mod millis {
@@ -227,13 +222,6 @@ mod tests {
         let error = limits.validate().unwrap_err();
         assert_eq!(error.field, "memory_bytes");
         assert!(error.to_string().contains("memory_bytes"), "{error}");
-    }
-
-    #[test]
-    fn ticks_cover_the_whole_deadline() {
-        let tick = Duration::from_millis(1);
-        assert_eq!(PolicyLimits::ticks(Duration::from_millis(5), tick), 6);
-        assert_eq!(PolicyLimits::ticks(Duration::from_micros(1500), tick), 3);
     }
 
     #[test]

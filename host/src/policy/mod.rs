@@ -7,6 +7,7 @@
 //!   faults contained, hot swaps at event boundaries.
 //! - [`Tables`] is the host's authoritative view that every command is checked against
 //!   and that a fresh instance is told about.
+//! - The watchdog stops guest calls that run past their deadline.
 //!
 //! Nothing here does network or disk I/O on a policy's behalf; the worker carries out
 //! the commands the runner admits.
@@ -18,6 +19,7 @@ mod error;
 mod limits;
 mod runner;
 mod tables;
+mod watchdog;
 
 pub use admission::AdmittedPolicy;
 pub use engine::{Clock, CompiledPolicy, PolicyEngine, PolicyMeta, Precompiled};
