@@ -9,7 +9,9 @@
 //! swarm. Members already connected to us ignore theirs (a viewer destroys a second
 //! connection to a peer id it knows), so a round makes enough offers to fill the free
 //! connections at the share of members not yet reached, never more than the tracker
-//! forwards, and rounds come at a bounded rate that slows down while they bring nobody.
+//! forwards. A round that cannot offer to every member misses each one not yet reached
+//! with the same odds however few are left, so rounds come fast until nobody is missing,
+//! and slow down while they bring nobody.
 //!
 //! Pure bookkeeping with time passed in; the seeder turns its decisions into commands.
 
@@ -27,13 +29,17 @@ pub const DEFAULT_OFFERS_PER_ANNOUNCE: usize = 10;
 /// The most offers an announce may carry: bittorrent-tracker forwards no more.
 pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
 /// How long an offer waits for its answer. A viewer answers once its ICE gathering is
-/// done (simple-peer gives it 5 s), then the tracker relays it.
-pub const OFFER_TIMEOUT_MS: u64 = 15_000;
-/// The time between two announces of one swarm on one tracker while offering.
+/// done (simple-peer gives it 5 s), then the tracker relays it. Most offers reach
+/// viewers already connected and wait in vain: the shorter the wait, the more rounds
+/// [`MAX_PENDING_OFFERS`] allows.
+pub const OFFER_TIMEOUT_MS: u64 = 8_000;
+/// The time between two announces of one swarm on one tracker while offering, when one
+/// round offers to every member of the swarm.
 pub const MIN_ROUND_GAP_MS: u64 = 1_000;
-/// The time between them while more viewers are missing than one announce can offer
-/// to: a tracker that forwards ten offers an announce would otherwise take minutes to
-/// reach a swarm of hundreds.
+/// The time between them while a round cannot offer to every member: each round then
+/// reaches only its share of those missing, and at one a second the last of a swarm of
+/// hundreds were met after 10 to 20 s (a viewer that waits that long plays from the
+/// origin, or gives up).
 pub const FAST_ROUND_GAP_MS: u64 = 250;
 /// How long rounds go on at their pace without any answer before they slow down: an
 /// answer takes a viewer's ICE gathering (up to 5 s with simple-peer) and two relays.
@@ -48,7 +54,7 @@ pub const BATCH_WAIT_MS: u64 = 1_000;
 /// viewers' own.
 pub const SIZE_CHECK_MS: u64 = 10_000;
 /// The most offers waiting for answers at once (the host has a bound of its own). An
-/// offer waiting costs the host about 17 KB and 60 us to make; most of those sent late
+/// offer waiting costs the host about 7 KB and 40 us to make; most of those sent late
 /// in a round reach viewers already connected, which never answer them.
 pub const MAX_PENDING_OFFERS: usize = 1000;
 /// Why an offer is withdrawn after [`OFFER_TIMEOUT_MS`].
@@ -225,9 +231,10 @@ impl Reach {
                 .div_ceil(u128::from(unreached));
             let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
             let count = wanted.clamp(1, cap as u64).min(reachable).min(pending_room as u64);
+            // A swarm of unknown size may be larger than one round.
+            let offers_to_all = link.others.is_some_and(|others| count >= others);
+            link.base_gap_ms = if offers_to_all { MIN_ROUND_GAP_MS } else { FAST_ROUND_GAP_MS };
             let count = count as usize;
-            link.base_gap_ms =
-                if missing > count as u64 { FAST_ROUND_GAP_MS } else { MIN_ROUND_GAP_MS };
             return Plan::Offers(count);
         }
         let every = if link.grown { MIN_ROUND_GAP_MS } else { interval_ms.min(SIZE_CHECK_MS) };
@@ -469,8 +476,9 @@ mod tests {
         assert_eq!(reach.plan(KEY, FAST_ROUND_GAP_MS, INTERVAL, need(9, 71)), Plan::Offers(10));
         let due = round(&mut reach, 20, 10, FAST_ROUND_GAP_MS);
         assert!(!due.first);
-        // That round could reach all three: the next waits the full second.
-        let next = FAST_ROUND_GAP_MS + MIN_ROUND_GAP_MS;
+        // Ten offers to twelve members may miss any of the three: the next round comes
+        // as soon, however few are missing.
+        let next = 2 * FAST_ROUND_GAP_MS;
         assert_eq!(reach.plan(KEY, next - 100, INTERVAL, need(9, 71)), Plan::Nothing);
         assert_eq!(reach.plan(KEY, next, INTERVAL, need(9, 71)), Plan::Offers(10));
         // All twelve reached: nothing until the next look at the swarm's size.
@@ -510,28 +518,42 @@ mod tests {
         assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Announce);
     }
 
+    /// Offers to every member of a swarm: another round could reach nobody new until
+    /// the swarm changes, so it waits the full gap.
+    #[test]
+    fn a_round_that_offers_to_every_member_waits_the_full_gap() {
+        let mut reach = Reach::new(OfferLimits::default());
+        reach.swarm_size(KEY, None, Some(6));
+        assert_eq!(reach.plan(KEY, 0, INTERVAL, need(0, 80)), Plan::Offers(5));
+        round(&mut reach, 1, 5, 0);
+        assert_eq!(reach.plan(KEY, MIN_ROUND_GAP_MS - 1, INTERVAL, need(0, 80)), Plan::Nothing);
+        assert_eq!(reach.plan(KEY, MIN_ROUND_GAP_MS, INTERVAL, need(0, 80)), Plan::Offers(5));
+    }
+
     #[test]
     fn rounds_that_bring_nobody_slow_down_and_an_answer_speeds_them_up() {
         let mut reach = Reach::new(OfferLimits::default());
         reach.swarm_size(KEY, None, Some(40));
         let mut now = 0;
         let mut gaps = Vec::new();
-        // Room for five: one round offers to as many as are missing.
+        // Room for five, of forty members: each round offers to five of them.
         let five = Need { connected: 0, free: 5, max: 5 };
-        for r in 0..9u64 {
+        for r in 0..26u64 {
             let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, five) else {
                 panic!("round {r} not due at {now}")
             };
             round(&mut reach, 100 * r + 1, n, now);
             let next = (now..)
-                .step_by(100)
+                .step_by(50)
                 .find(|t| matches!(reach.plan(KEY, *t, INTERVAL, five), Plan::Offers(_)));
             gaps.push(next.unwrap() - now);
             now = next.unwrap();
         }
-        // A round a second while answers may still come, then slower and slower.
-        assert_eq!(gaps, [1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 2_000, 4_000, 8_000]);
-        for r in 9..14u64 {
+        // Rounds come fast while answers may still come, then slower and slower.
+        let fast = (ANSWER_WAIT_MS / FAST_ROUND_GAP_MS + 1) as usize;
+        assert_eq!(gaps[..fast], [FAST_ROUND_GAP_MS; 21]);
+        assert_eq!(gaps[fast..], [500, 1_000, 2_000, 4_000, 8_000]);
+        for r in 26..31u64 {
             let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, five) else { panic!() };
             round(&mut reach, 100 * r + 1, n, now);
             now += 200_000;
