@@ -30,9 +30,11 @@ pub const DEFAULT_OFFERS_PER_ANNOUNCE: usize = 10;
 pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
 /// How long an offer waits for its answer. A viewer answers once its ICE gathering is
 /// done (simple-peer gives it 5 s), then the tracker relays it. Most offers reach
-/// viewers already connected and wait in vain: the shorter the wait, the more rounds
-/// [`MAX_PENDING_OFFERS`] allows.
-pub const OFFER_TIMEOUT_MS: u64 = 8_000;
+/// viewers already connected and wait in vain, so this and [`MAX_PENDING_OFFERS`] set
+/// how many offers a second a large swarm gets: each costs a viewer already connected
+/// a connection it answers and we close. At 8 s (twice as many), a thousand simulated
+/// viewers on the worker's machine lost more connections than they gained in reach.
+pub const OFFER_TIMEOUT_MS: u64 = 15_000;
 /// The time between two announces of one swarm on one tracker while offering, when one
 /// round offers to every member of the swarm.
 pub const MIN_ROUND_GAP_MS: u64 = 1_000;
