@@ -288,8 +288,15 @@ fn init_logging(format: LogFormat) {
 
 /// Log lines the libraries superpeer uses may write per second, all together: the
 /// WebRTC stack warns about each bad packet, and anyone can send those. superpeer's
-/// own lines are not limited here.
+/// own lines are not limited here, nor are policies' (the runner limits and counts
+/// those per instance).
 const DEPENDENCY_LINES_PER_SECOND: u32 = 20;
+
+/// Whether lines of `target` come from a library, and so count against
+/// [`DEPENDENCY_LINES_PER_SECOND`].
+fn from_a_dependency(target: &str) -> bool {
+    !target.starts_with("superpeer") && target != superpeer::policy::LOG_TARGET
+}
 
 /// Drops dependencies' log lines past their rate, before any is formatted.
 struct DependencyLogLimit(PerSecond);
@@ -300,8 +307,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DependencyLogLimit
         event: &tracing::Event<'_>,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        event.metadata().target().starts_with("superpeer")
-            || self.0.allow(std::time::Instant::now())
+        !from_a_dependency(event.metadata().target()) || self.0.allow(std::time::Instant::now())
     }
 }
 
@@ -352,6 +358,16 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    /// A chatty WebRTC stack once took the whole budget, and policies' lines were lost
+    /// while their stats said they were written.
+    #[test]
+    fn only_libraries_lines_count_against_their_budget() {
+        assert!(super::from_a_dependency("rtc_ice::agent"));
+        assert!(super::from_a_dependency("wasmtime"));
+        assert!(!super::from_a_dependency("superpeer::worker"));
+        assert!(!super::from_a_dependency(superpeer::policy::LOG_TARGET));
+    }
+
     use super::PerSecond;
     use std::time::Duration;
 

@@ -24,6 +24,10 @@ use super::limits::PolicyLimits;
 use super::watchdog::{Watch, Watchdog, cpu_time_left, thread_cpu_time};
 use super::wire::{Command, Event, HostState, LogLevel, SeedConfig};
 
+/// The tracing target of policies' log lines. They are limited per instance
+/// (`max_log_lines_per_second`, counted in `log_lines_dropped`) and by nothing else.
+pub const LOG_TARGET: &str = "policy";
+
 /// The process-wide policy engine: compiles components and creates instances. Cheap to
 /// clone; compiling may run on any thread, off the event loop.
 #[derive(Clone)]
@@ -579,11 +583,11 @@ impl GuestLog {
         let message = escape_controls(message, self.max_len);
         let policy = self.policy.as_str();
         match level {
-            LogLevel::Error => tracing::error!(target: "policy", policy, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "policy", policy, "{message}"),
-            LogLevel::Info => tracing::info!(target: "policy", policy, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "policy", policy, "{message}"),
-            LogLevel::Trace => tracing::trace!(target: "policy", policy, "{message}"),
+            LogLevel::Error => tracing::error!(target: LOG_TARGET, policy, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: LOG_TARGET, policy, "{message}"),
+            LogLevel::Info => tracing::info!(target: LOG_TARGET, policy, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: LOG_TARGET, policy, "{message}"),
+            LogLevel::Trace => tracing::trace!(target: LOG_TARGET, policy, "{message}"),
         }
         if level == LogLevel::Error {
             self.last_error = Some(message);

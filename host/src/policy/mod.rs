@@ -22,7 +22,7 @@ mod tables;
 mod watchdog;
 
 pub use admission::AdmittedPolicy;
-pub use engine::{Clock, CompiledPolicy, PolicyEngine, PolicyMeta, Precompiled};
+pub use engine::{Clock, CompiledPolicy, LOG_TARGET, PolicyEngine, PolicyMeta, Precompiled};
 pub use error::{Fault, PolicyError};
 pub use limits::{LimitError, PolicyLimits};
 pub use runner::{FaultReport, PolicyRunner, PolicyStats, SwapReport};
