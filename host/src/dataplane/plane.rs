@@ -16,8 +16,8 @@ use super::webrtc::{self, Rtc, Transmit};
 use super::{Input, IoEvent, IoRequest, NOT_CACHED};
 use crate::counters::Counters;
 use crate::policy::wire::{
-    CacheTier, Command, Event, FetchFailed, SegmentInfo, SegmentSent, SegmentStored, ServeSegment,
-    TextFetched,
+    CacheTier, Command, Event, FetchFailed, FetchSegment, SegmentInfo, SegmentSent, SegmentStored,
+    ServeSegment, TextFetched,
 };
 
 /// The worker's data plane.
@@ -104,48 +104,18 @@ impl DataPlane {
         tracing::trace!(?command, "carry out");
         let events = match command {
             Command::ServeSegment(serve) => return self.serve(serve, Vec::new(), now),
-            Command::FetchSegment(f) => {
-                let (fetch, url, range) = (f.fetch, f.url, f.range);
-                let request = match (f.tier, self.disk) {
-                    (CacheTier::DiskIfCached, true) => {
-                        IoRequest::LookUpOnDisk { fetch, url, range }
-                    }
-                    (CacheTier::DiskIfCached, false) => {
-                        self.events.push_back(Event::FetchFailed(FetchFailed {
-                            fetch,
-                            status: None,
-                            reason: NOT_CACHED.into(),
-                        }));
-                        return;
-                    }
-                    (CacheTier::Disk, disk) => IoRequest::FetchSegment { fetch, url, range, disk },
-                    (CacheTier::Memory, _) => {
-                        IoRequest::FetchSegment { fetch, url, range, disk: false }
-                    }
-                };
-                self.io.push_back(request);
-                return;
-            }
+            Command::FetchSegment(f) => self.fetch_segment(f),
             Command::TrackerConnect(c) => {
-                self.io.push_back(IoRequest::TrackerConnect { conn: c.conn, url: c.url });
-                return;
+                self.request(IoRequest::TrackerConnect { conn: c.conn, url: c.url })
             }
             Command::TrackerSend(t) => {
-                self.io.push_back(IoRequest::TrackerSend { conn: t.conn, text: t.text });
-                return;
+                self.request(IoRequest::TrackerSend { conn: t.conn, text: t.text })
             }
-            Command::TrackerClose(conn) => {
-                self.io.push_back(IoRequest::TrackerClose(conn));
-                return;
-            }
+            Command::TrackerClose(conn) => self.request(IoRequest::TrackerClose(conn)),
             Command::FetchText(f) => {
-                self.io.push_back(IoRequest::FetchText { fetch: f.fetch, url: f.url });
-                return;
+                self.request(IoRequest::FetchText { fetch: f.fetch, url: f.url })
             }
-            Command::FetchCancel(fetch) => {
-                self.io.push_back(IoRequest::CancelFetch(fetch));
-                return;
-            }
+            Command::FetchCancel(fetch) => self.request(IoRequest::CancelFetch(fetch)),
             Command::Evict(handle) => match self.cache.remove(handle) {
                 Some(_) => vec![Event::SegmentEvicted(handle)],
                 None => Vec::new(),
@@ -164,6 +134,28 @@ impl DataPlane {
             Command::TimerSet(_) | Command::TimerCancel(_) => Vec::new(),
         };
         self.events.extend(events);
+    }
+
+    /// Queues I/O for the driver; nothing happened yet.
+    fn request(&mut self, request: IoRequest) -> Vec<Event> {
+        self.io.push_back(request);
+        Vec::new()
+    }
+
+    /// Where a segment is fetched to; a fetch that may come only from a disk cache
+    /// this worker does not have fails at once.
+    fn fetch_segment(&mut self, f: FetchSegment) -> Vec<Event> {
+        let (fetch, url, range) = (f.fetch, f.url, f.range);
+        let request = match (f.tier, self.disk) {
+            (CacheTier::DiskIfCached, true) => IoRequest::LookUpOnDisk { fetch, url, range },
+            (CacheTier::DiskIfCached, false) => {
+                let reason = NOT_CACHED.into();
+                return vec![Event::FetchFailed(FetchFailed { fetch, status: None, reason })];
+            }
+            (CacheTier::Disk, disk) => IoRequest::FetchSegment { fetch, url, range, disk },
+            (CacheTier::Memory, _) => IoRequest::FetchSegment { fetch, url, range, disk: false },
+        };
+        self.request(request)
     }
 
     /// Queues a serve and its end (empty for none). A disk segment not at hand is read

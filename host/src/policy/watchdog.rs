@@ -41,8 +41,6 @@ struct State {
     next_call: u64,
     /// When the thread will look next; None while it sleeps with nothing to time.
     wakes_at: Option<Instant>,
-    /// Set by the thread while it sleeps with nothing to time (for tests).
-    idle: bool,
 }
 
 /// A call being watched, from its start until this drops.
@@ -63,9 +61,7 @@ impl Watchdog {
                 while let Some(engine) = weak.upgrade() {
                     let sleep = watching.next_sleep(Instant::now(), || engine.increment_epoch());
                     drop(engine);
-                    if let Some(sleep) = sleep {
-                        std::thread::park_timeout(sleep.min(LONGEST_SLEEP));
-                    }
+                    std::thread::park_timeout(sleep.min(LONGEST_SLEEP));
                 }
             })
             .expect("could not start the policy watchdog thread");
@@ -85,7 +81,8 @@ impl Watchdog {
 
     /// Whether the thread sleeps for want of calls to watch (for tests).
     pub(crate) fn idle(&self) -> bool {
-        self.shared.lock().idle
+        let state = self.shared.lock();
+        state.wakes_at.is_none() && state.due.is_empty()
     }
 }
 
@@ -124,18 +121,17 @@ impl Shared {
     }
 
     /// One look at the calls in progress at `now`: advances the epoch (through
-    /// `advance`) if any fell due, and says how long to sleep (None: until woken).
-    fn next_sleep(&self, now: Instant, advance: impl FnOnce()) -> Option<Duration> {
+    /// `advance`) if any fell due, and says how long to sleep (with nothing to time,
+    /// the longest: a call wakes it sooner).
+    fn next_sleep(&self, now: Instant, advance: impl FnOnce()) -> Duration {
         let mut state = self.lock();
         let Some(earliest) = state.due.values().min().copied() else {
             state.wakes_at = None;
-            state.idle = true;
-            return Some(LONGEST_SLEEP);
+            return LONGEST_SLEEP;
         };
-        state.idle = false;
         if earliest > now {
             state.wakes_at = Some(earliest);
-            return Some(earliest - now);
+            return earliest - now;
         }
         // Their callbacks will say what is left; until they do, look again soon.
         for due in state.due.values_mut().filter(|due| **due <= now) {
@@ -144,7 +140,7 @@ impl Shared {
         state.wakes_at = Some(now + RECHECK);
         drop(state);
         advance();
-        Some(Duration::ZERO)
+        Duration::ZERO
     }
 }
 
@@ -179,10 +175,10 @@ mod tests {
     fn with_nothing_to_watch_the_thread_sleeps_until_woken() {
         let shared = Shared::default();
         let mut advanced = false;
-        assert_eq!(shared.next_sleep(Instant::now(), || advanced = true), Some(LONGEST_SLEEP));
+        assert_eq!(shared.next_sleep(Instant::now(), || advanced = true), LONGEST_SLEEP);
         assert!(!advanced);
         let state = shared.lock();
-        assert!(state.idle && state.wakes_at.is_none());
+        assert!(state.wakes_at.is_none());
     }
 
     #[test]
@@ -191,12 +187,12 @@ mod tests {
         let ms = Duration::from_millis;
         let shared = shared_with(&[(1, now + ms(5)), (2, now + ms(100))]);
         let mut advanced = 0;
-        assert_eq!(shared.next_sleep(now, || advanced += 1), Some(ms(5)));
+        assert_eq!(shared.next_sleep(now, || advanced += 1), ms(5));
         assert_eq!(advanced, 0);
         assert_eq!(shared.lock().wakes_at, Some(now + ms(5)));
 
         let later = now + ms(6);
-        assert_eq!(shared.next_sleep(later, || advanced += 1), Some(Duration::ZERO));
+        assert_eq!(shared.next_sleep(later, || advanced += 1), Duration::ZERO);
         assert_eq!(advanced, 1);
         // Until its callback says what is left, the call is looked at again soon; the
         // other keeps its deadline.
@@ -211,10 +207,10 @@ mod tests {
         let ms = Duration::from_millis;
         let shared = Shared::default();
         assert_eq!(shared.register(now + ms(100)), (0, true), "the thread sleeps until woken");
-        assert_eq!(shared.next_sleep(now, || {}), Some(ms(100)));
+        assert_eq!(shared.next_sleep(now, || {}), ms(100));
         assert_eq!(shared.register(now + ms(200)), (1, false), "seen in time");
         assert_eq!(shared.register(now + ms(5)), (2, true), "the thread would look too late");
-        assert_eq!(shared.next_sleep(now, || {}), Some(ms(5)));
+        assert_eq!(shared.next_sleep(now, || {}), ms(5));
     }
 
     #[test]
