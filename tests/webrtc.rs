@@ -5,6 +5,7 @@
 // Helpers panic on purpose: a broken fixture should fail the test that uses it.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -122,8 +123,9 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     // A segment, streamed in DataChannel messages, byte for byte, then its end: the
     // message to the same peer right after the serve.
     viewer.received.clear();
+    viewer.datagram_sizes.clear();
     let serve = |offset| {
-        Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16_384 })
+        Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16_000 })
     };
     let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
     seen.extend(plane.handle(Input::commands(vec![serve(1000), send(b"the end")])));
@@ -135,8 +137,18 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     .await;
     let (end, bytes) = viewer.received.split_last().unwrap();
     assert_eq!(end, b"the end");
-    assert!(bytes.iter().all(|m| m.len() <= 16_384));
+    assert!(bytes.iter().all(|m| m.len() <= 16_000));
     assert_eq!(bytes.concat(), segment[1000..]);
+    // Messages are cut to whole packets: the segment's datagrams are all full but its
+    // last (acknowledgements and the end are far smaller), so they leave in long GSO
+    // batches. 16,000 bytes is 13.8 packets: cut where the policy asked, each
+    // message would end with a datagram of a third size.
+    let data_sizes: BTreeSet<usize> =
+        viewer.datagram_sizes.iter().copied().filter(|&size| size > 300).collect();
+    assert!(data_sizes.len() <= 2, "datagram sizes: {data_sizes:?}");
+    let full = *data_sizes.last().unwrap();
+    let full_datagrams = viewer.datagram_sizes.iter().filter(|&&size| size == full).count();
+    assert!(full_datagrams >= 299_000 / full, "{full_datagrams} full datagrams of {full}");
 
     // A serve cancelled part way stops there and its end is never sent; what was queued
     // after them still goes. So does what follows a serve of a segment not held.

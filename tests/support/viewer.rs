@@ -21,6 +21,8 @@ pub struct Viewer {
     pub socket: UdpSocket,
     pub channel: Option<rtc::data_channel::RTCDataChannelId>,
     pub received: Vec<Vec<u8>>,
+    /// The size of every datagram handed to [`Viewer::receive`], in order.
+    pub datagram_sizes: Vec<usize>,
 }
 
 impl Viewer {
@@ -28,7 +30,7 @@ impl Viewer {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = socket.local_addr().unwrap();
         let (connection, offer) = superpeer_load::offering_connection(local).unwrap();
-        (Viewer { connection, socket, channel: None, received: Vec::new() }, offer)
+        (Viewer::with(connection, socket), offer)
     }
 
     /// A viewer that answers `offer` (superpeer's) instead; its answer.
@@ -36,7 +38,17 @@ impl Viewer {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = socket.local_addr().unwrap();
         let (connection, answer) = superpeer_load::answering_connection(local, offer).unwrap();
-        (Viewer { connection, socket, channel: None, received: Vec::new() }, answer)
+        (Viewer::with(connection, socket), answer)
+    }
+
+    fn with(connection: RTCPeerConnection, socket: UdpSocket) -> Viewer {
+        Viewer {
+            connection,
+            socket,
+            channel: None,
+            received: Vec::new(),
+            datagram_sizes: Vec::new(),
+        }
     }
 
     pub fn flush(&mut self) {
@@ -66,6 +78,7 @@ impl Viewer {
 
     /// Hands a datagram from the socket to the connection.
     pub fn receive(&mut self, from: std::net::SocketAddr, data: &[u8]) {
+        self.datagram_sizes.push(data.len());
         let local_addr = self.socket.local_addr().unwrap();
         let transport = TransportContext {
             local_addr,

@@ -44,6 +44,10 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 const SEND_HIGH_WATER: usize = 64 << 10;
 /// The largest DataChannel message either side may send (announced in the answer).
 const MAX_MESSAGE_BYTES: u32 = 64 << 10;
+/// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
+/// after TURN and DTLS overheads), set here so a segment's messages can be cut to
+/// whole packets of it.
+const SCTP_MTU: u32 = 1191;
 /// Where the DataChannel reports it has room again.
 const SEND_LOW_WATER: u32 = 32 << 10;
 /// What a viewer's send queue may hold (beyond what its DataChannel already took):
@@ -346,6 +350,7 @@ impl Rtc {
             // an idle one's memory). p2p-media-loader splits commands at 64 KiB and
             // would break on a smaller limit (a large VOD announcement exceeds 16).
             .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_BYTES))
+            .with_sctp_mtu(SCTP_MTU)
             // What a viewer can make us hold in reassembly (1 MiB by default, for a
             // message it never finishes): room for two of the largest messages.
             .with_sctp_max_receive_buffer_size(2 * MAX_MESSAGE_BYTES)
@@ -483,7 +488,7 @@ impl Rtc {
             handle: serve.handle,
             bytes: serve.bytes,
             next: serve.offset as usize,
-            chunk: serve.chunk.max(1) as usize,
+            chunk: whole_packets(serve.chunk) as usize,
             sent: 0,
             trailer: Bytes::from(serve.trailer),
         });
@@ -702,6 +707,16 @@ impl Rtc {
     }
 }
 
+/// A segment's message size: the policy's, cut down to a whole number of full SCTP
+/// packets. Every packet of a segment but its last then has the same size, so one
+/// message's packets and the next leave in the same UDP GSO batch; a short packet at
+/// the end of each message would end the batch there (four system calls where one
+/// does, at 16 KiB messages).
+fn whole_packets(chunk: u32) -> u32 {
+    let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
+    if chunk >= payload { chunk - chunk % payload } else { chunk.max(1) }
+}
+
 /// Sends queued items while the DataChannel has room; true if anything was sent. Each
 /// message's datagrams are taken out of the library before the next is written: its
 /// queues grow to the largest burst they ever held and keep that size (a whole send
@@ -828,7 +843,20 @@ fn random_text(len: usize, symbols: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::stun_username;
+    use super::{SCTP_MTU, stun_username, whole_packets};
+
+    #[test]
+    fn segment_messages_are_whole_packets_at_most_the_policys_size() {
+        let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
+        for asked in [payload, 16_000, 16_384, 65_535] {
+            let cut = whole_packets(asked);
+            assert_eq!(cut % payload, 0, "{asked} -> {cut}");
+            assert!(cut <= asked && asked - cut < payload, "{asked} -> {cut}");
+        }
+        // Below one packet there is nothing to cut to: the policy's size stands.
+        assert_eq!(whole_packets(500), 500);
+        assert_eq!(whole_packets(0), 1);
+    }
 
     #[test]
     fn finds_the_username_of_a_binding_request() {

@@ -64,6 +64,12 @@ const MESSAGES_PER_SECOND: f64 = 200.0;
 /// The most bytes all viewers' commands arriving in chunks may hold at once (each is at
 /// most [`wire::MAX_COMMAND`]): a small share of the instance's memory.
 const MAX_JOINING_BYTES: usize = 16 << 20;
+/// The DataChannel message a segment's bytes are sent in. Viewers join data messages
+/// of any size, and the WebRTC stack keeps, per viewer and for good, queues as deep as
+/// the largest message it ever split into packets: at p2p-media-loader's own 64 KiB
+/// that cost each viewer served about 80 KB more than 16 KiB does (measured at 100
+/// and 500 viewers), for no measurable CPU.
+const SEGMENT_CHUNK: u32 = 16 << 10;
 /// Offer ids: 20 characters, as viewers' are.
 const OFFER_ID_LENGTH: usize = 20;
 /// The longest SDP answered: the host's default limit on a command's text.

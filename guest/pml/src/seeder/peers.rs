@@ -200,7 +200,7 @@ impl Seeder {
                             peer,
                             handle: *handle,
                             offset,
-                            chunk_size: wire::MAX_MESSAGE as u32,
+                            chunk_size: SEGMENT_CHUNK,
                         }));
                         // The end goes now, right after the serve: the host sends it
                         // after the last byte, or not at all if the serve fails or is

@@ -92,7 +92,7 @@ fn viewers_hear_what_is_cached_and_get_segments_served() {
             peer,
             handle: 51,
             offset: 4,
-            chunk_size: 65535
+            chunk_size: SEGMENT_CHUNK
         }),
         "the bytes follow the header, from the offset asked for, and the end follows them"
     );
