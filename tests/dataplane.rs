@@ -16,7 +16,8 @@ use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
 use superpeer::dataplane::origin::{OriginRules, parse_allow_list};
 use superpeer::dataplane::{DataPlaneLimits, Driver, Held, Input, IoEvent};
 use superpeer::policy::wire::{
-    ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, TrackerConnect, TrackerSend,
+    ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, HttpRequest, TrackerConnect,
+    TrackerSend,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -257,6 +258,80 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
     let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
     assert_eq!(text.text, "secret");
     assert_eq!(secret_hits.load(Ordering::SeqCst), 1);
+}
+
+/// A tracker's HTTP API on 127.0.0.1:0: `/v1/echo` answers a POST with its method,
+/// content type and body; `/v1/refuse` answers 503 with a JSON error; `/v1/huge` sends
+/// more than a tracker text may be.
+async fn tracker_api() -> String {
+    let app = Router::new()
+        .route(
+            "/v1/echo",
+            axum::routing::post(|headers: HeaderMap, body: String| async move {
+                let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+                ([("x-tracker", "yes")], format!("POST {kind} {body}"))
+            }),
+        )
+        .route("/v1/refuse", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, r#"{"ret":-1}"#) }))
+        .route("/v1/huge", get(|| async { vec![b'x'; 100 << 10] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_their_status() {
+    let tracker = tracker_api().await;
+    let (secret_port, secret_hits) = internal_service().await;
+    let trackers = [format!("{tracker}/channel"), "wss://tracker.example/announce".to_string()];
+    let limits = DataPlaneLimits {
+        // The manifest's host is no tracker: only the trackers' hosts and ports are.
+        origins: OriginRules::new(Some("http://origin.example/live.m3u8"), Vec::new())
+            .with_trackers(&trackers),
+        ..DataPlaneLimits::default()
+    };
+    let (mut plane, mut io) = Driver::new(limits).unwrap();
+    let request = |plane: &mut Driver, id, method: &str, url: String, body: &[u8]| {
+        plane.handle([Input::Command(Command::HttpRequest(HttpRequest {
+            request: id,
+            method: method.into(),
+            url,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_vec(),
+        }))]);
+    };
+
+    request(&mut plane, 1, "POST", format!("{tracker}/echo"), br#"{"channel":"c"}"#);
+    let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!((response.request, response.status), (1, 200));
+    assert_eq!(response.body, br#"POST application/json {"channel":"c"}"#);
+    assert!(response.headers.contains(&("x-tracker".into(), "yes".into())));
+
+    // An error status is the tracker's answer, not a failure: the policy reads it.
+    request(&mut plane, 2, "GET", format!("{tracker}/refuse"), b"");
+    let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(
+        (response.request, response.status, &response.body[..]),
+        (2, 503, &br#"{"ret":-1}"#[..])
+    );
+
+    // Too large a body, another port of the tracker's address, another host: failures
+    // with their reasons, and the internal service never reached.
+    let failures = [
+        (3, format!("{tracker}/huge"), "over the limit"),
+        (4, format!("http://127.0.0.1:{secret_port}/v1/channel"), "not one of the seed's trackers"),
+        (5, "http://origin.example/live.m3u8".to_string(), "not one of the seed's trackers"),
+    ];
+    for (id, url, why) in failures {
+        request(&mut plane, id, "GET", url.clone(), b"");
+        let Event::HttpFailed(failed) = next(&mut plane, &mut io).await else {
+            panic!("{url} answered")
+        };
+        assert_eq!(failed.request, id);
+        assert!(failed.reason.contains(why), "{url}: {}", failed.reason);
+    }
+    assert_eq!(secret_hits.load(Ordering::SeqCst), 0, "the internal service was reached");
 }
 
 /// A port nothing listens on.

@@ -330,7 +330,7 @@ fn panic_is_contained_with_its_message() {
 fn oversized_command_list_is_a_fault() {
     let runner = contained_after_swap("flood", "too-many-commands", limits());
     let fault = runner.stats().last_fault.unwrap().fault;
-    assert_eq!(fault, Fault::TooManyCommands { count: 100_000, max: 4096 });
+    assert_eq!(fault, Fault::TooManyCommands { count: 10_000, max: 4096 });
 }
 
 #[test]
@@ -361,6 +361,15 @@ fn a_policy_that_fails_its_canary_never_replaces_the_running_one() {
         assert_eq!(runner.stats().swaps_rejected, 1);
         assert_counter_answers(&mut runner, at(3), 3);
     }
+}
+
+#[test]
+fn components_of_both_world_versions_load_and_say_which_they_are() {
+    let engine = engine();
+    let newest = engine.compile(EMBEDDED_POLICY).unwrap();
+    let frozen = engine.compile(&guest("superpeer_test_pml_0_1_0")).unwrap();
+    assert_eq!((newest.meta().world.as_str(), frozen.meta().world.as_str()), ("0.2.0", "0.1.0"));
+    assert_eq!(frozen.meta().name, newest.meta().name, "the same policy, built for 0.1.0");
 }
 
 #[test]

@@ -17,8 +17,8 @@ use superpeer::dataplane::disk::{self, DiskCacheConfig};
 use superpeer::dataplane::origin::OriginRules;
 use superpeer::dataplane::{DataPlaneLimits, Driver, Input, IoEvent};
 use superpeer::policy::wire::{
-    CacheTier, CancelServe, Command, Event, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerSend,
-    SegmentSent, ServeSegment,
+    CacheTier, CancelServe, Command, Event, FetchSegment, MessageSize, PeerAcceptAnswer,
+    PeerAnswer, PeerSend, SegmentSent, ServeSegment,
 };
 use tokio::sync::mpsc;
 use viewer::Viewer;
@@ -124,11 +124,17 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     // message to the same peer right after the serve.
     viewer.received.clear();
     viewer.datagram_sizes.clear();
-    let serve = |offset| {
-        Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16_000 })
+    let serve = |handle, offset, end: &[u8]| {
+        Command::ServeSegment(ServeSegment {
+            peer: 1,
+            handle,
+            offset,
+            message_size: MessageSize::AtMost(16_000),
+            end: Some(end.to_vec()),
+        })
     };
     let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
-    seen.extend(plane.handle(Input::commands(vec![serve(1000), send(b"the end")])));
+    seen.extend(plane.handle(Input::commands(vec![serve(handle, 1000, b"the end")])));
     let complete =
         Event::SegmentSent(SegmentSent { peer: 1, handle, bytes: 299_000, complete: true });
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
@@ -150,16 +156,32 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let full_datagrams = viewer.datagram_sizes.iter().filter(|&&size| size == full).count();
     assert!(full_datagrams >= 299_000 / full, "{full_datagrams} full datagrams of {full}");
 
+    // Exactly: every message of that size but the last, for protocols that say how
+    // many messages follow (never cut to packets).
+    viewer.received.clear();
+    let exactly = Command::ServeSegment(ServeSegment {
+        peer: 1,
+        handle,
+        offset: 0,
+        message_size: MessageSize::Exactly(64_000),
+        end: None,
+    });
+    seen.extend(plane.handle(Input::commands(vec![exactly, send(b"after")])));
+    run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
+        v.received.last().is_some_and(|m| m == b"after")
+    })
+    .await;
+    let sizes: Vec<usize> = viewer.received.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [64_000, 64_000, 64_000, 64_000, 44_000, 5]);
+
     // A serve cancelled part way stops there and its end is never sent; what was queued
     // after them still goes. So does what follows a serve of a segment not held.
     viewer.received.clear();
-    seen.extend(plane.handle(Input::commands(vec![serve(0), send(b"the end"), send(b"next")])));
+    seen.extend(plane.handle(Input::commands(vec![serve(handle, 0, b"the end"), send(b"next")])));
     seen.extend(
         plane.handle([Input::Command(Command::CancelServe(CancelServe { peer: 1, handle }))]),
     );
-    let missing =
-        Command::ServeSegment(ServeSegment { peer: 1, handle: 999, offset: 0, chunk_size: 16_384 });
-    seen.extend(plane.handle(Input::commands(vec![missing, send(b"the end"), send(b"last")])));
+    seen.extend(plane.handle(Input::commands(vec![serve(999, 0, b"the end"), send(b"last")])));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.last().is_some_and(|m| m == b"last")
     })
@@ -168,7 +190,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let partial: usize = viewer.received.iter().filter(|m| m.len() > 4).map(Vec::len).sum();
     assert!(partial < 300_000, "cancelled before its last byte");
     assert!(viewer.received.iter().any(|m| m == b"next"));
-    assert_eq!(plane.plane().counters().uploaded, 299_000 + partial as u64);
+    assert_eq!(plane.plane().counters().uploaded, 299_000 + 300_000 + partial as u64);
 }
 
 #[tokio::test]
@@ -407,7 +429,13 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     let (mut second, more) = connect(&mut plane, &mut io, 2).await;
     seen.extend(more);
     let serve = |peer, handle| {
-        Command::ServeSegment(ServeSegment { peer, handle, offset: 0, chunk_size: 16_384 })
+        Command::ServeSegment(ServeSegment {
+            peer,
+            handle,
+            offset: 0,
+            message_size: MessageSize::AtMost(16_384),
+            end: Some(b"end".to_vec()),
+        })
     };
     let send = |peer, data: &[u8]| Command::PeerSend(PeerSend { peer, data: data.to_vec() });
 
@@ -425,15 +453,14 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
             std::process::exit(1);
         }
     });
-    // The message right after a serve is its end, sent after its last byte or not at all.
-    let in_turn =
-        |handle| vec![send(1, b"before"), serve(1, handle), send(1, b"end"), send(1, b"after")];
+    // A serve's end is sent after its last byte or not at all.
+    let in_turn = |handle| vec![send(1, b"before"), serve(1, handle), send(1, b"after")];
     seen.extend(plane.handle(Input::commands(in_turn(two))));
     returned.send(()).unwrap();
 
     // The loop goes on: the other viewer is sent a segment meanwhile, and the first
     // nothing that was queued behind the read.
-    seen.extend(plane.handle(Input::commands(vec![serve(2, three), send(2, b"end")])));
+    seen.extend(plane.handle(Input::commands(vec![serve(2, three)])));
     let three_sent =
         Event::SegmentSent(SegmentSent { peer: 2, handle: three, bytes: 300_000, complete: true });
     run_until(&mut second, &mut plane, &mut io, &mut seen, |v, seen| {

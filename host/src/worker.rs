@@ -82,7 +82,8 @@ where
         udp_ports: start.udp_ports,
         advertise_ip: start.advertise_ip,
         disk_cache: start.disk_cache.clone(),
-        origins: OriginRules::new(start.seed.manifest_url.as_deref(), start.origin_allow.clone()),
+        origins: OriginRules::new(start.seed.manifest_url.as_deref(), start.origin_allow.clone())
+            .with_trackers(&start.seed.trackers),
         memory_budget: start.memory_budget,
         fetch_timeout: start.origin_timeout,
         stall_timeout: start.viewer_stall,

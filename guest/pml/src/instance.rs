@@ -331,6 +331,7 @@ mod tests {
                     })
                     .collect(),
                 fetches: self.fetches.keys().copied().collect(),
+                requests: vec![],
                 segments: self.segments.values().cloned().collect(),
                 timers: self
                     .timers
@@ -366,8 +367,7 @@ mod tests {
         fn carry_out(&mut self, commands: Vec<Command>, asked: &[(usize, i64, i64)]) {
             let all = format!("{commands:?}");
             let mut answered: HashSet<usize> = HashSet::new();
-            let mut commands = commands.into_iter().peekable();
-            while let Some(command) = commands.next() {
+            for command in commands {
                 match command {
                     Command::TrackerConnect(c) => {
                         self.fresh(c.conn, "connection");
@@ -424,15 +424,10 @@ mod tests {
                         queue.push_back(Outgoing::Message(s.data));
                         self.send_queued(s.peer);
                     }
-                    // The bytes go out over the next steps, then the end, if it came
-                    // right after; a refused serve takes its end with it.
+                    // The bytes go out over the next steps, then the end; a refused
+                    // serve takes its end with it.
                     Command::ServeSegment(s) => {
-                        let end = commands
-                            .next_if(|n| matches!(n, Command::PeerSend(p) if p.peer == s.peer))
-                            .and_then(|n| match n {
-                                Command::PeerSend(p) => Some(p.data),
-                                _ => None,
-                            });
+                        let end = s.end;
                         if let Some(entry) = self.peers.get_mut(&s.peer)
                             && entry.0
                             && self.segments.contains_key(&s.handle)
@@ -486,6 +481,9 @@ mod tests {
                         self.timers.remove(&timer);
                     }
                     Command::TrackerSend(_) => {}
+                    Command::HttpRequest(r) => {
+                        panic!("the default policy sent an HTTP request: {r:?}")
+                    }
                 }
             }
             for (v, id, request) in asked {

@@ -211,7 +211,14 @@ mod tests {
             .into_iter()
             .map(|(conn, url, open)| TrackerState { conn, url, open })
             .collect();
-        HostState { trackers, peers: vec![], fetches: vec![], segments: vec![], timers: vec![] }
+        HostState {
+            trackers,
+            peers: vec![],
+            fetches: vec![],
+            requests: vec![],
+            segments: vec![],
+            timers: vec![],
+        }
     }
 
     fn connects(commands: &[Command]) -> Vec<(ConnId, String)> {

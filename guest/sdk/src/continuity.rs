@@ -2,7 +2,8 @@
 //! fault or a rollback) without confusing it with anything else: ids that are never
 //! reused in a worker's life, and timers named by what they are for.
 //!
-//! The host keeps every live id (connections, peers, fetches, timers) in `host-state`
+//! The host keeps every live id (connections, peers, fetches, HTTP requests, timers) in
+//! `host-state`
 //! and replays it to a fresh instance; an id that was closed may still have an event on
 //! its way. So a new instance starts its ids past everything the host knows and past
 //! what the previous instance had handed out by its last snapshot, with a margin for
@@ -22,7 +23,8 @@ use crate::{Command, HostState, TimerId, TimerSet};
 /// the snapshot's mark meets none of them.
 pub const MARGIN: u64 = 1 << 32;
 
-/// A source of ids for connections, peers, fetches and timers, one space for all.
+/// A source of ids for connections, peers, fetches, HTTP requests and timers, one space
+/// for all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ids {
     next: u64,
@@ -47,6 +49,7 @@ impl Ids {
             .map(|t| t.conn)
             .chain(state.peers.iter().map(|p| p.peer))
             .chain(state.fetches.iter().copied())
+            .chain(requests(state))
             .chain(state.timers.iter().map(|(t, _)| *t))
             .max()
             .unwrap_or(0);
@@ -157,6 +160,17 @@ impl<K: Ord + Clone> Timers<K> {
     }
 }
 
+/// The HTTP requests in flight, in the world versions that have them.
+fn requests(state: &HostState) -> impl Iterator<Item = u64> + '_ {
+    #[cfg(not(feature = "wit-0-1-0"))]
+    return state.requests.iter().copied();
+    #[cfg(feature = "wit-0-1-0")]
+    {
+        let _ = state;
+        std::iter::empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +184,7 @@ mod tests {
                 .map(|&peer| PeerState { peer, open: true, serving: vec![] })
                 .collect(),
             fetches: vec![9],
+            requests: vec![],
             segments: vec![],
             timers: timers.iter().map(|&t| (t, 100)).collect(),
         }
@@ -188,6 +203,9 @@ mod tests {
         // A live id beyond the mark still wins.
         let live = saved.mark() + MARGIN + 10;
         assert!(Ids::resume(Some(&saved), &state(&[live], &[]), 0).fresh() > live);
+        // An HTTP request in flight is a live id too.
+        let request = HostState { requests: vec![live], ..state(&[], &[]) };
+        assert!(Ids::resume(Some(&saved), &request, 0).fresh() > live);
         // Nothing saved: far past the host's ids, at a random place.
         let mut blind = Ids::resume(None, &state(&[40], &[]), 12345);
         assert!(blind.fresh() >= 40 + MARGIN + 12345);

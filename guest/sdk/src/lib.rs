@@ -24,7 +24,29 @@ extern crate self as superpeer_guest;
 pub mod continuity;
 pub use continuity::{Ids, Timers};
 
+/// The world version this build of the SDK binds: the newest, or 0.1.0 with the
+/// `wit-0-1-0` feature (a test build of what policies built before 0.2.0 are).
+#[cfg(not(feature = "wit-0-1-0"))]
+pub const WORLD_VERSION: &str = "0.2.0";
+#[cfg(feature = "wit-0-1-0")]
+pub const WORLD_VERSION: &str = "0.1.0";
+
 #[doc(hidden)]
+#[cfg(not(feature = "wit-0-1-0"))]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/0.2.0",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "export_world",
+        default_bindings_module: "superpeer_guest::bindings",
+        runtime_path: "superpeer_guest::__private::wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+#[doc(hidden)]
+#[cfg(feature = "wit-0-1-0")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/0.1.0",
@@ -59,6 +81,37 @@ pub use bindings::superpeer::policy::types::{
     TrackerText,
 };
 pub use bindings::superpeer::policy::types::{ConnId, FetchId, PeerId, SegmentHandle, TimerId};
+#[cfg(not(feature = "wit-0-1-0"))]
+pub use bindings::superpeer::policy::types::{
+    HttpFailed, HttpRequest, HttpResponse, MessageSize, RequestId,
+};
+
+/// Streams a cached segment's bytes to `peer` from `offset` in DataChannel messages of
+/// at most `at_most` bytes (the host may cut them smaller), then `end`, which is sent
+/// only if every byte went out. Written so in every world version this SDK builds for.
+pub fn serve_segment(
+    out: &mut Vec<Command>,
+    peer: PeerId,
+    handle: SegmentHandle,
+    offset: u64,
+    at_most: u32,
+    end: Option<Vec<u8>>,
+) {
+    #[cfg(not(feature = "wit-0-1-0"))]
+    out.push(Command::ServeSegment(ServeSegment {
+        peer,
+        handle,
+        offset,
+        message_size: MessageSize::AtMost(at_most),
+        end,
+    }));
+    #[cfg(feature = "wit-0-1-0")]
+    {
+        // 0.1.0 says the end as a message to the same peer right after the serve.
+        out.push(Command::ServeSegment(ServeSegment { peer, handle, offset, chunk_size: at_most }));
+        out.extend(end.map(|data| Command::PeerSend(PeerSend { peer, data })));
+    }
+}
 
 /// The host's imports: the only outside facts a policy can see.
 pub mod host {

@@ -17,7 +17,8 @@ use tokio::task::AbortHandle;
 
 use super::udp::{self, DatagramSender};
 use super::{
-    DataPlane, DataPlaneLimits, Input, IoEvent, IoRequest, budget, disk, fetch, origin, tracker,
+    DataPlane, DataPlaneLimits, Input, IoEvent, IoRequest, budget, disk, fetch, http, origin,
+    tracker,
 };
 use crate::policy::wire::{ByteRange, ConnId, Event, FetchId};
 
@@ -214,6 +215,13 @@ impl Driver {
                 let disk = if disk { self.disk.clone() } else { None };
                 self.fetch(fetch, url, range, fetch::Kind::Segment { disk });
             }
+            IoRequest::Http(request) => http::spawn(
+                request,
+                self.fetcher.origins.clone(),
+                self.limits.max_tracker_text,
+                self.limits.fetch_timeout,
+                self.events.clone(),
+            ),
             IoRequest::CancelFetch(fetch) => {
                 if let Some(task) = self.fetches.remove(&fetch) {
                     task.abort();

@@ -20,6 +20,7 @@ mod cache;
 pub mod disk;
 mod driver;
 mod fetch;
+mod http;
 pub mod origin;
 mod plane;
 mod tracker;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::policy::wire::{self, ByteRange, Command, ConnId, Event, FetchId, ServeSegment};
+use crate::policy::wire::{ByteRange, Command, ConnId, Event, FetchId, HttpRequest};
 pub use cache::{Held, SegmentCache};
 pub use driver::Driver;
 pub use plane::DataPlane;
@@ -134,40 +135,20 @@ pub enum IoEvent {
     Datagram { from: SocketAddr, data: Bytes },
 }
 
-/// What the state machine is handed: commands (a serve with its end), what an I/O task
-/// reported, or the time it asked for.
+/// What the state machine is handed: a command, what an I/O task reported, or the time
+/// it asked for.
 #[derive(Debug)]
 pub enum Input {
     Command(Command),
-    /// A serve and its end (empty for none), sent after its last byte.
-    Serve {
-        serve: ServeSegment,
-        end: Vec<u8>,
-    },
     Io(IoEvent),
     /// The moment [`DataPlane::poll_timeout`] named has come.
     Timeout,
 }
 
 impl Input {
-    /// One call's commands as inputs, in order, each serve with its end (see
-    /// [`wire::ends_serve`]).
+    /// One call's commands as inputs, in order.
     pub fn commands(commands: Vec<Command>) -> Vec<Input> {
-        let mut inputs = Vec::with_capacity(commands.len());
-        let mut commands = commands.into_iter().peekable();
-        while let Some(command) = commands.next() {
-            inputs.push(match command {
-                Command::ServeSegment(serve) => {
-                    let end = match commands.next_if(|next| wire::ends_serve(&serve, next)) {
-                        Some(Command::PeerSend(send)) => send.data,
-                        _ => Vec::new(),
-                    };
-                    Input::Serve { serve, end }
-                }
-                command => Input::Command(command),
-            });
-        }
-        inputs
+        commands.into_iter().map(Input::Command).collect()
     }
 }
 
@@ -203,6 +184,9 @@ pub enum IoRequest {
         range: Option<ByteRange>,
     },
     CancelFetch(FetchId),
+    /// An HTTP request to one of the seed's trackers ([`Event::HttpResponse`] or
+    /// [`Event::HttpFailed`]).
+    Http(HttpRequest),
     /// Read and check a disk segment for the serves waiting for it
     /// ([`IoEvent::DiskRead`]).
     ReadFromDisk(String),

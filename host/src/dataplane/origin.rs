@@ -219,26 +219,54 @@ pub enum Route {
     Checked,
 }
 
-/// The rules: the seed's own manifest host and port, and the operator's entries.
+/// The rules: the seed's own manifest host and port, its HTTP trackers' hosts and
+/// ports, and the operator's entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginRules {
     /// The manifest's host and port; fetches there are the operator's own choice.
     pub manifest: Option<(String, u16)>,
+    /// The hosts and ports of the seed's `http(s)` trackers: the only places a
+    /// policy's HTTP requests may go, and, like the manifest's, the operator's choice.
+    #[serde(default)]
+    pub trackers: Vec<(String, u16)>,
     pub allow: Vec<AllowEntry>,
+}
+
+/// A URL's host (as [`HostName`] shows it) and port.
+fn host_and_port(url: &Url) -> Option<(String, u16)> {
+    Some((HostName::of(url)?.to_string(), url.port_or_known_default()?))
 }
 
 impl OriginRules {
     /// Rules for a seed whose manifest is at `manifest_url`.
     pub fn new(manifest_url: Option<&str>, allow: Vec<AllowEntry>) -> OriginRules {
-        let manifest = manifest_url
-            .and_then(|u| Url::parse(u).ok())
-            .and_then(|url| Some((HostName::of(&url)?.to_string(), url.port_or_known_default()?)));
-        OriginRules { manifest, allow }
+        let manifest =
+            manifest_url.and_then(|u| Url::parse(u).ok()).and_then(|u| host_and_port(&u));
+        OriginRules { manifest, trackers: Vec::new(), allow }
+    }
+
+    /// The same rules, with the seed's trackers (those with an `http(s)` URL) added.
+    pub fn with_trackers<'a>(mut self, trackers: impl IntoIterator<Item = &'a String>) -> Self {
+        self.trackers = trackers
+            .into_iter()
+            .filter_map(|t| Url::parse(t).ok())
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .filter_map(|url| host_and_port(&url))
+            .collect();
+        self
+    }
+
+    /// Whether `url` goes to one of the seed's HTTP trackers.
+    pub fn is_tracker(&self, url: &Url) -> bool {
+        matches!(url.scheme(), "http" | "https")
+            && host_and_port(url).is_some_and(|endpoint| self.trackers.contains(&endpoint))
     }
 
     fn names(&self, host: &HostName, port: u16) -> bool {
         let shown = host.to_string();
-        self.manifest.as_ref().is_some_and(|(h, p)| *h == shown && *p == port)
+        let endpoint = (shown, port);
+        self.manifest.as_ref() == Some(&endpoint)
+            || self.trackers.contains(&endpoint)
             || self.allow.iter().any(|entry| match entry {
                 AllowEntry::Host(h) => h == host,
                 AllowEntry::HostPort(h, p) => h == host && *p == port,
@@ -373,6 +401,10 @@ impl Origins {
             trusted: client(Arc::new(TrustedResolver), connect_timeout)?,
             rules,
         })
+    }
+
+    pub fn rules(&self) -> &OriginRules {
+        &self.rules
     }
 
     /// The client for one hop, or why the hop is refused.

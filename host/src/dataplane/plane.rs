@@ -55,7 +55,6 @@ impl DataPlane {
     pub fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
             Input::Command(command) => self.command(command, now),
-            Input::Serve { serve, end } => self.serve(serve, end, now),
             Input::Io(event) => self.io_event(event, now),
             Input::Timeout => {
                 let events = self.rtc.timeout(now);
@@ -103,7 +102,8 @@ impl DataPlane {
     fn command(&mut self, command: Command, now: Instant) {
         tracing::trace!(?command, "carry out");
         let events = match command {
-            Command::ServeSegment(serve) => return self.serve(serve, Vec::new(), now),
+            Command::ServeSegment(serve) => return self.serve(serve, now),
+            Command::HttpRequest(request) => self.request(IoRequest::Http(request)),
             Command::FetchSegment(f) => self.fetch_segment(f),
             Command::TrackerConnect(c) => {
                 self.request(IoRequest::TrackerConnect { conn: c.conn, url: c.url })
@@ -158,10 +158,10 @@ impl DataPlane {
         self.request(request)
     }
 
-    /// Queues a serve and its end (empty for none). A disk segment not at hand is read
-    /// by the driver and the serve waits in the viewer's queue meanwhile; a segment no
-    /// longer held is reported sent short.
-    fn serve(&mut self, s: ServeSegment, end: Vec<u8>, now: Instant) {
+    /// Queues a serve and its end. A disk segment not at hand is read by the driver and
+    /// the serve waits in the viewer's queue meanwhile; a segment no longer held is
+    /// reported sent short.
+    fn serve(&mut self, s: ServeSegment, now: Instant) {
         let bytes = match self.cache.for_serve(s.handle) {
             ForServe::Gone => {
                 self.events.push_back(Event::SegmentSent(SegmentSent {
@@ -184,8 +184,8 @@ impl DataPlane {
             handle: s.handle,
             bytes,
             offset: s.offset,
-            chunk: s.chunk_size,
-            trailer: end,
+            message_size: s.message_size,
+            trailer: s.end.unwrap_or_default(),
         };
         let events = self.rtc.serve(s.peer, serve, now);
         self.events.extend(events);
@@ -289,7 +289,7 @@ mod tests {
 
     use super::*;
     use crate::dataplane::budget::MemoryBudget;
-    use crate::policy::wire::{FetchSegment, TrackerConnect};
+    use crate::policy::wire::{FetchSegment, MessageSize, TrackerConnect};
 
     fn plane(disk: bool) -> DataPlane {
         let at = SocketAddr::from(([127, 0, 0, 1], 9));
@@ -366,8 +366,9 @@ mod tests {
             })
             .collect();
         for (peer, handle) in [(7, handles[0]), (8, handles[1])] {
-            let serve = ServeSegment { peer, handle, offset: 0, chunk_size: 16 << 10 };
-            plane.handle_input(Input::Serve { serve, end: Vec::new() }, now);
+            let message_size = MessageSize::AtMost(16 << 10);
+            let serve = ServeSegment { peer, handle, offset: 0, message_size, end: None };
+            plane.handle_input(Input::Command(Command::ServeSegment(serve)), now);
         }
         assert_eq!(plane.poll_io(), Some(IoRequest::ReadFromDisk("k".into())));
         assert_eq!(plane.poll_io(), None, "one read for both");

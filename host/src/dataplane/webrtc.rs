@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::policy::wire::{
-    Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
+    Event, MessageSize, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
 };
 use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::RTCPeerConnection;
@@ -91,14 +91,14 @@ enum Outgoing {
     },
 }
 
-/// A segment to stream to a viewer: its bytes from `offset`, in messages of at most
-/// `chunk` bytes, then `trailer` (if not empty) once every byte went out. Bytes still
+/// A segment to stream to a viewer: its bytes from `offset`, in messages of the size
+/// asked for, then `trailer` (if not empty) once every byte went out. Bytes still
 /// being read are none; [`Rtc::loaded`] gives them.
 pub struct Serve {
     pub handle: SegmentHandle,
     pub bytes: Option<Bytes>,
     pub offset: u64,
-    pub chunk: u32,
+    pub message_size: MessageSize,
     pub trailer: Vec<u8>,
 }
 
@@ -488,7 +488,10 @@ impl Rtc {
             handle: serve.handle,
             bytes: serve.bytes,
             next: serve.offset as usize,
-            chunk: whole_packets(serve.chunk) as usize,
+            chunk: match serve.message_size {
+                MessageSize::AtMost(size) => whole_packets(size),
+                MessageSize::Exactly(size) => size.max(1),
+            } as usize,
             sent: 0,
             trailer: Bytes::from(serve.trailer),
         });

@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{Policy, PolicyPre, superpeer::policy as world};
+use super::bindings::{self, Bindings, Pre};
 use super::error::{Fault, PolicyError};
 use super::limits::PolicyLimits;
 use super::watchdog::{Watch, Watchdog, cpu_time_left, thread_cpu_time};
-use super::wire::{Command, Event, HostState, LogLevel, SeedConfig};
+use super::wire::{Command, Event, HostState, LogLevel, PolicyInfo, SeedConfig};
 
 /// The tracing target of policies' log lines. They are limited per instance
 /// (`max_log_lines_per_second`, counted in `log_lines_dropped`) and by nothing else.
@@ -53,7 +53,7 @@ impl std::fmt::Debug for PolicyEngine {
 #[derive(Clone)]
 pub struct CompiledPolicy {
     engine: Engine,
-    pre: PolicyPre<StoreData>,
+    pre: Pre,
     meta: PolicyMeta,
 }
 
@@ -94,6 +94,9 @@ pub struct PolicyMeta {
     pub digest: String,
     /// Size of the component, in bytes.
     pub size: usize,
+    /// The version of the `superpeer:policy` world it was built for.
+    #[serde(default)]
+    pub world: String,
 }
 
 impl std::fmt::Display for PolicyMeta {
@@ -133,8 +136,7 @@ impl PolicyEngine {
 
         let mut linker = Linker::new(&engine);
         link_std_support(&mut linker).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
-        Policy::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
-            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        bindings::add_to_linker(&mut linker).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
 
         let watchdog = Watchdog::start(&engine);
         Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, watchdog }) })
@@ -209,13 +211,13 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PolicyError::WrongWorld(format!("{e:#}")))?;
-        let pre =
-            PolicyPre::new(instance_pre).map_err(|e| PolicyError::WrongWorld(format!("{e:#}")))?;
+        let pre = Pre::new(instance_pre).map_err(PolicyError::WrongWorld)?;
         let label = format!("component {digest}");
+        let world = pre.world().to_string();
         let mut policy = CompiledPolicy {
             engine: self.inner.engine.clone(),
             pre,
-            meta: PolicyMeta { name: String::new(), version: String::new(), digest, size },
+            meta: PolicyMeta { name: String::new(), version: String::new(), digest, size, world },
         };
         let start = |fault| PolicyError::Start { policy: label.clone(), fault };
         let mut instance = self.instantiate(&policy, Clock::default()).map_err(start)?;
@@ -376,7 +378,7 @@ pub struct Clock {
 /// One running instance. Any fault leaves it unusable: the caller drops it.
 pub(crate) struct PolicyInstance {
     store: Store<StoreData>,
-    bindings: Policy,
+    bindings: Bindings,
     watchdog: Watchdog,
     call_deadline: Duration,
     deadline_per_input_mib: Duration,
@@ -411,7 +413,7 @@ impl PolicyInstance {
         self.call(clock, deadline, |b, s| b.call_snapshot(s))
     }
 
-    pub(crate) fn describe(&mut self) -> Result<world::types::PolicyInfo, Fault> {
+    pub(crate) fn describe(&mut self) -> Result<PolicyInfo, Fault> {
         let deadline = self.init_deadline;
         self.call(Clock::default(), deadline, |b, s| b.call_describe(s))
     }
@@ -431,7 +433,7 @@ impl PolicyInstance {
         &mut self,
         clock: Clock,
         deadline: Duration,
-        f: impl FnOnce(&Policy, &mut Store<StoreData>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<StoreData>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
         let data = self.store.data_mut();
         data.clock = clock;
@@ -614,23 +616,22 @@ fn escape_controls(message: &str, max_len: usize) -> String {
     out
 }
 
-impl world::types::Host for StoreData {}
-
-impl world::host::Host for StoreData {
-    fn monotonic_ms(&mut self) -> u64 {
+/// The host's imports, whatever the world version (`bindings.rs` links them).
+impl StoreData {
+    pub(super) fn import_monotonic_ms(&self) -> u64 {
         self.clock.monotonic.as_millis() as u64
     }
 
-    fn wall_clock_ms(&mut self) -> u64 {
+    pub(super) fn import_wall_clock_ms(&self) -> u64 {
         self.clock.wall_ms
     }
 
-    fn random_u64(&mut self) -> u64 {
+    pub(super) fn import_random_u64(&mut self) -> u64 {
         self.rng.random()
     }
 
-    fn log(&mut self, level: LogLevel, message: String) {
-        self.log.write(self.clock.monotonic, level, &message);
+    pub(super) fn import_log(&mut self, level: LogLevel, message: &str) {
+        self.log.write(self.clock.monotonic, level, message);
     }
 }
 

@@ -10,7 +10,9 @@ pub enum PolicyError {
     TooLarge { size: usize, max: usize },
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("component does not implement the superpeer:policy@0.1.0 world: {0}")]
+    #[error(
+        "component does not implement a superpeer:policy world this host runs (0.2.0 or 0.1.0): {0}"
+    )]
     WrongWorld(String),
     #[error("policy {policy} failed its start: {fault}")]
     Start { policy: String, fault: Fault },

@@ -46,6 +46,8 @@ pub struct PolicyLimits {
     pub max_trackers: usize,
     /// Most fetches in flight at once.
     pub max_fetches: usize,
+    /// Most HTTP requests to trackers in flight at once.
+    pub max_requests: usize,
     /// Most offers of the policy's own waiting for an answer at once. They do not count
     /// as connections (`maxConnections`) until answered: most offers a tracker relays
     /// reach viewers that are already connected, or nobody, and are never answered.
@@ -107,6 +109,7 @@ impl Default for PolicyLimits {
             max_chunk_bytes: 64 << 10,
             max_trackers: 32,
             max_fetches: 256,
+            max_requests: 16,
             max_pending_offers: 1024,
             max_connecting_peers: 128,
             max_timers: 4096,
@@ -175,6 +178,7 @@ impl PolicyLimits {
         )?;
         check(self.max_timers >= 1, "max_timers", "must be at least 1")?;
         check(self.max_fetches >= 1, "max_fetches", "must be at least 1")?;
+        check(self.max_requests >= 1, "max_requests", "must be at least 1")?;
         check(self.max_pending_offers >= 1, "max_pending_offers", "must be at least 1")?;
         check(self.max_trackers >= 1, "max_trackers", "must be at least 1")?;
         check(self.max_pending_events >= 1, "max_pending_events", "must be at least 1")?;

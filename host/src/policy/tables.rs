@@ -11,8 +11,12 @@ use std::time::Duration;
 use super::limits::PolicyLimits;
 use super::wire::{
     ByteRange, Command, ConnId, Event, FetchFailed, FetchId, FetchSegment, FetchText, HostState,
-    PeerId, PeerState, SegmentHandle, SegmentInfo, TimerId, TrackerState, ends_serve,
+    HttpFailed, HttpRequest, MessageSize, PeerId, PeerState, RequestId, SegmentHandle, SegmentInfo,
+    TimerId, TrackerState,
 };
+
+/// The methods an `http-request` may use: what trackers' HTTP APIs take.
+const HTTP_METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 
 /// Why one command was refused. The policy's other commands still run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,12 +41,12 @@ pub enum Rejection {
     BadRange { start: u64, end: u64 },
     #[error("offset {offset} is past the end of segment {handle} ({size} bytes)")]
     OffsetPastEnd { handle: SegmentHandle, offset: u64, size: u64 },
-    #[error("chunk size {0} is outside 1..={1}")]
+    #[error("message size {0} is outside 1..={1}")]
     BadChunk(u32, u32),
+    #[error("HTTP method {0:?} is not one of GET, POST, PUT, DELETE")]
+    BadMethod(String),
     #[error("timer delay of {0} ms is over the limit of {1} ms")]
     TimerTooLong(u64, u64),
-    #[error("the end of a serve of segment {0} that was refused")]
-    EndOfRefusedServe(SegmentHandle),
 }
 
 /// What [`Tables::admit_all`] made of one call's commands.
@@ -88,6 +92,8 @@ pub struct Tables {
     /// Serves in progress, so `segment-sent` and closes keep them exact.
     serves: BTreeSet<(PeerId, SegmentHandle)>,
     fetches: BTreeSet<FetchId>,
+    /// HTTP requests in flight.
+    requests: BTreeSet<RequestId>,
     segments: BTreeMap<SegmentHandle, SegmentInfo>,
     /// Timer deadlines on the worker's monotonic clock.
     timers: BTreeMap<TimerId, Duration>,
@@ -125,6 +131,12 @@ impl Tables {
             Event::FetchFailed(failed) => {
                 self.fetches.remove(&failed.fetch);
             }
+            Event::HttpResponse(response) => {
+                self.requests.remove(&response.request);
+            }
+            Event::HttpFailed(failed) => {
+                self.requests.remove(&failed.request);
+            }
             Event::SegmentEvicted(handle) => {
                 self.segments.remove(handle);
                 self.serves.retain(|(_, h)| h != handle);
@@ -146,8 +158,7 @@ impl Tables {
     }
 
     /// Checks one call's commands in order with [`Tables::admit`]: those that pass, why
-    /// the others did not, and what the policy must hear of them. A refused serve's end
-    /// ([`ends_serve`]) is refused with it.
+    /// the others did not, and what the policy must hear of them.
     pub fn admit_all(
         &mut self,
         now: Duration,
@@ -158,8 +169,7 @@ impl Tables {
         let mut admitted = Vec::with_capacity(commands.len());
         let mut refused = Vec::new();
         let mut to_tell = Vec::new();
-        let mut commands = commands.into_iter().peekable();
-        while let Some(command) = commands.next() {
+        for command in commands {
             match self.admit(now, &command, limits, max_peers) {
                 Ok(()) => admitted.push(command),
                 Err(rejection) => {
@@ -175,12 +185,15 @@ impl Tables {
                             reason: format!("refused by the host: {rejection}"),
                         }));
                     }
-                    refused.push(rejection);
-                    if let Command::ServeSegment(serve) = &command
-                        && commands.next_if(|next| ends_serve(serve, next)).is_some()
+                    if let Command::HttpRequest(HttpRequest { request, .. }) = &command
+                        && !self.requests.contains(request)
                     {
-                        refused.push(Rejection::EndOfRefusedServe(serve.handle));
+                        to_tell.push(Event::HttpFailed(HttpFailed {
+                            request: *request,
+                            reason: format!("refused by the host: {rejection}"),
+                        }));
                     }
+                    refused.push(rejection);
                 }
             }
         }
@@ -255,8 +268,12 @@ impl Tables {
                         size: segment.size,
                     });
                 }
-                if s.chunk_size == 0 || s.chunk_size > limits.max_chunk_bytes {
-                    return Err(Rejection::BadChunk(s.chunk_size, limits.max_chunk_bytes));
+                let (MessageSize::AtMost(size) | MessageSize::Exactly(size)) = s.message_size;
+                if size == 0 || size > limits.max_chunk_bytes {
+                    return Err(Rejection::BadChunk(size, limits.max_chunk_bytes));
+                }
+                if let Some(end) = &s.end {
+                    fit("end of a serve", end.len(), limits.max_message_bytes)?;
                 }
                 if !self.serves.insert((s.peer, s.handle)) {
                     return Err(Rejection::Duplicate { what: "serve of segment", id: s.handle });
@@ -310,6 +327,17 @@ impl Tables {
             Command::TimerCancel(timer) => {
                 self.timers.remove(timer).ok_or(unknown("timer", *timer))?;
             }
+            Command::HttpRequest(r) => {
+                check_url(&r.url, &["http://", "https://"], limits)?;
+                if !HTTP_METHODS.contains(&r.method.as_str()) {
+                    return Err(Rejection::BadMethod(r.method.chars().take(16).collect()));
+                }
+                let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+                fit("HTTP request", headers + r.body.len(), limits.max_text_bytes)?;
+                fresh("HTTP request", r.request, self.requests.contains(&r.request))?;
+                room("HTTP requests", self.requests.len(), limits.max_requests)?;
+                self.requests.insert(r.request);
+            }
         }
         Ok(())
     }
@@ -345,6 +373,7 @@ impl Tables {
                 })
                 .collect(),
             fetches: self.fetches.iter().copied().collect(),
+            requests: self.requests.iter().copied().collect(),
             segments: self.segments.values().cloned().collect(),
             timers: self
                 .timers
@@ -600,7 +629,13 @@ mod tests {
         admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
         t.observe(&Event::PeerChannelOpen(1));
         let serve = |handle, offset| {
-            Command::ServeSegment(ServeSegment { peer: 1, handle, offset, chunk_size: 16384 })
+            Command::ServeSegment(ServeSegment {
+                peer: 1,
+                handle,
+                offset,
+                message_size: MessageSize::AtMost(16384),
+                end: None,
+            })
         };
         assert_eq!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { what: "segment", id: 9 }));
         t.observe(&segment(9, 1000));
@@ -617,33 +652,88 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_serve_takes_its_end_with_it_and_nothing_else() {
+    fn a_serves_message_size_and_end_are_within_limits() {
         let mut t = Tables::default();
         admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
         t.observe(&Event::PeerChannelOpen(1));
-        let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
-        let serve = Command::ServeSegment(ServeSegment {
-            peer: 1,
-            handle: 9,
-            offset: 0,
-            chunk_size: 16384,
-        });
-        let Admitted { commands: admitted, refused, .. } = t.admit_all(
+        t.observe(&segment(9, 1000));
+        let limits = PolicyLimits::default();
+        let serve = |message_size, end: usize| {
+            Command::ServeSegment(ServeSegment {
+                peer: 1,
+                handle: 9,
+                offset: 0,
+                message_size,
+                end: Some(vec![7; end]),
+            })
+        };
+        for size in [0, limits.max_chunk_bytes + 1] {
+            for message_size in [MessageSize::AtMost(size), MessageSize::Exactly(size)] {
+                let refused = admit(&mut t, serve(message_size, 10));
+                assert_eq!(refused, Err(Rejection::BadChunk(size, limits.max_chunk_bytes)));
+            }
+        }
+        let end = limits.max_message_bytes + 1;
+        assert!(matches!(
+            admit(&mut t, serve(MessageSize::Exactly(64_000), end)),
+            Err(Rejection::TooLarge { what: "end of a serve", .. })
+        ));
+        admit(&mut t, serve(MessageSize::Exactly(64_000), 10)).unwrap();
+    }
+
+    #[test]
+    fn http_requests_go_to_http_urls_within_limits_and_a_refused_one_is_answered() {
+        let mut t = Tables::default();
+        let limits = PolicyLimits { max_requests: 2, ..PolicyLimits::default() };
+        let request = |request, method: &str, url: &str, body: usize| {
+            Command::HttpRequest(HttpRequest {
+                request,
+                method: method.into(),
+                url: url.into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: vec![b'x'; body],
+            })
+        };
+        let mut admit = |command| t.admit(NOW, &command, &limits, 2);
+        admit(request(1, "POST", "http://tracker.example/v1/channel", 100)).unwrap();
+        assert!(matches!(
+            admit(request(2, "POST", "ws://tracker.example/", 0)),
+            Err(Rejection::BadUrl { why: "wrong scheme", .. })
+        ));
+        assert!(matches!(
+            admit(request(2, "CONNECT", "https://tracker.example/", 0)),
+            Err(Rejection::BadMethod(_))
+        ));
+        assert!(matches!(
+            admit(request(2, "POST", "https://tracker.example/", 64 << 10)),
+            Err(Rejection::TooLarge { what: "HTTP request", .. })
+        ));
+        assert!(matches!(
+            admit(request(1, "GET", "https://tracker.example/", 0)),
+            Err(Rejection::Duplicate { .. })
+        ));
+        admit(request(2, "GET", "https://tracker.example/", 0)).unwrap();
+        assert!(matches!(
+            admit(request(3, "GET", "https://tracker.example/", 0)),
+            Err(Rejection::TooMany { what: "HTTP requests", max: 2 })
+        ));
+        assert_eq!(t.state(NOW).requests, vec![1, 2]);
+
+        // Answered, a request is no longer in flight; one refused is answered at once,
+        // unless its id is in flight (that request is real).
+        t.observe(&Event::HttpFailed(HttpFailed { request: 1, reason: "timed out".into() }));
+        assert_eq!(t.state(NOW).requests, vec![2]);
+        let Admitted { refused, to_tell, .. } = t.admit_all(
             NOW,
-            vec![send(b"header"), serve.clone(), send(b"end"), send(b"next")],
-            &PolicyLimits::default(),
+            vec![request(3, "GET", "ws://x/", 0), request(2, "GET", "ws://x/", 0)],
+            &limits,
             2,
         );
-        assert_eq!(admitted, [send(b"header"), send(b"next")]);
-        assert_eq!(
-            refused,
-            [Rejection::Unknown { what: "segment", id: 9 }, Rejection::EndOfRefusedServe(9)]
+        assert_eq!(refused.len(), 2);
+        assert!(
+            matches!(&to_tell[..], [Event::HttpFailed(HttpFailed { request: 3, reason })] if reason.starts_with("refused by the host")),
+            "{to_tell:?}"
         );
-        // Held, the serve passes with its end.
-        t.observe(&segment(9, 1000));
-        let Admitted { commands: admitted, refused, .. } =
-            t.admit_all(NOW, vec![serve.clone(), send(b"end")], &PolicyLimits::default(), 2);
-        assert_eq!((admitted, refused), (vec![serve, send(b"end")], vec![]));
     }
 
     #[test]

@@ -200,6 +200,17 @@ fn send(peer: PeerId, command: &PeerCommand, out: &mut Vec<Command>) {
     }
 }
 
+/// A short peer command as the one DataChannel message it fits in.
+fn one_message(command: &PeerCommand) -> Option<Vec<u8>> {
+    match wire::encode(command, wire::MAX_MESSAGE).map(Vec::into_iter) {
+        Ok(mut messages) => messages.next().filter(|_| messages.len() == 0),
+        Err(error) => {
+            log(&format!("cannot encode {command:?}: {error}"));
+            None
+        }
+    }
+}
+
 /// What a stream has, as viewers see it: stored segments are loaded; those being
 /// fetched are "loading over HTTP".
 fn announcement(stream: &Stream) -> PeerCommand {

@@ -196,19 +196,20 @@ impl Seeder {
                         let header =
                             PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
                         send(peer, &header, out);
-                        out.push(Command::ServeSegment(superpeer_guest::ServeSegment {
-                            peer,
-                            handle: *handle,
-                            offset,
-                            chunk_size: SEGMENT_CHUNK,
-                        }));
-                        // The end goes now, right after the serve: the host sends it
-                        // after the last byte, or not at all if the serve fails or is
-                        // cancelled. Answering `segment-sent` instead would leave the
-                        // viewer waiting whenever that event reaches an instance
-                        // started from a snapshot older than this request.
+                        // The end goes with the serve: the host sends it after the last
+                        // byte, or not at all if the serve fails or is cancelled.
+                        // Answering `segment-sent` instead would leave the viewer
+                        // waiting whenever that event reaches an instance started from
+                        // a snapshot older than this request.
                         let done = PeerCommand::SegmentDataSendingCompleted { id, request };
-                        send(peer, &done, out);
+                        superpeer_guest::serve_segment(
+                            out,
+                            peer,
+                            *handle,
+                            offset,
+                            SEGMENT_CHUNK,
+                            one_message(&done),
+                        );
                         viewer.serving = Some(Serving { id, request, handle: *handle });
                     }
                     _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),

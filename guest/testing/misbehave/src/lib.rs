@@ -44,7 +44,9 @@ impl Mode {
                 }
             }
             Mode::Panic => panic!("misbehave: panicking on purpose"),
-            Mode::Flood => (0..100_000u64)
+            // Past the count limit, within what the host copies out of one call (so
+            // the count is what faults).
+            Mode::Flood => (0..10_000u64)
                 .map(|timer| Command::TimerSet(TimerSet { timer, after_ms: 1 }))
                 .collect(),
             // 12 MiB of tracker text in 12 commands: each within the per-command limit

@@ -368,15 +368,15 @@ fn connect_viewer(seeder: &mut Seeder) -> PeerId {
     answer.peer
 }
 
+/// The peer commands sent, in order: messages, and the ends of serves.
 fn sent(out: &[Command]) -> Vec<PeerCommand> {
     out.iter()
         .filter_map(|c| match c {
-            Command::PeerSend(s) => {
-                let body = Joiner::default().push(&s.data).unwrap().unwrap();
-                Some(wire::decode(&body).unwrap())
-            }
+            Command::PeerSend(s) => Some(&s.data),
+            Command::ServeSegment(s) => s.end.as_ref(),
             _ => None,
         })
+        .map(|data| wire::decode(&Joiner::default().push(data).unwrap().unwrap()).unwrap())
         .collect()
 }
 

@@ -92,7 +92,8 @@ fn viewers_hear_what_is_cached_and_get_segments_served() {
             peer,
             handle: 51,
             offset: 4,
-            chunk_size: SEGMENT_CHUNK
+            message_size: superpeer_guest::MessageSize::AtMost(SEGMENT_CHUNK),
+            end: one_message(&PeerCommand::SegmentDataSendingCompleted { id: 101, request: 5 }),
         }),
         "the bytes follow the header, from the offset asked for, and the end follows them"
     );
