@@ -12,6 +12,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
 use superpeer::dataplane::origin::{OriginRules, parse_allow_list};
 use superpeer::dataplane::{DataPlaneLimits, Driver, Held, Input, IoEvent};
@@ -21,6 +22,9 @@ use superpeer::policy::wire::{
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "support/harness.rs"]
+mod harness;
 
 const SEGMENT: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
@@ -332,6 +336,77 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
         assert!(failed.reason.contains(why), "{url}: {}", failed.reason);
     }
     assert_eq!(secret_hits.load(Ordering::SeqCst), 0, "the internal service was reached");
+}
+
+/// The SwarmCloud-compatible tracker and signal relay of `tests/support` answer the
+/// host as the SDK's servers would: an announce through `http-request` lists earlier
+/// members (super peers first), the relay forwards a viewer's offer to us by peer id
+/// over a `tracker-connect` connection, and says when a peer we signal is not there.
+#[tokio::test]
+async fn the_swarmcloud_tracker_and_relay_answer_through_the_data_plane() {
+    let tracker = harness::SwarmCloudService::tracker();
+    let relay = harness::SwarmCloudService::signal();
+    let origins =
+        OriginRules::new(None, Vec::new()).with_trackers(std::slice::from_ref(&tracker.url));
+    let (mut plane, mut io) =
+        Driver::new(DataPlaneLimits { origins, ..DataPlaneLimits::default() }).unwrap();
+    let channel = "MTI3LjAuMC4xJTNBOCUyRmxpdmUlMkZtYXN0ZXIlN0MlNUI4JTVE";
+
+    // A viewer first, then superpeer: superpeer's reply lists the viewer.
+    let viewer = reqwest::Client::new()
+        .post(format!("{}/channel", tracker.url))
+        .body(json!({"channel": channel, "version": "2.9.10"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let viewer: Value = serde_json::from_slice(&viewer.bytes().await.unwrap()).unwrap();
+    let viewer_id = viewer["data"]["id"].as_str().unwrap().to_string();
+    plane.handle([Input::Command(Command::HttpRequest(HttpRequest {
+        request: 1,
+        method: "POST".into(),
+        url: format!("{}/channel", tracker.url),
+        headers: Vec::new(),
+        body: json!({"channel": channel, "super": true}).to_string().into_bytes(),
+    }))]);
+    let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
+    let announced: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(
+        (announced["ret"].clone(), announced["data"]["report_interval"].clone()),
+        (json!(0), json!(20))
+    );
+    assert_eq!(announced["data"]["peers"], json!([{"id": viewer_id}]));
+    let our_id = announced["data"]["id"].as_str().unwrap().to_string();
+
+    // On the relay, under that id; the viewer's offer comes to us.
+    let url = format!("{}/?id={our_id}&p=web&v=0.2.0", relay.url);
+    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 2, url }))]);
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(2));
+    let Event::TrackerText(ver) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(serde_json::from_str::<Value>(&ver.text).unwrap()["action"], "ver");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("{}/?id={viewer_id}", relay.url)).await.unwrap();
+    let _ver = socket.next().await;
+    let offer =
+        json!({"action": "signal", "to_peer_id": our_id, "data": {"type": "offer", "sdp": "v=0"}});
+    socket.send(Message::text(offer.to_string())).await.unwrap();
+    let Event::TrackerText(relayed) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(
+        serde_json::from_str::<Value>(&relayed.text).unwrap(),
+        json!({"action": "signal", "from_peer_id": viewer_id, "data": {"type": "offer", "sdp": "v=0"}})
+    );
+
+    // Signalling a peer that is not there comes back without data.
+    let text =
+        json!({"action": "signal", "to_peer_id": "gone", "data": {"type": "answer", "sdp": "v=0"}});
+    plane.handle([Input::Command(Command::TrackerSend(TrackerSend {
+        conn: 2,
+        text: text.to_string(),
+    }))]);
+    let Event::TrackerText(not_found) = next(&mut plane, &mut io).await else { panic!() };
+    assert_eq!(
+        serde_json::from_str::<Value>(&not_found.text).unwrap(),
+        json!({"action": "signal", "from_peer_id": "gone"})
+    );
 }
 
 /// A port nothing listens on.

@@ -377,6 +377,27 @@ impl Tracker {
     }
 }
 
+/// A SwarmCloud-compatible tracker (its HTTP API at `url`, `http://127.0.0.1:<port>/v1`)
+/// or signal server (`url`, `ws://127.0.0.1:<port>`): `tests/support/swarmcloud.mjs`.
+pub struct SwarmCloudService {
+    pub service: NodeService,
+    pub url: String,
+}
+
+impl SwarmCloudService {
+    pub fn tracker() -> SwarmCloudService {
+        let service = NodeService::start("swarmcloud.mjs", &["tracker".as_ref()]);
+        let url = format!("http://127.0.0.1:{}/v1", service.port);
+        SwarmCloudService { service, url }
+    }
+
+    pub fn signal() -> SwarmCloudService {
+        let service = NodeService::start("swarmcloud.mjs", &["signal".as_ref()]);
+        let url = format!("ws://127.0.0.1:{}", service.port);
+        SwarmCloudService { service, url }
+    }
+}
+
 /// aquatic_ws, the WebTorrent tracker behind the large public trackers, on a port the
 /// OS picked (found among the sockets it listens on), with its default limits (it
 /// forwards at most 10 offers per announce). `just test` installs it (`cargo install
