@@ -42,7 +42,7 @@ tools:
 # Lint, then every test: host unit and integration tests, guest logic natively.
 test: lint node-deps system-deps tools
     cargo test --workspace --locked
-    cargo test --locked -p superpeer-policy-pml -p superpeer-policy-swarmcloud -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
+    cargo test --locked -p superpeer-hls -p superpeer-policy-pml -p superpeer-policy-swarmcloud -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
 # The parsers: peer wire, chunks, tracker JSON, playlists, URLs, datagrams, master/worker
 # frames, .env, seed bodies, channel ids. `just test` runs a few thousand inputs each.

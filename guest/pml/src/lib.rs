@@ -13,7 +13,7 @@
 pub mod announce;
 mod context;
 pub mod instance;
-pub mod playlist;
+pub use superpeer_hls as playlist;
 pub mod reach;
 mod seeder;
 pub mod settings;

@@ -1,8 +1,10 @@
-//! HLS playlists as far as a seeder needs them: the renditions of a master playlist
-//! and the segments of a media playlist, with URIs resolved against the playlist's URL.
+//! HLS playlists as far as a seeder needs them, whatever protocol its viewers speak:
+//! the renditions of a master playlist and the segments of a media playlist, with URIs
+//! resolved against the playlist's URL.
 //!
 //! Pure and forgiving like players are: unknown tags are skipped; what cannot be used
-//! (a variant without a URI, a segment without a duration) is left out.
+//! (a variant without a URI, a segment without a duration) is left out. It must never
+//! know a protocol's identities or wire formats: those are each guest's own.
 
 /// An `#EXT-X-STREAM-INF` variant.
 #[derive(Debug, Clone, PartialEq, Default)]
