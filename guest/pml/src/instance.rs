@@ -14,7 +14,7 @@ use superpeer_guest::{Command, ConnId, Event, HostState, Ids, PeerClose, SeedCon
 use crate::context::{self, Timer};
 use crate::seeder::Seeder;
 use crate::settings;
-use crate::trackers::Trackers;
+use superpeer_guest::links::Links as Trackers;
 
 /// What a snapshot holds.
 #[derive(Serialize)]
@@ -106,7 +106,7 @@ impl Instance {
     ) -> Vec<Command> {
         let mut out = Vec::new();
         self.seeder.begin_turn(now_ms);
-        self.trackers.start(&mut self.seeder.ctx, &mut out);
+        self.trackers.start(&mut self.seeder.ctx.ids, &mut out);
         for event in events {
             match &event {
                 Event::Started => {
@@ -128,13 +128,14 @@ impl Instance {
                 Event::TrackerClosed(closed) => self.trackers.closed(
                     closed.conn,
                     &closed.reason,
-                    &mut self.seeder.ctx,
+                    (&mut self.seeder.ctx.ids, &mut self.seeder.ctx.timers),
+                    Timer::Reconnect,
                     &mut out,
                 ),
                 Event::TimerFired(timer) => {
                     match self.seeder.ctx.timers.fired(*timer) {
                         Some(Timer::Reconnect(index)) => {
-                            self.trackers.retry(index, &mut self.seeder.ctx, &mut out)
+                            self.trackers.retry(index, &mut self.seeder.ctx.ids, &mut out)
                         }
                         Some(key) => {
                             let open: Vec<ConnId> = self.trackers.open().collect();

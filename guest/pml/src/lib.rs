@@ -18,7 +18,6 @@ pub mod reach;
 mod seeder;
 pub mod settings;
 pub mod swarm;
-mod trackers;
 pub mod wire;
 
 use instance::Instance;

@@ -22,6 +22,7 @@
 extern crate self as superpeer_guest;
 
 pub mod continuity;
+pub mod links;
 pub use continuity::{Ids, Timers};
 
 /// The world version this build of the SDK binds: the newest, or 0.1.0 with the
@@ -31,32 +32,27 @@ pub const WORLD_VERSION: &str = "0.2.0";
 #[cfg(feature = "wit-0-1-0")]
 pub const WORLD_VERSION: &str = "0.1.0";
 
-#[doc(hidden)]
-#[cfg(not(feature = "wit-0-1-0"))]
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit/0.2.0",
-        world: "policy",
-        pub_export_macro: true,
-        export_macro_name: "export_world",
-        default_bindings_module: "superpeer_guest::bindings",
-        runtime_path: "superpeer_guest::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq, Eq],
-    });
+/// The bindings of the world at `$path`, the same way for every version.
+macro_rules! bind_world {
+    ($path:literal) => {
+        wit_bindgen::generate!({
+            path: $path,
+            world: "policy",
+            pub_export_macro: true,
+            export_macro_name: "export_world",
+            default_bindings_module: "superpeer_guest::bindings",
+            runtime_path: "superpeer_guest::__private::wit_bindgen::rt",
+            additional_derives: [PartialEq, Eq],
+        });
+    };
 }
 
 #[doc(hidden)]
-#[cfg(feature = "wit-0-1-0")]
 pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit/0.1.0",
-        world: "policy",
-        pub_export_macro: true,
-        export_macro_name: "export_world",
-        default_bindings_module: "superpeer_guest::bindings",
-        runtime_path: "superpeer_guest::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq, Eq],
-    });
+    #[cfg(not(feature = "wit-0-1-0"))]
+    bind_world!("../../wit/0.2.0");
+    #[cfg(feature = "wit-0-1-0")]
+    bind_world!("../../wit/0.1.0");
 }
 
 #[doc(hidden)]
