@@ -289,13 +289,12 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
     let tracker = tracker_api().await;
     let (secret_port, secret_hits) = internal_service().await;
     let trackers = [format!("{tracker}/channel"), "wss://tracker.example/announce".to_string()];
-    let limits = DataPlaneLimits {
-        // The manifest's host is no tracker: only the trackers' hosts and ports are.
-        origins: OriginRules::new(Some("http://origin.example/live.m3u8"), Vec::new())
-            .with_trackers(&trackers),
-        ..DataPlaneLimits::default()
+    // The manifest's host is no tracker: only the trackers' hosts and ports are. A
+    // tracker on an internal address needs allowing, as an origin would.
+    let rules = |allow: &str| {
+        OriginRules::new(Some("http://origin.example/live.m3u8"), parse_allow_list(allow).unwrap())
+            .with_trackers(&trackers)
     };
-    let (mut plane, mut io) = Driver::new(limits).unwrap();
     let request = |plane: &mut Driver, id, method: &str, url: String, body: &[u8]| {
         plane.handle([Input::Command(Command::HttpRequest(HttpRequest {
             request: id,
@@ -305,6 +304,14 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
             body: body.to_vec(),
         }))]);
     };
+    let (mut plane, mut io) =
+        Driver::new(DataPlaneLimits { origins: rules(""), ..DataPlaneLimits::default() }).unwrap();
+    request(&mut plane, 9, "GET", format!("{tracker}/refuse"), b"");
+    let Event::HttpFailed(refused) = next(&mut plane, &mut io).await else { panic!() };
+    assert!(refused.reason.contains("loopback address"), "{}", refused.reason);
+
+    let limits = DataPlaneLimits { origins: rules("127.0.0.1"), ..DataPlaneLimits::default() };
+    let (mut plane, mut io) = Driver::new(limits).unwrap();
 
     request(&mut plane, 1, "POST", format!("{tracker}/echo"), br#"{"channel":"c"}"#);
     let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
@@ -346,8 +353,8 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
 async fn the_swarmcloud_tracker_and_relay_answer_through_the_data_plane() {
     let tracker = harness::SwarmCloudService::tracker();
     let relay = harness::SwarmCloudService::signal();
-    let origins =
-        OriginRules::new(None, Vec::new()).with_trackers(std::slice::from_ref(&tracker.url));
+    let origins = OriginRules::new(None, parse_allow_list("127.0.0.1").unwrap())
+        .with_trackers(std::slice::from_ref(&tracker.url));
     let (mut plane, mut io) =
         Driver::new(DataPlaneLimits { origins, ..DataPlaneLimits::default() }).unwrap();
     let channel = "MTI3LjAuMC4xJTNBOCUyRmxpdmUlMkZtYXN0ZXIlN0MlNUI4JTVE";

@@ -2,9 +2,10 @@
 //! attempt each, answered with the response, whatever its status, or why none came.
 //!
 //! Only the host and port of one of the seed's trackers may be asked (the operator
-//! named them), through the same clients and address rules as origin fetches; a
-//! response body past the tracker text limit is refused while it is read. Retrying is
-//! the policy's decision, never this module's.
+//! named them), and only through the same clients and address rules as origin fetches
+//! (an internal address needs `originAllow`); a response body past the tracker text
+//! limit is refused while it is read. Retrying is the policy's decision, never this
+//! module's.
 
 use std::time::Duration;
 

@@ -36,7 +36,7 @@ use crate::policy::wire::{ByteRange, Command, ConnId, Event, FetchId, HttpReques
 pub use cache::{Held, SegmentCache};
 pub use driver::Driver;
 pub use plane::DataPlane;
-pub use webrtc::Transmit;
+pub use webrtc::{MAX_MESSAGE_BYTES as MAX_DATACHANNEL_MESSAGE, Transmit};
 
 /// Limits of the data plane; defaults suit a worker seeding one channel.
 #[derive(Debug, Clone, PartialEq)]

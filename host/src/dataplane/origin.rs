@@ -226,7 +226,9 @@ pub struct OriginRules {
     /// The manifest's host and port; fetches there are the operator's own choice.
     pub manifest: Option<(String, u16)>,
     /// The hosts and ports of the seed's `http(s)` trackers: the only places a
-    /// policy's HTTP requests may go, and, like the manifest's, the operator's choice.
+    /// policy's HTTP requests may go. They are not trusted as the manifest's host is:
+    /// a request to one passes the same address rules as any fetch (an internal
+    /// tracker needs an `originAllow` entry), and fetches gain nothing from them.
     #[serde(default)]
     pub trackers: Vec<(String, u16)>,
     pub allow: Vec<AllowEntry>,
@@ -266,7 +268,6 @@ impl OriginRules {
         let shown = host.to_string();
         let endpoint = (shown, port);
         self.manifest.as_ref() == Some(&endpoint)
-            || self.trackers.contains(&endpoint)
             || self.allow.iter().any(|entry| match entry {
                 AllowEntry::Host(h) => h == host,
                 AllowEntry::HostPort(h, p) => h == host && *p == port,

@@ -42,8 +42,10 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 /// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
 /// enough that one viewer holds little memory (they are kept until acknowledged).
 const SEND_HIGH_WATER: usize = 64 << 10;
-/// The largest DataChannel message either side may send (announced in the answer).
-const MAX_MESSAGE_BYTES: u32 = 64 << 10;
+/// The largest DataChannel message either side may send (announced in the answer); a
+/// policy's messages and serves are held within it (`PolicyLimits`), since a message
+/// the connection refuses would hold up the viewer's queue.
+pub const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
 /// after TURN and DTLS overheads), set here so a segment's messages can be cut to
 /// whole packets of it.

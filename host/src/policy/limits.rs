@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::MAX_DATACHANNEL_MESSAGE;
+
 /// Every limit the host enforces on policies. Defaults suit a worker that seeds one
 /// channel; each is checked by [`PolicyLimits::validate`] at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,12 +166,16 @@ impl PolicyLimits {
         check(self.max_events_per_call >= 1, "max_events_per_call", "must be at least 1")?;
         check(self.max_input_bytes >= 64 << 10, "max_input_bytes", "must be at least 64 KiB")?;
         check(self.max_text_bytes >= 1024, "max_text_bytes", "must be at least 1 KiB")?;
-        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1 KiB")?;
+        check(
+            (1024..=MAX_DATACHANNEL_MESSAGE as usize).contains(&self.max_message_bytes),
+            "max_message_bytes",
+            "must be between 1 KiB and 64 KiB (the DataChannel message limit)",
+        )?;
         check(self.max_url_bytes >= 64, "max_url_bytes", "must be at least 64")?;
         check(
-            (1024..=256 << 10).contains(&self.max_chunk_bytes),
+            (1024..=MAX_DATACHANNEL_MESSAGE).contains(&self.max_chunk_bytes),
             "max_chunk_bytes",
-            "must be between 1 KiB and 256 KiB (the SCTP message limit)",
+            "must be between 1 KiB and 64 KiB (the DataChannel message limit)",
         )?;
         check(
             self.deadline_per_input_mib <= Duration::from_secs(1),

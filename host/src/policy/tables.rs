@@ -17,6 +17,19 @@ use super::wire::{
 
 /// The methods an `http-request` may use: what trackers' HTTP APIs take.
 const HTTP_METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
+/// Headers that are the host's to write: which server is meant and how the request is
+/// framed and carried. A policy setting them could reach other sites behind a
+/// tracker's address or split one request into two.
+const HOST_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
 
 /// Why one command was refused. The policy's other commands still run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +58,8 @@ pub enum Rejection {
     BadChunk(u32, u32),
     #[error("HTTP method {0:?} is not one of GET, POST, PUT, DELETE")]
     BadMethod(String),
+    #[error("HTTP header {0:?} is the host's to write")]
+    BadHeader(String),
     #[error("timer delay of {0} ms is over the limit of {1} ms")]
     TimerTooLong(u64, u64),
 }
@@ -331,6 +346,12 @@ impl Tables {
                 check_url(&r.url, &["http://", "https://"], limits)?;
                 if !HTTP_METHODS.contains(&r.method.as_str()) {
                     return Err(Rejection::BadMethod(r.method.chars().take(16).collect()));
+                }
+                if let Some((name, _)) = r.headers.iter().find(|(name, _)| {
+                    let name = name.to_ascii_lowercase();
+                    HOST_HEADERS.contains(&name.as_str()) || name.starts_with("proxy-")
+                }) {
+                    return Err(Rejection::BadHeader(name.chars().take(64).collect()));
                 }
                 let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
                 fit("HTTP request", headers + r.body.len(), limits.max_text_bytes)?;
@@ -704,6 +725,13 @@ mod tests {
             admit(request(2, "CONNECT", "https://tracker.example/", 0)),
             Err(Rejection::BadMethod(_))
         ));
+        for header in ["Host", "transfer-encoding", "Proxy-Authorization"] {
+            let mut command = request(2, "GET", "https://tracker.example/", 0);
+            if let Command::HttpRequest(r) = &mut command {
+                r.headers.push((header.into(), "x".into()));
+            }
+            assert_eq!(admit(command), Err(Rejection::BadHeader(header.into())));
+        }
         assert!(matches!(
             admit(request(2, "POST", "https://tracker.example/", 64 << 10)),
             Err(Rejection::TooLarge { what: "HTTP request", .. })
