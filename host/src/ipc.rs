@@ -39,7 +39,9 @@ pub enum ToWorker {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStart {
-    pub seed: WorkerSeed,
+    /// What it seeds, as its policy is told it (the host's own type, not the REST
+    /// body: a seed item's fields the policy does not know travel as settings).
+    pub seed: SeedConfig,
     pub policy: Precompiled,
     pub limits: PolicyLimits,
     /// Where the worker's WebRTC socket listens, and the address it advertises.
@@ -57,37 +59,6 @@ pub struct WorkerStart {
     pub origin_timeout: std::time::Duration,
     /// How long a viewer may acknowledge nothing before it is closed.
     pub viewer_stall: std::time::Duration,
-}
-
-/// What a worker seeds, as its policy is told it (`seed-config` of the policy world,
-/// kept apart from it so a new world version does not change this message). Made from
-/// a seed item by [`crate::master::seeds::SeedItem::worker_seed`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerSeed {
-    /// The channel id as the seed names it (base64).
-    pub channel: String,
-    pub manifest_url: Option<String>,
-    /// Trackers to announce on (the seed's own, else the master's defaults).
-    pub trackers: Vec<String>,
-    pub live: bool,
-    pub max_connections: u32,
-    pub label: String,
-    /// The seed's settings for the policy, as text.
-    pub settings: Vec<(String, String)>,
-}
-
-impl WorkerSeed {
-    pub fn policy_config(&self) -> SeedConfig {
-        SeedConfig {
-            channel: self.channel.clone(),
-            manifest_url: self.manifest_url.clone(),
-            trackers: self.trackers.clone(),
-            live: self.live,
-            max_connections: self.max_connections,
-            label: self.label.clone(),
-            settings: self.settings.clone(),
-        }
-    }
 }
 
 /// What a worker tells the master.

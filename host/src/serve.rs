@@ -530,10 +530,7 @@ async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result
         .iter()
         .map(|item| {
             let trackers = item.trackers(&seed_policy.default_trackers);
-            (
-                seed_policy.for_channel(&item.channel).clone(),
-                item.worker_seed(trackers).policy_config(),
-            )
+            (seed_policy.for_channel(&item.channel).clone(), item.worker_seed(trackers))
         })
         .collect();
     let checked = tokio::task::spawn_blocking(move || {

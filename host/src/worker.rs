@@ -59,7 +59,7 @@ where
         monotonic: epoch.elapsed(),
         wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
-    let config = start.seed.policy_config();
+    let config = start.seed.clone();
     let mut runner = PolicyRunner::start(engine.clone(), policy, config, clock())?;
     tracing::info!(policy = %runner.policy(), "worker started");
     write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;

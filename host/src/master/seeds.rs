@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::ipc::WorkerSeed;
+use crate::policy::wire::SeedConfig;
 
 /// What to seed: one item of `POST /seed`, with the original's field names and
 /// defaults. Fields it does not know are refused by [`validate`] when posted, and kept
@@ -159,7 +159,7 @@ impl SeedItem {
     /// What a worker seeding this item is told it seeds: the original's extra fields
     /// and the item's `settings` travel as settings (text as it is, other values as
     /// JSON).
-    pub fn worker_seed(&self, trackers: Vec<String>) -> WorkerSeed {
+    pub fn worker_seed(&self, trackers: Vec<String>) -> SeedConfig {
         let mut settings = vec![
             ("token".into(), self.token.clone()),
             ("trackerZone".into(), self.tracker_zone.clone()),
@@ -172,7 +172,7 @@ impl SeedItem {
             };
             (key.clone(), text)
         }));
-        WorkerSeed {
+        SeedConfig {
             channel: self.channel.clone(),
             manifest_url: self.manifest_url(),
             trackers,

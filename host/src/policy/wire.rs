@@ -19,8 +19,9 @@ pub type TimerId = u64;
 /// A segment held in the cache; chosen by the host, stable until evicted.
 pub type SegmentHandle = u64;
 
-/// What the operator asked this worker to seed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the operator asked this worker to seed; also what the master hands a worker
+/// it starts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SeedConfig {
     pub channel: String,
     pub manifest_url: Option<String>,
