@@ -20,10 +20,10 @@ lint: setup
     cargo fmt --all --check
     cargo fmt --all --check --manifest-path guest/Cargo.toml
     cargo clippy --workspace --all-targets --locked -- -D warnings
-    cargo clippy --workspace --all-targets --exclude superpeer-guest-0-1-0 --exclude superpeer-test-pml-0-1-0 --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
+    cargo clippy --workspace --all-targets --exclude superpeer-guest-0-1-0 --exclude superpeer-segments-0-1-0 --exclude superpeer-test-pml-0-1-0 --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
     # The 0.1.0 builds of shared sources: their tests are those sources' own, run
     # against the newest world.
-    cargo clippy -p superpeer-guest-0-1-0 -p superpeer-test-pml-0-1-0 --lib --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
+    cargo clippy -p superpeer-guest-0-1-0 -p superpeer-segments-0-1-0 -p superpeer-test-pml-0-1-0 --lib --locked --target wasm32-wasip2 --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}} -- -D warnings
 
 # The third-party parts tests run against, from npm: bittorrent-tracker, hls.js,
 # p2p-media-loader and playwright-core. Reinstalled only when the lock file changed.
@@ -42,7 +42,7 @@ tools:
 # Lint, then every test: host unit and integration tests, guest logic natively.
 test: lint node-deps system-deps tools
     cargo test --workspace --locked
-    cargo test --locked -p superpeer-hls -p superpeer-policy-pml -p superpeer-policy-swarmcloud -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
+    cargo test --locked -p superpeer-hls -p superpeer-segments -p superpeer-policy-pml -p superpeer-policy-swarmcloud -p superpeer-guest --manifest-path guest/Cargo.toml --target-dir {{guest_target_dir}}
 
 # The parsers: peer wire, chunks, tracker JSON, playlists, URLs, datagrams, master/worker
 # frames, .env, seed bodies, channel ids. `just test` runs a few thousand inputs each.

@@ -12,9 +12,18 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("host/ sits in the workspace root");
     let guest = root.join("guest");
-    for watched in
-        ["Cargo.toml", "Cargo.lock", "sdk", "sdk-0.1.0", "hls", "pml", "swarmcloud", "testing"]
-    {
+    for watched in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "sdk",
+        "sdk-0.1.0",
+        "hls",
+        "segments",
+        "segments-0.1.0",
+        "pml",
+        "swarmcloud",
+        "testing",
+    ] {
         println!("cargo:rerun-if-changed={}", guest.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

@@ -18,7 +18,7 @@ use superpeer::dataplane::origin::OriginRules;
 use superpeer::dataplane::{DataPlaneLimits, Driver, Input, IoEvent};
 use superpeer::policy::wire::{
     CacheTier, CancelServe, Command, Event, FetchSegment, MessageSize, PeerAcceptAnswer,
-    PeerAnswer, PeerSend, SegmentSent, ServeSegment,
+    PeerAnswer, PeerSend, PeerSendText, SegmentSent, ServeSegment,
 };
 use tokio::sync::mpsc;
 use viewer::Viewer;
@@ -114,11 +114,19 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
         peer: 1,
         data: b"hello".to_vec(),
     }))]));
+    // A text message arrives as a string, as a browser's `send(string)` sends one; the
+    // bytes before it did not.
+    seen.extend(plane.handle([Input::Command(Command::PeerSendText(PeerSendText {
+        peer: 1,
+        text: r#"{"event":"HAVE"}"#.into(),
+    }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.iter().any(|m| m == b"hello")
+            && !v.texts.is_empty()
             && seen.iter().any(|e| matches!(e, Event::PeerMessage(m) if m.data == b"cstr\x01cend"))
     })
     .await;
+    assert_eq!(viewer.texts, [r#"{"event":"HAVE"}"#]);
 
     // A segment, streamed in DataChannel messages, byte for byte, then its end: the
     // message to the same peer right after the serve.

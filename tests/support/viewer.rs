@@ -21,6 +21,8 @@ pub struct Viewer {
     pub socket: UdpSocket,
     pub channel: Option<rtc::data_channel::RTCDataChannelId>,
     pub received: Vec<Vec<u8>>,
+    /// The text messages among them (DataChannel strings), in order.
+    pub texts: Vec<String>,
     /// The size of every datagram handed to [`Viewer::receive`], in order.
     pub datagram_sizes: Vec<usize>,
 }
@@ -47,6 +49,7 @@ impl Viewer {
             socket,
             channel: None,
             received: Vec::new(),
+            texts: Vec::new(),
             datagram_sizes: Vec::new(),
         }
     }
@@ -62,6 +65,9 @@ impl Viewer {
         }
         while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
             if let RTCMessage::DataChannelMessage(_, message) = message {
+                if message.is_string {
+                    self.texts.push(String::from_utf8_lossy(&message.data).into_owned());
+                }
                 self.received.push(message.data.to_vec());
             }
         }

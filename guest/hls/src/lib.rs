@@ -63,6 +63,19 @@ fn find<'a>(attributes: &'a [(String, String)], name: &str) -> Option<&'a str> {
     attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// A media playlist of 2 s segments `seg<n>.ts`, numbered from `first`, ended (a VOD)
+/// or not (live): what the tests of every crate that reads playlists feed it.
+pub fn example_media(first: u64, count: u64, ended: bool) -> String {
+    let mut text = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+    for n in first..first + count {
+        text.push_str(&format!("#EXTINF:2,\nseg{n}.ts\n"));
+    }
+    if ended {
+        text.push_str("#EXT-X-ENDLIST\n");
+    }
+    text
+}
+
 /// The most segments a media playlist may list: one listing more is not read (the host
 /// also caps a playlist's size). A day of 6-second segments is 14,400.
 pub const MAX_SEGMENTS: usize = 20_000;

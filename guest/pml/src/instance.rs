@@ -485,6 +485,9 @@ mod tests {
                     Command::HttpRequest(r) => {
                         panic!("the default policy sent an HTTP request: {r:?}")
                     }
+                    Command::PeerSendText(s) => {
+                        panic!("the default policy's messages are binary: {s:?}")
+                    }
                 }
             }
             for (v, id, request) in asked {

@@ -21,8 +21,10 @@
 // The generated bindings name this crate by its external path, from inside it too.
 extern crate self as superpeer_guest;
 
+pub mod allowance;
 pub mod continuity;
 pub mod links;
+pub use allowance::Allowance;
 pub use continuity::{Ids, Timers};
 
 /// The world version this build of the SDK binds: the newest, or 0.1.0 with the
@@ -79,7 +81,7 @@ pub use bindings::superpeer::policy::types::{
 pub use bindings::superpeer::policy::types::{ConnId, FetchId, PeerId, SegmentHandle, TimerId};
 #[cfg(not(feature = "wit-0-1-0"))]
 pub use bindings::superpeer::policy::types::{
-    HttpFailed, HttpRequest, HttpResponse, MessageSize, RequestId,
+    HttpFailed, HttpRequest, HttpResponse, MessageSize, PeerSendText, RequestId,
 };
 
 /// Streams a cached segment's bytes to `peer` from `offset` in DataChannel messages of
@@ -110,6 +112,9 @@ pub fn serve_segment(
 }
 
 /// The host's imports: the only outside facts a policy can see.
+///
+/// The log helpers ([`error`](host::error) to [`debug`](host::debug)) do nothing in a
+/// native build (a policy's unit tests), where there is no host to write to.
 pub mod host {
     use crate::LogLevel;
     pub use crate::bindings::superpeer::policy::host::{
@@ -117,17 +122,25 @@ pub mod host {
     };
 
     pub fn error(message: &str) {
-        log(LogLevel::Error, message);
+        emit(LogLevel::Error, message);
     }
     pub fn warn(message: &str) {
-        log(LogLevel::Warn, message);
+        emit(LogLevel::Warn, message);
     }
     pub fn info(message: &str) {
-        log(LogLevel::Info, message);
+        emit(LogLevel::Info, message);
     }
     pub fn debug(message: &str) {
-        log(LogLevel::Debug, message);
+        emit(LogLevel::Debug, message);
     }
+
+    #[cfg(target_family = "wasm")]
+    fn emit(level: LogLevel, message: &str) {
+        log(level, message);
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    fn emit(_: LogLevel, _: &str) {}
 }
 
 /// A policy: the decisions and wire formats of one worker.

@@ -195,16 +195,11 @@ impl Links {
     }
 }
 
-#[cfg(target_family = "wasm")]
 fn log_closed(url: &str, reason: &str, retry_ms: u64) {
     // Queries may carry tokens.
     let url = url.split(['?', '#']).next().unwrap_or_default();
     crate::host::info(&format!("connection to {url} closed ({reason}); retrying in {retry_ms} ms"));
 }
-
-// Native unit tests have no host to log to.
-#[cfg(not(target_family = "wasm"))]
-fn log_closed(_: &str, _: &str, _: u64) {}
 
 #[cfg(test)]
 mod tests {

@@ -146,8 +146,13 @@ impl Message {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_text().into_bytes()
+    }
+
+    /// As the text message the SDK sends and expects.
+    pub fn encode_text(&self) -> String {
         // Serialising these types cannot fail: no maps with non-string keys, no floats.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 

@@ -8,7 +8,11 @@ use serde_json::Value;
 
 /// The WebSocket URL of a signal server for `peer`.
 pub fn connect_url(server: &str, peer: &str, version: &str, token: Option<&str>) -> String {
-    let mut url = format!("{server}?id={peer}&p=web&v={version}");
+    // A browser's WebSocket reads `ws://host:port` as `ws://host:port/`; the query
+    // cannot stand where the path should be.
+    let has_path = server.split_once("://").is_some_and(|(_, rest)| rest.contains('/'));
+    let slash = if has_path { "" } else { "/" };
+    let mut url = format!("{server}{slash}?id={peer}&p=web&v={version}");
     if let Some(token) = token {
         url.push_str("&token=");
         url.push_str(token);
@@ -28,7 +32,16 @@ pub enum Outgoing {
 impl Outgoing {
     /// Our SDP answer to a peer.
     pub fn answer(to: &str, sdp: &str) -> Outgoing {
-        let data = serde_json::json!({"type": "answer", "sdp": sdp});
+        Self::sdp(to, "answer", sdp)
+    }
+
+    /// Our SDP offer to a peer (all candidates in it: nothing is trickled).
+    pub fn offer(to: &str, sdp: &str) -> Outgoing {
+        Self::sdp(to, "offer", sdp)
+    }
+
+    fn sdp(to: &str, kind: &str, sdp: &str) -> Outgoing {
+        let data = serde_json::json!({"type": kind, "sdp": sdp});
         Outgoing::Signal { to_peer_id: to.to_string(), data }
     }
 
@@ -156,6 +169,9 @@ mod tests {
             connect_url("ws://s:1/", "p1", "0.2.0", Some("t")),
             "ws://s:1/?id=p1&p=web&v=0.2.0&token=t"
         );
+        // As a browser reads a URL without a path.
+        assert_eq!(connect_url("ws://s:1", "p1", "2", None), "ws://s:1/?id=p1&p=web&v=2");
+        assert_eq!(connect_url("wss://s/sig", "p1", "2", None), "wss://s/sig?id=p1&p=web&v=2");
         let answer: Value = serde_json::from_str(&Outgoing::answer("v1", "v=0").encode()).unwrap();
         assert_eq!(
             answer,

@@ -5,13 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The tracker base URL of each `trackerZone`, as the SDK has them.
-pub const ZONES: [(&str, &str); 3] = [
-    ("eu", "https://eu.cdnbye.com/v1"),
-    ("hk", "https://hk.swarmcloud.net/v1"),
-    ("us", "https://us.hdtvcloud.com/v1"),
-];
-
 /// The announce request's URL.
 pub fn announce_url(base: &str) -> String {
     format!("{}/channel", base.trim_end_matches('/'))

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::cache::{ForServe, SegmentCache};
-use super::webrtc::{self, Rtc, Transmit};
+use super::webrtc::{self, Message, Rtc, Transmit};
 use super::{Input, IoEvent, IoRequest, NOT_CACHED};
 use crate::counters::Counters;
 use crate::policy::wire::{
@@ -121,7 +121,8 @@ impl DataPlane {
                 None => Vec::new(),
             },
             Command::PeerAnswer(a) => self.rtc.answer(a.peer, a.offer, now),
-            Command::PeerSend(s) => self.rtc.send(s.peer, s.data, now),
+            Command::PeerSend(s) => self.rtc.send(s.peer, Message::Binary(s.data.into()), now),
+            Command::PeerSendText(s) => self.rtc.send(s.peer, Message::Text(s.text), now),
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
                 tracing::debug!(peer = c.peer, reason = %c.reason, "policy closed a peer");

@@ -76,10 +76,27 @@ pub struct Transmit {
     pub datagrams: Vec<(SocketAddr, BytesMut)>,
 }
 
+/// One DataChannel message: bytes, or a string (which browsers hand to the page as a
+/// string, not an ArrayBuffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Binary(Bytes),
+    Text(String),
+}
+
+impl Message {
+    fn len(&self) -> usize {
+        match self {
+            Message::Binary(bytes) => bytes.len(),
+            Message::Text(text) => text.len(),
+        }
+    }
+}
+
 /// What waits to go out on a viewer's DataChannel, in order.
 #[derive(Debug)]
 enum Outgoing {
-    Message(Bytes),
+    Message(Message),
     Serve {
         handle: SegmentHandle,
         /// None while the segment is read from disk: the viewer's queue waits at it, so
@@ -463,12 +480,12 @@ impl Rtc {
 
     /// Queues one message for the viewer, after whatever is queued already; a viewer
     /// whose queue is full is closed instead.
-    pub fn send(&mut self, peer: PeerId, data: Vec<u8>, now: Instant) -> Vec<Event> {
+    pub fn send(&mut self, peer: PeerId, message: Message, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if !state.has_room_for(data.len()) {
+        if !state.has_room_for(message.len()) {
             return self.drop_peer(peer, SEND_QUEUE_FULL.into());
         }
-        state.queue.push_back(Outgoing::Message(Bytes::from(data)));
+        state.queue.push_back(Outgoing::Message(message));
         self.drain(peer, now)
     }
 
@@ -741,8 +758,12 @@ fn pump(
         }
         let Some(item) = state.queue.front_mut() else { break };
         match item {
-            Outgoing::Message(bytes) => {
+            Outgoing::Message(Message::Binary(bytes)) => {
                 let _ = channel.send(now, BytesMut::from(&bytes[..]));
+                state.queue.pop_front();
+            }
+            Outgoing::Message(Message::Text(text)) => {
+                let _ = channel.send_text(now, std::mem::take(text));
                 state.queue.pop_front();
             }
             // Still being read: everything behind it waits too.

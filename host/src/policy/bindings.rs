@@ -279,6 +279,7 @@ records! { t2:
     HttpFailed { request, reason }
     HttpRequest { request, method, url, headers, body }
     ServeSegment { peer, handle, offset, message_size, end }
+    PeerSendText { peer, text }
 }
 
 impl Lift<wire::MessageSize> for t2::MessageSize {
@@ -313,6 +314,7 @@ impl Lift<wire::Command> for t2::Command {
         common_command!(t2, self,
             t2::Command::ServeSegment(s) => wire::Command::ServeSegment(s.lift()),
             t2::Command::HttpRequest(r) => wire::Command::HttpRequest(r.lift()),
+            t2::Command::PeerSendText(s) => wire::Command::PeerSendText(s.lift()),
         )
     }
 }

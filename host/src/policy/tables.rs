@@ -273,6 +273,10 @@ impl Tables {
                 fit("peer message", s.data.len(), limits.max_message_bytes)?;
                 self.open_peer(s.peer)?;
             }
+            Command::PeerSendText(s) => {
+                fit("peer message", s.text.len(), limits.max_message_bytes)?;
+                self.open_peer(s.peer)?;
+            }
             Command::ServeSegment(s) => {
                 self.open_peer(s.peer)?;
                 let segment = self.segments.get(&s.handle).ok_or(unknown("segment", s.handle))?;
@@ -498,7 +502,7 @@ mod tests {
     use super::*;
     use crate::policy::wire::{
         CacheTier, FetchSegment, PeerAcceptAnswer, PeerAnswer, PeerClose, PeerClosed, PeerSend,
-        SegmentStored, ServeSegment, TimerSet, TrackerConnect, TrackerSend,
+        PeerSendText, SegmentStored, ServeSegment, TimerSet, TrackerConnect, TrackerSend,
     };
 
     const NOW: Duration = Duration::from_secs(100);
@@ -580,11 +584,17 @@ mod tests {
         admit(&mut t, answer(2)).unwrap();
         assert_eq!(admit(&mut t, answer(3)), Err(Rejection::TooMany { what: "peers", max: 2 }));
         let send = Command::PeerSend(PeerSend { peer: 1, data: vec![1, 2, 3] });
+        let text = Command::PeerSendText(PeerSendText { peer: 1, text: "{}".into() });
         assert_eq!(admit(&mut t, send.clone()), Err(Rejection::PeerNotOpen(1)));
+        assert_eq!(admit(&mut t, text.clone()), Err(Rejection::PeerNotOpen(1)));
         t.observe(&Event::PeerChannelOpen(1));
         admit(&mut t, send).unwrap();
+        admit(&mut t, text).unwrap();
         let big = Command::PeerSend(PeerSend { peer: 1, data: vec![0; (64 << 10) + 1] });
         assert!(matches!(admit(&mut t, big), Err(Rejection::TooLarge { .. })));
+        let long =
+            Command::PeerSendText(PeerSendText { peer: 1, text: "x".repeat((64 << 10) + 1) });
+        assert!(matches!(admit(&mut t, long), Err(Rejection::TooLarge { .. })));
         t.observe(&Event::PeerClosed(PeerClosed { peer: 1, reason: "gone".into() }));
         admit(&mut t, answer(3)).unwrap();
         assert_eq!(t.connections(), 2);

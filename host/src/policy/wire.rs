@@ -225,6 +225,13 @@ pub struct PeerSend {
     pub data: Vec<u8>,
 }
 
+/// A text message (sent as a DataChannel string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSendText {
+    pub peer: PeerId,
+    pub text: String,
+}
+
 /// How a serve's bytes are cut into DataChannel messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageSize {
@@ -295,6 +302,7 @@ pub enum Command {
     PeerAnswer(PeerAnswer),
     PeerAcceptAnswer(PeerAcceptAnswer),
     PeerSend(PeerSend),
+    PeerSendText(PeerSendText),
     ServeSegment(ServeSegment),
     CancelServe(CancelServe),
     PeerClose(PeerClose),

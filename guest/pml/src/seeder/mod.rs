@@ -14,9 +14,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use superpeer_guest::{
-    CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, HostState,
+    Allowance, CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, HostState,
     PeerAcceptAnswer, PeerAnswer, PeerClose, PeerId, SegmentHandle, TrackerSend,
 };
+
+use superpeer_guest::host::info as log;
+use superpeer_segments::{LIVE_WINDOW, RETRY_MS, VOD_HELD, VOD_PREFETCH, live_reload_ms};
 
 use crate::announce::{self, AnnounceEvent, TrackerMessage};
 use crate::context::{Context, Timer};
@@ -35,24 +38,14 @@ use peers::close;
 const REACH_TICK_MS: u64 = reach::FAST_ROUND_GAP_MS;
 /// Re-announce interval until a tracker says otherwise (p2p-media-loader's default).
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
-/// Live segments kept: the playlist's window, at most this many.
-const LIVE_WINDOW: usize = 12;
-/// VOD segments fetched ahead: from the start, and from where viewers ask.
-const VOD_PREFETCH: usize = 10;
-/// Most VOD segments held in memory (until the disk cache holds them).
-const VOD_HELD: usize = 64;
 /// How many fetches may be in flight before asking the disk cache about more VOD
 /// segments waits: well under the host's limit, so a probe is never turned away.
 const PROBE_BUDGET: usize = 64;
-/// Wait before fetching a playlist again after a failure.
-const RETRY_MS: u64 = 2_000;
 /// A segment whose fetch failed is not fetched again for this long, doubled after each
 /// further failure up to [`SEGMENT_RETRY_MAX_MS`]: an origin that fails a segment (or
 /// sends one that never ends) is not asked for it at every reload.
 const SEGMENT_RETRY_MS: u64 = 1_000;
 const SEGMENT_RETRY_MAX_MS: u64 = 30_000;
-/// The shortest wait between reloads of a live playlist, however short its segments.
-const MIN_RELOAD_MS: u64 = 250;
 /// The longest announce text: the host's limit on a tracker text (64 KiB) with room to
 /// spare. Offers that would not fit are withdrawn.
 const MAX_ANNOUNCE_BYTES: usize = 60 << 10;
@@ -150,10 +143,8 @@ struct Viewer {
     /// request times out and is asked again).
     #[serde(skip)]
     joiner: Joiner,
-    /// Messages it may still send at once (see [`MESSAGE_BURST`]), and when that was
-    /// last counted.
-    allowance: f64,
-    counted_ms: u64,
+    /// Messages it may still send at once (see [`MESSAGE_BURST`]).
+    allowance: Allowance,
     /// The one request being served (a viewer has one in flight at a time).
     serving: Option<Serving>,
 }
@@ -172,8 +163,7 @@ impl Viewer {
             remote,
             open: false,
             joiner: Joiner::default(),
-            allowance: MESSAGE_BURST,
-            counted_ms: now_ms,
+            allowance: Allowance::full(MESSAGE_BURST, now_ms),
             serving: None,
         }
     }
@@ -181,10 +171,7 @@ impl Viewer {
     /// Counts one message against the viewer's allowance; false once it sends faster
     /// than any viewer needs to.
     fn allowed(&mut self, now_ms: u64) -> bool {
-        let elapsed = now_ms.saturating_sub(self.counted_ms) as f64 / 1000.0;
-        self.counted_ms = now_ms;
-        self.allowance = (self.allowance + elapsed * MESSAGES_PER_SECOND).min(MESSAGE_BURST) - 1.0;
-        self.allowance >= 0.0
+        self.allowance.take(now_ms, MESSAGES_PER_SECOND, MESSAGE_BURST)
     }
 }
 
@@ -261,7 +248,7 @@ pub(crate) struct Seeder {
     /// Each tracker connection's offer allowance and when it was last counted (a new
     /// instance starts every tracker with a full one).
     #[serde(skip)]
-    offer_allowance: HashMap<ConnId, (f64, u64)>,
+    offer_allowance: HashMap<ConnId, Allowance>,
     /// Requests seen, the clock of `last_use`.
     uses: u64,
 }
@@ -739,16 +726,11 @@ impl Seeder {
     /// once it brings offers faster than [`OFFER_RATE`].
     fn offer_allowed(&mut self, conn: ConnId) -> bool {
         let now_ms = self.now_ms;
-        let (allowance, counted_ms) =
-            self.offer_allowance.entry(conn).or_insert((OFFER_BURST, now_ms));
-        let elapsed = now_ms.saturating_sub(*counted_ms) as f64 / 1000.0;
-        *allowance = (*allowance + elapsed * OFFER_RATE).min(OFFER_BURST);
-        *counted_ms = now_ms;
-        if *allowance < 1.0 {
-            return false;
-        }
-        *allowance -= 1.0;
-        true
+        self.offer_allowance.entry(conn).or_insert(Allowance::full(OFFER_BURST, now_ms)).take(
+            now_ms,
+            OFFER_RATE,
+            OFFER_BURST,
+        )
     }
 
     /// Viewers of a swarm whose DataChannel is open: those reached. Offers that may
@@ -788,14 +770,6 @@ impl Seeder {
         }
     }
 }
-
-#[cfg(target_family = "wasm")]
-fn log(message: &str) {
-    superpeer_guest::host::info(message);
-}
-
-#[cfg(not(target_family = "wasm"))]
-fn log(_: &str) {}
 
 #[cfg(test)]
 mod tests;

@@ -389,20 +389,6 @@ pub(super) fn renditions(url: &str, text: &str) -> Vec<Listed> {
     main.chain(audio).collect()
 }
 
-/// When to reload a live playlist. Viewers play a few segments behind the live edge and
-/// fetch over HTTP what is about to play, so a new segment is worth something to them
-/// only if superpeer has it within moments of its appearing. Reloading once per target
-/// duration would lock onto a phase: if that phase is just before the origin adds
-/// segments, every segment is seen a whole target duration late. So after a reload that
-/// found a new segment the next comes a little before the following one is due, and
-/// without one, reloads come every quarter of the target duration until it appears.
-/// That sees each segment within a quarter target duration, for about two requests per
-/// segment.
-pub(super) fn live_reload_ms(target_duration_ms: u64, grew: bool) -> u64 {
-    let quarter = (target_duration_ms / 4).max(MIN_RELOAD_MS);
-    if grew { target_duration_ms.saturating_sub(quarter).max(MIN_RELOAD_MS) } else { quarter }
-}
-
 /// The segments to hold, with the id viewers know them by: for live the media sequence
 /// number (the newest [`LIVE_WINDOW`]), for VOD the position in the playlist (the first
 /// [`VOD_PREFETCH`]).

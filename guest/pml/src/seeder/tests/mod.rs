@@ -10,16 +10,7 @@ const MASTER: &str = "#EXTM3U
 720p.m3u8
 ";
 
-fn media(first: u64, count: u64, ended: bool) -> String {
-    let mut text = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
-    for n in first..first + count {
-        text.push_str(&format!("#EXTINF:2,\nseg{n}.ts\n"));
-    }
-    if ended {
-        text.push_str("#EXT-X-ENDLIST\n");
-    }
-    text
-}
+use superpeer_hls::example_media as media;
 
 /// Numbers that never repeat within a test run, so ids drawn in different turns
 /// differ as random ones would.
