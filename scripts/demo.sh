@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The demo: starts `superpeer serve` on a free local port with the embedded policy,
+# The demo: starts `superpeer serve` on a free local port with the embedded policies,
 # shows it answering, hot-swaps a new policy in over the REST API, shows a bad policy
 # being refused while the good one keeps running, survives kill -9 of a worker, then
-# seeds a live stream (ffmpeg, a real bittorrent-tracker) and lets headless Chromium
-# viewers running hls.js + p2p-media-loader watch it, printing what superpeer uploads to
-# them as it happens and a summary. It stops everything it started.
+# seeds a live stream (ffmpeg) for both viewer protocols, through a real
+# bittorrent-tracker for p2p-media-loader and a SwarmCloud-compatible tracker and signal
+# relay for the SwarmCloud SDK, and lets headless Chromium viewers of each (unmodified
+# players) watch it, printing what superpeer uploads to them as it happens and a
+# summary. DEMO_PROTOCOL=pml or swarmcloud shows one protocol only. It stops everything
+# it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,38 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
+
+protocols=${DEMO_PROTOCOL:-both}
+case "$protocols" in both | pml | swarmcloud) ;; *) echo "DEMO_PROTOCOL is pml, swarmcloud or both" >&2; exit 2 ;; esac
+
+# Starts `node tests/support/NAME ARGS...` held open on an fd of this script (it exits
+# when its stdin closes, so it cannot outlive the demo) and sets $port to the port it
+# listens on.
+start_helper() {
+  local name=$1 log="$work/$1-$RANDOM.log" fifo="$work/$1-$RANDOM.in" fd
+  shift
+  mkfifo "$fifo"
+  node "tests/support/$name" "$@" <"$fifo" >"$log" 2>&1 &
+  helpers+=($!)
+  exec {fd}>"$fifo"
+  port=""
+  for _ in $(seq 1 600); do
+    port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$log")
+    [ -n "$port" ] && return 0
+    sleep 0.1
+  done
+  cat "$log" >&2
+  echo "$name $* did not start" >&2
+  exit 1
+}
+
+# The SwarmCloud tracker and relay run from the start: the tracker is a zone of the
+# master's configuration (trackerZones), and on this machine (originAllow).
+start_helper swarmcloud.mjs tracker
+swarmcloud_tracker="http://127.0.0.1:$port/v1"
+start_helper swarmcloud.mjs signal
+swarmcloud_relay="ws://127.0.0.1:$port"
+printf 'trackerZones=demo=%s\noriginAllow=127.0.0.1\n' "$swarmcloud_tracker" >"$work/.env"
 
 token=demo-$RANDOM$RANDOM
 "$bin" serve --port 0 --bind 127.0.0.1 --data-dir "$work/data" --env-file "$work/.env" --access-token "$token" >"$work/log" 2>&1 &
@@ -109,49 +144,52 @@ curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" | jq ".workers[\"$new\"] | {pi
 step "Stopping everything through the API"
 authed POST /stop_all
 
-# A real WebTorrent tracker and a live HLS origin (ffmpeg encoding in real time), both on
-# free local ports. Each exits when its stdin closes: this script holds them open (fds 3
-# and 4) until it ends, so neither can outlive it.
-mkfifo "$work/tracker.in" "$work/origin.in"
-node tests/support/tracker.mjs <"$work/tracker.in" >"$work/tracker.log" 2>&1 &
-helpers+=($!)
-exec 3>"$work/tracker.in"
-node tests/support/hls-origin.mjs --dir "$work/media" --live <"$work/origin.in" >"$work/origin.log" 2>&1 &
-helpers+=($!)
-exec 4>"$work/origin.in"
 step "Starting a bittorrent-tracker and an HLS origin with ffmpeg encoding a live stream"
-tracker_port="" origin_port=""
-for _ in $(seq 1 600); do
-  tracker_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$work/tracker.log")
-  origin_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$work/origin.log")
-  [ -n "$tracker_port" ] && [ -n "$origin_port" ] && break
-  sleep 0.1
-done
-[ -n "$tracker_port" ] && [ -n "$origin_port" ] || { cat "$work/tracker.log" "$work/origin.log" >&2; echo "tracker or origin did not start" >&2; exit 1; }
+start_helper tracker.mjs
+tracker_port=$port
+start_helper hls-origin.mjs --dir "$work/media" --live
+origin_port=$port
 tracker="ws://127.0.0.1:$tracker_port"
 origin="http://127.0.0.1:$origin_port"
 manifest="$origin/live/master.m3u8"
-echo "tracker $tracker, stream $manifest"
+echo "tracker $tracker, stream $manifest; SwarmCloud tracker $swarmcloud_tracker, relay $swarmcloud_relay"
 
-channel=$(printf '%s' "$manifest" | base64 | tr -d '\n')
-step "Seeding the live stream: the worker reads its playlists, joins its rendition's swarm on the tracker and caches the live window"
-authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"signal1\": \"$tracker\"}]}"
-pid=$(wait_stats '.workers | to_entries[] | select(.value.segments >= 2 and .value.trackers == 1) | .key')
-curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
-  jq ".workers[\"$pid\"] | {channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name}"
+if [ "$protocols" != swarmcloud ]; then
+  channel=$(printf '%s' "$manifest" | base64 | tr -d '\n')
+  step "Seeding the live stream for p2p-media-loader viewers: the worker reads its playlists, joins its rendition's swarm on the tracker and caches the live window"
+  authed POST /seed --data "{\"list\": [{\"channel\": \"$channel\", \"keepAlive\": true, \"signal1\": \"$tracker\"}]}"
+  pid=$(wait_stats '.workers | to_entries[] | select(.value.protocol == "pml" and .value.segments >= 2 and .value.trackers == 1) | .key')
+  curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
+    jq ".workers[\"$pid\"] | {protocol, channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name}"
+fi
+if [ "$protocols" != pml ]; then
+  # The channel id as the SwarmCloud SDK computes it: base64 of encodeURIComponent of
+  # host:port/path-without-extension|relay-host:port[8].
+  plain="127.0.0.1:$origin_port/live/master|127.0.0.1:${swarmcloud_relay##*:}[8]"
+  sc_channel=$(jq -rn --arg v "$plain" '$v|@uri' | tr -d '\n' | base64 | tr -d '\n')
+  step "Seeding the same stream for SwarmCloud viewers (another swarm, its own worker): it announces to the tracker's HTTP API as a super peer and waits on the signal relay for offers"
+  authed POST /seed --data "{\"list\": [{\"channel\": \"$sc_channel\", \"protocol\": \"swarmcloud\", \"trackerZone\": \"demo\", \"url\": \"$manifest\", \"signal1\": \"$swarmcloud_relay\", \"keepAlive\": true}]}"
+  pid=$(wait_stats '.workers | to_entries[] | select(.value.protocol == "swarmcloud" and .value.segments >= 2 and .value.trackers == 1) | .key')
+  curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
+    jq ".workers[\"$pid\"] | {protocol, channelId, trackers, segments, memoryCacheSize, downloaded, policy: .policy.name}"
+fi
 
-viewers=${DEMO_VIEWERS:-3}
+uri() { jq -rn --arg v "$1" '$v|@uri'; }
+pages=()
+[ "$protocols" != swarmcloud ] && pages+=(--page "$origin/player.html?manifest=$(uri "$manifest")&trackers=$(uri "$tracker")&highDemand=4&liveSync=7")
+[ "$protocols" != pml ] && pages+=(--page "$origin/swarmcloud.html?manifest=$(uri "$manifest")&announce=$(uri "$swarmcloud_tracker")&signal=$(uri "$swarmcloud_relay")&liveSync=7")
+# Two of each protocol, or three of the one shown.
+viewers=${DEMO_VIEWERS:-$([ "$protocols" = both ] && echo 4 || echo 3)}
 seconds=${DEMO_SECONDS:-40}
-step "$viewers viewers (headless Chromium, unmodified hls.js + p2p-media-loader) watch for $seconds s"
-echo "Each finds superpeer through the tracker, plays 7 segments behind the live edge, and takes over P2P what plays more than 4 s ahead."
-page="$origin/player.html?manifest=$(jq -rn --arg v "$manifest" '$v|@uri')&trackers=$(jq -rn --arg v "$tracker" '$v|@uri')&highDemand=4&liveSync=7"
+step "$viewers viewers (headless Chromium, unmodified players: hls.js + p2p-media-loader, and the SwarmCloud SDK's hls.js) watch for $seconds s"
+echo "Each finds superpeer through its tracker, plays 7 segments behind the live edge, and takes over P2P what plays far enough ahead."
 # What each worker does, every 2 s, from the master's /stats.
 (
   previous='{}'
   while sleep 2; do
     stats=$(curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" 2>/dev/null) || continue
     jq -r --argjson previous "$previous" '.workers | to_entries[] | select(.value.state == "running") |
-      "  superpeer worker \(.key): \(.value.peers) peer(s), uplink \(((.value.uploaded - ($previous[.key] // .value.uploaded)) * 8 / 2e6 * 10 | round) / 10) Mbit/s, uploaded \((.value.uploaded / 1e5 | round) / 10) MB, \(.value.segments) segments cached, CPU \((.value.cpu * 10 | round) / 10)%"' <<<"$stats"
+      "  superpeer worker \(.key) (\(.value.protocol)): \(.value.peers) peer(s), uplink \(((.value.uploaded - ($previous[.key] // .value.uploaded)) * 8 / 2e6 * 10 | round) / 10) Mbit/s, uploaded \((.value.uploaded / 1e5 | round) / 10) MB, \(.value.segments) segments cached, CPU \((.value.cpu * 10 | round) / 10)%"' <<<"$stats"
     previous=$(jq -c '.workers | map_values(.uploaded)' <<<"$stats")
   done
 ) &
@@ -165,11 +203,11 @@ node tests/support/monitor.mjs --url "$url/" --token "$token" --screenshot "$scr
   --look "$((seconds > 10 ? seconds - 5 : seconds))" >"$work/monitor.json" 2>&1 &
 looker=$!
 helpers+=($looker)
-node tests/support/viewers.mjs --page "$page" --viewers "$viewers" --seconds "$seconds" >"$work/viewers.jsonl" &
+node tests/support/viewers.mjs "${pages[@]}" --viewers "$viewers" --seconds "$seconds" >"$work/viewers.jsonl" &
 driver=$!
 helpers+=($driver)
 tail -f --pid "$driver" "$work/viewers.jsonl" | jq --unbuffered -r 'select(.type == "tick") | .viewers | to_entries[] |
-  "  viewer \(.key + 1): played \(.value.played) s, \(.value.peers) peer(s), P2P \(.value.p2pBytes / 1e6 * 10 | round / 10) MB, HTTP \(.value.httpBytes / 1e6 * 10 | round / 10) MB, stalls \(.value.stalls)"'
+  "  viewer \(.key + 1) (\(.value.protocol)): played \(.value.played) s, \(.value.peers) peer(s), P2P \(.value.p2pBytes / 1e6 * 10 | round / 10) MB, HTTP \(.value.httpBytes / 1e6 * 10 | round / 10) MB, stalls \(.value.stalls)"'
 wait "$driver"
 kill "$monitor" 2>/dev/null || true
 wait "$looker" && echo "monitor screenshot: $screenshot" || echo "no monitor screenshot: $(cat "$work/monitor.json")"
@@ -181,10 +219,10 @@ curl -sS -H "Authorization: Bearer $token" "$url/metrics" |
 step "Summary"
 # Viewers also trade segments among themselves: P2P counts bytes from any peer.
 jq -r 'select(.type == "summary") | .viewers | to_entries[] |
-  "viewer \(.key + 1): played \((.value.playedSeconds * 10 | round) / 10) s, stalls \(.value.stalls), \((.value.p2pBytes + .value.httpBytes) / 1e5 | round / 10) MB of segments, \(.value.p2pBytes * 100 / ([.value.p2pBytes + .value.httpBytes, 1] | max) | round)% over P2P"' "$work/viewers.jsonl"
+  "viewer \(.key + 1) (\(.value.protocol // "pml")): played \((.value.playedSeconds * 10 | round) / 10) s, stalls \(.value.stalls), \((.value.p2pBytes + .value.httpBytes) / 1e5 | round / 10) MB of segments, \(.value.p2pBytes * 100 / ([.value.p2pBytes + .value.httpBytes, 1] | max) | round)% over P2P"' "$work/viewers.jsonl"
 viewed=$(jq 'select(.type == "summary") | [.viewers[] | .p2pBytes + .httpBytes] | add' "$work/viewers.jsonl")
 curl -sS -H "X-ACCESS-TOKEN: $token" "$url/stats" |
   jq -r --argjson viewed "$viewed" '[.workers[] | select(.state == "running")] |
     "superpeer: uploaded \(map(.uploaded) | add / 1e5 | round / 10) MB, \(map(.uploaded) | add * 100 / ([$viewed, 1] | max) | round)% of all the bytes the viewers loaded; fetched \(map(.downloaded) | add / 1e5 | round / 10) MB from the origin"'
 curl -sS "$origin/hits.json" |
-  jq -r '[to_entries[] | select(.key | endswith(".ts"))] | "origin: \(length) segments asked for \(map(.value) | add) times in all (superpeer once each; viewers only what played within 4 s)"'
+  jq -r '[to_entries[] | select(.key | endswith(".ts"))] | "origin: \(length) segments asked for \(map(.value) | add) times in all (each superpeer worker once; viewers only what played within 4 s)"'

@@ -12,9 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -40,44 +38,6 @@ const LIVE_SYNC_SEGMENTS: u32 = 7;
 /// Chromium, ffmpeg and superpeer share two cores: one stream at a time keeps a stall
 /// from being the machine's fault.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// `node viewers.mjs`, stopped (with its browser) when dropped.
-struct Viewers(Child);
-
-impl Drop for Viewers {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            signal("TERM", self.0.id());
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Plays `page` in `count` Chromium tabs for `PLAY_SECONDS`; the driver's summary.
-fn watch(page: &str, count: usize) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/viewers.mjs");
-    assert!(Path::new("/usr/bin/chromium").exists(), "Chromium is not installed: run `just setup`");
-    let child = Command::new("node")
-        .arg(script)
-        .args(["--page", page, "--viewers", &count.to_string()])
-        .args(["--seconds", &PLAY_SECONDS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut viewers = Viewers(child);
-    let stdout = viewers.0.stdout.take().unwrap();
-    let mut summary = None;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        let message: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if message["type"] == "summary" {
-            summary = Some(message["viewers"].as_array().unwrap().clone());
-        }
-    }
-    let status = viewers.0.wait().unwrap();
-    assert!(status.success(), "the viewer driver failed: {status}");
-    summary.expect("the viewer driver printed no summary")
-}
 
 fn sha256_of_file(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -127,7 +87,7 @@ fn a_lone_viewer_gets_most_of_the_stream_from_superpeer(kind: &str) {
         percent_encode(&manifest),
         percent_encode(&tracker.url)
     );
-    let viewers = watch(&page, 1);
+    let viewers = watch(&page, 1, PLAY_SECONDS);
     let viewer = &viewers[0];
     let brief: BTreeMap<&str, &Value> = ["failed", "timedOut", "playedSeconds", "stalls", "errors"]
         .into_iter()

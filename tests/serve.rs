@@ -12,7 +12,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use superpeer::master::Master;
 use superpeer::master::config::MasterConfig;
-use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
+use superpeer::policy::{PolicyEngine, PolicyLimits};
+use superpeer::protocol::{Protocol, starting_policies};
 use superpeer::serve::{self, ControlPlane};
 use tower::ServiceExt;
 
@@ -29,7 +30,7 @@ async fn control(token: Option<&str>) -> ControlPlane {
         ..PolicyLimits::default()
     };
     let engine = PolicyEngine::new(limits.clone()).unwrap();
-    let active = engine.admit(EMBEDDED_POLICY, "embedded").unwrap();
+    let policies = starting_policies(&engine, Protocol::Pml, None).unwrap();
     let data = std::env::temp_dir().join(format!(
         "superpeer-serve-test-{}-{}",
         std::process::id(),
@@ -39,7 +40,7 @@ async fn control(token: Option<&str>) -> ControlPlane {
     values.insert("dataDir".to_string(), data.display().to_string());
     let mut config = MasterConfig::from_values(&values, &BTreeMap::new()).unwrap();
     config.policy_limits = limits;
-    let (master, handle) = Master::new(config, active, "text").unwrap();
+    let (master, handle) = Master::new(config, policies, "text").unwrap();
     tokio::spawn(master.run());
     ControlPlane::new(engine, handle, token.map(String::from))
 }

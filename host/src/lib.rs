@@ -9,5 +9,6 @@ pub mod ipc;
 pub mod master;
 pub mod metrics;
 pub mod policy;
+pub mod protocol;
 pub mod serve;
 pub mod worker;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use superpeer::master::Master;
 use superpeer::master::config::MasterConfig;
-use superpeer::policy::{EMBEDDED_POLICY, PolicyEngine, PolicyLimits};
+use superpeer::policy::{PolicyEngine, PolicyLimits};
+use superpeer::protocol::{Protocol, starting_policies};
 use superpeer::serve::{self, ControlPlane};
 
 /// mimalloc rather than the system allocator: a worker allocates and frees packet
@@ -158,10 +159,13 @@ enum PolicyCommand {
         /// The component (.wasm).
         file: PathBuf,
     },
-    /// Write the embedded default policy to a file, to inspect or modify it.
+    /// Write an embedded policy to a file, to inspect or modify it.
     ExportDefault {
         /// Where to write the component.
         file: PathBuf,
+        /// Whose policy: pml (the default) or swarmcloud.
+        #[arg(long, default_value = "pml")]
+        protocol: Protocol,
     },
 }
 
@@ -182,8 +186,8 @@ fn main() -> anyhow::Result<()> {
             let policy = engine.admit_file(&file)?;
             write_stdout(&serde_json::to_string_pretty(&policy.meta)?)
         }
-        Command::Policy { command: PolicyCommand::ExportDefault { file } } => {
-            std::fs::write(&file, EMBEDDED_POLICY)
+        Command::Policy { command: PolicyCommand::ExportDefault { file, protocol } } => {
+            std::fs::write(&file, protocol.embedded_policy())
                 .with_context(|| format!("could not write {}", file.display()))
         }
     }
@@ -192,14 +196,10 @@ fn main() -> anyhow::Result<()> {
 fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let config = MasterConfig::load(&args.env_file, &args.overrides())?;
     let engine = PolicyEngine::new(config.policy_limits.clone())?;
-    let policy = match &config.policy_file {
-        Some(path) => engine.admit_file(path),
-        None => engine.admit(EMBEDDED_POLICY, "embedded"),
-    }
-    .with_context(|| match &config.policy_file {
-        Some(path) => format!("policyFile {} was refused", path.display()),
-        None => "the embedded policy was refused".into(),
-    })?;
+    let policies =
+        starting_policies(&engine, config.default_protocol, config.policy_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    let policy = &policies[&config.default_protocol];
     if args.check {
         let summary = serde_json::json!({
             "listen": config.listen.to_string(),
@@ -215,16 +215,20 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "originAllow": config.origin_allow,
             "originTimeoutSeconds": config.origin_timeout.as_secs(),
             "viewerStallSeconds": config.viewer_stall.as_secs(),
+            "protocol": config.default_protocol,
             "policy": policy.meta,
             "policySource": policy.source,
+            "policies": policies.iter().map(|(p, a)| (p.name(), &a.meta)).collect::<BTreeMap<_, _>>(),
         });
         return write_stdout(&serde_json::to_string_pretty(&summary)?);
     }
-    tracing::info!(policy = %policy.meta, source = %policy.source, "policy loaded");
+    for (protocol, policy) in &policies {
+        tracing::info!(%protocol, policy = %policy.meta, source = %policy.source, "policy loaded");
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {
-        let (master, handle) = Master::new(config.clone(), policy, log_format.as_str())?;
+        let (master, handle) = Master::new(config.clone(), policies, log_format.as_str())?;
         let mut master_task = tokio::spawn(master.run());
         let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
         if !control.requires_token() {

@@ -24,11 +24,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::master::seeds::{self, SeedItem, SeedRequest};
-use crate::master::{MasterError, MasterHandle};
+use crate::master::{MasterError, MasterHandle, PolicyTarget};
 use crate::policy::wire::SeedConfig;
 use crate::policy::{
     AdmittedPolicy, Clock, CompiledPolicy, Fault, PolicyEngine, PolicyError, PolicyRunner,
 };
+use crate::protocol::Protocol;
 
 /// Every route: method and path as in the OpenAPI document, which a test keeps equal.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -528,11 +529,13 @@ async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result
     let engine = control.engine.clone();
     let checks: Vec<(Arc<AdmittedPolicy>, SeedConfig)> = items
         .iter()
-        .map(|item| {
-            let trackers = item.trackers(&seed_policy.default_trackers);
-            (seed_policy.for_channel(&item.channel).clone(), item.worker_seed(trackers))
+        .enumerate()
+        .map(|(index, item)| {
+            seed_policy.worker_seed(item).map_err(|reason| {
+                ApiError(StatusCode::BAD_REQUEST, format!("item {index}: {reason}"))
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let checked = tokio::task::spawn_blocking(move || {
         // Each distinct policy is loaded once.
         let mut loaded: Vec<(Arc<AdmittedPolicy>, CompiledPolicy)> = Vec::new();
@@ -647,9 +650,12 @@ async fn get_policy(State(control): State<ControlPlane>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyTarget {
+struct PolicyQuery {
     /// Only this channel's workers get the policy.
     channel: Option<String>,
+    /// The workers of this protocol's seeds get it (the default protocol's when
+    /// neither is given).
+    protocol: Option<String>,
 }
 
 /// Takes a `.wasm` body: compiles it, checks it against the world, starts it once on a
@@ -657,10 +663,20 @@ struct PolicyTarget {
 /// swap it in after a canary of their own.
 async fn post_policy(
     State(control): State<ControlPlane>,
-    target: Result<Query<PolicyTarget>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PolicyQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    let target = query_params(target)?;
+    let query = query_params(query)?;
+    let bad = |reason: String| ApiError(StatusCode::BAD_REQUEST, reason);
+    let target = match (query.channel, query.protocol) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give `channel` or `protocol`, not both: a channel has one".into()));
+        }
+        (Some(channel), None) => PolicyTarget::Channel(channel),
+        (None, protocol) => PolicyTarget::Protocol(
+            protocol.map(|p| p.parse::<Protocol>()).transpose().map_err(bad)?,
+        ),
+    };
     let body = body_of(body)?;
     if body.is_empty() {
         return Err(ApiError(
@@ -688,7 +704,7 @@ async fn post_policy(
     let check_ms = started.elapsed().as_millis() as u64;
     let identity = json!({ "name": policy.meta.name, "version": policy.meta.version, "digest": policy.meta.digest,
         "size": policy.meta.size, "source": policy.source });
-    let workers = control.master.set_policy(Arc::new(policy), target.channel).await?;
+    let workers = control.master.set_policy(Arc::new(policy), target).await?;
     ok(json!({ "policy": identity, "checkMs": check_ms, "workers": workers }))
 }
 

@@ -7,5 +7,9 @@ export const option = (name, fallback) => {
   return at >= 0 ? args[at + 1] : fallback
 }
 
+// Every value given after `--name`, in order (an option that may repeat).
+export const options = (name) =>
+  args.flatMap((arg, at) => (arg === name && at + 1 < args.length ? [args[at + 1]] : []))
+
 // Whether the bare flag `--name` is given.
 export const flag = (name) => args.includes(name)

@@ -729,6 +729,45 @@ impl Drop for Swarm {
     }
 }
 
+/// `node viewers.mjs`, stopped (with its browser) when dropped.
+pub struct Viewers(Child);
+
+impl Drop for Viewers {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            signal("TERM", self.0.id());
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Plays `page` (`player.html` or `swarmcloud.html`) in `count` Chromium tabs for
+/// `seconds`; what each viewer saw (`viewers.mjs`'s summary).
+pub fn watch(page: &str, count: usize, seconds: u32) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/viewers.mjs");
+    assert!(Path::new("/usr/bin/chromium").exists(), "Chromium is not installed: run `just setup`");
+    let child = Command::new("node")
+        .arg(script)
+        .args(["--page", page, "--viewers", &count.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut viewers = Viewers(child);
+    let stdout = viewers.0.stdout.take().unwrap();
+    let mut summary = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let message: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if message["type"] == "summary" {
+            summary = Some(message["viewers"].as_array().unwrap().clone());
+        }
+    }
+    let status = viewers.0.wait().unwrap();
+    assert!(status.success(), "the viewer driver failed: {status}");
+    summary.expect("the viewer driver printed no summary")
+}
+
 /// The bytes a segment key names: a whole file, or `file|first-last` of it.
 pub fn origin_bytes(media: &Path, origin: &str, key: &str) -> Vec<u8> {
     let (url, range) = match key.split_once('|') {
@@ -771,4 +810,28 @@ pub fn assert_all_from_origin(summary: &Value, media: &Path, origin: &str) -> us
         }
     }
     checked
+}
+
+/// The channel id the SwarmCloud SDK computes for a stream at `manifest` whose viewers
+/// use one signal relay (`Some(url)`) or a main and a backup (`None`): base64 of
+/// `encodeURIComponent("host:port/path-without-extension|relay-host:port[8]")`.
+pub fn swarmcloud_channel(manifest: &str, single_signal: Option<&str>) -> String {
+    use base64::Engine as _;
+    let net_loc_and_path = |url: &str| {
+        let rest = url.split_once("//").unwrap().1;
+        let rest = rest.split(['?', '#']).next().unwrap();
+        match rest.find('/') {
+            Some(slash) => (rest[..slash].to_string(), rest[slash..].to_string()),
+            None => (rest.to_string(), String::new()),
+        }
+    };
+    let (host, path) = net_loc_and_path(manifest);
+    let path = path.rfind('.').map_or("", |dot| &path[..dot]).to_string();
+    let signal = single_signal.map(|s| net_loc_and_path(s).0).unwrap_or_default();
+    let plain = format!("{host}{path}|{signal}[8]");
+    // encodeURIComponent leaves these unescaped too.
+    let encoded = [("%21", "!"), ("%2A", "*"), ("%27", "'"), ("%28", "("), ("%29", ")")]
+        .iter()
+        .fold(percent_encode(&plain), |text, (escaped, kept)| text.replace(escaped, kept));
+    base64::engine::general_purpose::STANDARD.encode(encoded)
 }

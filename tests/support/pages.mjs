@@ -1,16 +1,17 @@
-// The pages the helpers serve (player.html, seeder.html, swarm.html) and the player libraries from
+// The pages the helpers serve (player.html, swarmcloud.html and their record.mjs, seeder.html, swarm.html) and the player libraries from
 // node_modules (/lib/<package>/...), mapped to files, never outside those directories.
 import { dirname, join, normalize, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const pages = ['/player.html', '/seeder.html', '/swarm.html']
+const pages = ['/player.html', '/swarmcloud.html', '/record.mjs', '/seeder.html', '/swarm.html']
 const libraries = [
   'hls.js',
   'p2p-media-loader-core',
   'p2p-media-loader-hlsjs',
   'p2p-media-loader-core-2.2',
   'p2p-media-loader-hlsjs-2.2',
+  'swarmcloud-hls',
 ]
 
 export const contentTypes = {

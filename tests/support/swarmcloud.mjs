@@ -13,7 +13,7 @@
 //                                 comes back without `data` (not found)
 //
 // Prints "listening <port>" once ready, then one JSON line per thing a test may wait
-// for ({"event":"announce"|"leave"|"connect"|"disconnect",...}). Peers a channel lists
+// for ({"event":"announce"|"peers"|"leave"|"connect"|"disconnect",...}). Peers a channel lists
 // are those that announced (super peers first: a viewer asks them first), minus the
 // asker. Exits on SIGTERM or when its stdin closes, so it never outlives its test.
 import http from 'node:http'
@@ -85,6 +85,7 @@ function tracker() {
         const [, channel, id, call] = node
         if (!members(channel).has(id)) return refuse(res, 4004, 'unknown peer')
         if (call === 'peers') {
+          log({ event: 'peers', channel, peer_id: id })
           const excluded = Array.isArray(body.exclusions) ? body.exclusions : []
           return reply(res, 200, { ret: 0, data: { peers: listed(channel, id, excluded) } })
         }

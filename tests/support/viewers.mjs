@@ -1,6 +1,8 @@
 // Runs viewers: tabs of headless Chromium (Debian's, at /usr/bin/chromium unless
-// CHROMIUM is set) playing player.html, each an unmodified hls.js + p2p-media-loader.
-//   node viewers.mjs --page URL [--viewers N] [--seconds S] [--patience S]
+// CHROMIUM is set) playing player.html (unmodified hls.js + p2p-media-loader) or
+// swarmcloud.html (the unmodified SwarmCloud SDK).
+//   node viewers.mjs --page URL [--page URL2 ...] [--viewers N] [--seconds S] [--patience S]
+// With several pages, viewer i plays page i modulo their number.
 // Each viewer plays until it has played S seconds (default 30) or fails. While they play,
 // one JSON line per second: {"type":"tick","viewers":[{played,peers,p2pBytes,httpBytes,stalls}]}.
 // At the end one line {"type":"summary","viewers":[...]} with, per viewer, what it played,
@@ -8,15 +10,15 @@
 // every segment that came over P2P and of every fragment hls.js consumed.
 // Exits non-zero only if the browser itself could not run; judging is the caller's.
 import { launchChromium } from './chromium.mjs'
-import { option } from './cli.mjs'
+import { option, options } from './cli.mjs'
 
-const page = option('--page')
+const pages = options('--page')
 const count = Number(option('--viewers', '1'))
 const seconds = Number(option('--seconds', '30'))
 // How long a viewer may take to start playing and then play `seconds`.
 const patience = Number(option('--patience', String(seconds + 60)))
-if (!page || !(count >= 1) || !(seconds > 0)) {
-  console.error('usage: viewers.mjs --page URL [--viewers N] [--seconds S] [--patience S]')
+if (pages.length === 0 || !(count >= 1) || !(seconds > 0)) {
+  console.error('usage: viewers.mjs --page URL [--page URL2 ...] [--viewers N] [--seconds S] [--patience S]')
   process.exit(2)
 }
 
@@ -38,7 +40,7 @@ try {
       if (message.type() === 'error' && console.length < 50) console.push(message.text())
     })
     tab.on('pageerror', (error) => console.push(`page error: ${error.message}`))
-    await tab.goto(page)
+    await tab.goto(pages[i % pages.length])
     tabs.push({ tab, console })
   }
 
@@ -51,6 +53,7 @@ try {
   for (;;) {
     states = await Promise.all(tabs.map(read))
     const tick = states.map((v) => ({
+      protocol: v.protocol ?? 'pml',
       played: Number(v.playedSeconds.toFixed(1)),
       peers: v.peers,
       p2pBytes: bytesFrom(v, 'p2p'),

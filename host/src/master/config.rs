@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::dataplane::DataPlaneLimits;
 use crate::dataplane::origin::{AllowEntry, parse_allow_list};
 use crate::policy::PolicyLimits;
+use crate::protocol::{Protocol, TrackerZones};
 use crate::serve::HttpLimits;
 
 use super::scheduler::Rules;
@@ -21,11 +22,16 @@ pub struct MasterConfig {
     pub listen: SocketAddr,
     /// `accessToken`: required in `X-ACCESS-TOKEN` when set.
     pub access_token: Option<String>,
-    /// `signal1`, `signal2`: default trackers for seeds that name none.
+    /// `signal1`, `signal2`: default trackers (or signal relays) for seeds that name none.
     pub default_trackers: Vec<String>,
+    /// `protocol` (default `pml`): the viewer protocol of seeds that name none.
+    pub default_protocol: Protocol,
+    /// `trackerZones`: SwarmCloud tracker APIs by `trackerZone`, over the SDK's.
+    pub tracker_zones: TrackerZones,
     /// `dataDir` (default `data`): where the seed list is kept.
     pub data_dir: PathBuf,
-    /// `policyFile`: a policy component to start with instead of the embedded one.
+    /// `policyFile`: a policy component to start with instead of the embedded one of
+    /// the default protocol.
     pub policy_file: Option<PathBuf>,
     /// `policyLimits`: JSON overriding policy limits field by field.
     pub policy_limits: PolicyLimits,
@@ -103,10 +109,20 @@ pub const KEYS: &[Key] = &[
         "address the REST API listens on (beyond loopback only with accessToken)",
     ),
     key("accessToken", "none", "required in X-ACCESS-TOKEN on every request but / and /health"),
-    key("signal1", "none", "default tracker (ws:// or wss://) for seeds that name none"),
-    key("signal2", "none", "a second default tracker"),
+    key(
+        "signal1",
+        "none",
+        "default tracker or signal relay (ws:// or wss://) for seeds that name none",
+    ),
+    key("signal2", "none", "a second default tracker or signal relay"),
+    key("protocol", "pml", "viewer protocol of seeds that name none: pml or swarmcloud"),
+    key(
+        "trackerZones",
+        "the SDK's eu, hk, us",
+        "SwarmCloud tracker APIs by trackerZone: zone=http(s)://host/v1, comma-separated",
+    ),
     key("dataDir", "data", "where the seed list (seeds.json) is kept"),
-    key("policyFile", "embedded", "policy component (.wasm) to start with"),
+    key("policyFile", "embedded", "policy component (.wasm) the default protocol starts with"),
     key("policyLimits", "built in", "JSON object overriding policy limits field by field"),
     key("maxWorkers", "one per core", "most worker processes (still within memory, bandwidth)"),
     key("bandwidth", "none", "upload capacity in Mbit/s, for sizing (1000 per worker)"),
@@ -244,6 +260,10 @@ impl MasterConfig {
                 default_trackers.push(url.to_string());
             }
         }
+        let default_protocol =
+            get("protocol").map(str::parse).transpose().map_err(|e| bad("protocol", e))?;
+        let tracker_zones = TrackerZones::parse(get("trackerZones").unwrap_or(""))
+            .map_err(|e| bad("trackerZones", e))?;
         let policy_limits = match get("policyLimits") {
             Some(json) => serde_json::from_str::<PolicyLimits>(json)
                 .map_err(|e| bad("policyLimits", format!("not valid policy limits JSON: {e}")))?,
@@ -319,6 +339,8 @@ impl MasterConfig {
             listen: SocketAddr::new(bind, port),
             access_token,
             default_trackers,
+            default_protocol: default_protocol.unwrap_or_default(),
+            tracker_zones,
             data_dir,
             cache_dir,
             cache_bytes,

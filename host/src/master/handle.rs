@@ -12,6 +12,7 @@ use super::seeds::SeedItem;
 use super::views::{HistoryView, PingView, PolicyView, SeedPolicy, StatsView};
 use crate::ipc::FromWorker;
 use crate::policy::AdmittedPolicy;
+use crate::protocol::Protocol;
 
 /// Why a request to the master could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +45,7 @@ pub(super) enum Message {
     Stop(String, Reply<Result<String, MasterError>>),
     RestartAll(Reply<usize>),
     Restart(u32, Reply<Result<(), MasterError>>),
-    SetPolicy(Arc<AdmittedPolicy>, Option<String>, Reply<Result<usize, MasterError>>),
+    SetPolicy(Arc<AdmittedPolicy>, PolicyTarget, Reply<Result<usize, MasterError>>),
     Policy(Reply<PolicyView>),
     SeedPolicy(Reply<SeedPolicy>),
     Shutdown(Reply<()>),
@@ -52,6 +53,16 @@ pub(super) enum Message {
     /// A worker's channel delivered something that is not a frame.
     ChannelBroken(u32, String),
     Exited(u32, Option<i32>),
+}
+
+/// Whose workers a new policy replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// One channel's, which keeps it until its seed goes.
+    Channel(String),
+    /// Every seed's of a protocol (the default protocol's when `None`), channels with
+    /// a policy of their own included.
+    Protocol(Option<Protocol>),
 }
 
 /// The HTTP layer's handle on the master.
@@ -105,9 +116,9 @@ impl MasterHandle {
     pub async fn set_policy(
         &self,
         policy: Arc<AdmittedPolicy>,
-        channel: Option<String>,
+        target: PolicyTarget,
     ) -> Result<usize, MasterError> {
-        self.ask(|r| Message::SetPolicy(policy, channel, r)).await?
+        self.ask(|r| Message::SetPolicy(policy, target, r)).await?
     }
     pub async fn policy(&self) -> Result<PolicyView, MasterError> {
         self.ask(Message::Policy).await

@@ -25,9 +25,10 @@ use crate::counters::Counters;
 use crate::dataplane::disk::DiskCacheConfig;
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart};
 use crate::policy::{AdmittedPolicy, PolicyMeta};
+use crate::protocol::Protocol;
 use config::MasterConfig;
 use handle::Message;
-pub use handle::{MasterError, MasterHandle};
+pub use handle::{MasterError, MasterHandle, PolicyTarget};
 use history::{History, WorkerReading};
 use process::{CpuMeter, restart_delay, spawn_process};
 use scheduler::{Action, SeedView, WorkerView};
@@ -88,6 +89,7 @@ enum Stopping {
 
 struct Worker {
     channel: String,
+    protocol: Protocol,
     started: Instant,
     to_worker: mpsc::Sender<ToWorker>,
     kill: Option<oneshot::Sender<()>>,
@@ -105,8 +107,9 @@ struct Worker {
 pub struct Master {
     config: MasterConfig,
     store: SeedStore,
-    policy: Arc<AdmittedPolicy>,
-    previous_policy: Option<Arc<AdmittedPolicy>>,
+    /// Each protocol's policy, and the one it replaced.
+    policies: BTreeMap<Protocol, Arc<AdmittedPolicy>>,
+    previous_policies: BTreeMap<Protocol, Arc<AdmittedPolicy>>,
     seeds: Vec<Seed>,
     workers: BTreeMap<u32, Worker>,
     ping_bandwidth: Option<u64>,
@@ -142,7 +145,7 @@ impl Master {
     /// Loads the saved seeds; the master starts their workers once it runs.
     pub fn new(
         config: MasterConfig,
-        policy: AdmittedPolicy,
+        policies: BTreeMap<Protocol, AdmittedPolicy>,
         worker_log_format: &str,
     ) -> Result<(Self, MasterHandle), seeds::StoreError> {
         let store = SeedStore::new(&config.data_dir);
@@ -157,8 +160,8 @@ impl Master {
         let master = Master {
             config,
             store,
-            policy: Arc::new(policy),
-            previous_policy: None,
+            policies: policies.into_iter().map(|(p, policy)| (p, Arc::new(policy))).collect(),
+            previous_policies: BTreeMap::new(),
             seeds,
             workers: BTreeMap::new(),
             ping_bandwidth: None,
@@ -247,8 +250,8 @@ impl Master {
                 };
                 let _ = reply.send(result);
             }
-            Message::SetPolicy(policy, channel, reply) => {
-                let _ = reply.send(self.set_policy(policy, channel));
+            Message::SetPolicy(policy, target, reply) => {
+                let _ = reply.send(self.set_policy(policy, target));
             }
             Message::Policy(reply) => {
                 let _ = reply.send(self.policy_view());
@@ -488,11 +491,21 @@ impl Master {
 
     fn spawn_worker(&mut self, channel: &str) {
         let memory_budget = self.memory_budget();
+        let seed_policy = self.seed_policy();
         let Some(seed) = self.seeds.iter_mut().find(|s| s.item.channel == channel) else { return };
         seed.retry_at = None;
-        let policy = seed.policy.clone().unwrap_or_else(|| self.policy.clone());
+        let (policy, worker_seed) = match seed_policy.worker_seed(&seed.item) {
+            Ok(both) => both,
+            Err(reason) => {
+                tracing::error!(channel, %reason, "this seed cannot run here; it waits");
+                seed.crashes += 1;
+                seed.retry_at = Some(Instant::now() + restart_delay(seed.crashes));
+                return;
+            }
+        };
+        let protocol = seed.item.protocol(self.config.default_protocol).unwrap_or_default();
         let start = WorkerStart {
-            seed: seed.item.worker_seed(seed.item.trackers(&self.config.default_trackers)),
+            seed: worker_seed,
             policy: policy.precompiled.clone(),
             limits: self.config.policy_limits.clone(),
             udp_bind: match self.config.public_ip {
@@ -518,6 +531,7 @@ impl Master {
                     pid,
                     Worker {
                         channel: channel.to_string(),
+                        protocol,
                         started: now,
                         to_worker,
                         kill: Some(kill),
@@ -628,37 +642,46 @@ impl Master {
     fn set_policy(
         &mut self,
         policy: Arc<AdmittedPolicy>,
-        channel: Option<String>,
+        target: PolicyTarget,
     ) -> Result<usize, MasterError> {
-        let channel = match channel {
-            Some(channel) => {
+        let default = self.config.default_protocol;
+        let target = match target {
+            PolicyTarget::Channel(channel) => {
                 let seed = self
                     .seeds
                     .iter_mut()
                     .find(|s| seeds::same_channel(&s.item.channel, &channel))
                     .ok_or(MasterError::NoSuchChannel(channel))?;
                 seed.policy = Some(policy.clone());
-                Some(seed.item.channel.clone())
+                PolicyTarget::Channel(seed.item.channel.clone())
             }
-            None => {
-                let old = std::mem::replace(&mut self.policy, policy.clone());
-                self.previous_policy = Some(old);
-                for seed in &mut self.seeds {
-                    seed.policy = None;
+            PolicyTarget::Protocol(protocol) => {
+                let protocol = protocol.unwrap_or(default);
+                if let Some(old) = self.policies.insert(protocol, policy.clone()) {
+                    self.previous_policies.insert(protocol, old);
                 }
-                None
+                for seed in &mut self.seeds {
+                    if seed.item.protocol(default).is_ok_and(|p| p == protocol) {
+                        seed.policy = None;
+                    }
+                }
+                PolicyTarget::Protocol(Some(protocol))
             }
         };
         let mut asked = 0;
         for worker in self.workers.values() {
-            if worker.stopping.is_none() && channel.as_ref().is_none_or(|c| c == &worker.channel) {
+            let targeted = match &target {
+                PolicyTarget::Channel(channel) => channel == &worker.channel,
+                PolicyTarget::Protocol(protocol) => Some(worker.protocol) == *protocol,
+            };
+            if worker.stopping.is_none() && targeted {
                 let swap = ToWorker::Swap { policy: policy.precompiled.clone() };
                 if worker.to_worker.try_send(swap).is_ok() {
                     asked += 1;
                 }
             }
         }
-        tracing::info!(policy = %policy.meta, ?channel, workers = asked, "policy set");
+        tracing::info!(policy = %policy.meta, ?target, workers = asked, "policy set");
         Ok(asked)
     }
 

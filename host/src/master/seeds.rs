@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::wire::SeedConfig;
+use crate::protocol::Protocol;
 
 /// What to seed: one item of `POST /seed`, with the original's field names and
 /// defaults. Fields it does not know are refused by [`validate`] when posted, and kept
@@ -27,8 +28,15 @@ pub struct SeedItem {
     /// channel is ([`validate`] refuses an empty one).
     #[serde(default)]
     pub channel: String,
+    /// SwarmCloud seeds: which tracker API (`trackerZones`); the SDK's default zone
+    /// when empty.
     #[serde(default)]
     pub tracker_zone: String,
+    /// The viewers' protocol (`pml`, `swarmcloud`); `.env`'s `protocol` when absent.
+    /// Kept as text, so a seeds file naming a protocol of a newer version still loads
+    /// (that seed waits, named in the log, rather than run as another protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// Live stream (true) or VOD.
     #[serde(default = "yes")]
     pub live: bool,
@@ -183,6 +191,11 @@ impl SeedItem {
         }
     }
 
+    /// The protocol this seed's viewers speak.
+    pub fn protocol(&self, default: Protocol) -> Result<Protocol, String> {
+        self.protocol.as_deref().map_or(Ok(default), str::parse)
+    }
+
     /// The trackers this seed announces on: its own signals, else the defaults.
     pub fn trackers(&self, defaults: &[String]) -> Vec<String> {
         let own: Vec<String> = [&self.signal1, &self.signal2]
@@ -243,6 +256,13 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
                 field: "settings",
                 expected: "at most 32 settings, named in 1 to 64 characters, each at most 4 KiB \
                            as JSON",
+            });
+        }
+        if item.protocol(Protocol::default()).is_err() {
+            return Err(SeedError::Field {
+                index,
+                field: "protocol",
+                expected: "pml or swarmcloud",
             });
         }
         if let Some(url) = &item.url
@@ -463,12 +483,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("superpeer-newer-{}", std::process::id()));
         let store = SeedStore::new(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let newer = r#"[{"channel": "YQ", "priority": 5, "protocol": "swarmcloud",
+        let newer = r#"[{"channel": "YQ", "priority": 5, "transport": "quic",
             "replicas": {"min": 2}}]"#;
         std::fs::write(store.path(), newer).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!((loaded[0].item.channel.as_str(), loaded[0].item.priority), ("YQ", 5));
-        assert_eq!(loaded[0].newer["protocol"], "swarmcloud");
+        assert_eq!(loaded[0].newer["transport"], "quic");
         store.save(&loaded).unwrap();
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(store.path()).unwrap()).unwrap();

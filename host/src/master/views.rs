@@ -11,9 +11,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::seeds::SeedItem;
 use super::{Master, history, procfs, seeds};
 use crate::counters::Counters;
+use crate::policy::wire::SeedConfig;
 use crate::policy::{AdmittedPolicy, PolicyLimits, PolicyMeta};
+use crate::protocol::{Protocol, TrackerZones};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PingView {
@@ -25,30 +28,51 @@ pub struct PingView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyView {
+    /// The default protocol's policy.
     pub policy: PolicyIdentity,
     pub previous: Option<PolicyIdentity>,
+    /// Each protocol's policy, and the one it replaced.
+    pub protocols: BTreeMap<Protocol, ProtocolPolicy>,
     /// Channels that run a policy of their own.
     pub channels: BTreeMap<String, PolicyIdentity>,
     pub limits: PolicyLimits,
 }
 
-/// What a posted seed would run: the policy (a channel's own, when a seed of that
-/// channel has one, else the master's) and the trackers it gets when it names none.
+/// What a seed runs: the policy (its channel's own, when a seed of that channel has
+/// one, else its protocol's) and the seed its worker is told, trackers included. The one
+/// place both a posted seed's check and a worker's start get them from.
 #[derive(Debug, Clone)]
 pub struct SeedPolicy {
-    pub policy: Arc<AdmittedPolicy>,
+    pub policies: BTreeMap<Protocol, Arc<AdmittedPolicy>>,
     pub channels: Vec<(String, Arc<AdmittedPolicy>)>,
     pub default_trackers: Vec<String>,
+    pub default_protocol: Protocol,
+    pub tracker_zones: TrackerZones,
 }
 
 impl SeedPolicy {
-    /// The policy a seed of `channel` runs.
-    pub fn for_channel(&self, channel: &str) -> &Arc<AdmittedPolicy> {
-        self.channels
-            .iter()
-            .find(|(c, _)| seeds::same_channel(c, channel))
-            .map_or(&self.policy, |(_, policy)| policy)
+    /// The policy a worker seeding `item` runs, and the seed it is told; why not, for a
+    /// seed this master cannot run (a protocol or tracker zone it does not know).
+    pub fn worker_seed(
+        &self,
+        item: &SeedItem,
+    ) -> Result<(Arc<AdmittedPolicy>, SeedConfig), String> {
+        let protocol = item.protocol(self.default_protocol)?;
+        let own = self.channels.iter().find(|(c, _)| seeds::same_channel(c, &item.channel));
+        let policy = match own {
+            Some((_, policy)) => policy.clone(),
+            None => self.policies.get(&protocol).cloned().ok_or("no policy for the protocol")?,
+        };
+        let signals = item.trackers(&self.default_trackers);
+        let trackers = protocol.trackers(signals, &item.tracker_zone, &self.tracker_zones)?;
+        Ok((policy, item.worker_seed(trackers)))
     }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolPolicy {
+    pub policy: PolicyIdentity,
+    pub previous: Option<PolicyIdentity>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +110,10 @@ pub struct MasterStats {
     pub cpu_seconds: f64,
     pub capacity: usize,
     pub seeds: usize,
+    /// The default protocol's policy.
     pub policy: PolicyIdentity,
+    /// Each protocol's policy.
+    pub policies: BTreeMap<Protocol, PolicyIdentity>,
     /// Viewers connected to all workers.
     pub peers: u64,
     /// Times a worker died and was restarted, over all seeds since the master started.
@@ -133,6 +160,8 @@ pub struct WorkerStats {
     pub cpu_seconds: f64,
     /// Times this seed's worker died and was restarted.
     pub restarts: u32,
+    /// The protocol its viewers speak.
+    pub protocol: Option<Protocol>,
     pub policy: Option<PolicyMeta>,
     /// `starting`, `running` or `stopping`.
     pub state: &'static str,
@@ -155,9 +184,19 @@ pub(super) fn rate_mbps(samples: &VecDeque<(Instant, u64)>) -> f64 {
 
 impl Master {
     pub(super) fn policy_view(&self) -> PolicyView {
+        let default = self.config.default_protocol;
+        let protocols: BTreeMap<Protocol, ProtocolPolicy> = self
+            .policies
+            .iter()
+            .map(|(protocol, policy)| {
+                let previous = self.previous_policies.get(protocol).map(|p| p.as_ref().into());
+                (*protocol, ProtocolPolicy { policy: policy.as_ref().into(), previous })
+            })
+            .collect();
         PolicyView {
-            policy: self.policy.as_ref().into(),
-            previous: self.previous_policy.as_deref().map(Into::into),
+            policy: protocols[&default].policy.clone(),
+            previous: protocols[&default].previous.clone(),
+            protocols,
             channels: self
                 .seeds
                 .iter()
@@ -183,9 +222,11 @@ impl Master {
             .filter_map(|s| Some((s.item.channel.clone(), s.policy.clone()?)))
             .collect();
         SeedPolicy {
-            policy: self.policy.clone(),
+            policies: self.policies.clone(),
             channels,
             default_trackers: self.config.default_trackers.clone(),
+            default_protocol: self.config.default_protocol,
+            tracker_zones: self.config.tracker_zones.clone(),
         }
     }
 
@@ -213,6 +254,7 @@ impl Master {
                     cpu: w.cpu.percent,
                     cpu_seconds: w.cpu.seconds(),
                     restarts: seed.map_or(0, |s| s.restarts),
+                    protocol: item.and_then(|i| i.protocol(self.config.default_protocol).ok()),
                     policy: w.policy.clone(),
                     state: match (w.stopping, &w.policy) {
                         (Some(_), _) => "stopping",
@@ -235,7 +277,12 @@ impl Master {
                 cpu_seconds: self.cpu.seconds(),
                 capacity: self.capacity(),
                 seeds: self.seeds.len(),
-                policy: self.policy.as_ref().into(),
+                policy: self.policies[&self.config.default_protocol].as_ref().into(),
+                policies: self
+                    .policies
+                    .iter()
+                    .map(|(p, policy)| (*p, policy.as_ref().into()))
+                    .collect(),
                 peers: workers.values().map(|w| u64::from(w.peers)).sum(),
                 worker_restarts: self.worker_restarts,
                 totals: self.retired + workers.values().map(|w| w.counters).sum(),

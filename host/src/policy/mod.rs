@@ -30,6 +30,11 @@ pub use limits::{LimitError, PolicyLimits};
 pub use runner::{FaultReport, PolicyRunner, PolicyStats, SwapReport};
 pub use tables::{Rejection, Tables};
 
-/// The default policy (`guest/pml`), built with the host and embedded in the binary.
+/// The policy of p2p-media-loader viewers (`guest/pml`), built with the host and
+/// embedded in the binary: the default protocol's.
 pub const EMBEDDED_POLICY: &[u8] =
     include_bytes!(concat!(env!("SUPERPEER_GUEST_DIR"), "/superpeer_policy_pml.wasm"));
+
+/// The policy of SwarmCloud viewers (`guest/swarmcloud`), embedded likewise.
+pub const EMBEDDED_SWARMCLOUD_POLICY: &[u8] =
+    include_bytes!(concat!(env!("SUPERPEER_GUEST_DIR"), "/superpeer_policy_swarmcloud.wasm"));

@@ -163,10 +163,13 @@ impl PolicyRunner {
     /// would, and throws the instance away: the check an upload passes before it may
     /// replace anything.
     pub fn canary(engine: &PolicyEngine, policy: &CompiledPolicy) -> Result<(), PolicyError> {
+        // A seed with everything a protocol's seed may need (a manifest, a tracker API,
+        // a WebSocket tracker) at addresses that are never reached: a canary's commands
+        // are not carried out.
         let seed = SeedConfig {
-            channel: String::new(),
-            manifest_url: None,
-            trackers: Vec::new(),
+            channel: "Y2FuYXJ5".into(),
+            manifest_url: Some("http://canary.invalid/master.m3u8".into()),
+            trackers: vec!["http://canary.invalid/v1".into(), "ws://canary.invalid/".into()],
             live: true,
             max_connections: 80,
             label: "canary".into(),
