@@ -1,8 +1,9 @@
 //! A worker's life as the host, the tracker, the relay and viewers meet the policy.
 
 use superpeer_guest::{
-    CacheTier, HttpResponse, PeerMessage, PeerState, SdpReady, SegmentInfo, SegmentStored,
-    TextFetched, TrackerState, TrackerText,
+    CacheTier, CancelServe, HttpRequest, HttpResponse, MessageSize, PeerAcceptAnswer, PeerMessage,
+    PeerState, SdpReady, SegmentInfo, SegmentStored, ServeSegment, TextFetched, TrackerState,
+    TrackerText,
 };
 
 use super::*;
@@ -322,6 +323,11 @@ fn a_new_instance_keeps_the_viewers_and_relays_of_the_one_it_replaces() {
         "{out:?}"
     );
     assert!(requests(&out).is_empty(), "no new announce: {out:?}");
+    // Its timers were lost with the host's (none listed): set again, so figures, STATS
+    // and offers go on.
+    for timer in [Timer::Report, Timer::Reach, Timer::PeerStats] {
+        assert!(host.instance.state.timers.pending(&timer), "{timer:?} not set again: {out:?}");
+    }
     let out =
         host.step(vec![message(peer, r#"{"event":"REQUEST","sn":2,"level":0,"urgent":true}"#)]);
     assert_eq!(serves(&out).len(), 1, "{out:?}");
