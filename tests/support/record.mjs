@@ -12,10 +12,15 @@ export const hasher = (viewer) => async (buffer) => {
   }
 };
 
-// What the audience sees, kept in `viewer`: when playing started, the seconds played
-// since, and stalls (the picture stopped because nothing was buffered); and a line of
-// it on the page, for whoever looks.
-export const watchPlayback = (video, viewer) => {
+// Plays `manifest` with `hls` (an hls.js instance of class `Hls`) in `video`, keeping
+// in `viewer` what the audience sees: hls.js's errors (a fatal one fails the viewer),
+// when playing started, the seconds played since, and stalls (the picture stopped
+// because nothing was buffered); and a line of it on the page, for whoever looks.
+export const play = (Hls, hls, video, viewer, manifest) => {
+  hls.on(Hls.Events.ERROR, (_event, data) => {
+    viewer.errors.push(`${data.fatal ? "fatal " : ""}${data.type}/${data.details}`);
+    if (data.fatal) viewer.failed = data.details;
+  });
   video.addEventListener("waiting", () => { if (viewer.started) viewer.stalls++; });
   video.addEventListener("playing", () => { viewer.started = true; });
   video.addEventListener("playing", () => { viewer.startedAt ??= video.currentTime; }, { once: true });
@@ -30,4 +35,9 @@ export const watchPlayback = (video, viewer) => {
       http: viewer.loaded.filter((s) => s.source === "http").length,
     });
   }, 500);
+  hls.attachMedia(video);
+  hls.loadSource(manifest);
+  hls.on(Hls.Events.MANIFEST_PARSED, () => {
+    video.play().catch((error) => { viewer.failed = `play: ${error.message}`; });
+  });
 };

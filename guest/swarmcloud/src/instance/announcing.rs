@@ -15,16 +15,22 @@ impl Instance {
         body: String,
         out: &mut Vec<Command>,
     ) {
-        let request = self.state.ids.fresh();
+        let request = self.post(url, body, out);
         self.state.tracker.pending = Some((request, call));
+    }
+
+    /// A POST to the tracker, as the SDK sends them: JSON as plain text (a CORS simple
+    /// request).
+    fn post(&mut self, url: String, body: String, out: &mut Vec<Command>) -> RequestId {
+        let request = self.state.ids.fresh();
         out.push(Command::HttpRequest(HttpRequest {
             request,
             method: "POST".into(),
             url,
-            // As the SDK sends it: JSON as plain text, a CORS simple request.
             headers: vec![("content-type".into(), "text/plain;charset=UTF-8".into())],
             body: body.into_bytes(),
         }));
+        request
     }
 
     pub(super) fn announce(&mut self, out: &mut Vec<Command>) {
@@ -75,15 +81,7 @@ impl Instance {
         let body = serde_json::json!({ "exclusions": exclusions }).to_string();
         let url =
             tracker::node_url(&self.seed.tracker, &self.seed.channel, &peer_id, NodeCall::Peers);
-        let request = self.state.ids.fresh();
-        self.state.tracker.asking = Some(request);
-        out.push(Command::HttpRequest(HttpRequest {
-            request,
-            method: "POST".into(),
-            url,
-            headers: vec![("content-type".into(), "text/plain;charset=UTF-8".into())],
-            body: body.into_bytes(),
-        }));
+        self.state.tracker.asking = Some(self.post(url, body, out));
     }
 
     /// How many more offers of ours may wait now.
