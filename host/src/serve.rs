@@ -531,11 +531,12 @@ async fn check_with_policy(control: &ControlPlane, items: &[SeedItem]) -> Result
         .iter()
         .enumerate()
         .map(|(index, item)| {
-            seed_policy.worker_seed(item).map_err(|reason| {
+            let (_, policy, seed) = seed_policy.worker_seed(item).map_err(|reason| {
                 ApiError(StatusCode::BAD_REQUEST, format!("item {index}: {reason}"))
-            })
+            })?;
+            Ok((policy, seed))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, ApiError>>()?;
     let checked = tokio::task::spawn_blocking(move || {
         // Each distinct policy is loaded once.
         let mut loaded: Vec<(Arc<AdmittedPolicy>, CompiledPolicy)> = Vec::new();

@@ -30,18 +30,14 @@ pub struct Context {
 /// without them (another policy's, or an older layout) is not read.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"pml-st01";
 
-/// Encodes `value` behind the magic bytes (postcard: compact, and quick enough to take
-/// every second with a thousand viewers).
+/// Encodes `value` as this policy's snapshot.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Nothing this policy keeps fails to encode; if it did, an empty snapshot would start
-    // the next instance afresh rather than wrongly.
-    postcard::to_extend(value, SNAPSHOT_MAGIC.to_vec()).unwrap_or_default()
+    superpeer_guest::continuity::encode_snapshot(SNAPSHOT_MAGIC, value)
 }
 
 /// Reads a snapshot written by [`encode`]; `None` for anything else.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
-    let body = bytes.strip_prefix(SNAPSHOT_MAGIC)?;
-    postcard::from_bytes(body).ok()
+    superpeer_guest::continuity::decode_snapshot(SNAPSHOT_MAGIC, bytes)
 }
 
 #[cfg(test)]

@@ -370,22 +370,22 @@ impl Streams {
     }
 
     /// Makes sure segment `sn` of level `index` is held or on its way, unless its last
-    /// fetch failed too recently.
+    /// fetch failed too recently; whether a fetch was started for it.
     fn ensure<K: Ord + Clone>(
         &mut self,
         index: usize,
         sn: i64,
         live: bool,
         lend: &mut Lend<'_, K>,
-    ) {
+    ) -> bool {
         let level = &mut self.levels[index];
         if level.segments.contains_key(&sn) {
-            return;
+            return false;
         }
         if level.failed.get(&sn).is_some_and(|&(_, retry_at)| lend.now_ms < retry_at) {
-            return;
+            return false;
         }
-        let Some((url, range)) = level.sources.get(&sn).cloned() else { return };
+        let Some((url, range)) = level.sources.get(&sn).cloned() else { return false };
         let fetch = lend.fetch_id();
         level.segments.insert(sn, Slot::Fetching(fetch));
         self.fetches.insert(fetch, Fetching::Segment(index, sn));
@@ -395,6 +395,7 @@ impl Streams {
             range: range.map(|(start, end)| ByteRange { start, end }),
             tier: if live { CacheTier::Memory } else { CacheTier::Disk },
         }));
+        true
     }
 
     /// A segment fetch completed.
@@ -486,12 +487,7 @@ impl Streams {
         let ahead: Vec<i64> =
             stream.sources.range(sn..).take(VOD_PREFETCH).map(|(n, _)| *n).collect();
         for n in ahead.iter().copied() {
-            if self.levels[level].segments.contains_key(&n) {
-                continue;
-            }
-            let before = lend.out.len();
-            self.ensure(level, n, false, lend);
-            if lend.out.len() > before {
+            if self.ensure(level, n, false, lend) {
                 break;
             }
         }

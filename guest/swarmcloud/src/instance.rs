@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use superpeer_guest::continuity::{decode_snapshot, encode_snapshot};
 use superpeer_guest::host::{debug, info as log};
 use superpeer_guest::links::Links;
 use superpeer_guest::{
@@ -162,6 +163,22 @@ struct Viewer {
     offered: Option<u64>,
 }
 
+impl Viewer {
+    /// A viewer reached through relay connection `via` at `now_ms`, by our offer or by
+    /// answering its own.
+    fn new(remote: String, via: ConnId, now_ms: u64, we_offered: bool) -> Self {
+        Viewer {
+            remote,
+            via,
+            open: false,
+            ready: false,
+            allowance: Allowance::full(MESSAGE_BURST, now_ms),
+            serving: None,
+            offered: we_offered.then_some(now_ms),
+        }
+    }
+}
+
 /// What a snapshot holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
@@ -196,9 +213,7 @@ impl Instance {
         random: u64,
     ) -> Result<Instance, String> {
         let (seed, manifest) = Seed::read(config)?;
-        let saved = prior
-            .and_then(|bytes| bytes.strip_prefix(SNAPSHOT_MAGIC))
-            .and_then(|body| postcard::from_bytes::<State>(body).ok());
+        let saved = prior.and_then(|bytes| decode_snapshot::<State>(SNAPSHOT_MAGIC, bytes));
         let mut taking_over = Vec::new();
         let state = match saved {
             Some(mut state) => {
@@ -224,12 +239,10 @@ impl Instance {
                 if state.tracker.asking.is_some_and(|r| !host.requests.contains(&r)) {
                     state.tracker.asking = None;
                 }
-                for timer in &lost {
-                    match timer {
-                        Timer::Announce => state.tracker.peer_id = None,
-                        Timer::Report | Timer::PeerStats | Timer::Reach => {}
-                        Timer::Stream(_) | Timer::Reconnect(_) => {}
-                    }
+                // A lost retry of the announce: announce at `started`. (Other lost
+                // timers are set again there.)
+                if lost.contains(&Timer::Announce) {
+                    state.tracker.peer_id = None;
                 }
                 let stream_timers: Vec<StreamTimer> = lost
                     .iter()
@@ -285,9 +298,7 @@ impl Instance {
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
-        // Nothing this policy keeps fails to encode; if it did, an empty snapshot would
-        // start the next instance afresh rather than wrongly.
-        postcard::to_extend(&self.state, SNAPSHOT_MAGIC.to_vec()).unwrap_or_default()
+        encode_snapshot(SNAPSHOT_MAGIC, &self.state)
     }
 
     /// Everything that happened since the last call, at `now_ms` (the host's monotonic
@@ -304,23 +315,28 @@ impl Instance {
         out
     }
 
-    fn lend<'a>(
-        state: &'a mut State,
-        now_ms: u64,
-        out: &'a mut Vec<Command>,
-        changes: &'a mut Vec<Change>,
-    ) -> (&'a mut Streams, Lend<'a, Timer>) {
-        let State { ids, timers, streams, .. } = state;
-        (streams, Lend { ids, timers, name: Timer::Stream, now_ms, out, changes })
+    /// Runs `part` on the streams, lending them this instance's ids and timers.
+    fn streams(
+        &mut self,
+        out: &mut Vec<Command>,
+        changes: &mut Vec<Change>,
+        part: impl FnOnce(&mut Streams, &mut Lend<'_, Timer>),
+    ) {
+        let State { ids, timers, streams, .. } = &mut self.state;
+        let now_ms = self.now_ms;
+        part(streams, &mut Lend { ids, timers, name: Timer::Stream, now_ms, out, changes });
+    }
+
+    /// The peers connected, or being connected, to the viewer `remote`.
+    fn peers_of<'a>(&'a self, remote: &'a str) -> impl Iterator<Item = (PeerId, &'a Viewer)> {
+        self.state.viewers.iter().filter(move |(_, v)| v.remote == remote).map(|(p, v)| (*p, v))
     }
 
     fn on_event(&mut self, event: Event, out: &mut Vec<Command>, changes: &mut Vec<Change>) {
-        let now_ms = self.now_ms;
         match event {
             Event::Started => {
                 out.append(&mut self.taking_over);
-                let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                streams.start(&mut lend);
+                self.streams(out, changes, |streams, lend| streams.start(lend));
                 if self.state.tracker.peer_id.is_none() && self.state.tracker.pending.is_none() {
                     self.announce(out);
                 }
@@ -397,26 +413,21 @@ impl Instance {
                     viewer.serving = None;
                 }
             }
-            Event::TextFetched(fetched) => {
-                let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                streams.on_text(fetched.fetch, &fetched.url, &fetched.text, &mut lend);
-            }
-            Event::SegmentStored(stored) => {
-                let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                streams.on_stored(stored.fetch, &stored.segment, &mut lend);
-            }
+            Event::TextFetched(fetched) => self.streams(out, changes, |streams, lend| {
+                streams.on_text(fetched.fetch, &fetched.url, &fetched.text, lend)
+            }),
+            Event::SegmentStored(stored) => self.streams(out, changes, |streams, lend| {
+                streams.on_stored(stored.fetch, &stored.segment, lend)
+            }),
             Event::FetchFailed(failed) => {
-                let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                streams.on_failed(failed.fetch, &mut lend);
+                self.streams(out, changes, |streams, lend| streams.on_failed(failed.fetch, lend))
             }
             Event::SegmentEvicted(handle) => {
-                let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                streams.on_evicted(handle, &mut lend);
+                self.streams(out, changes, |streams, lend| streams.on_evicted(handle, lend))
             }
             Event::TimerFired(timer) => match self.state.timers.fired(timer) {
                 Some(Timer::Stream(timer)) => {
-                    let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                    streams.on_timer(timer, &mut lend);
+                    self.streams(out, changes, |streams, lend| streams.on_timer(timer, lend))
                 }
                 Some(Timer::Announce) => self.announce(out),
                 Some(Timer::Report) => self.report(false, out),
@@ -449,7 +460,7 @@ impl Instance {
 /// A protocol message: JSON as a text message (the SDK takes binary ones for segment
 /// bytes).
 fn send(peer: PeerId, message: &Message, out: &mut Vec<Command>) {
-    out.push(Command::PeerSendText(PeerSendText { peer, text: message.encode_text() }));
+    out.push(Command::PeerSendText(PeerSendText { peer, text: message.encode() }));
 }
 
 fn close(peer: PeerId, reason: &str) -> Command {

@@ -145,12 +145,8 @@ impl Message {
         serde_json::from_slice(data).ok()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        self.encode_text().into_bytes()
-    }
-
     /// As the text message the SDK sends and expects.
-    pub fn encode_text(&self) -> String {
+    pub fn encode(&self) -> String {
         // Serialising these types cannot fail: no maps with non-string keys, no floats.
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -207,7 +203,7 @@ mod tests {
             (frames(0), frames(1), frames(64_000), frames(64_001), frames(300_000)),
             (0, 1, 1, 2, 5)
         );
-        let text = String::from_utf8(piece(2, 40, segment_id(2, 40), 128_001).encode()).unwrap();
+        let text = piece(2, 40, segment_id(2, 40), 128_001).encode();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             value,
@@ -228,13 +224,13 @@ mod tests {
             super_peer: Some(true),
             token: Some("t0k".into()),
         });
-        let value: serde_json::Value = serde_json::from_slice(&metadata.encode()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&metadata.encode()).unwrap();
         assert_eq!(value["event"], "METADATA");
         assert_eq!(
             (value["super"].clone(), value["token"].clone()),
             (serde_json::json!(true), serde_json::json!("t0k"))
         );
         assert!(value["field"].is_object());
-        assert_eq!(Message::decode(&metadata.encode()), Some(metadata));
+        assert_eq!(Message::decode(metadata.encode().as_bytes()), Some(metadata));
     }
 }

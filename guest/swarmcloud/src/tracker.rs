@@ -127,9 +127,14 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ReplyError>
     serde_json::from_value(reply.data).map_err(|e| ReplyError::Malformed(e.to_string()))
 }
 
-/// The figures sent every `report_interval`: KB served over P2P since the last report.
-pub fn stats_body(total_conns: u32, share_kb: u64) -> String {
-    serde_json::json!({"totalConns": total_conns, "share": share_kb}).to_string()
+/// The figures sent every `report_interval`: KB served over P2P since the last report;
+/// `off` when leaving the channel.
+pub fn stats_body(total_conns: u32, share_kb: u64, leaving: bool) -> String {
+    let mut body = serde_json::json!({"totalConns": total_conns, "share": share_kb});
+    if leaving {
+        body["off"] = serde_json::Value::Bool(true);
+    }
+    body.to_string()
 }
 
 #[cfg(test)]
@@ -172,6 +177,7 @@ mod tests {
         let body = serde_json::to_value(Announce::new("Y2g=", 1700000000, "0.1.0", true)).unwrap();
         assert_eq!(body["type"], "hls");
         assert_eq!(body["super"], true);
-        assert_eq!(stats_body(3, 1200), r#"{"share":1200,"totalConns":3}"#);
+        assert_eq!(stats_body(3, 1200, false), r#"{"share":1200,"totalConns":3}"#);
+        assert_eq!(stats_body(1, 0, true), r#"{"off":true,"share":0,"totalConns":1}"#);
     }
 }

@@ -59,7 +59,7 @@ fn tracker_examples() -> Vec<Vec<u8>> {
 fn datachannel_messages() {
     let check = |input: &[u8]| {
         if let Some(message) = Message::decode(input) {
-            let again = Message::decode(&message.encode()).unwrap();
+            let again = Message::decode(message.encode().as_bytes()).unwrap();
             assert_eq!(again, message);
         }
     };

@@ -494,8 +494,8 @@ impl Master {
         let seed_policy = self.seed_policy();
         let Some(seed) = self.seeds.iter_mut().find(|s| s.item.channel == channel) else { return };
         seed.retry_at = None;
-        let (policy, worker_seed) = match seed_policy.worker_seed(&seed.item) {
-            Ok(both) => both,
+        let (protocol, policy, worker_seed) = match seed_policy.worker_seed(&seed.item) {
+            Ok(run) => run,
             Err(reason) => {
                 tracing::error!(channel, %reason, "this seed cannot run here; it waits");
                 seed.crashes += 1;
@@ -503,7 +503,6 @@ impl Master {
                 return;
             }
         };
-        let protocol = seed.item.protocol(self.config.default_protocol).unwrap_or_default();
         let start = WorkerStart {
             seed: worker_seed,
             policy: policy.precompiled.clone(),

@@ -51,12 +51,13 @@ pub struct SeedPolicy {
 }
 
 impl SeedPolicy {
-    /// The policy a worker seeding `item` runs, and the seed it is told; why not, for a
-    /// seed this master cannot run (a protocol or tracker zone it does not know).
+    /// The protocol of a worker seeding `item`, the policy it runs and the seed it is
+    /// told; why not, for a seed this master cannot run (a protocol or tracker zone it
+    /// does not know).
     pub fn worker_seed(
         &self,
         item: &SeedItem,
-    ) -> Result<(Arc<AdmittedPolicy>, SeedConfig), String> {
+    ) -> Result<(Protocol, Arc<AdmittedPolicy>, SeedConfig), String> {
         let protocol = item.protocol(self.default_protocol)?;
         let own = self.channels.iter().find(|(c, _)| seeds::same_channel(c, &item.channel));
         let policy = match own {
@@ -65,7 +66,7 @@ impl SeedPolicy {
         };
         let signals = item.trackers(&self.default_trackers);
         let trackers = protocol.trackers(signals, &item.tracker_zone, &self.tracker_zones)?;
-        Ok((policy, item.worker_seed(trackers)))
+        Ok((protocol, policy, item.worker_seed(trackers)))
     }
 }
 
@@ -161,7 +162,7 @@ pub struct WorkerStats {
     /// Times this seed's worker died and was restarted.
     pub restarts: u32,
     /// The protocol its viewers speak.
-    pub protocol: Option<Protocol>,
+    pub protocol: Protocol,
     pub policy: Option<PolicyMeta>,
     /// `starting`, `running` or `stopping`.
     pub state: &'static str,
@@ -254,7 +255,7 @@ impl Master {
                     cpu: w.cpu.percent,
                     cpu_seconds: w.cpu.seconds(),
                     restarts: seed.map_or(0, |s| s.restarts),
-                    protocol: item.and_then(|i| i.protocol(self.config.default_protocol).ok()),
+                    protocol: w.protocol,
                     policy: w.policy.clone(),
                     state: match (w.stopping, &w.policy) {
                         (Some(_), _) => "stopping",

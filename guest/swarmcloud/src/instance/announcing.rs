@@ -2,7 +2,7 @@
 //! asking for the swarm's peers and offering to those not connected, leaving.
 
 use superpeer_guest::links::Links;
-use superpeer_guest::{Allowance, Command, HttpRequest, PeerId, RequestId};
+use superpeer_guest::{Command, HttpRequest, PeerId, RequestId};
 
 use super::*;
 use crate::tracker::{self, Announce, Announced, NodeCall, ReplyError};
@@ -45,13 +45,8 @@ impl Instance {
         let url =
             tracker::node_url(&self.seed.tracker, &self.seed.channel, &peer_id, NodeCall::Stats);
         let share_kb = std::mem::take(&mut self.state.tracker.unreported) / 1024;
-        let mut body: serde_json::Value =
-            serde_json::from_str(&tracker::stats_body(self.connected() as u32 + 1, share_kb))
-                .unwrap_or_default();
-        if leaving {
-            body["off"] = serde_json::Value::Bool(true);
-        }
-        self.request(Call::Report, url, body.to_string(), out);
+        let body = tracker::stats_body(self.connected() as u32 + 1, share_kb, leaving);
+        self.request(Call::Report, url, body, out);
     }
 
     /// A round of reaching viewers who were there first: offers of ours that were not
@@ -107,18 +102,7 @@ impl Instance {
             }
             room -= 1;
             let peer = self.state.ids.fresh();
-            self.state.viewers.insert(
-                peer,
-                Viewer {
-                    remote,
-                    via,
-                    open: false,
-                    ready: false,
-                    allowance: Allowance::full(MESSAGE_BURST, self.now_ms),
-                    serving: None,
-                    offered: Some(self.now_ms),
-                },
-            );
+            self.state.viewers.insert(peer, Viewer::new(remote, via, self.now_ms, true));
             out.push(Command::PeerOffer(peer));
         }
     }
@@ -129,12 +113,18 @@ impl Instance {
         reply: Result<(u16, &[u8]), &str>,
         out: &mut Vec<Command>,
     ) {
+        // The body of a successful response, or why there is none.
+        let body = match reply {
+            Ok((200..=299, body)) => Ok(body),
+            Ok((status, _)) => {
+                Err(ReplyError::Refused { code: i64::from(status), msg: "HTTP".into() })
+            }
+            Err(reason) => Err(ReplyError::Malformed(reason.to_string())),
+        };
         if self.state.tracker.asking == Some(request) {
             self.state.tracker.asking = None;
             // A failed or refused request for peers waits for the next round.
-            if let Ok((200..=299, body)) = reply
-                && let Ok(peers) = tracker::parse::<tracker::Peers>(body)
-            {
+            if let Ok(peers) = body.and_then(tracker::parse::<tracker::Peers>) {
                 self.offer_to(peers.peers, out);
             }
             return;
@@ -144,28 +134,21 @@ impl Instance {
             return;
         }
         self.state.tracker.pending = None;
-        let parsed = |body: &[u8], status: u16| -> Result<Option<Announced>, ReplyError> {
-            if !(200..300).contains(&status) {
-                return Err(ReplyError::Refused { code: i64::from(status), msg: "HTTP".into() });
-            }
-            match call {
-                Call::Announce => tracker::parse::<Announced>(body).map(Some),
-                // An empty reply to figures is fine.
-                Call::Report if body.is_empty() => Ok(None),
-                Call::Report => tracker::parse::<serde_json::Value>(body).map(|_| None),
-            }
+        let result = match call {
+            Call::Announce => body.and_then(tracker::parse::<Announced>).map(Some),
+            // An empty reply to figures is fine.
+            Call::Report => body.and_then(|body| match body.is_empty() {
+                true => Ok(None),
+                false => tracker::parse::<serde_json::Value>(body).map(|_| None),
+            }),
         };
-        let result = match reply {
-            Ok((status, body)) => parsed(body, status),
-            Err(reason) => Err(ReplyError::Malformed(reason.to_string())),
-        };
-        match (call, result) {
-            (Call::Announce, Ok(Some(announced))) => self.announced(announced, out),
-            (Call::Report, Ok(_)) => {
+        match result {
+            Ok(Some(announced)) => self.announced(announced, out),
+            Ok(None) => {
                 let seconds = self.state.tracker.report_seconds;
                 self.set(Timer::Report, seconds * 1000, out);
             }
-            (call, Err(error)) => {
+            Err(error) => {
                 log(&format!("the tracker did not take our {call:?}: {error:?}"));
                 if call == Call::Report {
                     // The tracker may have forgotten us: we announce again.
@@ -175,7 +158,6 @@ impl Instance {
                 self.state.tracker.retry_ms = (retry * 2).min(LAST_ANNOUNCE_RETRY_MS);
                 self.set(Timer::Announce, retry, out);
             }
-            (Call::Announce, Ok(None)) => {}
         }
     }
 

@@ -3,8 +3,8 @@
 //! and telling viewers what is held.
 
 use superpeer_guest::{
-    Allowance, CancelServe, Command, ConnId, MessageSize, PeerAcceptAnswer, PeerAnswer, PeerId,
-    ServeSegment, TrackerSend,
+    CancelServe, Command, ConnId, MessageSize, PeerAcceptAnswer, PeerAnswer, PeerId, ServeSegment,
+    TrackerSend,
 };
 
 use super::*;
@@ -16,9 +16,7 @@ impl Instance {
     /// any open one.
     pub(super) fn signal_conn(&self, via: ConnId) -> Option<ConnId> {
         let links = self.state.signals.as_ref()?;
-        let mut open = links.open();
-        let all: Vec<ConnId> = open.by_ref().collect();
-        all.iter().copied().find(|c| *c == via).or(all.first().copied())
+        links.open().find(|c| *c == via).or_else(|| links.open().next())
     }
 
     pub(super) fn on_signal(&mut self, conn: ConnId, text: &str, out: &mut Vec<Command>) {
@@ -28,27 +26,15 @@ impl Instance {
                 self.on_offer(conn, from, sdp, out)
             }
             Incoming::Signal { from, data: Some(SignalData::Answer(sdp)) } => {
-                let offered = self
-                    .state
-                    .viewers
-                    .iter()
-                    .find(|(_, v)| v.remote == from && !v.open && v.offered.is_some());
+                let offered = self.peers_of(&from).find(|(_, v)| !v.open && v.offered.is_some());
                 if let Some((peer, _)) = offered {
-                    out.push(Command::PeerAcceptAnswer(PeerAcceptAnswer {
-                        peer: *peer,
-                        answer: sdp,
-                    }));
+                    out.push(Command::PeerAcceptAnswer(PeerAcceptAnswer { peer, answer: sdp }));
                 }
             }
             // Not found: a viewer we answered left the relay before our answer came.
             Incoming::Signal { from, data: None } | Incoming::Reject { from, .. } => {
-                let gone: Vec<PeerId> = self
-                    .state
-                    .viewers
-                    .iter()
-                    .filter(|(_, v)| v.remote == from && !v.open)
-                    .map(|(peer, _)| *peer)
-                    .collect();
+                let gone: Vec<PeerId> =
+                    self.peers_of(&from).filter(|(_, v)| !v.open).map(|(peer, _)| peer).collect();
                 for peer in gone {
                     self.state.viewers.remove(&peer);
                     out.push(close(peer, "the viewer left the signal relay"));
@@ -70,20 +56,13 @@ impl Instance {
         // Offers crossed (ours to it, its to us): the SDK answers ours only when its id
         // is the greater, and drops its own; otherwise it keeps its own, and so do we.
         let ours = self.state.tracker.peer_id.as_deref().unwrap_or_default();
-        let crossed =
-            self.state.viewers.values().any(|v| v.remote == from && !v.open && v.offered.is_some());
+        let crossed = self.peers_of(&from).any(|(_, v)| !v.open && v.offered.is_some());
         if crossed && from.as_str() > ours {
             return;
         }
         let connecting = self.state.viewers.values().filter(|v| !v.open).count();
         // A viewer offering again (its last connection failed) replaces its old one.
-        let earlier: Vec<PeerId> = self
-            .state
-            .viewers
-            .iter()
-            .filter(|(_, v)| v.remote == from)
-            .map(|(peer, _)| *peer)
-            .collect();
+        let earlier: Vec<PeerId> = self.peers_of(&from).map(|(peer, _)| peer).collect();
         for peer in &earlier {
             self.state.viewers.remove(peer);
             out.push(close(*peer, "the viewer offered again"));
@@ -99,18 +78,7 @@ impl Instance {
             return;
         }
         let peer = self.state.ids.fresh();
-        self.state.viewers.insert(
-            peer,
-            Viewer {
-                remote: from,
-                via: conn,
-                open: false,
-                ready: false,
-                allowance: Allowance::full(MESSAGE_BURST, self.now_ms),
-                serving: None,
-                offered: None,
-            },
-        );
+        self.state.viewers.insert(peer, Viewer::new(from, conn, self.now_ms, false));
         out.push(Command::PeerAnswer(PeerAnswer { peer, offer: sdp }));
     }
 
@@ -161,8 +129,8 @@ impl Instance {
             Message::Have(have) => {
                 // Where a VOD viewer is: what it will ask for next is fetched.
                 if let Ok(level) = usize::try_from(have.level) {
-                    let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-                    streams.demand(level, have.sn.saturating_add(1), &mut lend);
+                    let next = have.sn.saturating_add(1);
+                    self.streams(out, changes, |streams, lend| streams.demand(level, next, lend));
                 }
             }
             Message::GetPeers => send(peer, &Message::Peers { peers: Vec::new() }, out),
@@ -190,10 +158,8 @@ impl Instance {
         out: &mut Vec<Command>,
         changes: &mut Vec<Change>,
     ) {
-        let default_id = usize::try_from(request.level)
-            .ok()
-            .map(|_| peer::segment_id(request.level, request.sn));
         let level = usize::try_from(request.level).ok();
+        let default_id = level.map(|_| peer::segment_id(request.level, request.sn));
         let held = level.and_then(|level| self.state.streams.get(level, request.sn));
         // A viewer that names segments otherwise (`strictSegmentId`) asks for ids we do
         // not know: not found, rather than the wrong bytes.
@@ -203,8 +169,7 @@ impl Instance {
         match (held, matches, busy, viewer) {
             (Some(held), true, false, Some(viewer)) => {
                 viewer.serving = Some(held.handle);
-                let seg_id =
-                    request.seg_id.unwrap_or_else(|| peer::segment_id(request.level, request.sn));
+                let seg_id = request.seg_id.or(default_id).unwrap_or_default();
                 send(peer, &peer::piece(request.level, request.sn, seg_id, held.size), out);
                 out.push(Command::ServeSegment(ServeSegment {
                     peer,
@@ -231,9 +196,7 @@ impl Instance {
             }
         }
         if let Some(level) = level {
-            let now_ms = self.now_ms;
-            let (streams, mut lend) = Self::lend(&mut self.state, now_ms, out, changes);
-            streams.demand(level, request.sn, &mut lend);
+            self.streams(out, changes, |streams, lend| streams.demand(level, request.sn, lend));
         }
     }
 
@@ -276,10 +239,7 @@ impl Instance {
                     seg_id: Some(peer::segment_id(level, sn)),
                     complete: held.then_some(true),
                 };
-                Some(
-                    if held { Message::Have(segment) } else { Message::Lost(segment) }
-                        .encode_text(),
-                )
+                Some(if held { Message::Have(segment) } else { Message::Lost(segment) }.encode())
             })
             .collect();
         for peer in self.ready_viewers() {
