@@ -17,13 +17,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::policy::wire::{
-    Event, MessageSize, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle, SegmentSent,
-};
+mod ice;
+mod queue;
+
+use crate::policy::wire::{Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle};
 use bytes::{Bytes, BytesMut};
+use ice::{generate_certificate, random_hex, random_token, stun_authentic, stun_username};
+pub use queue::{Message, Serve};
+use queue::{SCTP_MTU, SEND_LOW_WATER, SendQueue, unfinished};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::{
     SctpMaxMessageSize, SettingEngineBuilder,
@@ -38,25 +42,10 @@ use rtc::peer_connection::transport::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
-/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
-/// enough that one viewer holds little memory (they are kept until acknowledged).
-const SEND_HIGH_WATER: usize = 64 << 10;
 /// The largest DataChannel message either side may send (announced in the answer); a
 /// policy's messages and serves are held within it (`PolicyLimits`), since a message
 /// the connection refuses would hold up the viewer's queue.
 pub const MAX_MESSAGE_BYTES: u32 = 64 << 10;
-/// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
-/// after TURN and DTLS overheads), set here so a segment's messages can be cut to
-/// whole packets of it.
-const SCTP_MTU: u32 = 1191;
-/// Where the DataChannel reports it has room again.
-const SEND_LOW_WATER: u32 = 32 << 10;
-/// What a viewer's send queue may hold (beyond what its DataChannel already took):
-/// message bytes and items. A viewer that does not read fills it and is closed; it
-/// must never grow the worker's memory.
-const MAX_QUEUED_MESSAGE_BYTES: usize = 1 << 20;
-const MAX_QUEUED_ITEMS: usize = 1024;
 /// Why a viewer was closed for not reading.
 pub const SEND_QUEUE_FULL: &str = "send queue full: the viewer is not reading";
 /// Source addresses a connection may hold at once: a viewer uses one, a few while its
@@ -76,51 +65,6 @@ pub struct Transmit {
     pub datagrams: Vec<(SocketAddr, BytesMut)>,
 }
 
-/// One DataChannel message: bytes, or a string (which browsers hand to the page as a
-/// string, not an ArrayBuffer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    Binary(Bytes),
-    Text(String),
-}
-
-impl Message {
-    fn len(&self) -> usize {
-        match self {
-            Message::Binary(bytes) => bytes.len(),
-            Message::Text(text) => text.len(),
-        }
-    }
-}
-
-/// What waits to go out on a viewer's DataChannel, in order.
-#[derive(Debug)]
-enum Outgoing {
-    Message(Message),
-    Serve {
-        handle: SegmentHandle,
-        /// None while the segment is read from disk: the viewer's queue waits at it, so
-        /// what was queued after the serve still goes out after it.
-        bytes: Option<Bytes>,
-        next: usize,
-        chunk: usize,
-        sent: u64,
-        /// Sent after the last byte, then emptied.
-        trailer: Bytes,
-    },
-}
-
-/// A segment to stream to a viewer: its bytes from `offset`, in messages of the size
-/// asked for, then `trailer` (if not empty) once every byte went out. Bytes still
-/// being read are none; [`Rtc::loaded`] gives them.
-pub struct Serve {
-    pub handle: SegmentHandle,
-    pub bytes: Option<Bytes>,
-    pub offset: u64,
-    pub message_size: MessageSize,
-    pub trailer: Vec<u8>,
-}
-
 struct Peer {
     connection: RTCPeerConnection,
     ufrag: String,
@@ -128,7 +72,7 @@ struct Peer {
     /// must prove it knows before the address is taken for the viewer's.
     password: String,
     channel: Option<rtc::data_channel::RTCDataChannelId>,
-    queue: VecDeque<Outgoing>,
+    queue: SendQueue,
     addresses: Vec<SocketAddr>,
     /// When the connection next wants `handle_timeout`, as last asked (its entry in
     /// [`Rtc::deadlines`]).
@@ -146,24 +90,10 @@ struct Peer {
 }
 
 impl Peer {
-    /// Whether one more item carrying `bytes` of message fits in the send queue. The
-    /// queue is short (a cap of items), so its message bytes are counted, not kept.
     /// Bytes sent on the DataChannel that the viewer has not acknowledged yet.
     fn outstanding(&mut self) -> usize {
         let Some(id) = self.channel else { return 0 };
         self.connection.data_channel(id).map_or(0, |channel| channel.outstanding_bytes())
-    }
-
-    fn has_room_for(&self, bytes: usize) -> bool {
-        let queued: usize = self
-            .queue
-            .iter()
-            .map(|item| match item {
-                Outgoing::Message(message) => message.len(),
-                Outgoing::Serve { trailer, .. } => trailer.len(),
-            })
-            .sum();
-        self.queue.len() < MAX_QUEUED_ITEMS && queued + bytes <= MAX_QUEUED_MESSAGE_BYTES
     }
 }
 
@@ -342,7 +272,7 @@ impl Rtc {
                 ufrag,
                 password,
                 channel: None,
-                queue: VecDeque::new(),
+                queue: SendQueue::default(),
                 addresses: Vec::new(),
                 deadline: None,
                 offer_expires,
@@ -482,10 +412,9 @@ impl Rtc {
     /// whose queue is full is closed instead.
     pub fn send(&mut self, peer: PeerId, message: Message, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if !state.has_room_for(message.len()) {
+        if state.queue.push_message(message).is_err() {
             return self.drop_peer(peer, SEND_QUEUE_FULL.into());
         }
-        state.queue.push_back(Outgoing::Message(message));
         self.drain(peer, now)
     }
 
@@ -493,27 +422,11 @@ impl Rtc {
     /// whose queue is full is closed instead.
     pub fn serve(&mut self, peer: PeerId, serve: Serve, now: Instant) -> Vec<Event> {
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if !state.has_room_for(serve.trailer.len()) {
-            let mut events = vec![Event::SegmentSent(SegmentSent {
-                peer,
-                handle: serve.handle,
-                bytes: 0,
-                complete: false,
-            })];
+        if let Err(serve) = state.queue.push_serve(serve) {
+            let mut events = vec![unfinished(peer, serve.handle, 0)];
             events.extend(self.drop_peer(peer, SEND_QUEUE_FULL.into()));
             return events;
         }
-        state.queue.push_back(Outgoing::Serve {
-            handle: serve.handle,
-            bytes: serve.bytes,
-            next: serve.offset as usize,
-            chunk: match serve.message_size {
-                MessageSize::AtMost(size) => whole_packets(size),
-                MessageSize::Exactly(size) => size.max(1),
-            } as usize,
-            sent: 0,
-            trailer: Bytes::from(serve.trailer),
-        });
         self.drain(peer, now)
     }
 
@@ -525,30 +438,14 @@ impl Rtc {
         bytes: Option<Bytes>,
         now: Instant,
     ) -> Vec<Event> {
-        let mut given = Vec::new();
         let mut events = Vec::new();
-        for (&peer, state) in &mut self.peers {
-            let mut waited = false;
-            state.queue.retain_mut(|item| match item {
-                Outgoing::Serve { handle: h, bytes: slot @ None, .. } if *h == handle => {
-                    waited = true;
-                    *slot = bytes.clone();
-                    if slot.is_none() {
-                        events.push(Event::SegmentSent(SegmentSent {
-                            peer,
-                            handle,
-                            bytes: 0,
-                            complete: false,
-                        }));
-                    }
-                    slot.is_some()
-                }
-                _ => true,
-            });
-            if waited {
-                given.push(peer);
-            }
-        }
+        let given: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(&peer, state)| {
+                state.queue.give(peer, handle, &bytes, &mut events).then_some(peer)
+            })
+            .collect();
         for peer in given {
             events.extend(self.drain(peer, now));
         }
@@ -557,21 +454,7 @@ impl Rtc {
 
     /// Drops a queued or running serve; reports it incomplete if it had started.
     pub fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
-        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        let mut events = Vec::new();
-        state.queue.retain(|item| match item {
-            Outgoing::Serve { handle: h, sent, .. } if *h == handle => {
-                events.push(Event::SegmentSent(SegmentSent {
-                    peer,
-                    handle,
-                    bytes: *sent,
-                    complete: false,
-                }));
-                false
-            }
-            _ => true,
-        });
-        events
+        self.peers.get_mut(&peer).map_or_else(Vec::new, |state| state.queue.cancel(peer, handle))
     }
 
     pub fn close(&mut self, peer: PeerId) {
@@ -594,17 +477,7 @@ impl Rtc {
     fn drop_peer(&mut self, peer: PeerId, reason: String) -> Vec<Event> {
         let Some(mut state) = self.peers.remove(&peer) else { return Vec::new() };
         tracing::debug!(peer, %reason, "peer connection closed");
-        let mut events = Vec::new();
-        for item in state.queue.drain(..) {
-            if let Outgoing::Serve { handle, sent, .. } = item {
-                events.push(Event::SegmentSent(SegmentSent {
-                    peer,
-                    handle,
-                    bytes: sent,
-                    complete: false,
-                }));
-            }
-        }
+        let mut events = state.queue.abandon(peer);
         let _ = state.connection.close();
         flush(&mut state.connection, &mut self.transmits);
         self.forget(peer, &state);
@@ -691,7 +564,16 @@ impl Rtc {
                     }));
                 }
             }
-            progressed |= pump(&mut state, peer, now, &mut events, &mut self.transmits);
+            if let Some(channel) = state.channel {
+                progressed |= state.queue.pump(
+                    &mut state.connection,
+                    channel,
+                    peer,
+                    now,
+                    &mut events,
+                    &mut self.transmits,
+                );
+            }
             if !progressed {
                 break;
             }
@@ -729,76 +611,6 @@ impl Rtc {
     }
 }
 
-/// A segment's message size: the policy's, cut down to a whole number of full SCTP
-/// packets. Every packet of a segment but its last then has the same size, so one
-/// message's packets and the next leave in the same UDP GSO batch; a short packet at
-/// the end of each message would end the batch there (four system calls where one
-/// does, at 16 KiB messages).
-fn whole_packets(chunk: u32) -> u32 {
-    let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
-    if chunk >= payload { chunk - chunk % payload } else { chunk.max(1) }
-}
-
-/// Sends queued items while the DataChannel has room; true if anything was sent. Each
-/// message's datagrams are taken out of the library before the next is written: its
-/// queues grow to the largest burst they ever held and keep that size (a whole send
-/// window through four of them cost a viewer over 100 KB for good).
-fn pump(
-    state: &mut Peer,
-    peer: PeerId,
-    now: Instant,
-    events: &mut Vec<Event>,
-    transmits: &mut VecDeque<Transmit>,
-) -> bool {
-    let Some(id) = state.channel else { return false };
-    let mut progressed = false;
-    while let Some(mut channel) = state.connection.data_channel(id) {
-        if channel.outstanding_bytes() >= SEND_HIGH_WATER {
-            break;
-        }
-        let Some(item) = state.queue.front_mut() else { break };
-        match item {
-            Outgoing::Message(Message::Binary(bytes)) => {
-                let _ = channel.send(now, BytesMut::from(&bytes[..]));
-                state.queue.pop_front();
-            }
-            Outgoing::Message(Message::Text(text)) => {
-                let _ = channel.send_text(now, std::mem::take(text));
-                state.queue.pop_front();
-            }
-            // Still being read: everything behind it waits too.
-            Outgoing::Serve { bytes: None, .. } => break,
-            Outgoing::Serve { handle, bytes: Some(bytes), next, chunk, sent, trailer } => {
-                if *next >= bytes.len() {
-                    if !trailer.is_empty() {
-                        if channel.send(now, BytesMut::from(&trailer[..])).is_err() {
-                            break;
-                        }
-                        *trailer = Bytes::new();
-                    }
-                    events.push(Event::SegmentSent(SegmentSent {
-                        peer,
-                        handle: *handle,
-                        bytes: *sent,
-                        complete: true,
-                    }));
-                    state.queue.pop_front();
-                } else {
-                    let end = (*next + *chunk).min(bytes.len());
-                    if channel.send(now, BytesMut::from(&bytes[*next..end])).is_err() {
-                        break;
-                    }
-                    *sent += (end - *next) as u64;
-                    *next = end;
-                }
-            }
-        }
-        flush(&mut state.connection, transmits);
-        progressed = true;
-    }
-    progressed
-}
-
 /// Takes what a connection wrote as one [`Transmit`].
 fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>) {
     let mut datagrams = Vec::new();
@@ -807,91 +619,5 @@ fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>)
     }
     if !datagrams.is_empty() {
         transmits.push_back(Transmit { datagrams });
-    }
-}
-
-/// The USERNAME of a STUN message, if `data` is one.
-fn stun_username(data: &[u8]) -> Option<&str> {
-    // STUN: top two bits zero, magic cookie at bytes 4..8.
-    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
-        return None;
-    }
-    let mut rest = &data[20..];
-    while rest.len() >= 4 {
-        let kind = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
-        let value = rest.get(4..4 + len)?;
-        if kind == 0x0006 {
-            return std::str::from_utf8(value).ok();
-        }
-        let padded = (len + 3) & !3;
-        rest = rest.get(4 + padded..)?;
-    }
-    None
-}
-
-/// Whether `data` is a STUN message whose MESSAGE-INTEGRITY is keyed by `password`.
-fn stun_authentic(data: &[u8], password: &str, crypto: &dyn rtc::crypto::RTCCrypto) -> bool {
-    use rtc::stun::integrity::MessageIntegrity;
-    let mut message = rtc::stun::message::Message::new();
-    message.unmarshal_binary(data).is_ok()
-        && MessageIntegrity::check(&mut message, password.as_bytes(), crypto).is_ok()
-}
-
-fn generate_certificate() -> Result<RTCCertificate, String> {
-    let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
-    let params = CertificateParams::new(vec!["superpeer".to_owned()]).map_err(|e| e.to_string())?;
-    RTCCertificate::generate(
-        provider.crypto(),
-        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
-        params,
-    )
-    .map_err(|e| e.to_string())
-}
-
-const TOKEN_SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-/// simple-peer's channel labels are 40 of these.
-const HEX_SYMBOLS: &[u8] = b"0123456789abcdef";
-
-fn random_token(len: usize) -> String {
-    random_text(len, TOKEN_SYMBOLS)
-}
-
-fn random_hex(len: usize) -> String {
-    random_text(len, HEX_SYMBOLS)
-}
-
-fn random_text(len: usize, symbols: &[u8]) -> String {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
-    (0..len).map(|_| char::from(symbols[rng.random_range(0..symbols.len())])).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{SCTP_MTU, stun_username, whole_packets};
-
-    #[test]
-    fn segment_messages_are_whole_packets_at_most_the_policys_size() {
-        let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
-        for asked in [payload, 16_000, 16_384, 65_535] {
-            let cut = whole_packets(asked);
-            assert_eq!(cut % payload, 0, "{asked} -> {cut}");
-            assert!(cut <= asked && asked - cut < payload, "{asked} -> {cut}");
-        }
-        // Below one packet there is nothing to cut to: the policy's size stands.
-        assert_eq!(whole_packets(500), 500);
-        assert_eq!(whole_packets(0), 1);
-    }
-
-    #[test]
-    fn finds_the_username_of_a_binding_request() {
-        let mut message = vec![0x00, 0x01, 0x00, 0x10, 0x21, 0x12, 0xa4, 0x42];
-        message.extend([7u8; 12]);
-        message.extend([0x00, 0x06, 0x00, 0x09]);
-        message.extend(b"abc:defgh\0\0\0");
-        assert_eq!(stun_username(&message), Some("abc:defgh"));
-        assert_eq!(stun_username(b"\x16\xfe\xfd not stun at all......"), None);
-        assert_eq!(stun_username(&message[..22]), None);
     }
 }

@@ -1,0 +1,270 @@
+//! A viewer's send queue: the messages and segment serves waiting to go out on its
+//! DataChannel, in order, and the pumping of them into the channel while it has room.
+//!
+//! It owns the queue's limits and how a segment is cut into messages. It never closes a
+//! connection or touches a socket: a full queue is said to the caller, and what the
+//! channel wrote is handed over as [`Transmit`]s.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtc::data_channel::RTCDataChannelId;
+use rtc::peer_connection::RTCPeerConnection;
+
+use super::{Transmit, flush};
+use crate::policy::wire::{Event, MessageSize, PeerId, SegmentHandle, SegmentSent};
+
+/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
+/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
+/// enough that one viewer holds little memory (they are kept until acknowledged).
+const SEND_HIGH_WATER: usize = 64 << 10;
+/// Where the DataChannel reports it has room again.
+pub(super) const SEND_LOW_WATER: u32 = 32 << 10;
+/// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
+/// after TURN and DTLS overheads), set here so a segment's messages can be cut to
+/// whole packets of it.
+pub(super) const SCTP_MTU: u32 = 1191;
+/// What a viewer's send queue may hold (beyond what its DataChannel already took):
+/// message bytes and items. A viewer that does not read fills it and is closed; it
+/// must never grow the worker's memory.
+const MAX_QUEUED_MESSAGE_BYTES: usize = 1 << 20;
+const MAX_QUEUED_ITEMS: usize = 1024;
+
+/// One DataChannel message: bytes, or a string (which browsers hand to the page as a
+/// string, not an ArrayBuffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Binary(Bytes),
+    Text(String),
+}
+
+impl Message {
+    fn len(&self) -> usize {
+        match self {
+            Message::Binary(bytes) => bytes.len(),
+            Message::Text(text) => text.len(),
+        }
+    }
+}
+
+/// A segment to stream to a viewer: its bytes from `offset`, in messages of the size
+/// asked for, then `trailer` (if not empty) once every byte went out. Bytes still
+/// being read are none; [`Rtc::loaded`](super::Rtc::loaded) gives them.
+pub struct Serve {
+    pub handle: SegmentHandle,
+    pub bytes: Option<Bytes>,
+    pub offset: u64,
+    pub message_size: MessageSize,
+    pub trailer: Vec<u8>,
+}
+
+/// What waits to go out on a viewer's DataChannel, in order.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Message),
+    Serve {
+        handle: SegmentHandle,
+        /// None while the segment is read from disk: the viewer's queue waits at it, so
+        /// what was queued after the serve still goes out after it.
+        bytes: Option<Bytes>,
+        next: usize,
+        chunk: usize,
+        sent: u64,
+        /// Sent after the last byte, then emptied.
+        trailer: Bytes,
+    },
+}
+
+/// One viewer's send queue.
+#[derive(Debug, Default)]
+pub(super) struct SendQueue {
+    items: VecDeque<Outgoing>,
+}
+
+impl SendQueue {
+    /// Queues a message, or gives it back if the queue is full.
+    pub(super) fn push_message(&mut self, message: Message) -> Result<(), Message> {
+        if !self.has_room_for(message.len()) {
+            return Err(message);
+        }
+        self.items.push_back(Outgoing::Message(message));
+        Ok(())
+    }
+
+    /// Queues a serve, or gives it back if the queue is full.
+    pub(super) fn push_serve(&mut self, serve: Serve) -> Result<(), Serve> {
+        if !self.has_room_for(serve.trailer.len()) {
+            return Err(serve);
+        }
+        self.items.push_back(Outgoing::Serve {
+            handle: serve.handle,
+            bytes: serve.bytes,
+            next: serve.offset as usize,
+            chunk: match serve.message_size {
+                MessageSize::AtMost(size) => whole_packets(size),
+                MessageSize::Exactly(size) => size.max(1),
+            } as usize,
+            sent: 0,
+            trailer: Bytes::from(serve.trailer),
+        });
+        Ok(())
+    }
+
+    /// Whether one more item carrying `bytes` of message fits. The queue is short (a
+    /// cap of items), so its message bytes are counted, not kept.
+    fn has_room_for(&self, bytes: usize) -> bool {
+        let queued: usize = self
+            .items
+            .iter()
+            .map(|item| match item {
+                Outgoing::Message(message) => message.len(),
+                Outgoing::Serve { trailer, .. } => trailer.len(),
+            })
+            .sum();
+        self.items.len() < MAX_QUEUED_ITEMS && queued + bytes <= MAX_QUEUED_MESSAGE_BYTES
+    }
+
+    /// Gives the serves of `handle` waiting for their bytes what the disk read brought;
+    /// with none, they end unsent (reported in `events`). True if any serve waited.
+    pub(super) fn give(
+        &mut self,
+        peer: PeerId,
+        handle: SegmentHandle,
+        bytes: &Option<Bytes>,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let mut waited = false;
+        self.items.retain_mut(|item| match item {
+            Outgoing::Serve { handle: h, bytes: slot @ None, .. } if *h == handle => {
+                waited = true;
+                *slot = bytes.clone();
+                if slot.is_none() {
+                    events.push(unfinished(peer, handle, 0));
+                }
+                slot.is_some()
+            }
+            _ => true,
+        });
+        waited
+    }
+
+    /// Drops the serves of `handle`, reporting each incomplete with what it had sent.
+    pub(super) fn cancel(&mut self, peer: PeerId, handle: SegmentHandle) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.items.retain(|item| match item {
+            Outgoing::Serve { handle: h, sent, .. } if *h == handle => {
+                events.push(unfinished(peer, handle, *sent));
+                false
+            }
+            _ => true,
+        });
+        events
+    }
+
+    /// Empties the queue for a connection that closes, reporting every serve
+    /// incomplete.
+    pub(super) fn abandon(&mut self, peer: PeerId) -> Vec<Event> {
+        self.items
+            .drain(..)
+            .filter_map(|item| match item {
+                Outgoing::Serve { handle, sent, .. } => Some(unfinished(peer, handle, sent)),
+                Outgoing::Message(_) => None,
+            })
+            .collect()
+    }
+
+    /// Sends queued items while the DataChannel has room; true if anything was sent.
+    /// Each message's datagrams are taken out of the library before the next is
+    /// written: its queues grow to the largest burst they ever held and keep that size
+    /// (a whole send window through four of them cost a viewer over 100 KB for good).
+    pub(super) fn pump(
+        &mut self,
+        connection: &mut RTCPeerConnection,
+        channel: RTCDataChannelId,
+        peer: PeerId,
+        now: Instant,
+        events: &mut Vec<Event>,
+        transmits: &mut VecDeque<Transmit>,
+    ) -> bool {
+        let mut progressed = false;
+        while let Some(mut open) = connection.data_channel(channel) {
+            if open.outstanding_bytes() >= SEND_HIGH_WATER {
+                break;
+            }
+            let Some(item) = self.items.front_mut() else { break };
+            match item {
+                Outgoing::Message(Message::Binary(bytes)) => {
+                    let _ = open.send(now, BytesMut::from(&bytes[..]));
+                    self.items.pop_front();
+                }
+                Outgoing::Message(Message::Text(text)) => {
+                    let _ = open.send_text(now, std::mem::take(text));
+                    self.items.pop_front();
+                }
+                // Still being read: everything behind it waits too.
+                Outgoing::Serve { bytes: None, .. } => break,
+                Outgoing::Serve { handle, bytes: Some(bytes), next, chunk, sent, trailer } => {
+                    if *next >= bytes.len() {
+                        if !trailer.is_empty() {
+                            if open.send(now, BytesMut::from(&trailer[..])).is_err() {
+                                break;
+                            }
+                            *trailer = Bytes::new();
+                        }
+                        events.push(Event::SegmentSent(SegmentSent {
+                            peer,
+                            handle: *handle,
+                            bytes: *sent,
+                            complete: true,
+                        }));
+                        self.items.pop_front();
+                    } else {
+                        let end = (*next + *chunk).min(bytes.len());
+                        if open.send(now, BytesMut::from(&bytes[*next..end])).is_err() {
+                            break;
+                        }
+                        *sent += (end - *next) as u64;
+                        *next = end;
+                    }
+                }
+            }
+            flush(connection, transmits);
+            progressed = true;
+        }
+        progressed
+    }
+}
+
+/// A serve that ended before its last byte, having sent `bytes`.
+pub(super) fn unfinished(peer: PeerId, handle: SegmentHandle, bytes: u64) -> Event {
+    Event::SegmentSent(SegmentSent { peer, handle, bytes, complete: false })
+}
+
+/// A segment's message size: the policy's, cut down to a whole number of full SCTP
+/// packets. Every packet of a segment but its last then has the same size, so one
+/// message's packets and the next leave in the same UDP GSO batch; a short packet at
+/// the end of each message would end the batch there (four system calls where one
+/// does, at 16 KiB messages).
+fn whole_packets(chunk: u32) -> u32 {
+    let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
+    if chunk >= payload { chunk - chunk % payload } else { chunk.max(1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SCTP_MTU, whole_packets};
+
+    #[test]
+    fn segment_messages_are_whole_packets_at_most_the_policys_size() {
+        let payload = rtc::sctp::max_payload_size_for_mtu(SCTP_MTU);
+        for asked in [payload, 16_000, 16_384, 65_535] {
+            let cut = whole_packets(asked);
+            assert_eq!(cut % payload, 0, "{asked} -> {cut}");
+            assert!(cut <= asked && asked - cut < payload, "{asked} -> {cut}");
+        }
+        // Below one packet there is nothing to cut to: the policy's size stands.
+        assert_eq!(whole_packets(500), 500);
+        assert_eq!(whole_packets(0), 1);
+    }
+}
