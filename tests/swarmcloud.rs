@@ -306,19 +306,34 @@ fn a_viewer_whose_token_differs_from_the_seeds_is_not_served() {
 }
 
 #[test]
-fn with_the_main_signal_relay_gone_viewers_are_reached_through_the_backup() {
+fn with_the_main_signal_relay_gone_viewers_are_reached_through_the_backup_and_back() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut world = World::start("swarmcloud-backup", "vod", 2);
     world.seed("", false);
+    let relays_up = |world: &World, count: u64, what: &str| {
+        world.master.wait_for(what, |stats| {
+            stats["workers"].as_object().unwrap().values().any(|w| w["trackers"] == count)
+        });
+    };
     // The main relay dies after superpeer connected to it, before the viewer comes.
     let main = world.relays.remove(0);
+    let main_port = main.service.port;
     signal("KILL", main.service.child.id());
     drop(main);
-    world.master.wait_for("the worker down to the backup relay", |stats| {
-        stats["workers"].as_object().unwrap().values().any(|w| w["trackers"] == 1)
-    });
+    relays_up(&world, 1, "the worker down to the backup relay");
     // The viewer is configured with both, as the site was.
     let page = world.page(None, false);
+    let viewer = &watch(&page, 1, 20)[0];
+    assert_served(viewer, &world.dir.join("media"), &world.origin.url);
+
+    // The main relay comes back where it was, and the backup dies: the next viewer is
+    // reached through the main one again.
+    world.relays.insert(0, SwarmCloudService::signal_on(main_port));
+    relays_up(&world, 2, "the worker back on the main relay");
+    let backup = world.relays.remove(1);
+    signal("KILL", backup.service.child.id());
+    drop(backup);
+    relays_up(&world, 1, "the worker down to the main relay");
     let viewer = &watch(&page, 1, 20)[0];
     assert_served(viewer, &world.dir.join("media"), &world.origin.url);
     world.master.stop();

@@ -392,7 +392,14 @@ impl SwarmCloudService {
     }
 
     pub fn signal() -> SwarmCloudService {
-        let service = NodeService::start("swarmcloud.mjs", &["signal".as_ref()]);
+        SwarmCloudService::signal_on(0)
+    }
+
+    /// A signal relay on `port` (0: one the OS picks), as one that comes back where it
+    /// was.
+    pub fn signal_on(port: u16) -> SwarmCloudService {
+        let port = port.to_string();
+        let service = NodeService::start("swarmcloud.mjs", &["signal".as_ref(), port.as_ref()]);
         let url = format!("ws://127.0.0.1:{}", service.port);
         SwarmCloudService { service, url }
     }

@@ -11,6 +11,8 @@
 //                                 (`?id=<peer>`), `signal` and `reject` relayed by
 //                                 `to_peer_id`; a `signal` to a peer not connected
 //                                 comes back without `data` (not found)
+//   node swarmcloud.mjs signal P  the same on port P (a relay that comes back where
+//                                 it was)
 //
 // Prints "listening <port>" once ready, then one JSON line per thing a test may wait
 // for ({"event":"announce"|"peers"|"leave"|"connect"|"disconnect",...}). Peers a channel lists
@@ -142,7 +144,9 @@ function signal() {
       }
     })
   })
-  server.listen(0, '127.0.0.1', () => console.log(`listening ${server.address().port}`))
+  server.listen(Number(process.argv[3] ?? 0), '127.0.0.1', () =>
+    console.log(`listening ${server.address().port}`),
+  )
   return server
 }
 

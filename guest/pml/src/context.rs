@@ -27,8 +27,10 @@ pub struct Context {
 }
 
 /// The first bytes of this policy's snapshots and their layout's version: a snapshot
-/// without them (another policy's, or an older layout) is not read.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"pml-st01";
+/// without them (another policy's, or an older layout) is not read as one.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"pml-st02";
+/// The layout before the shared segments crate, still read (`seeder::st01`).
+const SNAPSHOT_MAGIC_ST01: &[u8; 8] = b"pml-st01";
 
 /// Encodes `value` as this policy's snapshot.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -38,6 +40,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Reads a snapshot written by [`encode`]; `None` for anything else.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     superpeer_guest::continuity::decode_snapshot(SNAPSHOT_MAGIC, bytes)
+}
+
+/// Reads a snapshot in the `pml-st01` layout; `None` for anything else.
+pub fn decode_st01<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    superpeer_guest::continuity::decode_snapshot(SNAPSHOT_MAGIC_ST01, bytes)
 }
 
 #[cfg(test)]

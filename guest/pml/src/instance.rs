@@ -13,6 +13,7 @@ use superpeer_guest::{Command, ConnId, Event, HostState, Ids, PeerClose, SeedCon
 
 use crate::context::{self, Timer};
 use crate::seeder::Seeder;
+use crate::seeder::st01::SeederSt01;
 use crate::settings;
 use superpeer_guest::links::Links as Trackers;
 
@@ -27,6 +28,23 @@ struct SnapshotRef<'a> {
 struct Snapshot {
     trackers: Trackers,
     seeder: Seeder,
+}
+
+/// What a snapshot of a build before the shared segments crate holds.
+#[derive(Deserialize)]
+struct SnapshotSt01 {
+    trackers: Trackers,
+    seeder: SeederSt01,
+}
+
+impl Snapshot {
+    /// This build's snapshot, or an earlier layout's it still reads.
+    fn read(bytes: &[u8]) -> Option<Snapshot> {
+        context::decode::<Snapshot>(bytes).or_else(|| {
+            let old: SnapshotSt01 = context::decode_st01(bytes)?;
+            Some(Snapshot { trackers: old.trackers, seeder: old.seeder.into_current() })
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -51,7 +69,7 @@ impl Instance {
         let max_connections = config.max_connections as usize;
         let fresh = Seeder::new(swarm_id, config.manifest_url.clone(), max_connections, settings);
         let mut taking_over = Vec::new();
-        let (trackers, mut seeder) = match prior.and_then(context::decode::<Snapshot>) {
+        let (trackers, mut seeder) = match prior.and_then(Snapshot::read) {
             Some(saved) => {
                 let mut seeder = saved.seeder.with_seed_of(fresh);
                 seeder.ctx.ids = Ids::resume(Some(&seeder.ctx.ids), state, random);
@@ -79,7 +97,7 @@ impl Instance {
                 seeder.ctx.ids = Ids::resume(None, state, random);
                 let trackers =
                     Trackers::resume(None, &config.trackers, state, &[], &mut taking_over);
-                seeder.adopt(&state.segments);
+                seeder.adopt(&state.segments, &mut taking_over);
                 // Viewers of an instance whose state could not be read (another policy's):
                 // closed, so they connect again at once and are served from the start.
                 taking_over.extend(state.peers.iter().map(|p| {
@@ -803,5 +821,100 @@ mod tests {
         }
         assert!(swaps > 100 && faults > 100, "{swaps} swaps, {faults} faults");
         assert!(answered > 1000, "only {answered} requests checked");
+    }
+
+    /// A snapshot in the layout of the builds before the shared segments crate
+    /// (`pml-st01`), written by one of them: a World of seed 7 after 120 turns, with
+    /// seven viewers open, three of them being served, thirty segments held and
+    /// fourteen offers and answers pending. A new build taking over from it keeps every
+    /// viewer and fetches nothing again.
+    #[test]
+    fn a_snapshot_of_the_layout_before_the_shared_segments_crate_keeps_every_viewer() {
+        let snapshot = include_bytes!("../tests/fixtures/pml-st01.bin");
+        let base = 4_294_967_296u64;
+        let open = [11, 12, 62, 70, 134, 161, 167].map(|n| base + n);
+        let pending = [133, 138, 139, 141, 142, 143, 165, 166, 171, 175, 176, 187, 188, 189];
+        let serving = [(base + 62, 28), (base + 70, 1), (base + 167, 21)];
+        // Each handle's segment, as the old build fetched them.
+        let numbers = [0, 1, 3, 4, 5, 8, 2, 6, 7, 9, 10, 12, 11, 13, 14, 15, 16, 18, 19, 17];
+        let numbers = numbers.into_iter().chain([20, 21, 22, 23, 24, 25, 26, 28, 27, 29]);
+        let state = HostState {
+            trackers: vec![TrackerState { conn: base + 7, url: "ws://t/".into(), open: true }],
+            peers: open
+                .iter()
+                .chain(&pending.map(|n| base + n))
+                .map(|&peer| PeerState {
+                    peer,
+                    open: open.contains(&peer),
+                    serving: serving.iter().filter(|(p, _)| *p == peer).map(|(_, h)| *h).collect(),
+                })
+                .collect(),
+            fetches: vec![],
+            requests: vec![],
+            segments: numbers
+                .enumerate()
+                .map(|(index, n)| SegmentInfo {
+                    handle: index as u64 + 1,
+                    url: format!("http://o.example/vod/seg{n}.ts"),
+                    range: None,
+                    size: 1000,
+                    tier: CacheTier::Memory,
+                })
+                .collect(),
+            timers: vec![(base + 190, 245)],
+        };
+        let mut random = || 4;
+        let mut instance = Instance::init(&config(), Some(snapshot), &state, 99).unwrap();
+        let out = instance.handle(vec![Event::Started], 24_600, &mut random);
+        let closed: Vec<u64> = out
+            .iter()
+            .filter_map(|c| if let Command::PeerClose(c) = c { Some(c.peer) } else { None })
+            .collect();
+        assert!(closed.is_empty(), "closed {closed:?}");
+        let reads: Vec<(u64, String)> = out
+            .iter()
+            .filter_map(|c| {
+                if let Command::FetchText(f) = c { Some((f.fetch, f.url.clone())) } else { None }
+            })
+            .collect();
+        let [(fetch, url)] = &reads[..] else { panic!("{out:?}") };
+        assert_eq!(url, "http://o.example/vod/720p.m3u8", "the playlist is read again");
+
+        let text = media();
+        let fetched = Event::TextFetched(TextFetched { fetch: *fetch, url: url.clone(), text });
+        let out = instance.handle(vec![fetched], 24_650, &mut random);
+        assert!(
+            !out.iter().any(|c| matches!(
+                c,
+                Command::FetchSegment(_) | Command::Evict(_) | Command::PeerClose(_)
+            )),
+            "nothing fetched again, dropped or closed: {out:?}"
+        );
+        let told: BTreeMap<u64, Vec<i64>> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::PeerSend(s) => {
+                    let body = wire::Joiner::default().push(&s.data).unwrap().unwrap();
+                    match wire::decode(&body).unwrap() {
+                        PeerCommand::SegmentsAnnouncement { loaded, .. } => Some((s.peer, loaded)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.keys().copied().collect::<Vec<_>>(), open, "every open viewer hears");
+        assert!(told.values().all(|loaded| *loaded == (0..30).collect::<Vec<i64>>()), "{told:?}");
+
+        let ask = PeerCommand::SegmentRequest { id: 8, request: 77, byte_from: None };
+        let data = wire::encode(&ask, wire::MAX_MESSAGE).unwrap().remove(0);
+        let message = Event::PeerMessage(superpeer_guest::PeerMessage { peer: open[0], data });
+        let out = instance.handle(vec![message], 24_700, &mut random);
+        assert!(
+            out.iter().any(
+                |c| matches!(c, Command::ServeSegment(s) if s.peer == open[0] && s.handle == 6)
+            ),
+            "served from the host's copy: {out:?}"
+        );
     }
 }

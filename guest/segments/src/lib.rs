@@ -1,17 +1,20 @@
-//! Which segments a seeder holds, whatever protocol its viewers speak: a stream's
-//! manifest read into levels (its renditions, numbered as hls.js numbers them), each
-//! level's playlist reloaded while it is live, the newest segments of a live window
+//! Which segments a seeder holds, whatever protocol its viewers speak: a stream's levels
+//! (read from its manifest, numbered as hls.js numbers them, or given by the policy),
+//! each level's playlist reloaded while it is live, the newest segments of a live window
 //! kept, the start of a VOD fetched ahead and the rest fetched where viewers ask, each
-//! fetch started once and retried with back-off when the origin fails it.
+//! fetch started once and retried with back-off when the origin fails it; what the disk
+//! cache already has of a VOD, and what an earlier instance left in the host's cache,
+//! taken instead of fetched again.
 //!
-//! Pure: it returns commands and reports what became held or dropped as [`Change`]s; the
+//! Pure: it returns commands and reports what viewers should hear as [`Change`]s; the
 //! policy owns its timers' names (it wraps [`StreamTimer`]). It must never speak to a
-//! viewer or know a protocol's segment ids: levels and media sequence numbers are all
-//! it names segments by.
+//! viewer or know a protocol's segment ids: levels and segment numbers (media sequence,
+//! or a VOD's positions, see [`Numbering`]) are all it names segments by.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use superpeer_guest::host::info as log;
 use superpeer_guest::{
     ByteRange, CacheTier, Command, FetchId, FetchSegment, FetchText, HostState, Ids, SegmentHandle,
     SegmentInfo, Timers,
@@ -47,6 +50,12 @@ pub fn live_reload_ms(target_duration_ms: u64, grew: bool) -> u64 {
     if grew { target_duration_ms.saturating_sub(quarter).max(MIN_RELOAD_MS) } else { quarter }
 }
 
+/// How many fetches may be in flight before asking the disk cache about more VOD
+/// segments waits: well under the host's limit, so a probe is never turned away.
+pub const PROBE_BUDGET: usize = 64;
+/// How the host says a fetch was refused for want of memory (its reason's words).
+const MEMORY_FULL: &str = "memory budget";
+
 /// The timers this part of a policy needs; the policy names them as its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum StreamTimer {
@@ -56,11 +65,23 @@ pub enum StreamTimer {
     Reload(usize),
 }
 
-/// What became held or was dropped: what a policy tells its viewers.
+/// How viewers number a level's segments. A live playlist's are always numbered by
+/// media sequence; a VOD's by media sequence too, or by position in the playlist (the
+/// first listed is 0), as p2p-media-loader numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Numbering {
+    MediaSequence,
+    VodPosition,
+}
+
+/// What changed in what a policy tells its viewers: a segment on its way from the
+/// origin, held, dropped once held, or given up on while loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    Loading { level: usize, sn: i64 },
     Held { level: usize, sn: i64 },
     Dropped { level: usize, sn: i64 },
+    Abandoned { level: usize, sn: i64 },
 }
 
 /// A segment held, as a policy serves it.
@@ -68,6 +89,14 @@ pub enum Change {
 pub struct Held {
     pub handle: SegmentHandle,
     pub size: u64,
+}
+
+/// A segment as viewers are told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// On its way from the origin.
+    Loading,
+    Held,
 }
 
 /// What the policy lends this part for one call: its ids and its timers, and how it
@@ -93,12 +122,35 @@ impl<K: Ord + Clone> Lend<'_, K> {
     }
 }
 
+/// Where a segment comes from: its URL and byte range.
 type Source = (String, Option<(u64, u64)>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Slot {
     Fetching(FetchId),
-    Ready { handle: SegmentHandle, size: u64 },
+    /// Asking the host whether its disk cache has it (never announced).
+    Probing(FetchId),
+    Ready {
+        handle: SegmentHandle,
+        size: u64,
+        on_disk: bool,
+    },
+}
+
+impl Slot {
+    fn ready(segment: &SegmentInfo) -> Slot {
+        Slot::Ready {
+            handle: segment.handle,
+            size: segment.size,
+            on_disk: segment.tier != CacheTier::Memory,
+        }
+    }
+
+    /// Whether it costs the worker's memory: the disk cache has a cap of its own,
+    /// which the host enforces; only memory is the policy's to bound.
+    fn in_memory(&self) -> bool {
+        matches!(self, Slot::Fetching(_) | Slot::Ready { on_disk: false, .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +158,8 @@ enum Fetching {
     Manifest,
     Playlist(usize),
     Segment(usize, i64),
+    /// A `disk-if-cached` fetch.
+    Probe(usize, i64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,13 +169,20 @@ struct Level {
     target_duration_ms: u64,
     ended: bool,
     newest: Option<i64>,
-    /// Every segment the playlist lists, by media sequence number.
+    /// Every segment the playlist lists, by the number viewers know it by. Not in the
+    /// snapshot (a VOD playlist's may be large): a new instance reads the playlist again.
+    #[serde(skip)]
     sources: BTreeMap<i64, Source>,
     segments: BTreeMap<i64, Slot>,
     /// Failed segments: the next wait, and when they may be fetched again.
     failed: BTreeMap<i64, (u64, u64)>,
     /// When each VOD segment was last asked for, in asks.
     last_use: BTreeMap<i64, u64>,
+    /// VOD: the next segment to ask the disk cache about, until all have been.
+    probe_from: Option<i64>,
+    probes_in_flight: usize,
+    /// Every segment was asked about once: a new instance does not ask again.
+    probed: bool,
 }
 
 impl Level {
@@ -136,6 +197,9 @@ impl Level {
             segments: BTreeMap::new(),
             failed: BTreeMap::new(),
             last_use: BTreeMap::new(),
+            probe_from: None,
+            probes_in_flight: 0,
+            probed: false,
         }
     }
 }
@@ -143,32 +207,66 @@ impl Level {
 /// A stream's levels and the segments held of each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Streams {
-    manifest_url: String,
+    /// The manifest this part reads, if any; a policy that reads it itself adds levels
+    /// with [`Streams::add_level`].
+    manifest_url: Option<String>,
+    numbering: Numbering,
     /// The manifest's fetch, until it is read.
     manifest_fetch: Option<FetchId>,
     levels: Vec<Level>,
     fetches: BTreeMap<FetchId, Fetching>,
     /// Asks counted, the clock of `last_use`.
     asks: u64,
+    /// Segments the host holds that no level claims yet (an earlier instance fetched
+    /// them), by source: taken when a playlist lists them, instead of fetched again.
+    orphans: BTreeMap<Source, Slot>,
 }
 
 impl Streams {
-    pub fn new(manifest_url: String) -> Self {
+    /// Streams whose levels come from `manifest_url` (see [`Streams::start`]), or from
+    /// the policy if none.
+    pub fn new(manifest_url: Option<String>, numbering: Numbering) -> Self {
         Streams {
             manifest_url,
+            numbering,
             manifest_fetch: None,
             levels: Vec::new(),
             fetches: BTreeMap::new(),
             asks: 0,
+            orphans: BTreeMap::new(),
         }
+    }
+
+    /// Levels whose playlists are known but not read yet: what an earlier layout of a
+    /// policy's state can still say. [`Streams::resume`] reads them.
+    pub fn with_levels(numbering: Numbering, playlist_urls: Vec<String>) -> Self {
+        let mut streams = Streams::new(None, numbering);
+        streams.levels = playlist_urls.into_iter().map(Level::new).collect();
+        streams
     }
 
     /// Fetches the manifest (once; again after [`StreamTimer::Manifest`]).
     pub fn start<K: Ord + Clone>(&mut self, lend: &mut Lend<'_, K>) {
-        if self.levels.is_empty() && self.manifest_fetch.is_none() {
-            let fetch = self.fetch_text(self.manifest_url.clone(), Fetching::Manifest, lend);
+        if let Some(url) = self.manifest_url.clone()
+            && self.levels.is_empty()
+            && self.manifest_fetch.is_none()
+        {
+            let fetch = self.fetch_text(url, Fetching::Manifest, lend);
             self.manifest_fetch = Some(fetch);
         }
+    }
+
+    /// A level the policy found (in a manifest it reads itself); its playlist is
+    /// fetched now. Returns its index.
+    pub fn add_level<K: Ord + Clone>(
+        &mut self,
+        playlist_url: String,
+        lend: &mut Lend<'_, K>,
+    ) -> usize {
+        self.levels.push(Level::new(playlist_url));
+        let index = self.levels.len() - 1;
+        self.reload(index, lend);
+        index
     }
 
     fn fetch_text<K: Ord + Clone>(
@@ -185,50 +283,84 @@ impl Streams {
 
     /// Takes over from an earlier instance's state (its snapshot) squared with the
     /// host's: fetches and segments the host no longer has are forgotten (fetched again
-    /// when due), and playlists whose reload timer was lost are reloaded.
-    pub fn resume<K: Ord + Clone>(
-        &mut self,
-        state: &HostState,
-        lost: &[StreamTimer],
-        lend: &mut Lend<'_, K>,
-    ) {
-        self.fetches.retain(|fetch, _| state.fetches.contains(fetch));
+    /// when due), what the host holds that no level claims is kept aside for the
+    /// playlists to claim, and every playlist is read again (the snapshot has no
+    /// sources), which also sets again any reload timer that was lost.
+    pub fn resume<K: Ord + Clone>(&mut self, state: &HostState, lend: &mut Lend<'_, K>) {
+        let fetching = |fetch: &FetchId| state.fetches.contains(fetch);
         let held = |handle: SegmentHandle| state.segments.iter().any(|s| s.handle == handle);
-        let fetching = |fetch: FetchId| state.fetches.contains(&fetch);
-        if self.manifest_fetch.is_some_and(|f| !fetching(f)) {
-            self.manifest_fetch = None;
-        }
+        self.fetches.retain(|fetch, _| fetching(fetch));
+        self.manifest_fetch = self.manifest_fetch.filter(fetching);
         for level in &mut self.levels {
-            level.segments.retain(|_, slot| match slot {
-                Slot::Fetching(fetch) => fetching(*fetch),
+            let mut unanswered: Option<i64> = None;
+            level.segments.retain(|sn, slot| match slot {
+                Slot::Fetching(fetch) => fetching(fetch),
+                Slot::Probing(fetch) => {
+                    let asked = fetching(fetch);
+                    if !asked && unanswered.is_none_or(|first| *sn < first) {
+                        unanswered = Some(*sn);
+                    }
+                    asked
+                }
                 Slot::Ready { handle, .. } => held(*handle),
             });
-            if level.playlist_fetch.is_some_and(|f| !fetching(f)) {
-                level.playlist_fetch = None;
+            // Questions to the disk cache that ended unheard are asked again.
+            if let Some(first) = unanswered {
+                level.probe_from = Some(level.probe_from.map_or(first, |from| from.min(first)));
+                level.probed = false;
             }
+            level.probes_in_flight =
+                level.segments.values().filter(|s| matches!(s, Slot::Probing(_))).count();
+            level.playlist_fetch = level.playlist_fetch.filter(fetching);
         }
+        self.orphans.retain(|_, slot| matches!(slot, Slot::Ready { handle, .. } if held(*handle)));
         self.start(lend);
         for index in 0..self.levels.len() {
-            let level = &self.levels[index];
-            let reload_lost = lost.contains(&StreamTimer::Reload(index));
-            if level.playlist_fetch.is_none()
-                && (reload_lost || (!level.ended && level.sources.is_empty()))
-            {
+            if self.levels[index].playlist_fetch.is_none() {
                 self.reload(index, lend);
             }
         }
-        // Whatever the host holds that no level claims is an earlier instance's: dropped.
         let claimed: Vec<SegmentHandle> = self.held_handles().collect();
-        for segment in state.segments.iter().filter(|s| !claimed.contains(&s.handle)) {
-            lend.out.push(Command::Evict(segment.handle));
+        let unclaimed: Vec<SegmentInfo> =
+            state.segments.iter().filter(|s| !claimed.contains(&s.handle)).cloned().collect();
+        self.adopt(&unclaimed, lend);
+    }
+
+    /// Segments the host holds that no level knows (an earlier instance fetched them):
+    /// each is taken by the level that lists it, or kept aside until the playlists are
+    /// read, then dropped if none does.
+    pub fn adopt<K: Ord + Clone>(&mut self, segments: &[SegmentInfo], lend: &mut Lend<'_, K>) {
+        for segment in segments {
+            let source = (segment.url.clone(), segment.range.map(|r| (r.start, r.end)));
+            let listed = self.levels.iter().enumerate().find_map(|(index, level)| {
+                let sn = level.sources.iter().find(|(_, s)| **s == source).map(|(sn, _)| *sn)?;
+                (!level.segments.contains_key(&sn)).then_some((index, sn))
+            });
+            if let Some((index, sn)) = listed {
+                self.levels[index].segments.insert(sn, Slot::ready(segment));
+                lend.changes.push(Change::Held { level: index, sn });
+            } else if self.all_read() {
+                lend.out.push(Command::Evict(segment.handle));
+            } else {
+                self.orphans.insert(source, Slot::ready(segment));
+            }
         }
     }
 
+    /// Whether every level's playlist has been read since this instance began.
+    fn all_read(&self) -> bool {
+        !self.levels.is_empty() && self.levels.iter().all(|l| !l.sources.is_empty())
+    }
+
     fn held_handles(&self) -> impl Iterator<Item = SegmentHandle> + '_ {
-        self.levels.iter().flat_map(|l| l.segments.values()).filter_map(|slot| match slot {
-            Slot::Ready { handle, .. } => Some(*handle),
-            Slot::Fetching(_) => None,
-        })
+        self.levels
+            .iter()
+            .flat_map(|l| l.segments.values())
+            .chain(self.orphans.values())
+            .filter_map(|slot| match slot {
+                Slot::Ready { handle, .. } => Some(*handle),
+                _ => None,
+            })
     }
 
     /// Whether the stream is a VOD (or a live stream that ended), once its playlists
@@ -237,16 +369,21 @@ impl Streams {
         !self.levels.is_empty() && self.levels.iter().all(|l| l.ended)
     }
 
-    /// The number of levels read from the manifest so far.
+    /// The number of levels so far.
     pub fn levels(&self) -> usize {
         self.levels.len()
+    }
+
+    /// A level's playlist URL.
+    pub fn playlist_url(&self, level: usize) -> Option<&str> {
+        self.levels.get(level).map(|l| l.playlist_url.as_str())
     }
 
     /// Segment `sn` of `level`, if it is held.
     pub fn get(&self, level: usize, sn: i64) -> Option<Held> {
         match self.levels.get(level)?.segments.get(&sn)? {
-            Slot::Ready { handle, size } => Some(Held { handle: *handle, size: *size }),
-            Slot::Fetching(_) => None,
+            Slot::Ready { handle, size, .. } => Some(Held { handle: *handle, size: *size }),
+            Slot::Fetching(_) | Slot::Probing(_) => None,
         }
     }
 
@@ -258,6 +395,18 @@ impl Streams {
                 .iter()
                 .filter(|(_, slot)| matches!(slot, Slot::Ready { .. }))
                 .map(move |(sn, _)| (index, *sn))
+        })
+    }
+
+    /// What viewers of `level` are told of: segments held and those on their way from
+    /// the origin (not those the disk cache is being asked about), oldest first.
+    pub fn announced(&self, level: usize) -> impl Iterator<Item = (i64, Announced)> + '_ {
+        self.levels.get(level).into_iter().flat_map(|level| {
+            level.segments.iter().filter_map(|(sn, slot)| match slot {
+                Slot::Ready { .. } => Some((*sn, Announced::Held)),
+                Slot::Fetching(_) => Some((*sn, Announced::Loading)),
+                Slot::Probing(_) => None,
+            })
         })
     }
 
@@ -277,7 +426,7 @@ impl Streams {
         match self.fetches.remove(&fetch) {
             Some(Fetching::Manifest) => self.on_manifest(url, text, lend),
             Some(Fetching::Playlist(index)) => self.on_playlist(index, url, text, lend),
-            Some(Fetching::Segment(..)) | None => {}
+            Some(Fetching::Segment(..) | Fetching::Probe(..)) | None => {}
         }
     }
 
@@ -318,23 +467,37 @@ impl Streams {
         level.playlist_fetch = None;
         let media = playlist::parse_media(text, url);
         if media.segments.len() > playlist::MAX_SEGMENTS || media.segments.is_empty() {
+            // Read as a failed fetch: tried again later, never worked through.
+            log(&format!(
+                "playlist {} lists {} segments; read again later",
+                playlist::without_query(url),
+                media.segments.len(),
+            ));
             lend.set(StreamTimer::Reload(index), RETRY_MS);
             return;
         }
-        // Viewers tell live from VOD by `#EXT-X-ENDLIST` alone.
+        // Viewers tell live from VOD by `#EXT-X-ENDLIST` alone (an EVENT playlist is
+        // live until it ends), and number segments accordingly.
         let live = !media.ended;
         level.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
         level.ended = media.ended;
         let newest = media.segments.last().map(|s| s.sequence as i64);
         let grew = newest > level.newest;
         level.newest = newest.max(level.newest);
-        level.sources =
-            media.segments.iter().map(|s| (s.sequence as i64, (s.uri.clone(), s.range))).collect();
+        let by_position = !live && self.numbering == Numbering::VodPosition;
+        level.sources = media
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(position, s)| {
+                let sn = if by_position { position as i64 } else { s.sequence as i64 };
+                (sn, (s.uri.clone(), s.range))
+            })
+            .collect();
         let wanted: Vec<i64> = if live {
-            let skip = media.segments.len().saturating_sub(LIVE_WINDOW);
-            media.segments[skip..].iter().map(|s| s.sequence as i64).collect()
+            level.sources.keys().rev().take(LIVE_WINDOW).rev().copied().collect()
         } else {
-            media.segments.iter().take(VOD_PREFETCH).map(|s| s.sequence as i64).collect()
+            level.sources.keys().take(VOD_PREFETCH).copied().collect()
         };
         if live {
             // Segments that left the live window go.
@@ -344,18 +507,56 @@ impl Streams {
                 self.drop_segment(index, sn, lend);
             }
             self.levels[index].failed.retain(|sn, _| wanted.contains(sn));
+        } else if !level.probed && level.probe_from.is_none() {
+            // What earlier workers cached is found by asking the disk cache, in batches.
+            level.probe_from = level.sources.keys().next().copied();
         }
+        self.claim_orphans(index, live.then_some(&wanted[..]), lend);
         for sn in wanted {
-            self.ensure(index, sn, live, lend);
+            self.ensure(index, sn, lend);
         }
         if live {
             let after = live_reload_ms(self.levels[index].target_duration_ms, grew);
             lend.set(StreamTimer::Reload(index), after);
         }
+        if self.all_read() {
+            // What nobody listed is nobody's: the host must not keep it.
+            let orphans = std::mem::take(&mut self.orphans);
+            lend.out.extend(orphans.into_values().filter_map(|slot| match slot {
+                Slot::Ready { handle, .. } => Some(Command::Evict(handle)),
+                _ => None,
+            }));
+        }
+        self.probe(lend);
+    }
+
+    /// Takes the segments kept aside that level `index` lists (only those among `only`,
+    /// if given).
+    fn claim_orphans<K: Ord + Clone>(
+        &mut self,
+        index: usize,
+        only: Option<&[i64]>,
+        lend: &mut Lend<'_, K>,
+    ) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let level = &mut self.levels[index];
+        for (sn, source) in &level.sources {
+            if only.is_some_and(|only| !only.contains(sn)) || level.segments.contains_key(sn) {
+                continue;
+            }
+            if let Some(slot) = self.orphans.remove(source) {
+                level.segments.insert(*sn, slot);
+                lend.changes.push(Change::Held { level: index, sn: *sn });
+            }
+        }
     }
 
     fn drop_segment<K: Ord + Clone>(&mut self, index: usize, sn: i64, lend: &mut Lend<'_, K>) {
-        match self.levels[index].segments.remove(&sn) {
+        let level = &mut self.levels[index];
+        level.last_use.remove(&sn);
+        match level.segments.remove(&sn) {
             Some(Slot::Ready { handle, .. }) => {
                 lend.out.push(Command::Evict(handle));
                 lend.changes.push(Change::Dropped { level: index, sn });
@@ -363,21 +564,20 @@ impl Streams {
             Some(Slot::Fetching(fetch)) => {
                 self.fetches.remove(&fetch);
                 lend.out.push(Command::FetchCancel(fetch));
+                lend.changes.push(Change::Abandoned { level: index, sn });
+            }
+            Some(Slot::Probing(fetch)) => {
+                self.fetches.remove(&fetch);
+                level.probes_in_flight -= 1;
+                lend.out.push(Command::FetchCancel(fetch));
             }
             None => {}
         }
-        self.levels[index].last_use.remove(&sn);
     }
 
     /// Makes sure segment `sn` of level `index` is held or on its way, unless its last
     /// fetch failed too recently; whether a fetch was started for it.
-    fn ensure<K: Ord + Clone>(
-        &mut self,
-        index: usize,
-        sn: i64,
-        live: bool,
-        lend: &mut Lend<'_, K>,
-    ) -> bool {
+    fn ensure<K: Ord + Clone>(&mut self, index: usize, sn: i64, lend: &mut Lend<'_, K>) -> bool {
         let level = &mut self.levels[index];
         if level.segments.contains_key(&sn) {
             return false;
@@ -388,14 +588,59 @@ impl Streams {
         let Some((url, range)) = level.sources.get(&sn).cloned() else { return false };
         let fetch = lend.fetch_id();
         level.segments.insert(sn, Slot::Fetching(fetch));
+        let tier = if level.ended { CacheTier::Disk } else { CacheTier::Memory };
         self.fetches.insert(fetch, Fetching::Segment(index, sn));
         lend.out.push(Command::FetchSegment(FetchSegment {
             fetch,
             url,
             range: range.map(|(start, end)| ByteRange { start, end }),
-            tier: if live { CacheTier::Memory } else { CacheTier::Disk },
+            tier,
         }));
+        lend.changes.push(Change::Loading { level: index, sn });
         true
+    }
+
+    /// Asks the disk cache about the next batch of a VOD's segments once the last batch
+    /// is answered; what it has is held (and told) without asking the origin.
+    fn probe<K: Ord + Clone>(&mut self, lend: &mut Lend<'_, K>) {
+        for index in 0..self.levels.len() {
+            let budget = PROBE_BUDGET.saturating_sub(self.fetches.len());
+            let level = &self.levels[index];
+            let (Some(from), 0) = (level.probe_from, level.probes_in_flight) else { continue };
+            if level.sources.is_empty() {
+                continue;
+            }
+            if budget == 0 {
+                break;
+            }
+            let batch: Vec<(i64, Source)> = level
+                .sources
+                .range(from..)
+                .filter(|(sn, _)| !level.segments.contains_key(sn))
+                .take(budget)
+                .map(|(sn, source)| (*sn, source.clone()))
+                .collect();
+            let next = match batch.last() {
+                Some((last, _)) => level.sources.range(last + 1..).next().map(|(sn, _)| *sn),
+                None => None,
+            };
+            for (sn, (url, range)) in batch {
+                let fetch = lend.fetch_id();
+                self.fetches.insert(fetch, Fetching::Probe(index, sn));
+                let level = &mut self.levels[index];
+                level.segments.insert(sn, Slot::Probing(fetch));
+                level.probes_in_flight += 1;
+                lend.out.push(Command::FetchSegment(FetchSegment {
+                    fetch,
+                    url,
+                    range: range.map(|(start, end)| ByteRange { start, end }),
+                    tier: CacheTier::DiskIfCached,
+                }));
+            }
+            let level = &mut self.levels[index];
+            level.probe_from = next;
+            level.probed = next.is_none();
+        }
     }
 
     /// A segment fetch completed.
@@ -405,23 +650,31 @@ impl Streams {
         segment: &SegmentInfo,
         lend: &mut Lend<'_, K>,
     ) {
-        let Some(Fetching::Segment(index, sn)) = self.fetches.remove(&fetch) else {
-            // Not ours (any more): the host must not keep it for nobody.
-            lend.out.push(Command::Evict(segment.handle));
-            return;
+        let (index, sn) = match self.fetches.remove(&fetch) {
+            Some(Fetching::Segment(index, sn) | Fetching::Probe(index, sn)) => (index, sn),
+            // A fetch an earlier instance started.
+            _ => return self.adopt(std::slice::from_ref(segment), lend),
         };
         let level = &mut self.levels[index];
-        if level.segments.get(&sn) != Some(&Slot::Fetching(fetch)) {
-            lend.out.push(Command::Evict(segment.handle));
-            return;
+        match level.segments.get(&sn) {
+            Some(Slot::Fetching(f)) if *f == fetch => {}
+            Some(Slot::Probing(f)) if *f == fetch => level.probes_in_flight -= 1,
+            // Not wanted any more: the host must not keep it for nobody.
+            _ => return lend.out.push(Command::Evict(segment.handle)),
         }
         level.failed.remove(&sn);
-        level.segments.insert(sn, Slot::Ready { handle: segment.handle, size: segment.size });
+        level.segments.insert(sn, Slot::ready(segment));
         lend.changes.push(Change::Held { level: index, sn });
+        self.probe(lend);
     }
 
-    /// A fetch failed after the host's retries.
-    pub fn on_failed<K: Ord + Clone>(&mut self, fetch: FetchId, lend: &mut Lend<'_, K>) {
+    /// A fetch failed after the host's retries, for `reason`.
+    pub fn on_failed<K: Ord + Clone>(
+        &mut self,
+        fetch: FetchId,
+        reason: &str,
+        lend: &mut Lend<'_, K>,
+    ) {
         match self.fetches.remove(&fetch) {
             Some(Fetching::Manifest) => {
                 self.manifest_fetch = None;
@@ -433,19 +686,47 @@ impl Streams {
             }
             Some(Fetching::Segment(index, sn)) => {
                 let level = &mut self.levels[index];
-                level.segments.remove(&sn);
-                let wait = level
-                    .failed
-                    .get(&sn)
-                    .map_or(SEGMENT_RETRY_MS, |(wait, _)| (wait * 2).min(SEGMENT_RETRY_MAX_MS));
-                level.failed.insert(sn, (wait, lend.now_ms + wait));
+                if level.segments.get(&sn) == Some(&Slot::Fetching(fetch)) {
+                    level.segments.remove(&sn);
+                    lend.changes.push(Change::Abandoned { level: index, sn });
+                }
+                if reason.contains(MEMORY_FULL) && level.ended {
+                    // For VOD, what was used longest ago goes, so the next try finds
+                    // room at once (a live window is the playlist's to bound; a budget
+                    // smaller than it is the operator's to raise).
+                    self.evict_least_used(index, &[sn], lend);
+                } else {
+                    // Fetched again at a later reload (or ask) if still listed, once
+                    // its wait is over.
+                    let wait = level
+                        .failed
+                        .get(&sn)
+                        .map_or(SEGMENT_RETRY_MS, |(wait, _)| (wait * 2).min(SEGMENT_RETRY_MAX_MS));
+                    level.failed.insert(sn, (wait, lend.now_ms + wait));
+                }
+            }
+            Some(Fetching::Probe(index, sn)) => {
+                let level = &mut self.levels[index];
+                if level.segments.get(&sn) == Some(&Slot::Probing(fetch)) {
+                    level.segments.remove(&sn);
+                    level.probes_in_flight -= 1;
+                }
+                // Not cached, and a viewer wants it or one just before it (it would
+                // have been fetched ahead): from the origin then.
+                let wanted = level.last_use.range(sn + 1 - VOD_PREFETCH as i64..=sn).next();
+                if wanted.is_some() {
+                    self.ensure(index, sn, lend);
+                }
+                self.probe(lend);
             }
             None => {}
         }
     }
 
-    /// The host dropped a segment (its cache's hard cap).
+    /// The host dropped a segment (its cache's hard cap, or its disk copy went).
     pub fn on_evicted<K: Ord + Clone>(&mut self, handle: SegmentHandle, lend: &mut Lend<'_, K>) {
+        self.orphans
+            .retain(|_, slot| !matches!(slot, Slot::Ready { handle: h, .. } if *h == handle));
         for (index, level) in self.levels.iter_mut().enumerate() {
             let gone = level.segments.iter().find_map(|(sn, slot)| match slot {
                 Slot::Ready { handle: h, .. } if *h == handle => Some(*sn),
@@ -476,7 +757,8 @@ impl Streams {
     /// A viewer of a VOD asked for, or has, segment `sn` of `level`: that one and the
     /// next [`VOD_PREFETCH`] are fetched (at most one new fetch per ask, so a viewer
     /// jumping all over the stream costs one fetch per jump), and at most [`VOD_HELD`]
-    /// are kept in memory, the least recently asked for going first.
+    /// are kept in memory, the least recently asked for going first. Numbers the
+    /// playlist does not list (a viewer may ask for anything) are not kept.
     pub fn demand<K: Ord + Clone>(&mut self, level: usize, sn: i64, lend: &mut Lend<'_, K>) {
         let Some(stream) = self.levels.get_mut(level) else { return };
         if !stream.ended || !stream.sources.contains_key(&sn) {
@@ -487,25 +769,40 @@ impl Streams {
         let ahead: Vec<i64> =
             stream.sources.range(sn..).take(VOD_PREFETCH).map(|(n, _)| *n).collect();
         for n in ahead.iter().copied() {
-            if self.ensure(level, n, false, lend) {
+            if self.ensure(level, n, lend) {
                 break;
             }
         }
-        loop {
-            let stream = &self.levels[level];
-            if stream.segments.len() <= VOD_HELD {
+        while self.levels[level].segments.values().filter(|s| s.in_memory()).count() > VOD_HELD {
+            if !self.evict_least_used(level, &ahead, lend) {
                 break;
             }
-            let oldest = stream
-                .segments
-                .iter()
-                .filter(|(n, slot)| matches!(slot, Slot::Ready { .. }) && !ahead.contains(n))
-                .min_by_key(|(n, _)| stream.last_use.get(n).copied().unwrap_or(0))
-                .map(|(n, _)| *n);
-            match oldest {
-                Some(n) => self.drop_segment(level, n, lend),
-                None => break,
+        }
+    }
+
+    /// Evicts the segment of `level` held in memory that was used longest ago, other
+    /// than those in `keep`; false if there is none.
+    fn evict_least_used<K: Ord + Clone>(
+        &mut self,
+        level: usize,
+        keep: &[i64],
+        lend: &mut Lend<'_, K>,
+    ) -> bool {
+        let stream = &self.levels[level];
+        let oldest = stream
+            .segments
+            .iter()
+            .filter(|(n, slot)| {
+                matches!(slot, Slot::Ready { on_disk: false, .. }) && !keep.contains(n)
+            })
+            .min_by_key(|(n, _)| stream.last_use.get(n).copied().unwrap_or(0))
+            .map(|(n, _)| *n);
+        match oldest {
+            Some(n) => {
+                self.drop_segment(level, n, lend);
+                true
             }
+            None => false,
         }
     }
 }

@@ -27,7 +27,7 @@ use superpeer_guest::{
     Allowance, Command, ConnId, Event, HostState, Ids, PeerClose, PeerId, PeerSendText, RequestId,
     SeedConfig, SegmentHandle, Timers, TrackerSend,
 };
-use superpeer_segments::{Change, Lend, StreamTimer, Streams};
+use superpeer_segments::{Change, Lend, Numbering, StreamTimer, Streams};
 
 use crate::peer::Message;
 use crate::signal::Outgoing;
@@ -191,7 +191,7 @@ struct State {
 }
 
 /// The first bytes of this policy's snapshots: another policy's are not read.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"swc-st01";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"swc-st02";
 
 #[derive(Debug)]
 pub struct Instance {
@@ -244,10 +244,6 @@ impl Instance {
                 if lost.contains(&Timer::Announce) {
                     state.tracker.peer_id = None;
                 }
-                let stream_timers: Vec<StreamTimer> = lost
-                    .iter()
-                    .filter_map(|t| if let Timer::Stream(s) = t { Some(*s) } else { None })
-                    .collect();
                 // Viewers the host no longer has are gone; those it has that we do not
                 // know (connected after the snapshot) are closed, and connect again.
                 state.viewers.retain(|peer, _| host.peers.iter().any(|p| p.peer == *peer));
@@ -273,7 +269,7 @@ impl Instance {
                     out: &mut taking_over,
                     changes: &mut changes,
                 };
-                streams.resume(host, &stream_timers, &mut lend);
+                streams.resume(host, &mut lend);
                 state
             }
             None => {
@@ -289,7 +285,7 @@ impl Instance {
                     timers: Timers::new(),
                     tracker: Tracker::default(),
                     signals: None,
-                    streams: Streams::new(manifest),
+                    streams: Streams::new(Some(manifest), Numbering::MediaSequence),
                     viewers: BTreeMap::new(),
                 }
             }
@@ -419,9 +415,9 @@ impl Instance {
             Event::SegmentStored(stored) => self.streams(out, changes, |streams, lend| {
                 streams.on_stored(stored.fetch, &stored.segment, lend)
             }),
-            Event::FetchFailed(failed) => {
-                self.streams(out, changes, |streams, lend| streams.on_failed(failed.fetch, lend))
-            }
+            Event::FetchFailed(failed) => self.streams(out, changes, |streams, lend| {
+                streams.on_failed(failed.fetch, &failed.reason, lend)
+            }),
             Event::SegmentEvicted(handle) => {
                 self.streams(out, changes, |streams, lend| streams.on_evicted(handle, lend))
             }

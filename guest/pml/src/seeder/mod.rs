@@ -7,29 +7,34 @@
 //! Pure state machine: events in, commands out, time passed in at each turn and timers
 //! the host fires. Randomness (peer ids, offer ids) comes in as a function.
 //!
-//! This file has the state, the turn and reaching swarms; `streams.rs` reads playlists
-//! and keeps each stream's window of segments; `peers.rs` answers trackers and viewers.
+//! This file has the state, the turn and reaching swarms; `streams.rs` reads the
+//! manifest into renditions and swarms (their segments are kept by the shared
+//! `superpeer-segments` crate, a level per rendition); `peers.rs` answers trackers and
+//! viewers; `st01.rs` reads the snapshots of builds before that crate.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use superpeer_guest::{
-    Allowance, CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, HostState,
-    PeerAcceptAnswer, PeerAnswer, PeerClose, PeerId, SegmentHandle, TrackerSend,
+    Allowance, Command, ConnId, Event, FetchId, FetchText, HostState, PeerAcceptAnswer, PeerAnswer,
+    PeerClose, PeerId, SegmentHandle, TrackerSend,
 };
 
 use superpeer_guest::host::info as log;
-use superpeer_segments::{LIVE_WINDOW, RETRY_MS, VOD_HELD, VOD_PREFETCH, live_reload_ms};
+use superpeer_segments::{
+    Announced, Change, Held, Lend, Numbering, RETRY_MS, StreamTimer, Streams,
+};
 
 use crate::announce::{self, AnnounceEvent, TrackerMessage};
 use crate::context::{Context, Timer};
-use crate::playlist::{self, MediaPlaylist};
+use crate::playlist;
 use crate::reach::{self, LinkKey, Need, Plan, Reach};
 use crate::settings::Settings;
 use crate::swarm::{self, Identity, Rendition, StreamKind};
 use crate::wire::{self, Joiner, PeerCommand};
 
 mod peers;
+pub(crate) mod st01;
 mod streams;
 
 use peers::close;
@@ -38,14 +43,6 @@ use peers::close;
 const REACH_TICK_MS: u64 = reach::FAST_ROUND_GAP_MS;
 /// Re-announce interval until a tracker says otherwise (p2p-media-loader's default).
 const DEFAULT_ANNOUNCE_SECONDS: u64 = 30;
-/// How many fetches may be in flight before asking the disk cache about more VOD
-/// segments waits: well under the host's limit, so a probe is never turned away.
-const PROBE_BUDGET: usize = 64;
-/// A segment whose fetch failed is not fetched again for this long, doubled after each
-/// further failure up to [`SEGMENT_RETRY_MAX_MS`]: an origin that fails a segment (or
-/// sends one that never ends) is not asked for it at every reload.
-const SEGMENT_RETRY_MS: u64 = 1_000;
-const SEGMENT_RETRY_MAX_MS: u64 = 30_000;
 /// The longest announce text: the host's limit on a tracker text (64 KiB) with room to
 /// spare. Offers that would not fit are withdrawn.
 const MAX_ANNOUNCE_BYTES: usize = 60 << 10;
@@ -78,49 +75,6 @@ pub(crate) const MAX_PENDING_PEERS: usize = 100;
 /// Offers a tracker connection may bring per second, and at once: more are dropped.
 const OFFER_RATE: f64 = 20.0;
 const OFFER_BURST: f64 = 40.0;
-
-/// Where a segment comes from: its URL and byte range.
-type Source = (String, Option<(u64, u64)>);
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum Stored {
-    Fetching(FetchId),
-    /// Asking the host whether its disk cache has it (never announced).
-    Probing(FetchId),
-    Ready {
-        handle: SegmentHandle,
-        size: u64,
-        on_disk: bool,
-    },
-}
-
-/// One rendition: its playlist and segments, shared by every swarm it is seeded in.
-#[derive(Debug, Serialize, Deserialize)]
-struct Stream {
-    playlist_url: String,
-    playlist_fetch: Option<FetchId>,
-    /// Segments by the id viewers use for them (the same in every generation).
-    segments: BTreeMap<i64, Stored>,
-    /// Where each segment comes from, by id. Not in the snapshot (a VOD playlist's may be
-    /// large): a new instance reads the playlist again.
-    #[serde(skip)]
-    sources: BTreeMap<i64, Source>,
-    target_duration_ms: u64,
-    /// The sequence number of the newest segment the live playlist listed so far.
-    newest: Option<u64>,
-    ended: bool,
-    /// The set of segments changed since viewers were last told.
-    changed: bool,
-    /// When each VOD segment was last asked for (by the seeder's request count).
-    last_use: BTreeMap<i64, u64>,
-    /// VOD: the next segment id to ask the disk cache about, until all have been.
-    probe_from: Option<i64>,
-    probes_in_flight: usize,
-    /// Segments whose last fetch failed: how many times in a row, and not before when
-    /// to try again.
-    #[serde(default)]
-    failed: BTreeMap<i64, (u32, u64)>,
-}
 
 /// A rendition's swarm as one generation of viewers names it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -198,15 +152,14 @@ fn one_message(command: &PeerCommand) -> Option<Vec<u8>> {
     }
 }
 
-/// What a stream has, as viewers see it: stored segments are loaded; those being
-/// fetched are "loading over HTTP".
-fn announcement(stream: &Stream) -> PeerCommand {
+/// What a stream (a level of `streams`) has, as viewers see it: held segments are
+/// loaded; those being fetched are "loading over HTTP".
+fn announcement(streams: &Streams, level: usize) -> PeerCommand {
     let (mut loaded, mut loading) = (Vec::new(), Vec::new());
-    for (id, stored) in &stream.segments {
-        match stored {
-            Stored::Ready { .. } => loaded.push(*id),
-            Stored::Fetching(_) => loading.push(*id),
-            Stored::Probing(_) => {}
+    for (id, announced) in streams.announced(level) {
+        match announced {
+            Announced::Held => loaded.push(id),
+            Announced::Loading => loading.push(id),
         }
     }
     PeerCommand::SegmentsAnnouncement { loaded, loading }
@@ -230,9 +183,11 @@ pub(crate) struct Seeder {
     manifest_url: Option<String>,
     manifest_fetch: Option<FetchId>,
     identities: Vec<Identity>,
-    streams: Vec<Stream>,
+    /// Every rendition's segments, a level each; a swarm names its rendition's level.
+    streams: Streams,
+    /// Levels whose segments changed since their viewers were last told.
+    changed: BTreeSet<usize>,
     swarms: Vec<Swarm>,
-    fetches: HashMap<FetchId, Fetch>,
     answering: HashMap<PeerId, PendingAnswer>,
     peers: HashMap<PeerId, Viewer>,
     /// Every viewer connected or being connected, by swarm and peer id: never two
@@ -242,24 +197,10 @@ pub(crate) struct Seeder {
     reach: Reach,
     /// The time of the current turn (the host's monotonic clock).
     now_ms: u64,
-    /// Segments the host holds that no stream claims yet (an earlier instance fetched
-    /// them), by source: adopted instead of fetched again.
-    orphans: HashMap<Source, Stored>,
     /// Each tracker connection's offer allowance and when it was last counted (a new
     /// instance starts every tracker with a full one).
     #[serde(skip)]
     offer_allowance: HashMap<ConnId, Allowance>,
-    /// Requests seen, the clock of `last_use`.
-    uses: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-enum Fetch {
-    Manifest,
-    Playlist(usize),
-    Segment(usize, i64),
-    /// A `disk-if-cached` fetch.
-    Probe(usize, i64),
 }
 
 /// A rendition as a master playlist lists it: its attributes, its position in the
@@ -284,31 +225,54 @@ impl Seeder {
             manifest_url,
             manifest_fetch: None,
             identities: settings.identities,
-            streams: Vec::new(),
+            streams: Streams::new(None, Numbering::VodPosition),
+            changed: BTreeSet::new(),
             swarms: Vec::new(),
-            fetches: HashMap::new(),
             answering: HashMap::new(),
             peers: HashMap::new(),
             remotes: HashSet::new(),
             max_peers,
             reach: Reach::new(settings.offers),
             now_ms: 0,
-            orphans: HashMap::new(),
             offer_allowance: HashMap::new(),
-            uses: 0,
         }
     }
 
-    /// Takes note of segments the host already holds (from `host-state`).
-    pub(crate) fn adopt(&mut self, segments: &[superpeer_guest::SegmentInfo]) {
-        for s in segments {
-            let range = s.range.map(|r| (r.start, r.end));
-            let on_disk = s.tier != CacheTier::Memory;
-            self.orphans.insert(
-                (s.url.clone(), range),
-                Stored::Ready { handle: s.handle, size: s.size, on_disk },
-            );
-        }
+    /// Takes note of segments the host already holds (from `host-state`): each is
+    /// taken by the rendition that lists it once its playlist is read.
+    pub(crate) fn adopt(
+        &mut self,
+        segments: &[superpeer_guest::SegmentInfo],
+        out: &mut Vec<Command>,
+    ) {
+        self.streams(out, |streams, lend| streams.adopt(segments, lend));
+    }
+
+    /// Lends the streams part this seeder's ids and timers for one call; the levels it
+    /// says changed are announced to their viewers at the end of the turn.
+    fn streams<R>(
+        &mut self,
+        out: &mut Vec<Command>,
+        part: impl FnOnce(&mut Streams, &mut Lend<'_, Timer>) -> R,
+    ) -> R {
+        let mut changes = Vec::new();
+        let Context { ids, timers } = &mut self.ctx;
+        let mut lend = Lend {
+            ids,
+            timers,
+            name: stream_timer,
+            now_ms: self.now_ms,
+            out,
+            changes: &mut changes,
+        };
+        let result = part(&mut self.streams, &mut lend);
+        self.changed.extend(changes.into_iter().map(|change| match change {
+            Change::Loading { level, .. }
+            | Change::Held { level, .. }
+            | Change::Dropped { level, .. }
+            | Change::Abandoned { level, .. } => level,
+        }));
+        result
     }
 
     /// An earlier instance's state (from its snapshot) under this instance's seed: the
@@ -395,70 +359,21 @@ impl Seeder {
             }
             if host.open && !viewer.open {
                 viewer.open = true;
-                let stream = &self.streams[self.swarms[viewer.swarm].stream];
-                send(*peer, &announcement(stream), out);
+                send(*peer, &announcement(&self.streams, self.swarms[viewer.swarm].stream), out);
             }
         }
 
-        let live_fetches: HashSet<FetchId> = state.fetches.iter().copied().collect();
-        let ended: Vec<(FetchId, Fetch)> = self
-            .fetches
-            .iter()
-            .filter(|(fetch, _)| !live_fetches.contains(fetch))
-            .map(|(fetch, what)| (*fetch, *what))
-            .collect();
-        for (fetch, what) in ended {
-            self.fetches.remove(&fetch);
-            match what {
-                Fetch::Manifest => self.manifest_fetch = None,
-                Fetch::Playlist(index) => self.streams[index].playlist_fetch = None,
-                Fetch::Segment(index, id) | Fetch::Probe(index, id) => {
-                    let stream = &mut self.streams[index];
-                    if let Some(Stored::Probing(_)) = stream.segments.get(&id) {
-                        stream.probes_in_flight -= 1;
-                    }
-                    if matches!(stream.segments.get(&id), Some(Stored::Fetching(f) | Stored::Probing(f)) if *f == fetch)
-                    {
-                        stream.segments.remove(&id);
-                        stream.changed = true;
-                    }
-                }
-            }
+        if self.manifest_fetch.is_some_and(|fetch| !state.fetches.contains(&fetch)) {
+            self.manifest_fetch = None;
         }
-
-        let held: HashSet<SegmentHandle> = state.segments.iter().map(|s| s.handle).collect();
-        for stream in &mut self.streams {
-            let before = stream.segments.len();
-            stream.segments.retain(
-                |_, s| !matches!(s, Stored::Ready { handle, .. } if !held.contains(handle)),
-            );
-            stream.changed |= stream.segments.len() != before;
-        }
-        self.orphans
-            .retain(|_, s| matches!(s, Stored::Ready { handle, .. } if held.contains(handle)));
-        let claimed: HashSet<SegmentHandle> = self
-            .streams
-            .iter()
-            .flat_map(|s| s.segments.values())
-            .chain(self.orphans.values())
-            .filter_map(|s| match s {
-                Stored::Ready { handle, .. } => Some(*handle),
-                _ => None,
-            })
-            .collect();
-        let unclaimed: Vec<superpeer_guest::SegmentInfo> =
-            state.segments.iter().filter(|s| !claimed.contains(&s.handle)).cloned().collect();
-        self.adopt(&unclaimed);
-
+        // Every playlist is read again (the snapshot has no segment sources), which sets
+        // again any reload timer that was lost.
+        self.streams(out, |streams, lend| streams.resume(state, lend));
         for key in lost {
             match key {
                 Timer::Manifest => out.push(self.set_timer(Timer::Manifest, 0)),
                 Timer::Reach | Timer::Reload(_) | Timer::Reconnect(_) => {}
             }
-        }
-        // Every playlist again: the sources of VOD segments, and any reload that was due.
-        for index in 0..self.streams.len() {
-            self.reload(index, out);
         }
     }
 
@@ -475,13 +390,6 @@ impl Seeder {
         self.ctx.timers.set(&mut self.ctx.ids, key, after_ms)
     }
 
-    fn fetch_text(&mut self, url: String, what: Fetch, out: &mut Vec<Command>) -> FetchId {
-        let fetch = self.id();
-        self.fetches.insert(fetch, what);
-        out.push(Command::FetchText(FetchText { fetch, url }));
-        fetch
-    }
-
     /// The first thing to do: read the manifest, and start the heartbeat.
     pub(crate) fn start(&mut self, out: &mut Vec<Command>) {
         out.push(self.set_timer(Timer::Reach, REACH_TICK_MS));
@@ -490,10 +398,12 @@ impl Seeder {
 
     fn fetch_manifest(&mut self, out: &mut Vec<Command>) {
         if self.manifest_fetch.is_none()
-            && self.streams.is_empty()
+            && self.streams.levels() == 0
             && let Some(url) = self.manifest_url.clone()
         {
-            self.manifest_fetch = Some(self.fetch_text(url, Fetch::Manifest, out));
+            let fetch = self.id();
+            out.push(Command::FetchText(FetchText { fetch, url }));
+            self.manifest_fetch = Some(fetch);
         }
     }
 
@@ -541,78 +451,23 @@ impl Seeder {
         out: &mut Vec<Command>,
     ) {
         match event {
-            Event::TextFetched(fetched) => match self.fetches.remove(&fetched.fetch) {
-                Some(Fetch::Manifest) => {
-                    self.manifest_fetch = None;
-                    self.on_manifest(&fetched.url, &fetched.text, open_trackers, random, out);
-                }
-                Some(Fetch::Playlist(index)) => {
-                    self.on_playlist(index, &fetched.url, &fetched.text, out)
-                }
-                _ => {}
-            },
-            Event::FetchFailed(failed) => match self.fetches.remove(&failed.fetch) {
-                Some(Fetch::Manifest) => {
-                    self.manifest_fetch = None;
-                    out.push(self.set_timer(Timer::Manifest, RETRY_MS));
-                }
-                Some(Fetch::Playlist(index)) => {
-                    self.streams[index].playlist_fetch = None;
-                    out.push(self.set_timer(Timer::Reload(index), RETRY_MS));
-                }
-                Some(Fetch::Segment(index, id)) => {
-                    let now_ms = self.now_ms;
-                    let stream = &mut self.streams[index];
-                    stream.segments.remove(&id);
-                    // The host's memory is full: for VOD, what was used longest ago
-                    // goes, so the next try finds room at once (a live window is the
-                    // playlist's to bound; a budget smaller than it is the operator's
-                    // to raise).
-                    if failed.reason.contains("memory budget") && stream.ended {
-                        self.evict_least_used(index, id..id + 1, out);
-                    } else {
-                        // Fetched again at a later reload (or request) if still listed,
-                        // once its wait is over.
-                        let (failures, retry_at) = stream.failed.entry(id).or_insert((0, 0));
-                        let wait = SEGMENT_RETRY_MS.saturating_mul(1 << (*failures).min(10));
-                        *failures += 1;
-                        *retry_at = now_ms + wait.min(SEGMENT_RETRY_MAX_MS);
-                    }
-                }
-                Some(Fetch::Probe(index, id)) => {
-                    let stream = &mut self.streams[index];
-                    stream.probes_in_flight -= 1;
-                    stream.segments.remove(&id);
-                    // Not cached, and a viewer wants it or one just before it (it would have
-                    // been prefetched): from the origin then.
-                    let wanted = stream.last_use.range(id + 1 - VOD_PREFETCH as i64..=id).next();
-                    if wanted.is_some()
-                        && let Some(source) = stream.sources.get(&id).cloned()
-                    {
-                        self.ensure(index, id, source, false, out);
-                    }
-                }
-                _ => {}
-            },
-            Event::SegmentStored(stored) => match self.fetches.remove(&stored.fetch) {
-                Some(Fetch::Segment(index, id) | Fetch::Probe(index, id)) => {
-                    let segment = &stored.segment;
-                    let ready = Stored::Ready {
-                        handle: segment.handle,
-                        size: segment.size,
-                        on_disk: segment.tier != CacheTier::Memory,
-                    };
-                    let stream = &mut self.streams[index];
-                    if matches!(stream.segments.get(&id), Some(Stored::Probing(_))) {
-                        stream.probes_in_flight -= 1;
-                    }
-                    stream.segments.insert(id, ready);
-                    stream.failed.remove(&id);
-                    stream.changed = true;
-                }
-                // A fetch an earlier instance started.
-                _ => self.adopt(std::slice::from_ref(&stored.segment)),
-            },
+            Event::TextFetched(fetched) if self.manifest_fetch == Some(fetched.fetch) => {
+                self.manifest_fetch = None;
+                self.on_manifest(&fetched.url, &fetched.text, open_trackers, random, out);
+            }
+            Event::TextFetched(fetched) => self.streams(out, |streams, lend| {
+                streams.on_text(fetched.fetch, &fetched.url, &fetched.text, lend)
+            }),
+            Event::FetchFailed(failed) if self.manifest_fetch == Some(failed.fetch) => {
+                self.manifest_fetch = None;
+                out.push(self.set_timer(Timer::Manifest, RETRY_MS));
+            }
+            Event::FetchFailed(failed) => self.streams(out, |streams, lend| {
+                streams.on_failed(failed.fetch, &failed.reason, lend)
+            }),
+            Event::SegmentStored(stored) => self.streams(out, |streams, lend| {
+                streams.on_stored(stored.fetch, &stored.segment, lend)
+            }),
             Event::SegmentEvicted(handle) => {
                 // A viewer being sent it (the host found its disk copy gone) hears at
                 // once instead of waiting for its own timeout.
@@ -623,13 +478,7 @@ impl Seeder {
                         send(*peer, &absent, out);
                     }
                 }
-                for stream in &mut self.streams {
-                    let before = stream.segments.len();
-                    stream.segments.retain(
-                        |_, s| !matches!(s, Stored::Ready { handle: h, .. } if h == handle),
-                    );
-                    stream.changed |= stream.segments.len() != before;
-                }
+                self.streams(out, |streams, lend| streams.on_evicted(*handle, lend));
             }
             Event::TrackerText(text) => self.on_tracker_text(text.conn, &text.text, out),
             Event::TrackerClosed(closed) => {
@@ -675,8 +524,8 @@ impl Seeder {
                 if self.opened(*peer, out)
                     && let Some(viewer) = self.peers.get(peer)
                 {
-                    let stream = &self.streams[self.swarms[viewer.swarm].stream];
-                    send(*peer, &announcement(stream), out);
+                    let level = self.swarms[viewer.swarm].stream;
+                    send(*peer, &announcement(&self.streams, level), out);
                 }
             }
             Event::PeerMessage(message) => self.on_peer_message(message.peer, &message.data, out),
@@ -768,6 +617,14 @@ impl Seeder {
                 self.reach.offering(key, offers, self.now_ms, interval_ms);
             }
         }
+    }
+}
+
+/// The seeder's name for a timer of its streams.
+fn stream_timer(timer: StreamTimer) -> Timer {
+    match timer {
+        StreamTimer::Manifest => Timer::Manifest,
+        StreamTimer::Reload(level) => Timer::Reload(level),
     }
 }
 

@@ -3,7 +3,7 @@
 //! streams' caches within each viewer's limits.
 //!
 //! Pure: it only returns commands. It must never decide what a stream keeps; that is
-//! `streams.rs`.
+//! the shared segments part's (`superpeer-segments`).
 
 use super::*;
 
@@ -75,7 +75,6 @@ impl Seeder {
     /// every stream whose segments changed hear what it has now, so a burst of changes
     /// makes one announcement.
     pub(crate) fn flush(&mut self, out: &mut Vec<Command>) {
-        self.probe_disk_cache(out);
         for due in self.reach.take_due(self.now_ms) {
             let (index, conn) = due.key;
             let swarm = &self.swarms[index];
@@ -95,13 +94,10 @@ impl Seeder {
             out.push(Command::TrackerSend(TrackerSend { conn, text }));
             out.extend(withdrawn.into_iter().map(|peer| close(peer, "offer withdrawn")));
         }
-        for (index, stream) in self.streams.iter_mut().enumerate() {
-            if !std::mem::take(&mut stream.changed) {
-                continue;
-            }
-            let message = announcement(stream);
+        for level in std::mem::take(&mut self.changed) {
+            let message = announcement(&self.streams, level);
             for (peer, viewer) in &self.peers {
-                if viewer.open && self.swarms[viewer.swarm].stream == index {
+                if viewer.open && self.swarms[viewer.swarm].stream == level {
                     send(*peer, &message, out);
                 }
             }
@@ -179,8 +175,7 @@ impl Seeder {
         out: &mut Vec<Command>,
     ) {
         let Some(viewer) = self.peers.get_mut(&peer) else { return };
-        let index = self.swarms[viewer.swarm].stream;
-        let stream = &self.streams[index];
+        let level = self.swarms[viewer.swarm].stream;
         match command {
             PeerCommand::SegmentRequest { id, request, byte_from } => {
                 // A new request replaces the one being served.
@@ -191,10 +186,10 @@ impl Seeder {
                     }));
                 }
                 let offset = byte_from.unwrap_or(0).max(0) as u64;
-                match stream.segments.get(&id) {
-                    Some(Stored::Ready { handle, size, .. }) if offset <= *size => {
+                match self.streams.get(level, id) {
+                    Some(Held { handle, size }) if offset <= size => {
                         let header =
-                            PeerCommand::SegmentData { id, request, size: (*size - offset) as i64 };
+                            PeerCommand::SegmentData { id, request, size: (size - offset) as i64 };
                         send(peer, &header, out);
                         // The end goes with the serve: the host sends it after the last
                         // byte, or not at all if the serve fails or is cancelled.
@@ -205,18 +200,16 @@ impl Seeder {
                         superpeer_guest::serve_segment(
                             out,
                             peer,
-                            *handle,
+                            handle,
                             offset,
                             SEGMENT_CHUNK,
                             one_message(&done),
                         );
-                        viewer.serving = Some(Serving { id, request, handle: *handle });
+                        viewer.serving = Some(Serving { id, request, handle });
                     }
                     _ => send(peer, &PeerCommand::SegmentAbsent { id, request }, out),
                 }
-                if stream.ended {
-                    self.vod_demand(index, id, out);
-                }
+                self.streams(out, |streams, lend| streams.demand(level, id, lend));
             }
             PeerCommand::CancelSegmentRequest { id, request } => {
                 if let Some(old) = viewer.serving.take_if(|s| s.id == id && s.request == request) {
@@ -230,12 +223,8 @@ impl Seeder {
             // it has: the segments after its newest are fetched ahead for it. A viewer
             // that joined mid-stream, or was watching before we came, is met there.
             PeerCommand::SegmentsAnnouncement { loaded, loading } => {
-                let newest = loaded.iter().chain(&loading).max().copied();
-                if stream.ended
-                    && let Some(newest) = newest
-                    && stream.sources.contains_key(&(newest + 1))
-                {
-                    self.vod_demand(index, newest + 1, out);
+                if let Some(newest) = loaded.iter().chain(&loading).max().copied() {
+                    self.streams(out, |streams, lend| streams.demand(level, newest + 1, lend));
                 }
             }
             // What a viewer is sending matters only to peers that download.
@@ -248,13 +237,7 @@ impl Seeder {
     /// Streams, segments held, viewers connected: for tests and logs.
     #[cfg(test)]
     pub(super) fn figures(&self) -> (usize, usize, usize) {
-        let held = self
-            .streams
-            .iter()
-            .flat_map(|s| s.segments.values())
-            .filter(|s| matches!(s, Stored::Ready { .. }))
-            .count();
-        (self.streams.len(), held, self.peers.len())
+        (self.streams.levels(), self.streams.held().count(), self.peers.len())
     }
 }
 

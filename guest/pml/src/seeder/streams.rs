@@ -1,6 +1,6 @@
-//! The stream side of the seeder: the manifest and media playlists turned into streams
-//! (renditions, one cache each) and swarms, the window of segments kept for each
-//! (live and VOD), and the disk cache an earlier worker left.
+//! The stream side of the seeder: the manifest turned into renditions as viewers' players
+//! list them, each a level of the shared segments part (which reads its playlist and
+//! keeps its segments) and a swarm per generation of viewers.
 //!
 //! Pure: it only returns commands. It must never speak to a viewer; that is `peers.rs`.
 
@@ -15,8 +15,11 @@ impl Seeder {
         random: &mut dyn FnMut() -> u64,
         out: &mut Vec<Command>,
     ) {
+        if self.streams.levels() > 0 {
+            return;
+        }
         for listed in renditions(url, text) {
-            let stream = self.streams.len();
+            let stream = self.streams.levels();
             let mut new_swarms = Vec::new();
             for identity in self.identities.clone() {
                 let index = match identity {
@@ -41,27 +44,12 @@ impl Seeder {
             if new_swarms.is_empty() {
                 continue;
             }
-            self.streams.push(Stream {
-                playlist_url: listed.url.clone(),
-                playlist_fetch: None,
-                segments: BTreeMap::new(),
-                sources: BTreeMap::new(),
-                target_duration_ms: 0,
-                newest: None,
-                ended: false,
-                changed: false,
-                last_use: BTreeMap::new(),
-                probe_from: None,
-                probes_in_flight: 0,
-                failed: BTreeMap::new(),
-            });
-            let fetch = self.fetch_text(listed.url, Fetch::Playlist(stream), out);
-            self.streams[stream].playlist_fetch = Some(fetch);
+            let playlist_url = playlist::without_query(&listed.url).to_string();
+            self.streams(out, |streams, lend| streams.add_level(listed.url, lend));
             for swarm in new_swarms {
                 log(&format!(
-                    "joining the swarm of {} as p2p-media-loader {} names it: info hash {}, \
-                     peer id {}",
-                    playlist::without_query(&self.streams[stream].playlist_url),
+                    "joining the swarm of {playlist_url} as p2p-media-loader {} names it: info \
+                     hash {}, peer id {}",
                     swarm.identity.name(),
                     swarm.info_hash,
                     swarm.peer_id
@@ -73,229 +61,6 @@ impl Seeder {
                 }
             }
         }
-    }
-
-    pub(super) fn on_playlist(
-        &mut self,
-        index: usize,
-        url: &str,
-        text: &str,
-        out: &mut Vec<Command>,
-    ) {
-        let media = playlist::parse_media(text, url);
-        if media.segments.len() > playlist::MAX_SEGMENTS {
-            // Read as a failed fetch: tried again later, never worked through.
-            log(&format!(
-                "playlist {} lists {} segments, more than the {} this policy reads",
-                playlist::without_query(url),
-                media.segments.len(),
-                playlist::MAX_SEGMENTS
-            ));
-            self.streams[index].playlist_fetch = None;
-            out.push(self.set_timer(Timer::Reload(index), RETRY_MS));
-            return;
-        }
-        // Viewers tell live from VOD by `#EXT-X-ENDLIST` alone (an EVENT playlist is
-        // live until it ends), and number segments accordingly.
-        let live = !media.ended;
-        let stream = &mut self.streams[index];
-        stream.playlist_fetch = None;
-        stream.target_duration_ms = ((media.target_duration * 1000.0) as u64).max(1000);
-        stream.ended = media.ended;
-        let newest = media.segments.last().map(|s| s.sequence);
-        let grew = newest > stream.newest;
-        stream.newest = newest.max(stream.newest);
-        let wanted = wanted_segments(&media, live);
-        // Segments that left the live window go from the cache.
-        let keep: Vec<i64> = wanted.iter().map(|(id, ..)| *id).collect();
-        let stale: Vec<(i64, Stored)> = stream
-            .segments
-            .iter()
-            .filter(|(id, _)| live && !keep.contains(id))
-            .map(|(id, s)| (*id, s.clone()))
-            .collect();
-        stream.failed.retain(|id, _| !live || keep.contains(id));
-        for (id, stored) in stale {
-            stream.changed = true;
-            stream.segments.remove(&id);
-            stream.sources.remove(&id);
-            if let Stored::Ready { handle, .. } = stored {
-                out.push(Command::Evict(handle));
-            }
-        }
-        if !live {
-            // What earlier workers cached is found by asking the disk cache, in batches.
-            if stream.sources.is_empty() {
-                stream.probe_from = Some(0);
-            }
-            // Every VOD segment can be asked for; only the start is fetched ahead.
-            stream.sources = media
-                .segments
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| (i as i64, (s.uri, s.range)))
-                .collect();
-        }
-        for (id, source) in wanted {
-            self.ensure(index, id, source, live, out);
-        }
-        if live {
-            let after_ms = live_reload_ms(self.streams[index].target_duration_ms, grew);
-            out.push(self.set_timer(Timer::Reload(index), after_ms));
-        }
-    }
-
-    /// Makes sure segment `id` is held or on its way: adopted if an earlier instance
-    /// fetched it, else fetched once.
-    pub(super) fn ensure(
-        &mut self,
-        index: usize,
-        id: i64,
-        (uri, range): Source,
-        live: bool,
-        out: &mut Vec<Command>,
-    ) {
-        let stream = &mut self.streams[index];
-        if stream.segments.contains_key(&id) {
-            return;
-        }
-        stream.sources.insert(id, (uri.clone(), range));
-        if stream.failed.get(&id).is_some_and(|&(_, retry_at)| self.now_ms < retry_at) {
-            return;
-        }
-        if let Some(ready) = self.orphans.remove(&(uri.clone(), range)) {
-            stream.segments.insert(id, ready);
-            stream.changed = true;
-            return;
-        }
-        let fetch = self.id();
-        self.fetches.insert(fetch, Fetch::Segment(index, id));
-        let stream = &mut self.streams[index];
-        stream.segments.insert(id, Stored::Fetching(fetch));
-        stream.changed = true;
-        out.push(Command::FetchSegment(FetchSegment {
-            fetch,
-            url: uri,
-            range: range.map(|(start, end)| superpeer_guest::ByteRange { start, end }),
-            tier: if live { CacheTier::Memory } else { CacheTier::Disk },
-        }));
-    }
-
-    /// Asks the disk cache about the next batch of VOD segments once the last batch is
-    /// answered; what it has is held (and announced) without asking the origin.
-    pub(super) fn probe_disk_cache(&mut self, out: &mut Vec<Command>) {
-        for index in 0..self.streams.len() {
-            let budget = PROBE_BUDGET.saturating_sub(self.fetches.len());
-            let stream = &self.streams[index];
-            let (Some(from), 0) = (stream.probe_from, stream.probes_in_flight) else { continue };
-            if budget == 0 {
-                break;
-            }
-            // Segments an earlier instance held are taken back as they were.
-            let held_before: Vec<(i64, Source)> = stream
-                .sources
-                .range(from..)
-                .filter(|(id, source)| {
-                    !stream.segments.contains_key(id) && self.orphans.contains_key(*source)
-                })
-                .map(|(id, source)| (*id, source.clone()))
-                .collect();
-            for (id, source) in held_before {
-                if let Some(ready) = self.orphans.remove(&source) {
-                    self.streams[index].segments.insert(id, ready);
-                    self.streams[index].changed = true;
-                }
-            }
-            let stream = &self.streams[index];
-            let batch: Vec<(i64, Source)> = stream
-                .sources
-                .range(from..)
-                .filter(|(id, _)| !stream.segments.contains_key(id))
-                .take(budget)
-                .map(|(id, source)| (*id, source.clone()))
-                .collect();
-            let next = batch.last().and_then(|(last, _)| stream.sources.range(last + 1..).next());
-            let next = next.map(|(id, _)| *id);
-            for (id, (url, range)) in batch {
-                let fetch = self.id();
-                self.fetches.insert(fetch, Fetch::Probe(index, id));
-                let stream = &mut self.streams[index];
-                stream.segments.insert(id, Stored::Probing(fetch));
-                stream.probes_in_flight += 1;
-                out.push(Command::FetchSegment(FetchSegment {
-                    fetch,
-                    url,
-                    range: range.map(|(start, end)| superpeer_guest::ByteRange { start, end }),
-                    tier: CacheTier::DiskIfCached,
-                }));
-            }
-            self.streams[index].probe_from = next;
-        }
-    }
-
-    /// A VOD viewer asked for `id`: fetch it and the next few, and keep at most
-    /// [`VOD_HELD`] segments, dropping the least recently asked for.
-    pub(super) fn vod_demand(&mut self, index: usize, id: i64, out: &mut Vec<Command>) {
-        self.uses += 1;
-        let now = self.uses;
-        let stream = &mut self.streams[index];
-        // Ids the playlist does not list (a viewer may ask for anything) are not kept.
-        if !stream.sources.contains_key(&id) {
-            return;
-        }
-        stream.last_use.insert(id, now);
-        let ahead: Vec<(i64, Source)> = (id..id + VOD_PREFETCH as i64)
-            .filter_map(|n| stream.sources.get(&n).map(|s| (n, s.clone())))
-            .collect();
-        for (n, source) in ahead {
-            if self.streams[index].segments.contains_key(&n) {
-                continue;
-            }
-            let before = out.len();
-            self.ensure(index, n, source, false, out);
-            // One origin fetch per request at most: a viewer asking all over the stream
-            // must not make superpeer fetch ahead of every place it asks. A viewer
-            // watching on asks once per segment, which keeps the fetches ahead of it.
-            if out[before..].iter().any(|c| matches!(c, Command::FetchSegment(_))) {
-                break;
-            }
-        }
-        // The disk cache has a cap of its own, which the host enforces; only memory is
-        // the policy's to bound.
-        let in_memory =
-            |s: &Stored| !matches!(s, Stored::Ready { on_disk: true, .. } | Stored::Probing(_));
-        while self.streams[index].segments.values().filter(|s| in_memory(s)).count() > VOD_HELD {
-            if !self.evict_least_used(index, id..id + VOD_PREFETCH as i64, out) {
-                break;
-            }
-        }
-    }
-
-    /// Evicts the segment of stream `index` held in memory that was used longest ago,
-    /// other than those in `keep`; false if there is none.
-    pub(super) fn evict_least_used(
-        &mut self,
-        index: usize,
-        keep: std::ops::Range<i64>,
-        out: &mut Vec<Command>,
-    ) -> bool {
-        let stream = &mut self.streams[index];
-        let oldest = stream
-            .segments
-            .iter()
-            .filter_map(|(n, s)| match s {
-                Stored::Ready { on_disk: false, handle, .. } if !keep.contains(n) => {
-                    Some((*n, *handle))
-                }
-                _ => None,
-            })
-            .min_by_key(|(n, _)| stream.last_use.get(n).copied().unwrap_or(0));
-        let Some((n, handle)) = oldest else { return false };
-        stream.segments.remove(&n);
-        stream.last_use.remove(&n);
-        stream.changed = true;
-        out.push(Command::Evict(handle));
-        true
     }
 
     /// One of the seeder's timers fired (trackers' reconnects are not the seeder's).
@@ -329,17 +94,9 @@ impl Seeder {
                 }
                 out.push(self.set_timer(Timer::Reach, REACH_TICK_MS));
             }
-            Timer::Reload(index) => self.reload(index, out),
+            Timer::Reload(level) => self
+                .streams(out, |streams, lend| streams.on_timer(StreamTimer::Reload(level), lend)),
             Timer::Reconnect(_) => {}
-        }
-    }
-
-    /// Fetches a stream's playlist unless a fetch of it is on its way.
-    pub(super) fn reload(&mut self, index: usize, out: &mut Vec<Command>) {
-        if index < self.streams.len() && self.streams[index].playlist_fetch.is_none() {
-            let url = self.streams[index].playlist_url.clone();
-            let fetch = self.fetch_text(url, Fetch::Playlist(index), out);
-            self.streams[index].playlist_fetch = Some(fetch);
         }
     }
 }
@@ -387,27 +144,6 @@ pub(super) fn renditions(url: &str, text: &str) -> Vec<Listed> {
         })
     });
     main.chain(audio).collect()
-}
-
-/// The segments to hold, with the id viewers know them by: for live the media sequence
-/// number (the newest [`LIVE_WINDOW`]), for VOD the position in the playlist (the first
-/// [`VOD_PREFETCH`]).
-pub(super) fn wanted_segments(media: &MediaPlaylist, live: bool) -> Vec<(i64, Source)> {
-    if live {
-        let skip = media.segments.len().saturating_sub(LIVE_WINDOW);
-        media.segments[skip..]
-            .iter()
-            .map(|s| (s.sequence as i64, (s.uri.clone(), s.range)))
-            .collect()
-    } else {
-        media
-            .segments
-            .iter()
-            .take(VOD_PREFETCH)
-            .enumerate()
-            .map(|(i, s)| (i as i64, (s.uri.clone(), s.range)))
-            .collect()
-    }
 }
 
 /// A variant's attributes as hls.js 1.6/1.7 reports them for a level (`LevelParsed`,

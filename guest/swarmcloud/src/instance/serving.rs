@@ -232,6 +232,8 @@ impl Instance {
                     // Live viewers forget old segments by themselves.
                     Change::Dropped { .. } if !vod => return None,
                     Change::Dropped { level, sn } => (level as i64, sn, false),
+                    // Viewers hear of a segment once it is held.
+                    Change::Loading { .. } | Change::Abandoned { .. } => return None,
                 };
                 let segment = peer::Segment {
                     sn,

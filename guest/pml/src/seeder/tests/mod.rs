@@ -11,6 +11,7 @@ const MASTER: &str = "#EXTM3U
 ";
 
 use superpeer_hls::example_media as media;
+use superpeer_segments::{PROBE_BUDGET, VOD_HELD, VOD_PREFETCH};
 
 /// Numbers that never repeat within a test run, so ids drawn in different turns
 /// differ as random ones would.
@@ -36,9 +37,22 @@ fn texts(out: &[Command]) -> Vec<(u64, String)> {
     })
 }
 
+/// Segment fetches from the origin.
 fn segments(out: &[Command]) -> Vec<(u64, String)> {
     picked(out, |c| match c {
-        Command::FetchSegment(f) => Some((f.fetch, f.url.clone())),
+        Command::FetchSegment(f) if f.tier != CacheTier::DiskIfCached => {
+            Some((f.fetch, f.url.clone()))
+        }
+        _ => None,
+    })
+}
+
+/// Questions to the disk cache.
+fn probes(out: &[Command]) -> Vec<(u64, String)> {
+    picked(out, |c| match c {
+        Command::FetchSegment(f) if f.tier == CacheTier::DiskIfCached => {
+            Some((f.fetch, f.url.clone()))
+        }
         _ => None,
     })
 }
@@ -218,7 +232,6 @@ fn a_live_segment_that_failed_waits_longer_after_each_failure_before_it_is_fetch
     // Held at last (8 s after its fourth failure): its count of failures is gone.
     let out = reload(&mut seeder, 15_000);
     assert!(answer(&mut seeder, &out, true));
-    assert!(seeder.streams[0].failed.is_empty());
 }
 
 #[test]
@@ -264,12 +277,12 @@ fn vod_ids_are_positions_and_a_media_playlist_alone_is_one_rendition() {
     let url = "http://o.example/vod/index.m3u8";
     let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
     let mut out = read_manifest(&mut seeder, url, &media(5, 3, true), &[]);
-    assert_eq!((seeder.streams.len(), seeder.swarms.len()), (1, 2));
+    assert_eq!((seeder.streams.levels(), seeder.swarms.len()), (1, 2));
     let (playlist, playlist_url) = texts(&out)[0].clone();
     assert_eq!(playlist_url, url);
     out.clear();
     seeder.handle(&fetched(playlist, url, &media(5, 3, true)), &[], &mut random(), &mut out);
-    assert_eq!(seeder.streams[0].segments.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(seeder.streams.announced(0).map(|(id, _)| id).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(!seeder.ctx.timers.pending(&Timer::Reload(0)), "VOD is not reloaded");
 }
 
@@ -379,6 +392,13 @@ fn message(peer: PeerId, command: &PeerCommand) -> Event {
 /// A VOD seeder with a 200-segment playlist, one viewer with an open channel, and
 /// the first segments stored.
 fn vod_serving() -> (Seeder, PeerId, u64) {
+    let (seeder, peer, handle, _) = vod_serving_with_disk(|_| false);
+    (seeder, peer, handle)
+}
+
+/// [`vod_serving`] with a disk cache that has segment `n` (as `5000 + n`) where
+/// `on_disk(n)`; also every question asked of it, in batches.
+fn vod_serving_with_disk(on_disk: fn(u64) -> bool) -> (Seeder, PeerId, u64, Vec<Vec<String>>) {
     let url = "http://o.example/vod/index.m3u8";
     let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
     let mut out = read_manifest(&mut seeder, url, &media(0, 200, true), &[7]);
@@ -387,9 +407,41 @@ fn vod_serving() -> (Seeder, PeerId, u64) {
     seeder.handle(&fetched(playlist, url, &media(0, 200, true)), &[7], &mut random(), &mut out);
     let mut handle = 1000;
     store_all(&mut seeder, &out, &mut handle);
+    let mut batches = Vec::new();
+    let mut batch = probes(&out);
+    while !batch.is_empty() {
+        assert!(batch.len() <= PROBE_BUDGET);
+        batches.push(batch.iter().map(|(_, url)| url.clone()).collect());
+        let mut next = Vec::new();
+        for (fetch, url) in batch {
+            let n: u64 = url
+                .trim_start_matches("http://o.example/vod/seg")
+                .trim_end_matches(".ts")
+                .parse()
+                .unwrap();
+            let event = if on_disk(n) {
+                let segment = SegmentInfo {
+                    handle: 5000 + n,
+                    url,
+                    range: None,
+                    size: 10,
+                    tier: CacheTier::Disk,
+                };
+                Event::SegmentStored(SegmentStored { fetch, segment })
+            } else {
+                Event::FetchFailed(superpeer_guest::FetchFailed {
+                    fetch,
+                    status: None,
+                    reason: "not cached".into(),
+                })
+            };
+            seeder.handle(&event, &[7], &mut random(), &mut next);
+        }
+        batch = probes(&next);
+    }
     let peer = connect_viewer(&mut seeder);
     seeder.handle(&Event::PeerChannelOpen(peer), &[7], &mut random(), &mut Vec::new());
-    (seeder, peer, handle)
+    (seeder, peer, handle, batches)
 }
 
 /// Answers every segment fetch in `out` as stored in memory (no disk cache, or
@@ -426,7 +478,7 @@ fn swarms_of(swarm_id: &str, url: &str, manifest: &str) -> Vec<(String, Identity
         .swarms
         .iter()
         .map(|s| {
-            let playlist = &seeder.streams[s.stream].playlist_url;
+            let playlist = seeder.streams.playlist_url(s.stream).unwrap();
             (playlist.rsplit('/').next().unwrap().to_string(), s.identity, s.info_hash.clone())
         })
         .collect()

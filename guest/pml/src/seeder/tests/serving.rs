@@ -227,59 +227,16 @@ fn a_fetch_the_memory_budget_refused_makes_room_for_the_next_try() {
 
 #[test]
 fn what_earlier_workers_cached_on_disk_is_found_held_and_announced() {
-    let (mut seeder, peer, _) = vod_serving();
-    let mut probes = Vec::new();
-    let mut announced = Vec::new();
-    loop {
-        let mut out = Vec::new();
-        seeder.flush(&mut out);
-        announced.extend(sent(&out));
-        let batch: Vec<(u64, String)> = out
-            .iter()
-            .filter_map(|c| match c {
-                Command::FetchSegment(f) if f.tier == CacheTier::DiskIfCached => {
-                    Some((f.fetch, f.url.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        assert!(batch.len() <= PROBE_BUDGET);
-        // The disk has every other segment; the rest are not cached.
-        for (fetch, url) in &batch {
-            let n: u64 = url
-                .trim_start_matches("http://o.example/vod/seg")
-                .trim_end_matches(".ts")
-                .parse()
-                .unwrap();
-            let event = if n.is_multiple_of(2) {
-                let segment = SegmentInfo {
-                    handle: 5000 + n,
-                    url: url.clone(),
-                    range: None,
-                    size: 10,
-                    tier: CacheTier::Disk,
-                };
-                Event::SegmentStored(SegmentStored { fetch: *fetch, segment })
-            } else {
-                Event::FetchFailed(superpeer_guest::FetchFailed {
-                    fetch: *fetch,
-                    status: None,
-                    reason: "not cached".into(),
-                })
-            };
-            seeder.handle(&event, &[7], &mut random(), &mut Vec::new());
-        }
-        if batch.is_empty() {
-            break;
-        }
-        probes.extend(batch);
-    }
+    // The disk has every other segment; the rest are not cached.
+    let (mut seeder, peer, _, batches) = vod_serving_with_disk(|n| n.is_multiple_of(2));
+    let probes: Vec<&String> = batches.iter().flatten().collect();
+    assert!(batches.len() > 1, "in batches");
     assert_eq!(probes.len(), 200 - VOD_PREFETCH, "each segment not held asked about once");
-    assert!(!probes.iter().any(|(_, u)| u.ends_with("seg5.ts")), "held ones are not asked about");
+    assert!(!probes.iter().any(|u| u.ends_with("seg5.ts")), "held ones are not asked about");
     // Held and announced: the prefetched ones and every other one after them, beyond the
     // memory bound (the disk cache has its own).
-    let Some(PeerCommand::SegmentsAnnouncement { loaded, .. }) = announced.pop() else {
-        panic!("nothing announced")
+    let PeerCommand::SegmentsAnnouncement { loaded, .. } = announcement(&seeder.streams, 0) else {
+        unreachable!()
     };
     assert_eq!(loaded.len(), VOD_PREFETCH + 95);
     assert!(loaded.len() > VOD_HELD && loaded.contains(&196));
@@ -313,7 +270,7 @@ fn vod_segments_are_fetched_where_viewers_ask_and_held_within_a_bound() {
         assert_eq!(segments(&out).len(), 1, "request {id}");
         store_all(&mut seeder, &out, &mut handle);
     }
-    assert!(seeder.streams[0].segments.contains_key(&110), "one ahead of the viewer");
+    assert!(seeder.streams.announced(0).any(|(id, _)| id == 110), "one ahead of the viewer");
 
     // Viewers all over the VOD: the held set stays bounded, evicting the least used.
     let mut evictions = 0;
@@ -326,17 +283,14 @@ fn vod_segments_are_fetched_where_viewers_ask_and_held_within_a_bound() {
         };
         seeder.handle(&message(peer, &ask), &[7], &mut random(), &mut out);
         assert!(segments(&out).len() <= 1, "one fetch per request at most");
-        assert!(
-            seeder.streams[0].segments.len() <= VOD_HELD,
-            "{}",
-            seeder.streams[0].segments.len()
-        );
+        let in_memory = seeder.streams.announced(0).count();
+        assert!(in_memory <= VOD_HELD, "{in_memory}");
         evictions += out.iter().filter(|c| matches!(c, Command::Evict(_))).count();
         store_all(&mut seeder, &out, &mut handle);
     }
     assert!(evictions > 0);
     // The segment just asked for is never the one evicted.
-    assert!(seeder.streams[0].segments.contains_key(&((37 * 99) % 200)));
+    assert!(seeder.streams.get(0, (37 * 99) % 200).is_some());
 }
 
 #[test]
@@ -349,7 +303,7 @@ fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
         size: 9,
         tier: CacheTier::Memory,
     };
-    seeder.adopt(&[held]);
+    seeder.adopt(&[held], &mut Vec::new());
     let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     let (playlist, url) = texts(&out)[0].clone();
     out.clear();
@@ -359,10 +313,7 @@ fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
         fetched_urls,
         ["http://o.example/live/seg100.ts", "http://o.example/live/seg102.ts"]
     );
-    assert_eq!(
-        seeder.streams[0].segments.get(&101),
-        Some(&Stored::Ready { handle: 77, size: 9, on_disk: false })
-    );
+    assert_eq!(seeder.streams.get(0, 101), Some(Held { handle: 77, size: 9 }));
 }
 
 #[test]
