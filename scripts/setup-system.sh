@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the interop tests and the demo run for real: Chromium
-# (the viewers' browser), ffmpeg (which makes the HLS media) and jq (the demo's JSON). Does nothing when both
-# are present, so it is cheap to call before every run.
+# (the viewers' browser), ffmpeg (which makes the HLS media), jq (the demo's JSON) and
+# etcd (the fleet tests' store). Does nothing when all are present, so it is cheap to
+# call before every run.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,8 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 # The demo reads the REST API's JSON with jq.
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# A fleet keeps its seed list in etcd; the tests run a real one.
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

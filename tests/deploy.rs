@@ -207,6 +207,15 @@ fn the_install_script_stages_binary_env_and_unit_and_keeps_the_env_on_upgrade() 
     let output = run(Command::new(&binary).args(["serve", "--check", "--env-file"]).arg(&env_file));
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["listen"], "0.0.0.0:9090");
+    assert_eq!(summary["fleet"], Value::Null, "one machine on its own");
+
+    // Into a fleet: the etcd and this machine's name in it.
+    install(&["--etcd", "http://10.0.0.5:2379,http://10.0.0.6:2379", "--node-name", "edge-3"]);
+    let output = run(Command::new(&binary).args(["serve", "--check", "--env-file"]).arg(&env_file));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["fleet"]["etcdEndpoints"][1], "http://10.0.0.6:2379");
+    assert_eq!(summary["fleet"]["nodeName"], "edge-3");
+    let env = std::fs::read_to_string(&env_file).unwrap();
 
     let unit = std::fs::read_to_string(root.join("etc/systemd/system/superpeer.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/superpeer serve"));
@@ -214,8 +223,12 @@ fn the_install_script_stages_binary_env_and_unit_and_keeps_the_env_on_upgrade() 
 
     // Bad input is refused before anything changes: by the script, or by the binary's
     // check of the new .env.
-    for bad in [&["--port", "eighty"][..], &["--port", "0"], &["--signal", "http://not-a-tracker/"]]
-    {
+    for bad in [
+        &["--port", "eighty"][..],
+        &["--port", "0"],
+        &["--signal", "http://not-a-tracker/"],
+        &["--etcd", "etcd:2379"],
+    ] {
         let refused = Command::new("bash")
             .arg(&script)
             .arg("--root")
@@ -272,4 +285,10 @@ fn the_kubernetes_manifest_runs_on_host_networking_with_a_readiness_probe_and_a_
     assert_eq!(summary["listen"], format!("0.0.0.0:{port}"));
     assert_eq!(summary["accessToken"], "set");
     assert_eq!(summary["publicIp"], "192.0.2.7");
+    // A fleet: every pod on the same etcd, each named by its host.
+    assert_eq!(
+        summary["fleet"]["etcdEndpoints"][0],
+        "http://etcd.superpeer.svc.cluster.local:2379"
+    );
+    assert!(summary["fleet"]["nodeName"].as_str().is_some_and(|name| !name.is_empty()));
 }

@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod dataplane;
+pub mod fleet;
 pub mod ipc;
 pub mod master;
 pub mod metrics;

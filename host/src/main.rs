@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use superpeer::fleet::Fleet;
 use superpeer::master::Master;
 use superpeer::master::config::MasterConfig;
 use superpeer::policy::{PolicyEngine, PolicyLimits};
@@ -219,6 +220,13 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "policy": policy.meta,
             "policySource": policy.source,
             "policies": policies.iter().map(|(p, a)| (p.name(), &a.meta)).collect::<BTreeMap<_, _>>(),
+            "fleet": config.fleet.as_ref().map(|fleet| serde_json::json!({
+                "etcdEndpoints": fleet.endpoints,
+                "nodeName": fleet.node_name,
+                "nodeAddress": fleet.node_address,
+                "fleetPrefix": fleet.prefix,
+                "fleetLeaseSeconds": fleet.lease_seconds,
+            })),
         });
         return write_stdout(&serde_json::to_string_pretty(&summary)?);
     }
@@ -230,7 +238,7 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let (master, handle) = Master::new(config.clone(), policies, log_format.as_str())?;
         let mut master_task = tokio::spawn(master.run());
-        let control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
+        let mut control = ControlPlane::new(engine, handle.clone(), config.access_token.clone());
         if !control.requires_token() {
             tracing::warn!(
                 listen = %config.listen,
@@ -241,7 +249,25 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
-        tracing::info!("superpeer listening on http://{}", listener.local_addr()?);
+        let local = listener.local_addr()?;
+        tracing::info!("superpeer listening on http://{local}");
+        let (leaving, left) = tokio::sync::oneshot::channel::<()>();
+        let fleet_task = config.fleet.clone().map(|fleet_config| {
+            let address = fleet_config.node_address.clone().unwrap_or_else(|| {
+                let ip = config.public_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
+            });
+            tracing::info!(
+                node = %fleet_config.node_name, %address, etcd = ?fleet_config.endpoints,
+                "fleet mode: the seed list is the fleet's, in etcd"
+            );
+            let (fleet, fleet_handle) =
+                Fleet::new(fleet_config, address, handle.clone(), config.max_seeds);
+            control = control.clone().with_fleet(fleet_handle);
+            tokio::spawn(fleet.run(async move {
+                let _ = left.await;
+            }))
+        });
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let server = serve::run_with(listener, control, config.api_limits.clone(), async move {
             shutdown_signal().await;
@@ -255,6 +281,12 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
             _ = &mut master_task => anyhow::bail!("the master task ended unexpectedly"),
+        }
+        // The fleet gives its lease back first, so the others take this node's
+        // channels while its workers stop.
+        let _ = leaving.send(());
+        if let Some(task) = fleet_task {
+            let _ = task.await;
         }
         handle.shutdown().await;
         let _ = master_task.await;

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::fleet::{FleetError, FleetHandle};
 use crate::master::seeds::{self, SeedItem, SeedRequest};
 use crate::master::{MasterError, MasterHandle, PolicyTarget};
 use crate::policy::wire::SeedConfig;
@@ -48,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/restart/{pid}"),
     ("GET", "/policy"),
     ("POST", "/policy"),
+    ("GET", "/fleet"),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].
@@ -78,6 +80,8 @@ pub struct ControlPlane {
     /// One upload is compiled at a time: each can take a large body and a core.
     upload_slot: Arc<tokio::sync::Semaphore>,
     started: Instant,
+    /// Fleet mode: the seed list is the fleet's (in etcd), not this master's.
+    fleet: Option<FleetHandle>,
 }
 
 impl ControlPlane {
@@ -88,7 +92,14 @@ impl ControlPlane {
             access_token: access_token.filter(|t| !t.is_empty()).map(Into::into),
             upload_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             started: Instant::now(),
+            fleet: None,
         }
+    }
+
+    /// Fleet mode: seeds are written to the fleet's list, and `/fleet` shows it.
+    pub fn with_fleet(mut self, fleet: FleetHandle) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Whether requests must carry a token.
@@ -163,6 +174,7 @@ fn handlers(path: &str) -> MethodRouter<ControlPlane> {
         "/restart_all" => post(restart_all),
         "/restart/{pid}" => post(restart),
         "/policy" => get(get_policy).post(post_policy),
+        "/fleet" => get(fleet),
         other => unreachable!("route {other} is in ROUTES but has no handler"),
     }
 }
@@ -402,6 +414,18 @@ impl From<MasterError> for ApiError {
     }
 }
 
+impl From<FleetError> for ApiError {
+    fn from(error: FleetError) -> Self {
+        let status = match error {
+            FleetError::Master(error) => return error.into(),
+            FleetError::Etcd(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FleetError::TooManySeeds { .. } => StatusCode::BAD_REQUEST,
+            FleetError::NoSuchChannel(_) => StatusCode::NOT_FOUND,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 /// Compares without leaking, through timing, how much of a guessed token was right.
@@ -517,8 +541,24 @@ async fn seed(
     let items = request.into_items();
     check_with_policy(&control, &items).await?;
     let accepted = items.len();
-    let total = control.master.seed(items).await?;
+    let total = match &control.fleet {
+        Some(fleet) => fleet.seed(items).await?,
+        None => control.master.seed(items).await?,
+    };
     ok(json!({ "accepted": accepted, "seeds": total }))
+}
+
+/// The fleet as this node sees it: the nodes (their capacity, what they run and what
+/// the placement gives them), the seeds and those waiting for room, whether etcd
+/// answers. A 404 on a node that is not in a fleet.
+async fn fleet(State(control): State<ControlPlane>) -> ApiResult {
+    match &control.fleet {
+        Some(fleet) => ok(json!(fleet.view())),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this node is not in a fleet (set etcdEndpoints)".into(),
+        )),
+    }
 }
 
 /// Starts the policy each item's seed would run once, with the item's seed, as a
@@ -617,7 +657,11 @@ async fn stats_of(
 }
 
 async fn stop_all(State(control): State<ControlPlane>) -> ApiResult {
-    ok(json!({ "stopped": control.master.stop_all().await? }))
+    let stopped = match &control.fleet {
+        Some(fleet) => fleet.stop_all().await?,
+        None => control.master.stop_all().await?,
+    };
+    ok(json!({ "stopped": stopped }))
 }
 
 /// Stops a seed named by one of its workers' pid, or by its channel id.
@@ -625,7 +669,16 @@ async fn stop(
     State(control): State<ControlPlane>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    let channel = control.master.stop(path_param(id)?).await?;
+    let id = path_param(id)?;
+    let channel = match &control.fleet {
+        Some(fleet) => {
+            // A pid names the channel of one of this node's workers.
+            let stats = control.master.stats().await?;
+            let channel = stats.workers.get(&id).map_or(id, |w| w.channel_id.clone());
+            fleet.stop(&channel).await?
+        }
+        None => control.master.stop(id).await?,
+    };
     ok(json!({ "stopped": channel }))
 }
 

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Seek as _, SeekFrom, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -428,18 +428,7 @@ impl Aquatic {
         )
         .unwrap();
         let binary = std::env::var("AQUATIC_WS").unwrap_or_else(|_| "aquatic_ws".into());
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(r#""$0" -c "$1" </dev/null >/dev/null & echo $!; cat >/dev/null; kill $!"#)
-            .arg(&binary)
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let pid: u32 = first.trim().parse().unwrap();
+        let (child, pid) = guarded(&binary, &["-c".as_ref(), config.as_os_str()]);
         let mut aquatic = Aquatic { child, pid, url: String::new(), _dir: dir };
         let deadline = Instant::now() + PATIENCE;
         let port = loop {
@@ -457,12 +446,124 @@ impl Aquatic {
 
 impl Drop for Aquatic {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        if !exits(self.pid) {
-            let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+        unguard(&mut self.child, self.pid);
+    }
+}
+
+/// Runs `program` with `args` under a shell that kills it when the shell's stdin
+/// closes (for programs that do not watch their own), so it never outlives the test,
+/// killed or not. The shell, and the program's pid.
+fn guarded(program: &str, args: &[&std::ffi::OsStr]) -> (Child, u32) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"prog="$1"; shift; "$prog" "$@" </dev/null >/dev/null 2>&1 & echo $!; cat >/dev/null; kill $!"#)
+        .arg("guard")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let pid: u32 = first.trim().parse().unwrap();
+    (child, pid)
+}
+
+/// Stops what [`guarded`] started: its stdin closed, then killed if it lingers.
+fn unguard(shell: &mut Child, pid: u32) {
+    drop(shell.stdin.take());
+    if !exits(pid) {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+    let _ = shell.kill();
+    let _ = shell.wait();
+}
+
+/// A single-node etcd (Debian's `etcd-server`, which `just test` installs) with its
+/// data in a directory of its own, on ports the OS picked (a port is taken by binding
+/// port 0, then handed to etcd, which cannot tell its own URLs otherwise). It can be
+/// killed and started again on the same ports with the same data, as an etcd that
+/// comes back.
+pub struct EtcdServer {
+    running: Option<(Child, u32)>,
+    pub url: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl EtcdServer {
+    pub fn start() -> EtcdServer {
+        let free_port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (client_port, peer_port) = (free_port(), free_port());
+        let dir = data_dir(&format!("etcd-{}", unique()));
+        let url = format!("http://127.0.0.1:{client_port}");
+        let mut etcd = EtcdServer { running: None, url, client_port, peer_port, dir };
+        etcd.resume();
+        etcd
+    }
+
+    /// Starts it (again), and waits until it answers.
+    pub fn resume(&mut self) {
+        assert!(self.running.is_none(), "etcd is running already");
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let args = [
+            "--name".to_string(),
+            "test".into(),
+            "--data-dir".into(),
+            self.dir.join("data").display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("test={peer}"),
+        ];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let (shell, pid) = guarded("etcd", &args);
+        self.running = Some((shell, pid));
+        let deadline = Instant::now() + PATIENCE;
+        while !self.healthy() {
+            assert!(
+                alive(pid),
+                "etcd exited at start (is etcd-server installed? `just system-deps`)"
+            );
+            assert!(Instant::now() < deadline, "etcd never answered");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+
+    /// kill -9, and waits until it is gone.
+    pub fn kill(&mut self) {
+        let (mut shell, pid) = self.running.take().expect("etcd is running");
+        signal("KILL", pid);
+        assert!(exits(pid));
+        unguard(&mut shell, pid);
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let request = "GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n";
+        let mut answer = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some((mut shell, pid)) = self.running.take() {
+            unguard(&mut shell, pid);
+        }
     }
 }
 

@@ -73,6 +73,28 @@ pub struct MasterConfig {
     /// `viewerStallSeconds` (default 60): how long a viewer may acknowledge nothing
     /// sent to it before it is closed.
     pub viewer_stall: Duration,
+    /// Fleet mode (`etcdEndpoints` set): the seed list and this node's membership live
+    /// in etcd, shared with the other nodes.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How a node takes part in a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `etcdEndpoints`: the etcd cluster's client URLs (`http://host:port`),
+    /// comma-separated.
+    pub endpoints: Vec<String>,
+    /// `nodeName` (default: the host name): this node's name in the fleet, unique.
+    pub node_name: String,
+    /// `nodeAddress`: where this node's REST API is reached, as `/fleet` shows it;
+    /// `http://<publicIp or 127.0.0.1>:<the port the API listens on>` when none.
+    pub node_address: Option<String>,
+    /// `fleetPrefix` (default `/superpeer`): the fleet's keys in etcd, for several
+    /// fleets on one cluster.
+    pub prefix: String,
+    /// `fleetLeaseSeconds` (default 10): how long a node that stopped answering keeps
+    /// its channels before the others take them.
+    pub lease_seconds: u64,
 }
 
 /// A configuration problem, naming the key.
@@ -154,6 +176,23 @@ pub const KEYS: &[Key] = &[
         "a viewer that acknowledges nothing sent to it for this long is closed",
     ),
     key("maxSeeds", "1000", "most seeds the seed list holds; a /seed past it is refused"),
+    key(
+        "etcdEndpoints",
+        "none",
+        "fleet mode: etcd client URLs (http://host:port), comma-separated; seeds shared by all nodes",
+    ),
+    key("nodeName", "the host name", "fleet mode: this node's name, unique in the fleet"),
+    key(
+        "nodeAddress",
+        "http://<publicIp or 127.0.0.1>:<the API's port>",
+        "fleet mode: where this node's REST API is reached (shown by /fleet)",
+    ),
+    key("fleetPrefix", "/superpeer", "fleet mode: where the fleet's keys are in etcd"),
+    key(
+        "fleetLeaseSeconds",
+        "10",
+        "fleet mode: how long a silent node keeps its channels before others take them",
+    ),
     key(
         "originAllow",
         "none",
@@ -335,7 +374,61 @@ impl MasterConfig {
             Some(_) => return Err(bad("viewerStallSeconds", "must be between 5 and 3600")),
             None => DataPlaneLimits::default().stall_timeout,
         };
+        let fleet = match get("etcdEndpoints") {
+            None => None,
+            Some(list) => {
+                let endpoints: Vec<String> = list
+                    .split(',')
+                    .map(|e| e.trim().trim_end_matches('/').to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if endpoints.is_empty()
+                    || endpoints.iter().any(|e| {
+                        !(e.starts_with("http://") || e.starts_with("https://"))
+                            || reqwest::Url::parse(e).is_err()
+                    })
+                {
+                    return Err(bad("etcdEndpoints", "not a list of http(s)://host:port URLs"));
+                }
+                let node_name = match get("nodeName") {
+                    Some(name) => name.to_string(),
+                    None => hostname().ok_or_else(|| {
+                        bad("nodeName", "no host name to default to: set nodeName")
+                    })?,
+                };
+                if node_name.is_empty()
+                    || node_name.len() > 253
+                    || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(bad(
+                        "nodeName",
+                        format!("{node_name:?}: letters, digits, '-', '_' and '.' only"),
+                    ));
+                }
+                let node_address = get("nodeAddress").map(String::from);
+                let prefix = get("fleetPrefix").unwrap_or("/superpeer").trim_end_matches('/');
+                if !prefix.starts_with('/') || prefix.len() < 2 {
+                    return Err(bad("fleetPrefix", "must start with / and name something"));
+                }
+                let lease_seconds =
+                    match number::<u64>("fleetLeaseSeconds", get("fleetLeaseSeconds"))? {
+                        Some(seconds @ 2..=600) => seconds,
+                        Some(_) => {
+                            return Err(bad("fleetLeaseSeconds", "must be between 2 and 600"));
+                        }
+                        None => 10,
+                    };
+                Some(FleetConfig {
+                    endpoints,
+                    node_name,
+                    node_address,
+                    prefix: prefix.to_string(),
+                    lease_seconds,
+                })
+            }
+        };
         Ok(MasterConfig {
+            fleet,
             listen: SocketAddr::new(bind, port),
             access_token,
             default_trackers,
@@ -370,6 +463,14 @@ impl MasterConfig {
         };
         Self::from_values(&parse_env(&text)?, overrides)
     }
+}
+
+/// This machine's host name (the kernel's), if it has one.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
 }
 
 /// `1048576`, `500M`, `20G`: bytes, with binary suffixes; at least 1 MiB, so that a
@@ -481,9 +582,27 @@ mod tests {
             ("policyLimits=nope", "policyLimits"),
             ("listenport=80", "listenport"),
             ("just some words", "line 1"),
+            ("etcdEndpoints=etcd:2379", "etcdEndpoints"),
+            ("etcdEndpoints=,", "etcdEndpoints"),
+            ("etcdEndpoints=http://e:2379\nnodeName=a b", "nodeName"),
+            ("etcdEndpoints=http://e:2379\nnodeName=n\nfleetLeaseSeconds=1", "fleetLeaseSeconds"),
+            ("etcdEndpoints=http://e:2379\nnodeName=n\nfleetPrefix=superpeer", "fleetPrefix"),
         ] {
             let error = config(env, &[]).unwrap_err();
             assert_eq!(error.key, key, "{env}: {error}");
         }
+    }
+
+    #[test]
+    fn fleet_mode_is_etcd_endpoints_with_a_node_name_and_defaults() {
+        assert_eq!(config("", &[]).unwrap().fleet, None);
+        let fleet = config("etcdEndpoints=http://e1:2379/, http://e2:2379\nnodeName=edge-1", &[])
+            .unwrap()
+            .fleet
+            .unwrap();
+        assert_eq!(fleet.endpoints, ["http://e1:2379", "http://e2:2379"]);
+        assert_eq!(fleet.node_name, "edge-1");
+        assert_eq!((fleet.prefix.as_str(), fleet.lease_seconds), ("/superpeer", 10));
+        assert_eq!(fleet.node_address, None);
     }
 }

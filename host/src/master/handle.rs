@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::seeds::SeedItem;
+use super::seeds::{SeedItem, SeedRecord};
 use super::views::{HistoryView, PingView, PolicyView, SeedPolicy, StatsView};
 use crate::ipc::FromWorker;
 use crate::policy::AdmittedPolicy;
@@ -34,6 +34,7 @@ pub(super) type Reply<T> = oneshot::Sender<T>;
 /// What the master task is asked or told, by the HTTP layer and by its workers' tasks.
 pub(super) enum Message {
     Seed(Vec<SeedItem>, Reply<Result<usize, MasterError>>),
+    Assign(Vec<SeedRecord>, Reply<()>),
     Ping {
         bandwidth_mbps: Option<u64>,
         workers: Option<usize>,
@@ -81,6 +82,11 @@ impl MasterHandle {
     /// Adds or updates seeds (by channel); returns how many seeds there are now.
     pub async fn seed(&self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
         self.ask(|r| Message::Seed(items, r)).await?
+    }
+    /// Fleet mode: the seeds this node runs now, all of them (the fleet's placement
+    /// decides); seeds not among them stop.
+    pub async fn assign(&self, records: Vec<SeedRecord>) -> Result<(), MasterError> {
+        self.ask(|r| Message::Assign(records, r)).await
     }
     pub async fn ping(
         &self,

@@ -125,6 +125,9 @@ pub struct Master {
     history: History,
     /// The seed list on disk is behind the one in memory.
     unsaved: bool,
+    /// Fleet mode: the saved seeds wait for the fleet's word until then (another node
+    /// may have taken them meanwhile); past it, with etcd away, they run as saved.
+    awaiting_fleet: Option<Instant>,
     _data_lock: std::fs::File,
 }
 
@@ -157,7 +160,12 @@ impl Master {
         let seeds = saved.into_iter().map(Seed::new).collect();
         let (tx, rx) = mpsc::channel(256);
         let handle = MasterHandle { tx: tx.clone() };
+        let awaiting_fleet = config
+            .fleet
+            .as_ref()
+            .map(|fleet| Instant::now() + 2 * Duration::from_secs(fleet.lease_seconds));
         let master = Master {
+            awaiting_fleet,
             config,
             store,
             policies: policies.into_iter().map(|(p, policy)| (p, Arc::new(policy))).collect(),
@@ -204,6 +212,11 @@ impl Master {
         match message {
             Message::Seed(items, reply) => {
                 let _ = reply.send(self.add_seeds(items));
+                self.schedule();
+            }
+            Message::Assign(records, reply) => {
+                self.assign(records);
+                let _ = reply.send(());
                 self.schedule();
             }
             Message::Ping { bandwidth_mbps, workers, reply } => {
@@ -320,6 +333,39 @@ impl Master {
         Ok(self.seeds.len())
     }
 
+    /// Fleet mode: runs exactly `records` (what the fleet's placement gives this node).
+    /// Seeds kept keep their state and workers (their options change at the next
+    /// restart, as a re-seed's do); those not among them stop. Saved locally too, so a
+    /// restart while etcd is away seeds what this node had.
+    fn assign(&mut self, records: Vec<SeedRecord>) {
+        self.awaiting_fleet = None;
+        let keys: HashMap<String, &SeedRecord> =
+            records.iter().map(|r| (seeds::channel_key(&r.item.channel), r)).collect();
+        let gone: Vec<String> = self
+            .seeds
+            .iter()
+            .filter(|s| !keys.contains_key(&seeds::channel_key(&s.item.channel)))
+            .map(|s| s.item.channel.clone())
+            .collect();
+        for channel in gone {
+            self.remove_seed(&channel);
+        }
+        for record in records {
+            let key = seeds::channel_key(&record.item.channel);
+            match self.seeds.iter_mut().find(|s| seeds::channel_key(&s.item.channel) == key) {
+                Some(seed) => {
+                    seed.item = SeedItem { channel: seed.item.channel.clone(), ..record.item };
+                    seed.newer = record.newer;
+                }
+                None => {
+                    tracing::info!(channel = %record.item.channel, "seed placed on this node");
+                    self.seeds.push(Seed::new(record));
+                }
+            }
+        }
+        let _ = self.persist();
+    }
+
     /// The seed a channel id names, in whatever spelling.
     fn find_seed(&self, channel: &str) -> Option<&Seed> {
         self.seeds.iter().find(|s| seeds::same_channel(&s.item.channel, channel))
@@ -431,6 +477,16 @@ impl Master {
     /// Brings workers in line with the seeds and the capacity.
     fn schedule(&mut self) {
         let now = Instant::now();
+        if let Some(until) = self.awaiting_fleet {
+            if now < until {
+                return;
+            }
+            tracing::warn!(
+                seeds = self.seeds.len(),
+                "fleet mode: no word from etcd since starting; seeding what this node had"
+            );
+            self.awaiting_fleet = None;
+        }
         let epoch = self.started;
         let since = |t: Instant| t.saturating_duration_since(epoch);
         let replacing = |channel: &str| {

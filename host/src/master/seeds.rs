@@ -56,6 +56,10 @@ pub struct SeedItem {
     /// Most viewers per worker.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Fleet mode: how many nodes seed the channel (one worker each). One machine on
+    /// its own runs one worker for it, whatever this says.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     #[serde(default)]
     pub label: String,
     /// Where to fetch the manifest, when it is not the swarm id itself.
@@ -75,6 +79,13 @@ fn yes() -> bool {
 fn default_priority() -> i64 {
     100
 }
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// The most nodes one channel may ask for.
+pub const MAX_REPLICAS: u32 = 64;
 
 fn default_max_connections() -> u32 {
     80
@@ -236,6 +247,13 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
                 index,
                 field: "maxConnections",
                 expected: "between 1 and 10000",
+            });
+        }
+        if item.replicas == 0 || item.replicas > MAX_REPLICAS {
+            return Err(SeedError::Field {
+                index,
+                field: "replicas",
+                expected: "between 1 and 64",
             });
         }
         for (field, value) in [("signal1", &item.signal1), ("signal2", &item.signal2)] {
@@ -448,6 +466,10 @@ mod tests {
         assert!(matches!(validate(&long), Err(SeedError::Field { field: "channel", .. })));
         let zero = request(r#"{"channel": "YQ", "maxConnections": 0}"#);
         assert!(matches!(validate(&zero), Err(SeedError::Field { field: "maxConnections", .. })));
+        for replicas in [0, 65] {
+            let item = request(&format!(r#"{{"channel": "YQ", "replicas": {replicas}}}"#));
+            assert!(matches!(validate(&item), Err(SeedError::Field { field: "replicas", .. })));
+        }
         let signal = request(r#"{"channel": "YQ"}, {"channel": "YQ", "signal1": "http://x"}"#);
         assert!(matches!(
             validate(&signal),
@@ -484,7 +506,7 @@ mod tests {
         let store = SeedStore::new(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let newer = r#"[{"channel": "YQ", "priority": 5, "transport": "quic",
-            "replicas": {"min": 2}}]"#;
+            "placement": {"min": 2}}]"#;
         std::fs::write(store.path(), newer).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!((loaded[0].item.channel.as_str(), loaded[0].item.priority), ("YQ", 5));
@@ -492,7 +514,7 @@ mod tests {
         store.save(&loaded).unwrap();
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(store.path()).unwrap()).unwrap();
-        assert_eq!(written[0]["replicas"]["min"], 2, "written back as it was");
+        assert_eq!(written[0]["placement"]["min"], 2, "written back as it was");
         assert_eq!(store.load().unwrap(), loaded);
         std::fs::remove_dir_all(dir).unwrap();
     }

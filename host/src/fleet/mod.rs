@@ -1,0 +1,366 @@
+//! Fleet mode: many masters share one seed list in etcd, and each channel runs on the
+//! nodes that rank highest for it among the live ones (`placement.rs`).
+//!
+//! A node registers itself under a lease (its name, API address, capacity and what it
+//! runs), renews it, reads the fleet's keys every second and hands its master the
+//! seeds placed on it. The REST API writes seeds to etcd and answers once they are
+//! committed; every node then sees them. A node whose lease expires (it died, or lost
+//! etcd for longer than the lease) drops out of every other node's placement, and its
+//! channels go to the next nodes in rank.
+//!
+//! When etcd cannot be reached a node keeps running what it has and refuses changes;
+//! it must never stop its seeds for want of etcd. New channels are taken only once the
+//! set of live nodes has held still for a moment, so nodes coming back together (etcd
+//! back after an outage) do not each start everything first.
+
+pub mod etcd;
+pub mod placement;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::master::config::FleetConfig;
+use crate::master::seeds::{self, SeedItem, SeedRecord};
+use crate::master::{MasterError, MasterHandle};
+use etcd::{Etcd, EtcdError, Write};
+use placement::{Node, Want};
+
+/// How often a node reads the fleet's keys and places channels.
+const TICK: Duration = Duration::from_secs(1);
+/// How long the set of live nodes must hold still before a node takes new channels.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How long one etcd call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a node says of itself, under its lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub name: String,
+    pub address: String,
+    /// Channels it can seed (one worker each).
+    pub capacity: usize,
+    /// Channels it runs workers for now.
+    #[serde(default)]
+    pub running: Vec<String>,
+    #[serde(default)]
+    pub viewers: u64,
+}
+
+/// The fleet as the last read of etcd showed it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetView {
+    /// This node's name.
+    pub node: String,
+    /// Whether the last read of etcd worked, and its error if not.
+    pub etcd: String,
+    pub nodes: Vec<NodeView>,
+    /// Seeds in the fleet's list.
+    pub seeds: usize,
+    /// Seeds the fleet has no room for (they wait).
+    pub waiting: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    /// Channels the placement gives it.
+    pub placed: Vec<String>,
+}
+
+/// The API's side of the fleet: seed writes and the fleet's view.
+#[derive(Debug, Clone)]
+pub struct FleetHandle {
+    etcd: Etcd,
+    prefix: String,
+    max_seeds: usize,
+    view: Arc<Mutex<FleetView>>,
+}
+
+/// Why a fleet request could not be done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}; the fleet's seed list cannot change until it is back")]
+    Etcd(#[from] EtcdError),
+    #[error("the seed list would hold {would} seeds, more than maxSeeds ({max})")]
+    TooManySeeds { would: usize, max: usize },
+    #[error("no seed for channel {0:?}")]
+    NoSuchChannel(String),
+    #[error(transparent)]
+    Master(#[from] MasterError),
+}
+
+fn seeds_prefix(prefix: &str) -> String {
+    format!("{prefix}/seeds/")
+}
+
+fn nodes_prefix(prefix: &str) -> String {
+    format!("{prefix}/nodes/")
+}
+
+/// A seed's key: its channel in one spelling, so every spelling of an id is one seed.
+fn seed_key(prefix: &str, channel: &str) -> String {
+    format!("{}{}", seeds_prefix(prefix), URL_SAFE_NO_PAD.encode(seeds::channel_key(channel)))
+}
+
+impl FleetHandle {
+    /// Adds or updates seeds, all at once; answers once etcd committed them. A re-seed
+    /// replaces the options, as on one machine.
+    pub async fn seed(&self, items: Vec<SeedItem>) -> Result<usize, FleetError> {
+        let existing = self.etcd.list(&seeds_prefix(&self.prefix)).await?;
+        let known: BTreeSet<&str> = existing.iter().map(|kv| kv.key.as_str()).collect();
+        let writes: Vec<Write> = items
+            .iter()
+            .map(|item| Write::Put {
+                key: seed_key(&self.prefix, &item.channel),
+                value: serde_json::to_vec(&SeedRecord::from(item.clone()))
+                    .expect("a seed record serialises"),
+            })
+            .collect();
+        let added: BTreeSet<&str> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put { key, .. } if !known.contains(key.as_str()) => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let would = existing.len() + added.len();
+        if !added.is_empty() && would > self.max_seeds {
+            return Err(FleetError::TooManySeeds { would, max: self.max_seeds });
+        }
+        self.etcd.commit(&writes).await?;
+        Ok(would)
+    }
+
+    /// Removes one seed, named by its channel id; answers once committed.
+    pub async fn stop(&self, channel: &str) -> Result<String, FleetError> {
+        let key = seed_key(&self.prefix, channel);
+        let existing = self.etcd.list(&key).await?;
+        if !existing.iter().any(|kv| kv.key == key) {
+            return Err(FleetError::NoSuchChannel(channel.to_string()));
+        }
+        self.etcd.commit(&[Write::Delete { key }]).await?;
+        Ok(channel.to_string())
+    }
+
+    /// Removes every seed; how many there were.
+    pub async fn stop_all(&self) -> Result<usize, FleetError> {
+        let count = self.etcd.list(&seeds_prefix(&self.prefix)).await?.len();
+        self.etcd.delete_prefix(&seeds_prefix(&self.prefix)).await?;
+        Ok(count)
+    }
+
+    /// The fleet as this node last saw it.
+    pub fn view(&self) -> FleetView {
+        self.view.lock().expect("the view's lock is never poisoned").clone()
+    }
+}
+
+/// A node's part in the fleet: its lease, and what it last handed its master.
+#[derive(Debug)]
+pub struct Fleet {
+    config: FleetConfig,
+    /// Where this node's REST API is reached.
+    address: String,
+    etcd: Etcd,
+    master: MasterHandle,
+    view: Arc<Mutex<FleetView>>,
+    lease: Option<i64>,
+    renewed_at: Option<Instant>,
+    /// The live nodes at the last read, and since when they have been those.
+    nodes: BTreeSet<String>,
+    nodes_since: Instant,
+    /// The channels handed to the master, by key.
+    assigned: BTreeMap<String, SeedRecord>,
+    /// Whether the master has been told anything yet (until then it runs what it saved
+    /// locally).
+    told: bool,
+}
+
+impl Fleet {
+    /// A node of the fleet `config` names, reached at `address`, for `master`; and the
+    /// API's handle on it.
+    pub fn new(
+        config: FleetConfig,
+        address: String,
+        master: MasterHandle,
+        max_seeds: usize,
+    ) -> (Fleet, FleetHandle) {
+        let etcd = Etcd::new(config.endpoints.clone(), CALL_TIMEOUT);
+        let view = Arc::new(Mutex::new(FleetView {
+            node: config.node_name.clone(),
+            etcd: "not read yet".into(),
+            ..FleetView::default()
+        }));
+        let handle = FleetHandle {
+            etcd: etcd.clone(),
+            prefix: config.prefix.clone(),
+            max_seeds,
+            view: view.clone(),
+        };
+        let fleet = Fleet {
+            config,
+            address,
+            etcd,
+            master,
+            view,
+            lease: None,
+            renewed_at: None,
+            nodes: BTreeSet::new(),
+            nodes_since: Instant::now(),
+            assigned: BTreeMap::new(),
+            told: false,
+        };
+        (fleet, handle)
+    }
+
+    /// Takes part until `shutdown`, then gives the lease back so the others take this
+    /// node's channels at once.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut shutdown => break,
+            }
+            if let Err(error) = self.turn().await {
+                let text = error.to_string();
+                let mut view = self.view.lock().expect("the view's lock is never poisoned");
+                if view.etcd != text {
+                    tracing::warn!(%error, "fleet: keeping what this node runs");
+                }
+                view.etcd = text;
+            }
+        }
+        if let Some(lease) = self.lease {
+            let _ = self.etcd.revoke(lease).await;
+        }
+    }
+
+    /// One turn: the lease renewed, this node's record written, the fleet read, the
+    /// placement worked out and this node's share handed to the master.
+    async fn turn(&mut self) -> Result<(), FleetError> {
+        self.renew().await?;
+        let stats = self.master.stats().await?;
+        let capacity = self.master.ping(None, None).await?.capacity;
+        let mut running: Vec<String> = stats
+            .workers
+            .values()
+            .map(|w| seeds::channel_key(&w.channel_id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        running.sort();
+        let me = NodeRecord {
+            name: self.config.node_name.clone(),
+            address: self.address.clone(),
+            capacity,
+            running,
+            viewers: stats.workers.values().map(|w| w.peers as u64).sum(),
+        };
+        let lease = self.lease.expect("renewed");
+        let key = format!("{}{}", nodes_prefix(&self.config.prefix), self.config.node_name);
+        self.etcd
+            .put(&key, &serde_json::to_vec(&me).expect("a node record serialises"), lease)
+            .await?;
+
+        let nodes: Vec<NodeRecord> = self
+            .etcd
+            .list(&nodes_prefix(&self.config.prefix))
+            .await?
+            .into_iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let records: BTreeMap<String, SeedRecord> = self
+            .etcd
+            .list(&seeds_prefix(&self.config.prefix))
+            .await?
+            .into_iter()
+            .filter_map(|kv| match serde_json::from_slice::<SeedRecord>(&kv.value) {
+                Ok(record) => Some((seeds::channel_key(&record.item.channel), record)),
+                Err(error) => {
+                    tracing::warn!(key = kv.key, %error, "fleet: a seed this version cannot read");
+                    None
+                }
+            })
+            .collect();
+
+        let live: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        if live != self.nodes {
+            self.nodes = live;
+            self.nodes_since = Instant::now();
+        }
+        let fleet: Vec<Node> =
+            nodes.iter().map(|n| Node { name: n.name.clone(), capacity: n.capacity }).collect();
+        let wants: Vec<Want> = records
+            .iter()
+            .map(|(key, record)| Want {
+                channel: key.clone(),
+                replicas: record.item.replicas as usize,
+                priority: record.item.priority,
+            })
+            .collect();
+        let placed = placement::place(&fleet, &wants);
+        let settled = self.nodes_since.elapsed() >= SETTLE;
+        let mine: BTreeMap<String, SeedRecord> = records
+            .iter()
+            .filter(|(key, _)| {
+                placed.get(*key).is_some_and(|nodes| nodes.contains(&self.config.node_name))
+            })
+            // Until the live nodes hold still, only what this node already runs.
+            .filter(|(key, _)| settled || self.assigned.contains_key(*key))
+            .map(|(key, record)| (key.clone(), record.clone()))
+            .collect();
+        if !self.told || mine != self.assigned {
+            self.master.assign(mine.values().cloned().collect()).await?;
+            self.assigned = mine;
+            self.told = true;
+        }
+
+        let mut view = self.view.lock().expect("the view's lock is never poisoned");
+        view.etcd = "ok".into();
+        view.seeds = records.len();
+        view.waiting = records.keys().filter(|key| !placed.contains_key(*key)).cloned().collect();
+        view.nodes = nodes
+            .into_iter()
+            .map(|record| {
+                let placed = placed
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains(&record.name))
+                    .map(|(channel, _)| channel.clone())
+                    .collect();
+                NodeView { record, placed }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Keeps this node's lease: a new one if it has none or it expired, renewed a few
+    /// times per lease period.
+    async fn renew(&mut self) -> Result<(), FleetError> {
+        let period = Duration::from_secs(self.config.lease_seconds);
+        if let (Some(lease), Some(at)) = (self.lease, self.renewed_at) {
+            if at.elapsed() < period / 3 {
+                return Ok(());
+            }
+            if self.etcd.keep_alive(lease).await? {
+                self.renewed_at = Some(Instant::now());
+                return Ok(());
+            }
+            tracing::warn!("fleet: this node's lease expired; joining again");
+        }
+        self.lease = Some(self.etcd.grant(self.config.lease_seconds).await?);
+        self.renewed_at = Some(Instant::now());
+        Ok(())
+    }
+}
