@@ -57,6 +57,11 @@ fuzz inputs="1000000": setup
 demo: setup node-deps system-deps
     scripts/demo.sh
 
+# Three superpeer masters and an etcd on this machine, one fleet: channels spread over
+# the nodes, a node killed and its channels taken over, the node back.
+demo-fleet: setup node-deps system-deps
+    scripts/demo-fleet.sh
+
 # Benchmarks; prints tables: the policy runtime, then one worker under a rising number
 # of simulated viewers, side by side with a Chromium seeder, with the goals met or
 # missed (written to results/: load.md, load.json, load.png, and worker-flame.svg, a

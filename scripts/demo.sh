@@ -31,26 +31,8 @@ trap cleanup EXIT INT TERM
 protocols=${DEMO_PROTOCOL:-both}
 case "$protocols" in both | pml | swarmcloud) ;; *) echo "DEMO_PROTOCOL is pml, swarmcloud or both" >&2; exit 2 ;; esac
 
-# Starts `node tests/support/NAME ARGS...` held open on an fd of this script (it exits
-# when its stdin closes, so it cannot outlive the demo) and sets $port to the port it
-# listens on.
-start_helper() {
-  local name=$1 log="$work/$1-$RANDOM.log" fifo="$work/$1-$RANDOM.in" fd
-  shift
-  mkfifo "$fifo"
-  node "tests/support/$name" "$@" <"$fifo" >"$log" 2>&1 &
-  helpers+=($!)
-  exec {fd}>"$fifo"
-  port=""
-  for _ in $(seq 1 600); do
-    port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$log")
-    [ -n "$port" ] && return 0
-    sleep 0.1
-  done
-  cat "$log" >&2
-  echo "$name $* did not start" >&2
-  exit 1
-}
+# shellcheck source=scripts/helpers.sh
+source scripts/helpers.sh
 
 # The SwarmCloud tracker and relay run from the start: the tracker is a zone of the
 # master's configuration (trackerZones), and on this machine (originAllow).
@@ -64,19 +46,7 @@ token=demo-$RANDOM$RANDOM
 "$bin" serve --port 0 --bind 127.0.0.1 --data-dir "$work/data" --env-file "$work/.env" --access-token "$token" >"$work/log" 2>&1 &
 server=$!
 
-# Wait for the line that says which port it got, or for it to die.
-url=""
-for _ in $(seq 1 600); do
-  url=$(sed -n 's/.*superpeer listening on \(http:[^ ]*\).*/\1/p' "$work/log" | head -n1)
-  [ -n "$url" ] && break
-  if ! kill -0 "$server" 2>/dev/null; then
-    cat "$work/log" >&2
-    echo "superpeer exited before it was ready" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/log" >&2; echo "superpeer did not start in 60 s" >&2; exit 1; }
+wait_listening "$server" "$work/log"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # METHOD PATH [curl args...]: prints the JSON answer and its status.

@@ -126,10 +126,20 @@ fn a_fleet_spreads_channels_takes_over_a_dead_node_and_holds_without_etcd() {
         let count = before.values().filter(|on| on.contains(&node.name)).count();
         assert!(count > 0, "{} seeds nothing: {before:?}", node.name);
     }
-    // Any node shows the whole fleet.
+    // Any node shows the whole fleet, and so does its monitor page.
     let view = c.fleet();
     assert_eq!(view["seeds"], CHANNELS, "{view:#}");
     assert_eq!(view["etcd"], "ok");
+    let page = format!("http://{}/", c.master().addr);
+    let report = drive_monitor(&page, &dir.join("fleet.png"), &["--fleet", "3"]);
+    let rows: Vec<Vec<String>> = serde_json::from_value(report["fleetRows"].clone()).unwrap();
+    let names: BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["node-a", "node-b", "node-c"]), "{report}");
+    let placed: usize = rows.iter().map(|r| r[3].parse::<usize>().unwrap()).sum();
+    assert_eq!(placed, CHANNELS, "{report}");
+    assert!(report["fleetStatus"].as_str().unwrap().contains("etcd ok"), "{report}");
+    assert_eq!(report["pageErrors"], json!([]), "{report}");
+    assert_eq!(report["foreign"], json!([]), "{report}");
 
     // kill -9 of a master: its channels go to the others once its lease expires.
     let on_b: Vec<&String> =

@@ -562,7 +562,7 @@ fn metrics_logs_and_the_monitor_page_show_a_worker_that_served_a_viewer() {
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor.png");
     let _ = std::fs::remove_file(&screenshot);
     let page = format!("http://{}/", master.addr);
-    let driven = drive_monitor(&page, &screenshot);
+    let driven = drive_monitor(&page, &screenshot, &[]);
     assert_eq!(driven["before"], pid_label, "the page showed the worker: {driven}");
     assert_eq!(driven["channel"], channel);
     assert!(driven["row"].as_str().unwrap().contains("1.9 KB"), "uploaded in the row: {driven}");
@@ -618,39 +618,6 @@ fn json_logs_carry_each_workers_pid_and_channel() {
     assert_eq!(line["span"]["pid"], pid);
     assert_eq!(line["span"]["channel"], channel);
     master.stop();
-}
-
-/// Runs `monitor.mjs` against `page`; its JSON report. Stopped with its browser if the
-/// test fails first.
-fn drive_monitor(page: &str, screenshot: &Path) -> Value {
-    struct Driver(std::process::Child);
-    impl Drop for Driver {
-        fn drop(&mut self) {
-            if self.0.try_wait().ok().flatten().is_none() {
-                signal("TERM", self.0.id());
-                let _ = self.0.wait();
-            }
-        }
-    }
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Chromium is not installed: run `just system-deps`"
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/monitor.mjs");
-    let child = Command::new("node")
-        .arg(script)
-        .args(["--url", page, "--token", TOKEN, "--screenshot"])
-        .arg(screenshot)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut driver = Driver(child);
-    let mut report = String::new();
-    std::io::Read::read_to_string(&mut driver.0.stdout.take().unwrap(), &mut report).unwrap();
-    let status = driver.0.wait().unwrap();
-    assert!(status.success(), "the monitor driver failed: {status}");
-    serde_json::from_str(report.trim()).unwrap_or_else(|e| panic!("{e}: {report}"))
 }
 
 /// Joins the swarm through the tracker with an offer, connects to whoever answers,

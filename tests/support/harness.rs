@@ -943,3 +943,37 @@ pub fn swarmcloud_channel(manifest: &str, single_signal: Option<&str>) -> String
         .fold(percent_encode(&plain), |text, (escaped, kept)| text.replace(escaped, kept));
     base64::engine::general_purpose::STANDARD.encode(encoded)
 }
+
+/// Runs `monitor.mjs` against `page` with `options` (`--look`, `--fleet`, ...); its JSON
+/// report. Stopped with its browser if the test fails first.
+pub fn drive_monitor(page: &str, screenshot: &Path, options: &[&str]) -> Value {
+    struct Driver(Child);
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                signal("TERM", self.0.id());
+                let _ = self.0.wait();
+            }
+        }
+    }
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is not installed: run `just system-deps`"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/monitor.mjs");
+    let child = Command::new("node")
+        .arg(script)
+        .args(["--url", page, "--token", TOKEN, "--screenshot"])
+        .arg(screenshot)
+        .args(options)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut driver = Driver(child);
+    let mut report = String::new();
+    driver.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    let status = driver.0.wait().unwrap();
+    assert!(status.success(), "the monitor driver failed: {status}");
+    serde_json::from_str(report.trim()).unwrap_or_else(|e| panic!("{e}: {report}"))
+}

@@ -6,6 +6,8 @@
 // Prints one JSON line: {before, after, channel, row, uplinkPoints, peersPoints,
 // refusal, foreign, pageErrors, title}. Exits non-zero if a step did not happen in time.
 // With `--look SECONDS` it only logs in, waits that long, and saves the screenshot.
+// With `--fleet NODES` it logs in, waits until the fleet panel lists that many nodes,
+// and prints {fleetRows, fleetStatus, foreign, pageErrors} with the screenshot saved.
 import { launchChromium } from './chromium.mjs'
 import { option } from './cli.mjs'
 
@@ -13,6 +15,7 @@ const url = option('--url')
 const token = option('--token')
 const screenshot = option('--screenshot')
 const look = option('--look')
+const fleet = option('--fleet')
 if (!url || !token || !screenshot) {
   console.error('usage: monitor.mjs --url URL --token TOKEN --screenshot OUT.png')
   process.exit(2)
@@ -47,6 +50,18 @@ try {
     await page.waitForTimeout(Number(look) * 1000)
     await page.screenshot({ path: screenshot, fullPage: true })
     console.log(JSON.stringify({ screenshot, foreign, pageErrors }))
+    await stop(0)
+  }
+  if (fleet !== undefined) {
+    await page.fill('#token', token)
+    await page.click('#connect')
+    await page.locator('#fleet-panel').waitFor({ state: 'visible' })
+    await page.waitForFunction((n) => document.querySelectorAll('tbody#fleet tr').length === n, Number(fleet))
+    const fleetRows = await page.$$eval('tbody#fleet tr', (rows) =>
+      rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)))
+    const fleetStatus = await page.textContent('#fleet-status')
+    await page.screenshot({ path: screenshot, fullPage: true })
+    console.log(JSON.stringify({ fleetRows, fleetStatus, foreign, pageErrors }))
     await stop(0)
   }
   await page.fill('#token', 'not-the-token')

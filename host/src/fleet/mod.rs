@@ -28,7 +28,7 @@ use crate::master::config::FleetConfig;
 use crate::master::seeds::{self, SeedItem, SeedRecord};
 use crate::master::{MasterError, MasterHandle};
 use etcd::{Etcd, EtcdError, Write};
-use placement::{Node, Want};
+use placement::{Load, Node, Want};
 
 /// How often a node reads the fleet's keys and places channels.
 const TICK: Duration = Duration::from_secs(1);
@@ -50,6 +50,9 @@ pub struct NodeRecord {
     pub running: Vec<String>,
     #[serde(default)]
     pub viewers: u64,
+    /// Viewers of each channel it runs, for raising a busy channel's replicas.
+    #[serde(default)]
+    pub channel_viewers: BTreeMap<String, u64>,
 }
 
 /// The fleet as the last read of etcd showed it.
@@ -253,20 +256,18 @@ impl Fleet {
         self.renew().await?;
         let stats = self.master.stats().await?;
         let capacity = self.master.ping(None, None).await?.capacity;
-        let mut running: Vec<String> = stats
-            .workers
-            .values()
-            .map(|w| seeds::channel_key(&w.channel_id))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        running.sort();
+        let mut channel_viewers: BTreeMap<String, u64> = BTreeMap::new();
+        for worker in stats.workers.values() {
+            *channel_viewers.entry(seeds::channel_key(&worker.channel_id)).or_default() +=
+                u64::from(worker.peers);
+        }
         let me = NodeRecord {
             name: self.config.node_name.clone(),
             address: self.address.clone(),
             capacity,
-            running,
-            viewers: stats.workers.values().map(|w| w.peers as u64).sum(),
+            running: channel_viewers.keys().cloned().collect(),
+            viewers: channel_viewers.values().sum(),
+            channel_viewers,
         };
         let lease = self.lease.expect("renewed");
         let key = format!("{}{}", nodes_prefix(&self.config.prefix), self.config.node_name);
@@ -304,10 +305,23 @@ impl Fleet {
             nodes.iter().map(|n| Node { name: n.name.clone(), capacity: n.capacity }).collect();
         let wants: Vec<Want> = records
             .iter()
-            .map(|(key, record)| Want {
-                channel: key.clone(),
-                replicas: record.item.replicas as usize,
-                priority: record.item.priority,
+            .map(|(key, record)| {
+                let on: Vec<&NodeRecord> =
+                    nodes.iter().filter(|n| n.channel_viewers.contains_key(key)).collect();
+                let load = Load {
+                    viewers: on.iter().map(|n| n.channel_viewers[key] as usize).sum(),
+                    nodes: on.len(),
+                };
+                Want {
+                    channel: key.clone(),
+                    replicas: placement::replicas(
+                        record.item.replicas as usize,
+                        record.item.max_connections as usize,
+                        load,
+                        seeds::MAX_REPLICAS as usize,
+                    ),
+                    priority: record.item.priority,
+                }
             })
             .collect();
         let placed = placement::place(&fleet, &wants);

@@ -24,6 +24,38 @@ pub struct Want {
     pub priority: i64,
 }
 
+/// A channel's viewers now, over all the nodes that run it, and how many nodes those are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    pub viewers: usize,
+    pub nodes: usize,
+}
+
+/// Share of `maxConnections` at which a channel's workers count as nearly full, and the
+/// share below which one node fewer would still not be: between the two the count
+/// stays, so a channel near a threshold does not come and go.
+const RAISE_AT: f64 = 0.8;
+const LOWER_BELOW: f64 = 0.5;
+
+/// How many nodes a channel should run on: what its seed asks for, raised while its
+/// workers near `maxConnections` (one node more once the viewers fill 80% of the
+/// nodes running it), lowered again once they would fill under half of one node fewer;
+/// at most `max`. Every node computes it from the same records.
+pub fn replicas(asked: usize, max_connections: usize, load: Load, max: usize) -> usize {
+    let asked = asked.clamp(1, max.max(1));
+    let per_node = max_connections.max(1) as f64;
+    let viewers = load.viewers as f64;
+    let now = load.nodes.max(asked);
+    let wanted = if viewers >= RAISE_AT * per_node * now as f64 {
+        now + 1
+    } else if now > asked && viewers < LOWER_BELOW * per_node * (now - 1) as f64 {
+        now - 1
+    } else {
+        now
+    };
+    wanted.clamp(asked, max.max(asked))
+}
+
 /// Each placed channel's nodes, best ranked first; a channel the fleet has no room for
 /// is absent (it waits).
 pub type Placement = BTreeMap<String, Vec<String>>;
@@ -149,6 +181,22 @@ mod tests {
         let used: usize = placement.values().map(Vec::len).sum();
         assert_eq!(used, 6, "every place taken, none twice: {placement:?}");
         assert!(!placement.contains_key("low"), "the lowest priority waits: {placement:?}");
+    }
+
+    #[test]
+    fn a_busy_channel_gets_another_node_and_gives_it_back_once_quiet() {
+        let load = |viewers, nodes| Load { viewers, nodes };
+        // Asked for one, 80 viewers a worker.
+        assert_eq!(replicas(1, 80, load(0, 0), 64), 1, "not running yet: as asked");
+        assert_eq!(replicas(1, 80, load(63, 1), 64), 1);
+        assert_eq!(replicas(1, 80, load(64, 1), 64), 2, "80% full: one more");
+        // Spread over two, the same viewers keep both (no coming and going).
+        assert_eq!(replicas(1, 80, load(64, 2), 64), 2);
+        assert_eq!(replicas(1, 80, load(40, 2), 64), 2);
+        assert_eq!(replicas(1, 80, load(39, 2), 64), 1, "under half of one: back to one");
+        assert_eq!(replicas(1, 80, load(200, 3), 64), 4);
+        assert_eq!(replicas(3, 80, load(0, 3), 64), 3, "never under what the seed asks");
+        assert_eq!(replicas(1, 80, load(10_000, 64), 64), 64, "at most the cap");
     }
 
     #[test]
