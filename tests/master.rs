@@ -228,6 +228,9 @@ fn bad_requests_over_http_get_a_4xx_and_harm_no_worker() {
         ("GET", "/stats/not-a-channel", b"", 404),
         ("POST", "/policy", b"\0asm\x0d\0\x01\0", 422),
         ("PUT", "/stats", b"", 405),
+        ("POST", "/seed", b"{\"list\": [{\"channel\": \"YQ\", \"replicas\": 0}]}", 400),
+        // Not in a fleet.
+        ("GET", "/fleet", b"", 404),
     ];
     for (method, path, body, expected) in cases {
         let (status, answer) = master.request(method, path, body);
