@@ -155,9 +155,15 @@ fn a_fleet_spreads_channels_takes_over_a_dead_node_and_holds_without_etcd() {
     // b back: it takes back what it had, and nothing else moves.
     b.master = Some(Superpeer::start(&b.dir));
     let deadline = Instant::now() + PATIENCE;
+    let mut steps = Vec::new();
     let back = loop {
         let now = settle(&[&a, &b, &c], &all, "b back");
+        let on_b = now.values().filter(|on| on.contains(&b.name)).count();
+        if steps.last() != Some(&on_b) {
+            steps.push(on_b);
+        }
         if now == before {
+            eprintln!("b took back its channels in steps: {steps:?}");
             break now;
         }
         assert!(Instant::now() < deadline, "not rebalanced as before: {before:?} -> {now:?}");

@@ -11,7 +11,10 @@
 //! When etcd cannot be reached a node keeps running what it has and refuses changes;
 //! it must never stop its seeds for want of etcd. New channels are taken only once the
 //! set of live nodes has held still for a moment, so nodes coming back together (etcd
-//! back after an outage) do not each start everything first.
+//! back after an outage) do not each start everything first, and only once every node
+//! that is to give a channel up says it has (a channel stops before it starts
+//! elsewhere). Channels that would move between live nodes (a node joined) move a few
+//! a round (`placement::transition`); those of a dead node move at once.
 
 pub mod etcd;
 pub mod placement;
@@ -28,7 +31,7 @@ use crate::master::config::FleetConfig;
 use crate::master::seeds::{self, SeedItem, SeedRecord};
 use crate::master::{MasterError, MasterHandle};
 use etcd::{Etcd, EtcdError, Write};
-use placement::{Load, Node, Want};
+use placement::{Load, Node, Running, Want};
 
 /// How often a node reads the fleet's keys and places channels.
 const TICK: Duration = Duration::from_secs(1);
@@ -53,6 +56,10 @@ pub struct NodeRecord {
     /// Viewers of each channel it runs, for raising a busy channel's replicas.
     #[serde(default)]
     pub channel_viewers: BTreeMap<String, u64>,
+    /// Channels placed on it that another node still runs: it asks for them
+    /// (`placement::step`).
+    #[serde(default)]
+    pub claiming: Vec<String>,
 }
 
 /// The fleet as the last read of etcd showed it.
@@ -186,6 +193,8 @@ pub struct Fleet {
     /// Whether the master has been told anything yet (until then it runs what it saved
     /// locally).
     told: bool,
+    /// The channels this node claims, said in its record.
+    claiming: Vec<String>,
 }
 
 impl Fleet {
@@ -221,6 +230,7 @@ impl Fleet {
             nodes_since: Instant::now(),
             assigned: BTreeMap::new(),
             told: false,
+            claiming: Vec::new(),
         };
         (fleet, handle)
     }
@@ -268,6 +278,7 @@ impl Fleet {
             running: channel_viewers.keys().cloned().collect(),
             viewers: channel_viewers.values().sum(),
             channel_viewers,
+            claiming: self.claiming.clone(),
         };
         let lease = self.lease.expect("renewed");
         let key = format!("{}{}", nodes_prefix(&self.config.prefix), self.config.node_name);
@@ -324,17 +335,30 @@ impl Fleet {
                 }
             })
             .collect();
-        let placed = placement::place(&fleet, &wants);
+        let target = placement::place(&fleet, &wants);
+        let me = self.config.node_name.clone();
+        let (mut running, mut claims) = (Running::new(), Running::new());
+        for node in nodes.iter().filter(|n| n.name != me) {
+            for channel in node.channel_viewers.keys() {
+                running.entry(channel.clone()).or_default().push(node.name.clone());
+            }
+            for channel in &node.claiming {
+                claims.entry(channel.clone()).or_default().push(node.name.clone());
+            }
+        }
+        // This node's own part is what it decided, not what its record said a moment ago.
+        for channel in self.assigned.keys() {
+            running.entry(channel.clone()).or_default().push(me.clone());
+        }
         let settled = self.nodes_since.elapsed() >= SETTLE;
+        let budget = placement::moves_per_round(running.len());
+        let step = placement::step(&me, &target, &running, &claims, budget, settled);
         let mine: BTreeMap<String, SeedRecord> = records
             .iter()
-            .filter(|(key, _)| {
-                placed.get(*key).is_some_and(|nodes| nodes.contains(&self.config.node_name))
-            })
-            // Until the live nodes hold still, only what this node already runs.
-            .filter(|(key, _)| settled || self.assigned.contains_key(*key))
+            .filter(|(key, _)| step.run.contains(*key))
             .map(|(key, record)| (key.clone(), record.clone()))
             .collect();
+        self.claiming = step.claiming.into_iter().collect();
         if !self.told || mine != self.assigned {
             self.master.assign(mine.values().cloned().collect()).await?;
             self.assigned = mine;
@@ -344,11 +368,11 @@ impl Fleet {
         let mut view = self.view.lock().expect("the view's lock is never poisoned");
         view.etcd = "ok".into();
         view.seeds = records.len();
-        view.waiting = records.keys().filter(|key| !placed.contains_key(*key)).cloned().collect();
+        view.waiting = records.keys().filter(|key| !target.contains_key(*key)).cloned().collect();
         view.nodes = nodes
             .into_iter()
             .map(|record| {
-                let placed = placed
+                let placed = target
                     .iter()
                     .filter(|(_, nodes)| nodes.contains(&record.name))
                     .map(|(channel, _)| channel.clone())

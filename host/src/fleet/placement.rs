@@ -6,7 +6,7 @@
 //! the fleet, so nodes agree without talking to each other. It must never depend on
 //! the order nodes or seeds were listed in, on time, or on anything but its input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A live node: its name and how many channels it can seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +87,73 @@ pub fn place(nodes: &[Node], wants: &[Want]) -> Placement {
         }
     }
     placement
+}
+
+/// Each channel and the live nodes that run it now (their own word, in their records).
+pub type Running = BTreeMap<String, Vec<String>>;
+
+/// How many running channels may change nodes in one round: a tenth of them, at least
+/// one. A channel moves by stopping on one node and then starting on another, and its
+/// viewers reconnect; a node that joins takes its share a few channels at a time, not
+/// all at once.
+pub fn moves_per_round(channels: usize) -> usize {
+    (channels / 10).max(1)
+}
+
+/// What one node does this round: the channels it runs, and those it claims (placed on
+/// it but run by a node that is to give them up).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Step {
+    pub run: BTreeSet<String>,
+    pub claiming: BTreeSet<String>,
+}
+
+/// One node's step towards `target`, from what every live node says it runs and
+/// claims. A channel moves between live nodes by a handover: the node it is placed on
+/// claims it (at most `budget` claims at once, so a node that joins takes its share a
+/// few channels a round), the node running it gives it up once it sees the claim, and
+/// the claimer starts it once nobody outside the target runs it: it stops before it
+/// starts. A channel that runs nowhere (new, or its node died) is started at once.
+/// Nothing new is started until the live nodes have held still (`settled`).
+pub fn step(
+    me: &str,
+    target: &Placement,
+    running: &Running,
+    claims: &Running,
+    budget: usize,
+    settled: bool,
+) -> Step {
+    let runs = |channel: &str, node: &str| {
+        running.get(channel).is_some_and(|nodes| nodes.iter().any(|n| n == node))
+    };
+    let mut next = Step::default();
+    for (channel, placed) in target {
+        let here = placed.iter().any(|n| n == me);
+        let others_outside = running
+            .get(channel)
+            .is_some_and(|nodes| nodes.iter().any(|n| n != me && !placed.contains(n)));
+        if runs(channel, me) {
+            // Kept where it is placed; given up elsewhere once a node it is placed on
+            // (and that does not run it yet) claims it, or once it runs on every node
+            // it is placed on without this one.
+            let claimed = placed.iter().any(|n| {
+                !runs(channel, n) && claims.get(channel).is_some_and(|c| c.iter().any(|m| m == n))
+            });
+            let covered = placed.iter().all(|n| runs(channel, n));
+            if here || !(claimed || covered) {
+                next.run.insert(channel.clone());
+            }
+        } else if here && settled {
+            if !others_outside {
+                next.run.insert(channel.clone());
+            } else if next.claiming.len() < budget {
+                next.claiming.insert(channel.clone());
+            }
+        }
+    }
+    // What this node runs that the target places nowhere (a seed removed, or one the
+    // fleet has no room for) stops.
+    next
 }
 
 /// Every node, highest weight for `channel` first (ties, which need equal hashes, by
@@ -197,6 +264,97 @@ mod tests {
         assert_eq!(replicas(1, 80, load(200, 3), 64), 4);
         assert_eq!(replicas(3, 80, load(0, 3), 64), 3, "never under what the seed asks");
         assert_eq!(replicas(1, 80, load(10_000, 64), 64), 64, "at most the cap");
+    }
+
+    /// Rounds of a fleet in step: every node takes its step from what all said in the
+    /// round before. Returns the rounds taken and, each round, how many channels `c`
+    /// ran; fails if a channel ever ran both where it is placed and where it is not.
+    fn rounds(
+        fleet: &[Node],
+        target: &Placement,
+        mut running: Running,
+        budget: usize,
+    ) -> (usize, Vec<usize>) {
+        let mut claims = Running::new();
+        let mut on_c = Vec::new();
+        for round in 1..100 {
+            let mut next_running = Running::new();
+            let mut next_claims = Running::new();
+            for node in fleet {
+                let step = step(&node.name, target, &running, &claims, budget, true);
+                assert!(step.claiming.len() <= budget);
+                for channel in step.run {
+                    next_running.entry(channel).or_default().push(node.name.clone());
+                }
+                for channel in step.claiming {
+                    next_claims.entry(channel).or_default().push(node.name.clone());
+                }
+            }
+            for (channel, nodes) in &next_running {
+                let placed = &target[channel];
+                let before = running.get(channel);
+                let started = nodes
+                    .iter()
+                    .any(|n| placed.contains(n) && !before.is_some_and(|b| b.contains(n)));
+                let outside = nodes.iter().any(|n| !placed.contains(n));
+                assert!(
+                    !(started && outside),
+                    "round {round}: {channel} started while it still ran elsewhere: {nodes:?}"
+                );
+            }
+            on_c.push(next_running.values().filter(|n| n.iter().any(|m| m == "c")).count());
+            if next_running == running && next_claims == claims {
+                return (round, on_c);
+            }
+            running = next_running;
+            claims = next_claims;
+        }
+        panic!("never settled: {running:?}");
+    }
+
+    #[test]
+    fn a_node_that_joins_takes_its_share_a_few_channels_a_round_by_handover() {
+        let three = nodes(&["a", "b", "c"], 100);
+        let two: Vec<Node> = three.iter().filter(|n| n.name != "c").cloned().collect();
+        let mut asked = wants(40);
+        let running: Running = place(&two, &asked);
+        // c joins, and a channel is added that runs nowhere yet.
+        asked.push(Want { channel: "new".into(), replicas: 1, priority: 100 });
+        let target = place(&three, &asked);
+        let to_c = target.values().filter(|n| n[0] == "c").count();
+        assert!(to_c > 8, "c's share: {to_c}");
+        let budget = moves_per_round(running.len());
+        assert_eq!(budget, 4);
+        let (_, on_c) = rounds(&three, &target, running, budget);
+        assert_eq!(*on_c.last().unwrap(), to_c, "c ends with its share: {on_c:?}");
+        assert!(on_c[0] <= 1, "only the new channel at once: {on_c:?}");
+        for pair in on_c.windows(2) {
+            assert!(pair[1] <= pair[0] + budget, "at most {budget} a round: {on_c:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_nodes_channels_start_elsewhere_at_once() {
+        let three = nodes(&["a", "b", "c"], 100);
+        let two: Vec<Node> = three.iter().filter(|n| n.name != "c").cloned().collect();
+        let asked = wants(40);
+        let before = place(&three, &asked);
+        // c died: its channels run nowhere.
+        let running: Running = before
+            .iter()
+            .filter(|(_, n)| n[0] != "c")
+            .map(|(ch, n)| (ch.clone(), n.clone()))
+            .collect();
+        let target = place(&two, &asked);
+        let mut all = Running::new();
+        for node in &two {
+            let step = step(&node.name, &target, &running, &Running::new(), 1, true);
+            assert!(step.claiming.is_empty(), "nothing to hand over");
+            for channel in step.run {
+                all.entry(channel).or_default().push(node.name.clone());
+            }
+        }
+        assert_eq!(all, target, "in one round");
     }
 
     #[test]
