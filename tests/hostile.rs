@@ -132,6 +132,8 @@ fn a_hostile_origin_reaches_no_internal_service_and_other_channels_keep_being_se
         worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
     });
     for (pid, worker) in running_workers(&master.stats()) {
+        let slowest = &worker["policyStats"]["slowest_call_us"];
+        eprintln!("worker {pid}: slowest policy call {slowest} us of CPU");
         assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
     }
     // Signed URLs are logged without their signature.
@@ -516,6 +518,8 @@ fn slow_and_endless_segments_are_cut_off_within_budget_and_other_channels_keep_b
         worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
     });
     for (pid, worker) in running_workers(&master.stats()) {
+        let slowest = &worker["policyStats"]["slowest_call_us"];
+        eprintln!("worker {pid}: slowest policy call {slowest} us of CPU");
         assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
     }
     master.stop();

@@ -291,6 +291,7 @@ impl PolicyEngine {
             deadline_per_input_mib: limits.deadline_per_input_mib,
             init_deadline: limits.init_deadline,
             busy: Duration::ZERO,
+            slowest_handle: Duration::ZERO,
         })
     }
 }
@@ -385,6 +386,9 @@ pub(crate) struct PolicyInstance {
     init_deadline: Duration,
     /// Time spent inside the guest.
     busy: Duration,
+    /// The most CPU time one `handle` call took (wall time where the platform has no
+    /// thread CPU clock): how near the policy comes to its call deadline.
+    slowest_handle: Duration,
 }
 
 impl PolicyInstance {
@@ -405,7 +409,14 @@ impl PolicyInstance {
         // Multiplied before divided: a per-MiB figure under 1 ms still counts.
         let extra = self.deadline_per_input_mib.as_nanos() * payload as u128 / (1 << 20);
         let deadline = self.call_deadline + Duration::from_nanos(extra as u64);
-        self.call(clock, deadline, |b, s| b.call_handle(s, events))
+        let (result, took) = self.timed_call(clock, deadline, |b, s| b.call_handle(s, events));
+        self.slowest_handle = self.slowest_handle.max(took);
+        result
+    }
+
+    /// The most CPU time one `handle` call took so far.
+    pub(crate) fn slowest_handle(&self) -> Duration {
+        self.slowest_handle
     }
 
     pub(crate) fn snapshot(&mut self, clock: Clock) -> Result<Vec<u8>, Fault> {
@@ -435,6 +446,16 @@ impl PolicyInstance {
         deadline: Duration,
         f: impl FnOnce(&Bindings, &mut Store<StoreData>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
+        self.timed_call(clock, deadline, f).0
+    }
+
+    /// A guest call, and the CPU time it took (wall time without a thread CPU clock).
+    fn timed_call<R>(
+        &mut self,
+        clock: Clock,
+        deadline: Duration,
+        f: impl FnOnce(&Bindings, &mut Store<StoreData>) -> wasmtime::Result<R>,
+    ) -> (Result<R, Fault>, Duration) {
         let data = self.store.data_mut();
         data.clock = clock;
         data.log.lines_this_call = 0;
@@ -442,9 +463,15 @@ impl PolicyInstance {
         begin_call(&mut self.store, &self.watchdog, deadline);
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store);
-        self.busy += started.elapsed();
+        let wall = started.elapsed();
+        self.busy += wall;
+        let cpu_start = self.store.data().call_cpu_start;
+        let took = match (cpu_start, thread_cpu_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => wall,
+        };
         self.store.data_mut().watch = None;
-        result.map_err(|e| classify(&self.store, e, deadline))
+        (result.map_err(|e| classify(&self.store, e, deadline)), took)
     }
 }
 

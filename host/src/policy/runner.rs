@@ -48,6 +48,9 @@ pub struct PolicyStats {
     pub log_lines_dropped: u64,
     /// Time spent inside policy code, in microseconds.
     pub busy_us: u64,
+    /// The most CPU time one `handle` call took, in microseconds, over every instance
+    /// of this worker: how near the policy comes to `call_deadline`.
+    pub slowest_call_us: u64,
     pub snapshot_bytes: usize,
     pub last_fault: Option<FaultReport>,
 }
@@ -108,6 +111,7 @@ pub struct PolicyRunner {
     stats: PolicyStats,
     /// Guest time and log counters of instances already discarded.
     retired_busy: Duration,
+    retired_slowest: Duration,
     retired_log: (u64, u64),
 }
 
@@ -155,6 +159,7 @@ impl PolicyRunner {
             retry_at: None,
             stats,
             retired_busy: Duration::ZERO,
+            retired_slowest: Duration::ZERO,
             retired_log: (0, 0),
         })
     }
@@ -376,6 +381,12 @@ impl PolicyRunner {
         let busy =
             self.retired_busy + self.instance.as_ref().map_or(Duration::ZERO, PolicyInstance::busy);
         stats.busy_us = busy.as_micros() as u64;
+        let slowest = self
+            .instance
+            .as_ref()
+            .map_or(Duration::ZERO, PolicyInstance::slowest_handle)
+            .max(self.retired_slowest);
+        stats.slowest_call_us = slowest.as_micros() as u64;
         stats.snapshot_bytes = self.snapshot.as_ref().map_or(0, Vec::len);
         stats
     }
@@ -497,6 +508,7 @@ impl PolicyRunner {
     fn replace_instance(&mut self, instance: Option<PolicyInstance>) {
         if let Some(old) = std::mem::replace(&mut self.instance, instance) {
             self.retired_busy += old.busy();
+            self.retired_slowest = self.retired_slowest.max(old.slowest_handle());
             let (written, dropped) = old.log_counts();
             self.retired_log.0 += written;
             self.retired_log.1 += dropped;
