@@ -191,9 +191,18 @@ fn a_fleet_spreads_channels_takes_over_a_dead_node_and_holds_without_etcd() {
     }
     a.master().ok("POST", "/seed", item);
     let mut more = all.clone();
-    more.insert(extra);
+    more.insert(extra.clone());
     let last = settle(&[&a, &b, &c], &more, "a new seed after etcd came back");
     assert!(all.iter().all(|ch| last[ch] == back[ch]), "{back:?} -> {last:?}");
+
+    // Stopped through another node, a seed leaves the fleet's list; then all of them.
+    let path = format!("/stop/{}", extra.replace('/', "%2F"));
+    assert_eq!(c.master().ok("POST", &path, Value::Null)["stopped"], extra.as_str());
+    let (status, answer) = c.master().request("POST", &path, b"");
+    assert_eq!(status, 404, "{answer}");
+    settle(&[&a, &b, &c], &all, "the stopped seed gone");
+    assert_eq!(b.master().ok("POST", "/stop_all", Value::Null)["stopped"], CHANNELS);
+    settle(&[&a, &b, &c], &BTreeSet::new(), "every seed gone");
     for node in [a, b, c] {
         node.master.expect("running").stop();
     }

@@ -252,22 +252,25 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         tracing::info!("superpeer listening on http://{local}");
         let (leaving, left) = tokio::sync::oneshot::channel::<()>();
-        let fleet_task = config.fleet.clone().map(|fleet_config| {
-            let address = fleet_config.node_address.clone().unwrap_or_else(|| {
-                let ip = config.public_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-                format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
-            });
-            tracing::info!(
-                node = %fleet_config.node_name, %address, etcd = ?fleet_config.endpoints,
-                "fleet mode: the seed list is the fleet's, in etcd"
-            );
-            let (fleet, fleet_handle) =
-                Fleet::new(fleet_config, address, handle.clone(), config.max_seeds);
-            control = control.clone().with_fleet(fleet_handle);
-            tokio::spawn(fleet.run(async move {
-                let _ = left.await;
-            }))
-        });
+        let fleet_task = match config.fleet.clone() {
+            Some(fleet_config) => {
+                let address = fleet_config.node_address.clone().unwrap_or_else(|| {
+                    let ip = config.public_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                    format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
+                });
+                tracing::info!(
+                    node = %fleet_config.node_name, %address, etcd = ?fleet_config.endpoints,
+                    "fleet mode: the seed list is the fleet's, in etcd"
+                );
+                let (fleet, fleet_handle) =
+                    Fleet::new(fleet_config, address, handle.clone(), config.max_seeds);
+                control = control.with_fleet(fleet_handle);
+                Some(tokio::spawn(fleet.run(async move {
+                    let _ = left.await;
+                })))
+            }
+            None => None,
+        };
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let server = serve::run_with(listener, control, config.api_limits.clone(), async move {
             shutdown_signal().await;

@@ -84,6 +84,18 @@ pub enum Change {
     Abandoned { level: usize, sn: i64 },
 }
 
+impl Change {
+    /// The level whose segments changed.
+    pub fn level(&self) -> usize {
+        match *self {
+            Change::Loading { level, .. }
+            | Change::Held { level, .. }
+            | Change::Dropped { level, .. }
+            | Change::Abandoned { level, .. } => level,
+        }
+    }
+}
+
 /// A segment held, as a policy serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {

@@ -23,19 +23,11 @@ pub enum EtcdError {
     Unreadable(String),
 }
 
-/// One key and its value, with the revision it was last written at.
+/// One key and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
     pub value: Vec<u8>,
-    pub lease: i64,
-}
-
-/// A put or a delete inside a transaction.
-#[derive(Debug, Clone)]
-pub enum Write {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
 }
 
 /// A client of one etcd cluster: its client URLs, tried in turn.
@@ -50,8 +42,6 @@ struct RawKv {
     key: String,
     #[serde(default)]
     value: String,
-    #[serde(default)]
-    lease: Option<String>,
 }
 
 impl Etcd {
@@ -70,7 +60,7 @@ impl Etcd {
     async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
         let mut last = EtcdError::Unreachable("no endpoint".into());
         for endpoint in &self.endpoints {
-            let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+            let url = format!("{endpoint}{path}");
             let request = self
                 .http
                 .post(&url)
@@ -126,11 +116,9 @@ impl Etcd {
 
     /// Every key under `prefix`, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
-        let body =
-            json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)) });
-        let answer = self.call("/v3/kv/range", body).await?;
-        let raw: Vec<RawKv> = match answer.get("kvs") {
-            Some(kvs) => serde_json::from_value(kvs.clone())
+        let mut answer = self.call("/v3/kv/range", prefix_range(prefix)).await?;
+        let raw: Vec<RawKv> = match answer.get_mut("kvs") {
+            Some(kvs) => serde_json::from_value(kvs.take())
                 .map_err(|e| EtcdError::Unreadable(e.to_string()))?,
             None => Vec::new(),
         };
@@ -144,33 +132,43 @@ impl Etcd {
                 let value = BASE64
                     .decode(&kv.value)
                     .map_err(|e| EtcdError::Unreadable(format!("value of {key}: {e}")))?;
-                let lease = kv.lease.and_then(|l| l.parse().ok()).unwrap_or(0);
-                Ok(KeyValue { key, value, lease })
+                Ok(KeyValue { key, value })
             })
             .collect()
     }
 
-    /// Applies every write at once, or none; answers once etcd committed it.
-    pub async fn commit(&self, writes: &[Write]) -> Result<(), EtcdError> {
+    /// Writes every key at once, or none (one transaction); answers once etcd
+    /// committed it.
+    pub async fn put_all(&self, writes: &[(String, Vec<u8>)]) -> Result<(), EtcdError> {
         let success: Vec<Value> = writes
             .iter()
-            .map(|write| match write {
-                Write::Put { key, value } => json!({ "request_put": {
-                    "key": BASE64.encode(key), "value": BASE64.encode(value) } }),
-                Write::Delete { key } => {
-                    json!({ "request_delete_range": { "key": BASE64.encode(key) } })
-                }
+            .map(|(key, value)| {
+                json!({ "request_put": { "key": BASE64.encode(key), "value": BASE64.encode(value) } })
             })
             .collect();
         self.call("/v3/kv/txn", json!({ "success": success })).await.map(drop)
     }
 
-    /// Deletes every key under `prefix`.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), EtcdError> {
-        let body =
-            json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)) });
-        self.call("/v3/kv/deleterange", body).await.map(drop)
+    /// Deletes every key under `prefix`; how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, EtcdError> {
+        self.delete_range(prefix_range(prefix)).await
     }
+
+    /// Deletes `key`; whether it was there.
+    pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
+        self.delete_range(json!({ "key": BASE64.encode(key) })).await.map(|deleted| deleted > 0)
+    }
+
+    async fn delete_range(&self, range: Value) -> Result<u64, EtcdError> {
+        let answer = self.call("/v3/kv/deleterange", range).await?;
+        // The gateway leaves out zero counts.
+        Ok(number(&answer["deleted"]).unwrap_or(0) as u64)
+    }
+}
+
+/// The request body naming every key under `prefix`.
+fn prefix_range(prefix: &str) -> Value {
+    json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)) })
 }
 
 /// The end of the key range of everything under `prefix`: the prefix with its last

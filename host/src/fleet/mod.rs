@@ -14,7 +14,7 @@
 //! back after an outage) do not each start everything first, and only once every node
 //! that is to give a channel up says it has (a channel stops before it starts
 //! elsewhere). Channels that would move between live nodes (a node joined) move a few
-//! a round (`placement::transition`); those of a dead node move at once.
+//! a round (`placement::step`); those of a dead node move at once.
 
 pub mod etcd;
 pub mod placement;
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::master::config::FleetConfig;
 use crate::master::seeds::{self, SeedItem, SeedRecord};
 use crate::master::{MasterError, MasterHandle};
-use etcd::{Etcd, EtcdError, Write};
+use etcd::{Etcd, EtcdError};
 use placement::{Load, Node, Running, Want};
 
 /// How often a node reads the fleet's keys and places channels.
@@ -48,12 +48,7 @@ pub struct NodeRecord {
     pub address: String,
     /// Channels it can seed (one worker each).
     pub capacity: usize,
-    /// Channels it runs workers for now.
-    #[serde(default)]
-    pub running: Vec<String>,
-    #[serde(default)]
-    pub viewers: u64,
-    /// Viewers of each channel it runs, for raising a busy channel's replicas.
+    /// The channels it runs workers for now, and the viewers of each.
     #[serde(default)]
     pub channel_viewers: BTreeMap<String, u64>,
     /// Channels placed on it that another node still runs: it asks for them
@@ -82,6 +77,9 @@ pub struct FleetView {
 pub struct NodeView {
     #[serde(flatten)]
     pub record: NodeRecord,
+    /// The channels it runs, and their viewers in all.
+    pub running: Vec<String>,
+    pub viewers: u64,
     /// Channels the placement gives it.
     pub placed: Vec<String>,
 }
@@ -127,45 +125,35 @@ impl FleetHandle {
     pub async fn seed(&self, items: Vec<SeedItem>) -> Result<usize, FleetError> {
         let existing = self.etcd.list(&seeds_prefix(&self.prefix)).await?;
         let known: BTreeSet<&str> = existing.iter().map(|kv| kv.key.as_str()).collect();
-        let writes: Vec<Write> = items
+        let writes: Vec<(String, Vec<u8>)> = items
             .iter()
-            .map(|item| Write::Put {
-                key: seed_key(&self.prefix, &item.channel),
-                value: serde_json::to_vec(&SeedRecord::from(item.clone()))
-                    .expect("a seed record serialises"),
+            .map(|item| {
+                let record = serde_json::to_vec(&SeedRecord::from(item.clone()))
+                    .expect("a seed record serialises");
+                (seed_key(&self.prefix, &item.channel), record)
             })
             .collect();
-        let added: BTreeSet<&str> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Put { key, .. } if !known.contains(key.as_str()) => Some(key.as_str()),
-                _ => None,
-            })
-            .collect();
+        let added: BTreeSet<&str> =
+            writes.iter().map(|(key, _)| key.as_str()).filter(|key| !known.contains(key)).collect();
         let would = existing.len() + added.len();
         if !added.is_empty() && would > self.max_seeds {
             return Err(FleetError::TooManySeeds { would, max: self.max_seeds });
         }
-        self.etcd.commit(&writes).await?;
+        self.etcd.put_all(&writes).await?;
         Ok(would)
     }
 
     /// Removes one seed, named by its channel id; answers once committed.
     pub async fn stop(&self, channel: &str) -> Result<String, FleetError> {
-        let key = seed_key(&self.prefix, channel);
-        let existing = self.etcd.list(&key).await?;
-        if !existing.iter().any(|kv| kv.key == key) {
+        if !self.etcd.delete(&seed_key(&self.prefix, channel)).await? {
             return Err(FleetError::NoSuchChannel(channel.to_string()));
         }
-        self.etcd.commit(&[Write::Delete { key }]).await?;
         Ok(channel.to_string())
     }
 
     /// Removes every seed; how many there were.
     pub async fn stop_all(&self) -> Result<usize, FleetError> {
-        let count = self.etcd.list(&seeds_prefix(&self.prefix)).await?.len();
-        self.etcd.delete_prefix(&seeds_prefix(&self.prefix)).await?;
-        Ok(count)
+        Ok(self.etcd.delete_prefix(&seeds_prefix(&self.prefix)).await? as usize)
     }
 
     /// The fleet as this node last saw it.
@@ -265,7 +253,6 @@ impl Fleet {
     async fn turn(&mut self) -> Result<(), FleetError> {
         self.renew().await?;
         let stats = self.master.stats().await?;
-        let capacity = self.master.ping(None, None).await?.capacity;
         let mut channel_viewers: BTreeMap<String, u64> = BTreeMap::new();
         for worker in stats.workers.values() {
             *channel_viewers.entry(seeds::channel_key(&worker.channel_id)).or_default() +=
@@ -274,9 +261,7 @@ impl Fleet {
         let me = NodeRecord {
             name: self.config.node_name.clone(),
             address: self.address.clone(),
-            capacity,
-            running: channel_viewers.keys().cloned().collect(),
-            viewers: channel_viewers.values().sum(),
+            capacity: stats.master.capacity,
             channel_viewers,
             claiming: self.claiming.clone(),
         };
@@ -286,26 +271,24 @@ impl Fleet {
             .put(&key, &serde_json::to_vec(&me).expect("a node record serialises"), lease)
             .await?;
 
-        let nodes: Vec<NodeRecord> = self
-            .etcd
-            .list(&nodes_prefix(&self.config.prefix))
-            .await?
-            .into_iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect();
-        let records: BTreeMap<String, SeedRecord> = self
-            .etcd
-            .list(&seeds_prefix(&self.config.prefix))
-            .await?
-            .into_iter()
-            .filter_map(|kv| match serde_json::from_slice::<SeedRecord>(&kv.value) {
-                Ok(record) => Some((seeds::channel_key(&record.item.channel), record)),
-                Err(error) => {
-                    tracing::warn!(key = kv.key, %error, "fleet: a seed this version cannot read");
-                    None
+        // Nodes and seeds in one read.
+        let (nodes_at, seeds_at) =
+            (nodes_prefix(&self.config.prefix), seeds_prefix(&self.config.prefix));
+        let (mut nodes, mut records) = (Vec::<NodeRecord>::new(), BTreeMap::new());
+        for kv in self.etcd.list(&format!("{}/", self.config.prefix)).await? {
+            if kv.key.starts_with(&nodes_at) {
+                nodes.extend(serde_json::from_slice(&kv.value).ok());
+            } else if kv.key.starts_with(&seeds_at) {
+                match serde_json::from_slice::<SeedRecord>(&kv.value) {
+                    Ok(record) => {
+                        records.insert(seeds::channel_key(&record.item.channel), record);
+                    }
+                    Err(error) => {
+                        tracing::warn!(key = kv.key, %error, "fleet: a seed this version cannot read");
+                    }
                 }
-            })
-            .collect();
+            }
+        }
 
         let live: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
         if live != self.nodes {
@@ -377,7 +360,9 @@ impl Fleet {
                     .filter(|(_, nodes)| nodes.contains(&record.name))
                     .map(|(channel, _)| channel.clone())
                     .collect();
-                NodeView { record, placed }
+                let running = record.channel_viewers.keys().cloned().collect();
+                let viewers = record.channel_viewers.values().sum();
+                NodeView { record, running, viewers, placed }
             })
             .collect();
         Ok(())

@@ -114,7 +114,9 @@ pub struct Step {
 /// few channels a round), the node running it gives it up once it sees the claim, and
 /// the claimer starts it once nobody outside the target runs it: it stops before it
 /// starts. A channel that runs nowhere (new, or its node died) is started at once.
-/// Nothing new is started until the live nodes have held still (`settled`).
+/// Nothing new is started until the live nodes have held still (`settled`). What this
+/// node runs that the target places nowhere (a seed removed, or one the fleet has no
+/// room for) is not in the step: it stops.
 pub fn step(
     me: &str,
     target: &Placement,
@@ -129,9 +131,6 @@ pub fn step(
     let mut next = Step::default();
     for (channel, placed) in target {
         let here = placed.iter().any(|n| n == me);
-        let others_outside = running
-            .get(channel)
-            .is_some_and(|nodes| nodes.iter().any(|n| n != me && !placed.contains(n)));
         if runs(channel, me) {
             // Kept where it is placed; given up elsewhere once a node it is placed on
             // (and that does not run it yet) claims it, or once it runs on every node
@@ -144,6 +143,9 @@ pub fn step(
                 next.run.insert(channel.clone());
             }
         } else if here && settled {
+            let others_outside = running
+                .get(channel)
+                .is_some_and(|nodes| nodes.iter().any(|n| n != me && !placed.contains(n)));
             if !others_outside {
                 next.run.insert(channel.clone());
             } else if next.claiming.len() < budget {
@@ -151,8 +153,6 @@ pub fn step(
             }
         }
     }
-    // What this node runs that the target places nowhere (a seed removed, or one the
-    // fleet has no room for) stops.
     next
 }
 

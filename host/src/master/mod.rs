@@ -15,7 +15,7 @@ pub mod scheduler;
 pub mod seeds;
 mod views;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -339,28 +339,29 @@ impl Master {
     /// restart while etcd is away seeds what this node had.
     fn assign(&mut self, records: Vec<SeedRecord>) {
         self.awaiting_fleet = None;
-        let keys: HashMap<String, &SeedRecord> =
-            records.iter().map(|r| (seeds::channel_key(&r.item.channel), r)).collect();
-        let gone: Vec<String> = self
-            .seeds
-            .iter()
-            .filter(|s| !keys.contains_key(&seeds::channel_key(&s.item.channel)))
-            .map(|s| s.item.channel.clone())
-            .collect();
+        let keyed: BTreeMap<String, SeedRecord> =
+            records.into_iter().map(|r| (seeds::channel_key(&r.item.channel), r)).collect();
+        let mut gone = Vec::new();
+        let mut kept = HashSet::new();
+        for seed in &mut self.seeds {
+            let key = seeds::channel_key(&seed.item.channel);
+            match keyed.get(&key) {
+                Some(record) => {
+                    seed.item =
+                        SeedItem { channel: seed.item.channel.clone(), ..record.item.clone() };
+                    seed.newer = record.newer.clone();
+                    kept.insert(key);
+                }
+                None => gone.push(seed.item.channel.clone()),
+            }
+        }
         for channel in gone {
             self.remove_seed(&channel);
         }
-        for record in records {
-            let key = seeds::channel_key(&record.item.channel);
-            match self.seeds.iter_mut().find(|s| seeds::channel_key(&s.item.channel) == key) {
-                Some(seed) => {
-                    seed.item = SeedItem { channel: seed.item.channel.clone(), ..record.item };
-                    seed.newer = record.newer;
-                }
-                None => {
-                    tracing::info!(channel = %record.item.channel, "seed placed on this node");
-                    self.seeds.push(Seed::new(record));
-                }
+        for (key, record) in keyed {
+            if !kept.contains(&key) {
+                tracing::info!(channel = %record.item.channel, "seed placed on this node");
+                self.seeds.push(Seed::new(record));
             }
         }
         let _ = self.persist();

@@ -266,12 +266,7 @@ impl Seeder {
             changes: &mut changes,
         };
         let result = part(&mut self.streams, &mut lend);
-        self.changed.extend(changes.into_iter().map(|change| match change {
-            Change::Loading { level, .. }
-            | Change::Held { level, .. }
-            | Change::Dropped { level, .. }
-            | Change::Abandoned { level, .. } => level,
-        }));
+        self.changed.extend(changes.iter().map(Change::level));
         result
     }
 
