@@ -42,6 +42,7 @@ fn config(settings: &[(&str, &str)]) -> SeedConfig {
         max_connections: 80,
         label: "test".into(),
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        scout: false,
     }
 }
 

@@ -26,6 +26,7 @@ fn seed() -> SeedConfig {
         max_connections: 80,
         label: "bench".into(),
         settings: vec![],
+        scout: false,
     }
 }
 

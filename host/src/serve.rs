@@ -50,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/policy"),
     ("POST", "/policy"),
     ("GET", "/fleet"),
+    ("GET", "/candidates"),
+    ("POST", "/candidates"),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].
@@ -175,6 +177,7 @@ fn handlers(path: &str) -> MethodRouter<ControlPlane> {
         "/restart/{pid}" => post(restart),
         "/policy" => get(get_policy).post(post_policy),
         "/fleet" => get(fleet),
+        "/candidates" => get(get_candidates).post(post_candidates),
         other => unreachable!("route {other} is in ROUTES but has no handler"),
     }
 }
@@ -407,6 +410,7 @@ impl From<MasterError> for ApiError {
         let status = match error {
             MasterError::NoSuchWorker(_) | MasterError::NoSuchChannel(_) => StatusCode::NOT_FOUND,
             MasterError::TooManySeeds { .. } => StatusCode::BAD_REQUEST,
+            MasterError::CandidatesFromUrl => StatusCode::CONFLICT,
             MasterError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             MasterError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -546,6 +550,41 @@ async fn seed(
         None => control.master.seed(items).await?,
     };
     ok(json!({ "accepted": accepted, "seeds": total }))
+}
+
+/// Automatic seeding's candidates: each with the viewers its swarms held at the last
+/// measure, and whether it is seeded.
+async fn get_candidates(State(control): State<ControlPlane>) -> ApiResult {
+    ok(json!(control.master.candidates().await?))
+}
+
+/// Replaces the candidate list: a `/seed` body (items may name only a `url`), or plain
+/// text with one manifest URL per line. Each item is checked with its policy as a seed
+/// is.
+async fn post_candidates(
+    State(control): State<ControlPlane>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    if control.fleet.is_some() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "automatic seeding does not run in fleet mode yet: seed channels with /seed".into(),
+        ));
+    }
+    let body = body_of(body)?;
+    if body.len() > MAX_JSON_BODY {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "the body is not UTF-8 text".into()))?;
+    let items = crate::master::autoseed::parse_candidates(text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    check_with_policy(&control, &items).await?;
+    let count = control.master.set_candidates(items).await?;
+    ok(json!({ "candidates": count }))
 }
 
 /// The fleet as this node sees it: the nodes (their capacity, what they run and what

@@ -138,15 +138,20 @@ impl Superpeer {
 
     /// Polls `/stats` until `done` holds; returns those stats.
     pub fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_path(what, "/stats", done)
+    }
+
+    /// Polls `GET path` until `done` holds; returns that answer.
+    pub fn wait_for_path(&self, what: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let stats = self.stats();
-            if done(&stats) {
-                return stats;
+            let answer = self.ok("GET", path, Value::Null);
+            if done(&answer) {
+                return answer;
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; last stats: {stats:#}"
+                "timed out waiting for {what}; last {path}: {answer:#}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

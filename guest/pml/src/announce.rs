@@ -1,6 +1,7 @@
 //! The WebTorrent tracker protocol as p2p-media-loader viewers speak it over WebSocket:
-//! announces (with offers of our own), relayed offers and answers, and the tracker's
-//! replies.
+//! announces (with offers of our own), relayed offers and answers, the tracker's
+//! replies, and scrapes (a swarm's size without joining it: bittorrent-tracker and
+//! aquatic_ws both answer `{action: "scrape", info_hash: [...]}` with `files`).
 //!
 //! Pure: builds and reads JSON texts. Ids are 20-character strings (the info hash is
 //! base64 text, peer ids are ASCII); offer ids may hold any character and are passed
@@ -128,6 +129,9 @@ pub enum TrackerMessage {
         complete: Option<u64>,
         incomplete: Option<u64>,
     },
+    /// The tracker's answer to a scrape: each swarm's members (`complete` plus
+    /// `incomplete`), by info hash.
+    Scrape(Vec<(String, u64)>),
     /// A message of no use to us.
     Ignored,
     /// The tracker refused something.
@@ -150,6 +154,25 @@ struct Incoming {
     failure: Option<String>,
     #[serde(rename = "warning message")]
     warning: Option<String>,
+    files: Option<std::collections::BTreeMap<String, ScrapeFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScrapeFile {
+    complete: Option<u64>,
+    incomplete: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Scrape<'a> {
+    action: &'static str,
+    info_hash: &'a [&'a str],
+}
+
+/// A scrape of these swarms: their sizes, without becoming a member of any (no viewer
+/// is handed a scraper's id, so none spends an offer on it).
+pub fn scrape(info_hashes: &[&str]) -> String {
+    serde_json::to_string(&Scrape { action: "scrape", info_hash: info_hashes }).unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +188,19 @@ pub fn parse(text: &str) -> Result<TrackerMessage, String> {
     let incoming: Incoming = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if let Some(reason) = incoming.failure {
         return Ok(TrackerMessage::Failure(reason));
+    }
+    if incoming.action.as_deref() == Some("scrape")
+        && let Some(files) = incoming.files
+    {
+        let sizes = files
+            .into_iter()
+            .map(|(hash, file)| {
+                let members =
+                    file.complete.unwrap_or(0).saturating_add(file.incomplete.unwrap_or(0));
+                (hash, members)
+            })
+            .collect();
+        return Ok(TrackerMessage::Scrape(sizes));
     }
     if incoming.action.as_deref() != Some("announce") {
         return Ok(incoming.warning.map_or(TrackerMessage::Ignored, TrackerMessage::Warning));
@@ -233,6 +269,12 @@ mod tests {
                 {"offer": {"type": "offer", "sdp": "v=0\r\nb"}, "offer_id": "o\u{00ff}2"},
             ])
         );
+        let text = scrape(&["G4P1wGSZYicnoIPenKa8", "h\u{00ff}"]);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"action": "scrape", "info_hash": ["G4P1wGSZYicnoIPenKa8", "h\u{00ff}"]})
+        );
         let again = announce("h", "p", None, &[]);
         assert!(!again.contains("event"), "{again}");
         assert!(again.contains(r#""offers":[]"#) && again.contains(r#""numwant":0"#), "{again}");
@@ -285,7 +327,14 @@ mod tests {
             parse(r#"{"action":"announce","answer":{"type":"offer","sdp":"x"},"offer_id":"o","peer_id":"p","info_hash":"h"}"#)
                 .is_err()
         );
-        assert_eq!(parse(r#"{"action":"scrape","files":{}}"#), Ok(TrackerMessage::Ignored));
+        assert_eq!(parse(r#"{"action":"scrape","files":{}}"#), Ok(TrackerMessage::Scrape(vec![])));
+        let scraped = r#"{"action":"scrape","files":{"h1":{"complete":1,"incomplete":4,"downloaded":1},"h2":{"incomplete":2}},"flags":{"min_request_interval":600}}"#;
+        assert_eq!(
+            parse(scraped),
+            Ok(TrackerMessage::Scrape(vec![("h1".into(), 5), ("h2".into(), 2)]))
+        );
+        assert!(parse(r#"{"action":"scrape","files":{"h":{"complete":"many"}}}"#).is_err());
+        assert_eq!(parse(r#"{"action":"scrape"}"#), Ok(TrackerMessage::Ignored));
         assert!(parse("not json").is_err());
         assert!(
             parse(r#"{"action":"announce","offer":{"type":"answer","sdp":"x"},"info_hash":"h"}"#)

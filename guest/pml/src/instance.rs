@@ -67,7 +67,13 @@ impl Instance {
         let settings = settings::parse(&config.settings)?;
         let swarm_id = swarm_id(&config.channel, config.manifest_url.as_deref());
         let max_connections = config.max_connections as usize;
-        let fresh = Seeder::new(swarm_id, config.manifest_url.clone(), max_connections, settings);
+        let fresh = Seeder::new(
+            swarm_id,
+            config.manifest_url.clone(),
+            max_connections,
+            settings,
+            superpeer_guest::is_scout(config),
+        );
         let mut taking_over = Vec::new();
         let (trackers, mut seeder) = match prior.and_then(Snapshot::read) {
             Some(saved) => {
@@ -499,7 +505,7 @@ mod tests {
                     Command::TimerCancel(timer) => {
                         self.timers.remove(&timer);
                     }
-                    Command::TrackerSend(_) => {}
+                    Command::TrackerSend(_) | Command::SwarmSize(_) => {}
                     Command::HttpRequest(r) => {
                         panic!("the default policy sent an HTTP request: {r:?}")
                     }
@@ -757,6 +763,7 @@ mod tests {
             max_connections: 8,
             label: String::new(),
             settings: vec![("identities".into(), "2.3".into())],
+            scout: false,
         }
     }
 

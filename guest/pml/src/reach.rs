@@ -210,6 +210,11 @@ impl Reach {
         self.links.entry(key).or_default().others = Some(size.saturating_sub(1));
     }
 
+    /// Each swarm's members besides us as each tracker last said.
+    pub fn others(&self) -> impl Iterator<Item = (LinkKey, u64)> + '_ {
+        self.links.iter().filter_map(|(key, link)| Some((*key, link.others?)))
+    }
+
     /// What the swarm should do on this tracker now.
     pub fn plan(&mut self, key: LinkKey, now_ms: u64, interval_ms: u64, need: Need) -> Plan {
         let cap = self.caps.get(&key.1).copied().unwrap_or(DEFAULT_OFFERS_PER_ANNOUNCE);

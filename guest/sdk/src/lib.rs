@@ -111,6 +111,27 @@ pub fn serve_segment(
     }
 }
 
+/// Whether the seed only asks for its swarms to be measured (a scout: `swarm-size`,
+/// joining nothing). A 0.1.0 host has no scouts.
+pub fn is_scout(config: &SeedConfig) -> bool {
+    #[cfg(not(feature = "wit-0-1-0"))]
+    return config.scout;
+    #[cfg(feature = "wit-0-1-0")]
+    {
+        let _ = config;
+        false
+    }
+}
+
+/// Tells the host how many viewers the seed's swarms hold, this worker not counted.
+/// 0.1.0 has no way to say it, and says nothing.
+pub fn swarm_size(out: &mut Vec<Command>, viewers: u64) {
+    #[cfg(not(feature = "wit-0-1-0"))]
+    out.push(Command::SwarmSize(viewers));
+    #[cfg(feature = "wit-0-1-0")]
+    let _ = (out, viewers);
+}
+
 /// The host's imports: the only outside facts a policy can see.
 ///
 /// The log helpers ([`error`](host::error) to [`debug`](host::debug)) do nothing in a

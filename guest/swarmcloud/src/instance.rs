@@ -212,6 +212,13 @@ impl Instance {
         host: &HostState,
         random: u64,
     ) -> Result<Instance, String> {
+        if superpeer_guest::is_scout(config) {
+            // Its tracker counts a channel only for members, and a member is handed to
+            // viewers as a peer: measuring would take viewers' connection attempts.
+            return Err("the SwarmCloud tracker tells a channel's size only to members: this \
+                        policy cannot scout"
+                .into());
+        }
         let (seed, manifest) = Seed::read(config)?;
         let saved = prior.and_then(|bytes| decode_snapshot::<State>(SNAPSHOT_MAGIC, bytes));
         let mut taking_over = Vec::new();

@@ -95,6 +95,7 @@ fn running() -> (Instance, u64, u64) {
         max_connections: 10,
         label: String::new(),
         settings: vec![],
+        scout: false,
     };
     let empty = HostState {
         trackers: vec![],

@@ -131,8 +131,8 @@ impl DataPlane {
             }
             Command::PeerOffer(peer) => self.rtc.offer(peer, now),
             Command::PeerAcceptAnswer(a) => self.rtc.accept_answer(a.peer, a.answer, now),
-            // Timers live in the runner's tables.
-            Command::TimerSet(_) | Command::TimerCancel(_) => Vec::new(),
+            // Timers live in the runner's tables, the swarm's size in its figures.
+            Command::TimerSet(_) | Command::TimerCancel(_) | Command::SwarmSize(_) => Vec::new(),
         };
         self.events.extend(events);
     }

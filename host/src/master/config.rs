@@ -12,6 +12,7 @@ use crate::policy::PolicyLimits;
 use crate::protocol::{Protocol, TrackerZones};
 use crate::serve::HttpLimits;
 
+use super::autoseed::AutoSeedConfig;
 use super::scheduler::Rules;
 
 /// Everything `superpeer serve` runs with.
@@ -76,6 +77,10 @@ pub struct MasterConfig {
     /// Fleet mode (`etcdEndpoints` set): the seed list and this node's membership live
     /// in etcd, shared with the other nodes.
     pub fleet: Option<FleetConfig>,
+    /// `candidatesUrl`, `autoSeedViewers` (default 10), `autoSeedGraceSeconds` (default
+    /// 300) and `scoutIntervalSeconds` (default 60): automatic seeding of the busiest
+    /// candidate channels.
+    pub autoseed: AutoSeedConfig,
 }
 
 /// How a node takes part in a fleet.
@@ -192,6 +197,22 @@ pub const KEYS: &[Key] = &[
         "fleetLeaseSeconds",
         "10",
         "fleet mode: how long a silent node keeps its channels before others take them",
+    ),
+    key(
+        "candidatesUrl",
+        "none (POST /candidates)",
+        "automatic seeding: an http(s) URL listing candidate channels, read every scoutIntervalSeconds",
+    ),
+    key("autoSeedViewers", "10", "automatic seeding: a candidate with this many viewers is seeded"),
+    key(
+        "autoSeedGraceSeconds",
+        "300",
+        "automatic seeding: a seed below autoSeedViewers this long is given back",
+    ),
+    key(
+        "scoutIntervalSeconds",
+        "60",
+        "automatic seeding: how often a candidate not seeded is measured again",
     ),
     key(
         "originAllow",
@@ -427,7 +448,33 @@ impl MasterConfig {
                 })
             }
         };
+        let auto_defaults = AutoSeedConfig::default();
+        let candidates_url = get("candidatesUrl").map(String::from);
+        if let Some(url) = &candidates_url
+            && (!(url.starts_with("http://") || url.starts_with("https://"))
+                || reqwest::Url::parse(url).is_err())
+        {
+            return Err(bad("candidatesUrl", format!("{url:?} is not an http(s) URL")));
+        }
+        let threshold = match number::<u64>("autoSeedViewers", get("autoSeedViewers"))? {
+            Some(0) => return Err(bad("autoSeedViewers", "must be at least 1")),
+            Some(viewers) => viewers,
+            None => auto_defaults.threshold,
+        };
+        let grace = match number::<u64>("autoSeedGraceSeconds", get("autoSeedGraceSeconds"))? {
+            Some(seconds @ 0..=86_400) => Duration::from_secs(seconds),
+            Some(_) => return Err(bad("autoSeedGraceSeconds", "must be at most 86400")),
+            None => auto_defaults.grace,
+        };
+        let scout_every = match number::<u64>("scoutIntervalSeconds", get("scoutIntervalSeconds"))?
+        {
+            Some(seconds @ 1..=86_400) => Duration::from_secs(seconds),
+            Some(_) => return Err(bad("scoutIntervalSeconds", "must be between 1 and 86400")),
+            None => auto_defaults.scout_every,
+        };
+        let autoseed = AutoSeedConfig { candidates_url, threshold, grace, scout_every };
         Ok(MasterConfig {
+            autoseed,
             fleet,
             listen: SocketAddr::new(bind, port),
             access_token,

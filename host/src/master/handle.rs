@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::candidates::CandidatesView;
 use super::seeds::{SeedItem, SeedRecord};
 use super::views::{HistoryView, PingView, PolicyView, SeedPolicy, StatsView};
 use crate::ipc::FromWorker;
@@ -27,6 +28,8 @@ pub enum MasterError {
     ShuttingDown,
     #[error("the seed list would hold {would} seeds, more than maxSeeds ({max})")]
     TooManySeeds { would: usize, max: usize },
+    #[error("the candidate list is read from candidatesUrl; change it there")]
+    CandidatesFromUrl,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<T>;
@@ -49,6 +52,10 @@ pub(super) enum Message {
     SetPolicy(Arc<AdmittedPolicy>, PolicyTarget, Reply<Result<usize, MasterError>>),
     Policy(Reply<PolicyView>),
     SeedPolicy(Reply<SeedPolicy>),
+    SetCandidates(Vec<SeedItem>, Reply<Result<usize, MasterError>>),
+    Candidates(Reply<CandidatesView>),
+    /// A read of `candidatesUrl` finished.
+    CandidatesRead(Result<Vec<SeedItem>, String>),
     Shutdown(Reply<()>),
     FromWorker(u32, Box<FromWorker>),
     /// A worker's channel delivered something that is not a frame.
@@ -134,6 +141,13 @@ impl MasterHandle {
     /// taken.
     pub async fn seed_policy(&self) -> Result<SeedPolicy, MasterError> {
         self.ask(Message::SeedPolicy).await
+    }
+    /// Replaces the candidate list of automatic seeding; how many there are.
+    pub async fn set_candidates(&self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
+        self.ask(|r| Message::SetCandidates(items, r)).await?
+    }
+    pub async fn candidates(&self) -> Result<CandidatesView, MasterError> {
+        self.ask(Message::Candidates).await
     }
     /// Stops every worker cleanly and ends the master task.
     pub async fn shutdown(&self) {

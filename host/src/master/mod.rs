@@ -6,6 +6,8 @@
 //! in `views.rs`, worker processes are started in `process.rs`. It must never block
 //! that task on a worker: every worker has its own reader, writer and waiter tasks.
 
+pub mod autoseed;
+mod candidates;
 pub mod config;
 mod handle;
 pub mod history;
@@ -26,6 +28,9 @@ use crate::dataplane::disk::DiskCacheConfig;
 use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart};
 use crate::policy::{AdmittedPolicy, PolicyMeta};
 use crate::protocol::Protocol;
+use autoseed::AutoSeed;
+pub use candidates::CandidatesView;
+use candidates::Scout;
 use config::MasterConfig;
 use handle::Message;
 pub use handle::{MasterError, MasterHandle, PolicyTarget};
@@ -128,6 +133,14 @@ pub struct Master {
     /// Fleet mode: the saved seeds wait for the fleet's word until then (another node
     /// may have taken them meanwhile); past it, with etcd away, they run as saved.
     awaiting_fleet: Option<Instant>,
+    /// Automatic seeding: the candidates and what their swarms hold, the scouts
+    /// measuring them, where a posted list is saved, and whether the list is known yet
+    /// (read from `candidatesUrl` at least once, or loaded).
+    autoseed: AutoSeed,
+    scouts: BTreeMap<u32, Scout>,
+    candidate_store: SeedStore,
+    candidates_known: bool,
+    candidates_error: Option<String>,
     _data_lock: std::fs::File,
 }
 
@@ -158,6 +171,12 @@ impl Master {
             tracing::info!(seeds = saved.len(), file = %store.path().display(), "seeds restored");
         }
         let seeds = saved.into_iter().map(Seed::new).collect();
+        let candidate_store = SeedStore::named(&config.data_dir, "candidates.json");
+        let mut autoseed = AutoSeed::default();
+        let candidates_known = config.autoseed.candidates_url.is_none();
+        if candidates_known {
+            autoseed.set_candidates(candidate_store.load()?.into_iter().map(|r| r.item).collect());
+        }
         let (tx, rx) = mpsc::channel(256);
         let handle = MasterHandle { tx: tx.clone() };
         let awaiting_fleet = config
@@ -183,6 +202,11 @@ impl Master {
             worker_restarts: 0,
             history: History::default(),
             unsaved: false,
+            autoseed,
+            scouts: BTreeMap::new(),
+            candidate_store,
+            candidates_known,
+            candidates_error: None,
             _data_lock: data_lock,
         };
         Ok((master, handle))
@@ -190,6 +214,10 @@ impl Master {
 
     /// Runs until [`MasterHandle::shutdown`]; stops every worker before returning.
     pub async fn run(mut self) {
+        if let Some(url) = self.config.autoseed.candidates_url.clone() {
+            let every = self.config.autoseed.scout_every;
+            tokio::spawn(candidates::read_candidates_every(url, every, self.tx.clone()));
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -272,15 +300,33 @@ impl Master {
             Message::SeedPolicy(reply) => {
                 let _ = reply.send(self.seed_policy());
             }
+            Message::SetCandidates(items, reply) => {
+                let _ = reply.send(self.set_candidates(items));
+            }
+            Message::Candidates(reply) => {
+                let _ = reply.send(self.candidates_view());
+            }
+            Message::CandidatesRead(result) => self.candidates_read(result),
             Message::Shutdown(_) => unreachable!("handled by run"),
-            Message::FromWorker(pid, message) => self.on_worker_message(pid, *message),
+            Message::FromWorker(pid, message) => {
+                if !self.on_scout_message(pid, &message) {
+                    self.on_worker_message(pid, *message);
+                }
+            }
             Message::ChannelBroken(pid, error) => {
                 tracing::warn!(pid, %error, "bad message from worker; killing it");
+                if self.kill_scout(pid) {
+                    return;
+                }
                 if let Some(kill) = self.workers.get_mut(&pid).and_then(|w| w.kill.take()) {
                     let _ = kill.send(());
                 }
             }
-            Message::Exited(pid, code) => self.on_exit(pid, code),
+            Message::Exited(pid, code) => {
+                if !self.on_scout_exit(pid, code) {
+                    self.on_exit(pid, code);
+                }
+            }
         }
     }
 
@@ -472,7 +518,13 @@ impl Master {
             })
             .collect();
         self.history.record(now, now_ms(), &readings);
+        self.auto_seed(now);
         self.schedule();
+    }
+
+    /// Time since the master started: the clock automatic seeding counts in.
+    fn since_start(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
     }
 
     /// Brings workers in line with the seeds and the capacity.
@@ -546,20 +598,15 @@ impl Master {
         }
     }
 
-    fn spawn_worker(&mut self, channel: &str) {
-        let memory_budget = self.memory_budget();
-        let seed_policy = self.seed_policy();
-        let Some(seed) = self.seeds.iter_mut().find(|s| s.item.channel == channel) else { return };
-        seed.retry_at = None;
-        let (protocol, policy, worker_seed) = match seed_policy.worker_seed(&seed.item) {
-            Ok(run) => run,
-            Err(reason) => {
-                tracing::error!(channel, %reason, "this seed cannot run here; it waits");
-                seed.crashes += 1;
-                seed.retry_at = Some(Instant::now() + restart_delay(seed.crashes));
-                return;
-            }
-        };
+    /// What a worker for `item` is started with: its protocol and start message; why
+    /// not, for a seed this master cannot run. A scout (`scout`) only measures.
+    fn worker_start(
+        &self,
+        item: &SeedItem,
+        scout: bool,
+    ) -> Result<(Protocol, WorkerStart), String> {
+        let (protocol, policy, mut worker_seed) = self.seed_policy().worker_seed(item)?;
+        worker_seed.scout = scout;
         let start = WorkerStart {
             seed: worker_seed,
             policy: policy.precompiled.clone(),
@@ -568,16 +615,33 @@ impl Master {
                 Some(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
                 None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             },
-            udp_ports: self.config.udp_ports,
-            disk_cache: (!seed.item.no_use_disk_cache).then(|| DiskCacheConfig {
+            udp_ports: if scout { None } else { self.config.udp_ports },
+            disk_cache: (!item.no_use_disk_cache && !scout).then(|| DiskCacheConfig {
                 dir: self.config.cache_dir.clone(),
                 max_bytes: self.config.cache_bytes,
             }),
             advertise_ip: self.config.public_ip,
             origin_allow: self.config.origin_allow.clone(),
-            memory_budget,
+            memory_budget: self.memory_budget(),
             origin_timeout: self.config.origin_timeout,
             viewer_stall: self.config.viewer_stall,
+        };
+        Ok((protocol, start))
+    }
+
+    fn spawn_worker(&mut self, channel: &str) {
+        let Some(seed) = self.seeds.iter().find(|s| s.item.channel == channel) else { return };
+        let started = self.worker_start(&seed.item, false);
+        let Some(seed) = self.seeds.iter_mut().find(|s| s.item.channel == channel) else { return };
+        seed.retry_at = None;
+        let (protocol, start) = match started {
+            Ok(run) => run,
+            Err(reason) => {
+                tracing::error!(channel, %reason, "this seed cannot run here; it waits");
+                seed.crashes += 1;
+                seed.retry_at = Some(Instant::now() + restart_delay(seed.crashes));
+                return;
+            }
         };
         match spawn_process(&self.worker_log_format, channel, start, self.tx.clone()) {
             Ok((pid, to_worker, kill)) => {
@@ -622,6 +686,7 @@ impl Master {
     }
 
     fn on_worker_message(&mut self, pid: u32, message: FromWorker) {
+        let at = self.since_start(Instant::now());
         let Some(worker) = self.workers.get_mut(&pid) else { return };
         match message {
             FromWorker::Ready { policy } => {
@@ -642,6 +707,9 @@ impl Master {
                     .is_some_and(|(t, _)| now.duration_since(*t) > UPLINK_WINDOW)
                 {
                     worker.uplink.pop_front();
+                }
+                if let Some(viewers) = report.policy.swarm_size {
+                    self.autoseed.measured(&seeds::channel_key(&worker.channel), viewers, at);
                 }
                 worker.report = *report;
                 worker.reported_at = Some(now);
@@ -742,6 +810,7 @@ impl Master {
     }
 
     async fn stop_everything(&mut self) {
+        self.kill_scouts();
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.stop_worker(pid, Stopping::Retire);

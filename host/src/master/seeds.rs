@@ -65,6 +65,11 @@ pub struct SeedItem {
     /// Where to fetch the manifest, when it is not the swarm id itself.
     #[serde(default)]
     pub url: Option<String>,
+    /// Set by superpeer on the seeds automatic seeding started from the candidate list
+    /// (`/candidates`): those it gives back when their swarms go cold. Never posted; a
+    /// channel posted by hand is the operator's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
     /// Settings for the policy, handed to it as they are; the policy checks them when
     /// the seed is posted. The default policy reads `identities` and
     /// `offersPerAnnounce` (README, "Viewers and trackers").
@@ -199,6 +204,7 @@ impl SeedItem {
             max_connections: self.max_connections,
             label: self.label.clone(),
             settings,
+            scout: false,
         }
     }
 
@@ -276,6 +282,13 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
                            as JSON",
             });
         }
+        if item.auto {
+            return Err(SeedError::Field {
+                index,
+                field: "auto",
+                expected: "absent: superpeer sets it on the seeds it starts from candidates",
+            });
+        }
         if item.protocol(Protocol::default()).is_err() {
             return Err(SeedError::Field {
                 index,
@@ -339,7 +352,13 @@ pub enum StoreError {
 
 impl SeedStore {
     pub fn new(data_dir: &Path) -> Self {
-        SeedStore { path: data_dir.join("seeds.json") }
+        Self::named(data_dir, "seeds.json")
+    }
+
+    /// A list of seed items kept in another file of the data directory (the
+    /// candidates of automatic seeding).
+    pub fn named(data_dir: &Path, file: &str) -> Self {
+        SeedStore { path: data_dir.join(file) }
     }
 
     pub fn path(&self) -> &Path {

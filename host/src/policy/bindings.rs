@@ -82,8 +82,12 @@ impl Bindings {
         state: &wire::HostState,
     ) -> wasmtime::Result<Result<(), String>> {
         match self {
+            // 0.1.0 has no way to measure without joining: as a scout it would seed.
+            Bindings::V0_1(_) if config.scout => {
+                Ok(Err("a policy built for world 0.1.0 cannot measure a swarm (scout)".into()))
+            }
             Bindings::V0_1(b) => {
-                b.call_init(store, &config.clone().lift(), prior, &host_state_v0_1(state))
+                b.call_init(store, &seed_config_v0_1(config), prior, &host_state_v0_1(state))
             }
             Bindings::V0_2(b) => {
                 b.call_init(store, &config.clone().lift(), prior, &state.clone().lift())
@@ -185,7 +189,6 @@ macro_rules! enums {
 macro_rules! common {
     ($version:ident) => {
         records! { $version:
-            SeedConfig { channel, manifest_url, trackers, live, max_connections, label, settings }
             PolicyInfo { name, version }
             ByteRange { start, end }
             SegmentInfo { handle, url, range, size, tier }
@@ -274,6 +277,7 @@ macro_rules! common_command {
 // ---- 0.2.0: the host's types, field for field ----
 
 records! { t2:
+    SeedConfig { channel, manifest_url, trackers, live, max_connections, label, settings, scout }
     HostState { trackers, peers, fetches, requests, segments, timers }
     HttpResponse { request, status, headers, body }
     HttpFailed { request, reason }
@@ -315,11 +319,26 @@ impl Lift<wire::Command> for t2::Command {
             t2::Command::ServeSegment(s) => wire::Command::ServeSegment(s.lift()),
             t2::Command::HttpRequest(r) => wire::Command::HttpRequest(r.lift()),
             t2::Command::PeerSendText(s) => wire::Command::PeerSendText(s.lift()),
+            t2::Command::SwarmSize(n) => wire::Command::SwarmSize(n),
         )
     }
 }
 
 // ---- 0.1.0: frozen; what it lacks is left out, what it says differently is adapted ----
+
+/// 0.1.0 has no scouts; none is ever started with it.
+fn seed_config_v0_1(config: &wire::SeedConfig) -> t1::SeedConfig {
+    let config = config.clone();
+    t1::SeedConfig {
+        channel: config.channel,
+        manifest_url: config.manifest_url,
+        trackers: config.trackers,
+        live: config.live,
+        max_connections: config.max_connections,
+        label: config.label,
+        settings: config.settings,
+    }
+}
 
 /// 0.1.0 has no HTTP requests, so none is ever in flight for it.
 fn host_state_v0_1(state: &wire::HostState) -> t1::HostState {

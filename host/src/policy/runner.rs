@@ -53,6 +53,9 @@ pub struct PolicyStats {
     pub slowest_call_us: u64,
     pub snapshot_bytes: usize,
     pub last_fault: Option<FaultReport>,
+    /// The viewers in the seed's swarms as the policy last said (`swarm-size`), this
+    /// worker not counted; none if it never said.
+    pub swarm_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +182,7 @@ impl PolicyRunner {
             max_connections: 80,
             label: "canary".into(),
             settings: Vec::new(),
+            scout: false,
         };
         Self::start(engine.clone(), policy.clone(), seed, Clock::default()).map(drop)
     }
@@ -394,14 +398,23 @@ impl PolicyRunner {
     fn admit(&mut self, clock: Clock, commands: Vec<Command>) -> Vec<Command> {
         let limits = self.engine.limits();
         let max_peers = self.config.max_connections as usize;
-        let admitted = self.tables.admit_all(clock.monotonic, commands, limits, max_peers);
+        let scout = self.config.scout;
+        let admitted = self.tables.admit_all(clock.monotonic, commands, limits, max_peers, scout);
         for rejection in &admitted.refused {
             tracing::debug!(policy = %self.current.policy.meta(), %rejection, "command rejected");
         }
         self.stats.commands_rejected += admitted.refused.len() as u64;
         self.stats.commands += admitted.commands.len() as u64;
         self.to_tell.extend(admitted.to_tell);
-        admitted.commands
+        let mut commands = admitted.commands;
+        commands.retain(|command| match command {
+            Command::SwarmSize(size) => {
+                self.stats.swarm_size = Some(*size);
+                false
+            }
+            _ => true,
+        });
+        commands
     }
 
     fn maybe_snapshot(&mut self, clock: Clock) {

@@ -62,6 +62,8 @@ pub enum Rejection {
     BadHeader(String),
     #[error("timer delay of {0} ms is over the limit of {1} ms")]
     TimerTooLong(u64, u64),
+    #[error("a scout only measures its swarms: no {0}")]
+    Scout(&'static str),
 }
 
 /// What [`Tables::admit_all`] made of one call's commands.
@@ -94,6 +96,18 @@ enum PeerPhase {
 struct Tracker {
     url: String,
     link: Link,
+}
+
+/// What a scout may not do, named for its refusal: connect to peers (it must not take
+/// a viewer's place) or fill the cache (it seeds nothing).
+fn scout_refuses(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::PeerOffer(_) | Command::PeerAnswer(_) | Command::PeerAcceptAnswer(_) => {
+            Some("peer connections")
+        }
+        Command::FetchSegment(_) => Some("segment fetches"),
+        _ => None,
+    }
 }
 
 /// Authoritative tables of one worker.
@@ -180,12 +194,17 @@ impl Tables {
         commands: Vec<Command>,
         limits: &PolicyLimits,
         max_peers: usize,
+        scout: bool,
     ) -> Admitted {
         let mut admitted = Vec::with_capacity(commands.len());
         let mut refused = Vec::new();
         let mut to_tell = Vec::new();
         for command in commands {
-            match self.admit(now, &command, limits, max_peers) {
+            let checked = match scout_refuses(&command) {
+                Some(what) if scout => Err(Rejection::Scout(what)),
+                _ => self.admit(now, &command, limits, max_peers),
+            };
+            match checked {
                 Ok(()) => admitted.push(command),
                 Err(rejection) => {
                     // A refused fetch would be in flight forever for the policy; one
@@ -346,6 +365,7 @@ impl Tables {
             Command::TimerCancel(timer) => {
                 self.timers.remove(timer).ok_or(unknown("timer", *timer))?;
             }
+            Command::SwarmSize(_) => {}
             Command::HttpRequest(r) => {
                 check_url(&r.url, &["http://", "https://"], limits)?;
                 if !HTTP_METHODS.contains(&r.method.as_str()) {
@@ -766,6 +786,7 @@ mod tests {
             vec![request(3, "GET", "ws://x/", 0), request(2, "GET", "ws://x/", 0)],
             &limits,
             2,
+            false,
         );
         assert_eq!(refused.len(), 2);
         assert!(
@@ -802,7 +823,7 @@ mod tests {
         let fetch = |fetch| Command::FetchText(FetchText { fetch, url: "http://o/m.m3u8".into() });
         let bad_url = Command::FetchText(FetchText { fetch: 1, url: "file:///etc".into() });
         let Admitted { commands, refused, to_tell } =
-            t.admit_all(NOW, vec![fetch(1), fetch(2), fetch(1), bad_url], &limits, 2);
+            t.admit_all(NOW, vec![fetch(1), fetch(2), fetch(1), bad_url], &limits, 2, false);
         assert_eq!(commands, [fetch(1)]);
         assert!(matches!(
             refused[..],
@@ -811,6 +832,35 @@ mod tests {
         let [Event::FetchFailed(failed)] = &to_tell[..] else { panic!("{to_tell:?}") };
         assert_eq!((failed.fetch, failed.status), (2, None));
         assert!(failed.reason.contains("refused by the host"), "{}", failed.reason);
+    }
+
+    #[test]
+    fn a_scout_may_read_playlists_and_speak_to_trackers_but_never_connect_or_cache() {
+        let mut t = Tables::default();
+        let limits = PolicyLimits::default();
+        let commands = vec![
+            Command::FetchText(FetchText { fetch: 1, url: "http://o/m.m3u8".into() }),
+            Command::TrackerConnect(TrackerConnect { conn: 2, url: "ws://t/".into() }),
+            Command::SwarmSize(7),
+            Command::PeerOffer(3),
+            Command::PeerAnswer(PeerAnswer { peer: 4, offer: "v=0".into() }),
+            Command::FetchSegment(FetchSegment {
+                fetch: 5,
+                url: "http://o/a.ts".into(),
+                range: None,
+                tier: CacheTier::Memory,
+            }),
+        ];
+        let Admitted { commands: passed, refused, to_tell } =
+            t.admit_all(NOW, commands.clone(), &limits, 80, true);
+        assert_eq!(passed, commands[..3]);
+        assert!(refused.iter().all(|r| matches!(r, Rejection::Scout(_))), "{refused:?}");
+        assert_eq!(refused.len(), 3);
+        let [Event::FetchFailed(failed)] = &to_tell[..] else { panic!("{to_tell:?}") };
+        assert_eq!(failed.fetch, 5);
+        // The same commands from a seeder all pass.
+        let seeder = Tables::default().admit_all(NOW, commands, &limits, 80, false);
+        assert!(seeder.refused.is_empty(), "{:?}", seeder.refused);
     }
 
     #[test]

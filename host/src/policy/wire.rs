@@ -30,6 +30,9 @@ pub struct SeedConfig {
     pub max_connections: u32,
     pub label: String,
     pub settings: Vec<(String, String)>,
+    /// Only measure the swarms (`swarm-size`), joining none: automatic seeding's scout.
+    #[serde(default)]
+    pub scout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +316,7 @@ pub enum Command {
     TimerSet(TimerSet),
     TimerCancel(TimerId),
     HttpRequest(HttpRequest),
+    SwarmSize(u64),
 }
 
 /// The bytes of text and data an event hands a policy: what splits large turns into

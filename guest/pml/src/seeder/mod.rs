@@ -12,7 +12,7 @@
 //! `superpeer-segments` crate, a level per rendition); `peers.rs` answers trackers and
 //! viewers; `st01.rs` reads the snapshots of builds before that crate.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use superpeer_guest::{
@@ -60,6 +60,9 @@ const MAX_JOINING_BYTES: usize = 16 << 20;
 /// that cost each viewer served about 80 KB more than 16 KiB does (measured at 100
 /// and 500 viewers), for no measurable CPU.
 const SEGMENT_CHUNK: u32 = 16 << 10;
+/// How often a scout scrapes its swarms on a tracker: the host stops it once it has said
+/// a size, so this is how long a lost answer is waited for.
+const SCRAPE_EVERY_MS: u64 = 5_000;
 /// Offer ids: 20 characters, as viewers' are.
 const OFFER_ID_LENGTH: usize = 20;
 /// The longest SDP answered: the host's default limit on a command's text.
@@ -201,6 +204,24 @@ pub(crate) struct Seeder {
     /// instance starts every tracker with a full one).
     #[serde(skip)]
     offer_allowance: HashMap<ConnId, Allowance>,
+    /// The swarms' size as said to the host, and a scout's scrapes.
+    #[serde(skip)]
+    measuring: Measuring,
+}
+
+/// What the seeder says of its swarms' size (`swarm-size`), and whether it only
+/// measures them (a scout scrapes its swarms instead of joining them). From the seed
+/// and the trackers, never in a snapshot (the layout stays `pml-st02`): a new instance
+/// measures again.
+#[derive(Debug, Default)]
+pub(crate) struct Measuring {
+    scout: bool,
+    /// A scout's last scrape of each swarm on each tracker.
+    scraped: BTreeMap<LinkKey, u64>,
+    /// When each tracker was last scraped.
+    scraped_at: HashMap<ConnId, u64>,
+    /// The size last said to the host.
+    said: Option<u64>,
 }
 
 /// A rendition as a master playlist lists it: its attributes, its position in the
@@ -218,8 +239,10 @@ impl Seeder {
         manifest_url: Option<String>,
         max_peers: usize,
         settings: Settings,
+        scout: bool,
     ) -> Self {
         Seeder {
+            measuring: Measuring { scout, ..Measuring::default() },
             ctx: Context::default(),
             swarm_id,
             manifest_url,
@@ -277,6 +300,7 @@ impl Seeder {
         self.manifest_url = fresh.manifest_url;
         self.identities = fresh.identities;
         self.max_peers = fresh.max_peers;
+        self.measuring.scout = fresh.measuring.scout;
         self.reach.set_limits(fresh.reach.limits().clone());
         self
     }
@@ -393,7 +417,7 @@ impl Seeder {
 
     fn fetch_manifest(&mut self, out: &mut Vec<Command>) {
         if self.manifest_fetch.is_none()
-            && self.streams.levels() == 0
+            && self.swarms.is_empty()
             && let Some(url) = self.manifest_url.clone()
         {
             let fetch = self.id();
@@ -425,6 +449,8 @@ impl Seeder {
     /// Says goodbye in every swarm on every open tracker connection, so trackers stop
     /// handing out a peer that is gone.
     pub(crate) fn stop(&self, open_trackers: &[ConnId], out: &mut Vec<Command>) {
+        // A scout was never a member.
+        let open_trackers = if self.measuring.scout { &[] } else { open_trackers };
         for conn in open_trackers {
             for swarm in &self.swarms {
                 let text = announce::announce(
@@ -583,8 +609,12 @@ impl Seeder {
         self.peers.values().filter(|v| v.swarm == swarm && v.open).count()
     }
 
-    /// What a swarm does on a tracker now: offers, a plain announce, or nothing.
+    /// What a swarm does on a tracker now: offers, a plain announce, or nothing; for a
+    /// scout, a scrape of every swarm when one is due.
     fn plan(&mut self, key: LinkKey, random: &mut dyn FnMut() -> u64, out: &mut Vec<Command>) {
+        if self.measuring.scout {
+            return self.scrape(key.1, out);
+        }
         let need = Need {
             connected: self.viewers_open_in(key.0),
             free: self.max_peers.saturating_sub(self.viewers_open()),
@@ -611,6 +641,51 @@ impl Seeder {
                     .collect();
                 self.reach.offering(key, offers, self.now_ms, interval_ms);
             }
+        }
+    }
+}
+
+impl Seeder {
+    /// A scout's scrape of all its swarms on tracker `conn`, every [`SCRAPE_EVERY_MS`].
+    fn scrape(&mut self, conn: ConnId, out: &mut Vec<Command>) {
+        let due = self
+            .measuring
+            .scraped_at
+            .get(&conn)
+            .is_none_or(|at| self.now_ms >= at + SCRAPE_EVERY_MS);
+        if self.swarms.is_empty() || !due {
+            return;
+        }
+        self.measuring.scraped_at.insert(conn, self.now_ms);
+        let hashes: Vec<&str> = self.swarms.iter().map(|s| s.info_hash.as_str()).collect();
+        out.push(Command::TrackerSend(TrackerSend { conn, text: announce::scrape(&hashes) }));
+    }
+
+    /// How many viewers the stream's swarms hold, us not counted: each swarm's largest
+    /// count among the trackers (a viewer announces on all of them), summed over the
+    /// swarms (a viewer is in one at a time). None until a tracker has counted any.
+    fn swarm_size(&self) -> Option<u64> {
+        let mut largest: BTreeMap<usize, u64> = BTreeMap::new();
+        let counted: Vec<(LinkKey, u64)> = if self.measuring.scout {
+            self.measuring.scraped.iter().map(|(key, size)| (*key, *size)).collect()
+        } else {
+            self.reach.others().collect()
+        };
+        for ((swarm, _), size) in counted {
+            let entry = largest.entry(swarm).or_default();
+            *entry = (*entry).max(size);
+        }
+        (!largest.is_empty()).then(|| largest.values().fold(0u64, |a, b| a.saturating_add(*b)))
+    }
+
+    /// Says the swarm size to the host when it changed.
+    fn say_swarm_size(&mut self, out: &mut Vec<Command>) {
+        let size = self.swarm_size();
+        if let Some(viewers) = size
+            && size != self.measuring.said
+        {
+            self.measuring.said = size;
+            superpeer_guest::swarm_size(out, viewers);
         }
     }
 }

@@ -61,8 +61,17 @@ impl Seeder {
                     self.reach.swarm_size((swarm, conn), complete, incomplete);
                 }
             }
+            Ok(TrackerMessage::Scrape(sizes)) if self.measuring.scout => {
+                for (info_hash, members) in sizes {
+                    if let Some(swarm) = self.swarm_of(&info_hash) {
+                        self.measuring.scraped.insert((swarm, conn), members);
+                    }
+                }
+            }
             Ok(TrackerMessage::Failure(reason)) => log(&format!("tracker refused: {reason}")),
-            Ok(TrackerMessage::Warning(_) | TrackerMessage::Ignored) => {}
+            Ok(
+                TrackerMessage::Warning(_) | TrackerMessage::Ignored | TrackerMessage::Scrape(_),
+            ) => {}
             Err(error) => log(&format!("unreadable tracker message: {error}")),
         }
     }
@@ -75,6 +84,7 @@ impl Seeder {
     /// every stream whose segments changed hear what it has now, so a burst of changes
     /// makes one announcement.
     pub(crate) fn flush(&mut self, out: &mut Vec<Command>) {
+        self.say_swarm_size(out);
         for due in self.reach.take_due(self.now_ms) {
             let (index, conn) = due.key;
             let swarm = &self.swarms[index];

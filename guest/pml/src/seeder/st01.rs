@@ -13,7 +13,7 @@ use serde::Deserialize;
 use superpeer_guest::{FetchId, PeerId, SegmentHandle};
 use superpeer_segments::{Numbering, Streams};
 
-use super::{PendingAnswer, Seeder, Swarm, Viewer};
+use super::{Measuring, PendingAnswer, Seeder, Swarm, Viewer};
 use crate::context::Context;
 use crate::reach::Reach;
 use crate::swarm::Identity;
@@ -92,6 +92,7 @@ impl SeederSt01 {
             reach: self.reach,
             now_ms: self.now_ms,
             offer_allowance: HashMap::new(),
+            measuring: Measuring::default(),
         }
     }
 }

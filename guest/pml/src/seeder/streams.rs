@@ -15,11 +15,12 @@ impl Seeder {
         random: &mut dyn FnMut() -> u64,
         out: &mut Vec<Command>,
     ) {
-        if self.streams.levels() > 0 {
+        if !self.swarms.is_empty() {
             return;
         }
-        for listed in renditions(url, text) {
-            let stream = self.streams.levels();
+        for (position, listed) in renditions(url, text).into_iter().enumerate() {
+            // A scout reads no playlist and keeps no segment: its swarms name no level.
+            let stream = if self.measuring.scout { position } else { self.streams.levels() };
             let mut new_swarms = Vec::new();
             for identity in self.identities.clone() {
                 let index = match identity {
@@ -45,11 +46,14 @@ impl Seeder {
                 continue;
             }
             let playlist_url = playlist::without_query(&listed.url).to_string();
-            self.streams(out, |streams, lend| streams.add_level(listed.url, lend));
+            if !self.measuring.scout {
+                self.streams(out, |streams, lend| streams.add_level(listed.url, lend));
+            }
             for swarm in new_swarms {
                 log(&format!(
-                    "joining the swarm of {playlist_url} as p2p-media-loader {} names it: info \
+                    "{} the swarm of {playlist_url} as p2p-media-loader {} names it: info \
                      hash {}, peer id {}",
+                    if self.measuring.scout { "measuring" } else { "joining" },
                     swarm.identity.name(),
                     swarm.info_hash,
                     swarm.peer_id

@@ -20,6 +20,7 @@ fn config(token: &str, max_connections: u32) -> SeedConfig {
         max_connections,
         label: String::new(),
         settings: vec![("token".into(), token.into())],
+        scout: false,
     }
 }
 

@@ -70,7 +70,8 @@ fn read_manifest(seeder: &mut Seeder, url: &str, text: &str, open: &[ConnId]) ->
 
 /// A seeder that has read the master playlist, with one tracker open.
 fn started() -> (Seeder, u64) {
-    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
+    let mut seeder =
+        Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), false);
     let out = read_manifest(&mut seeder, MANIFEST, MASTER, &[7]);
     let (playlist, url) = texts(&out)[0].clone();
     assert_eq!(url, "http://o.example/live/720p.m3u8");
@@ -275,7 +276,7 @@ fn answers_offers_in_its_swarms_through_the_same_tracker() {
 #[test]
 fn vod_ids_are_positions_and_a_media_playlist_alone_is_one_rendition() {
     let url = "http://o.example/vod/index.m3u8";
-    let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
+    let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default(), false);
     let mut out = read_manifest(&mut seeder, url, &media(5, 3, true), &[]);
     assert_eq!((seeder.streams.levels(), seeder.swarms.len()), (1, 2));
     let (playlist, playlist_url) = texts(&out)[0].clone();
@@ -400,7 +401,7 @@ fn vod_serving() -> (Seeder, PeerId, u64) {
 /// `on_disk(n)`; also every question asked of it, in batches.
 fn vod_serving_with_disk(on_disk: fn(u64) -> bool) -> (Seeder, PeerId, u64, Vec<Vec<String>>) {
     let url = "http://o.example/vod/index.m3u8";
-    let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default());
+    let mut seeder = Seeder::new(url.into(), Some(url.into()), 10, Settings::default(), false);
     let mut out = read_manifest(&mut seeder, url, &media(0, 200, true), &[7]);
     let (playlist, _) = texts(&out)[0].clone();
     out.clear();
@@ -472,7 +473,7 @@ const LADDER: &str = "#EXTM3U
 /// The swarms a seeder joins for `manifest` (fetched from `url`): per stream's
 /// playlist, each generation's info hash.
 fn swarms_of(swarm_id: &str, url: &str, manifest: &str) -> Vec<(String, Identity, String)> {
-    let mut seeder = Seeder::new(swarm_id.into(), Some(url.into()), 10, Settings::default());
+    let mut seeder = Seeder::new(swarm_id.into(), Some(url.into()), 10, Settings::default(), false);
     read_manifest(&mut seeder, url, manifest, &[]);
     seeder
         .swarms
@@ -609,3 +610,84 @@ fn positions_of_2_2_are_as_hls_js_lists_renditions() {
 }
 
 mod serving;
+
+/// The host's clock for a turn at `now_ms`, then what flushing it commands.
+fn flushed(seeder: &mut Seeder, now_ms: u64) -> Vec<Command> {
+    seeder.begin_turn(now_ms);
+    let mut out = Vec::new();
+    seeder.flush(&mut out);
+    out
+}
+
+fn sizes_said(out: &[Command]) -> Vec<u64> {
+    picked(out, |c| match c {
+        Command::SwarmSize(n) => Some(*n),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_scout_scrapes_every_swarm_and_says_their_size_without_joining_or_fetching() {
+    let mut seeder =
+        Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), true);
+    let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
+    assert!(texts(&out).is_empty(), "no media playlist is read: {out:?}");
+    seeder.tracker_open(7, "ws://t.example/", &mut random(), &mut out);
+    seeder.tracker_open(9, "ws://u.example/", &mut random(), &mut out);
+    let hashes: Vec<String> = seeder.swarms.iter().map(|s| s.info_hash.clone()).collect();
+    assert_eq!(hashes.len(), 2, "both generations' swarms");
+    let sent: Vec<(u64, serde_json::Value)> = picked(&out, |c| match c {
+        Command::TrackerSend(s) => Some((s.conn, serde_json::from_str(&s.text).unwrap())),
+        _ => None,
+    });
+    let scrape = serde_json::json!({"action": "scrape", "info_hash": hashes});
+    assert_eq!(sent, [(7, scrape.clone()), (9, scrape)], "{out:?}");
+    assert!(
+        out.iter().all(|c| !matches!(c, Command::PeerOffer(_) | Command::FetchSegment(_))),
+        "a scout neither offers nor fetches: {out:?}"
+    );
+
+    // Nothing said before a tracker answers; then each swarm's largest count, summed.
+    assert!(sizes_said(&flushed(&mut seeder, 100)).is_empty());
+    let reply = |a: u64, b: u64| {
+        format!(
+            r#"{{"action":"scrape","files":{{"{}":{{"complete":0,"incomplete":{a}}},"{}":{{"complete":1,"incomplete":{b}}}}}}}"#,
+            hashes[0], hashes[1]
+        )
+    };
+    let mut out = Vec::new();
+    seeder.on_tracker_text(7, &reply(4, 2), &mut out);
+    seeder.on_tracker_text(9, &reply(5, 0), &mut out);
+    assert_eq!(sizes_said(&flushed(&mut seeder, 200)), [5 + 3]);
+    assert!(sizes_said(&flushed(&mut seeder, 300)).is_empty(), "said once until it changes");
+
+    // Scrapes again only after a while; goes without a goodbye (it never joined).
+    let mut out = Vec::new();
+    seeder.begin_turn(1_000);
+    seeder.plan((0, 7), &mut random(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    seeder.begin_turn(100 + SCRAPE_EVERY_MS);
+    seeder.plan((0, 7), &mut random(), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let mut out = Vec::new();
+    seeder.stop(&[7, 9], &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_seeder_says_its_swarms_size_from_announce_replies_itself_not_counted() {
+    let (mut seeder, _) = started();
+    assert!(sizes_said(&flushed(&mut seeder, 10)).is_empty());
+    let reply = |hash: &str, incomplete: u64| {
+        format!(
+            r#"{{"action":"announce","info_hash":"{hash}","interval":120,"complete":0,"incomplete":{incomplete}}}"#
+        )
+    };
+    let (first, second) = (seeder.swarms[0].info_hash.clone(), seeder.swarms[1].info_hash.clone());
+    let mut out = Vec::new();
+    seeder.on_tracker_text(7, &reply(&first, 6), &mut out);
+    seeder.on_tracker_text(7, &reply(&second, 3), &mut out);
+    assert_eq!(sizes_said(&flushed(&mut seeder, 20)), [5 + 2]);
+    seeder.on_tracker_text(7, &reply(&first, 1), &mut out);
+    assert_eq!(sizes_said(&flushed(&mut seeder, 30)), [2], "all but itself left one swarm");
+}

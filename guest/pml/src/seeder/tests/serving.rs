@@ -295,7 +295,8 @@ fn vod_segments_are_fetched_where_viewers_ask_and_held_within_a_bound() {
 
 #[test]
 fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
-    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
+    let mut seeder =
+        Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), false);
     let held = SegmentInfo {
         handle: 77,
         url: "http://o.example/live/seg101.ts".into(),
@@ -318,7 +319,8 @@ fn segments_an_earlier_instance_fetched_are_adopted_not_fetched_again() {
 
 #[test]
 fn a_failed_manifest_is_fetched_again_later() {
-    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default());
+    let mut seeder =
+        Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), false);
     let mut out = Vec::new();
     seeder.start(&mut out);
     let (manifest, _) = texts(&out)[0].clone();
@@ -393,7 +395,7 @@ fn audio_carried_by_the_first_level_moves_the_tracks_of_2_2_one_place() {
 #[test]
 fn a_seed_may_serve_one_generation_only() {
     let settings = Settings { identities: vec![Identity::V22], ..Settings::default() };
-    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, settings);
+    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, settings, false);
     read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     assert_eq!(seeder.swarms.len(), 1);
     assert_eq!(seeder.swarms[0].identity, Identity::V22);
@@ -402,7 +404,7 @@ fn a_seed_may_serve_one_generation_only() {
 #[test]
 fn reaches_viewers_with_offers_of_its_own_within_the_budget() {
     let settings = Settings { identities: vec![Identity::V23], ..Settings::default() };
-    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 3, settings);
+    let mut seeder = Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 3, settings, false);
     let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
     let hash = seeder.swarms[0].info_hash.clone();
 

@@ -1,0 +1,260 @@
+//! The master's side of automatic seeding: the candidate list (posted and saved, or
+//! read from `candidatesUrl`), the scouts that measure the candidates not seeded, and
+//! the seeds `autoseed.rs` decides to start or give back. The decisions are
+//! `autoseed.rs`'s; this file carries them out. It must never start or stop a seed the
+//! operator posted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::autoseed::{self, CandidateView, SCOUT_TIMEOUT, SCOUTS_AT_ONCE, Seeded};
+use super::handle::Message;
+use super::process::spawn_process;
+use super::seeds::{self, SeedItem, SeedRecord};
+use super::{Master, MasterError, STOP_GRACE, Seed};
+use crate::ipc::{FromWorker, ToWorker};
+
+/// Memory a scout may use for segments: it fetches none.
+const SCOUT_MEMORY_BUDGET: u64 = 8 << 20;
+
+/// A worker measuring one candidate.
+#[derive(Debug)]
+pub(super) struct Scout {
+    key: String,
+    started: Instant,
+    to_worker: mpsc::Sender<ToWorker>,
+    kill: Option<oneshot::Sender<()>>,
+    /// When it was asked to stop (it said a size, or took too long).
+    stopping: Option<Instant>,
+}
+
+/// What `GET /candidates` shows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidatesView {
+    /// `candidatesUrl`, or `posted` (`POST /candidates`).
+    pub source: String,
+    /// Why the last read of `candidatesUrl` failed (the list read before stays).
+    pub error: Option<String>,
+    pub threshold: u64,
+    pub grace_seconds: u64,
+    pub scouts: usize,
+    pub candidates: Vec<CandidateView>,
+}
+
+impl Master {
+    /// `POST /candidates`: the new list, saved before it is taken.
+    pub(super) fn set_candidates(&mut self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
+        if self.config.autoseed.candidates_url.is_some() {
+            return Err(MasterError::CandidatesFromUrl);
+        }
+        let records: Vec<SeedRecord> = items.iter().cloned().map(SeedRecord::from).collect();
+        self.candidate_store.save(&records).map_err(|e| MasterError::Persist(e.to_string()))?;
+        let count = items.len();
+        self.autoseed.set_candidates(items);
+        self.candidates_known = true;
+        Ok(count)
+    }
+
+    /// A read of `candidatesUrl` finished; a failed one keeps the list read before.
+    pub(super) fn candidates_read(&mut self, result: Result<Vec<SeedItem>, String>) {
+        match result {
+            Ok(items) => {
+                self.candidates_error = None;
+                self.autoseed.set_candidates(items);
+                self.candidates_known = true;
+            }
+            Err(error) => {
+                if self.candidates_error.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "could not read the candidate list; keeping the last one");
+                }
+                self.candidates_error = Some(error);
+            }
+        }
+    }
+
+    pub(super) fn candidates_view(&self) -> CandidatesView {
+        let config = &self.config.autoseed;
+        CandidatesView {
+            source: config.candidates_url.clone().unwrap_or_else(|| "posted".into()),
+            error: self.candidates_error.clone(),
+            threshold: config.threshold,
+            grace_seconds: config.grace.as_secs(),
+            scouts: self.scouts.len(),
+            candidates: self.autoseed.view(self.since_start(Instant::now()), &self.seeded()),
+        }
+    }
+
+    /// How each seeded channel came to be, by key.
+    fn seeded(&self) -> BTreeMap<String, Seeded> {
+        self.seeds
+            .iter()
+            .map(|s| {
+                let how = if s.item.auto { Seeded::Auto } else { Seeded::Manual };
+                (seeds::channel_key(&s.item.channel), how)
+            })
+            .collect()
+    }
+
+    /// Every tick: candidates seeded or given back as their swarms say, and scouts
+    /// started for those due a measure. Not before the list is known (a list that
+    /// could not be read yet would give back every automatic seed).
+    pub(super) fn auto_seed(&mut self, now: Instant) {
+        self.expire_scouts(now);
+        // Fleet mode: the fleet's seed list is in etcd, not this master's to change.
+        if !self.candidates_known || self.config.fleet.is_some() {
+            return;
+        }
+        let at = self.since_start(now);
+        let seeded = self.seeded();
+        let room = self.capacity().min(self.config.max_seeds).saturating_sub(self.seeds.len());
+        let decision = self.autoseed.decide(at, &seeded, room, &self.config.autoseed);
+        let changed = !decision.seed.is_empty() || !decision.release.is_empty();
+        for key in decision.release {
+            let channel = self
+                .seeds
+                .iter()
+                .find(|s| s.item.auto && seeds::channel_key(&s.item.channel) == key)
+                .map(|s| s.item.channel.clone());
+            if let Some(channel) = channel {
+                tracing::info!(%channel, "automatic seed given back: its swarms went cold");
+                self.remove_seed(&channel);
+            }
+        }
+        for item in decision.seed {
+            tracing::info!(channel = %item.channel, label = %item.label, "automatic seed: its swarms are busy");
+            self.seeds.push(Seed::new(item.into()));
+        }
+        if changed {
+            let _ = self.persist();
+        }
+        let scouting: BTreeSet<String> = self.scouts.values().map(|s| s.key.clone()).collect();
+        let room = SCOUTS_AT_ONCE.saturating_sub(self.scouts.len());
+        let every = self.config.autoseed.scout_every;
+        for item in self.autoseed.scouts_due(at, &seeded, &scouting, every, room) {
+            self.spawn_scout(&item, at);
+        }
+    }
+
+    fn spawn_scout(&mut self, item: &SeedItem, at: std::time::Duration) {
+        let key = seeds::channel_key(&item.channel);
+        let started = self.worker_start(item, true).and_then(|(_, mut start)| {
+            start.memory_budget = SCOUT_MEMORY_BUDGET;
+            spawn_process(&self.worker_log_format, &item.channel, start, self.tx.clone())
+                .map_err(|e| format!("could not start a scout: {e}"))
+        });
+        match started {
+            Ok((pid, to_worker, kill)) => {
+                tracing::debug!(pid, channel = %item.channel, "scout started");
+                let scout = Scout {
+                    key,
+                    started: Instant::now(),
+                    to_worker,
+                    kill: Some(kill),
+                    stopping: None,
+                };
+                self.scouts.insert(pid, scout);
+            }
+            Err(reason) => self.autoseed.failed(&key, reason, at),
+        }
+    }
+
+    /// Scouts that said nothing in time are stopped, and those that do not stop are
+    /// killed.
+    fn expire_scouts(&mut self, now: Instant) {
+        let at = self.since_start(now);
+        for (pid, scout) in &mut self.scouts {
+            match scout.stopping {
+                None if now.duration_since(scout.started) > SCOUT_TIMEOUT => {
+                    let reason = format!("said no size within {} s", SCOUT_TIMEOUT.as_secs());
+                    tracing::warn!(pid, %reason, "scout stopped");
+                    self.autoseed.failed(&scout.key, reason, at);
+                    scout.stopping = Some(now);
+                    let _ = scout.to_worker.try_send(ToWorker::Stop);
+                }
+                Some(since) if now.duration_since(since) > STOP_GRACE => {
+                    if let Some(kill) = scout.kill.take() {
+                        let _ = kill.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A message from a scout; false if `pid` is no scout.
+    pub(super) fn on_scout_message(&mut self, pid: u32, message: &FromWorker) -> bool {
+        let at = self.since_start(Instant::now());
+        let Some(scout) = self.scouts.get_mut(&pid) else { return false };
+        if let FromWorker::Report(report) = message
+            && let Some(viewers) = report.policy.swarm_size
+            && scout.stopping.is_none()
+        {
+            tracing::debug!(pid, viewers, "scout measured its candidate");
+            self.autoseed.measured(&scout.key, viewers, at);
+            scout.stopping = Some(Instant::now());
+            let _ = scout.to_worker.try_send(ToWorker::Stop);
+        }
+        true
+    }
+
+    /// A scout exited; false if `pid` is no scout.
+    pub(super) fn on_scout_exit(&mut self, pid: u32, code: Option<i32>) -> bool {
+        let Some(scout) = self.scouts.remove(&pid) else { return false };
+        if scout.stopping.is_none() {
+            let reason = format!("the scout exited ({code:?}) before it said a size; see its log");
+            self.autoseed.failed(&scout.key, reason, self.since_start(Instant::now()));
+        }
+        true
+    }
+
+    /// A scout whose channel broke is killed; false if `pid` is no scout.
+    pub(super) fn kill_scout(&mut self, pid: u32) -> bool {
+        let Some(scout) = self.scouts.get_mut(&pid) else { return false };
+        if let Some(kill) = scout.kill.take() {
+            let _ = kill.send(());
+        }
+        true
+    }
+
+    /// On shutdown: scouts have nothing to finish.
+    pub(super) fn kill_scouts(&mut self) {
+        for scout in self.scouts.values_mut() {
+            if let Some(kill) = scout.kill.take() {
+                let _ = kill.send(());
+            }
+        }
+    }
+}
+
+/// Reads `candidatesUrl` now and every `scoutIntervalSeconds`, for as long as the
+/// master runs.
+pub(super) async fn read_candidates_every(
+    url: String,
+    every: std::time::Duration,
+    master: mpsc::Sender<Message>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client builds");
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let result = async {
+            let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("{url} answered {}", response.status()));
+            }
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            autoseed::parse_candidates(&text).map_err(|e| format!("{url}: {e}"))
+        }
+        .await;
+        if master.send(Message::CandidatesRead(result)).await.is_err() {
+            return;
+        }
+    }
+}
