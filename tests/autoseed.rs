@@ -81,7 +81,7 @@ fn busy_candidates_are_seeded_by_themselves_and_an_emptied_one_is_given_back() {
         dir.join(ENV_FILE),
         format!(
             "candidatesUrl={}/candidates.json\nautoSeedViewers=2\nautoSeedGraceSeconds=3\n\
-             scoutIntervalSeconds=2\n",
+             scoutIntervalSeconds=2\nmaxSeeds=2\n",
             origin.url
         ),
     )
@@ -132,6 +132,22 @@ fn busy_candidates_are_seeded_by_themselves_and_an_emptied_one_is_given_back() {
     );
     let log = master.log.lock().unwrap().join("\n");
     assert!(log.contains("automatic seed given back"), "{log}");
+
+    // Seeds posted by the operator come first: with maxSeeds 2, a second one takes the
+    // automatic seed's place, and the candidate is not seeded again while there is no
+    // room, busy as it is.
+    let posted =
+        |id: &str| json!({"channel": channel(id), "url": origin.manifest, "signal1": tracker.url});
+    master.ok("POST", "/seed", json!({"list": [posted("empty")]}));
+    master.ok("POST", "/seed", json!({"list": [posted("busy")]}));
+    let view = master.wait_for_path("the warm one measured again", "/candidates", |v| {
+        candidate(v, "warm")["viewers"].as_u64() >= Some(2)
+    });
+    for (id, seeded) in
+        [("warm", Value::Null), ("busy", json!("manual")), ("empty", json!("manual"))]
+    {
+        assert_eq!(candidate(&view, id)["seeded"], seeded, "{id}: {view:#}");
+    }
     drop(warm);
     master.stop();
 }

@@ -71,6 +71,8 @@ pub enum FromWorker {
     Report(Box<WorkerReport>),
     /// Result of a [`ToWorker::Swap`].
     Swapped { result: Result<PolicyMeta, String> },
+    /// Its policy would not start (it refused the seed): why, just before it exits.
+    Failed { reason: String },
 }
 
 /// A worker's own figures; the master adds what it measures from outside (memory, CPU).

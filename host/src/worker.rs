@@ -60,7 +60,14 @@ where
         wall_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
     let config = start.seed.clone();
-    let mut runner = PolicyRunner::start(engine.clone(), policy, config, clock())?;
+    let mut runner = match PolicyRunner::start(engine.clone(), policy, config, clock()) {
+        Ok(runner) => runner,
+        Err(error) => {
+            let reason = error.to_string();
+            let _ = write_frame(&mut output, &FromWorker::Failed { reason }).await;
+            return Err(error.into());
+        }
+    };
     tracing::info!(policy = %runner.policy(), "worker started");
     write_frame(&mut output, &FromWorker::Ready { policy: runner.policy().clone() }).await?;
 

@@ -314,7 +314,7 @@ impl Fleet {
                         load,
                         seeds::MAX_REPLICAS as usize,
                     ),
-                    priority: record.item.priority,
+                    priority: record.item.scheduling_priority(),
                 }
             })
             .collect();

@@ -65,8 +65,8 @@ pub enum Seeded {
 pub struct Decision {
     /// Candidates to seed now (their items, `auto` set), hottest first.
     pub seed: Vec<SeedItem>,
-    /// Automatic seeds to stop (channel ids): cold for the grace period, or no longer
-    /// candidates.
+    /// Automatic seeds to stop, by key (`seeds::channel_key`): cold for the grace
+    /// period, or no longer candidates.
     pub release: Vec<String>,
 }
 
@@ -126,6 +126,12 @@ impl AutoSeed {
             let measure = self.measures.entry(key.to_string()).or_default();
             (measure.viewers, measure.at, measure.error) = (Some(viewers), Some(now), None);
         }
+    }
+
+    /// Forgets what was measured of a channel whose seed went (stopped, evicted, given
+    /// back): it is measured again before it may be seeded again.
+    pub fn forget(&mut self, key: &str) {
+        self.measures.remove(key);
     }
 
     /// A scout that said nothing: the candidate waits for the next round.

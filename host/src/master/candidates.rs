@@ -131,6 +131,7 @@ impl Master {
         if changed {
             let _ = self.persist();
         }
+        let seeded = self.seeded();
         let scouting: BTreeSet<String> = self.scouts.values().map(|s| s.key.clone()).collect();
         let room = SCOUTS_AT_ONCE.saturating_sub(self.scouts.len());
         let every = self.config.autoseed.scout_every;
@@ -189,14 +190,24 @@ impl Master {
     pub(super) fn on_scout_message(&mut self, pid: u32, message: &FromWorker) -> bool {
         let at = self.since_start(Instant::now());
         let Some(scout) = self.scouts.get_mut(&pid) else { return false };
-        if let FromWorker::Report(report) = message
-            && let Some(viewers) = report.policy.swarm_size
-            && scout.stopping.is_none()
-        {
-            tracing::debug!(pid, viewers, "scout measured its candidate");
-            self.autoseed.measured(&scout.key, viewers, at);
-            scout.stopping = Some(Instant::now());
-            let _ = scout.to_worker.try_send(ToWorker::Stop);
+        if scout.stopping.is_some() {
+            return true;
+        }
+        match message {
+            FromWorker::Report(report) => {
+                if let Some(viewers) = report.policy.swarm_size {
+                    tracing::debug!(pid, viewers, "scout measured its candidate");
+                    self.autoseed.measured(&scout.key, viewers, at);
+                    scout.stopping = Some(Instant::now());
+                    let _ = scout.to_worker.try_send(ToWorker::Stop);
+                }
+            }
+            // It exits now; its reason is the candidate's error.
+            FromWorker::Failed { reason } => {
+                self.autoseed.failed(&scout.key, format!("the scout's policy: {reason}"), at);
+                scout.stopping = Some(Instant::now());
+            }
+            FromWorker::Ready { .. } | FromWorker::Swapped { .. } => {}
         }
         true
     }

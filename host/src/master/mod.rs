@@ -263,7 +263,9 @@ impl Master {
             Message::StopAll(reply) => {
                 let count = self.seeds.len();
                 let result = self.save(&[]).map(|()| {
-                    self.seeds.clear();
+                    for seed in self.seeds.drain(..) {
+                        self.autoseed.forget(&seeds::channel_key(&seed.item.channel));
+                    }
                     let pids: Vec<u32> = self.workers.keys().copied().collect();
                     for pid in pids {
                         self.stop_worker(pid, Stopping::Retire);
@@ -354,12 +356,24 @@ impl Master {
             }
             placed.push(at);
         }
-        // Past the cap only by adding seeds: updating those there is always possible.
+        // Past the cap only by adding seeds: updating those there is always possible, and
+        // automatic seeds make room for the operator's.
+        let mut released = Vec::new();
         if list.len() > self.config.max_seeds && list.len() > self.seeds.len() {
-            return Err(MasterError::TooManySeeds {
-                would: list.len(),
-                max: self.config.max_seeds,
-            });
+            let excess = list.len() - self.config.max_seeds;
+            let posted: HashSet<usize> = placed.iter().copied().collect();
+            released = (self.seeds.iter().enumerate())
+                .filter(|(at, s)| s.item.auto && !posted.contains(at))
+                .map(|(_, s)| s.item.channel.clone())
+                .take(excess)
+                .collect();
+            if released.len() < excess {
+                return Err(MasterError::TooManySeeds {
+                    would: list.len() - released.len(),
+                    max: self.config.max_seeds,
+                });
+            }
+            list.retain(|r| !released.contains(&r.item.channel));
         }
         // Saved first: what the API acknowledges is what a restart brings back.
         self.save(&list)?;
@@ -375,6 +389,10 @@ impl Master {
                     self.seeds.push(Seed::new(item.into()));
                 }
             }
+        }
+        for channel in released {
+            tracing::info!(%channel, "automatic seed given back to make room for a posted one");
+            self.remove_seed(&channel);
         }
         Ok(self.seeds.len())
     }
@@ -435,6 +453,8 @@ impl Master {
     }
 
     fn remove_seed(&mut self, channel: &str) {
+        // Measured again before it may be seeded again automatically.
+        self.autoseed.forget(&seeds::channel_key(channel));
         self.seeds.retain(|s| s.item.channel != channel);
         let pids: Vec<u32> = self
             .workers
@@ -555,7 +575,7 @@ impl Master {
             .iter()
             .map(|s| SeedView {
                 channel: s.item.channel.clone(),
-                priority: s.item.priority,
+                priority: s.item.scheduling_priority(),
                 keep_alive: s.item.keep_alive,
                 max_connections: s.item.max_connections,
                 // A replacement starts once the old worker has exited: never two
@@ -692,6 +712,9 @@ impl Master {
             FromWorker::Ready { policy } => {
                 tracing::info!(pid, policy = %policy, "worker ready");
                 worker.policy = Some(policy);
+            }
+            FromWorker::Failed { reason } => {
+                tracing::error!(pid, channel = %worker.channel, %reason, "worker's policy would not start");
             }
             FromWorker::Report(report) => {
                 let now = Instant::now();

@@ -92,6 +92,9 @@ fn default_replicas() -> u32 {
 /// The most nodes one channel may ask for.
 pub const MAX_REPLICAS: u32 = 64;
 
+/// The largest `priority` either way.
+pub const MAX_PRIORITY: i64 = 1_000_000_000;
+
 fn default_max_connections() -> u32 {
     80
 }
@@ -213,6 +216,18 @@ impl SeedItem {
         self.protocol.as_deref().map_or(Ok(default), str::parse)
     }
 
+    /// Where the seed stands when capacity runs out: its `priority`, but an automatic
+    /// seed below every seed an operator posted (their priorities are at most a billion
+    /// either way), so automatic seeding never displaces nor crowds out a posted one.
+    pub fn scheduling_priority(&self) -> i64 {
+        const AUTOMATIC: i64 = -(1 << 40);
+        if self.auto {
+            AUTOMATIC + self.priority.clamp(-MAX_PRIORITY, MAX_PRIORITY)
+        } else {
+            self.priority
+        }
+    }
+
     /// The trackers this seed announces on: its own signals, else the defaults.
     pub fn trackers(&self, defaults: &[String]) -> Vec<String> {
         let own: Vec<String> = [&self.signal1, &self.signal2]
@@ -253,6 +268,13 @@ pub fn validate(request: &SeedRequest) -> Result<(), SeedError> {
                 index,
                 field: "maxConnections",
                 expected: "between 1 and 10000",
+            });
+        }
+        if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&item.priority) {
+            return Err(SeedError::Field {
+                index,
+                field: "priority",
+                expected: "between -1000000000 and 1000000000",
             });
         }
         if item.replicas == 0 || item.replicas > MAX_REPLICAS {
@@ -442,6 +464,24 @@ mod tests {
 
     fn item(json: &str) -> SeedItem {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn automatic_seeds_rank_below_every_posted_seed_in_their_own_order() {
+        let posted = |priority| SeedItem { priority, ..item(r#"{"channel": "YQ"}"#) };
+        let auto = |priority| SeedItem { auto: true, ..posted(priority) };
+        let lowest_posted = posted(-MAX_PRIORITY).scheduling_priority();
+        assert!(auto(MAX_PRIORITY).scheduling_priority() < lowest_posted);
+        assert!(auto(5).scheduling_priority() > auto(4).scheduling_priority());
+        assert_eq!(posted(7).scheduling_priority(), 7);
+        let request = |priority: i64| SeedRequest {
+            list: vec![PostedItem { item: posted(priority), unknown: BTreeMap::new() }],
+        };
+        assert!(validate(&request(MAX_PRIORITY)).is_ok());
+        assert!(matches!(
+            validate(&request(MAX_PRIORITY + 1)),
+            Err(SeedError::Field { field: "priority", .. })
+        ));
     }
 
     #[test]

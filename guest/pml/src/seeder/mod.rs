@@ -218,8 +218,9 @@ pub(crate) struct Measuring {
     scout: bool,
     /// A scout's last scrape of each swarm on each tracker.
     scraped: BTreeMap<LinkKey, u64>,
-    /// When each tracker was last scraped.
+    /// When each tracker was last scraped, and when the first scrape went.
     scraped_at: HashMap<ConnId, u64>,
+    first_scrape_ms: Option<u64>,
     /// The size last said to the host.
     said: Option<u64>,
 }
@@ -657,20 +658,32 @@ impl Seeder {
             return;
         }
         self.measuring.scraped_at.insert(conn, self.now_ms);
+        self.measuring.first_scrape_ms.get_or_insert(self.now_ms);
         let hashes: Vec<&str> = self.swarms.iter().map(|s| s.info_hash.as_str()).collect();
         out.push(Command::TrackerSend(TrackerSend { conn, text: announce::scrape(&hashes) }));
     }
 
     /// How many viewers the stream's swarms hold, us not counted: each swarm's largest
     /// count among the trackers (a viewer announces on all of them), summed over the
-    /// swarms (a viewer is in one at a time). None until a tracker has counted any.
+    /// swarms (a viewer is in one at a time). None until a tracker has counted any; for
+    /// a scout, until every tracker it scraped has answered for every swarm (or a
+    /// scrape's wait has passed: a tracker that never answers must not silence it).
     fn swarm_size(&self) -> Option<u64> {
-        let mut largest: BTreeMap<usize, u64> = BTreeMap::new();
-        let counted: Vec<(LinkKey, u64)> = if self.measuring.scout {
-            self.measuring.scraped.iter().map(|(key, size)| (*key, *size)).collect()
+        let measuring = &self.measuring;
+        let counted: Vec<(LinkKey, u64)> = if measuring.scout {
+            let answered = measuring.scraped_at.keys().all(|conn| {
+                (0..self.swarms.len()).all(|swarm| measuring.scraped.contains_key(&(swarm, *conn)))
+            });
+            let waited =
+                measuring.first_scrape_ms.is_some_and(|at| self.now_ms >= at + SCRAPE_EVERY_MS);
+            if !answered && !waited {
+                return None;
+            }
+            measuring.scraped.iter().map(|(key, size)| (*key, *size)).collect()
         } else {
             self.reach.others().collect()
         };
+        let mut largest: BTreeMap<usize, u64> = BTreeMap::new();
         for ((swarm, _), size) in counted {
             let entry = largest.entry(swarm).or_default();
             *entry = (*entry).max(size);

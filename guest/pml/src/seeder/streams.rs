@@ -60,9 +60,16 @@ impl Seeder {
                 ));
                 let index = self.swarms.len();
                 self.swarms.push(swarm);
-                for conn in open_trackers {
+                // A scout scrapes every swarm at once, below, once all are known.
+                let joining = if self.measuring.scout { &[][..] } else { open_trackers };
+                for conn in joining {
                     self.plan((index, *conn), random, out);
                 }
+            }
+        }
+        if self.measuring.scout {
+            for conn in open_trackers {
+                self.plan((0, *conn), random, out);
             }
         }
     }

@@ -630,9 +630,9 @@ fn sizes_said(out: &[Command]) -> Vec<u64> {
 fn a_scout_scrapes_every_swarm_and_says_their_size_without_joining_or_fetching() {
     let mut seeder =
         Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), true);
-    let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[]);
+    // One tracker is open before the manifest is read, the other opens after.
+    let mut out = read_manifest(&mut seeder, MANIFEST, MASTER, &[7]);
     assert!(texts(&out).is_empty(), "no media playlist is read: {out:?}");
-    seeder.tracker_open(7, "ws://t.example/", &mut random(), &mut out);
     seeder.tracker_open(9, "ws://u.example/", &mut random(), &mut out);
     let hashes: Vec<String> = seeder.swarms.iter().map(|s| s.info_hash.clone()).collect();
     assert_eq!(hashes.len(), 2, "both generations' swarms");
@@ -641,13 +641,14 @@ fn a_scout_scrapes_every_swarm_and_says_their_size_without_joining_or_fetching()
         _ => None,
     });
     let scrape = serde_json::json!({"action": "scrape", "info_hash": hashes});
-    assert_eq!(sent, [(7, scrape.clone()), (9, scrape)], "{out:?}");
+    assert_eq!(sent, [(7, scrape.clone()), (9, scrape)], "one scrape of all swarms each: {out:?}");
     assert!(
         out.iter().all(|c| !matches!(c, Command::PeerOffer(_) | Command::FetchSegment(_))),
         "a scout neither offers nor fetches: {out:?}"
     );
 
-    // Nothing said before a tracker answers; then each swarm's largest count, summed.
+    // Nothing said before every tracker answered; then each swarm's largest count,
+    // summed.
     assert!(sizes_said(&flushed(&mut seeder, 100)).is_empty());
     let reply = |a: u64, b: u64| {
         format!(
@@ -657,6 +658,7 @@ fn a_scout_scrapes_every_swarm_and_says_their_size_without_joining_or_fetching()
     };
     let mut out = Vec::new();
     seeder.on_tracker_text(7, &reply(4, 2), &mut out);
+    assert!(sizes_said(&flushed(&mut seeder, 150)).is_empty(), "tracker 9 has not answered");
     seeder.on_tracker_text(9, &reply(5, 0), &mut out);
     assert_eq!(sizes_said(&flushed(&mut seeder, 200)), [5 + 3]);
     assert!(sizes_said(&flushed(&mut seeder, 300)).is_empty(), "said once until it changes");
@@ -672,6 +674,20 @@ fn a_scout_scrapes_every_swarm_and_says_their_size_without_joining_or_fetching()
     let mut out = Vec::new();
     seeder.stop(&[7, 9], &mut out);
     assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_scout_whose_tracker_never_answers_says_what_the_others_counted_after_a_while() {
+    let mut seeder =
+        Seeder::new(MANIFEST.into(), Some(MANIFEST.into()), 10, Settings::default(), true);
+    seeder.begin_turn(0);
+    read_manifest(&mut seeder, MANIFEST, MASTER, &[7, 9]);
+    let files: Vec<String> =
+        seeder.swarms.iter().map(|s| format!(r#""{}":{{"incomplete":2}}"#, s.info_hash)).collect();
+    let reply = format!(r#"{{"action":"scrape","files":{{{}}}}}"#, files.join(","));
+    seeder.on_tracker_text(7, &reply, &mut Vec::new());
+    assert!(sizes_said(&flushed(&mut seeder, SCRAPE_EVERY_MS - 1)).is_empty());
+    assert_eq!(sizes_said(&flushed(&mut seeder, SCRAPE_EVERY_MS)), [4]);
 }
 
 #[test]
