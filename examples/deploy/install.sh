@@ -18,6 +18,8 @@ usage: install.sh [options]
   --etcd URLS       etcdEndpoints: join the fleet whose seed list is in this etcd
                     (http://host:2379, comma-separated)
   --node-name NAME  nodeName: this machine's name in the fleet (default: host name)
+  --candidates URL  candidatesUrl: seed the busiest of the channels this URL lists
+                    (automatic seeding)
   --binary FILE     install this superpeer binary instead of building one
   --prefix DIR      where the binary goes: DIR/bin (default /usr/local)
   --root DIR        install into DIR as if it were / (for images and packaging);
@@ -27,7 +29,7 @@ usage: install.sh [options]
 USAGE
 }
 
-port="" token="" signal="" public_ip="" etcd="" node_name="" binary="" prefix=/usr/local root="" start=yes
+port="" token="" signal="" public_ip="" etcd="" node_name="" candidates="" binary="" prefix=/usr/local root="" start=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port=${2:?--port needs a value}; shift 2 ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --public-ip) public_ip=${2:?--public-ip needs a value}; shift 2 ;;
     --etcd) etcd=${2:?--etcd needs a value}; shift 2 ;;
     --node-name) node_name=${2:?--node-name needs a value}; shift 2 ;;
+    --candidates) candidates=${2:?--candidates needs a value}; shift 2 ;;
     --binary) binary=${2:?--binary needs a value}; shift 2 ;;
     --prefix) prefix=${2:?--prefix needs a value}; shift 2 ;;
     --root) root=${2:?--root needs a value}; start=no; shift 2 ;;
@@ -103,6 +106,7 @@ has_key dataDir || set_key dataDir "$state_dir"
 [ -z "$public_ip" ] || set_key publicIp "$public_ip"
 [ -z "$etcd" ] || set_key etcdEndpoints "$etcd"
 [ -z "$node_name" ] || set_key nodeName "$node_name"
+[ -z "$candidates" ] || set_key candidatesUrl "$candidates"
 chmod 0640 "$staged_env"
 # The new binary checks the result the way it will at start-up.
 if ! "$binary" serve --check --env-file "$staged_env" >/dev/null; then

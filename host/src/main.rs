@@ -262,8 +262,9 @@ fn serve_main(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
                     node = %fleet_config.node_name, %address, etcd = ?fleet_config.endpoints,
                     "fleet mode: the seed list is the fleet's, in etcd"
                 );
+                let from_url = config.autoseed.candidates_url.is_some();
                 let (fleet, fleet_handle) =
-                    Fleet::new(fleet_config, address, handle.clone(), config.max_seeds);
+                    Fleet::new(fleet_config, address, handle.clone(), config.max_seeds, from_url);
                 control = control.with_fleet(fleet_handle);
                 Some(tokio::spawn(fleet.run(async move {
                     let _ = left.await;

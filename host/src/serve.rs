@@ -425,6 +425,7 @@ impl From<FleetError> for ApiError {
             FleetError::Etcd(_) => StatusCode::SERVICE_UNAVAILABLE,
             FleetError::TooManySeeds { .. } => StatusCode::BAD_REQUEST,
             FleetError::NoSuchChannel(_) => StatusCode::NOT_FOUND,
+            FleetError::CandidatesFromUrl => StatusCode::CONFLICT,
         };
         ApiError(status, error.to_string())
     }
@@ -558,19 +559,13 @@ async fn get_candidates(State(control): State<ControlPlane>) -> ApiResult {
     ok(json!(control.master.candidates().await?))
 }
 
-/// Replaces the candidate list: a `/seed` body (items may name only a `url`), or plain
-/// text with one manifest URL per line. Each item is checked with its policy as a seed
-/// is.
+/// Replaces the candidate list (in fleet mode the fleet's, in etcd): a `/seed` body
+/// (items may name only a `url`), or plain text with one manifest URL per line. Each
+/// item is checked with its policy as a seed is.
 async fn post_candidates(
     State(control): State<ControlPlane>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    if control.fleet.is_some() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "automatic seeding does not run in fleet mode yet: seed channels with /seed".into(),
-        ));
-    }
     let body = body_of(body)?;
     if body.len() > MAX_JSON_BODY {
         return Err(ApiError(
@@ -583,7 +578,10 @@ async fn post_candidates(
     let items = crate::master::autoseed::parse_candidates(text)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     check_with_policy(&control, &items).await?;
-    let count = control.master.set_candidates(items).await?;
+    let count = match &control.fleet {
+        Some(fleet) => fleet.set_candidates(items).await?,
+        None => control.master.set_candidates(items).await?,
+    };
     ok(json!({ "candidates": count }))
 }
 

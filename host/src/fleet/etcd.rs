@@ -140,11 +140,21 @@ impl Etcd {
     /// Writes every key at once, or none (one transaction); answers once etcd
     /// committed it.
     pub async fn put_all(&self, writes: &[(String, Vec<u8>)]) -> Result<(), EtcdError> {
-        let success: Vec<Value> = writes
-            .iter()
+        self.write(writes, &[]).await
+    }
+
+    /// Writes `puts` and deletes the keys `deletes`, all at once or none (one
+    /// transaction); answers once etcd committed it.
+    pub async fn write(
+        &self,
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<(), EtcdError> {
+        let success: Vec<Value> = (puts.iter())
             .map(|(key, value)| {
                 json!({ "request_put": { "key": BASE64.encode(key), "value": BASE64.encode(value) } })
             })
+            .chain(deletes.iter().map(|key| json!({ "request_delete_range": { "key": BASE64.encode(key) } })))
             .collect();
         self.call("/v3/kv/txn", json!({ "success": success })).await.map(drop)
     }

@@ -15,6 +15,11 @@
 //! that is to give a channel up says it has (a channel stops before it starts
 //! elsewhere). Channels that would move between live nodes (a node joined) move a few
 //! a round (`placement::step`); those of a dead node move at once.
+//!
+//! Automatic seeding across the fleet: the candidate list is a key in etcd, each node
+//! record carries its channels' swarm sizes, and every turn each master hears the
+//! candidates, the seeds and those sizes; the node first in rank for a fixed name
+//! leads (its master scouts and decides), and its decisions are written here.
 
 pub mod etcd;
 pub mod placement;
@@ -27,9 +32,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use crate::master::autoseed::Seeded;
 use crate::master::config::FleetConfig;
 use crate::master::seeds::{self, SeedItem, SeedRecord};
-use crate::master::{MasterError, MasterHandle};
+use crate::master::{FleetRound, MasterError, MasterHandle};
 use etcd::{Etcd, EtcdError};
 use placement::{Load, Node, Running, Want};
 
@@ -55,6 +61,10 @@ pub struct NodeRecord {
     /// (`placement::step`).
     #[serde(default)]
     pub claiming: Vec<String>,
+    /// The viewers in each of its channels' swarms, as its workers last said (automatic
+    /// seeding's measure of a seeded channel).
+    #[serde(default)]
+    pub channel_swarms: BTreeMap<String, u64>,
 }
 
 /// The fleet as the last read of etcd showed it.
@@ -84,14 +94,20 @@ pub struct NodeView {
     pub placed: Vec<String>,
 }
 
-/// The API's side of the fleet: seed writes and the fleet's view.
+/// The API's side of the fleet: seed and candidate writes, and the fleet's view.
 #[derive(Debug, Clone)]
 pub struct FleetHandle {
     etcd: Etcd,
     prefix: String,
     max_seeds: usize,
+    /// The candidate list is read from `candidatesUrl`: not the API's to change.
+    candidates_from_url: bool,
     view: Arc<Mutex<FleetView>>,
 }
+
+/// The node that leads automatic seeding (scouts and decides): the one that ranks
+/// first for this name among the live nodes, as every node computes alike.
+const AUTOSEED_LEADER: &str = "superpeer: automatic seeding";
 
 /// Why a fleet request could not be done.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,6 +118,8 @@ pub enum FleetError {
     TooManySeeds { would: usize, max: usize },
     #[error("no seed for channel {0:?}")]
     NoSuchChannel(String),
+    #[error("the candidate list is read from candidatesUrl; change it there")]
+    CandidatesFromUrl,
     #[error(transparent)]
     Master(#[from] MasterError),
 }
@@ -116,12 +134,23 @@ fn nodes_prefix(prefix: &str) -> String {
 
 /// A seed's key: its channel in one spelling, so every spelling of an id is one seed.
 fn seed_key(prefix: &str, channel: &str) -> String {
-    format!("{}{}", seeds_prefix(prefix), URL_SAFE_NO_PAD.encode(seeds::channel_key(channel)))
+    seed_key_of(prefix, &seeds::channel_key(channel))
+}
+
+/// The seed key of a channel key (`seeds::channel_key`).
+fn seed_key_of(prefix: &str, key: &str) -> String {
+    format!("{}{}", seeds_prefix(prefix), URL_SAFE_NO_PAD.encode(key))
+}
+
+/// Where the fleet's candidate list is kept (automatic seeding).
+fn candidates_key(prefix: &str) -> String {
+    format!("{prefix}/candidates")
 }
 
 impl FleetHandle {
     /// Adds or updates seeds, all at once; answers once etcd committed them. A re-seed
-    /// replaces the options, as on one machine.
+    /// replaces the options, as on one machine, and automatic seeds make room for
+    /// posted ones past `maxSeeds`.
     pub async fn seed(&self, items: Vec<SeedItem>) -> Result<usize, FleetError> {
         let existing = self.etcd.list(&seeds_prefix(&self.prefix)).await?;
         let known: BTreeSet<&str> = existing.iter().map(|kv| kv.key.as_str()).collect();
@@ -135,12 +164,36 @@ impl FleetHandle {
             .collect();
         let added: BTreeSet<&str> =
             writes.iter().map(|(key, _)| key.as_str()).filter(|key| !known.contains(key)).collect();
-        let would = existing.len() + added.len();
+        let mut would = existing.len() + added.len();
+        let mut released = Vec::new();
         if !added.is_empty() && would > self.max_seeds {
-            return Err(FleetError::TooManySeeds { would, max: self.max_seeds });
+            let posted: BTreeSet<&str> = writes.iter().map(|(key, _)| key.as_str()).collect();
+            released = (existing.iter())
+                .filter(|kv| !posted.contains(kv.key.as_str()))
+                .filter(|kv| {
+                    serde_json::from_slice::<SeedRecord>(&kv.value).is_ok_and(|r| r.item.auto)
+                })
+                .map(|kv| kv.key.clone())
+                .take(would - self.max_seeds)
+                .collect();
+            would -= released.len();
+            if would > self.max_seeds {
+                return Err(FleetError::TooManySeeds { would, max: self.max_seeds });
+            }
         }
-        self.etcd.put_all(&writes).await?;
+        self.etcd.write(&writes, &released).await?;
         Ok(would)
+    }
+
+    /// Replaces the fleet's candidate list (automatic seeding); answers once committed.
+    pub async fn set_candidates(&self, items: Vec<SeedItem>) -> Result<usize, FleetError> {
+        if self.candidates_from_url {
+            return Err(FleetError::CandidatesFromUrl);
+        }
+        let records: Vec<SeedRecord> = items.into_iter().map(SeedRecord::from).collect();
+        let value = serde_json::to_vec(&records).expect("seed records serialise");
+        self.etcd.put(&candidates_key(&self.prefix), &value, 0).await?;
+        Ok(records.len())
     }
 
     /// Removes one seed, named by its channel id; answers once committed.
@@ -183,6 +236,7 @@ pub struct Fleet {
     told: bool,
     /// The channels this node claims, said in its record.
     claiming: Vec<String>,
+    max_seeds: usize,
 }
 
 impl Fleet {
@@ -193,6 +247,7 @@ impl Fleet {
         address: String,
         master: MasterHandle,
         max_seeds: usize,
+        candidates_from_url: bool,
     ) -> (Fleet, FleetHandle) {
         let etcd = Etcd::new(config.endpoints.clone(), CALL_TIMEOUT);
         let view = Arc::new(Mutex::new(FleetView {
@@ -204,8 +259,10 @@ impl Fleet {
             etcd: etcd.clone(),
             prefix: config.prefix.clone(),
             max_seeds,
+            candidates_from_url,
             view: view.clone(),
         };
+        let max_seeds = handle.max_seeds;
         let fleet = Fleet {
             config,
             address,
@@ -219,6 +276,7 @@ impl Fleet {
             assigned: BTreeMap::new(),
             told: false,
             claiming: Vec::new(),
+            max_seeds,
         };
         (fleet, handle)
     }
@@ -254,9 +312,13 @@ impl Fleet {
         self.renew().await?;
         let stats = self.master.stats().await?;
         let mut channel_viewers: BTreeMap<String, u64> = BTreeMap::new();
+        let mut channel_swarms: BTreeMap<String, u64> = BTreeMap::new();
         for worker in stats.workers.values() {
-            *channel_viewers.entry(seeds::channel_key(&worker.channel_id)).or_default() +=
-                u64::from(worker.peers);
+            let key = seeds::channel_key(&worker.channel_id);
+            if let Some(viewers) = worker.policy_stats.swarm_size {
+                channel_swarms.insert(key.clone(), viewers);
+            }
+            *channel_viewers.entry(key).or_default() += u64::from(worker.peers);
         }
         let me = NodeRecord {
             name: self.config.node_name.clone(),
@@ -264,6 +326,7 @@ impl Fleet {
             capacity: stats.master.capacity,
             channel_viewers,
             claiming: self.claiming.clone(),
+            channel_swarms,
         };
         let lease = self.lease.expect("renewed");
         let key = format!("{}{}", nodes_prefix(&self.config.prefix), self.config.node_name);
@@ -275,8 +338,17 @@ impl Fleet {
         let (nodes_at, seeds_at) =
             (nodes_prefix(&self.config.prefix), seeds_prefix(&self.config.prefix));
         let (mut nodes, mut records) = (Vec::<NodeRecord>::new(), BTreeMap::new());
+        let mut candidates = Vec::new();
+        let candidates_at = candidates_key(&self.config.prefix);
         for kv in self.etcd.list(&format!("{}/", self.config.prefix)).await? {
-            if kv.key.starts_with(&nodes_at) {
+            if kv.key == candidates_at {
+                match serde_json::from_slice::<Vec<SeedRecord>>(&kv.value) {
+                    Ok(list) => candidates = list.into_iter().map(|r| r.item).collect(),
+                    Err(error) => {
+                        tracing::warn!(%error, "fleet: a candidate list this version cannot read");
+                    }
+                }
+            } else if kv.key.starts_with(&nodes_at) {
                 nodes.extend(serde_json::from_slice(&kv.value).ok());
             } else if kv.key.starts_with(&seeds_at) {
                 match serde_json::from_slice::<SeedRecord>(&kv.value) {
@@ -348,6 +420,8 @@ impl Fleet {
             self.told = true;
         }
 
+        self.auto_seed(candidates, &nodes, &records).await?;
+
         let mut view = self.view.lock().expect("the view's lock is never poisoned");
         view.etcd = "ok".into();
         view.seeds = records.len();
@@ -365,6 +439,62 @@ impl Fleet {
                 NodeView { record, running, viewers, placed }
             })
             .collect();
+        Ok(())
+    }
+
+    /// Automatic seeding's turn: every node's master hears the fleet's candidates,
+    /// seeds and swarm sizes; the leader's also scouts and decides, and the seeds it
+    /// starts or gives back are written here, all at once.
+    async fn auto_seed(
+        &mut self,
+        candidates: Vec<SeedItem>,
+        nodes: &[NodeRecord],
+        records: &BTreeMap<String, SeedRecord>,
+    ) -> Result<(), FleetError> {
+        let fleet: Vec<Node> =
+            nodes.iter().map(|n| Node { name: n.name.clone(), capacity: n.capacity }).collect();
+        let leader = placement::rank(&fleet, AUTOSEED_LEADER).first().map(|n| n.to_string());
+        let Some(leader) = leader else { return Ok(()) };
+        let mut measured: BTreeMap<String, u64> = BTreeMap::new();
+        for (key, viewers) in nodes.iter().flat_map(|n| &n.channel_swarms) {
+            let most = measured.entry(key.clone()).or_default();
+            *most = (*most).max(*viewers);
+        }
+        let capacity: usize = nodes.iter().map(|n| n.capacity).sum();
+        let asked: usize = records.values().map(|r| r.item.replicas as usize).sum();
+        let round = FleetRound {
+            candidates,
+            seeded: records
+                .iter()
+                .map(|(key, r)| {
+                    (key.clone(), if r.item.auto { Seeded::Auto } else { Seeded::Manual })
+                })
+                .collect(),
+            measured,
+            room: capacity.saturating_sub(asked).min(self.max_seeds.saturating_sub(records.len())),
+            lead: leader == self.config.node_name,
+            leader,
+        };
+        let decision = self.master.fleet_auto_seed(round).await?;
+        if decision.seed.is_empty() && decision.release.is_empty() {
+            return Ok(());
+        }
+        let prefix = &self.config.prefix;
+        let puts: Vec<(String, Vec<u8>)> = (decision.seed.iter())
+            .map(|item| {
+                tracing::info!(channel = %item.channel, "fleet: automatic seed: its swarms are busy");
+                let record = serde_json::to_vec(&SeedRecord::from(item.clone()))
+                    .expect("a seed record serialises");
+                (seed_key(prefix, &item.channel), record)
+            })
+            .collect();
+        let deletes: Vec<String> = (decision.release.iter())
+            .map(|key| {
+                tracing::info!(channel = %key, "fleet: automatic seed given back: its swarms went cold");
+                seed_key_of(prefix, key)
+            })
+            .collect();
+        self.etcd.write(&puts, &deletes).await?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::autoseed::{self, CandidateView, SCOUT_TIMEOUT, SCOUTS_AT_ONCE, Seeded};
+use super::autoseed::{self, CandidateView, Decision, SCOUT_TIMEOUT, SCOUTS_AT_ONCE, Seeded};
 use super::handle::Message;
 use super::process::spawn_process;
 use super::seeds::{self, SeedItem, SeedRecord};
@@ -19,6 +19,22 @@ use crate::ipc::{FromWorker, ToWorker};
 
 /// Memory a scout may use for segments: it fetches none.
 const SCOUT_MEMORY_BUDGET: u64 = 8 << 20;
+
+/// What the fleet hands its master each turn for automatic seeding.
+#[derive(Debug, Clone, Default)]
+pub struct FleetRound {
+    /// The fleet's candidate list (unless this node reads `candidatesUrl`).
+    pub candidates: Vec<SeedItem>,
+    /// Every seed in the fleet's list, by key.
+    pub seeded: BTreeMap<String, Seeded>,
+    /// The viewers each seeded channel's swarms hold, as its nodes' workers said.
+    pub measured: BTreeMap<String, u64>,
+    /// Seeds the fleet has room for.
+    pub room: usize,
+    /// The node that scouts and decides, and whether it is this one.
+    pub leader: String,
+    pub lead: bool,
+}
 
 /// A worker measuring one candidate.
 #[derive(Debug)]
@@ -42,11 +58,13 @@ pub struct CandidatesView {
     pub threshold: u64,
     pub grace_seconds: u64,
     pub scouts: usize,
+    /// Fleet mode: the node that scouts and decides (it has the scouts' measures).
+    pub leader: Option<String>,
     pub candidates: Vec<CandidateView>,
 }
 
 impl Master {
-    /// `POST /candidates`: the new list, saved before it is taken.
+    /// `POST /candidates` on one machine: the new list, saved before it is taken.
     pub(super) fn set_candidates(&mut self, items: Vec<SeedItem>) -> Result<usize, MasterError> {
         if self.config.autoseed.candidates_url.is_some() {
             return Err(MasterError::CandidatesFromUrl);
@@ -78,13 +96,16 @@ impl Master {
 
     pub(super) fn candidates_view(&self) -> CandidatesView {
         let config = &self.config.autoseed;
+        let seeded =
+            if self.config.fleet.is_some() { self.fleet_seeded.clone() } else { self.seeded() };
         CandidatesView {
             source: config.candidates_url.clone().unwrap_or_else(|| "posted".into()),
             error: self.candidates_error.clone(),
             threshold: config.threshold,
             grace_seconds: config.grace.as_secs(),
             scouts: self.scouts.len(),
-            candidates: self.autoseed.view(self.since_start(Instant::now()), &self.seeded()),
+            leader: self.fleet_leader.clone(),
+            candidates: self.autoseed.view(self.since_start(Instant::now()), &seeded),
         }
     }
 
@@ -132,10 +153,45 @@ impl Master {
             let _ = self.persist();
         }
         let seeded = self.seeded();
+        self.start_scouts(at, &seeded);
+    }
+
+    /// Fleet mode, every turn of the fleet: the fleet's candidates, seeds and the swarm
+    /// sizes the nodes' workers said. The node that leads automatic seeding (`lead`)
+    /// also scouts and decides; the fleet writes the decision to etcd.
+    pub(super) fn fleet_auto_seed(&mut self, round: FleetRound) -> Decision {
+        let at = self.since_start(Instant::now());
+        if self.config.autoseed.candidates_url.is_none() {
+            self.autoseed.set_candidates(round.candidates);
+            self.candidates_known = true;
+        }
+        // A seed that went since the last round is measured again before it may be
+        // seeded again, as on one machine.
+        for key in self.fleet_seeded.keys().filter(|key| !round.seeded.contains_key(*key)) {
+            self.autoseed.forget(key);
+        }
+        for (key, viewers) in &round.measured {
+            self.autoseed.measured(key, *viewers, at);
+        }
+        self.fleet_seeded = round.seeded;
+        self.fleet_leader = Some(round.leader.clone());
+        if !round.lead || !self.candidates_known {
+            return Decision::default();
+        }
+        let decision =
+            self.autoseed.decide(at, &self.fleet_seeded, round.room, &self.config.autoseed);
+        let mut seeded = self.fleet_seeded.clone();
+        seeded.extend(decision.seed.iter().map(|i| (seeds::channel_key(&i.channel), Seeded::Auto)));
+        self.start_scouts(at, &seeded);
+        decision
+    }
+
+    /// Scouts for the candidates due a measure, as many as may run.
+    fn start_scouts(&mut self, at: std::time::Duration, seeded: &BTreeMap<String, Seeded>) {
         let scouting: BTreeSet<String> = self.scouts.values().map(|s| s.key.clone()).collect();
         let room = SCOUTS_AT_ONCE.saturating_sub(self.scouts.len());
         let every = self.config.autoseed.scout_every;
-        for item in self.autoseed.scouts_due(at, &seeded, &scouting, every, room) {
+        for item in self.autoseed.scouts_due(at, seeded, &scouting, every, room) {
             self.spawn_scout(&item, at);
         }
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::candidates::CandidatesView;
+use super::autoseed::Decision;
+use super::candidates::{CandidatesView, FleetRound};
 use super::seeds::{SeedItem, SeedRecord};
 use super::views::{HistoryView, PingView, PolicyView, SeedPolicy, StatsView};
 use crate::ipc::FromWorker;
@@ -56,6 +57,7 @@ pub(super) enum Message {
     Candidates(Reply<CandidatesView>),
     /// A read of `candidatesUrl` finished.
     CandidatesRead(Result<Vec<SeedItem>, String>),
+    FleetAutoSeed(Box<FleetRound>, Reply<Decision>),
     Shutdown(Reply<()>),
     FromWorker(u32, Box<FromWorker>),
     /// A worker's channel delivered something that is not a frame.
@@ -148,6 +150,11 @@ impl MasterHandle {
     }
     pub async fn candidates(&self) -> Result<CandidatesView, MasterError> {
         self.ask(Message::Candidates).await
+    }
+    /// Fleet mode: this turn's automatic seeding; what to write to the fleet's list
+    /// (nothing unless this node leads).
+    pub async fn fleet_auto_seed(&self, round: FleetRound) -> Result<Decision, MasterError> {
+        self.ask(|r| Message::FleetAutoSeed(Box::new(round), r)).await
     }
     /// Stops every worker cleanly and ends the master task.
     pub async fn shutdown(&self) {

@@ -29,8 +29,8 @@ use crate::ipc::{FromWorker, ToWorker, WorkerReport, WorkerStart};
 use crate::policy::{AdmittedPolicy, PolicyMeta};
 use crate::protocol::Protocol;
 use autoseed::AutoSeed;
-pub use candidates::CandidatesView;
 use candidates::Scout;
+pub use candidates::{CandidatesView, FleetRound};
 use config::MasterConfig;
 use handle::Message;
 pub use handle::{MasterError, MasterHandle, PolicyTarget};
@@ -141,6 +141,9 @@ pub struct Master {
     candidate_store: SeedStore,
     candidates_known: bool,
     candidates_error: Option<String>,
+    /// Fleet mode: the fleet's seeds at the last round, and who leads automatic seeding.
+    fleet_seeded: BTreeMap<String, autoseed::Seeded>,
+    fleet_leader: Option<String>,
     _data_lock: std::fs::File,
 }
 
@@ -207,6 +210,8 @@ impl Master {
             candidate_store,
             candidates_known,
             candidates_error: None,
+            fleet_seeded: BTreeMap::new(),
+            fleet_leader: None,
             _data_lock: data_lock,
         };
         Ok((master, handle))
@@ -309,6 +314,9 @@ impl Master {
                 let _ = reply.send(self.candidates_view());
             }
             Message::CandidatesRead(result) => self.candidates_read(result),
+            Message::FleetAutoSeed(round, reply) => {
+                let _ = reply.send(self.fleet_auto_seed(*round));
+            }
             Message::Shutdown(_) => unreachable!("handled by run"),
             Message::FromWorker(pid, message) => {
                 if !self.on_scout_message(pid, &message) {
