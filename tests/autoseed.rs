@@ -129,6 +129,8 @@ fn busy_candidates_are_seeded_by_themselves_and_an_emptied_one_is_given_back() {
     eprintln!("candidates once seeded: {view:#}");
     assert_eq!(candidate(&view, "empty")["seeded"], Value::Null, "{view:#}");
     assert_eq!(view["source"], format!("{}/candidates.json", origin.url));
+    let (status, answer) = master.request("POST", "/candidates", b"http://o.example/a.m3u8");
+    assert_eq!(status, 409, "the list is candidatesUrl's: {answer}");
 
     // The automatic seeds are real: their workers reach the viewers already there.
     let stats = master.wait_for("both automatic seeds connected to viewers", |stats| {

@@ -229,6 +229,19 @@ fn bad_requests_over_http_get_a_4xx_and_harm_no_worker() {
         ("POST", "/policy", b"\0asm\x0d\0\x01\0", 422),
         ("PUT", "/stats", b"", 405),
         ("POST", "/seed", b"{\"list\": [{\"channel\": \"YQ\", \"replicas\": 0}]}", 400),
+        ("POST", "/seed", b"{\"list\": [{\"channel\": \"YQ\", \"auto\": true}]}", 400),
+        ("POST", "/seed", b"{\"list\": [{\"channel\": \"YQ\", \"priority\": 1e12}]}", 400),
+        ("POST", "/candidates", b"{\"list\": [", 400),
+        ("POST", "/candidates", b"ftp://o.example/a.m3u8", 400),
+        ("POST", "/candidates", b"http://o.example/a.m3u8\nnot a url", 400),
+        (
+            "POST",
+            "/candidates",
+            b"{\"list\": [{\"url\": \"http://o.example/a.m3u8\", \"x\": 1}]}",
+            400,
+        ),
+        ("POST", "/candidates", b"\xff\xfe", 400),
+        ("POST", "/candidates", &huge, 413),
         // Not in a fleet.
         ("GET", "/fleet", b"", 404),
     ];
@@ -240,6 +253,8 @@ fn bad_requests_over_http_get_a_4xx_and_harm_no_worker() {
     let stats = master.stats();
     assert_eq!(one_worker(&stats, &live), Some(pid), "the worker is untouched");
     assert_eq!(stats["master"]["seeds"], 1, "nothing bad was taken");
+    let candidates = master.ok("GET", "/candidates", Value::Null);
+    assert_eq!(candidates["candidates"], json!([]), "no bad candidate was taken: {candidates}");
     master.stop();
 }
 

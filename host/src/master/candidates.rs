@@ -17,6 +17,8 @@ use super::seeds::{self, SeedItem, SeedRecord};
 use super::{Master, MasterError, STOP_GRACE, Seed};
 use crate::ipc::{FromWorker, ToWorker};
 
+/// The largest candidate list read from `candidatesUrl` (a thousand items with room).
+const MAX_CANDIDATES_BYTES: usize = 4 << 20;
 /// Memory a scout may use for segments: it fetches none.
 const SCOUT_MEMORY_BUDGET: u64 = 8 << 20;
 
@@ -316,7 +318,15 @@ pub(super) async fn read_candidates_every(
             if !response.status().is_success() {
                 return Err(format!("{url} answered {}", response.status()));
             }
-            let text = response.text().await.map_err(|e| e.to_string())?;
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_CANDIDATES_BYTES {
+                    return Err(format!("{url}: over {MAX_CANDIDATES_BYTES} bytes"));
+                }
+            }
+            let text = String::from_utf8(body).map_err(|_| format!("{url}: not UTF-8 text"))?;
             autoseed::parse_candidates(&text).map_err(|e| format!("{url}: {e}"))
         }
         .await;
