@@ -131,6 +131,19 @@ fn busy_candidates_are_seeded_by_themselves_and_an_emptied_one_is_given_back() {
     assert_eq!(view["source"], format!("{}/candidates.json", origin.url));
     let (status, answer) = master.request("POST", "/candidates", b"http://o.example/a.m3u8");
     assert_eq!(status, 409, "the list is candidatesUrl's: {answer}");
+    // The monitor page shows them.
+    let page = format!("http://{}/", master.addr);
+    let report = drive_monitor(&page, &dir.join("candidates.png"), &["--candidates", "3"]);
+    let rows: Vec<Vec<String>> = serde_json::from_value(report["candidateRows"].clone()).unwrap();
+    let row = |label: &str| rows.iter().find(|r| r[0] == label).cloned().unwrap_or_default();
+    assert_eq!(row("busy")[3], "auto", "{report}");
+    assert_eq!(row("warm")[3], "auto", "{report}");
+    assert_eq!((&row("empty")[1][..], &row("empty")[3][..]), ("0", ""), "{report}");
+    assert!(
+        report["candidatesStatus"].as_str().unwrap().contains("seeded from 2 viewers"),
+        "{report}"
+    );
+    assert_eq!(report["pageErrors"], json!([]), "{report}");
 
     // The automatic seeds are real: their workers reach the viewers already there.
     let stats = master.wait_for("both automatic seeds connected to viewers", |stats| {

@@ -8,6 +8,8 @@
 // With `--look SECONDS` it only logs in, waits that long, and saves the screenshot.
 // With `--fleet NODES` it logs in, waits until the fleet panel lists that many nodes,
 // and prints {fleetRows, fleetStatus, foreign, pageErrors} with the screenshot saved.
+// With `--candidates ROWS` it logs in, waits until the candidates panel lists that many
+// and prints {candidateRows, candidatesStatus, foreign, pageErrors}.
 import { launchChromium } from './chromium.mjs'
 import { option } from './cli.mjs'
 
@@ -16,6 +18,7 @@ const token = option('--token')
 const screenshot = option('--screenshot')
 const look = option('--look')
 const fleet = option('--fleet')
+const candidates = option('--candidates')
 if (!url || !token || !screenshot) {
   console.error('usage: monitor.mjs --url URL --token TOKEN --screenshot OUT.png')
   process.exit(2)
@@ -62,6 +65,18 @@ try {
     const fleetStatus = await page.textContent('#fleet-status')
     await page.screenshot({ path: screenshot, fullPage: true })
     console.log(JSON.stringify({ fleetRows, fleetStatus, foreign, pageErrors }))
+    await stop(0)
+  }
+  if (candidates !== undefined) {
+    await page.fill('#token', token)
+    await page.click('#connect')
+    await page.locator('#candidates-panel').waitFor({ state: 'visible' })
+    await page.waitForFunction((n) => document.querySelectorAll('tbody#candidates tr').length === n, Number(candidates))
+    const candidateRows = await page.$$eval('tbody#candidates tr', (rows) =>
+      rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)))
+    const candidatesStatus = await page.textContent('#candidates-status')
+    await page.screenshot({ path: screenshot, fullPage: true })
+    console.log(JSON.stringify({ candidateRows, candidatesStatus, foreign, pageErrors }))
     await stop(0)
   }
   await page.fill('#token', 'not-the-token')
