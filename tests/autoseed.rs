@@ -134,7 +134,7 @@ fn busy_candidates_are_seeded_by_themselves_and_an_emptied_one_is_given_back() {
     // The monitor page shows them.
     let page = format!("http://{}/", master.addr);
     let report = drive_monitor(&page, &dir.join("candidates.png"), &["--candidates", "3"]);
-    let rows: Vec<Vec<String>> = serde_json::from_value(report["candidateRows"].clone()).unwrap();
+    let rows: Vec<Vec<String>> = serde_json::from_value(report["candidatesRows"].clone()).unwrap();
     let row = |label: &str| rows.iter().find(|r| r[0] == label).cloned().unwrap_or_default();
     assert_eq!(row("busy")[3], "auto", "{report}");
     assert_eq!(row("warm")[3], "auto", "{report}");

@@ -9,7 +9,7 @@
 // With `--fleet NODES` it logs in, waits until the fleet panel lists that many nodes,
 // and prints {fleetRows, fleetStatus, foreign, pageErrors} with the screenshot saved.
 // With `--candidates ROWS` it logs in, waits until the candidates panel lists that many
-// and prints {candidateRows, candidatesStatus, foreign, pageErrors}.
+// and prints {candidatesRows, candidatesStatus, foreign, pageErrors}.
 import { launchChromium } from './chromium.mjs'
 import { option } from './cli.mjs'
 
@@ -55,30 +55,25 @@ try {
     console.log(JSON.stringify({ screenshot, foreign, pageErrors }))
     await stop(0)
   }
-  if (fleet !== undefined) {
+  // Logs in, waits until the panel `name` lists `count` rows, prints them and its
+  // status line as `{<name>Rows, <name>Status}`, and exits.
+  const reportPanel = async (name, count) => {
     await page.fill('#token', token)
     await page.click('#connect')
-    await page.locator('#fleet-panel').waitFor({ state: 'visible' })
-    await page.waitForFunction((n) => document.querySelectorAll('tbody#fleet tr').length === n, Number(fleet))
-    const fleetRows = await page.$$eval('tbody#fleet tr', (rows) =>
-      rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)))
-    const fleetStatus = await page.textContent('#fleet-status')
+    await page.locator(`#${name}-panel`).waitFor({ state: 'visible' })
+    await page.waitForFunction(
+      ([id, n]) => document.querySelectorAll(`tbody#${id} tr`).length === n,
+      [name, Number(count)],
+    )
+    const rows = await page.$$eval(`tbody#${name} tr`, (trs) =>
+      trs.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)))
+    const status = await page.textContent(`#${name}-status`)
     await page.screenshot({ path: screenshot, fullPage: true })
-    console.log(JSON.stringify({ fleetRows, fleetStatus, foreign, pageErrors }))
+    console.log(JSON.stringify({ [`${name}Rows`]: rows, [`${name}Status`]: status, foreign, pageErrors }))
     await stop(0)
   }
-  if (candidates !== undefined) {
-    await page.fill('#token', token)
-    await page.click('#connect')
-    await page.locator('#candidates-panel').waitFor({ state: 'visible' })
-    await page.waitForFunction((n) => document.querySelectorAll('tbody#candidates tr').length === n, Number(candidates))
-    const candidateRows = await page.$$eval('tbody#candidates tr', (rows) =>
-      rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)))
-    const candidatesStatus = await page.textContent('#candidates-status')
-    await page.screenshot({ path: screenshot, fullPage: true })
-    console.log(JSON.stringify({ candidateRows, candidatesStatus, foreign, pageErrors }))
-    await stop(0)
-  }
+  if (fleet !== undefined) await reportPanel('fleet', fleet)
+  if (candidates !== undefined) await reportPanel('candidates', candidates)
   await page.fill('#token', 'not-the-token')
   await page.click('#connect')
   await page.waitForFunction(() => document.getElementById('login-error').textContent.includes('refused'))
