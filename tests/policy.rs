@@ -112,6 +112,60 @@ fn embedded_policy_connects_its_trackers() {
 }
 
 #[test]
+fn a_snapshot_follows_soon_after_the_policy_speaks_to_a_tracker() {
+    // Snapshots every second otherwise: a fault within that second would restart the
+    // policy from a state that never told the tracker who it is, and it would announce
+    // again as a stranger while its old peer ids stay listed.
+    let engine =
+        PolicyEngine::new(PolicyLimits { snapshot_interval: Duration::from_secs(1), ..limits() })
+            .unwrap();
+    let policy = engine.compile(EMBEDDED_POLICY).unwrap();
+    let mut seed = config(&[]);
+    seed.trackers = vec!["ws://127.0.0.1:8000".into()];
+    let mut runner = PolicyRunner::start(engine, policy, seed, at(0)).unwrap();
+    let first = runner.handle(at(1), Vec::new());
+    let before = runner.stats().snapshot_bytes;
+    let (mut conn, mut fetch) = (0, 0);
+    for command in &first {
+        match command {
+            Command::TrackerConnect(c) => conn = c.conn,
+            Command::FetchText(f) => fetch = f.fetch,
+            _ => {}
+        }
+    }
+    let media = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns1.ts\n#EXTINF:2,\ns2.ts\n";
+    let read = Event::TextFetched(superpeer::policy::wire::TextFetched {
+        fetch,
+        url: "http://origin.example/master.m3u8".into(),
+        text: media.into(),
+    });
+    let offers = runner.handle(at(2), vec![read, Event::TrackerConnected(conn)]);
+    let ready: Vec<Event> = offers
+        .iter()
+        .filter_map(|c| match c {
+            Command::PeerOffer(peer) => {
+                Some(Event::PeerOfferReady(superpeer::policy::wire::SdpReady {
+                    peer: *peer,
+                    sdp: "v=0\r\n".into(),
+                }))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!ready.is_empty(), "it offers in its swarms: {offers:?}");
+    assert_eq!(runner.stats().snapshot_bytes, before, "nothing said to the tracker yet");
+    let announced = runner.handle(at(150), ready);
+    assert!(
+        announced.iter().any(|c| matches!(c, Command::TrackerSend(_))),
+        "it announces: {announced:?}"
+    );
+    assert!(
+        runner.stats().snapshot_bytes > before,
+        "a snapshot with its swarms and peer ids, well before the periodic one"
+    );
+}
+
+#[test]
 fn precompiled_policy_round_trips() {
     let engine = engine();
     let precompiled = engine.precompile(EMBEDDED_POLICY).unwrap();

@@ -84,6 +84,10 @@ struct Version {
     snapshot: Option<Vec<u8>>,
 }
 
+/// The least time between two snapshots taken because the policy spoke to a tracker
+/// (besides the periodic ones): it speaks every turn while it reaches a swarm.
+const SNAPSHOT_AFTER_SPEAKING: Duration = Duration::from_millis(100);
+
 pub struct PolicyRunner {
     engine: PolicyEngine,
     config: SeedConfig,
@@ -208,6 +212,14 @@ impl PolicyRunner {
             admitted.extend(self.call(clock, batch, again));
         }
         if self.instance.is_some() {
+            // What the policy says to trackers is who it is in their swarms (peer ids,
+            // offer ids): a snapshot soon after means an instance restarted from it
+            // speaks as the same peer, instead of leaving a stranger listed there.
+            let spoke = admitted
+                .iter()
+                .any(|c| matches!(c, Command::TrackerSend(_) | Command::HttpRequest(_)));
+            let gap_done = clock.monotonic >= self.snapshot_at + SNAPSHOT_AFTER_SPEAKING;
+            self.snapshot_soon |= spoke && gap_done;
             self.maybe_snapshot(clock);
         } else {
             self.trim_pending();
