@@ -52,11 +52,6 @@ async fn send(
         builder = builder.header(name.as_str(), value.as_str());
     }
     let mut response = builder.send().await.map_err(|e| describe(&e))?;
-    if let Some(length) = response.content_length()
-        && length > max_body as u64
-    {
-        return Err(too_large(length));
-    }
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -65,14 +60,40 @@ async fn send(
             (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())
         })
         .collect();
+    let body = body_within(&mut response, max_body).await.map_err(|e| match e {
+        BodyError::TooLarge(bytes) => too_large(bytes),
+        BodyError::Failed(error) => describe(&error),
+    })?;
+    Ok(HttpResponse { request: request.request, status, headers, body })
+}
+
+/// Why a response body was not read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// At least this many bytes, over the limit (declared, or read so far).
+    TooLarge(u64),
+    Failed(reqwest::Error),
+}
+
+/// Reads a response's body whole, refusing it as soon as it is known to pass `max`
+/// bytes: at once by its declared length, else while it is read.
+pub(crate) async fn body_within(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if let Some(length) = response.content_length()
+        && length > max as u64
+    {
+        return Err(BodyError::TooLarge(length));
+    }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-        if body.len() + chunk.len() > max_body {
-            return Err(too_large((body.len() + chunk.len()) as u64));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Failed)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge((body.len() + chunk.len()) as u64));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(HttpResponse { request: request.request, status, headers, body })
+    Ok(body)
 }
 
 fn too_large(bytes: u64) -> String {

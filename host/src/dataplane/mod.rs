@@ -21,6 +21,7 @@ pub mod disk;
 mod driver;
 mod fetch;
 mod http;
+pub(crate) use http::{BodyError, body_within};
 pub mod origin;
 mod plane;
 mod tracker;

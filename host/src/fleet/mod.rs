@@ -420,7 +420,7 @@ impl Fleet {
             self.told = true;
         }
 
-        self.auto_seed(candidates, &nodes, &records).await?;
+        self.auto_seed(candidates, &fleet, &nodes, &records).await?;
 
         let mut view = self.view.lock().expect("the view's lock is never poisoned");
         view.etcd = "ok".into();
@@ -448,28 +448,22 @@ impl Fleet {
     async fn auto_seed(
         &mut self,
         candidates: Vec<SeedItem>,
+        fleet: &[Node],
         nodes: &[NodeRecord],
         records: &BTreeMap<String, SeedRecord>,
     ) -> Result<(), FleetError> {
-        let fleet: Vec<Node> =
-            nodes.iter().map(|n| Node { name: n.name.clone(), capacity: n.capacity }).collect();
-        let leader = placement::rank(&fleet, AUTOSEED_LEADER).first().map(|n| n.to_string());
+        let leader = placement::rank(fleet, AUTOSEED_LEADER).first().map(|n| n.to_string());
         let Some(leader) = leader else { return Ok(()) };
         let mut measured: BTreeMap<String, u64> = BTreeMap::new();
         for (key, viewers) in nodes.iter().flat_map(|n| &n.channel_swarms) {
             let most = measured.entry(key.clone()).or_default();
             *most = (*most).max(*viewers);
         }
-        let capacity: usize = nodes.iter().map(|n| n.capacity).sum();
+        let capacity: usize = fleet.iter().map(|n| n.capacity).sum();
         let asked: usize = records.values().map(|r| r.item.replicas as usize).sum();
         let round = FleetRound {
             candidates,
-            seeded: records
-                .iter()
-                .map(|(key, r)| {
-                    (key.clone(), if r.item.auto { Seeded::Auto } else { Seeded::Manual })
-                })
-                .collect(),
+            seeded: records.iter().map(|(key, r)| (key.clone(), Seeded::of(&r.item))).collect(),
             measured,
             room: capacity.saturating_sub(asked).min(self.max_seeds.saturating_sub(records.len())),
             lead: leader == self.config.node_name,

@@ -60,6 +60,13 @@ pub enum Seeded {
     Auto,
 }
 
+impl Seeded {
+    /// How `item`'s seed came to be.
+    pub fn of(item: &SeedItem) -> Seeded {
+        if item.auto { Seeded::Auto } else { Seeded::Manual }
+    }
+}
+
 /// What [`AutoSeed::decide`] asks of the master.
 #[derive(Debug, Default, PartialEq)]
 pub struct Decision {

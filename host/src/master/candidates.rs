@@ -15,12 +15,13 @@ use super::handle::Message;
 use super::process::spawn_process;
 use super::seeds::{self, SeedItem, SeedRecord};
 use super::{Master, MasterError, STOP_GRACE, Seed};
+use crate::dataplane::{BodyError, body_within};
 use crate::ipc::{FromWorker, ToWorker};
 
 /// The largest candidate list read from `candidatesUrl` (a thousand items with room).
 const MAX_CANDIDATES_BYTES: usize = 4 << 20;
 /// Memory a scout may use for segments: it fetches none.
-const SCOUT_MEMORY_BUDGET: u64 = 8 << 20;
+pub(super) const SCOUT_MEMORY_BUDGET: u64 = 8 << 20;
 
 /// What the fleet hands its master each turn for automatic seeding.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +48,15 @@ pub(super) struct Scout {
     kill: Option<oneshot::Sender<()>>,
     /// When it was asked to stop (it said a size, or took too long).
     stopping: Option<Instant>,
+}
+
+impl Scout {
+    /// Kills its process (once).
+    fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+    }
 }
 
 /// What `GET /candidates` shows.
@@ -115,10 +125,7 @@ impl Master {
     fn seeded(&self) -> BTreeMap<String, Seeded> {
         self.seeds
             .iter()
-            .map(|s| {
-                let how = if s.item.auto { Seeded::Auto } else { Seeded::Manual };
-                (seeds::channel_key(&s.item.channel), how)
-            })
+            .map(|s| (seeds::channel_key(&s.item.channel), Seeded::of(&s.item)))
             .collect()
     }
 
@@ -200,8 +207,7 @@ impl Master {
 
     fn spawn_scout(&mut self, item: &SeedItem, at: std::time::Duration) {
         let key = seeds::channel_key(&item.channel);
-        let started = self.worker_start(item, true).and_then(|(_, mut start)| {
-            start.memory_budget = SCOUT_MEMORY_BUDGET;
+        let started = self.worker_start(item, true).and_then(|(_, start)| {
             spawn_process(&self.worker_log_format, &item.channel, start, self.tx.clone())
                 .map_err(|e| format!("could not start a scout: {e}"))
         });
@@ -234,11 +240,7 @@ impl Master {
                     scout.stopping = Some(now);
                     let _ = scout.to_worker.try_send(ToWorker::Stop);
                 }
-                Some(since) if now.duration_since(since) > STOP_GRACE => {
-                    if let Some(kill) = scout.kill.take() {
-                        let _ = kill.send(());
-                    }
-                }
+                Some(since) if now.duration_since(since) > STOP_GRACE => scout.kill(),
                 _ => {}
             }
         }
@@ -283,19 +285,13 @@ impl Master {
     /// A scout whose channel broke is killed; false if `pid` is no scout.
     pub(super) fn kill_scout(&mut self, pid: u32) -> bool {
         let Some(scout) = self.scouts.get_mut(&pid) else { return false };
-        if let Some(kill) = scout.kill.take() {
-            let _ = kill.send(());
-        }
+        scout.kill();
         true
     }
 
     /// On shutdown: scouts have nothing to finish.
     pub(super) fn kill_scouts(&mut self) {
-        for scout in self.scouts.values_mut() {
-            if let Some(kill) = scout.kill.take() {
-                let _ = kill.send(());
-            }
-        }
+        self.scouts.values_mut().for_each(Scout::kill);
     }
 }
 
@@ -314,18 +310,15 @@ pub(super) async fn read_candidates_every(
     loop {
         tick.tick().await;
         let result = async {
-            let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            let mut response = client.get(&url).send().await.map_err(|e| e.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("{url} answered {}", response.status()));
             }
-            let mut response = response;
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_CANDIDATES_BYTES {
-                    return Err(format!("{url}: over {MAX_CANDIDATES_BYTES} bytes"));
-                }
-            }
+            let body =
+                body_within(&mut response, MAX_CANDIDATES_BYTES).await.map_err(|e| match e {
+                    BodyError::TooLarge(_) => format!("{url}: over {MAX_CANDIDATES_BYTES} bytes"),
+                    BodyError::Failed(error) => error.to_string(),
+                })?;
             let text = String::from_utf8(body).map_err(|_| format!("{url}: not UTF-8 text"))?;
             autoseed::parse_candidates(&text).map_err(|e| format!("{url}: {e}"))
         }

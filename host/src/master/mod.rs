@@ -650,7 +650,11 @@ impl Master {
             }),
             advertise_ip: self.config.public_ip,
             origin_allow: self.config.origin_allow.clone(),
-            memory_budget: self.memory_budget(),
+            memory_budget: if scout {
+                candidates::SCOUT_MEMORY_BUDGET
+            } else {
+                self.memory_budget()
+            },
             origin_timeout: self.config.origin_timeout,
             viewer_stall: self.config.viewer_stall,
         };
