@@ -312,6 +312,14 @@ fn hot_swap_mid_stream_loses_no_event_and_carries_state() {
     assert_eq!(stats.previous.map(|p| p.version), Some("1.0.0".to_string()));
 }
 
+/// Short deadlines for policies that loop, also for an instance's first turn (whose
+/// deadline starts from `init_deadline`), so that each loop is stopped soon; two
+/// different ones, so that a fault tells which applied.
+fn looping_limits() -> PolicyLimits {
+    let ms = Duration::from_millis;
+    PolicyLimits { call_deadline: ms(20), init_deadline: ms(40), ..limits() }
+}
+
 /// Swaps a misbehaving policy in over the counter, makes it misbehave until the
 /// runner rolls back, and checks the counter carries on where it was.
 fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -> PolicyRunner {
@@ -344,10 +352,13 @@ fn contained_after_swap(mode: &str, expected_kind: &str, limits: PolicyLimits) -
 
 #[test]
 fn infinite_loop_is_interrupted_and_rolled_back() {
-    let limits = PolicyLimits { call_deadline: Duration::from_millis(20), ..limits() };
-    let runner = contained_after_swap("loop", "deadline", limits);
+    let limits = looping_limits();
+    let runner = contained_after_swap("loop", "deadline", limits.clone());
     let stats = runner.stats();
-    assert_eq!(stats.last_fault.unwrap().fault, Fault::Deadline(Duration::from_millis(20)));
+    // Each instance looped in its first turn; the last one's held `started`, the timer
+    // its predecessor faulted on, and the next.
+    let deadline = limits.handle_deadline(3, 0, true);
+    assert_eq!(stats.last_fault.unwrap().fault, Fault::Deadline(deadline));
     // The slowest call is the one that ran past the deadline, kept after its instance
     // was discarded.
     assert!(stats.slowest_call_us >= 20_000, "{}", stats.slowest_call_us);
@@ -355,8 +366,8 @@ fn infinite_loop_is_interrupted_and_rolled_back() {
 
 #[test]
 fn deadlines_hold_after_the_watchdog_went_idle() {
-    let limits = PolicyLimits { call_deadline: Duration::from_millis(20), ..limits() };
-    let engine = PolicyEngine::new(limits).unwrap();
+    let limits = looping_limits();
+    let engine = PolicyEngine::new(limits.clone()).unwrap();
     let looping = engine.compile(&guest("superpeer_test_misbehave")).unwrap();
     let mut runner =
         PolicyRunner::start(engine.clone(), looping, config(&[("mode", "loop")]), at(0)).unwrap();
@@ -366,9 +377,10 @@ fn deadlines_hold_after_the_watchdog_went_idle() {
         assert!(std::time::Instant::now() < patience, "the watchdog never went idle");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(runner.handle(at(1), timers(0..1)).is_empty());
+    assert!(runner.handle(at(1), vec![]).is_empty(), "the first turn is only `started`");
+    assert!(runner.handle(at(2), timers(0..1)).is_empty());
     let fault = runner.stats().last_fault.unwrap().fault;
-    assert_eq!(fault, Fault::Deadline(Duration::from_millis(20)));
+    assert_eq!(fault, Fault::Deadline(limits.handle_deadline(1, 0, false)));
 }
 
 #[test]

@@ -287,9 +287,7 @@ impl PolicyEngine {
             store,
             bindings,
             watchdog,
-            call_deadline: limits.call_deadline,
-            deadline_per_input_mib: limits.deadline_per_input_mib,
-            init_deadline: limits.init_deadline,
+            limits: limits.clone(),
             busy: Duration::ZERO,
             slowest_handle: Duration::ZERO,
         })
@@ -381,9 +379,7 @@ pub(crate) struct PolicyInstance {
     store: Store<StoreData>,
     bindings: Bindings,
     watchdog: Watchdog,
-    call_deadline: Duration,
-    deadline_per_input_mib: Duration,
-    init_deadline: Duration,
+    limits: PolicyLimits,
     /// Time spent inside the guest.
     busy: Duration,
     /// The most CPU time one `handle` call took (wall time where the platform has no
@@ -399,16 +395,16 @@ impl PolicyInstance {
         prior: Option<&[u8]>,
         state: &HostState,
     ) -> Result<(), Fault> {
-        let deadline = self.init_deadline;
+        let deadline = self.limits.init_deadline;
         self.call(clock, deadline, |b, s| b.call_init(s, config, prior, state))?
             .map_err(|reason| Fault::InitRefused(reason.chars().take(1000).collect()))
     }
 
     pub(crate) fn handle(&mut self, clock: Clock, events: &[Event]) -> Result<Vec<Command>, Fault> {
         let payload: usize = events.iter().map(super::wire::payload_bytes).sum();
-        // Multiplied before divided: a per-MiB figure under 1 ms still counts.
-        let extra = self.deadline_per_input_mib.as_nanos() * payload as u128 / (1 << 20);
-        let deadline = self.call_deadline + Duration::from_nanos(extra as u64);
+        // The runner begins every instance's life with `started`.
+        let starting = events.first() == Some(&Event::Started);
+        let deadline = self.limits.handle_deadline(events.len(), payload, starting);
         let (result, took) = self.timed_call(clock, deadline, |b, s| b.call_handle(s, events));
         self.slowest_handle = self.slowest_handle.max(took);
         result
@@ -420,12 +416,12 @@ impl PolicyInstance {
     }
 
     pub(crate) fn snapshot(&mut self, clock: Clock) -> Result<Vec<u8>, Fault> {
-        let deadline = self.init_deadline;
+        let deadline = self.limits.init_deadline;
         self.call(clock, deadline, |b, s| b.call_snapshot(s))
     }
 
     pub(crate) fn describe(&mut self) -> Result<PolicyInfo, Fault> {
-        let deadline = self.init_deadline;
+        let deadline = self.limits.init_deadline;
         self.call(Clock::default(), deadline, |b, s| b.call_describe(s))
     }
 

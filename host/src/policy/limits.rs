@@ -11,7 +11,10 @@ use crate::dataplane::MAX_DATACHANNEL_MESSAGE;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyLimits {
-    /// Longest one `handle` call may run before it is interrupted.
+    /// Longest one `handle` call may run before it is interrupted. The same work costs
+    /// more CPU time on a busy machine: on two cores shared with browsers playing
+    /// video, single events took the SwarmCloud policy up to 4 ms, against a few
+    /// microseconds on an idle one.
     #[serde(with = "millis")]
     pub call_deadline: Duration,
     /// What a `handle` call's deadline grows by per MiB of payload it is handed
@@ -19,9 +22,17 @@ pub struct PolicyLimits {
     /// message, and a policy must not fault for an input the host let through.
     #[serde(with = "millis")]
     pub deadline_per_input_mib: Duration,
+    /// What a `handle` call's deadline grows by per thousand events it is handed: each
+    /// costs the host its conversion and the policy its decision, and the busiest turns
+    /// (a flood of offers, a thousand viewers asking at once, the backlog a restart
+    /// hands over) are exactly those of a loaded machine, where a fault would hurt most.
+    #[serde(with = "millis")]
+    pub deadline_per_thousand_events: Duration,
     /// Longest `init`, `describe` or `snapshot` may run. `init` may parse a snapshot and
     /// `snapshot` writes the whole state, so both take time in proportion to it (a
     /// flood of offers makes a 170 KB snapshot), which `call_deadline` is not sized for.
+    /// An instance's first `handle` call (its `started` turn, where it takes over what
+    /// it restored: playlists, segments, every viewer) starts from it too.
     #[serde(with = "millis")]
     pub init_deadline: Duration,
     /// Most linear memory one instance may grow to, in bytes; growing past it traps.
@@ -97,8 +108,9 @@ pub struct PolicyLimits {
 impl Default for PolicyLimits {
     fn default() -> Self {
         PolicyLimits {
-            call_deadline: Duration::from_millis(5),
+            call_deadline: Duration::from_millis(10),
             deadline_per_input_mib: Duration::from_millis(20),
+            deadline_per_thousand_events: Duration::from_millis(50),
             init_deadline: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             max_commands_per_call: 4096,
@@ -182,6 +194,11 @@ impl PolicyLimits {
             "deadline_per_input_mib",
             "must be at most 1 s",
         )?;
+        check(
+            self.deadline_per_thousand_events <= Duration::from_secs(10),
+            "deadline_per_thousand_events",
+            "must be at most 10 s",
+        )?;
         check(self.max_timers >= 1, "max_timers", "must be at least 1")?;
         check(self.max_fetches >= 1, "max_fetches", "must be at least 1")?;
         check(self.max_requests >= 1, "max_requests", "must be at least 1")?;
@@ -200,6 +217,17 @@ impl PolicyLimits {
             "must be at least 2 (one running, one swapping in)",
         )?;
         Ok(())
+    }
+
+    /// The deadline of a `handle` call handed `events` events carrying `payload` bytes;
+    /// `starting` when the call is an instance's first, its `started` turn.
+    pub fn handle_deadline(&self, events: usize, payload: usize, starting: bool) -> Duration {
+        let base = if starting { self.init_deadline } else { self.call_deadline };
+        // Multiplied before divided: a rate under 1 ms per unit still counts.
+        let per_input = self.deadline_per_input_mib.as_nanos() * payload as u128 / (1 << 20);
+        let per_event = self.deadline_per_thousand_events.as_nanos() * events as u128 / 1000;
+        let extra = u64::try_from(per_input + per_event).unwrap_or(u64::MAX);
+        base.saturating_add(Duration::from_nanos(extra))
     }
 }
 
@@ -232,6 +260,25 @@ mod tests {
         let error = limits.validate().unwrap_err();
         assert_eq!(error.field, "memory_bytes");
         assert!(error.to_string().contains("memory_bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_call_has_more_time_for_more_events_and_more_payload_and_its_first_turn_the_most() {
+        let ms = Duration::from_millis;
+        let limits = PolicyLimits::default();
+        assert_eq!(limits.handle_deadline(1, 0, false), ms(10) + Duration::from_micros(50));
+        // A whole batch of small events: 1,024 of them are 51 ms more.
+        assert_eq!(limits.handle_deadline(1024, 0, false), ms(10) + Duration::from_micros(51_200));
+        // A 2 MiB playlist alone: 40 ms more.
+        assert_eq!(limits.handle_deadline(0, 2 << 20, false), ms(50));
+        // The first turn of an instance takes over its state, as init reads it.
+        assert_eq!(limits.handle_deadline(0, 0, true), ms(100));
+        let none = PolicyLimits {
+            deadline_per_input_mib: Duration::ZERO,
+            deadline_per_thousand_events: Duration::ZERO,
+            ..limits
+        };
+        assert_eq!(none.handle_deadline(1024, 1 << 20, false), ms(10));
     }
 
     #[test]
