@@ -179,20 +179,46 @@ fn brief(viewer: &Value) -> String {
 /// The viewer played without trouble and got at least half its bytes over P2P, each
 /// the origin's; returns its P2P bytes.
 fn assert_served(viewer: &Value, media: &Path, origin: &str) -> u64 {
+    let brief = assert_played_the_origins_bytes(viewer, media, origin);
+    let p2p = viewer["p2pBytes"].as_u64().unwrap();
+    let http = viewer["httpBytes"].as_u64().unwrap();
+    assert!(2 * p2p >= p2p + http, "less than half the bytes came over P2P: {brief}");
+    p2p
+}
+
+/// The viewer played without trouble and, from the first segment superpeer served it,
+/// got every later one over P2P, each the origin's. What it loads over HTTP before
+/// that depends on how long its SDK takes to give up on a dead relay, not on
+/// superpeer.
+fn assert_served_once_reached(viewer: &Value, media: &Path, origin: &str) {
+    let brief = assert_played_the_origins_bytes(viewer, media, origin);
+    let sources: Vec<&str> = viewer["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap_or("?"))
+        .collect();
+    let Some(reached) = sources.iter().position(|s| *s == "p2p") else {
+        panic!("never reached over P2P: {brief}");
+    };
+    assert!(sources[reached..].iter().all(|s| *s == "p2p"), "HTTP after P2P: {brief}");
+    assert!(sources.len() - reached >= 3, "reached too late to tell: {brief}");
+}
+
+/// The viewer played without trouble, and each segment it got over P2P was the
+/// origin's; returns what to say about it.
+fn assert_played_the_origins_bytes(viewer: &Value, media: &Path, origin: &str) -> String {
     let brief = brief(viewer);
     eprintln!("{brief}");
     assert_eq!(viewer["failed"], Value::Null, "{brief}");
     assert_eq!(viewer["timedOut"], false, "{brief}");
     assert_eq!(viewer["stalls"], 0, "the picture stopped: {brief}");
-    let p2p = viewer["p2pBytes"].as_u64().unwrap();
-    let http = viewer["httpBytes"].as_u64().unwrap();
-    assert!(2 * p2p >= p2p + http, "less than half the bytes came over P2P: {brief}");
     let p2p_fragments =
         viewer["loaded"].as_array().unwrap().iter().filter(|s| s["source"] == "p2p").count();
     assert_eq!(viewer["p2pHashes"].as_object().unwrap().len(), p2p_fragments, "{brief}");
     let checked = assert_all_from_origin(&json!({"viewers": [viewer]}), media, origin);
     assert_eq!(checked, p2p_fragments);
-    p2p
+    brief
 }
 
 #[test]
@@ -324,7 +350,7 @@ fn with_the_main_signal_relay_gone_viewers_are_reached_through_the_backup_and_ba
     // The viewer is configured with both, as the site was.
     let page = world.page(None, false);
     let viewer = &watch(&page, 1, 20)[0];
-    assert_served(viewer, &world.dir.join("media"), &world.origin.url);
+    assert_served_once_reached(viewer, &world.dir.join("media"), &world.origin.url);
 
     // The main relay comes back where it was, and the backup dies: the next viewer is
     // reached through the main one again.
@@ -335,7 +361,7 @@ fn with_the_main_signal_relay_gone_viewers_are_reached_through_the_backup_and_ba
     drop(backup);
     relays_up(&world, 1, "the worker down to the main relay");
     let viewer = &watch(&page, 1, 20)[0];
-    assert_served(viewer, &world.dir.join("media"), &world.origin.url);
+    assert_served_once_reached(viewer, &world.dir.join("media"), &world.origin.url);
     world.master.stop();
 }
 
