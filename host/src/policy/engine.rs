@@ -278,16 +278,14 @@ impl PolicyEngine {
             })
         });
         // Instantiation runs the component's start-up code, which must obey a deadline too.
-        let watchdog = self.inner.watchdog.clone();
-        begin_call(&mut store, &watchdog, limits.init_deadline);
+        begin_call(&mut store, &self.inner.watchdog, limits.init_deadline);
         let instantiated = policy.pre.instantiate(&mut store);
         store.data_mut().watch = None;
         let bindings = instantiated.map_err(|e| classify(&store, e, limits.init_deadline))?;
         Ok(PolicyInstance {
             store,
             bindings,
-            watchdog,
-            limits: limits.clone(),
+            engine: self.clone(),
             busy: Duration::ZERO,
             slowest_handle: Duration::ZERO,
         })
@@ -378,8 +376,8 @@ pub struct Clock {
 pub(crate) struct PolicyInstance {
     store: Store<StoreData>,
     bindings: Bindings,
-    watchdog: Watchdog,
-    limits: PolicyLimits,
+    /// Its engine: the limits it runs under and the watchdog that holds it to them.
+    engine: PolicyEngine,
     /// Time spent inside the guest.
     busy: Duration,
     /// The most CPU time one `handle` call took (wall time where the platform has no
@@ -395,7 +393,7 @@ impl PolicyInstance {
         prior: Option<&[u8]>,
         state: &HostState,
     ) -> Result<(), Fault> {
-        let deadline = self.limits.init_deadline;
+        let deadline = self.engine.limits().init_deadline;
         self.call(clock, deadline, |b, s| b.call_init(s, config, prior, state))?
             .map_err(|reason| Fault::InitRefused(reason.chars().take(1000).collect()))
     }
@@ -404,7 +402,7 @@ impl PolicyInstance {
         let payload: usize = events.iter().map(super::wire::payload_bytes).sum();
         // The runner begins every instance's life with `started`.
         let starting = events.first() == Some(&Event::Started);
-        let deadline = self.limits.handle_deadline(events.len(), payload, starting);
+        let deadline = self.engine.limits().handle_deadline(events.len(), payload, starting);
         let (result, took) = self.timed_call(clock, deadline, |b, s| b.call_handle(s, events));
         self.slowest_handle = self.slowest_handle.max(took);
         result
@@ -416,12 +414,12 @@ impl PolicyInstance {
     }
 
     pub(crate) fn snapshot(&mut self, clock: Clock) -> Result<Vec<u8>, Fault> {
-        let deadline = self.limits.init_deadline;
+        let deadline = self.engine.limits().init_deadline;
         self.call(clock, deadline, |b, s| b.call_snapshot(s))
     }
 
     pub(crate) fn describe(&mut self) -> Result<PolicyInfo, Fault> {
-        let deadline = self.limits.init_deadline;
+        let deadline = self.engine.limits().init_deadline;
         self.call(Clock::default(), deadline, |b, s| b.call_describe(s))
     }
 
@@ -456,7 +454,7 @@ impl PolicyInstance {
         data.clock = clock;
         data.log.lines_this_call = 0;
         data.log.last_error = None;
-        begin_call(&mut self.store, &self.watchdog, deadline);
+        begin_call(&mut self.store, &self.engine.inner.watchdog, deadline);
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store);
         let wall = started.elapsed();
