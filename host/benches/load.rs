@@ -826,7 +826,7 @@ fn main() {
         let (cpu_us, kb) = pending_offer_cost(1000);
         writeln!(
             report,
-            "Reaching a swarm that was there first: simulated viewers (each announcing with five offers, as the library does, and connecting among themselves) join first; then superpeer is seeded, and the time is from the seed to an open DataChannel with 90% of them. The tracker is bittorrent-tracker, which forwards up to 82 offers per announce (aquatic_ws 10, the default):\n\n{table}\nAn offer waiting for its answer costs the worker {cpu_us:.0} us of CPU to make and {kb:.1} KB of memory (1,000 offers made in one data plane).\n"
+            "Reaching a swarm that was there first: simulated viewers (each announcing with five offers, as the library does, and connecting among themselves) join first; then superpeer is seeded, and the time is from the seed to an open DataChannel with 90% of them. The tracker is bittorrent-tracker, which forwards up to 82 offers per announce (aquatic_ws 10, the default):\n\n{table}\nAn offer waiting for its answer costs the worker {cpu_us:.1} us of CPU to make and {kb:.1} KB of memory (1,000 offers made in one data plane).\n"
         )
         .unwrap();
         figures["reach"] =

@@ -56,7 +56,7 @@ pub const BATCH_WAIT_MS: u64 = 1_000;
 /// viewers' own.
 pub const SIZE_CHECK_MS: u64 = 10_000;
 /// The most offers waiting for answers at once (the host has a bound of its own). An
-/// offer waiting costs the host about 7 KB and 40 us to make; most of those sent late
+/// offer waiting costs the host little (its credentials), but most of those sent late
 /// in a round reach viewers already connected, which never answer them.
 pub const MAX_PENDING_OFFERS: usize = 1000;
 /// Why an offer is withdrawn after [`OFFER_TIMEOUT_MS`].

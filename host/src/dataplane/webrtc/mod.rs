@@ -7,10 +7,12 @@
 //! segment bytes with back-pressure. It never parses the viewers' protocol: messages
 //! go to the policy as they came.
 //!
-//! An offer waiting for its answer is a connection object and an entry in the deadline
-//! set, nothing more: no DTLS or SCTP state exists until the answer is taken, and an
-//! offer not answered within its time is dropped by the deadline that every connection
-//! already has.
+//! An offer waiting for its answer is its ICE credentials and an entry in the deadline
+//! set, nothing more: its SDP comes from one template, and its connection is made when
+//! the answer comes (the same credentials, with the worker's one certificate and one
+//! candidate, make the same offer). Most offers reach viewers already connected and are
+//! never answered; a connection made for each cost the worker about 15 KB and 40 us,
+//! with a thousand waiting at once in a large swarm.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -77,9 +79,6 @@ struct Peer {
     /// When the connection next wants `handle_timeout`, as last asked (its entry in
     /// [`Rtc::deadlines`]).
     deadline: Option<Instant>,
-    /// Until when an offer of ours waits for its answer; none once answered (or for a
-    /// connection that answered a viewer's offer).
-    offer_expires: Option<Instant>,
     /// Bytes sent on the DataChannel and not acknowledged, as the last turn left them;
     /// what was left right after the viewer last acknowledged some, and when it did
     /// (or last had nothing newer to acknowledge): a viewer that is sent nothing new is
@@ -87,6 +86,14 @@ struct Peer {
     unacknowledged: usize,
     acknowledged_level: usize,
     acknowledged_at: Instant,
+}
+
+/// An offer of ours waiting for its answer: what the answer needs to make the
+/// connection, and until when it waits (its entry in [`Rtc::deadlines`]).
+struct Offered {
+    ufrag: String,
+    password: String,
+    expires: Instant,
 }
 
 impl Peer {
@@ -109,7 +116,12 @@ pub struct Rtc {
     /// Boxed: a connection is kilobytes, and each is taken out and put back on every
     /// turn it gets.
     peers: HashMap<PeerId, Box<Peer>>,
-    /// Every connection's next deadline, soonest first. A connection's deadline changes
+    /// Offers of ours waiting for their answers.
+    offered: HashMap<PeerId, Offered>,
+    /// Our offers' SDP, made once by a connection of this worker; an offer is it with
+    /// its own ICE credentials.
+    offer_template: Option<String>,
+    /// Every connection's next deadline and every offer's expiry, soonest first. A connection's deadline changes
     /// only when it is handled, so it is asked then, never by scanning them all: the
     /// scan cost a third of the worker's time at a hundred viewers.
     deadlines: BTreeSet<(Instant, PeerId)>,
@@ -148,6 +160,8 @@ impl Rtc {
             certificate,
             advertised,
             peers: HashMap::new(),
+            offered: HashMap::new(),
+            offer_template: None,
             by_ufrag: HashMap::new(),
             by_address: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -176,7 +190,7 @@ impl Rtc {
 
     /// Offers of ours still waiting for an answer.
     pub fn offers_pending(&self) -> usize {
-        self.peers.values().filter(|p| p.offer_expires.is_some()).count()
+        self.offered.len()
     }
 
     /// Answers a viewer's offer; returns the answer (or why not) as a policy event.
@@ -197,7 +211,7 @@ impl Rtc {
         });
         match answered {
             Ok((connection, sdp)) => {
-                self.add(peer, ufrag, password, connection, None);
+                self.add(peer, ufrag, password, connection);
                 let mut events = vec![Event::PeerAnswerReady(SdpReady { peer, sdp })];
                 events.extend(self.drain(peer, now));
                 events
@@ -211,49 +225,86 @@ impl Rtc {
     /// for [`Rtc::accept_answer`] until the offer timeout.
     pub fn offer(&mut self, peer: PeerId, now: Instant) -> Vec<Event> {
         let (ufrag, password) = (random_token(12), random_token(24));
-        let offered = self.connection(&ufrag, &password, now).and_then(|mut connection| {
-            connection
-                .create_data_channel(&random_hex(40), None)
-                .map_err(|e| format!("no data channel: {e}"))?;
-            self.add_host_candidate(&mut connection)?;
-            let offer = connection.create_offer(None).map_err(|e| format!("no offer: {e}"))?;
-            connection
-                .set_local_description(now, offer.clone())
-                .map_err(|e| format!("offer refused: {e}"))?;
-            Ok((connection, offer.sdp))
-        });
-        match offered {
-            Ok((connection, sdp)) => {
-                self.add(peer, ufrag, password, connection, Some(now + self.offer_timeout));
-                let mut events = vec![Event::PeerOfferReady(SdpReady { peer, sdp })];
-                events.extend(self.drain(peer, now));
-                events
+        let sdp = match self.offer_sdp(&ufrag, &password, now) {
+            Ok(sdp) => sdp,
+            Err(reason) => return vec![Event::PeerClosed(PeerClosed { peer, reason })],
+        };
+        // A second offer under one id replaces the first.
+        self.withdraw_offer(peer);
+        let expires = now + self.offer_timeout;
+        self.by_ufrag.insert(ufrag.clone(), peer);
+        self.deadlines.insert((expires, peer));
+        self.offered.insert(peer, Offered { ufrag, password, expires });
+        vec![Event::PeerOfferReady(SdpReady { peer, sdp })]
+    }
+
+    /// The SDP of an offer with these ICE credentials: the template with them in place
+    /// of its own. Without the worker's one certificate there is no template: a
+    /// connection made at the answer would have a key of its own, not the one offered.
+    fn offer_sdp(&mut self, ufrag: &str, password: &str, now: Instant) -> Result<String, String> {
+        if self.certificate.is_none() {
+            return Err("no DTLS certificate to offer with".into());
+        }
+        if self.offer_template.is_none() {
+            let (_, sdp) = self.offering_connection(&random_token(12), &random_token(24), now)?;
+            self.offer_template = Some(sdp);
+        }
+        let template = self.offer_template.as_deref().unwrap_or_default();
+        Ok(with_ice_credentials(template, ufrag, password))
+    }
+
+    /// A connection that has made our offer with these credentials, and the offer.
+    fn offering_connection(
+        &self,
+        ufrag: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<(RTCPeerConnection, String), String> {
+        let mut connection = self.connection(ufrag, password, now)?;
+        connection
+            .create_data_channel(&random_hex(40), None)
+            .map_err(|e| format!("no data channel: {e}"))?;
+        self.add_host_candidate(&mut connection)?;
+        let offer = connection.create_offer(None).map_err(|e| format!("no offer: {e}"))?;
+        connection
+            .set_local_description(now, offer.clone())
+            .map_err(|e| format!("offer refused: {e}"))?;
+        Ok((connection, offer.sdp))
+    }
+
+    /// Completes an offer of ours with the viewer's answer: makes the connection that
+    /// offered it; a bad answer closes it.
+    pub fn accept_answer(&mut self, peer: PeerId, answer: String, now: Instant) -> Vec<Event> {
+        let Some(offered) = self.withdraw_offer(peer) else { return Vec::new() };
+        let made = self.offering_connection(&offered.ufrag, &offered.password, now).and_then(
+            |(mut connection, _)| {
+                let answer = RTCSessionDescription::answer(answer)
+                    .map_err(|e| format!("bad answer: {e}"))?;
+                connection
+                    .set_remote_description(now, answer)
+                    .map_err(|e| format!("answer refused: {e}"))?;
+                Ok(connection)
+            },
+        );
+        match made {
+            Ok(connection) => {
+                self.by_ufrag.insert(offered.ufrag.clone(), peer);
+                self.add(peer, offered.ufrag, offered.password, connection);
+                self.drain(peer, now)
             }
-            Err(reason) => vec![Event::PeerClosed(PeerClosed { peer, reason })],
+            Err(reason) => {
+                tracing::debug!(peer, %reason, "peer connection closed");
+                vec![Event::PeerClosed(PeerClosed { peer, reason })]
+            }
         }
     }
 
-    /// Completes an offer of ours with the viewer's answer; a bad answer closes it.
-    pub fn accept_answer(&mut self, peer: PeerId, answer: String, now: Instant) -> Vec<Event> {
-        let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
-        if state.offer_expires.is_none() {
-            return Vec::new();
-        }
-        let accepted = RTCSessionDescription::answer(answer)
-            .map_err(|e| format!("bad answer: {e}"))
-            .and_then(|answer| {
-                state
-                    .connection
-                    .set_remote_description(now, answer)
-                    .map_err(|e| format!("answer refused: {e}"))
-            });
-        match accepted {
-            Ok(()) => {
-                state.offer_expires = None;
-                self.drain(peer, now)
-            }
-            Err(reason) => self.drop_peer(peer, reason),
-        }
+    /// Takes an offer of ours out of the tables (it may be waiting for nothing else).
+    fn withdraw_offer(&mut self, peer: PeerId) -> Option<Offered> {
+        let offered = self.offered.remove(&peer)?;
+        self.deadlines.remove(&(offered.expires, peer));
+        self.by_ufrag.remove(&offered.ufrag);
+        Some(offered)
     }
 
     fn add(
@@ -262,7 +313,6 @@ impl Rtc {
         ufrag: String,
         password: String,
         connection: RTCPeerConnection,
-        offer_expires: Option<Instant>,
     ) {
         self.by_ufrag.insert(ufrag.clone(), peer);
         self.peers.insert(
@@ -275,7 +325,6 @@ impl Rtc {
                 queue: SendQueue::default(),
                 addresses: Vec::new(),
                 deadline: None,
-                offer_expires,
                 unacknowledged: 0,
                 acknowledged_level: 0,
                 acknowledged_at: Instant::now(),
@@ -346,6 +395,9 @@ impl Rtc {
                 None => self.by_address.get(&from).copied(),
             };
         let Some(peer) = peer else { return Vec::new() };
+        // None for an offer whose answer has not come: a viewer may check before its
+        // answer reaches us, and checks again (the library too refuses a check before
+        // it knows the viewer's credentials).
         let Some(state) = self.peers.get_mut(&peer) else { return Vec::new() };
         if !state.addresses.contains(&from) {
             // A STUN request with our ufrag and a valid MESSAGE-INTEGRITY (keyed by our
@@ -397,11 +449,14 @@ impl Rtc {
             self.deadlines.iter().take_while(|(at, _)| *at <= now).map(|(_, peer)| *peer).collect();
         let mut events = Vec::new();
         for peer in due {
-            let Some(state) = self.peers.get_mut(&peer) else { continue };
-            if state.offer_expires.is_some_and(|at| at <= now) {
-                events.extend(self.drop_peer(peer, OFFER_UNANSWERED.into()));
+            if self.offered.get(&peer).is_some_and(|offered| offered.expires <= now) {
+                self.withdraw_offer(peer);
+                tracing::debug!(peer, reason = OFFER_UNANSWERED, "peer connection closed");
+                events
+                    .push(Event::PeerClosed(PeerClosed { peer, reason: OFFER_UNANSWERED.into() }));
                 continue;
             }
+            let Some(state) = self.peers.get_mut(&peer) else { continue };
             let _ = state.connection.handle_timeout(now);
             events.extend(self.drain(peer, now));
         }
@@ -458,6 +513,7 @@ impl Rtc {
     }
 
     pub fn close(&mut self, peer: PeerId) {
+        self.withdraw_offer(peer);
         if let Some(mut state) = self.peers.remove(&peer) {
             let _ = state.connection.close();
             flush(&mut state.connection, &mut self.transmits);
@@ -467,7 +523,7 @@ impl Rtc {
 
     /// Closes every connection (DTLS close_notify, so viewers know at once).
     pub fn close_all(&mut self) {
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let peers: Vec<PeerId> = self.peers.keys().chain(self.offered.keys()).copied().collect();
         for peer in peers {
             self.close(peer);
         }
@@ -591,12 +647,9 @@ impl Rtc {
             events.extend(self.drop_peer(peer, reason));
             return events;
         }
-        // An offer waiting for its answer is due when it expires, and a viewer with
-        // bytes unacknowledged when it would stall, if nothing is sooner.
-        let deadline = [state.connection.poll_timeout(), state.offer_expires, stalls_at]
-            .into_iter()
-            .flatten()
-            .min();
+        // A viewer with bytes unacknowledged is due when it would stall, if nothing is
+        // sooner.
+        let deadline = [state.connection.poll_timeout(), stalls_at].into_iter().flatten().min();
         if deadline != state.deadline {
             if let Some(old) = state.deadline {
                 self.deadlines.remove(&(old, peer));
@@ -611,6 +664,22 @@ impl Rtc {
     }
 }
 
+/// `sdp` with these ICE credentials in place of its own.
+fn with_ice_credentials(sdp: &str, ufrag: &str, password: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let ending = &line[line.trim_end_matches(['\r', '\n']).len()..];
+            if line.starts_with("a=ice-ufrag:") {
+                format!("a=ice-ufrag:{ufrag}{ending}")
+            } else if line.starts_with("a=ice-pwd:") {
+                format!("a=ice-pwd:{password}{ending}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Takes what a connection wrote as one [`Transmit`].
 fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>) {
     let mut datagrams = Vec::new();
@@ -619,5 +688,56 @@ fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>)
     }
     if !datagrams.is_empty() {
         transmits.push_back(Transmit { datagrams });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SDP without its origin line, which names the session that made it.
+    fn without_origin(sdp: &str) -> String {
+        sdp.lines().filter(|line| !line.starts_with("o=")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn an_offer_from_the_template_is_what_its_connection_offers() {
+        let now = Instant::now();
+        let advertised: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut rtc = Rtc::new(advertised, Duration::from_secs(15), Duration::from_secs(30));
+        let mut sdps = Vec::new();
+        for peer in [1, 2] {
+            let events = rtc.offer(peer, now);
+            let [Event::PeerOfferReady(ready)] = events.as_slice() else { panic!("{events:?}") };
+            sdps.push(ready.sdp.clone());
+        }
+        assert_eq!(rtc.offers_pending(), 2);
+        assert_eq!(rtc.peers.len(), 0, "no connection is made for an offer");
+        for (peer, sdp) in [1, 2].into_iter().zip(&sdps) {
+            let offered = &rtc.offered[&peer];
+            assert!(sdp.contains(&format!("a=ice-ufrag:{}\r\n", offered.ufrag)), "{sdp}");
+            assert!(sdp.contains(&format!("a=ice-pwd:{}\r\n", offered.password)), "{sdp}");
+            let (_, made) =
+                rtc.offering_connection(&offered.ufrag, &offered.password, now).unwrap();
+            assert_eq!(without_origin(sdp), without_origin(&made));
+        }
+        assert_ne!(without_origin(&sdps[0]), without_origin(&sdps[1]));
+    }
+
+    #[test]
+    fn an_unanswered_offer_expires_and_a_withdrawn_one_is_forgotten() {
+        let now = Instant::now();
+        let advertised: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut rtc = Rtc::new(advertised, Duration::from_secs(15), Duration::from_secs(30));
+        rtc.offer(1, now);
+        rtc.offer(2, now);
+        assert_eq!(rtc.next_timeout(), Some(now + Duration::from_secs(15)));
+        rtc.close(2);
+        let events = rtc.timeout(now + Duration::from_secs(15));
+        let [Event::PeerClosed(closed)] = events.as_slice() else { panic!("{events:?}") };
+        assert_eq!((closed.peer, closed.reason.as_str()), (1, OFFER_UNANSWERED));
+        assert_eq!(rtc.offers_pending(), 0);
+        assert!(rtc.by_ufrag.is_empty() && rtc.deadlines.is_empty());
+        assert!(rtc.accept_answer(1, "v=0".into(), now).is_empty(), "no offer to answer");
     }
 }
