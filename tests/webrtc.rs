@@ -15,7 +15,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::disk::{self, DiskCacheConfig};
 use superpeer::dataplane::origin::OriginRules;
-use superpeer::dataplane::{DataPlaneLimits, Driver, Input, IoEvent};
+use superpeer::dataplane::{DataPlane, DataPlaneLimits, Driver, Input, IoEvent};
 use superpeer::policy::wire::{
     CacheTier, CancelServe, Command, Event, FetchSegment, MessageSize, PeerAcceptAnswer,
     PeerAnswer, PeerSend, PeerSendText, SegmentSent, ServeSegment,
@@ -514,4 +514,134 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     assert_eq!(bytes.concat(), segment(1));
     assert_eq!(plane.plane().counters().uploaded, 600_000);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A viewer and a data plane joined by nothing but this test, on a clock it moves: the
+/// whole connection, sans I/O, at no real time.
+struct Wired {
+    plane: DataPlane,
+    viewer: rtc::peer_connection::RTCPeerConnection,
+    viewer_addr: std::net::SocketAddr,
+    advertised: std::net::SocketAddr,
+    now: Instant,
+    /// The viewer's datagrams reach the plane (false: it has vanished).
+    viewer_alive: bool,
+    /// Times the plane's timers were run, and what it reported.
+    plane_timer_turns: u32,
+    seen: Vec<Event>,
+    viewer_channel_open: bool,
+}
+
+impl Wired {
+    fn connect(peer: u64) -> Wired {
+        let viewer_addr: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let advertised: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let limits = DataPlaneLimits::default();
+        let mut plane =
+            DataPlane::new(advertised, false, limits.offer_timeout, limits.stall_timeout);
+        let (mut viewer, offer) = superpeer_load::offering_connection(viewer_addr).unwrap();
+        let now = Instant::now();
+        plane.handle_input(Input::Command(Command::PeerAnswer(PeerAnswer { peer, offer })), now);
+        let Some(Event::PeerAnswerReady(answer)) = plane.poll_event() else { panic!("no answer") };
+        viewer
+            .set_remote_description(now, RTCSessionDescription::answer(answer.sdp).unwrap())
+            .unwrap();
+        let mut wired = Wired {
+            plane,
+            viewer,
+            viewer_addr,
+            advertised,
+            now,
+            viewer_alive: true,
+            plane_timer_turns: 0,
+            seen: Vec::new(),
+            viewer_channel_open: false,
+        };
+        wired.run_for(Duration::from_secs(10));
+        assert!(wired.viewer_channel_open, "never opened: {:?}", wired.seen);
+        assert!(wired.seen.contains(&Event::PeerChannelOpen(peer)), "{:?}", wired.seen);
+        wired
+    }
+
+    /// Moves every datagram across, then the clock to the next timer, until `span` has
+    /// passed on it.
+    fn run_for(&mut self, span: Duration) {
+        let end = self.now + span;
+        loop {
+            let mut moved = false;
+            while let Some(transmit) = self.plane.poll_transmit() {
+                for (_, data) in transmit.datagrams {
+                    moved = true;
+                    if self.viewer_alive {
+                        let _ = self.viewer.handle_read(rtc::shared::TaggedBytesMut {
+                            now: self.now,
+                            transport: rtc::shared::TransportContext {
+                                local_addr: self.viewer_addr,
+                                peer_addr: self.advertised,
+                                ecn: None,
+                                transport_protocol: rtc::shared::TransportProtocol::UDP,
+                            },
+                            message: data,
+                        });
+                    }
+                }
+            }
+            while let Some(datagram) = self.viewer.poll_write() {
+                moved = true;
+                if self.viewer_alive {
+                    let data = datagram.message.freeze();
+                    let from = self.viewer_addr;
+                    self.plane.handle_input(Input::Io(IoEvent::Datagram { from, data }), self.now);
+                }
+            }
+            while let Some(event) = self.viewer.poll_event() {
+                use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+                if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(_)) = event
+                {
+                    self.viewer_channel_open = true;
+                }
+            }
+            while self.viewer.poll_read().is_some() {}
+            self.seen.extend(std::iter::from_fn(|| self.plane.poll_event()));
+            if moved {
+                continue;
+            }
+            let viewer_timer = self.viewer_alive.then(|| self.viewer.poll_timeout()).flatten();
+            let plane_timer = self.plane.poll_timeout();
+            let Some(next) = [viewer_timer, plane_timer].into_iter().flatten().min() else { break };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            if viewer_timer.is_some_and(|at| at <= self.now) {
+                let _ = self.viewer.handle_timeout(self.now);
+            }
+            if plane_timer.is_some_and(|at| at <= self.now) {
+                self.plane_timer_turns += 1;
+                self.plane.handle_input(Input::Timeout, self.now);
+            }
+        }
+        self.now = end;
+    }
+}
+
+#[test]
+fn an_idle_viewer_stays_connected_on_one_timer_turn_a_second_and_a_vanished_one_is_closed() {
+    let mut wired = Wired::connect(3);
+    wired.plane_timer_turns = 0;
+    // A minute of a viewer connected and asking for nothing.
+    wired.run_for(Duration::from_secs(60));
+    let closed =
+        |seen: &[Event]| seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 3));
+    assert!(!closed(&wired.seen), "an idle viewer was closed: {:?}", wired.seen);
+    assert_eq!(wired.plane.viewers(), 1);
+    // The library would have its timers run every 200 ms: 300 turns a minute.
+    assert!(wired.plane_timer_turns <= 90, "{} timer turns in a minute", wired.plane_timer_turns);
+
+    // The viewer vanishes: it is noticed within the ICE disconnection timeout (5 s) and
+    // one quiet tick.
+    wired.viewer_alive = false;
+    wired.run_for(Duration::from_secs(7));
+    assert!(closed(&wired.seen), "a vanished viewer was not closed: {:?}", wired.seen);
+    assert_eq!(wired.plane.viewers(), 0);
 }

@@ -56,6 +56,18 @@ const MAX_ADDRESSES_PER_PEER: usize = 4;
 /// Why a viewer was closed for acknowledging nothing newer than it had for
 /// [`DataPlaneLimits::stall_timeout`](super::DataPlaneLimits::stall_timeout).
 pub const STALLED: &str = "stalled: nothing sent to it acknowledged for too long";
+/// How often a quiet connection (its DataChannel open, nothing of ours unacknowledged or
+/// queued, nothing received lately) gets its timers run. The library asks to run every
+/// connection's timers every 200 ms whatever they have to do (its ICE agent never waits
+/// longer than its connectivity-check interval): five turns a second for each idle
+/// viewer, about a third of a worker's time with a thousand idle viewers. A quiet connection's timers are its ICE keepalive
+/// (every 2 s) and disconnection check (after 5 s without a packet), which a second's
+/// delay does not hurt; retransmissions and acknowledgements only run on a connection
+/// that is not quiet, and those keep their times.
+const QUIET_TICK: Duration = Duration::from_secs(1);
+/// How long after a DTLS packet from the viewer its connection is not quiet: long enough
+/// for a delayed acknowledgement (200 ms in SCTP) to go at its time.
+const QUIET_AFTER_RECEIVING: Duration = Duration::from_millis(250);
 /// Why an offer was dropped: nobody answered it in time.
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
@@ -86,6 +98,8 @@ struct Peer {
     unacknowledged: usize,
     acknowledged_level: usize,
     acknowledged_at: Instant,
+    /// When the last DTLS datagram from the viewer came.
+    received_at: Instant,
 }
 
 /// An offer of ours waiting for its answer: what the answer needs to make the
@@ -328,6 +342,7 @@ impl Rtc {
                 unacknowledged: 0,
                 acknowledged_level: 0,
                 acknowledged_at: Instant::now(),
+                received_at: Instant::now(),
             }),
         );
     }
@@ -425,6 +440,10 @@ impl Rtc {
             }
             self.by_address.insert(from, peer);
             state.addresses.push(from);
+        }
+        // STUN (a first byte of 0 to 3, RFC 7983) arms no SCTP timer; DTLS may.
+        if data.first().is_some_and(|first| *first > 3) {
+            state.received_at = now;
         }
         let _ = state.connection.handle_read(TaggedBytesMut {
             now,
@@ -647,9 +666,17 @@ impl Rtc {
             events.extend(self.drop_peer(peer, reason));
             return events;
         }
+        let mut timers = state.connection.poll_timeout();
+        let quiet = state.channel.is_some()
+            && state.unacknowledged == 0
+            && state.queue.is_empty()
+            && now.saturating_duration_since(state.received_at) >= QUIET_AFTER_RECEIVING;
+        if quiet {
+            timers = timers.map(|at| at.max(now + QUIET_TICK));
+        }
         // A viewer with bytes unacknowledged is due when it would stall, if nothing is
         // sooner.
-        let deadline = [state.connection.poll_timeout(), stalls_at].into_iter().flatten().min();
+        let deadline = [timers, stalls_at].into_iter().flatten().min();
         if deadline != state.deadline {
             if let Some(old) = state.deadline {
                 self.deadlines.remove(&(old, peer));

@@ -83,6 +83,11 @@ pub(super) struct SendQueue {
 }
 
 impl SendQueue {
+    /// Nothing waits to go out.
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// Queues a message, or gives it back if the queue is full.
     pub(super) fn push_message(&mut self, message: Message) -> Result<(), Message> {
         if !self.has_room_for(message.len()) {
