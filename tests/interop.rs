@@ -134,16 +134,8 @@ fn a_lone_viewer_gets_most_of_the_stream_from_superpeer(kind: &str) {
 
     // What the viewer got over P2P, superpeer counted as uploaded (in the worker's next
     // report: workers report once a second).
-    let uploaded = |stats: &Value| -> u64 {
-        stats["workers"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|w| w["uploaded"].as_u64().unwrap())
-            .sum()
-    };
     master.wait_for(&format!("the viewer's {p2p} P2P bytes counted as uploaded"), |stats| {
-        uploaded(stats) >= p2p
+        uploaded_by_workers(stats) >= p2p
     });
     master.stop();
 }

@@ -121,13 +121,7 @@ impl World {
 
     /// Bytes superpeer's workers sent viewers.
     fn uploaded(&self) -> u64 {
-        let stats = self.master.stats();
-        stats["workers"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|w| w["uploaded"].as_u64().unwrap())
-            .sum()
+        uploaded_by_workers(&self.master.stats())
     }
 
     /// What the tracker logged of `kind` ("announce", "peers", ...).

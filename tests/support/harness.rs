@@ -245,6 +245,11 @@ impl Drop for TempDir {
     }
 }
 
+/// Bytes all of superpeer's workers have sent viewers, as a `/stats` answer reports.
+pub fn uploaded_by_workers(stats: &Value) -> u64 {
+    stats["workers"].as_object().unwrap().values().map(|w| w["uploaded"].as_u64().unwrap()).sum()
+}
+
 pub fn data_dir(test: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("superpeer-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

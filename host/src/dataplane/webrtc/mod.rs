@@ -60,10 +60,11 @@ pub const STALLED: &str = "stalled: nothing sent to it acknowledged for too long
 /// queued, nothing received lately) gets its timers run. The library asks to run every
 /// connection's timers every 200 ms whatever they have to do (its ICE agent never waits
 /// longer than its connectivity-check interval): five turns a second for each idle
-/// viewer, about a third of a worker's time with a thousand idle viewers. A quiet connection's timers are its ICE keepalive
-/// (every 2 s) and disconnection check (after 5 s without a packet), which a second's
-/// delay does not hurt; retransmissions and acknowledgements only run on a connection
-/// that is not quiet, and those keep their times.
+/// viewer, about a third of a worker's time with a thousand idle viewers. A quiet
+/// connection's timers are its ICE keepalive (every 2 s) and disconnection check (after
+/// 5 s without a packet), which a second's delay does not hurt; retransmissions and
+/// acknowledgements only run on a connection that is not quiet, and those keep their
+/// times.
 const QUIET_TICK: Duration = Duration::from_secs(1);
 /// How long after a DTLS packet from the viewer its connection is not quiet: long enough
 /// for a delayed acknowledgement (200 ms in SCTP) to go at its time.
@@ -135,9 +136,10 @@ pub struct Rtc {
     /// Our offers' SDP, made once by a connection of this worker; an offer is it with
     /// its own ICE credentials.
     offer_template: Option<String>,
-    /// Every connection's next deadline and every offer's expiry, soonest first. A connection's deadline changes
-    /// only when it is handled, so it is asked then, never by scanning them all: the
-    /// scan cost a third of the worker's time at a hundred viewers.
+    /// Every connection's next deadline and every offer's expiry, soonest first. A
+    /// connection's deadline changes only when it is handled, so it is asked then, never
+    /// by scanning them all: the scan cost a third of the worker's time at a hundred
+    /// viewers.
     deadlines: BTreeSet<(Instant, PeerId)>,
     by_ufrag: HashMap<String, PeerId>,
     by_address: HashMap<SocketAddr, PeerId>,
@@ -230,7 +232,7 @@ impl Rtc {
                 events.extend(self.drain(peer, now));
                 events
             }
-            Err(reason) => vec![Event::PeerClosed(PeerClosed { peer, reason })],
+            Err(reason) => vec![closed(peer, reason)],
         }
     }
 
@@ -241,7 +243,7 @@ impl Rtc {
         let (ufrag, password) = (random_token(12), random_token(24));
         let sdp = match self.offer_sdp(&ufrag, &password, now) {
             Ok(sdp) => sdp,
-            Err(reason) => return vec![Event::PeerClosed(PeerClosed { peer, reason })],
+            Err(reason) => return vec![closed(peer, reason)],
         };
         // A second offer under one id replaces the first.
         self.withdraw_offer(peer);
@@ -302,14 +304,10 @@ impl Rtc {
         );
         match made {
             Ok(connection) => {
-                self.by_ufrag.insert(offered.ufrag.clone(), peer);
                 self.add(peer, offered.ufrag, offered.password, connection);
                 self.drain(peer, now)
             }
-            Err(reason) => {
-                tracing::debug!(peer, %reason, "peer connection closed");
-                vec![Event::PeerClosed(PeerClosed { peer, reason })]
-            }
+            Err(reason) => vec![closed(peer, reason)],
         }
     }
 
@@ -470,9 +468,7 @@ impl Rtc {
         for peer in due {
             if self.offered.get(&peer).is_some_and(|offered| offered.expires <= now) {
                 self.withdraw_offer(peer);
-                tracing::debug!(peer, reason = OFFER_UNANSWERED, "peer connection closed");
-                events
-                    .push(Event::PeerClosed(PeerClosed { peer, reason: OFFER_UNANSWERED.into() }));
+                events.push(closed(peer, OFFER_UNANSWERED.into()));
                 continue;
             }
             let Some(state) = self.peers.get_mut(&peer) else { continue };
@@ -551,12 +547,11 @@ impl Rtc {
     /// Closes a connection for a reason of ours and reports it closed.
     fn drop_peer(&mut self, peer: PeerId, reason: String) -> Vec<Event> {
         let Some(mut state) = self.peers.remove(&peer) else { return Vec::new() };
-        tracing::debug!(peer, %reason, "peer connection closed");
         let mut events = state.queue.abandon(peer);
         let _ = state.connection.close();
         flush(&mut state.connection, &mut self.transmits);
         self.forget(peer, &state);
-        events.push(Event::PeerClosed(PeerClosed { peer, reason }));
+        events.push(closed(peer, reason));
         events
     }
 
@@ -689,6 +684,12 @@ impl Rtc {
         self.peers.insert(peer, state);
         events
     }
+}
+
+/// A connection or offer of ours closed for `reason`, as the policy hears it.
+fn closed(peer: PeerId, reason: String) -> Event {
+    tracing::debug!(peer, %reason, "peer connection closed");
+    Event::PeerClosed(PeerClosed { peer, reason })
 }
 
 /// `sdp` with these ICE credentials in place of its own.
