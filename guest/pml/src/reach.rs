@@ -31,9 +31,7 @@ pub const MAX_OFFERS_PER_ANNOUNCE: usize = 82;
 /// How long an offer waits for its answer. A viewer answers once its ICE gathering is
 /// done (simple-peer gives it 5 s), then the tracker relays it. Most offers reach
 /// viewers already connected and wait in vain, so this and [`MAX_PENDING_OFFERS`] set
-/// how many offers a second a large swarm gets: each costs a viewer already connected
-/// a connection it answers and we close. At 8 s (twice as many), a thousand simulated
-/// viewers on the worker's machine lost more connections than they gained in reach.
+/// how many offers a second a large swarm gets.
 pub const OFFER_TIMEOUT_MS: u64 = 15_000;
 /// The time between two announces of one swarm on one tracker while offering, when one
 /// round offers to every member of the swarm.
@@ -46,6 +44,13 @@ pub const FAST_ROUND_GAP_MS: u64 = 250;
 /// How long rounds go on at their pace without any answer before they slow down: an
 /// answer takes a viewer's ICE gathering (up to 5 s with simple-peer) and two relays.
 pub const ANSWER_WAIT_MS: u64 = 5_000;
+/// Rounds that bring nobody slow down only once they have made this many times the
+/// offers that should have found one of the members not yet reached (the tracker hands
+/// each to a random member): one that can be reached is missed by all of them with odds
+/// of e^-5, under 1%. With the last of a thousand viewers left, an answer takes a
+/// thousand offers on average, more than [`ANSWER_WAIT_MS`] of rounds make; slowing
+/// down then left a viewer of a thousand unmet after 50 s.
+pub const MISSES_BEFORE_SLOWING: u64 = 5;
 /// How long an announce waits for the host to make its offers (it makes them at once;
 /// one it refused never comes, and the announce goes without it).
 pub const BATCH_WAIT_MS: u64 = 1_000;
@@ -55,10 +60,14 @@ pub const BATCH_WAIT_MS: u64 = 1_000;
 /// couple of minutes; one more every few seconds per swarm is little beside a swarm's
 /// viewers' own.
 pub const SIZE_CHECK_MS: u64 = 10_000;
-/// The most offers waiting for answers at once (the host has a bound of its own). An
-/// offer waiting costs the host little (its credentials), but most of those sent late
-/// in a round reach viewers already connected, which never answer them.
-pub const MAX_PENDING_OFFERS: usize = 1000;
+/// The most offers waiting for answers at once (the host has a bound of its own), so at
+/// most this many every [`OFFER_TIMEOUT_MS`]: about 270 a second, what rounds of 82
+/// every [`FAST_ROUND_GAP_MS`] come to. The last viewers of a large swarm not yet met
+/// are found at that rate times their share of it: at a third of it (1,000 waiting),
+/// a few of a thousand viewers joining at once were still unmet 50 s later. An offer
+/// waiting costs the host its credentials and this policy its id (its SDP is dropped
+/// once sent); a viewer already connected that the tracker hands one to drops it.
+pub const MAX_PENDING_OFFERS: usize = 4096;
 /// Why an offer is withdrawn after [`OFFER_TIMEOUT_MS`].
 pub const OFFER_UNANSWERED: &str = "offer not answered in time";
 
@@ -101,6 +110,8 @@ pub struct Due {
 struct PendingOffer {
     key: LinkKey,
     offer_id: String,
+    /// `None` until the host made it; empty once an announce carried it (the snapshot
+    /// then need not).
     sdp: Option<String>,
     expires_ms: u64,
 }
@@ -117,6 +128,13 @@ struct Link {
     rounds: u64,
     /// When the last answer came, or the first round went out.
     last_fruit_ms: u64,
+    /// Offers made since then, and how many the last round expected to make per answer
+    /// (members over members not yet reached). Not in the snapshot, whose layout they
+    /// would change: a new instance counts afresh.
+    #[serde(skip)]
+    offers_since_fruit: u64,
+    #[serde(skip)]
+    offers_per_answer: u64,
     /// Members of the swarm besides us, from the tracker's last reply.
     others: Option<u64>,
     /// A viewer offered to us since the last announce: the swarm may have grown.
@@ -135,6 +153,8 @@ impl Default for Link {
             base_gap_ms: MIN_ROUND_GAP_MS,
             rounds: 0,
             last_fruit_ms: 0,
+            offers_since_fruit: 0,
+            offers_per_answer: 1,
             others: None,
             grown: false,
             batch: None,
@@ -241,6 +261,7 @@ impl Reach {
             // A swarm of unknown size may be larger than one round.
             let offers_to_all = link.others.is_some_and(|others| count >= others);
             link.base_gap_ms = if offers_to_all { MIN_ROUND_GAP_MS } else { FAST_ROUND_GAP_MS };
+            link.offers_per_answer = reachable.div_ceil(unreached);
             let count = count as usize;
             return Plan::Offers(count);
         }
@@ -251,8 +272,9 @@ impl Reach {
 
     /// The offers asked of the host for the swarm's next announce, with the offer ids
     /// the tracker will know them by. Once rounds have brought nobody for
-    /// [`ANSWER_WAIT_MS`], each doubles the wait for the next (up to the announce
-    /// interval); an answer brings it back.
+    /// [`ANSWER_WAIT_MS`] and [`MISSES_BEFORE_SLOWING`] times the offers an answer
+    /// should take, each doubles the wait for the next (up to the announce interval);
+    /// an answer brings it back.
     pub fn offering(
         &mut self,
         key: LinkKey,
@@ -264,11 +286,15 @@ impl Reach {
         if link.rounds == 0 {
             link.last_fruit_ms = now_ms;
         }
-        link.gap_ms = if now_ms.saturating_sub(link.last_fruit_ms) > ANSWER_WAIT_MS {
+        let fruitless = now_ms.saturating_sub(link.last_fruit_ms) > ANSWER_WAIT_MS
+            && link.offers_since_fruit
+                >= MISSES_BEFORE_SLOWING.saturating_mul(link.offers_per_answer);
+        link.gap_ms = if fruitless {
             (link.gap_ms * 2).min(interval_ms.max(MIN_ROUND_GAP_MS))
         } else {
             link.base_gap_ms
         };
+        link.offers_since_fruit += offers.len() as u64;
         link.next_round_ms = now_ms + link.gap_ms;
         link.rounds += 1;
         link.batch = Some((offers.iter().map(|(peer, _)| *peer).collect(), now_ms));
@@ -331,9 +357,9 @@ impl Reach {
             link.last_announce_ms = Some(now_ms);
             let (mut offers, mut withdrawn) = (Vec::new(), Vec::new());
             for peer in peers {
-                match self.offers.get(&peer) {
+                match self.offers.get_mut(&peer) {
                     Some(PendingOffer { sdp: Some(sdp), offer_id, .. }) => {
-                        offers.push(Offer { offer_id: offer_id.clone(), sdp: sdp.clone() })
+                        offers.push(Offer { offer_id: offer_id.clone(), sdp: std::mem::take(sdp) })
                     }
                     Some(_) => {
                         self.forget(peer);
@@ -364,6 +390,7 @@ impl Reach {
         self.forget(peer);
         if let Some(link) = self.links.get_mut(&key) {
             link.last_fruit_ms = now_ms;
+            link.offers_since_fruit = 0;
         }
         Some((peer, key))
     }
@@ -570,6 +597,33 @@ mod tests {
         let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, need(1, 79)) else { panic!() };
         round(&mut reach, 1000, n, now);
         assert!(reach.plan(KEY, now + 1_000, INTERVAL, need(1, 79)) != Plan::Nothing);
+    }
+
+    /// The last viewer of a thousand not met: an answer takes about a thousand offers,
+    /// so rounds keep their pace until five times that brought nobody.
+    #[test]
+    fn rounds_seeking_the_last_of_a_large_swarm_keep_their_pace_until_the_odds_are_spent() {
+        let mut reach = Reach::new(OfferLimits { default: Some(82), by_url: vec![] });
+        reach.tracker_open(7, "ws://t/");
+        reach.swarm_size(KEY, None, Some(1001));
+        let one_missing = Need { connected: 999, free: 9001, max: 10_000 };
+        let (mut now, mut made, mut gaps) = (0, 0u64, Vec::new());
+        while made < 6_000 {
+            reach.expire(now);
+            if let Plan::Offers(n) = reach.plan(KEY, now, INTERVAL, one_missing) {
+                round(&mut reach, 1 + made, n, now);
+                gaps.push((made, reach.links[&KEY].gap_ms));
+                made += n as u64;
+            }
+            now += 50;
+        }
+        // The first slower round is the first made after the odds were spent.
+        let slow_from = gaps.iter().find(|(_, gap)| *gap > FAST_ROUND_GAP_MS).unwrap().0;
+        let odds = MISSES_BEFORE_SLOWING * 1000;
+        assert!((odds..odds + 82).contains(&slow_from), "slowed after {slow_from} offers");
+        // Far past the five seconds of rounds that slow down a search expecting answers.
+        assert!(now > 4 * ANSWER_WAIT_MS, "{now}");
+        assert!(reach.pending() <= MAX_PENDING_OFFERS);
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Default for PolicyLimits {
             max_trackers: 32,
             max_fetches: 256,
             max_requests: 16,
-            max_pending_offers: 1024,
+            max_pending_offers: 4096,
             max_connecting_peers: 128,
             max_timers: 4096,
             max_timer_delay: Duration::from_secs(24 * 3600),
