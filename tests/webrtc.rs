@@ -530,7 +530,18 @@ struct Wired {
     plane_timer_turns: u32,
     seen: Vec<Event>,
     viewer_channel_open: bool,
+    /// Where the viewer's datagrams come from, as the plane sees them.
+    viewer_seen_at: std::net::SocketAddr,
+    /// STUN binding requests the viewer sent, the plane's success answers, and where
+    /// the plane's own requests went.
+    viewer_checks: u32,
+    plane_answers: u32,
+    plane_checks: Vec<std::net::SocketAddr>,
 }
+
+/// The first two bytes of a STUN binding request and of its success answer.
+const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
 
 impl Wired {
     fn connect(peer: u64) -> Wired {
@@ -556,6 +567,10 @@ impl Wired {
             plane_timer_turns: 0,
             seen: Vec::new(),
             viewer_channel_open: false,
+            viewer_seen_at: viewer_addr,
+            viewer_checks: 0,
+            plane_answers: 0,
+            plane_checks: Vec::new(),
         };
         wired.run_for(Duration::from_secs(10));
         assert!(wired.viewer_channel_open, "never opened: {:?}", wired.seen);
@@ -570,8 +585,13 @@ impl Wired {
         loop {
             let mut moved = false;
             while let Some(transmit) = self.plane.poll_transmit() {
-                for (_, data) in transmit.datagrams {
+                for (to, data) in transmit.datagrams {
                     moved = true;
+                    if data.starts_with(&BINDING_REQUEST) {
+                        self.plane_checks.push(to);
+                    } else if data.starts_with(&BINDING_SUCCESS) {
+                        self.plane_answers += 1;
+                    }
                     if self.viewer_alive {
                         let _ = self.viewer.handle_read(rtc::shared::TaggedBytesMut {
                             now: self.now,
@@ -590,7 +610,8 @@ impl Wired {
                 moved = true;
                 if self.viewer_alive {
                     let data = datagram.message.freeze();
-                    let from = self.viewer_addr;
+                    self.viewer_checks += u32::from(data.starts_with(&BINDING_REQUEST));
+                    let from = self.viewer_seen_at;
                     self.plane.handle_input(Input::Io(IoEvent::Datagram { from, data }), self.now);
                 }
             }
@@ -644,4 +665,27 @@ fn an_idle_viewer_stays_connected_on_one_timer_turn_a_second_and_a_vanished_one_
     wired.run_for(Duration::from_secs(7));
     assert!(closed(&wired.seen), "a vanished viewer was not closed: {:?}", wired.seen);
     assert_eq!(wired.plane.viewers(), 0);
+}
+
+#[test]
+fn an_idle_viewers_checks_are_answered_without_checks_back_but_from_a_new_address() {
+    let mut wired = Wired::connect(4);
+    let (checks, answers) = (wired.viewer_checks, wired.plane_answers);
+    wired.plane_checks.clear();
+    wired.run_for(Duration::from_secs(60));
+    let closed = |seen: &[Event]| seen.iter().any(|e| matches!(e, Event::PeerClosed(_)));
+    assert!(!closed(&wired.seen), "an idle viewer was closed: {:?}", wired.seen);
+    let (checks, answers) = (wired.viewer_checks - checks, wired.plane_answers - answers);
+    // The viewer checks its path every couple of seconds; every check is answered, and
+    // none is checked back on the path the DataChannel takes.
+    assert!(checks >= 20, "the viewer checked {checks} times in a minute");
+    assert_eq!(answers, checks);
+    assert_eq!(wired.plane_checks, Vec::<std::net::SocketAddr>::new());
+
+    // The viewer's checks come from another address (its network changed): that is
+    // not the path its DataChannel takes, and the library checks it back as before.
+    let moved: std::net::SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    wired.viewer_seen_at = moved;
+    wired.run_for(Duration::from_secs(3));
+    assert!(wired.plane_checks.contains(&moved), "{:?}", wired.plane_checks);
 }

@@ -53,6 +53,8 @@ pub const SEND_QUEUE_FULL: &str = "send queue full: the viewer is not reading";
 /// Source addresses a connection may hold at once: a viewer uses one, a few while its
 /// network changes; the oldest gives way to a newer one.
 const MAX_ADDRESSES_PER_PEER: usize = 4;
+/// The first bytes of a STUN Binding Request (RFC 5389: type 0x0001).
+const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
 /// Why a viewer was closed for acknowledging nothing newer than it had for
 /// [`DataPlaneLimits::stall_timeout`](super::DataPlaneLimits::stall_timeout).
 pub const STALLED: &str = "stalled: nothing sent to it acknowledged for too long";
@@ -99,8 +101,10 @@ struct Peer {
     unacknowledged: usize,
     acknowledged_level: usize,
     acknowledged_at: Instant,
-    /// When the last DTLS datagram from the viewer came.
+    /// When the last DTLS datagram from the viewer came, and from where: the path its
+    /// DataChannel takes.
     received_at: Instant,
+    dtls_from: Option<SocketAddr>,
 }
 
 /// An offer of ours waiting for its answer: what the answer needs to make the
@@ -341,6 +345,7 @@ impl Rtc {
                 acknowledged_level: 0,
                 acknowledged_at: Instant::now(),
                 received_at: Instant::now(),
+                dtls_from: None,
             }),
         );
     }
@@ -442,7 +447,11 @@ impl Rtc {
         // STUN (a first byte of 0 to 3, RFC 7983) arms no SCTP timer; DTLS may.
         if data.first().is_some_and(|first| *first > 3) {
             state.received_at = now;
+            state.dtls_from = Some(from);
         }
+        let check_on_path = state.channel.is_some()
+            && state.dtls_from == Some(from)
+            && data.starts_with(&STUN_BINDING_REQUEST);
         let _ = state.connection.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -453,6 +462,18 @@ impl Rtc {
             },
             message: BytesMut::from(data),
         });
+        if check_on_path {
+            // The library's ICE-lite agent checks back every check it answers (RFC 8445
+            // has a lite agent send none): half of an idle viewer's packets were these
+            // checks and their answers. On the path the DataChannel already takes they
+            // tell nobody anything: the viewer keeps it alive with its own checks, which
+            // are answered, and the library's liveness is what it receives. A check from
+            // any other address (a viewer whose network changed) is still checked back:
+            // what the library makes of a new path is left to it.
+            flush_but(&mut state.connection, &mut self.transmits, |to, data| {
+                to == from && data.starts_with(&STUN_BINDING_REQUEST)
+            });
+        }
         self.drain(peer, now)
     }
 
@@ -710,9 +731,21 @@ fn with_ice_credentials(sdp: &str, ufrag: &str, password: &str) -> String {
 
 /// Takes what a connection wrote as one [`Transmit`].
 fn flush(connection: &mut RTCPeerConnection, transmits: &mut VecDeque<Transmit>) {
+    flush_but(connection, transmits, |_, _| false);
+}
+
+/// [`flush`], dropping the datagrams `unsent` picks (by address and bytes).
+fn flush_but(
+    connection: &mut RTCPeerConnection,
+    transmits: &mut VecDeque<Transmit>,
+    unsent: impl Fn(SocketAddr, &[u8]) -> bool,
+) {
     let mut datagrams = Vec::new();
     while let Some(datagram) = connection.poll_write() {
-        datagrams.push((datagram.transport.peer_addr, datagram.message));
+        let to = datagram.transport.peer_addr;
+        if !unsent(to, &datagram.message) {
+            datagrams.push((to, datagram.message));
+        }
     }
     if !datagrams.is_empty() {
         transmits.push_back(Transmit { datagrams });
