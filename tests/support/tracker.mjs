@@ -7,7 +7,10 @@
 // the server alone does not.
 import Server from './node_modules/bittorrent-tracker/server.js'
 
-const server = new Server({ udp: false, http: false, ws: true, stats: true })
+// bittorrent-tracker keeps 1,000 peers a swarm unless told (`peersCacheLength`), and
+// evicts the one that announced longest ago: a swarm of a thousand viewers and
+// superpeer would always have one viewer the tracker hands no offer to.
+const server = new Server({ udp: false, http: false, ws: true, stats: true, peersCacheLength: 100000 })
 server.on('error', (error) => {
   console.error(`tracker error: ${error.message}`)
   process.exit(1)
