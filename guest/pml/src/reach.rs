@@ -155,7 +155,7 @@ impl Default for Link {
             rounds: 0,
             last_fruit_ms: 0,
             offers_since_fruit: 0,
-            offers_per_answer: 1,
+            offers_per_answer: 0,
             others: None,
             grown: false,
             batch: None,
