@@ -12,15 +12,17 @@ use bytes::{Bytes, BytesMut};
 use rtc::data_channel::RTCDataChannelId;
 use rtc::peer_connection::RTCPeerConnection;
 
+use super::window::{MIN_WINDOW, SendWindow};
 use super::{Transmit, flush};
 use crate::policy::wire::{Event, MessageSize, PeerId, SegmentHandle, SegmentSent};
 
-/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
-/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
-/// enough that one viewer holds little memory (they are kept until acknowledged).
-const SEND_HIGH_WATER: usize = 64 << 10;
-/// Where the DataChannel reports it has room again.
-pub(super) const SEND_LOW_WATER: u32 = 32 << 10;
+/// Where the DataChannel reports it has room again (an event the policy may use): below
+/// the smallest window.
+pub(super) const SEND_LOW_WATER: u32 = (MIN_WINDOW / 2) as u32;
+/// The largest message a segment is cut into: half the smallest window, so a viewer on
+/// a short path has one in flight while the next is handed over. The library keeps
+/// queues as deep as the largest message it ever split into packets, for good.
+const MAX_SEGMENT_MESSAGE: u32 = (MIN_WINDOW / 2) as u32;
 /// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
 /// after TURN and DTLS overheads), set here so a segment's messages can be cut to
 /// whole packets of it.
@@ -80,6 +82,7 @@ enum Outgoing {
 #[derive(Debug, Default)]
 pub(super) struct SendQueue {
     items: VecDeque<Outgoing>,
+    window: SendWindow,
 }
 
 impl SendQueue {
@@ -107,7 +110,7 @@ impl SendQueue {
             bytes: serve.bytes,
             next: serve.offset as usize,
             chunk: match serve.message_size {
-                MessageSize::AtMost(size) => whole_packets(size),
+                MessageSize::AtMost(size) => whole_packets(size.min(MAX_SEGMENT_MESSAGE)),
                 MessageSize::Exactly(size) => size.max(1),
             } as usize,
             sent: 0,
@@ -179,8 +182,8 @@ impl SendQueue {
             .collect()
     }
 
-    /// Sends queued items while the DataChannel has room; true if anything was sent.
-    /// Each message's datagrams are taken out of the library before the next is
+    /// Sends queued items while the viewer's window has room; true if anything was
+    /// sent. Each message's datagrams are taken out of the library before the next is
     /// written: its queues grow to the largest burst they ever held and keep that size
     /// (a whole send window through four of them cost a viewer over 100 KB for good).
     pub(super) fn pump(
@@ -194,23 +197,30 @@ impl SendQueue {
     ) -> bool {
         let mut progressed = false;
         while let Some(mut open) = connection.data_channel(channel) {
-            if open.outstanding_bytes() >= SEND_HIGH_WATER {
+            let outstanding = open.outstanding_bytes();
+            self.window.outstanding(outstanding, now);
+            if !self.window.has_room(outstanding) {
                 break;
             }
             let Some(item) = self.items.front_mut() else { break };
-            match item {
+            let handed_over = match item {
                 Outgoing::Message(Message::Binary(bytes)) => {
-                    let _ = open.send(now, BytesMut::from(&bytes[..]));
+                    let handed_over = open.send(now, BytesMut::from(&bytes[..])).is_ok();
+                    let len = bytes.len();
                     self.items.pop_front();
+                    handed_over.then_some(len)
                 }
                 Outgoing::Message(Message::Text(text)) => {
-                    let _ = open.send_text(now, std::mem::take(text));
+                    let len = text.len();
+                    let handed_over = open.send_text(now, std::mem::take(text)).is_ok();
                     self.items.pop_front();
+                    handed_over.then_some(len)
                 }
                 // Still being read: everything behind it waits too.
                 Outgoing::Serve { bytes: None, .. } => break,
                 Outgoing::Serve { handle, bytes: Some(bytes), next, chunk, sent, trailer } => {
                     if *next >= bytes.len() {
+                        let len = trailer.len();
                         if !trailer.is_empty() {
                             if open.send(now, BytesMut::from(&trailer[..])).is_err() {
                                 break;
@@ -224,15 +234,21 @@ impl SendQueue {
                             complete: true,
                         }));
                         self.items.pop_front();
+                        Some(len)
                     } else {
                         let end = (*next + *chunk).min(bytes.len());
                         if open.send(now, BytesMut::from(&bytes[*next..end])).is_err() {
                             break;
                         }
-                        *sent += (end - *next) as u64;
+                        let len = end - *next;
+                        *sent += len as u64;
                         *next = end;
+                        Some(len)
                     }
                 }
+            };
+            if let Some(len) = handed_over {
+                self.window.handed_over(len, now);
             }
             flush(connection, transmits);
             progressed = true;
