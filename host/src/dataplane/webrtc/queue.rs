@@ -19,10 +19,6 @@ use crate::policy::wire::{Event, MessageSize, PeerId, SegmentHandle, SegmentSent
 /// Where the DataChannel reports it has room again (an event the policy may use): below
 /// the smallest window.
 pub(super) const SEND_LOW_WATER: u32 = (MIN_WINDOW / 2) as u32;
-/// The largest message a segment is cut into: half the smallest window, so a viewer on
-/// a short path has one in flight while the next is handed over. The library keeps
-/// queues as deep as the largest message it ever split into packets, for good.
-const MAX_SEGMENT_MESSAGE: u32 = (MIN_WINDOW / 2) as u32;
 /// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
 /// after TURN and DTLS overheads), set here so a segment's messages can be cut to
 /// whole packets of it.
@@ -110,7 +106,7 @@ impl SendQueue {
             bytes: serve.bytes,
             next: serve.offset as usize,
             chunk: match serve.message_size {
-                MessageSize::AtMost(size) => whole_packets(size.min(MAX_SEGMENT_MESSAGE)),
+                MessageSize::AtMost(size) => whole_packets(size),
                 MessageSize::Exactly(size) => size.max(1),
             } as usize,
             sent: 0,
