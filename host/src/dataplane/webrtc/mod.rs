@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 mod ice;
 mod queue;
-mod window;
 
 use crate::policy::wire::{Event, PeerClosed, PeerId, PeerMessage, SdpReady, SegmentHandle};
 use bytes::{Bytes, BytesMut};

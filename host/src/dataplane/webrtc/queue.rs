@@ -12,13 +12,27 @@ use bytes::{Bytes, BytesMut};
 use rtc::data_channel::RTCDataChannelId;
 use rtc::peer_connection::RTCPeerConnection;
 
-use super::window::{MIN_WINDOW, SendWindow};
 use super::{Transmit, flush};
 use crate::policy::wire::{Event, MessageSize, PeerId, SegmentHandle, SegmentSent};
 
-/// Where the DataChannel reports it has room again (an event the policy may use): below
-/// the smallest window.
-pub(super) const SEND_LOW_WATER: u32 = (MIN_WINDOW / 2) as u32;
+/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
+/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
+/// enough that one viewer holds little memory (they are kept until acknowledged).
+///
+/// Fixed, though neither end of it fits every path; measured side by side on loopback:
+/// - 16 KiB held greedy viewers to 162-195 KB each instead of 257-288, but cost light
+///   and paced viewers 10-30% more CPU per GB and 20-30% longer segment times (a
+///   segment took more round trips, each a wake-up and a send of its own).
+/// - Sized by the round trip (from handing a message over to the channel counting it
+///   acknowledged), a saturated worker's own delay in reaching the acknowledgements
+///   read as a long path: 100 greedy viewers grew to 627 KB each, and fewer were served
+///   in time. A round trip to size it by would have to exclude that delay (the
+///   kernel's receive time of the acknowledgement, say).
+/// - Sized by the path's bandwidth (BBR's delivery rate, Vegas's queue estimate), a
+///   busy viewer's bursts of acknowledgements read as a fast path: 440-620 KB each.
+const SEND_HIGH_WATER: usize = 64 << 10;
+/// Where the DataChannel reports it has room again.
+pub(super) const SEND_LOW_WATER: u32 = 32 << 10;
 /// The largest SCTP packet we send: the library's own default (the IPv6 minimum MTU
 /// after TURN and DTLS overheads), set here so a segment's messages can be cut to
 /// whole packets of it.
@@ -78,7 +92,6 @@ enum Outgoing {
 #[derive(Debug, Default)]
 pub(super) struct SendQueue {
     items: VecDeque<Outgoing>,
-    window: SendWindow,
 }
 
 impl SendQueue {
@@ -178,8 +191,8 @@ impl SendQueue {
             .collect()
     }
 
-    /// Sends queued items while the viewer's window has room; true if anything was
-    /// sent. Each message's datagrams are taken out of the library before the next is
+    /// Sends queued items while the DataChannel has room; true if anything was sent.
+    /// Each message's datagrams are taken out of the library before the next is
     /// written: its queues grow to the largest burst they ever held and keep that size
     /// (a whole send window through four of them cost a viewer over 100 KB for good).
     pub(super) fn pump(
@@ -193,30 +206,23 @@ impl SendQueue {
     ) -> bool {
         let mut progressed = false;
         while let Some(mut open) = connection.data_channel(channel) {
-            let outstanding = open.outstanding_bytes();
-            self.window.outstanding(outstanding, now);
-            if !self.window.has_room(outstanding) {
+            if open.outstanding_bytes() >= SEND_HIGH_WATER {
                 break;
             }
             let Some(item) = self.items.front_mut() else { break };
-            let handed_over = match item {
+            match item {
                 Outgoing::Message(Message::Binary(bytes)) => {
-                    let handed_over = open.send(now, BytesMut::from(&bytes[..])).is_ok();
-                    let len = bytes.len();
+                    let _ = open.send(now, BytesMut::from(&bytes[..]));
                     self.items.pop_front();
-                    handed_over.then_some(len)
                 }
                 Outgoing::Message(Message::Text(text)) => {
-                    let len = text.len();
-                    let handed_over = open.send_text(now, std::mem::take(text)).is_ok();
+                    let _ = open.send_text(now, std::mem::take(text));
                     self.items.pop_front();
-                    handed_over.then_some(len)
                 }
                 // Still being read: everything behind it waits too.
                 Outgoing::Serve { bytes: None, .. } => break,
                 Outgoing::Serve { handle, bytes: Some(bytes), next, chunk, sent, trailer } => {
                     if *next >= bytes.len() {
-                        let len = trailer.len();
                         if !trailer.is_empty() {
                             if open.send(now, BytesMut::from(&trailer[..])).is_err() {
                                 break;
@@ -230,21 +236,15 @@ impl SendQueue {
                             complete: true,
                         }));
                         self.items.pop_front();
-                        Some(len)
                     } else {
                         let end = (*next + *chunk).min(bytes.len());
                         if open.send(now, BytesMut::from(&bytes[*next..end])).is_err() {
                             break;
                         }
-                        let len = end - *next;
-                        *sent += len as u64;
+                        *sent += (end - *next) as u64;
                         *next = end;
-                        Some(len)
                     }
                 }
-            };
-            if let Some(len) = handed_over {
-                self.window.handed_over(len, now);
             }
             flush(connection, transmits);
             progressed = true;
