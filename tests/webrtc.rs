@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
+use bytes::BytesMut;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::disk::{self, DiskCacheConfig};
@@ -46,7 +47,7 @@ async fn run_until(
                 let (len, from) = received.unwrap();
                 viewer.receive(from, &buffer[..len]);
             }
-            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
+            inputs = plane.next_inputs(io) => seen.extend(plane.handle(inputs)),
             () = tokio::time::sleep_until(next) => {
                 assert!(tokio::time::Instant::now() < deadline, "timed out; events so far: {seen:?}");
                 let _ = viewer.connection.handle_timeout(Instant::now());
@@ -262,7 +263,7 @@ async fn an_offer_nobody_answers_is_dropped_and_a_bad_answer_closes_its_offer() 
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         assert!(next.is_some(), "an offer waiting for its answer has a deadline");
         tokio::select! {
-            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
+            inputs = plane.next_inputs(&mut io) => seen.extend(plane.handle(inputs)),
             () = tokio::time::sleep_until(next.unwrap().min(deadline)) => {
                 assert!(tokio::time::Instant::now() < deadline, "never dropped: {seen:?}");
                 seen.extend(plane.handle([Input::Timeout]));
@@ -286,7 +287,7 @@ async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         let next = next.map_or(deadline, |t| t.min(deadline));
         tokio::select! {
-            Some(happened) = io.recv() => seen.extend(plane.handle([Input::Io(happened)])),
+            inputs = plane.next_inputs(&mut io) => seen.extend(plane.handle(inputs)),
             () = tokio::time::sleep_until(next) => {
                 assert!(tokio::time::Instant::now() < deadline, "never dropped; events: {seen:?}");
                 seen.extend(plane.handle([Input::Timeout]));
@@ -316,7 +317,10 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     for n in 0..20_000u32 {
         let [_, _, a, b] = n.to_be_bytes();
         let from = std::net::SocketAddr::from(([10, 9, a, b], 50_000));
-        seen.extend(plane.handle([Input::Io(IoEvent::Datagram { from, data: forged.clone() })]));
+        seen.extend(
+            plane
+                .handle([Input::Io(IoEvent::Datagram { from, data: BytesMut::from(&forged[..]) })]),
+        );
     }
     assert_eq!(plane.plane().viewer_addresses(), 1, "forged STUN registered addresses");
     assert_eq!(plane.plane().forged_stun(), 20_000);
@@ -325,7 +329,12 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     for n in 0..100u8 {
         let from = std::net::SocketAddr::from(([10, 8, 0, n], 50_000));
         let genuine = viewer::binding_request(&format!("{ufrag}:{n}"), &password);
-        seen.extend(plane.handle([Input::Io(IoEvent::Datagram { from, data: genuine })]));
+        seen.extend(
+            plane.handle([Input::Io(IoEvent::Datagram {
+                from,
+                data: BytesMut::from(&genuine[..]),
+            })]),
+        );
     }
     assert!(
         plane.plane().viewer_addresses() <= 1 + 4,
@@ -614,7 +623,7 @@ impl Wired {
             while let Some(datagram) = self.viewer.poll_write() {
                 moved = true;
                 if self.viewer_alive {
-                    let data = datagram.message.freeze();
+                    let data = datagram.message;
                     self.viewer_checks += u32::from(data.starts_with(&BINDING_REQUEST));
                     let from = self.viewer_seen_at;
                     self.plane.handle_input(Input::Io(IoEvent::Datagram { from, data }), self.now);

@@ -112,6 +112,7 @@ where
             }
         }
         let wake = runner.next_wakeup().map(|at| tokio::time::Instant::from_std(epoch + at));
+        let due = plane.next_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             message = inbox.recv() => match message {
                 Some(Ok(Some(ToWorker::Swap { policy }))) => {
@@ -130,9 +131,9 @@ where
                 Some(Ok(Some(ToWorker::Stop))) | Some(Ok(None)) | None => break,
                 Some(Err(e)) => bail!("the master's channel failed: {e}"),
             },
-            Some(happened) = io.recv() => events.extend(plane.handle([Input::Io(happened)])),
+            inputs = plane.next_inputs(&mut io) => events.extend(plane.handle(inputs)),
             () = sleep_until(wake) => {}
-            () = sleep_until(plane.next_timeout().map(tokio::time::Instant::from_std)) => {
+            () = sleep_until(due) => {
                 events.extend(plane.handle([Input::Timeout]));
             }
             _ = report.tick() => {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use superpeer::dataplane::origin::{AllowEntry, OriginRules, redact};
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, Input, IoEvent};
 use superpeer::ipc::{FromWorker, ToWorker, WorkerReport, read_frame};
@@ -153,7 +154,7 @@ fn datagrams() -> Fuzzing {
     let viewer_address = SocketAddr::from(([127, 0, 0, 1], 40_000));
     let genuine = superpeer_load::binding_request(&format!("{ufrag}:viewer"), password);
     let datagram = |from, data| Input::Io(IoEvent::Datagram { from, data });
-    plane.handle_input(datagram(viewer_address, genuine.clone()), Instant::now());
+    plane.handle_input(datagram(viewer_address, BytesMut::from(&genuine[..])), Instant::now());
     assert_eq!(plane.viewer_addresses(), 1);
     let examples = vec![
         genuine.to_vec(),
@@ -170,7 +171,7 @@ fn datagrams() -> Fuzzing {
         } else {
             SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 50_000))
         };
-        plane.handle_input(datagram(from, input.to_vec().into()), Instant::now());
+        plane.handle_input(datagram(from, BytesMut::from(input)), Instant::now());
         while plane.poll_event().is_some() || plane.poll_transmit().is_some() {}
         assert!(plane.viewer_addresses() <= 1 + 4, "strangers took addresses");
     };

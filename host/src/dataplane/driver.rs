@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::udp::{self, DatagramSender};
+use super::udp::{self, DatagramReceiver, DatagramSender};
 use super::{
     DataPlane, DataPlaneLimits, Input, IoEvent, IoRequest, budget, disk, fetch, http, origin,
     tracker,
@@ -28,6 +28,7 @@ pub struct Driver {
     plane: DataPlane,
     limits: DataPlaneLimits,
     events: mpsc::Sender<IoEvent>,
+    receiver: DatagramReceiver,
     sender: DatagramSender,
     /// Datagrams being sent (kept for its capacity).
     outgoing: Vec<(SocketAddr, bytes::BytesMut)>,
@@ -55,7 +56,6 @@ impl Driver {
         let bound = socket.local_addr()?;
         let advertised = SocketAddr::new(limits.advertise_ip.unwrap_or(bound.ip()), bound.port());
         tracing::info!(%bound, %advertised, "WebRTC socket ready");
-        spawn_receiver(socket.clone(), events.clone());
         let fetcher = fetch::Fetcher {
             origins: origin::Origins::new(limits.origins.clone(), limits.connect_timeout)
                 .map_err(std::io::Error::other)?,
@@ -77,6 +77,7 @@ impl Driver {
             plane,
             limits,
             events,
+            receiver: DatagramReceiver::new(socket.clone()),
             sender: DatagramSender::new(socket),
             outgoing: Vec::new(),
             udp_addr: bound,
@@ -101,6 +102,23 @@ impl Driver {
             self.carry_out();
         }
         std::iter::from_fn(|| self.plane.poll_event()).collect()
+    }
+
+    /// Until the I/O has something for the state machine, and what: every datagram
+    /// waiting on the UDP socket (up to a batch), or the next report of a task (a
+    /// fetch, a tracker connection, the disk). Cancel-safe, for the event loop's
+    /// `select!`: what it has not returned stays where it was.
+    pub async fn next_inputs(&mut self, io: &mut mpsc::Receiver<IoEvent>) -> Vec<Input> {
+        tokio::select! {
+            () = self.receiver.readable() => self
+                .receiver
+                .take_waiting(udp::RECEIVE_BATCH)
+                .into_iter()
+                .map(|(from, data)| Input::Io(IoEvent::Datagram { from, data }))
+                .collect(),
+            // The driver keeps a sender, so the channel never ends while it lives.
+            Some(happened) = io.recv() => vec![Input::Io(happened)],
+        }
     }
 
     /// When [`Input::Timeout`] is next due.
@@ -257,18 +275,4 @@ impl Driver {
         });
         task.abort_handle()
     }
-}
-
-/// Reads the worker's UDP socket and hands every datagram to the event loop.
-fn spawn_receiver(socket: Arc<tokio::net::UdpSocket>, events: mpsc::Sender<IoEvent>) {
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 65_536];
-        loop {
-            let Ok((len, from)) = socket.recv_from(&mut buffer).await else { continue };
-            let data = Bytes::copy_from_slice(&buffer[..len]);
-            if events.send(IoEvent::Datagram { from, data }).await.is_err() {
-                break;
-            }
-        }
-    });
 }

@@ -31,7 +31,7 @@ mod webrtc;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::policy::wire::{ByteRange, Command, ConnId, Event, FetchId, HttpRequest};
 pub use cache::{Held, SegmentCache};
@@ -132,8 +132,9 @@ pub enum IoEvent {
         key: String,
         size: Option<u64>,
     },
-    /// A UDP datagram for the WebRTC layer.
-    Datagram { from: SocketAddr, data: Bytes },
+    /// A UDP datagram for the WebRTC layer (mutable bytes: the library decrypts in
+    /// place).
+    Datagram { from: SocketAddr, data: BytesMut },
 }
 
 /// What the state machine is handed: a command, what an I/O task reported, or the time

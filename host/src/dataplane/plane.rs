@@ -195,7 +195,7 @@ impl DataPlane {
     fn io_event(&mut self, event: IoEvent, now: Instant) {
         match event {
             IoEvent::Datagram { from, data } => {
-                let events = self.rtc.receive(from, &data, now);
+                let events = self.rtc.receive(from, data, now);
                 self.events.extend(events);
             }
             IoEvent::Policy(event) => self.events.push_back(event),

@@ -1,7 +1,9 @@
-//! A worker's UDP socket: binding it, and sending its datagrams. Consecutive datagrams to one address leave in one
-//! system call with UDP generic segmentation offload (GSO) where the kernel has it: a
-//! viewer's segment is a run of equal-sized SCTP packets, and one `sendmsg` per packet
-//! cost over forty percent of a busy worker's time. Without GSO they leave one by one.
+//! A worker's UDP socket: binding it, reading its datagrams and sending them.
+//! Consecutive datagrams to one address leave in one system call with UDP generic
+//! segmentation offload (GSO) where the kernel has it: a viewer's segment is a run of
+//! equal-sized SCTP packets, and one `sendmsg` per packet cost over forty percent of a
+//! busy worker's time. Without GSO they leave one by one. Datagrams are read in batches,
+//! all that wait (up to a bound), when the event loop wakes for the socket.
 //!
 //! Never blocks and never fails the caller: a full socket buffer drops datagrams, as a
 //! network would, and the transport above retransmits. Owns no protocol state.
@@ -13,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::BytesMut;
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
 use tokio::net::UdpSocket;
@@ -59,6 +62,48 @@ pub fn bind_in(ip: IpAddr, (first, last): (u16, u16)) -> std::io::Result<std::ne
         std::io::ErrorKind::AddrInUse,
         format!("no free UDP port in {first}-{last} on {ip}"),
     ))
+}
+
+/// Most datagrams read in one turn of the event loop: it goes back to its timers and
+/// the master's messages between batches, however fast viewers send.
+pub const RECEIVE_BATCH: usize = 64;
+
+/// Reads the worker's UDP socket for the event loop.
+#[derive(Debug)]
+pub struct DatagramReceiver {
+    socket: Arc<UdpSocket>,
+    /// Where each datagram lands before it is copied out at its own size (one read
+    /// buffer as large as a datagram can be, kept rather than made per datagram).
+    scratch: Vec<u8>,
+}
+
+impl DatagramReceiver {
+    pub fn new(socket: Arc<UdpSocket>) -> DatagramReceiver {
+        DatagramReceiver { socket, scratch: vec![0; 65_536] }
+    }
+
+    /// Until a datagram waits to be read. Cancel-safe: it reads nothing.
+    pub async fn readable(&self) {
+        // An error here is the socket's own (none is known on Linux for UDP); reading
+        // says it again, and drops it.
+        let _ = self.socket.readable().await;
+    }
+
+    /// The datagrams waiting on the socket, at most `max`, in arrival order; none if
+    /// none waits.
+    pub fn take_waiting(&mut self, max: usize) -> Vec<(SocketAddr, BytesMut)> {
+        let mut datagrams = Vec::new();
+        // Errors count against the bound too, so one that repeats cannot spin the loop.
+        for _ in 0..max {
+            match self.socket.try_recv_from(&mut self.scratch) {
+                Ok((len, from)) => datagrams.push((from, BytesMut::from(&self.scratch[..len]))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // An ICMP error reported for an earlier send: loss, as for a send.
+                Err(_) => continue,
+            }
+        }
+        datagrams
+    }
 }
 
 #[derive(Debug)]
@@ -205,5 +250,29 @@ mod tests {
             assert_eq!(&buffer[..n], &expected[..]);
         }
         assert!(sender.gso.load(Ordering::Relaxed), "GSO works on this machine's loopback");
+    }
+
+    #[tokio::test]
+    async fn waiting_datagrams_are_read_whole_in_order_and_at_most_a_batch() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (to, from) = (socket.local_addr().unwrap(), sender.local_addr().unwrap());
+        let mut receiver = DatagramReceiver::new(socket);
+        assert!(receiver.take_waiting(RECEIVE_BATCH).is_empty(), "nothing sent yet");
+        for i in 0..10u8 {
+            sender.send_to(&vec![i; 100 + usize::from(i) * 1000], to).await.unwrap();
+        }
+        let mut read = Vec::new();
+        while read.len() < 10 {
+            receiver.readable().await;
+            let batch = receiver.take_waiting(4);
+            assert!(batch.len() <= 4, "a batch of {}", batch.len());
+            read.extend(batch);
+        }
+        for (i, (source, data)) in read.iter().enumerate() {
+            assert_eq!(*source, from);
+            assert_eq!(&data[..], &vec![i as u8; 100 + i * 1000][..]);
+        }
+        assert!(receiver.take_waiting(RECEIVE_BATCH).is_empty(), "all read");
     }
 }

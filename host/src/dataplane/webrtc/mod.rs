@@ -406,7 +406,8 @@ impl Rtc {
     }
 
     /// A datagram arrived on the socket.
-    pub fn receive(&mut self, from: SocketAddr, data: &[u8], now: Instant) -> Vec<Event> {
+    pub fn receive(&mut self, from: SocketAddr, datagram: BytesMut, now: Instant) -> Vec<Event> {
+        let data = &datagram[..];
         let peer =
             match stun_username(data).and_then(|user| user.split(':').next().map(String::from)) {
                 Some(ufrag) => self.by_ufrag.get(&ufrag).copied(),
@@ -460,7 +461,7 @@ impl Rtc {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message: datagram,
         });
         if check_on_path {
             // The library's ICE-lite agent checks back every check it answers (RFC 8445
