@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use bytes::BytesMut;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sansio::Protocol;
 use superpeer::dataplane::disk::{self, DiskCacheConfig};
@@ -313,14 +312,12 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     let password = viewer::sdp_value(&answer.sdp, "a=ice-pwd:").to_string();
 
     // Twenty thousand forged requests, each from an address of its own: none is taken.
+    let datagram = |from, data: &[u8]| Input::Io(IoEvent::Datagram { from, data: data.into() });
     let forged = viewer::binding_request(&format!("{ufrag}:forger"), "not-the-password");
     for n in 0..20_000u32 {
         let [_, _, a, b] = n.to_be_bytes();
         let from = std::net::SocketAddr::from(([10, 9, a, b], 50_000));
-        seen.extend(
-            plane
-                .handle([Input::Io(IoEvent::Datagram { from, data: BytesMut::from(&forged[..]) })]),
-        );
+        seen.extend(plane.handle([datagram(from, &forged)]));
     }
     assert_eq!(plane.plane().viewer_addresses(), 1, "forged STUN registered addresses");
     assert_eq!(plane.plane().forged_stun(), 20_000);
@@ -329,12 +326,7 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     for n in 0..100u8 {
         let from = std::net::SocketAddr::from(([10, 8, 0, n], 50_000));
         let genuine = viewer::binding_request(&format!("{ufrag}:{n}"), &password);
-        seen.extend(
-            plane.handle([Input::Io(IoEvent::Datagram {
-                from,
-                data: BytesMut::from(&genuine[..]),
-            })]),
-        );
+        seen.extend(plane.handle([datagram(from, &genuine)]));
     }
     assert!(
         plane.plane().viewer_addresses() <= 1 + 4,

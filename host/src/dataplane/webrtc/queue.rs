@@ -15,11 +15,13 @@ use rtc::peer_connection::RTCPeerConnection;
 use super::{Transmit, flush};
 use crate::policy::wire::{Event, MessageSize, PeerId, SegmentHandle, SegmentSent};
 
-/// Bytes queued in a DataChannel beyond which a viewer's serve waits: enough to keep
-/// the link busy (64 KiB a round trip: 5 Mbit/s at 100 ms, far more nearer), little
-/// enough that one viewer holds little memory (they are kept until acknowledged).
+/// The most bytes a viewer's DataChannel holds unacknowledged before its queue waits
+/// (see [`fits_in_window`]): enough to keep the link busy (64 KiB a round trip: 5
+/// Mbit/s at 100 ms, far more nearer), little enough that one viewer holds little
+/// memory (they are kept until acknowledged).
 ///
-/// Fixed, though neither end of it fits every path; measured side by side on loopback:
+/// Fixed, though neither end of it fits every path; measured side by side on loopback
+/// (when a message could still start just under the mark):
 /// - 16 KiB held greedy viewers to 162-195 KB each instead of 257-288, but cost light
 ///   and paced viewers 10-30% more CPU per GB and 20-30% longer segment times (a
 ///   segment took more round trips, each a wake-up and a send of its own).
