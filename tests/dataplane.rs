@@ -17,8 +17,8 @@ use superpeer::dataplane::disk::{self, DiskCache, DiskCacheConfig};
 use superpeer::dataplane::origin::{OriginRules, parse_allow_list};
 use superpeer::dataplane::{DataPlaneLimits, Driver, Held, Input, IoEvent};
 use superpeer::policy::wire::{
-    ByteRange, CacheTier, Command, Event, FetchSegment, FetchText, HttpRequest, TrackerConnect,
-    TrackerSend,
+    ByteRange, CacheTier, Command, ConnId, Event, FetchId, FetchSegment, FetchText, HttpRequest,
+    RequestId, TrackerConnect, TrackerSend,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,20 +105,20 @@ async fn fetches_playlists_and_segments_from_the_origin() {
     let (mut plane, mut io) = Driver::new(limits()).unwrap();
 
     plane.handle([Input::Command(Command::FetchText(FetchText {
-        fetch: 1,
+        fetch: FetchId(1),
         url: format!("{base}/live.m3u8"),
     }))]);
     let Event::TextFetched(playlist) = next(&mut plane, &mut io).await else {
         panic!("no playlist")
     };
-    assert_eq!(playlist.fetch, 1);
+    assert_eq!(playlist.fetch, FetchId(1));
     assert_eq!(playlist.text, "#EXTM3U\n#EXTINF:2,\nseg0.ts\n");
     assert_eq!(playlist.url, format!("{base}/live.m3u8"));
 
     let range = Some(ByteRange { start: 10, end: 20 });
     let url = format!("{base}/seg0.ts");
     plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
-        fetch: 2,
+        fetch: FetchId(2),
         url,
         range,
         tier: CacheTier::Memory,
@@ -126,7 +126,7 @@ async fn fetches_playlists_and_segments_from_the_origin() {
     let Event::SegmentStored(stored) = next(&mut plane, &mut io).await else {
         panic!("no segment")
     };
-    assert_eq!((stored.fetch, stored.segment.size, stored.segment.range), (2, 10, range));
+    assert_eq!((stored.fetch, stored.segment.size, stored.segment.range), (FetchId(2), 10, range));
     let Some(Held::Memory(bytes)) = plane.plane().cache().get(stored.segment.handle) else {
         panic!("a memory-tier segment is held in memory")
     };
@@ -153,25 +153,28 @@ async fn failures_are_retried_only_when_worth_it_and_limits_hold() {
         })
     };
 
-    plane.handle([Input::Command(segment(1, "/missing"))]);
+    plane.handle([Input::Command(segment(FetchId(1), "/missing"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!(failed.status, Some(404));
     assert_eq!(hits.load(Ordering::SeqCst), 0, "unrouted paths are not counted");
 
-    plane.handle([Input::Command(segment(2, "/broken"))]);
+    plane.handle([Input::Command(segment(FetchId(2), "/broken"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
-    assert_eq!((failed.fetch, failed.status), (2, Some(500)));
+    assert_eq!((failed.fetch, failed.status), (FetchId(2), Some(500)));
     assert_eq!(hits.load(Ordering::SeqCst), 3, "a 5xx is retried up to the attempt limit");
 
-    plane.handle([Input::Command(segment(3, "/big"))]);
+    plane.handle([Input::Command(segment(FetchId(3), "/big"))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(failed.reason.contains("1024-byte limit"), "{}", failed.reason);
     assert!(plane.plane().cache().is_empty());
 
     let refused = format!("http://127.0.0.1:{}/x", closed_port());
-    plane.handle([Input::Command(Command::FetchText(FetchText { fetch: 4, url: refused }))]);
+    plane.handle([Input::Command(Command::FetchText(FetchText {
+        fetch: FetchId(4),
+        url: refused,
+    }))]);
     let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else { panic!() };
-    assert_eq!((failed.fetch, failed.status), (4, None));
+    assert_eq!((failed.fetch, failed.status), (FetchId(4), None));
 }
 
 /// An internal service on 127.0.0.1:0 that counts its requests; the secret it holds
@@ -225,9 +228,9 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
     };
 
     // The manifest's own host and port, through a redirect of its own: fetched.
-    fetch(&mut plane, 1, &format!("{base}/hop"));
+    fetch(&mut plane, FetchId(1), &format!("{base}/hop"));
     let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
-    assert_eq!((text.fetch, text.url), (1, format!("{base}/live.m3u8")));
+    assert_eq!((text.fetch, text.url), (FetchId(1), format!("{base}/live.m3u8")));
 
     // Another port of the same address, directly, through a redirect, through a name
     // that resolves to it, and through a redirect to that name: refused, with reasons.
@@ -238,11 +241,11 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
         (5, format!("{base}/to-name"), "resolves only to internal addresses"),
     ];
     for (id, url, why) in attempts {
-        fetch(&mut plane, id, &url);
+        fetch(&mut plane, FetchId(id), &url);
         let Event::FetchFailed(failed) = next(&mut plane, &mut io).await else {
             panic!("{url} was fetched")
         };
-        assert_eq!((failed.fetch, failed.status), (id, None));
+        assert_eq!((failed.fetch, failed.status), (FetchId(id), None));
         assert!(
             failed.reason.starts_with("refused: ") && failed.reason.contains(why),
             "{url}: {}",
@@ -258,7 +261,7 @@ async fn fetches_reach_the_manifests_host_and_allowed_ones_but_no_other_internal
     );
     let (mut plane, mut io) =
         Driver::new(DataPlaneLimits { origins: allowed, ..DataPlaneLimits::default() }).unwrap();
-    fetch(&mut plane, 6, &by_name);
+    fetch(&mut plane, FetchId(6), &by_name);
     let Event::TextFetched(text) = next(&mut plane, &mut io).await else { panic!("not fetched") };
     assert_eq!(text.text, "secret");
     assert_eq!(secret_hits.load(Ordering::SeqCst), 1);
@@ -306,25 +309,25 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
     };
     let (mut plane, mut io) =
         Driver::new(DataPlaneLimits { origins: rules(""), ..DataPlaneLimits::default() }).unwrap();
-    request(&mut plane, 9, "GET", format!("{tracker}/refuse"), b"");
+    request(&mut plane, RequestId(9), "GET", format!("{tracker}/refuse"), b"");
     let Event::HttpFailed(refused) = next(&mut plane, &mut io).await else { panic!() };
     assert!(refused.reason.contains("loopback address"), "{}", refused.reason);
 
     let limits = DataPlaneLimits { origins: rules("127.0.0.1"), ..DataPlaneLimits::default() };
     let (mut plane, mut io) = Driver::new(limits).unwrap();
 
-    request(&mut plane, 1, "POST", format!("{tracker}/echo"), br#"{"channel":"c"}"#);
+    request(&mut plane, RequestId(1), "POST", format!("{tracker}/echo"), br#"{"channel":"c"}"#);
     let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
-    assert_eq!((response.request, response.status), (1, 200));
+    assert_eq!((response.request, response.status), (RequestId(1), 200));
     assert_eq!(response.body, br#"POST application/json {"channel":"c"}"#);
     assert!(response.headers.contains(&("x-tracker".into(), "yes".into())));
 
     // An error status is the tracker's answer, not a failure: the policy reads it.
-    request(&mut plane, 2, "GET", format!("{tracker}/refuse"), b"");
+    request(&mut plane, RequestId(2), "GET", format!("{tracker}/refuse"), b"");
     let Event::HttpResponse(response) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!(
         (response.request, response.status, &response.body[..]),
-        (2, 503, &br#"{"ret":-1}"#[..])
+        (RequestId(2), 503, &br#"{"ret":-1}"#[..])
     );
 
     // Too large a body, another port of the tracker's address, another host: failures
@@ -335,11 +338,11 @@ async fn http_requests_reach_the_seeds_trackers_only_and_come_back_whatever_thei
         (5, "http://origin.example/live.m3u8".to_string(), "not one of the seed's trackers"),
     ];
     for (id, url, why) in failures {
-        request(&mut plane, id, "GET", url.clone(), b"");
+        request(&mut plane, RequestId(id), "GET", url.clone(), b"");
         let Event::HttpFailed(failed) = next(&mut plane, &mut io).await else {
             panic!("{url} answered")
         };
-        assert_eq!(failed.request, id);
+        assert_eq!(failed.request, RequestId(id));
         assert!(failed.reason.contains(why), "{url}: {}", failed.reason);
     }
     assert_eq!(secret_hits.load(Ordering::SeqCst), 0, "the internal service was reached");
@@ -369,7 +372,7 @@ async fn the_swarmcloud_tracker_and_relay_answer_through_the_data_plane() {
     let viewer: Value = serde_json::from_slice(&viewer.bytes().await.unwrap()).unwrap();
     let viewer_id = viewer["data"]["id"].as_str().unwrap().to_string();
     plane.handle([Input::Command(Command::HttpRequest(HttpRequest {
-        request: 1,
+        request: RequestId(1),
         method: "POST".into(),
         url: format!("{}/channel", tracker.url),
         headers: Vec::new(),
@@ -386,8 +389,9 @@ async fn the_swarmcloud_tracker_and_relay_answer_through_the_data_plane() {
 
     // On the relay, under that id; the viewer's offer comes to us.
     let url = format!("{}/?id={our_id}&p=web&v=0.2.0", relay.url);
-    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 2, url }))]);
-    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(2));
+    plane
+        .handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: ConnId(2), url }))]);
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(ConnId(2)));
     let Event::TrackerText(ver) = next(&mut plane, &mut io).await else { panic!() };
     assert_eq!(serde_json::from_str::<Value>(&ver.text).unwrap()["action"], "ver");
     let (mut socket, _) =
@@ -406,7 +410,7 @@ async fn the_swarmcloud_tracker_and_relay_answer_through_the_data_plane() {
     let text =
         json!({"action": "signal", "to_peer_id": "gone", "data": {"type": "answer", "sdp": "v=0"}});
     plane.handle([Input::Command(Command::TrackerSend(TrackerSend {
-        conn: 2,
+        conn: ConnId(2),
         text: text.to_string(),
     }))]);
     let Event::TrackerText(not_found) = next(&mut plane, &mut io).await else { panic!() };
@@ -433,21 +437,22 @@ async fn tracker_texts_flow_both_ways_and_closes_are_reported() {
         socket.close(None).await.unwrap();
     });
     let (mut plane, mut io) = Driver::new(limits()).unwrap();
-    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 9, url }))]);
-    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(9));
+    plane
+        .handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: ConnId(9), url }))]);
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(ConnId(9)));
     plane.handle([Input::Command(Command::TrackerSend(TrackerSend {
-        conn: 9,
+        conn: ConnId(9),
         text: "announce".into(),
     }))]);
     let Event::TrackerText(text) = next(&mut plane, &mut io).await else { panic!() };
-    assert_eq!((text.conn, text.text.as_str()), (9, "echo announce"));
+    assert_eq!((text.conn, text.text.as_str()), (ConnId(9), "echo announce"));
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
-    assert_eq!(closed.conn, 9);
+    assert_eq!(closed.conn, ConnId(9));
     server.await.unwrap();
 
     let refused = format!("ws://127.0.0.1:{}", closed_port());
     plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect {
-        conn: 10,
+        conn: ConnId(10),
         url: refused,
     }))]);
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
@@ -465,8 +470,9 @@ async fn an_oversized_tracker_frame_closes_only_that_connection() {
         let _ = socket.next().await;
     });
     let (mut plane, mut io) = Driver::new(limits()).unwrap();
-    plane.handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: 1, url }))]);
-    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(1));
+    plane
+        .handle([Input::Command(Command::TrackerConnect(TrackerConnect { conn: ConnId(1), url }))]);
+    assert_eq!(next(&mut plane, &mut io).await, Event::TrackerConnected(ConnId(1)));
     let Event::TrackerClosed(closed) = next(&mut plane, &mut io).await else { panic!() };
     assert!(closed.reason.contains("failed"), "{}", closed.reason);
 }
@@ -511,7 +517,7 @@ async fn fetch_to_disk(
 ) -> Vec<superpeer::policy::wire::SegmentInfo> {
     for n in 0..count {
         plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
-            fetch: u64::from(n),
+            fetch: FetchId(u64::from(n)),
             url: format!("{base}/{n}"),
             range: None,
             tier: CacheTier::Disk,
@@ -575,7 +581,7 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
     // fails, and the origin hears of neither. The disk is looked at off the event loop.
     let probe = |fetch: u64, n: u8| {
         Command::FetchSegment(FetchSegment {
-            fetch,
+            fetch: FetchId(fetch),
             url: format!("{base}/{n}"),
             range: None,
             tier: CacheTier::DiskIfCached,
@@ -585,12 +591,15 @@ async fn disk_segments_are_fetched_once_by_two_workers_and_again_by_none_after_a
     let Event::SegmentStored(found) = next(&mut restarted, &mut restarted_io).await else {
         panic!()
     };
-    assert_eq!((found.fetch, found.segment.size, found.segment.tier), (100, 600, CacheTier::Disk));
+    assert_eq!(
+        (found.fetch, found.segment.size, found.segment.tier),
+        (FetchId(100), 600, CacheTier::Disk)
+    );
     assert_eq!(restarted.handle([Input::Command(probe(101, 3))]), vec![]);
     let Event::FetchFailed(missing) = next(&mut restarted, &mut restarted_io).await else {
         panic!()
     };
-    assert_eq!((missing.fetch, missing.reason.as_str()), (101, "not cached"));
+    assert_eq!((missing.fetch, missing.reason.as_str()), (FetchId(101), "not cached"));
     assert_eq!(hits.load(Ordering::SeqCst), 10);
     let _ = std::fs::remove_dir_all(&dir);
 }

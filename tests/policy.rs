@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use superpeer::policy::wire::{Command, Event, SeedConfig, TimerSet};
+use superpeer::policy::wire::{
+    Command, ConnId, Event, FetchId, PeerId, SeedConfig, TimerId, TimerSet,
+};
 use superpeer::policy::{
     Clock, CompiledPolicy, EMBEDDED_POLICY, Fault, PolicyEngine, PolicyError, PolicyLimits,
     PolicyRunner,
@@ -55,7 +57,7 @@ fn counter(engine: &PolicyEngine) -> CompiledPolicy {
 }
 
 fn timers(ids: std::ops::Range<u64>) -> Vec<Event> {
-    ids.map(Event::TimerFired).collect()
+    ids.map(|n| Event::TimerFired(TimerId(n))).collect()
 }
 
 /// The counter's answers as (timer, after_ms).
@@ -63,7 +65,7 @@ fn answers(commands: &[Command]) -> Vec<(u64, u64)> {
     commands
         .iter()
         .map(|c| match c {
-            Command::TimerSet(TimerSet { timer, after_ms }) => (*timer, *after_ms),
+            Command::TimerSet(TimerSet { timer, after_ms }) => (timer.0, *after_ms),
             other => panic!("unexpected command {other:?}"),
         })
         .collect()
@@ -91,7 +93,7 @@ fn embedded_policy_connects_its_trackers() {
     let mut seed = config(&[]);
     seed.trackers = vec!["wss://tracker.example/".into(), "ws://127.0.0.1:8000".into()];
     let mut runner = PolicyRunner::start(engine, policy, seed, at(0)).unwrap();
-    let commands = runner.handle(at(1), vec![Event::PeerBufferedLow(1)]);
+    let commands = runner.handle(at(1), vec![Event::PeerBufferedLow(PeerId(1))]);
     let urls: Vec<_> = commands
         .iter()
         .filter_map(|c| match c {
@@ -128,18 +130,18 @@ fn a_snapshot_follows_soon_after_the_policy_speaks_to_a_tracker() {
     let (mut conn, mut fetch) = (0, 0);
     for command in &first {
         match command {
-            Command::TrackerConnect(c) => conn = c.conn,
-            Command::FetchText(f) => fetch = f.fetch,
+            Command::TrackerConnect(c) => conn = c.conn.0,
+            Command::FetchText(f) => fetch = f.fetch.0,
             _ => {}
         }
     }
     let media = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns1.ts\n#EXTINF:2,\ns2.ts\n";
     let read = Event::TextFetched(superpeer::policy::wire::TextFetched {
-        fetch,
+        fetch: FetchId(fetch),
         url: "http://origin.example/master.m3u8".into(),
         text: media.into(),
     });
-    let offers = runner.handle(at(2), vec![read, Event::TrackerConnected(conn)]);
+    let offers = runner.handle(at(2), vec![read, Event::TrackerConnected(ConnId(conn))]);
     let ready: Vec<Event> = offers
         .iter()
         .filter_map(|c| match c {
@@ -254,7 +256,12 @@ fn a_restart_after_a_fault_carries_state_and_gets_the_faulted_events_once_more()
 
     // The instance is lost with the call it panicked in; its events wait for the next.
     assert!(
-        runner.handle(at(2), vec![Event::TimerFired(7), Event::TimerFired(u64::MAX)]).is_empty()
+        runner
+            .handle(
+                at(2),
+                vec![Event::TimerFired(TimerId(7)), Event::TimerFired(TimerId(u64::MAX))]
+            )
+            .is_empty()
     );
     let stats = runner.stats();
     assert_eq!(stats.faults_by_kind.get("panic"), Some(&1));

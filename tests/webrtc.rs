@@ -17,8 +17,8 @@ use superpeer::dataplane::disk::{self, DiskCacheConfig};
 use superpeer::dataplane::origin::OriginRules;
 use superpeer::dataplane::{DataPlane, DataPlaneLimits, Driver, Input, IoEvent};
 use superpeer::policy::wire::{
-    CacheTier, CancelServe, Command, Event, FetchSegment, MessageSize, PeerAcceptAnswer,
-    PeerAnswer, PeerSend, PeerSendText, SegmentSent, ServeSegment,
+    CacheTier, CancelServe, Command, Event, FetchId, FetchSegment, MessageSize, PeerAcceptAnswer,
+    PeerAnswer, PeerId, PeerSend, PeerSendText, SegmentHandle, SegmentSent, ServeSegment,
 };
 use tokio::sync::mpsc;
 use viewer::Viewer;
@@ -64,7 +64,8 @@ async fn connect(
     peer: u64,
 ) -> (Viewer, Vec<Event>) {
     let (mut viewer, offer) = Viewer::new().await;
-    let mut seen = plane.handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer, offer }))]);
+    let mut seen = plane
+        .handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer: PeerId(peer), offer }))]);
     let Some(Event::PeerAnswerReady(answer)) = seen.first().cloned() else { panic!("{seen:?}") };
     assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
     assert!(answer.sdp.contains("127.0.0.1"), "the answer carries the host candidate");
@@ -73,7 +74,7 @@ async fn connect(
         .set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).unwrap())
         .unwrap();
     run_until(&mut viewer, plane, io, &mut seen, |v, seen| {
-        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(peer))
+        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(PeerId(peer)))
     })
     .await;
     (viewer, seen)
@@ -92,7 +93,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     let (mut plane, mut io) =
         Driver::new(DataPlaneLimits { origins, ..Default::default() }).unwrap();
     plane.handle([Input::Command(Command::FetchSegment(FetchSegment {
-        fetch: 1,
+        fetch: FetchId(1),
         url,
         range: None,
         tier: CacheTier::Memory,
@@ -111,13 +112,13 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     // Messages both ways.
     viewer.send(b"cstr\x01cend");
     seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
-        peer: 1,
+        peer: PeerId(1),
         data: b"hello".to_vec(),
     }))]));
     // A text message arrives as a string, as a browser's `send(string)` sends one; the
     // bytes before it did not.
     seen.extend(plane.handle([Input::Command(Command::PeerSendText(PeerSendText {
-        peer: 1,
+        peer: PeerId(1),
         text: r#"{"event":"HAVE"}"#.into(),
     }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
@@ -134,17 +135,17 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     viewer.datagram_sizes.clear();
     let serve = |handle, offset, end: &[u8]| {
         Command::ServeSegment(ServeSegment {
-            peer: 1,
+            peer: PeerId(1),
             handle,
             offset,
             message_size: MessageSize::AtMost(16_000),
             end: Some(end.to_vec()),
         })
     };
-    let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: 1, data: data.to_vec() });
+    let send = |data: &[u8]| Command::PeerSend(PeerSend { peer: PeerId(1), data: data.to_vec() });
     seen.extend(plane.handle(Input::commands(vec![serve(handle, 1000, b"the end")])));
     let complete =
-        Event::SegmentSent(SegmentSent { peer: 1, handle, bytes: 299_000, complete: true });
+        Event::SegmentSent(SegmentSent { peer: PeerId(1), handle, bytes: 299_000, complete: true });
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         seen.contains(&complete) && v.received.last().is_some_and(|m| m == b"the end")
     })
@@ -168,7 +169,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     // many messages follow (never cut to packets).
     viewer.received.clear();
     let exactly = Command::ServeSegment(ServeSegment {
-        peer: 1,
+        peer: PeerId(1),
         handle,
         offset: 0,
         message_size: MessageSize::Exactly(64_000),
@@ -187,9 +188,15 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
     viewer.received.clear();
     seen.extend(plane.handle(Input::commands(vec![serve(handle, 0, b"the end"), send(b"next")])));
     seen.extend(
-        plane.handle([Input::Command(Command::CancelServe(CancelServe { peer: 1, handle }))]),
+        plane.handle([Input::Command(Command::CancelServe(CancelServe {
+            peer: PeerId(1),
+            handle,
+        }))]),
     );
-    seen.extend(plane.handle(Input::commands(vec![serve(999, 0, b"the end"), send(b"last")])));
+    seen.extend(
+        plane
+            .handle(Input::commands(vec![serve(SegmentHandle(999), 0, b"the end"), send(b"last")])),
+    );
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.last().is_some_and(|m| m == b"last")
     })
@@ -204,7 +211,7 @@ async fn a_viewer_connects_exchanges_messages_and_receives_a_segment() {
 #[tokio::test]
 async fn superpeer_offers_a_viewer_answers_and_the_data_channel_opens() {
     let (mut plane, mut io) = Driver::new(DataPlaneLimits::default()).unwrap();
-    let mut seen = plane.handle([Input::Command(Command::PeerOffer(3))]);
+    let mut seen = plane.handle([Input::Command(Command::PeerOffer(PeerId(3)))]);
     let Some(Event::PeerOfferReady(offer)) = seen.first().cloned() else { panic!("{seen:?}") };
     for line in ["a=ice-lite", "a=setup:actpass", "m=application", "127.0.0.1"] {
         assert!(offer.sdp.contains(line), "{line} missing from our offer: {}", offer.sdp);
@@ -217,25 +224,21 @@ async fn superpeer_offers_a_viewer_answers_and_the_data_channel_opens() {
 
     // The viewer answers as simple-peer does and takes the channel we opened.
     let (mut viewer, answer) = Viewer::answering(&offer.sdp).await;
-    seen.extend(
-        plane.handle([Input::Command(Command::PeerAcceptAnswer(PeerAcceptAnswer {
-            peer: 3,
-            answer,
-        }))]),
-    );
+    seen.extend(plane.handle([Input::Command(Command::PeerAcceptAnswer(PeerAcceptAnswer {
+        peer: PeerId(3),
+        answer,
+    }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
-        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(3))
+        v.channel.is_some() && seen.contains(&Event::PeerChannelOpen(PeerId(3)))
     })
     .await;
     assert_eq!((plane.plane().offers_pending(), plane.plane().viewers()), (0, 1));
 
     viewer.send(b"cstr\x01cend");
-    seen.extend(
-        plane.handle([Input::Command(Command::PeerSend(PeerSend {
-            peer: 3,
-            data: b"hi".to_vec(),
-        }))]),
-    );
+    seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
+        peer: PeerId(3),
+        data: b"hi".to_vec(),
+    }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.iter().any(|m| m == b"hi")
             && seen.iter().any(|e| matches!(e, Event::PeerMessage(m) if m.data == b"cstr\x01cend"))
@@ -248,17 +251,17 @@ async fn an_offer_nobody_answers_is_dropped_and_a_bad_answer_closes_its_offer() 
     let limits =
         DataPlaneLimits { offer_timeout: Duration::from_millis(300), ..Default::default() };
     let (mut plane, mut io) = Driver::new(limits).unwrap();
-    let mut seen = plane.handle([Input::Command(Command::PeerOffer(1))]);
-    seen.extend(plane.handle([Input::Command(Command::PeerOffer(2))]));
+    let mut seen = plane.handle([Input::Command(Command::PeerOffer(PeerId(1)))]);
+    seen.extend(plane.handle([Input::Command(Command::PeerOffer(PeerId(2)))]));
     assert_eq!(plane.plane().offers_pending(), 2);
-    let bad = PeerAcceptAnswer { peer: 2, answer: "v=0\r\nnonsense".into() };
+    let bad = PeerAcceptAnswer { peer: PeerId(2), answer: "v=0\r\nnonsense".into() };
     seen.extend(plane.handle([Input::Command(Command::PeerAcceptAnswer(bad))]));
     assert!(
-        seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
+        seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == PeerId(2))),
         "a bad answer closes its offer: {seen:?}"
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 1)) {
+    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == PeerId(1))) {
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         assert!(next.is_some(), "an offer waiting for its answer has a deadline");
         tokio::select! {
@@ -282,7 +285,7 @@ async fn a_viewer_that_falls_silent_is_dropped_and_reported_closed() {
     drop(viewer);
     seen.clear();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == 7)) {
+    while !seen.iter().any(|e| matches!(e, Event::PeerClosed(c) if c.peer == PeerId(7))) {
         let next = plane.next_timeout().map(tokio::time::Instant::from_std);
         let next = next.map_or(deadline, |t| t.min(deadline));
         tokio::select! {
@@ -303,8 +306,9 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
     assert_eq!(plane.plane().viewer_addresses(), 1);
     // Another viewer's answer tells what anyone on the tracker could learn: a ufrag.
     let (_, offer) = Viewer::new().await;
-    let Some(Event::PeerAnswerReady(answer)) =
-        plane.handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer: 2, offer }))]).pop()
+    let Some(Event::PeerAnswerReady(answer)) = plane
+        .handle([Input::Command(Command::PeerAnswer(PeerAnswer { peer: PeerId(2), offer }))])
+        .pop()
     else {
         panic!("no answer")
     };
@@ -336,7 +340,7 @@ async fn a_new_address_is_taken_only_with_the_connections_password_and_a_few_per
 
     // The viewer that was there is served as before.
     seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
-        peer: 1,
+        peer: PeerId(1),
         data: b"still".to_vec(),
     }))]));
     run_until(&mut viewer, &mut plane, &mut io, &mut seen, |v, _| {
@@ -355,10 +359,12 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
     // The stalled viewer acknowledges nothing more: what is sent to it piles up.
     let mut closed = Vec::new();
     for _ in 0..20_000 {
-        let events = plane
-            .handle([Input::Command(Command::PeerSend(PeerSend { peer: 2, data: vec![7; 1024] }))]);
+        let events = plane.handle([Input::Command(Command::PeerSend(PeerSend {
+            peer: PeerId(2),
+            data: vec![7; 1024],
+        }))]);
         closed.extend(
-            events.into_iter().filter(|e| matches!(e, Event::PeerClosed(c) if c.peer == 2)),
+            events.into_iter().filter(|e| matches!(e, Event::PeerClosed(c) if c.peer == PeerId(2))),
         );
         if !closed.is_empty() {
             break;
@@ -368,12 +374,10 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
     assert!(close.reason.contains("send queue full"), "{}", close.reason);
     assert_eq!(plane.plane().viewers(), 1);
 
-    seen.extend(
-        plane.handle([Input::Command(Command::PeerSend(PeerSend {
-            peer: 1,
-            data: b"fine".to_vec(),
-        }))]),
-    );
+    seen.extend(plane.handle([Input::Command(Command::PeerSend(PeerSend {
+        peer: PeerId(1),
+        data: b"fine".to_vec(),
+    }))]));
     run_until(&mut reader, &mut plane, &mut io, &mut seen, |v, _| {
         v.received.iter().any(|m| m == b"fine")
     })
@@ -385,7 +389,7 @@ async fn stored(plane: &mut Driver, io: &mut mpsc::Receiver<IoEvent>) -> u64 {
     loop {
         let happened = io.recv().await.unwrap();
         match plane.handle([Input::Io(happened)]).pop() {
-            Some(Event::SegmentStored(stored)) => return stored.segment.handle,
+            Some(Event::SegmentStored(stored)) => return stored.segment.handle.0,
             Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
             _ => {}
         }
@@ -413,7 +417,12 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
         ..Default::default()
     };
     let fetch = |fetch: u64, n: u32, tier| {
-        Command::FetchSegment(FetchSegment { fetch, url: format!("{base}/{n}"), range: None, tier })
+        Command::FetchSegment(FetchSegment {
+            fetch: FetchId(fetch),
+            url: format!("{base}/{n}"),
+            range: None,
+            tier,
+        })
     };
 
     // Segments 1 and 2 fetched to disk by one worker, and served by the next, which
@@ -463,15 +472,21 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
         }
     });
     // A serve's end is sent after its last byte or not at all.
-    let in_turn = |handle| vec![send(1, b"before"), serve(1, handle), send(1, b"after")];
-    seen.extend(plane.handle(Input::commands(in_turn(two))));
+    let in_turn = |handle| {
+        vec![send(PeerId(1), b"before"), serve(PeerId(1), handle), send(PeerId(1), b"after")]
+    };
+    seen.extend(plane.handle(Input::commands(in_turn(SegmentHandle(two)))));
     returned.send(()).unwrap();
 
     // The loop goes on: the other viewer is sent a segment meanwhile, and the first
     // nothing that was queued behind the read.
-    seen.extend(plane.handle(Input::commands(vec![serve(2, three)])));
-    let three_sent =
-        Event::SegmentSent(SegmentSent { peer: 2, handle: three, bytes: 300_000, complete: true });
+    seen.extend(plane.handle(Input::commands(vec![serve(PeerId(2), SegmentHandle(three))])));
+    let three_sent = Event::SegmentSent(SegmentSent {
+        peer: PeerId(2),
+        handle: SegmentHandle(three),
+        bytes: 300_000,
+        complete: true,
+    });
     run_until(&mut second, &mut plane, &mut io, &mut seen, |v, seen| {
         seen.contains(&three_sent) && v.received.last().is_some_and(|m| m == b"end")
     })
@@ -487,12 +502,16 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
         let mut pipe = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         let _ = pipe.write_all(&[0; 4096]);
     });
-    let unsent =
-        Event::SegmentSent(SegmentSent { peer: 1, handle: two, bytes: 0, complete: false });
+    let unsent = Event::SegmentSent(SegmentSent {
+        peer: PeerId(1),
+        handle: SegmentHandle(two),
+        bytes: 0,
+        complete: false,
+    });
     run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.last().is_some_and(|m| m == b"after")
             && seen.contains(&unsent)
-            && seen.contains(&Event::SegmentEvicted(two))
+            && seen.contains(&Event::SegmentEvicted(SegmentHandle(two)))
     })
     .await;
     writer.join().unwrap();
@@ -501,9 +520,13 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     // Segment 1 is read whole and goes out in its place: after what was queued before
     // it, before what was queued after it.
     first.received.clear();
-    seen.extend(plane.handle(Input::commands(in_turn(one))));
-    let one_sent =
-        Event::SegmentSent(SegmentSent { peer: 1, handle: one, bytes: 300_000, complete: true });
+    seen.extend(plane.handle(Input::commands(in_turn(SegmentHandle(one)))));
+    let one_sent = Event::SegmentSent(SegmentSent {
+        peer: PeerId(1),
+        handle: SegmentHandle(one),
+        bytes: 300_000,
+        complete: true,
+    });
     run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
         seen.contains(&one_sent) && v.received.last().is_some_and(|m| m == b"after")
     })
@@ -553,7 +576,10 @@ impl Wired {
             DataPlane::new(advertised, false, limits.offer_timeout, limits.stall_timeout);
         let (mut viewer, offer) = superpeer_load::offering_connection(viewer_addr).unwrap();
         let now = Instant::now();
-        plane.handle_input(Input::Command(Command::PeerAnswer(PeerAnswer { peer, offer })), now);
+        plane.handle_input(
+            Input::Command(Command::PeerAnswer(PeerAnswer { peer: PeerId(peer), offer })),
+            now,
+        );
         let Some(Event::PeerAnswerReady(answer)) = plane.poll_event() else { panic!("no answer") };
         viewer
             .set_remote_description(now, RTCSessionDescription::answer(answer.sdp).unwrap())
@@ -575,7 +601,7 @@ impl Wired {
         };
         wired.run_for(Duration::from_secs(10));
         assert!(wired.viewer_channel_open, "never opened: {:?}", wired.seen);
-        assert!(wired.seen.contains(&Event::PeerChannelOpen(peer)), "{:?}", wired.seen);
+        assert!(wired.seen.contains(&Event::PeerChannelOpen(PeerId(peer))), "{:?}", wired.seen);
         wired
     }
 

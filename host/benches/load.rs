@@ -431,15 +431,15 @@ fn reach_step(
 /// and memory held per offer, for `count` offers.
 fn pending_offer_cost(count: u64) -> (f64, f64) {
     use superpeer::dataplane::{DataPlaneLimits, Driver, Input};
-    use superpeer::policy::wire::Command as PolicyCommand;
+    use superpeer::policy::wire::{Command as PolicyCommand, PeerId};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let (mut plane, _io) = Driver::new(DataPlaneLimits::default()).unwrap();
-        plane.handle([Input::Command(PolicyCommand::PeerOffer(0))]);
+        plane.handle([Input::Command(PolicyCommand::PeerOffer(PeerId(0)))]);
         let me = std::process::id();
         let (rss, cpu) = (procfs::rss_bytes(me).unwrap(), procfs::cpu_seconds(me).unwrap());
         for peer in 1..=count {
-            plane.handle([Input::Command(PolicyCommand::PeerOffer(peer))]);
+            plane.handle([Input::Command(PolicyCommand::PeerOffer(PeerId(peer)))]);
         }
         let spent = procfs::cpu_seconds(me).unwrap() - cpu;
         let held = procfs::rss_bytes(me).unwrap().saturating_sub(rss);

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use superpeer::policy::wire::{Event, SeedConfig};
+use superpeer::policy::wire::{Event, PeerId, SeedConfig, TimerId};
 use superpeer::policy::{
     Clock, CompiledPolicy, EMBEDDED_POLICY, PolicyEngine, PolicyLimits, PolicyRunner,
 };
@@ -116,8 +116,8 @@ fn main() {
 
     type MakeEvent = fn(u64) -> Event;
     let workloads: [(&str, &CompiledPolicy, MakeEvent); 2] = [
-        ("default policy, peer-buffered-low", &pml, Event::PeerBufferedLow),
-        ("counter, timer-fired -> timer-set", &counter, Event::TimerFired),
+        ("default policy, peer-buffered-low", &pml, |n| Event::PeerBufferedLow(PeerId(n))),
+        ("counter, timer-fired -> timer-set", &counter, |n| Event::TimerFired(TimerId(n))),
     ];
     for (name, policy, make) in workloads {
         for batch in [1usize, 16, 256] {
@@ -140,7 +140,7 @@ fn main() {
     let mut pauses: Vec<Duration> = (0..200)
         .map(|i| {
             now += Duration::from_millis(1);
-            runner.handle(clock(now), (0..64).map(Event::TimerFired).collect());
+            runner.handle(clock(now), (0..64).map(|n| Event::TimerFired(TimerId(n))).collect());
             let report = runner.swap(clock(now), next[i % 2].clone()).unwrap();
             next.swap(0, 1);
             report.pause

@@ -17,7 +17,7 @@ use superpeer::dataplane::{DataPlane, DataPlaneLimits, Input, IoEvent};
 use superpeer::ipc::{FromWorker, ToWorker, WorkerReport, read_frame};
 use superpeer::master::config::{MasterConfig, parse_env};
 use superpeer::master::seeds::{self, SeedRequest};
-use superpeer::policy::wire::{Command, Event, PeerAnswer};
+use superpeer::policy::wire::{Command, Event, PeerAnswer, PeerId};
 
 /// A check of one input: panics only on a bug.
 pub type Check = Box<dyn FnMut(&[u8])>;
@@ -145,7 +145,7 @@ fn datagrams() -> Fuzzing {
     let limits = DataPlaneLimits::default();
     let mut plane = DataPlane::new(local, false, limits.offer_timeout, limits.stall_timeout);
     let (_, offer) = superpeer_load::offering_connection(local).unwrap();
-    let answer = Input::Command(Command::PeerAnswer(PeerAnswer { peer: 1, offer }));
+    let answer = Input::Command(Command::PeerAnswer(PeerAnswer { peer: PeerId(1), offer }));
     plane.handle_input(answer, Instant::now());
     let Some(Event::PeerAnswerReady(answer)) = plane.poll_event() else { panic!("no answer") };
     let ufrag = superpeer_load::sdp_value(&answer.sdp, "a=ice-ufrag:").unwrap();

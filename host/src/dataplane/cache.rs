@@ -60,7 +60,8 @@ pub struct SegmentCache {
     /// Each segment with its share of the worker's memory budget, given back when it
     /// goes.
     segments: HashMap<SegmentHandle, (Held, Option<Reservation>)>,
-    next: SegmentHandle,
+    /// Handles issued so far: the next one is one more, so none is ever reused.
+    issued: u64,
     memory_bytes: u64,
     at_hand: AtHand,
     /// Disk reads in flight, by key, and the segments whose serves wait for each: one
@@ -94,12 +95,13 @@ impl SegmentCache {
     }
 
     fn insert(&mut self, held: Held, share: Option<Reservation>) -> SegmentHandle {
-        self.next += 1;
+        self.issued += 1;
+        let handle = SegmentHandle(self.issued);
         if let Held::Memory(bytes) = &held {
             self.memory_bytes += bytes.len() as u64;
         }
-        self.segments.insert(self.next, (held, share));
-        self.next
+        self.segments.insert(handle, (held, share));
+        handle
     }
 
     pub fn get(&self, handle: SegmentHandle) -> Option<&Held> {
@@ -261,7 +263,7 @@ mod tests {
         let bytes = Bytes::from_static(b"abc");
         assert_eq!(cache.read_done("k".into(), Some(&bytes)), (vec![one, two], vec![]));
         assert_eq!(cache.for_serve(two), ForServe::Ready(bytes));
-        assert_eq!(cache.for_serve(99), ForServe::Gone);
+        assert_eq!(cache.for_serve(SegmentHandle(99)), ForServe::Gone);
 
         // A copy that is gone takes its segments with it.
         let three = cache.keep_on_disk("gone".into(), 3);

@@ -125,7 +125,7 @@ impl DataPlane {
             Command::PeerSendText(s) => self.rtc.send(s.peer, Message::Text(s.text), now),
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
-                tracing::debug!(peer = c.peer, reason = %c.reason, "policy closed a peer");
+                tracing::debug!(peer = %c.peer, reason = %c.reason, "policy closed a peer");
                 self.rtc.close(c.peer);
                 Vec::new()
             }
@@ -290,7 +290,9 @@ mod tests {
 
     use super::*;
     use crate::dataplane::budget::MemoryBudget;
-    use crate::policy::wire::{FetchSegment, MessageSize, TrackerConnect};
+    use crate::policy::wire::{
+        ConnId, FetchId, FetchSegment, MessageSize, PeerId, SegmentHandle, TrackerConnect,
+    };
 
     fn plane(disk: bool) -> DataPlane {
         let at = SocketAddr::from(([127, 0, 0, 1], 9));
@@ -303,16 +305,22 @@ mod tests {
 
     fn fetch(fetch: u64, tier: CacheTier) -> Input {
         let url = format!("http://o.example/{fetch}");
-        Input::Command(Command::FetchSegment(FetchSegment { fetch, url, range: None, tier }))
+        Input::Command(Command::FetchSegment(FetchSegment {
+            fetch: FetchId(fetch),
+            url,
+            range: None,
+            tier,
+        }))
     }
 
     #[test]
     fn io_is_asked_for_as_values_and_counted_once_as_it_drains() {
         let now = Instant::now();
         let mut plane = plane(false);
-        let connect = Command::TrackerConnect(TrackerConnect { conn: 1, url: "ws://t/".into() });
+        let connect =
+            Command::TrackerConnect(TrackerConnect { conn: ConnId(1), url: "ws://t/".into() });
         plane.handle_input(Input::Command(connect.clone()), now);
-        let connect = IoRequest::TrackerConnect { conn: 1, url: "ws://t/".into() };
+        let connect = IoRequest::TrackerConnect { conn: ConnId(1), url: "ws://t/".into() };
         assert_eq!(plane.poll_io(), Some(connect));
         // Without a disk cache: `disk` becomes memory, `disk-if-cached` finds nothing
         // (which is no fetch error).
@@ -336,9 +344,9 @@ mod tests {
             from_origin,
             reservation: budget.reservation(),
         };
-        plane.handle_input(Input::Io(fetched(1, true)), now);
-        plane.handle_input(Input::Io(fetched(3, false)), now);
-        let failed = FetchFailed { fetch: 4, status: Some(500), reason: "500".into() };
+        plane.handle_input(Input::Io(fetched(FetchId(1), true)), now);
+        plane.handle_input(Input::Io(fetched(FetchId(3), false)), now);
+        let failed = FetchFailed { fetch: FetchId(4), status: Some(500), reason: "500".into() };
         plane.handle_input(Input::Io(IoEvent::Policy(Event::FetchFailed(failed))), now);
         assert_eq!(events(&mut plane).len(), 3);
         let counted = plane.counters();
@@ -357,16 +365,16 @@ mod tests {
             key: "k".into(),
             size: Some(5),
         };
-        plane.handle_input(Input::Io(found(1)), now);
-        plane.handle_input(Input::Io(found(2)), now);
-        let handles: Vec<u64> = events(&mut plane)
+        plane.handle_input(Input::Io(found(FetchId(1))), now);
+        plane.handle_input(Input::Io(found(FetchId(2))), now);
+        let handles: Vec<SegmentHandle> = events(&mut plane)
             .into_iter()
             .map(|e| match e {
                 Event::SegmentStored(s) => s.segment.handle,
                 other => panic!("{other:?}"),
             })
             .collect();
-        for (peer, handle) in [(7, handles[0]), (8, handles[1])] {
+        for (peer, handle) in [(PeerId(7), handles[0]), (PeerId(8), handles[1])] {
             let message_size = MessageSize::AtMost(16 << 10);
             let serve = ServeSegment { peer, handle, offset: 0, message_size, end: None };
             plane.handle_input(Input::Command(Command::ServeSegment(serve)), now);

@@ -143,6 +143,15 @@ macro_rules! same {
 }
 same!(u8, u16, u32, u64, bool, String);
 
+/// The WIT types carry ids as bare numbers.
+macro_rules! ids {
+    ($($id:ident),*) => {$(
+        impl Lift<wire::$id> for u64 { fn lift(self) -> wire::$id { wire::$id(self) } }
+        impl Lift<u64> for wire::$id { fn lift(self) -> u64 { self.0 } }
+    )*};
+}
+ids!(ConnId, PeerId, FetchId, RequestId, TimerId, SegmentHandle);
+
 impl<A: Lift<B>, B> Lift<Option<B>> for Option<A> {
     fn lift(self) -> Option<B> {
         self.map(Lift::lift)
@@ -230,21 +239,21 @@ macro_rules! common_event {
         match $event {
             wire::Event::Started => $version::Event::Started,
             wire::Event::Stopping => $version::Event::Stopping,
-            wire::Event::TrackerConnected(c) => $version::Event::TrackerConnected(c),
+            wire::Event::TrackerConnected(c) => $version::Event::TrackerConnected(c.lift()),
             wire::Event::TrackerText(t) => $version::Event::TrackerText(t.lift()),
             wire::Event::TrackerClosed(c) => $version::Event::TrackerClosed(c.lift()),
             wire::Event::PeerOfferReady(r) => $version::Event::PeerOfferReady(r.lift()),
             wire::Event::PeerAnswerReady(r) => $version::Event::PeerAnswerReady(r.lift()),
-            wire::Event::PeerChannelOpen(p) => $version::Event::PeerChannelOpen(p),
+            wire::Event::PeerChannelOpen(p) => $version::Event::PeerChannelOpen(p.lift()),
             wire::Event::PeerMessage(m) => $version::Event::PeerMessage(m.lift()),
-            wire::Event::PeerBufferedLow(p) => $version::Event::PeerBufferedLow(p),
+            wire::Event::PeerBufferedLow(p) => $version::Event::PeerBufferedLow(p.lift()),
             wire::Event::PeerClosed(c) => $version::Event::PeerClosed(c.lift()),
             wire::Event::TextFetched(t) => $version::Event::TextFetched(t.lift()),
             wire::Event::SegmentStored(s) => $version::Event::SegmentStored(s.lift()),
             wire::Event::FetchFailed(f) => $version::Event::FetchFailed(f.lift()),
-            wire::Event::SegmentEvicted(h) => $version::Event::SegmentEvicted(h),
+            wire::Event::SegmentEvicted(h) => $version::Event::SegmentEvicted(h.lift()),
             wire::Event::SegmentSent(s) => $version::Event::SegmentSent(s.lift()),
-            wire::Event::TimerFired(t) => $version::Event::TimerFired(t),
+            wire::Event::TimerFired(t) => $version::Event::TimerFired(t.lift()),
             $($own)*
         }
     };
@@ -256,8 +265,8 @@ macro_rules! common_command {
         match $command {
             $version::Command::TrackerConnect(c) => wire::Command::TrackerConnect(c.lift()),
             $version::Command::TrackerSend(s) => wire::Command::TrackerSend(s.lift()),
-            $version::Command::TrackerClose(c) => wire::Command::TrackerClose(c),
-            $version::Command::PeerOffer(p) => wire::Command::PeerOffer(p),
+            $version::Command::TrackerClose(c) => wire::Command::TrackerClose(c.lift()),
+            $version::Command::PeerOffer(p) => wire::Command::PeerOffer(p.lift()),
             $version::Command::PeerAnswer(a) => wire::Command::PeerAnswer(a.lift()),
             $version::Command::PeerAcceptAnswer(a) => wire::Command::PeerAcceptAnswer(a.lift()),
             $version::Command::PeerSend(s) => wire::Command::PeerSend(s.lift()),
@@ -265,10 +274,10 @@ macro_rules! common_command {
             $version::Command::PeerClose(c) => wire::Command::PeerClose(c.lift()),
             $version::Command::FetchText(f) => wire::Command::FetchText(f.lift()),
             $version::Command::FetchSegment(f) => wire::Command::FetchSegment(f.lift()),
-            $version::Command::FetchCancel(f) => wire::Command::FetchCancel(f),
-            $version::Command::Evict(h) => wire::Command::Evict(h),
+            $version::Command::FetchCancel(f) => wire::Command::FetchCancel(f.lift()),
+            $version::Command::Evict(h) => wire::Command::Evict(h.lift()),
             $version::Command::TimerSet(t) => wire::Command::TimerSet(t.lift()),
-            $version::Command::TimerCancel(t) => wire::Command::TimerCancel(t),
+            $version::Command::TimerCancel(t) => wire::Command::TimerCancel(t.lift()),
             $($own)*
         }
     };
@@ -346,9 +355,9 @@ fn host_state_v0_1(state: &wire::HostState) -> t1::HostState {
     t1::HostState {
         trackers: state.trackers.lift(),
         peers: state.peers.lift(),
-        fetches: state.fetches,
+        fetches: state.fetches.lift(),
         segments: state.segments.lift(),
-        timers: state.timers,
+        timers: state.timers.lift(),
     }
 }
 
@@ -373,8 +382,8 @@ fn commands_v0_1(commands: Vec<t1::Command>) -> Vec<wire::Command> {
                         _ => None,
                     });
                 wire::Command::ServeSegment(wire::ServeSegment {
-                    peer: s.peer,
-                    handle: s.handle,
+                    peer: s.peer.lift(),
+                    handle: s.handle.lift(),
                     offset: s.offset,
                     message_size: wire::MessageSize::AtMost(s.chunk_size),
                     end,
@@ -438,7 +447,7 @@ mod tests {
         let expected = |peer, end: Option<&[u8]>| {
             wire::Command::ServeSegment(wire::ServeSegment {
                 peer,
-                handle: 9,
+                handle: wire::SegmentHandle(9),
                 offset: 3,
                 message_size: wire::MessageSize::AtMost(100),
                 end: end.map(<[u8]>::to_vec),
@@ -447,18 +456,27 @@ mod tests {
         assert_eq!(
             commands,
             vec![
-                expected(1, Some(b"end")),
-                expected(2, None),
-                wire::Command::PeerSend(wire::PeerSend { peer: 1, data: b"other".to_vec() }),
-                expected(3, None),
+                expected(wire::PeerId(1), Some(b"end")),
+                expected(wire::PeerId(2), None),
+                wire::Command::PeerSend(wire::PeerSend {
+                    peer: wire::PeerId(1),
+                    data: b"other".to_vec()
+                }),
+                expected(wire::PeerId(3), None),
             ]
         );
     }
 
     #[test]
     fn events_v0_1_cannot_express_never_reach_it() {
-        let http = wire::Event::HttpFailed(wire::HttpFailed { request: 1, reason: "no".into() });
+        let http = wire::Event::HttpFailed(wire::HttpFailed {
+            request: wire::RequestId(1),
+            reason: "no".into(),
+        });
         assert!(event_v0_1(http).is_none());
-        assert!(matches!(event_v0_1(wire::Event::TimerFired(4)), Some(t1::Event::TimerFired(4))));
+        assert!(matches!(
+            event_v0_1(wire::Event::TimerFired(wire::TimerId(4))),
+            Some(t1::Event::TimerFired(4))
+        ));
     }
 }

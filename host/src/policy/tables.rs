@@ -314,7 +314,7 @@ impl Tables {
                     fit("end of a serve", end.len(), limits.max_message_bytes)?;
                 }
                 if !self.serves.insert((s.peer, s.handle)) {
-                    return Err(Rejection::Duplicate { what: "serve of segment", id: s.handle });
+                    return Err(Rejection::Duplicate { what: "serve of segment", id: s.handle.0 });
                 }
             }
             Command::CancelServe(c) => {
@@ -412,7 +412,7 @@ impl Tables {
                     open: *phase == PeerPhase::Open,
                     serving: self
                         .serves
-                        .range((*peer, 0)..=(*peer, u64::MAX))
+                        .range((*peer, SegmentHandle(0))..=(*peer, SegmentHandle(u64::MAX)))
                         .map(|(_, handle)| *handle)
                         .collect(),
                 })
@@ -482,12 +482,12 @@ impl Tables {
     }
 }
 
-fn unknown(what: &'static str, id: u64) -> Rejection {
-    Rejection::Unknown { what, id }
+fn unknown(what: &'static str, id: impl Into<u64>) -> Rejection {
+    Rejection::Unknown { what, id: id.into() }
 }
 
-fn fresh(what: &'static str, id: u64, taken: bool) -> Result<(), Rejection> {
-    if taken { Err(Rejection::Duplicate { what, id }) } else { Ok(()) }
+fn fresh(what: &'static str, id: impl Into<u64>, taken: bool) -> Result<(), Rejection> {
+    if taken { Err(Rejection::Duplicate { what, id: id.into() }) } else { Ok(()) }
 }
 
 fn room(what: &'static str, len: usize, max: usize) -> Result<(), Rejection> {
@@ -535,7 +535,7 @@ mod tests {
 
     fn segment(handle: SegmentHandle, size: u64) -> Event {
         Event::SegmentStored(SegmentStored {
-            fetch: 0,
+            fetch: FetchId(0),
             segment: SegmentInfo {
                 handle,
                 url: "http://origin/seg.ts".into(),
@@ -549,28 +549,30 @@ mod tests {
     #[test]
     fn tracker_lifecycle_is_enforced() {
         let mut t = Tables::default();
-        let connect =
-            Command::TrackerConnect(TrackerConnect { conn: 1, url: "wss://t.example/".into() });
+        let connect = Command::TrackerConnect(TrackerConnect {
+            conn: ConnId(1),
+            url: "wss://t.example/".into(),
+        });
         admit(&mut t, connect.clone()).unwrap();
         assert_eq!(
             t.state(NOW).trackers,
-            vec![TrackerState { conn: 1, url: "wss://t.example/".into(), open: false }],
+            vec![TrackerState { conn: ConnId(1), url: "wss://t.example/".into(), open: false }],
             "a connection being opened is replayed too, so a new instance can adopt it"
         );
         assert_eq!(
             admit(&mut t, connect),
             Err(Rejection::Duplicate { what: "tracker connection", id: 1 })
         );
-        let send = Command::TrackerSend(TrackerSend { conn: 1, text: "{}".into() });
-        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::TrackerNotOpen(1)));
+        let send = Command::TrackerSend(TrackerSend { conn: ConnId(1), text: "{}".into() });
+        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::TrackerNotOpen(ConnId(1))));
         assert_eq!(t.trackers_open(), 0, "an opening connection is not open");
-        t.observe(&Event::TrackerConnected(1));
+        t.observe(&Event::TrackerConnected(ConnId(1)));
         assert_eq!(t.trackers_open(), 1);
         admit(&mut t, send.clone()).unwrap();
-        let tracker = |open| TrackerState { conn: 1, url: "wss://t.example/".into(), open };
+        let tracker = |open| TrackerState { conn: ConnId(1), url: "wss://t.example/".into(), open };
         assert_eq!(t.state(NOW).trackers, vec![tracker(true)]);
         t.observe(&Event::TrackerClosed(crate::policy::wire::TrackerClosed {
-            conn: 1,
+            conn: ConnId(1),
             reason: String::new(),
         }));
         assert!(matches!(admit(&mut t, send), Err(Rejection::Unknown { .. })));
@@ -589,8 +591,10 @@ mod tests {
             ("wss://a b", false),
             ("file:///etc/passwd", false),
         ] {
-            let result =
-                admit(&mut t, Command::TrackerConnect(TrackerConnect { conn: 7, url: url.into() }));
+            let result = admit(
+                &mut t,
+                Command::TrackerConnect(TrackerConnect { conn: ConnId(7), url: url.into() }),
+            );
             assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
             t.trackers.clear();
         }
@@ -600,23 +604,28 @@ mod tests {
     fn peers_are_capped_and_must_be_open_to_send() {
         let mut t = Tables::default();
         let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
-        admit(&mut t, answer(1)).unwrap();
-        admit(&mut t, answer(2)).unwrap();
-        assert_eq!(admit(&mut t, answer(3)), Err(Rejection::TooMany { what: "peers", max: 2 }));
-        let send = Command::PeerSend(PeerSend { peer: 1, data: vec![1, 2, 3] });
-        let text = Command::PeerSendText(PeerSendText { peer: 1, text: "{}".into() });
-        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::PeerNotOpen(1)));
-        assert_eq!(admit(&mut t, text.clone()), Err(Rejection::PeerNotOpen(1)));
-        t.observe(&Event::PeerChannelOpen(1));
+        admit(&mut t, answer(PeerId(1))).unwrap();
+        admit(&mut t, answer(PeerId(2))).unwrap();
+        assert_eq!(
+            admit(&mut t, answer(PeerId(3))),
+            Err(Rejection::TooMany { what: "peers", max: 2 })
+        );
+        let send = Command::PeerSend(PeerSend { peer: PeerId(1), data: vec![1, 2, 3] });
+        let text = Command::PeerSendText(PeerSendText { peer: PeerId(1), text: "{}".into() });
+        assert_eq!(admit(&mut t, send.clone()), Err(Rejection::PeerNotOpen(PeerId(1))));
+        assert_eq!(admit(&mut t, text.clone()), Err(Rejection::PeerNotOpen(PeerId(1))));
+        t.observe(&Event::PeerChannelOpen(PeerId(1)));
         admit(&mut t, send).unwrap();
         admit(&mut t, text).unwrap();
-        let big = Command::PeerSend(PeerSend { peer: 1, data: vec![0; (64 << 10) + 1] });
+        let big = Command::PeerSend(PeerSend { peer: PeerId(1), data: vec![0; (64 << 10) + 1] });
         assert!(matches!(admit(&mut t, big), Err(Rejection::TooLarge { .. })));
-        let long =
-            Command::PeerSendText(PeerSendText { peer: 1, text: "x".repeat((64 << 10) + 1) });
+        let long = Command::PeerSendText(PeerSendText {
+            peer: PeerId(1),
+            text: "x".repeat((64 << 10) + 1),
+        });
         assert!(matches!(admit(&mut t, long), Err(Rejection::TooLarge { .. })));
-        t.observe(&Event::PeerClosed(PeerClosed { peer: 1, reason: "gone".into() }));
-        admit(&mut t, answer(3)).unwrap();
+        t.observe(&Event::PeerClosed(PeerClosed { peer: PeerId(1), reason: "gone".into() }));
+        admit(&mut t, answer(PeerId(3))).unwrap();
         assert_eq!(t.connections(), 2);
     }
 
@@ -626,10 +635,10 @@ mod tests {
         let limits = PolicyLimits { max_connecting_peers: 3, ..PolicyLimits::default() };
         let answer = |peer| Command::PeerAnswer(PeerAnswer { peer, offer: "v=0".into() });
         for peer in 1..=5 {
-            t.admit(NOW, &answer(peer), &limits, 2).unwrap();
+            t.admit(NOW, &answer(PeerId(peer)), &limits, 2).unwrap();
         }
         assert_eq!(
-            t.admit(NOW, &answer(6), &limits, 2),
+            t.admit(NOW, &answer(PeerId(6)), &limits, 2),
             Err(Rejection::TooMany { what: "peers", max: 5 })
         );
     }
@@ -647,29 +656,33 @@ mod tests {
         let accept =
             |peer| Command::PeerAcceptAnswer(PeerAcceptAnswer { peer, answer: "v=0".into() });
         for peer in 1..=3 {
-            admit(&mut t, Command::PeerOffer(peer)).unwrap();
+            admit(&mut t, Command::PeerOffer(PeerId(peer))).unwrap();
         }
         assert_eq!(
-            admit(&mut t, Command::PeerOffer(4)),
+            admit(&mut t, Command::PeerOffer(PeerId(4))),
             Err(Rejection::TooMany { what: "pending offers", max: 3 })
         );
         assert_eq!(t.connections(), 0, "offers waiting are not connections");
-        admit(&mut t, answer(10)).unwrap();
-        admit(&mut t, accept(1)).unwrap();
+        admit(&mut t, answer(PeerId(10))).unwrap();
+        admit(&mut t, accept(PeerId(1))).unwrap();
         assert_eq!(t.connections(), 2);
         assert_eq!(
-            admit(&mut t, accept(2)),
+            admit(&mut t, accept(PeerId(2))),
             Err(Rejection::TooMany { what: "peers", max: 2 }),
             "an answer past maxConnections is refused; the policy must close the offer"
         );
-        assert_eq!(admit(&mut t, accept(1)), Err(Rejection::PeerNotOffering(1)));
-        assert_eq!(admit(&mut t, accept(10)), Err(Rejection::PeerNotOffering(10)));
-        assert_eq!(admit(&mut t, accept(99)), Err(Rejection::Unknown { what: "peer", id: 99 }));
+        assert_eq!(admit(&mut t, accept(PeerId(1))), Err(Rejection::PeerNotOffering(PeerId(1))));
+        assert_eq!(admit(&mut t, accept(PeerId(10))), Err(Rejection::PeerNotOffering(PeerId(10))));
+        assert_eq!(
+            admit(&mut t, accept(PeerId(99))),
+            Err(Rejection::Unknown { what: "peer", id: 99 })
+        );
         // Withdrawn or expired offers free their places.
-        admit(&mut t, Command::PeerClose(PeerClose { peer: 2, reason: "late".into() })).unwrap();
-        t.observe(&Event::PeerClosed(PeerClosed { peer: 3, reason: "expired".into() }));
-        admit(&mut t, Command::PeerOffer(4)).unwrap();
-        admit(&mut t, Command::PeerOffer(5)).unwrap();
+        admit(&mut t, Command::PeerClose(PeerClose { peer: PeerId(2), reason: "late".into() }))
+            .unwrap();
+        t.observe(&Event::PeerClosed(PeerClosed { peer: PeerId(3), reason: "expired".into() }));
+        admit(&mut t, Command::PeerOffer(PeerId(4))).unwrap();
+        admit(&mut t, Command::PeerOffer(PeerId(5))).unwrap();
         assert_eq!(t.state(NOW).peers.len(), 4);
         assert!(t.state(NOW).peers.iter().all(|p| !p.open));
     }
@@ -677,42 +690,53 @@ mod tests {
     #[test]
     fn serves_need_a_cached_segment_and_a_sane_offset() {
         let mut t = Tables::default();
-        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
-        t.observe(&Event::PeerChannelOpen(1));
+        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: PeerId(1), offer: "v=0".into() }))
+            .unwrap();
+        t.observe(&Event::PeerChannelOpen(PeerId(1)));
         let serve = |handle, offset| {
             Command::ServeSegment(ServeSegment {
-                peer: 1,
+                peer: PeerId(1),
                 handle,
                 offset,
                 message_size: MessageSize::AtMost(16384),
                 end: None,
             })
         };
-        assert_eq!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { what: "segment", id: 9 }));
-        t.observe(&segment(9, 1000));
-        admit(&mut t, serve(9, 1000)).unwrap();
+        assert_eq!(
+            admit(&mut t, serve(SegmentHandle(9), 0)),
+            Err(Rejection::Unknown { what: "segment", id: 9 })
+        );
+        t.observe(&segment(SegmentHandle(9), 1000));
+        admit(&mut t, serve(SegmentHandle(9), 1000)).unwrap();
         assert!(
-            matches!(admit(&mut t, serve(9, 0)), Err(Rejection::Duplicate { .. })),
+            matches!(admit(&mut t, serve(SegmentHandle(9), 0)), Err(Rejection::Duplicate { .. })),
             "one serve of a segment to a peer at a time"
         );
-        assert_eq!(t.state(NOW).peers[0].serving, vec![9]);
-        assert!(matches!(admit(&mut t, serve(9, 1001)), Err(Rejection::OffsetPastEnd { .. })));
-        t.observe(&Event::SegmentEvicted(9));
-        assert!(t.segment(9).is_none());
-        assert!(matches!(admit(&mut t, serve(9, 0)), Err(Rejection::Unknown { .. })));
+        assert_eq!(t.state(NOW).peers[0].serving, vec![SegmentHandle(9)]);
+        assert!(matches!(
+            admit(&mut t, serve(SegmentHandle(9), 1001)),
+            Err(Rejection::OffsetPastEnd { .. })
+        ));
+        t.observe(&Event::SegmentEvicted(SegmentHandle(9)));
+        assert!(t.segment(SegmentHandle(9)).is_none());
+        assert!(matches!(
+            admit(&mut t, serve(SegmentHandle(9), 0)),
+            Err(Rejection::Unknown { .. })
+        ));
     }
 
     #[test]
     fn a_serves_message_size_and_end_are_within_limits() {
         let mut t = Tables::default();
-        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: 1, offer: "v=0".into() })).unwrap();
-        t.observe(&Event::PeerChannelOpen(1));
-        t.observe(&segment(9, 1000));
+        admit(&mut t, Command::PeerAnswer(PeerAnswer { peer: PeerId(1), offer: "v=0".into() }))
+            .unwrap();
+        t.observe(&Event::PeerChannelOpen(PeerId(1)));
+        t.observe(&segment(SegmentHandle(9), 1000));
         let limits = PolicyLimits::default();
         let serve = |message_size, end: usize| {
             Command::ServeSegment(ServeSegment {
-                peer: 1,
-                handle: 9,
+                peer: PeerId(1),
+                handle: SegmentHandle(9),
                 offset: 0,
                 message_size,
                 end: Some(vec![7; end]),
@@ -746,51 +770,57 @@ mod tests {
             })
         };
         let mut admit = |command| t.admit(NOW, &command, &limits, 2);
-        admit(request(1, "POST", "http://tracker.example/v1/channel", 100)).unwrap();
+        admit(request(RequestId(1), "POST", "http://tracker.example/v1/channel", 100)).unwrap();
         assert!(matches!(
-            admit(request(2, "POST", "ws://tracker.example/", 0)),
+            admit(request(RequestId(2), "POST", "ws://tracker.example/", 0)),
             Err(Rejection::BadUrl { why: "wrong scheme", .. })
         ));
         assert!(matches!(
-            admit(request(2, "CONNECT", "https://tracker.example/", 0)),
+            admit(request(RequestId(2), "CONNECT", "https://tracker.example/", 0)),
             Err(Rejection::BadMethod(_))
         ));
         for header in ["Host", "transfer-encoding", "Proxy-Authorization"] {
-            let mut command = request(2, "GET", "https://tracker.example/", 0);
+            let mut command = request(RequestId(2), "GET", "https://tracker.example/", 0);
             if let Command::HttpRequest(r) = &mut command {
                 r.headers.push((header.into(), "x".into()));
             }
             assert_eq!(admit(command), Err(Rejection::BadHeader(header.into())));
         }
         assert!(matches!(
-            admit(request(2, "POST", "https://tracker.example/", 64 << 10)),
+            admit(request(RequestId(2), "POST", "https://tracker.example/", 64 << 10)),
             Err(Rejection::TooLarge { what: "HTTP request", .. })
         ));
         assert!(matches!(
-            admit(request(1, "GET", "https://tracker.example/", 0)),
+            admit(request(RequestId(1), "GET", "https://tracker.example/", 0)),
             Err(Rejection::Duplicate { .. })
         ));
-        admit(request(2, "GET", "https://tracker.example/", 0)).unwrap();
+        admit(request(RequestId(2), "GET", "https://tracker.example/", 0)).unwrap();
         assert!(matches!(
-            admit(request(3, "GET", "https://tracker.example/", 0)),
+            admit(request(RequestId(3), "GET", "https://tracker.example/", 0)),
             Err(Rejection::TooMany { what: "HTTP requests", max: 2 })
         ));
-        assert_eq!(t.state(NOW).requests, vec![1, 2]);
+        assert_eq!(t.state(NOW).requests, vec![RequestId(1), RequestId(2)]);
 
         // Answered, a request is no longer in flight; one refused is answered at once,
         // unless its id is in flight (that request is real).
-        t.observe(&Event::HttpFailed(HttpFailed { request: 1, reason: "timed out".into() }));
-        assert_eq!(t.state(NOW).requests, vec![2]);
+        t.observe(&Event::HttpFailed(HttpFailed {
+            request: RequestId(1),
+            reason: "timed out".into(),
+        }));
+        assert_eq!(t.state(NOW).requests, vec![RequestId(2)]);
         let Admitted { refused, to_tell, .. } = t.admit_all(
             NOW,
-            vec![request(3, "GET", "ws://x/", 0), request(2, "GET", "ws://x/", 0)],
+            vec![
+                request(RequestId(3), "GET", "ws://x/", 0),
+                request(RequestId(2), "GET", "ws://x/", 0),
+            ],
             &limits,
             2,
             false,
         );
         assert_eq!(refused.len(), 2);
         assert!(
-            matches!(&to_tell[..], [Event::HttpFailed(HttpFailed { request: 3, reason })] if reason.starts_with("refused by the host")),
+            matches!(&to_tell[..], [Event::HttpFailed(HttpFailed { request: RequestId(3), reason })] if reason.starts_with("refused by the host")),
             "{to_tell:?}"
         );
     }
@@ -806,14 +836,15 @@ mod tests {
                 tier: CacheTier::Disk,
             })
         };
-        admit(&mut t, fetch(1, Some(ByteRange { start: 0, end: 10 }))).unwrap();
-        assert!(matches!(admit(&mut t, fetch(1, None)), Err(Rejection::Duplicate { .. })));
+        admit(&mut t, fetch(FetchId(1), Some(ByteRange { start: 0, end: 10 }))).unwrap();
+        assert!(matches!(admit(&mut t, fetch(FetchId(1), None)), Err(Rejection::Duplicate { .. })));
         assert_eq!(
-            admit(&mut t, fetch(2, Some(ByteRange { start: 5, end: 5 }))),
+            admit(&mut t, fetch(FetchId(2), Some(ByteRange { start: 5, end: 5 }))),
             Err(Rejection::BadRange { start: 5, end: 5 })
         );
-        t.observe(&segment(4, 10));
-        admit(&mut t, fetch(1, None)).expect_err("still in flight: segment-stored named fetch 0");
+        t.observe(&segment(SegmentHandle(4), 10));
+        admit(&mut t, fetch(FetchId(1), None))
+            .expect_err("still in flight: segment-stored named fetch 0");
     }
 
     #[test]
@@ -821,16 +852,22 @@ mod tests {
         let mut t = Tables::default();
         let limits = PolicyLimits { max_fetches: 1, ..PolicyLimits::default() };
         let fetch = |fetch| Command::FetchText(FetchText { fetch, url: "http://o/m.m3u8".into() });
-        let bad_url = Command::FetchText(FetchText { fetch: 1, url: "file:///etc".into() });
-        let Admitted { commands, refused, to_tell } =
-            t.admit_all(NOW, vec![fetch(1), fetch(2), fetch(1), bad_url], &limits, 2, false);
-        assert_eq!(commands, [fetch(1)]);
+        let bad_url =
+            Command::FetchText(FetchText { fetch: FetchId(1), url: "file:///etc".into() });
+        let Admitted { commands, refused, to_tell } = t.admit_all(
+            NOW,
+            vec![fetch(FetchId(1)), fetch(FetchId(2)), fetch(FetchId(1)), bad_url],
+            &limits,
+            2,
+            false,
+        );
+        assert_eq!(commands, [fetch(FetchId(1))]);
         assert!(matches!(
             refused[..],
             [Rejection::TooMany { .. }, Rejection::Duplicate { .. }, Rejection::BadUrl { .. }]
         ));
         let [Event::FetchFailed(failed)] = &to_tell[..] else { panic!("{to_tell:?}") };
-        assert_eq!((failed.fetch, failed.status), (2, None));
+        assert_eq!((failed.fetch, failed.status), (FetchId(2), None));
         assert!(failed.reason.contains("refused by the host"), "{}", failed.reason);
     }
 
@@ -839,13 +876,13 @@ mod tests {
         let mut t = Tables::default();
         let limits = PolicyLimits::default();
         let commands = vec![
-            Command::FetchText(FetchText { fetch: 1, url: "http://o/m.m3u8".into() }),
-            Command::TrackerConnect(TrackerConnect { conn: 2, url: "ws://t/".into() }),
+            Command::FetchText(FetchText { fetch: FetchId(1), url: "http://o/m.m3u8".into() }),
+            Command::TrackerConnect(TrackerConnect { conn: ConnId(2), url: "ws://t/".into() }),
             Command::SwarmSize(7),
-            Command::PeerOffer(3),
-            Command::PeerAnswer(PeerAnswer { peer: 4, offer: "v=0".into() }),
+            Command::PeerOffer(PeerId(3)),
+            Command::PeerAnswer(PeerAnswer { peer: PeerId(4), offer: "v=0".into() }),
             Command::FetchSegment(FetchSegment {
-                fetch: 5,
+                fetch: FetchId(5),
                 url: "http://o/a.ts".into(),
                 range: None,
                 tier: CacheTier::Memory,
@@ -857,7 +894,7 @@ mod tests {
         assert!(refused.iter().all(|r| matches!(r, Rejection::Scout(_))), "{refused:?}");
         assert_eq!(refused.len(), 3);
         let [Event::FetchFailed(failed)] = &to_tell[..] else { panic!("{to_tell:?}") };
-        assert_eq!(failed.fetch, 5);
+        assert_eq!(failed.fetch, FetchId(5));
         // The same commands from a seeder all pass.
         let seeder = Tables::default().admit_all(NOW, commands, &limits, 80, false);
         assert!(seeder.refused.is_empty(), "{:?}", seeder.refused);
@@ -866,15 +903,18 @@ mod tests {
     #[test]
     fn timers_are_replayed_with_their_remaining_time() {
         let mut t = Tables::default();
-        admit(&mut t, Command::TimerSet(TimerSet { timer: 5, after_ms: 1500 })).unwrap();
-        admit(&mut t, Command::TimerSet(TimerSet { timer: 6, after_ms: 500 })).unwrap();
-        assert_eq!(t.state(NOW + Duration::from_millis(400)).timers, vec![(5, 1100), (6, 100)]);
+        admit(&mut t, Command::TimerSet(TimerSet { timer: TimerId(5), after_ms: 1500 })).unwrap();
+        admit(&mut t, Command::TimerSet(TimerSet { timer: TimerId(6), after_ms: 500 })).unwrap();
+        assert_eq!(
+            t.state(NOW + Duration::from_millis(400)).timers,
+            vec![(TimerId(5), 1100), (TimerId(6), 100)]
+        );
         assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(500)));
-        assert_eq!(t.take_due_timers(NOW + Duration::from_millis(600)), vec![6]);
+        assert_eq!(t.take_due_timers(NOW + Duration::from_millis(600)), vec![TimerId(6)]);
         assert!(t.take_due_timers(NOW + Duration::from_millis(600)).is_empty(), "fired once");
-        let too_long = Command::TimerSet(TimerSet { timer: 7, after_ms: u64::MAX });
+        let too_long = Command::TimerSet(TimerSet { timer: TimerId(7), after_ms: u64::MAX });
         assert!(matches!(admit(&mut t, too_long), Err(Rejection::TimerTooLong(..))));
-        t.observe(&Event::TimerFired(6));
+        t.observe(&Event::TimerFired(TimerId(6)));
         assert_eq!(t.state(NOW).timers.len(), 1);
         assert_eq!(t.next_timer(), Some(NOW + Duration::from_millis(1500)));
     }

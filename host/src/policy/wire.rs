@@ -6,18 +6,48 @@
 //! edge (`bindings.rs`), so a new version changes that edge and what it adds, never the
 //! data plane. Nothing here knows about wasmtime.
 
-/// A tracker or signal WebSocket connection, named by the policy.
-pub type ConnId = u64;
-/// A WebRTC peer connection, named by the policy.
-pub type PeerId = u64;
-/// A fetch from the origin, named by the policy.
-pub type FetchId = u64;
-/// An HTTP request to a tracker, named by the policy.
-pub type RequestId = u64;
-/// A timer, named by the policy.
-pub type TimerId = u64;
-/// A segment held in the cache; chosen by the host, stable until evicted.
-pub type SegmentHandle = u64;
+/// Declares ids: each a `u64` that names things of one kind only, so a peer cannot be
+/// passed where a fetch is meant. The WIT types carry the bare number; `bindings.rs`
+/// wraps and unwraps it at the edge.
+///
+/// ```compile_fail,E0308
+/// use superpeer::policy::wire::{Command, PeerId};
+/// let _ = Command::FetchCancel(PeerId(1));
+/// ```
+macro_rules! ids {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub u64);
+
+        impl From<$name> for u64 {
+            fn from(id: $name) -> u64 {
+                id.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+ids! {
+    /// A tracker or signal WebSocket connection, named by the policy.
+    ConnId;
+    /// A WebRTC peer connection, named by the policy.
+    PeerId;
+    /// A fetch from the origin, named by the policy.
+    FetchId;
+    /// An HTTP request to a tracker, named by the policy.
+    RequestId;
+    /// A timer, named by the policy.
+    TimerId;
+    /// A segment held in the cache; chosen by the host, stable until evicted.
+    SegmentHandle;
+}
 
 /// What the operator asked this worker to seed; also what the master hands a worker
 /// it starts.

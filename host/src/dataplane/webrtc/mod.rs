@@ -649,7 +649,7 @@ impl Rtc {
             while let Some(TaggedRTCMessage { message, .. }) = state.connection.poll_read() {
                 progressed = true;
                 if let RTCMessage::DataChannelMessage(_, message) = message {
-                    tracing::trace!(peer, bytes = message.data.len(), "peer message");
+                    tracing::trace!(%peer, bytes = message.data.len(), "peer message");
                     events.push(Event::PeerMessage(PeerMessage {
                         peer,
                         data: message.data.to_vec(),
@@ -710,7 +710,7 @@ impl Rtc {
 
 /// A connection or offer of ours closed for `reason`, as the policy hears it.
 fn closed(peer: PeerId, reason: String) -> Event {
-    tracing::debug!(peer, %reason, "peer connection closed");
+    tracing::debug!(%peer, %reason, "peer connection closed");
     Event::PeerClosed(PeerClosed { peer, reason })
 }
 
@@ -769,13 +769,13 @@ mod tests {
         let mut rtc = Rtc::new(advertised, Duration::from_secs(15), Duration::from_secs(30));
         let mut sdps = Vec::new();
         for peer in [1, 2] {
-            let events = rtc.offer(peer, now);
+            let events = rtc.offer(PeerId(peer), now);
             let [Event::PeerOfferReady(ready)] = events.as_slice() else { panic!("{events:?}") };
             sdps.push(ready.sdp.clone());
         }
         assert_eq!(rtc.offers_pending(), 2);
         assert_eq!(rtc.peers.len(), 0, "no connection is made for an offer");
-        for (peer, sdp) in [1, 2].into_iter().zip(&sdps) {
+        for (peer, sdp) in [PeerId(1), PeerId(2)].into_iter().zip(&sdps) {
             let offered = &rtc.offered[&peer];
             assert!(sdp.contains(&format!("a=ice-ufrag:{}\r\n", offered.ufrag)), "{sdp}");
             assert!(sdp.contains(&format!("a=ice-pwd:{}\r\n", offered.password)), "{sdp}");
@@ -791,15 +791,15 @@ mod tests {
         let now = Instant::now();
         let advertised: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut rtc = Rtc::new(advertised, Duration::from_secs(15), Duration::from_secs(30));
-        rtc.offer(1, now);
-        rtc.offer(2, now);
+        rtc.offer(PeerId(1), now);
+        rtc.offer(PeerId(2), now);
         assert_eq!(rtc.next_timeout(), Some(now + Duration::from_secs(15)));
-        rtc.close(2);
+        rtc.close(PeerId(2));
         let events = rtc.timeout(now + Duration::from_secs(15));
         let [Event::PeerClosed(closed)] = events.as_slice() else { panic!("{events:?}") };
-        assert_eq!((closed.peer, closed.reason.as_str()), (1, OFFER_UNANSWERED));
+        assert_eq!((closed.peer, closed.reason.as_str()), (PeerId(1), OFFER_UNANSWERED));
         assert_eq!(rtc.offers_pending(), 0);
         assert!(rtc.by_ufrag.is_empty() && rtc.deadlines.is_empty());
-        assert!(rtc.accept_answer(1, "v=0".into(), now).is_empty(), "no offer to answer");
+        assert!(rtc.accept_answer(PeerId(1), "v=0".into(), now).is_empty(), "no offer to answer");
     }
 }
