@@ -144,13 +144,13 @@ macro_rules! same {
 same!(u8, u16, u32, u64, bool, String);
 
 /// The WIT types carry ids as bare numbers.
-macro_rules! ids {
+macro_rules! bare_ids {
     ($($id:ident),*) => {$(
         impl Lift<wire::$id> for u64 { fn lift(self) -> wire::$id { wire::$id(self) } }
         impl Lift<u64> for wire::$id { fn lift(self) -> u64 { self.0 } }
     )*};
 }
-ids!(ConnId, PeerId, FetchId, RequestId, TimerId, SegmentHandle);
+bare_ids!(ConnId, PeerId, FetchId, RequestId, TimerId, SegmentHandle);
 
 impl<A: Lift<B>, B> Lift<Option<B>> for Option<A> {
     fn lift(self) -> Option<B> {
