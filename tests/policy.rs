@@ -127,21 +127,21 @@ fn a_snapshot_follows_soon_after_the_policy_speaks_to_a_tracker() {
     let mut runner = PolicyRunner::start(engine, policy, seed, at(0)).unwrap();
     let first = runner.handle(at(1), Vec::new());
     let before = runner.stats().snapshot_bytes;
-    let (mut conn, mut fetch) = (0, 0);
+    let (mut conn, mut fetch) = (ConnId(0), FetchId(0));
     for command in &first {
         match command {
-            Command::TrackerConnect(c) => conn = c.conn.0,
-            Command::FetchText(f) => fetch = f.fetch.0,
+            Command::TrackerConnect(c) => conn = c.conn,
+            Command::FetchText(f) => fetch = f.fetch,
             _ => {}
         }
     }
     let media = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns1.ts\n#EXTINF:2,\ns2.ts\n";
     let read = Event::TextFetched(superpeer::policy::wire::TextFetched {
-        fetch: FetchId(fetch),
+        fetch,
         url: "http://origin.example/master.m3u8".into(),
         text: media.into(),
     });
-    let offers = runner.handle(at(2), vec![read, Event::TrackerConnected(ConnId(conn))]);
+    let offers = runner.handle(at(2), vec![read, Event::TrackerConnected(conn)]);
     let ready: Vec<Event> = offers
         .iter()
         .filter_map(|c| match c {

@@ -385,11 +385,11 @@ async fn a_viewer_that_does_not_read_is_closed_when_its_queue_is_full_and_others
 }
 
 /// Waits for the next segment the data plane reports stored.
-async fn stored(plane: &mut Driver, io: &mut mpsc::Receiver<IoEvent>) -> u64 {
+async fn stored(plane: &mut Driver, io: &mut mpsc::Receiver<IoEvent>) -> SegmentHandle {
     loop {
         let happened = io.recv().await.unwrap();
         match plane.handle([Input::Io(happened)]).pop() {
-            Some(Event::SegmentStored(stored)) => return stored.segment.handle.0,
+            Some(Event::SegmentStored(stored)) => return stored.segment.handle,
             Some(Event::FetchFailed(failed)) => panic!("{failed:?}"),
             _ => {}
         }
@@ -475,15 +475,15 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     let in_turn = |handle| {
         vec![send(PeerId(1), b"before"), serve(PeerId(1), handle), send(PeerId(1), b"after")]
     };
-    seen.extend(plane.handle(Input::commands(in_turn(SegmentHandle(two)))));
+    seen.extend(plane.handle(Input::commands(in_turn(two))));
     returned.send(()).unwrap();
 
     // The loop goes on: the other viewer is sent a segment meanwhile, and the first
     // nothing that was queued behind the read.
-    seen.extend(plane.handle(Input::commands(vec![serve(PeerId(2), SegmentHandle(three))])));
+    seen.extend(plane.handle(Input::commands(vec![serve(PeerId(2), three)])));
     let three_sent = Event::SegmentSent(SegmentSent {
         peer: PeerId(2),
-        handle: SegmentHandle(three),
+        handle: three,
         bytes: 300_000,
         complete: true,
     });
@@ -502,16 +502,12 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
         let mut pipe = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         let _ = pipe.write_all(&[0; 4096]);
     });
-    let unsent = Event::SegmentSent(SegmentSent {
-        peer: PeerId(1),
-        handle: SegmentHandle(two),
-        bytes: 0,
-        complete: false,
-    });
+    let unsent =
+        Event::SegmentSent(SegmentSent { peer: PeerId(1), handle: two, bytes: 0, complete: false });
     run_until(&mut first, &mut plane, &mut io, &mut seen, |v, seen| {
         v.received.last().is_some_and(|m| m == b"after")
             && seen.contains(&unsent)
-            && seen.contains(&Event::SegmentEvicted(SegmentHandle(two)))
+            && seen.contains(&Event::SegmentEvicted(two))
     })
     .await;
     writer.join().unwrap();
@@ -520,10 +516,10 @@ async fn disk_segments_are_read_off_the_event_loop_and_keep_their_place_in_the_q
     // Segment 1 is read whole and goes out in its place: after what was queued before
     // it, before what was queued after it.
     first.received.clear();
-    seen.extend(plane.handle(Input::commands(in_turn(SegmentHandle(one)))));
+    seen.extend(plane.handle(Input::commands(in_turn(one))));
     let one_sent = Event::SegmentSent(SegmentSent {
         peer: PeerId(1),
-        handle: SegmentHandle(one),
+        handle: one,
         bytes: 300_000,
         complete: true,
     });

@@ -125,7 +125,7 @@ impl DataPlane {
             Command::PeerSendText(s) => self.rtc.send(s.peer, Message::Text(s.text), now),
             Command::CancelServe(c) => self.rtc.cancel(c.peer, c.handle),
             Command::PeerClose(c) => {
-                tracing::debug!(peer = %c.peer, reason = %c.reason, "policy closed a peer");
+                tracing::debug!(peer = c.peer.0, reason = %c.reason, "policy closed a peer");
                 self.rtc.close(c.peer);
                 Vec::new()
             }

@@ -37,7 +37,7 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let reason = run(conn, &url, rx, &events, max_text, connect_timeout).await;
         if let Some(reason) = reason {
-            tracing::debug!(%conn, url = %super::origin::redact(&url), %reason, "tracker connection closed");
+            tracing::debug!(conn = conn.0, url = %super::origin::redact(&url), %reason, "tracker connection closed");
             let _ = events
                 .send(IoEvent::Policy(Event::TrackerClosed(TrackerClosed { conn, reason })))
                 .await;

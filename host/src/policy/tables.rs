@@ -313,9 +313,7 @@ impl Tables {
                 if let Some(end) = &s.end {
                     fit("end of a serve", end.len(), limits.max_message_bytes)?;
                 }
-                if !self.serves.insert((s.peer, s.handle)) {
-                    return Err(Rejection::Duplicate { what: "serve of segment", id: s.handle.0 });
-                }
+                fresh("serve of segment", s.handle, !self.serves.insert((s.peer, s.handle)))?;
             }
             Command::CancelServe(c) => {
                 if !self.serves.remove(&(c.peer, c.handle)) {

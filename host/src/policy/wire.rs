@@ -10,6 +10,14 @@
 /// passed where a fetch is meant. The WIT types carry the bare number; `bindings.rs`
 /// wraps and unwraps it at the edge.
 ///
+/// A fetch's id names a fetch; a peer's does not (the first compiles, the second must
+/// not, and only for the mismatch):
+///
+/// ```
+/// use superpeer::policy::wire::{Command, FetchId};
+/// let _ = Command::FetchCancel(FetchId(1));
+/// ```
+///
 /// ```compile_fail,E0308
 /// use superpeer::policy::wire::{Command, PeerId};
 /// let _ = Command::FetchCancel(PeerId(1));

@@ -649,7 +649,7 @@ impl Rtc {
             while let Some(TaggedRTCMessage { message, .. }) = state.connection.poll_read() {
                 progressed = true;
                 if let RTCMessage::DataChannelMessage(_, message) = message {
-                    tracing::trace!(%peer, bytes = message.data.len(), "peer message");
+                    tracing::trace!(peer = peer.0, bytes = message.data.len(), "peer message");
                     events.push(Event::PeerMessage(PeerMessage {
                         peer,
                         data: message.data.to_vec(),
@@ -710,7 +710,7 @@ impl Rtc {
 
 /// A connection or offer of ours closed for `reason`, as the policy hears it.
 fn closed(peer: PeerId, reason: String) -> Event {
-    tracing::debug!(%peer, %reason, "peer connection closed");
+    tracing::debug!(peer = peer.0, %reason, "peer connection closed");
     Event::PeerClosed(PeerClosed { peer, reason })
 }
 
