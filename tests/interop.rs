@@ -29,11 +29,6 @@ const PLAY_SECONDS: u32 = 30;
 /// default). Two segments' worth leaves the rest of the buffer to P2P, as a site that
 /// deploys a super peer would configure it.
 const HIGH_DEMAND_SECONDS: u32 = 4;
-/// hls.js plays live streams this many segments behind the live edge (3 by default).
-/// Sites that share live streams over P2P play further back, so that peers have the
-/// newest segments before they are needed: with the default, what is left for P2P is
-/// whatever arrives within a second or two of the segment's appearing.
-const LIVE_SYNC_SEGMENTS: u32 = 7;
 
 /// Chromium, ffmpeg and superpeer share two cores: one stream at a time keeps a stall
 /// from being the machine's fault.

@@ -31,17 +31,6 @@ fn channel(name: &str) -> String {
         .encode(format!("http://127.0.0.1:9/{name}/master.m3u8"))
 }
 
-/// The running workers of a channel, as (pid, stats).
-fn workers_of(stats: &Value, channel: &str) -> Vec<(u32, Value)> {
-    stats["workers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, w)| w["channelId"] == channel && w["state"] == "running")
-        .map(|(pid, w)| (pid.parse().unwrap(), w.clone()))
-        .collect()
-}
-
 /// Whether a worker has exited and been reaped: the master lists it until then.
 fn gone(stats: &Value, pid: u32) -> bool {
     stats["workers"].get(pid.to_string()).is_none()

@@ -32,9 +32,6 @@ const PLAY_SECONDS: u32 = 30;
 /// over HTTP in its first second, before any peer is connected. A site with a super
 /// peer buffers less, as the SDK's build does for live streams.
 const VOD_BUFFER_SECONDS: u32 = 12;
-/// hls.js plays live streams this many segments behind the live edge; superpeer has a
-/// segment within a moment of its appearing, so P2P has room.
-const LIVE_SYNC_SEGMENTS: u32 = 7;
 
 /// Chromium, ffmpeg and superpeer share two cores: one stream at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

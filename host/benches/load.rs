@@ -258,20 +258,10 @@ struct SuperpeerStep {
 }
 
 impl Superpeers<'_> {
-    fn workers_of(stats: &Value, channel: &str) -> Vec<(u32, Value)> {
-        stats["workers"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(_, w)| w["channelId"] == channel && w["state"] == "running")
-            .map(|(pid, w)| (pid.parse().unwrap(), w.clone()))
-            .collect()
-    }
-
     /// The channel's worker once it holds every segment and is on the tracker.
     fn ready_worker(&self, channel: &str, not: Option<u32>) -> (u32, Value) {
         let ready = |s: &Value| {
-            Self::workers_of(s, channel).into_iter().find(|(pid, w)| {
+            workers_of(s, channel).into_iter().find(|(pid, w)| {
                 Some(*pid) != not && w["segments"] == SEGMENTS && w["trackers"] == 1
             })
         };
@@ -294,7 +284,7 @@ impl Superpeers<'_> {
         let (pid, before) = self.ready_worker(&channel, Some(old));
         let busy = |w: &Value| w["policyStats"]["busy_us"].as_f64().unwrap_or(0.0) / 1e6;
         let measured = measure(load, stream, viewers, pace_ms, &|| vec![pid], &mut || midway(pid));
-        let after = Self::workers_of(&self.master.stats(), &channel)
+        let after = workers_of(&self.master.stats(), &channel)
             .into_iter()
             .find(|(p, _)| *p == pid)
             .map(|(_, w)| w)

@@ -20,6 +20,11 @@ pub const TOKEN: &str = "test-token";
 pub const ENV_FILE: &str = "superpeer.env";
 /// Longest any awaited condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+/// How many segments behind the live edge the players play live streams (hls.js's
+/// default is 3). Sites that share live streams over P2P play further back, so that
+/// peers have the newest segments before they are needed: with the default, what is
+/// left for P2P is whatever arrives within a second or two of a segment's appearing.
+pub const LIVE_SYNC_SEGMENTS: u32 = 7;
 
 pub struct Superpeer {
     pub child: Child,
@@ -248,6 +253,17 @@ impl Drop for TempDir {
 /// Bytes all of superpeer's workers have sent viewers, as a `/stats` answer reports.
 pub fn uploaded_by_workers(stats: &Value) -> u64 {
     stats["workers"].as_object().unwrap().values().map(|w| w["uploaded"].as_u64().unwrap()).sum()
+}
+
+/// The running workers of a channel, as (pid, stats), as a `/stats` answer reports.
+pub fn workers_of(stats: &Value, channel: &str) -> Vec<(u32, Value)> {
+    stats["workers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, w)| w["channelId"] == channel && w["state"] == "running")
+        .map(|(pid, w)| (pid.parse().unwrap(), w.clone()))
+        .collect()
 }
 
 pub fn data_dir(test: &str) -> TempDir {
