@@ -72,6 +72,19 @@ fn worker_of(stats: &Value, channel: &str) -> Option<Value> {
 /// A live origin whose media playlist lists its own first segment and then segments
 /// at an internal service: by address, through a redirect of its own, and through a
 /// name that resolves to it; the master playlist's variant URL carries a signature.
+/// The channel of `good` (four segments) is seeded in full beside a hostile one, and
+/// no worker's policy faulted.
+fn good_channel_served_and_nobody_faulted(master: &Superpeer, good: &VodOrigin) {
+    master.wait_for("the good channel cached", |s| {
+        worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
+    });
+    for (pid, worker) in running_workers(&master.stats()) {
+        let slowest = &worker["policyStats"]["slowest_call_us"];
+        eprintln!("worker {pid}: slowest policy call {slowest} us of CPU");
+        assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
+    }
+}
+
 fn hostile_live_origin(internal: &str) -> String {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -127,15 +140,7 @@ fn a_hostile_origin_reaches_no_internal_service_and_other_channels_keep_being_se
     }
     assert_eq!(internal_hits.load(Ordering::SeqCst), 0, "the internal service was reached");
 
-    // The other channel is seeded in full, and nobody faulted.
-    master.wait_for("the good channel cached", |s| {
-        worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
-    });
-    for (pid, worker) in running_workers(&master.stats()) {
-        let slowest = &worker["policyStats"]["slowest_call_us"];
-        eprintln!("worker {pid}: slowest policy call {slowest} us of CPU");
-        assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
-    }
+    good_channel_served_and_nobody_faulted(&master, &good);
     // Signed URLs are logged without their signature.
     let log = master.log.lock().unwrap().clone();
     assert!(log.iter().any(|l| l.contains("720p.m3u8")), "the playlist is never logged");
@@ -513,15 +518,7 @@ fn slow_and_endless_segments_are_cut_off_within_budget_and_other_channels_keep_b
         worker_of(&stats, &good.channel()).map_or(64 << 20, |w| w["memory"].as_u64().unwrap());
     let rss = worker["memory"].as_u64().unwrap();
     assert!(rss < baseline + 3 * BUDGET, "worker resident memory {} MiB", rss >> 20);
-    // The other channel is seeded in full, and nobody faulted.
-    master.wait_for("the good channel cached", |s| {
-        worker_of(s, &good.channel()).is_some_and(|w| w["segments"] == 4 && w["trackers"] == 1)
-    });
-    for (pid, worker) in running_workers(&master.stats()) {
-        let slowest = &worker["policyStats"]["slowest_call_us"];
-        eprintln!("worker {pid}: slowest policy call {slowest} us of CPU");
-        assert_eq!(worker["policyStats"]["faults"], 0, "worker {pid} faulted");
-    }
+    good_channel_served_and_nobody_faulted(&master, &good);
     master.stop();
 }
 

@@ -89,22 +89,8 @@ fn a_lone_viewer_gets_most_of_the_stream_from_superpeer(kind: &str) {
         .chain(["p2pBytes", "httpBytes", "peers", "console"])
         .map(|key| (key, &viewer[key]))
         .collect();
-    // Where each segment came from, in the order they arrived.
-    let sources: Vec<String> = viewer["loaded"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let url = s["url"].as_str().unwrap_or_default();
-            format!(
-                "{}:{}",
-                url.rsplit('/').next().unwrap_or(url),
-                s["source"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
     let brief =
-        format!("{} segments: {}", serde_json::to_string(&brief).unwrap(), sources.join(" "));
+        format!("{} segments: {}", serde_json::to_string(&brief).unwrap(), loaded_sources(viewer));
     eprintln!("{kind}: {brief}");
 
     assert_eq!(viewer["failed"], Value::Null, "{brief}");

@@ -151,20 +151,12 @@ fn brief(viewer: &Value) -> String {
     let keys = ["failed", "timedOut", "playedSeconds", "stalls", "errors", "p2pBytes", "httpBytes"];
     let head: serde_json::Map<String, Value> =
         keys.iter().map(|k| (k.to_string(), viewer[*k].clone())).collect();
-    let sources: Vec<String> = viewer["loaded"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let url = s["url"].as_str().unwrap_or_default();
-            format!(
-                "{}:{}",
-                url.rsplit('/').next().unwrap_or(url),
-                s["source"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    format!("{} console {} segments: {}", Value::Object(head), viewer["console"], sources.join(" "))
+    format!(
+        "{} console {} segments: {}",
+        Value::Object(head),
+        viewer["console"],
+        loaded_sources(viewer)
+    )
 }
 
 /// The viewer played without trouble and got at least half its bytes over P2P, each

@@ -902,6 +902,25 @@ pub fn watch(page: &str, count: usize, seconds: u32) -> Vec<Value> {
     summary.expect("the viewer driver printed no summary")
 }
 
+/// Where each segment a viewer of [`watch`] loaded came from, in the order they
+/// arrived: `name:source` for each, space-separated.
+pub fn loaded_sources(viewer: &Value) -> String {
+    let sources: Vec<String> = viewer["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let url = s["url"].as_str().unwrap_or_default();
+            format!(
+                "{}:{}",
+                url.rsplit('/').next().unwrap_or(url),
+                s["source"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    sources.join(" ")
+}
+
 /// The bytes a segment key names: a whole file, or `file|first-last` of it.
 pub fn origin_bytes(media: &Path, origin: &str, key: &str) -> Vec<u8> {
     let (url, range) = match key.split_once('|') {
