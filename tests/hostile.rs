@@ -69,9 +69,6 @@ fn worker_of(stats: &Value, channel: &str) -> Option<Value> {
     running_workers(stats).into_iter().find(|(_, w)| w["channelId"] == channel).map(|(_, w)| w)
 }
 
-/// A live origin whose media playlist lists its own first segment and then segments
-/// at an internal service: by address, through a redirect of its own, and through a
-/// name that resolves to it; the master playlist's variant URL carries a signature.
 /// The channel of `good` (four segments) is seeded in full beside a hostile one, and
 /// no worker's policy faulted.
 fn good_channel_served_and_nobody_faulted(master: &Superpeer, good: &VodOrigin) {
@@ -85,6 +82,9 @@ fn good_channel_served_and_nobody_faulted(master: &Superpeer, good: &VodOrigin) 
     }
 }
 
+/// A live origin whose media playlist lists its own first segment and then segments
+/// at an internal service: by address, through a redirect of its own, and through a
+/// name that resolves to it; the master playlist's variant URL carries a signature.
 fn hostile_live_origin(internal: &str) -> String {
     use axum::http::StatusCode;
     use axum::routing::get;

@@ -92,9 +92,10 @@ impl Driver {
 
     /// Hands `inputs` to the state machine one by one, sending its datagrams and
     /// starting its I/O after each (so one call's serves never pile up a call's worth
-    /// of datagrams), and returns the events for the policy. Datagrams too: reading all
-    /// of a viewer's datagrams of one turn before the library writes its next packets
-    /// saved no CPU beyond the noise and held 27-62 KB more a viewer, side by side.
+    /// of datagrams), and returns the events for the policy. Datagrams go one at a time
+    /// too: handing the library all of a viewer's datagrams of one turn before it writes
+    /// its next packets saved no CPU beyond the noise and held 27-62 KB more a viewer
+    /// (side by side, 25-250 light viewers).
     pub fn handle(&mut self, inputs: impl IntoIterator<Item = Input>) -> Vec<Event> {
         for input in inputs {
             if let Input::Io(event) = &input {
