@@ -13,9 +13,9 @@ use serde_json::Value;
 use super::{TOKEN, alive, signal};
 
 /// A driver process, sent TERM (it closes its browser) and waited for when dropped.
-pub struct Driver(pub Child);
+struct DriverProcess(Child);
 
-impl Drop for Driver {
+impl Drop for DriverProcess {
     fn drop(&mut self) {
         if self.0.try_wait().ok().flatten().is_none() {
             signal("TERM", self.0.id());
@@ -37,7 +37,7 @@ fn driver(script: &str) -> Command {
 
 /// `node swarm.mjs`: the viewers, watching until dropped (or [`Swarm::finish`]).
 pub struct Swarm {
-    child: Driver,
+    child: DriverProcess,
     stdin: Option<ChildStdin>,
     latest: Arc<Mutex<Option<Value>>>,
     summary: Arc<Mutex<Option<Value>>>,
@@ -64,7 +64,7 @@ impl Swarm {
                 }
             }
         });
-        Swarm { child: Driver(child), stdin, latest, summary }
+        Swarm { child: DriverProcess(child), stdin, latest, summary }
     }
 
     /// Waits until the viewers' latest state satisfies `done`, within `patience`;
@@ -130,7 +130,7 @@ pub fn watch(page: &str, count: usize, seconds: u32) -> Vec<Value> {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut viewers = Driver(child);
+    let mut viewers = DriverProcess(child);
     let stdout = viewers.0.stdout.take().unwrap();
     let mut summary = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -174,10 +174,10 @@ pub fn drive_monitor(page: &str, screenshot: &Path, options: &[&str]) -> Value {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut driver = Driver(child);
+    let mut monitor = DriverProcess(child);
     let mut report = String::new();
-    driver.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
-    let status = driver.0.wait().unwrap();
+    monitor.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    let status = monitor.0.wait().unwrap();
     assert!(status.success(), "the monitor driver failed: {status}");
     serde_json::from_str(report.trim()).unwrap_or_else(|e| panic!("{e}: {report}"))
 }
